@@ -1,0 +1,271 @@
+"""Command line interface: ``jrinfer fixed-points | simulate | spectrum | demo``.
+
+Every command exits with status 2 and a one-line message on stderr when its
+input is bad (``--debug`` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    """Bad input from the command line (exit status 2)."""
+
+
+def _parse_sets(items: list[str] | None) -> dict[str, float]:
+    from jrinfer.model import PARAMETERS
+
+    out: dict[str, float] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UsageError(f"--set expects NAME=VALUE, got {item!r}")
+        name, value = (s.strip() for s in item.split("=", 1))
+        if name not in PARAMETERS:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(PARAMETERS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UsageError(f"--set: unknown parameter {name!r}{hint}; known: {', '.join(PARAMETERS)}")
+        try:
+            x = float(value)
+        except ValueError:
+            raise UsageError(f"--set {name}: expected a number, got {value!r}") from None
+        if not math.isfinite(x):
+            raise UsageError(f"--set {name}: expected a finite number, got {value!r}")
+        out[name] = x
+    return out
+
+
+def _model(args):
+    from jrinfer.model import JansenRit
+
+    return JansenRit(noise=args.noise, noise_on=args.noise_on, **_parse_sets(args.set))
+
+
+def _prepare_out_file(path: str, force: bool) -> Path:
+    out = Path(path)
+    if out.exists() and not force:
+        raise UsageError(f"--out {path}: file exists; pass --force to overwrite it")
+    if out.parent and not out.parent.exists():
+        raise UsageError(f"--out {path}: directory {str(out.parent)!r} does not exist")
+    return out
+
+
+def _write_csv(path: Path, header: list[str], columns) -> None:
+    import numpy as np
+
+    data = np.column_stack([np.asarray(c, dtype=float) for c in columns])
+    tmp = path.with_name(path.name + ".tmp")
+    np.savetxt(tmp, data, delimiter=",", header=",".join(header), comments="", fmt="%.10g")
+    os.replace(tmp, path)
+
+
+def _cmd_fixed_points(args) -> int:
+    model = _model(args)
+    records = model.fixed_points().to_records()
+    if args.json:
+        print(json.dumps(records))
+    else:
+        for k, rec in enumerate(records):
+            print(
+                f"equilibrium {k}: v = {rec['v']:.6g} mV, {'stable' if rec['stable'] else 'unstable'}, "
+                f"dominant frequency {rec['dominant_frequency_hz']:.4g} Hz"
+            )
+    return 0
+
+
+def _cmd_simulate(args) -> int:
+    out = _prepare_out_file(args.out, args.force) if args.out else None
+    model = _model(args)
+    record_every = 1
+    if args.sampling_rate is not None:
+        ratio = 1.0 / (args.sampling_rate * args.dt)
+        record_every = int(round(ratio))
+        if record_every < 1 or abs(ratio - record_every) > 1e-6 * ratio:
+            raise UsageError(
+                f"--sampling-rate {args.sampling_rate:g} Hz must divide 1/dt = {1 / args.dt:g} Hz by a whole number"
+            )
+    sim = model.simulate(
+        args.duration,
+        args.dt,
+        method=args.method,
+        seed=args.seed,
+        record_every=record_every,
+        transient=args.transient,
+    )
+    if out is not None:
+        _write_csv(out, ["time", "v"], [sim.time, sim.v])
+    summary = {
+        "n_samples": int(sim.v.shape[-1]),
+        "sampling_rate_hz": sim.sampling_rate,
+        "method": sim.method,
+        "backend": sim.backend,
+        "seed": sim.seed,
+        "diverged": bool(sim.diverged.any()),
+        "v_mean_mv": float(sim.v.mean()),
+        "v_std_mv": float(sim.v.std()),
+        "out": str(out) if out else None,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    elif out is None:
+        for t, v in zip(sim.time.tolist(), sim.v.tolist()):
+            print(f"{t:.6f},{v:.10g}")
+    else:
+        print(f"wrote {summary['n_samples']} samples to {out} ({sim.method}, seed {sim.seed})")
+    return 0 if not summary["diverged"] else 1
+
+
+def _cmd_spectrum(args) -> int:
+    import torch
+
+    out = _prepare_out_file(args.out, args.force) if args.out else None
+    if not (args.fmin >= 0 and args.fmax > args.fmin and args.df > 0):
+        raise UsageError(f"need 0 <= fmin < fmax and df > 0, got fmin={args.fmin}, fmax={args.fmax}, df={args.df}")
+    n = int(math.floor((args.fmax - args.fmin) / args.df + 1e-9)) + 1
+    freqs = args.fmin + args.df * torch.arange(n, dtype=torch.float64)
+    model = _model(args)
+    info: dict = {"method": args.method}
+    if args.method == "transfer":
+        lin = model.linear_psd(freqs, dt=args.dt if model.noise != "white" else None)
+        if not bool(lin.stable):
+            raise UsageError(
+                "the upper equilibrium is unstable (oscillatory regime, e.g. a limit cycle): the linearised spectrum "
+                "is not valid here; use --method simulation"
+            )
+        psd = lin.psd
+        info["dominant_frequency_hz"] = float(lin.equilibrium.dominant_frequency_hz)
+    else:
+        from jrinfer.spectral import welch_psd
+
+        # Welch segments of length 1/df give the requested resolution; the
+        # sampling rate must exceed 2 fmax.
+        nperseg_s = 1.0 / args.df
+        record_every = max(1, int(1.0 / (args.dt * 4.0 * max(args.fmax, 1.0))))
+        fs_rec = 1.0 / (record_every * args.dt)
+        nperseg = int(round(nperseg_s * fs_rec))
+        sim = model.simulate(args.duration, args.dt, seed=args.seed, record_every=record_every, transient=args.transient)
+        if bool(sim.diverged.any()):
+            raise UsageError("the simulation diverged; reduce --dt")
+        if nperseg > sim.v.shape[-1]:
+            raise UsageError(
+                f"--duration {args.duration:g} s is shorter than one Welch segment of 1/df = {nperseg_s:g} s"
+            )
+        w = welch_psd(sim.v, fs_rec, nperseg=nperseg)
+        import numpy as np
+
+        psd = torch.from_numpy(np.interp(freqs.numpy(), w.freqs.numpy(), w.psd.numpy()))
+        info.update(n_segments=w.n_segments, seed=sim.seed, sampling_rate_hz=fs_rec)
+    if out is not None:
+        _write_csv(out, ["freq", "power"], [freqs, psd])
+    if args.json:
+        print(json.dumps({**info, "freq": freqs.tolist(), "power": psd.tolist()}))
+    elif out is None:
+        for f, p in zip(freqs.tolist(), psd.tolist()):
+            print(f"{f:.6g},{p:.10g}")
+    else:
+        print(f"wrote {n} frequencies to {out}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from jrinfer._demo import run_demo
+
+    return run_demo(Path(args.out), force=args.force)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="override a model parameter (repeatable), e.g. --set p_mean=60 --set C=135",
+    )
+    p.add_argument(
+        "--noise",
+        default="white",
+        choices=["white", "jr1995_gaussian", "jr1995_uniform"],
+        help="how p_std is read: white-noise intensity (default) or JR 1995's per-step draw",
+    )
+    p.add_argument("--noise-on", default="input", choices=["input", "all"], help="noisy populations")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jrinfer", description="Bayesian inversion of the Jansen-Rit neural mass model (units: s, mV, pulses/s)."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fixed-points", help="every equilibrium with its eigenvalues and stability")
+    _add_model_args(p)
+    p.set_defaults(func=_cmd_fixed_points)
+
+    p = sub.add_parser("simulate", help="simulate v = y1 - y2 and write CSV time,v")
+    _add_model_args(p)
+    p.add_argument("--duration", type=float, default=10.0, help="recorded time in s (default 10)")
+    p.add_argument("--dt", type=float, default=1e-4, help="integration step in s (default 1e-4)")
+    p.add_argument("--transient", type=float, default=0.0, help="time in s discarded first (default 0)")
+    p.add_argument("--sampling-rate", type=float, default=None, help="output rate in Hz (default 1/dt)")
+    p.add_argument(
+        "--method",
+        default="auto",
+        choices=["auto", "euler", "heun", "rk4"],
+        help="integrator; auto = RK4 without noise (p_std=0), stochastic Heun with noise",
+    )
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--out", default=None, help="CSV file to write (columns time,v)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("spectrum", help="power spectral density of v (mV^2/Hz), CSV freq,power")
+    _add_model_args(p)
+    p.add_argument("--fmin", type=float, default=1.0, help="lowest frequency in Hz (default 1)")
+    p.add_argument("--fmax", type=float, default=40.0, help="highest frequency in Hz (default 40)")
+    p.add_argument("--df", type=float, default=0.25, help="frequency step in Hz (default 0.25)")
+    p.add_argument(
+        "--method",
+        default="transfer",
+        choices=["transfer", "simulation"],
+        help="linearised transfer function (stable equilibria) or simulation + Welch",
+    )
+    p.add_argument("--dt", type=float, default=1e-4, help="integration step in s for --method simulation")
+    p.add_argument("--duration", type=float, default=60.0, help="simulated time in s for --method simulation")
+    p.add_argument("--transient", type=float, default=2.0, help="discarded time in s for --method simulation")
+    p.add_argument("--seed", type=int, default=0, help="noise seed for --method simulation")
+    p.add_argument("--out", default=None, help="CSV file to write (columns freq,power)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(func=_cmd_spectrum)
+
+    p = sub.add_parser("demo", help="the README's main job on the bundled example")
+    p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
+    p.add_argument("--force", action="store_true", help="overwrite files in --out")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``jrinfer`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, ValueError, TypeError, OSError, RuntimeError) as err:
+        if args.debug:
+            raise
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"jrinfer {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

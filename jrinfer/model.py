@@ -1,0 +1,875 @@
+"""The canonical Jansen-Rit neural mass model (SI-style units: s, mV, pulses/s).
+
+States ``y0 .. y5``; the EEG proxy is ``v = y1 - y2`` (mV)::
+
+    y0' = y3      y3' = A a S(y1 - y2)              - 2 a y3 - a^2 y0
+    y1' = y4      y4' = A a (p(t) + C2 S(C1 y0))    - 2 a y4 - a^2 y1
+    y2' = y5      y5' = B b C4 S(C3 y0)             - 2 b y5 - b^2 y2
+    S(v) = 2 e0 / (1 + exp(r (v0 - v)))
+
+References
+----------
+Jansen BH, Rit VG (1995). Electroencephalogram and visual evoked potential
+generation in a mathematical model of coupled cortical columns. Biol Cybern
+73:357-366.
+
+Grimbert F, Faugeras O (2006). Bifurcation analysis of Jansen's neural mass
+model. Neural Comput 18:3052-3068.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+
+from jrinfer import _checks, _integrate, _rng
+from jrinfer._integrate import PulseInput
+
+__all__ = ["JansenRit", "FixedPoints", "LinearSpectrum", "Simulation", "PulseInput", "PARAMETERS"]
+
+
+@dataclass(frozen=True)
+class _ParameterInfo:
+    default: float | None
+    unit: str
+    description: str
+    constraint: str  # "positive", "nonnegative" or "real"
+
+
+#: Named parameters of :class:`JansenRit` with defaults (Jansen & Rit 1995), units and constraints.
+#: ``C1 .. C4`` default to ``C * (1, 0.8, 0.25, 0.25)``.
+PARAMETERS: dict[str, _ParameterInfo] = {
+    "A": _ParameterInfo(3.25, "mV", "maximum EPSP amplitude", "positive"),
+    "B": _ParameterInfo(22.0, "mV", "maximum IPSP amplitude", "positive"),
+    "a": _ParameterInfo(100.0, "1/s", "excitatory PSP rate constant (inverse time constant)", "positive"),
+    "b": _ParameterInfo(50.0, "1/s", "inhibitory PSP rate constant (inverse time constant)", "positive"),
+    "C": _ParameterInfo(135.0, "1", "average number of synaptic contacts", "positive"),
+    "C1": _ParameterInfo(None, "1", "pyramidal -> excitatory interneuron contacts (default C)", "nonnegative"),
+    "C2": _ParameterInfo(None, "1", "excitatory interneuron -> pyramidal contacts (default 0.8 C)", "nonnegative"),
+    "C3": _ParameterInfo(None, "1", "pyramidal -> inhibitory interneuron contacts (default 0.25 C)", "nonnegative"),
+    "C4": _ParameterInfo(None, "1", "inhibitory interneuron -> pyramidal contacts (default 0.25 C)", "nonnegative"),
+    "e0": _ParameterInfo(2.5, "1/s", "half the maximum firing rate", "positive"),
+    "v0": _ParameterInfo(6.0, "mV", "potential at half the maximum firing rate", "real"),
+    "r": _ParameterInfo(0.56, "1/mV", "sigmoid slope", "positive"),
+    "p_mean": _ParameterInfo(220.0, "pulses/s", "mean external input to the pyramidal population", "real"),
+    "p_std": _ParameterInfo(
+        22.0,
+        "pulses/s/sqrt(Hz) (white) or pulses/s (jr1995_*)",
+        "external input noise: white-noise intensity, or per-step standard deviation under the JR 1995 convention",
+        "nonnegative",
+    ),
+}
+_CONNECTIVITY_RATIOS = {"C1": 1.0, "C2": 0.8, "C3": 0.25, "C4": 0.25}
+_NOISE_ON = ("input", "all")
+
+
+class FixedPoints(NamedTuple):
+    """Every equilibrium of a batch of JR parameter sets, sorted by ascending ``v``.
+
+    Batches hold different numbers of equilibria (one or three for the JR
+    constants, an odd number in general), so the last axis is padded to the
+    largest count ``K`` in the batch; padded entries are NaN and ``valid`` is
+    False there.
+
+    Attributes
+    ----------
+    state : torch.Tensor
+        Equilibrium states, shape ``(*batch, K, 6)`` (mV; derivatives are 0).
+    v : torch.Tensor
+        Output ``y1 - y2`` at each equilibrium in mV, shape ``(*batch, K)``.
+    eigenvalues : torch.Tensor
+        Complex eigenvalues of the Jacobian in 1/s, shape ``(*batch, K, 6)``,
+        sorted by descending real part.
+    stable : torch.Tensor
+        Bool, shape ``(*batch, K)``: all eigenvalues have negative real part.
+    dominant_frequency_hz : torch.Tensor
+        ``|Im(lambda)| / 2 pi`` of the eigenvalue with the largest real part
+        (the least damped mode), Hz, shape ``(*batch, K)``.
+    valid : torch.Tensor
+        Bool mask of real (not padded) entries, shape ``(*batch, K)``.
+    count : torch.Tensor
+        Number of equilibria per parameter set, int64, shape ``batch``.
+    """
+
+    state: torch.Tensor
+    v: torch.Tensor
+    eigenvalues: torch.Tensor
+    stable: torch.Tensor
+    dominant_frequency_hz: torch.Tensor
+    valid: torch.Tensor
+    count: torch.Tensor
+
+    def upper(self) -> "FixedPoints":
+        """The equilibrium with the largest ``v`` (the branch carrying the alpha resonance), ``K`` axis dropped."""
+        return self._take((self.count - 1).clamp(min=0))
+
+    def lower(self) -> "FixedPoints":
+        """The equilibrium with the smallest ``v`` (the low-activity branch), ``K`` axis dropped."""
+        return self._take(torch.zeros_like(self.count))
+
+    def select(self, which: str) -> "FixedPoints":
+        """``upper()`` or ``lower()`` by name."""
+        _checks.check_option("equilibrium", which, ("upper", "lower"))
+        return self.upper() if which == "upper" else self.lower()
+
+    def _take(self, idx: torch.Tensor) -> "FixedPoints":
+        def take(x: torch.Tensor) -> torch.Tensor:
+            extra = x.dim() - idx.dim() - 1
+            i = idx.reshape(idx.shape + (1,) * (1 + extra)).expand(idx.shape + (1,) + x.shape[idx.dim() + 1 :])
+            return torch.gather(x, idx.dim(), i).squeeze(idx.dim())
+
+        return FixedPoints(
+            take(self.state),
+            take(self.v),
+            take(self.eigenvalues),
+            take(self.stable),
+            take(self.dominant_frequency_hz),
+            take(self.valid),
+            self.count,
+        )
+
+    def to_records(self, index: tuple[int, ...] = ()) -> list[dict]:
+        """Plain-Python description of the equilibria of one parameter set.
+
+        Parameters
+        ----------
+        index : tuple of int
+            Batch index of the parameter set (``()`` for an unbatched model).
+
+        Returns
+        -------
+        list of dict
+            One dict per equilibrium with keys ``state`` (6 floats), ``v``,
+            ``eigenvalues`` (``[re, im]`` pairs), ``stable`` and
+            ``dominant_frequency_hz``, in ascending ``v``.
+        """
+        n = int(self.count[index])
+        out = []
+        for k in range(n):
+            ev = self.eigenvalues[index + (k,)].detach()
+            out.append(
+                {
+                    "state": [float(x) for x in self.state[index + (k,)].detach()],
+                    "v": float(self.v[index + (k,)]),
+                    "eigenvalues": [[float(z.real), float(z.imag)] for z in ev],
+                    "stable": bool(self.stable[index + (k,)]),
+                    "dominant_frequency_hz": float(self.dominant_frequency_hz[index + (k,)]),
+                }
+            )
+        return out
+
+
+class LinearSpectrum(NamedTuple):
+    """Power spectral density of the model linearised at an equilibrium.
+
+    Attributes
+    ----------
+    freqs : torch.Tensor
+        Frequencies in Hz, shape ``(F,)``.
+    psd : torch.Tensor
+        One-sided PSD of ``v`` in mV^2/Hz, shape ``(*batch, F)``. Only
+        meaningful where ``stable`` is True.
+    stable : torch.Tensor
+        Bool, shape ``batch``: the equilibrium is stable, so the linearised
+        spectrum describes the noise-driven fluctuations. Where it is False the
+        model oscillates (or leaves the equilibrium) and spectra must come from
+        simulation.
+    equilibrium : FixedPoints
+        The equilibrium the spectrum was linearised at (``K`` axis dropped).
+    """
+
+    freqs: torch.Tensor
+    psd: torch.Tensor
+    stable: torch.Tensor
+    equilibrium: FixedPoints
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """Output of :meth:`JansenRit.simulate`.
+
+    Attributes
+    ----------
+    time : torch.Tensor
+        Sample times in s after the transient, shape ``(T,)``.
+    v : torch.Tensor
+        EEG proxy ``y1 - y2`` in mV, shape ``(*batch, T)``.
+    final_state : torch.Tensor
+        State after the last step, shape ``(*batch, 6)``.
+    diverged : torch.Tensor
+        Bool, shape ``batch``: the simulation produced non-finite values.
+    dt : float
+        Integration step in s.
+    sampling_rate : float
+        Rate of the recorded samples in Hz (``1 / (record_every * dt)``).
+    method, noise, noise_on, backend : str
+        Integrator, noise convention, noisy populations and implementation used.
+    seed : int
+        Seed of the noise (reported even if drawn from the OS).
+    """
+
+    time: torch.Tensor
+    v: torch.Tensor
+    final_state: torch.Tensor
+    diverged: torch.Tensor
+    dt: float
+    sampling_rate: float
+    method: str
+    noise: str
+    noise_on: str
+    backend: str
+    seed: int
+    metadata: dict = field(default_factory=dict)
+
+
+class JansenRit:
+    """Jansen-Rit neural mass model, batched over parameter sets (torch, float64).
+
+    Parameters
+    ----------
+    noise : {"white", "jr1995_gaussian", "jr1995_uniform"}
+        How ``p_std`` is read. ``"white"`` (default): the external input is
+        ``p(t) = p_mean + p_std xi(t)`` with ``xi`` unit Gaussian white noise
+        (``<xi(t) xi(s)> = delta(t - s)``), an SDE whose statistics converge as
+        ``dt -> 0``; ``p_std`` is in pulses/s/sqrt(Hz) and the input's
+        one-sided PSD is ``2 p_std^2``. ``"jr1995_gaussian"`` and
+        ``"jr1995_uniform"``: Jansen & Rit's convention, a value drawn every
+        integration step (Gaussian, or uniform with the same standard
+        deviation ``p_std`` in pulses/s) and held over the step. Its effect
+        depends on ``dt``: it matches white noise of intensity
+        ``p_std * sqrt(dt)`` at frequencies well below ``1/dt``. JR 1995's
+        uniform input on 120-320 pulses/s is ``p_mean=220,
+        p_std=100/sqrt(3)`` with ``noise="jr1995_uniform"``.
+    noise_on : {"input", "all"}
+        ``"input"`` (default): only the external input is noisy. ``"all"``:
+        independent noise of the same intensity also enters the PSP blocks of
+        ``y0`` and ``y2`` (added to their firing-rate inputs).
+    **params : float or torch.Tensor
+        Any of :data:`PARAMETERS` (``A, B, a, b, C, C1..C4, e0, v0, r, p_mean,
+        p_std``). Tensors broadcast against each other; the result is the
+        model's ``batch_shape``. Gradients flow to every tensor given.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from jrinfer import JansenRit
+    >>> model = JansenRit(p_mean=torch.tensor([60.0, 220.0]))
+    >>> model.batch_shape
+    torch.Size([2])
+    >>> fp = model.fixed_points()
+    >>> fp.upper().stable.tolist()
+    [True, False]
+    """
+
+    def __init__(self, *, noise: str = "white", noise_on: str = "input", **params):
+        _checks.check_option("noise", noise, _integrate.NOISE_CONVENTIONS)
+        _checks.check_option("noise_on", noise_on, _NOISE_ON)
+        unknown = [k for k in params if k not in PARAMETERS]
+        if unknown:
+            import difflib
+
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, list(PARAMETERS), n=1)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(
+                f"unknown Jansen-Rit parameter(s) {', '.join(hints)}; known parameters: {', '.join(PARAMETERS)}"
+            )
+        values: dict[str, torch.Tensor] = {}
+        for name, info in PARAMETERS.items():
+            if name in params and params[name] is not None:
+                x = _checks.as_float_tensor(name, params[name])
+            elif info.default is not None:
+                x = torch.tensor(info.default, dtype=torch.float64)
+            else:
+                continue
+            if info.constraint == "positive":
+                _checks.check_positive(name, x)
+            elif info.constraint == "nonnegative":
+                _checks.check_positive(name, x, allow_zero=True)
+            else:
+                _checks.check_finite(name, x)
+            values[name] = x
+        for name, ratio in _CONNECTIVITY_RATIOS.items():
+            if name not in values:
+                values[name] = ratio * values["C"]
+        try:
+            shape = torch.broadcast_shapes(*(v.shape for v in values.values()))
+        except RuntimeError:
+            shapes = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in values.items() if v.dim() > 0)
+            raise ValueError(
+                f"parameter batch shapes do not broadcast against each other ({shapes}); "
+                "give tensors whose shapes broadcast (e.g. (n,), (1,) or scalars)"
+            ) from None
+        self._params = {k: torch.broadcast_to(v, shape) for k, v in values.items()}
+        self._batch_shape = torch.Size(shape)
+        self.noise = noise
+        self.noise_on = noise_on
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def batch_shape(self) -> torch.Size:
+        """Shape of the batch of parameter sets."""
+        return self._batch_shape
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        """All parameters (``C1..C4`` resolved), each broadcast to ``batch_shape``."""
+        return dict(self._params)
+
+    def replace(self, **params) -> "JansenRit":
+        """A new model with some parameters replaced (same noise settings).
+
+        ``C1..C4`` that were derived from ``C`` are derived again from a new ``C``.
+        """
+        current = {k: v for k, v in self._params.items()}
+        if "C" in params:
+            for name in _CONNECTIVITY_RATIOS:
+                if name not in params and torch.equal(current[name], _CONNECTIVITY_RATIOS[name] * current["C"]):
+                    current.pop(name)
+        current.update(params)
+        return JansenRit(noise=self.noise, noise_on=self.noise_on, **current)
+
+    def __repr__(self) -> str:
+        def fmt(x: torch.Tensor) -> str:
+            return f"{x.reshape(-1)[0].item():g}" if x.numel() and bool((x == x.reshape(-1)[0]).all()) else "[...]"
+
+        body = ", ".join(f"{k}={fmt(v)}" for k, v in self._params.items())
+        return f"JansenRit(batch_shape={tuple(self._batch_shape)}, noise={self.noise!r}, noise_on={self.noise_on!r}, {body})"
+
+    def sigmoid(self, v: torch.Tensor) -> torch.Tensor:
+        """Firing rate ``S(v) = 2 e0 / (1 + exp(r (v0 - v)))`` in pulses/s (overflow-free)."""
+        p = self._params
+        return _integrate.sigmoid(v, p["e0"], p["v0"], p["r"])
+
+    def sigmoid_derivative(self, v: torch.Tensor) -> torch.Tensor:
+        """``dS/dv = r S(v) (1 - S(v) / (2 e0))`` in pulses/s/mV."""
+        p = self._params
+        return _sigmoid_slope(v, p["e0"], p["v0"], p["r"])
+
+    def drift(self, state: torch.Tensor, p_input: torch.Tensor | None = None) -> torch.Tensor:
+        """Time derivative of the state.
+
+        Parameters
+        ----------
+        state : torch.Tensor
+            Shape ``(*batch, 6)`` (mV, mV/s).
+        p_input : torch.Tensor, optional
+            External input in pulses/s broadcastable to ``batch``; default ``p_mean``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``dy/dt``, shape ``(*batch, 6)``.
+        """
+        state = _checks.as_float_tensor("state", state)
+        if state.shape[-1:] != (6,):
+            raise ValueError(f"state must have a last axis of length 6, got shape {tuple(state.shape)}")
+        p = dict(self._params)
+        p["Aa"], p["Bb"] = p["A"] * p["a"], p["B"] * p["b"]
+        u1 = p["p_mean"] if p_input is None else _checks.as_float_tensor("p_input", p_input)
+        zero = torch.zeros((), dtype=torch.float64)
+        f = _integrate.drift(state.unbind(-1), (zero, u1, zero), p)
+        return torch.stack(torch.broadcast_tensors(*f), dim=-1)
+
+    def jacobian(self, state: torch.Tensor) -> torch.Tensor:
+        """Jacobian of the drift, shape ``(*batch, 6, 6)`` in 1/s (analytic)."""
+        state = _checks.as_float_tensor("state", state)
+        return _jacobian(self._params, state)
+
+    # -------------------------------------------------------------- equilibria
+    def fixed_points(self, *, grid_size: int = 256) -> FixedPoints:
+        """All equilibria of every parameter set, with stability.
+
+        Equilibria satisfy ``y3 = y4 = y5 = 0`` and reduce to one scalar
+        equation in ``y0``, whose roots all lie in ``(0, 2 e0 A / a)``. The
+        roots are bracketed on a grid (with a check of every local extremum
+        between grid points, so that close pairs near a fold are not missed)
+        and refined by bisection to machine precision. Gradients with respect
+        to the parameters follow from the implicit function theorem (one
+        differentiable Newton step at the converged root).
+
+        Parameters
+        ----------
+        grid_size : int
+            Number of grid points used to bracket the roots (>= 16).
+
+        Returns
+        -------
+        FixedPoints
+        """
+        if not isinstance(grid_size, int) or grid_size < 16:
+            raise ValueError(f"grid_size must be an int >= 16, got {grid_size!r}")
+        return _fixed_points(self._params, self._batch_shape, grid_size)
+
+    def linearisation_valid(self, equilibrium: str = "upper") -> torch.Tensor:
+        """Bool tensor of shape ``batch``: is the chosen equilibrium stable?
+
+        Where it is, the linearised (transfer-function) spectrum is valid.
+        Where the upper equilibrium is unstable the model oscillates on a
+        limit cycle around it (e.g. ``p_mean`` between the Hopf points 89.83
+        and 315.70 with the JR 1995 constants) or, for some constants, falls
+        to the low-activity equilibrium (``equilibrium="lower"``); spectra of
+        those regimes must come from simulation or the other equilibrium.
+        """
+        return self.fixed_points().select(equilibrium).stable
+
+    # ------------------------------------------------------ linearised spectra
+    def transfer_function(self, freqs, equilibrium: FixedPoints | str = "upper") -> torch.Tensor:
+        """Transfer functions from the three noise inputs to ``v`` at an equilibrium.
+
+        With ``h_e(s) = A a / (s + a)^2``, ``h_i(s) = B b / (s + b)^2`` and the
+        sigmoid slopes ``g0 = S'(v*)``, ``g1 = S'(C1 y0*)``, ``g2 = S'(C3 y0*)``
+        at the equilibrium, ``K = C1 C2 g1 h_e - C3 C4 g2 h_i`` and
+        ``D = 1 - g0 h_e K``::
+
+            H_input = h_e / D,   H_y0 = K h_e / D,   H_y2 = -h_i / D
+
+        for inputs (pulses/s) added to the external input, to the firing rate
+        entering the ``y0`` block and to the one entering the ``y2`` block.
+
+        Parameters
+        ----------
+        freqs : array_like
+            Frequencies in Hz, shape ``(F,)``.
+        equilibrium : {"upper", "lower"} or FixedPoints
+            Which equilibrium to linearise at, or one already selected with
+            ``fixed_points().upper()`` (or ``.lower()``).
+
+        Returns
+        -------
+        torch.Tensor
+            Complex128, shape ``(*batch, F, 3)`` in mV per pulse/s, channels
+            ordered ``(y0 block, external input, y2 block)``.
+        """
+        f = _check_freqs(freqs)
+        eq = self.fixed_points().select(equilibrium) if isinstance(equilibrium, str) else equilibrium
+        p = self._params
+        y0 = eq.state[..., 0]
+        g0 = self.sigmoid_derivative(eq.v)
+        g1 = _sigmoid_slope(p["C1"] * y0, p["e0"], p["v0"], p["r"])
+        g2 = _sigmoid_slope(p["C3"] * y0, p["e0"], p["v0"], p["r"])
+        s = (2j * math.pi) * f.to(torch.complex128)
+        ex = lambda x: x.unsqueeze(-1)  # noqa: E731  (batch -> batch x freq)
+        h_e = ex(p["A"] * p["a"]) / (s + ex(p["a"])) ** 2
+        h_i = ex(p["B"] * p["b"]) / (s + ex(p["b"])) ** 2
+        k = ex(p["C1"] * p["C2"] * g1) * h_e - ex(p["C3"] * p["C4"] * g2) * h_i
+        d = 1.0 - ex(g0) * h_e * k
+        return torch.stack([k * h_e / d, h_e / d, -h_i / d], dim=-1)
+
+    def linear_psd(self, freqs, *, dt: float | None = None, equilibrium: str = "upper") -> LinearSpectrum:
+        """One-sided PSD of ``v`` (mV^2/Hz) of the model linearised at an equilibrium.
+
+        For white input noise of intensity ``sigma = p_std`` (two-sided PSD
+        ``sigma^2``) on each noisy channel ``c``::
+
+            PSD_v(f) = 2 sigma^2 sum_c |H_c(2 pi i f)|^2
+
+        Parameters
+        ----------
+        freqs : array_like
+            Frequencies in Hz, shape ``(F,)``, finite and >= 0.
+        dt : float, optional
+            Integration step in s; required for the ``jr1995_*`` noise
+            conventions, whose equivalent white-noise intensity is
+            ``p_std * sqrt(dt)`` (valid for ``f << 1/dt``).
+        equilibrium : {"upper", "lower"}
+            The equilibrium to linearise at: the upper branch (default; it
+            carries the damped alpha resonance below the first Hopf point) or
+            the low-activity one.
+
+        Returns
+        -------
+        LinearSpectrum
+            ``psd`` of shape ``(*batch, F)`` plus the stability flag that says
+            where it is valid.
+        """
+        f = _check_freqs(freqs)
+        p_std = self._params["p_std"]
+        if self.noise == "white":
+            if dt is not None:
+                _checks.check_scalar("dt", dt, positive=True)
+            intensity = p_std**2
+        else:
+            if dt is None:
+                raise ValueError(
+                    f"dt is required for noise={self.noise!r}: the per-step convention's spectrum depends on the "
+                    "step (equivalent white-noise intensity p_std*sqrt(dt))"
+                )
+            intensity = p_std**2 * _checks.check_scalar("dt", dt, positive=True)
+        eq = self.fixed_points().select(equilibrium)
+        h2 = self.transfer_function(f, equilibrium=eq).abs() ** 2
+        if self.noise_on == "input":
+            gain = h2[..., 1]
+        else:
+            gain = h2.sum(-1)
+        psd = 2.0 * intensity.unsqueeze(-1) * gain
+        return LinearSpectrum(f, psd, eq.stable, eq)
+
+    # -------------------------------------------------------------- simulation
+    def simulate(
+        self,
+        duration: float,
+        dt: float,
+        *,
+        method: str = "auto",
+        seed: int | None = None,
+        record_every: int = 1,
+        transient: float = 0.0,
+        initial_state: str | torch.Tensor = "rest",
+        pulse: PulseInput | None = None,
+        backend: str = "auto",
+    ) -> Simulation:
+        """Integrate the model and record ``v = y1 - y2``.
+
+        Only ``v`` is stored (every ``record_every`` steps), never the full
+        state history, so long simulations of large batches fit in memory.
+
+        Parameters
+        ----------
+        duration : float
+            Recorded time in s (after the transient).
+        dt : float
+            Integration step in s. Must satisfy ``max(a, b) dt < 1`` (explicit
+            schemes become unstable near ``2``); a warning is given above 0.1,
+            where results are inaccurate. 0.1 ms is a good default.
+        method : {"auto", "euler", "heun", "rk4"}
+            ``"auto"`` picks RK4 when the model has no noise (``p_std = 0``)
+            and stochastic Heun otherwise (both order 2 here; the noise is
+            additive). ``"rk4"`` with white noise is rejected (use Heun);
+            with the ``jr1995_*`` conventions RK4 holds the drawn input over
+            the step, as Jansen & Rit did.
+        seed : int, optional
+            Seed of the noise. The noise is a pure function of (seed, parameter
+            set, step), so results do not depend on the backend, the batch
+            composition or the number of threads. ``None`` draws a seed from
+            the OS; it is reported as ``Simulation.seed``.
+        record_every : int
+            Store ``v`` every this many steps (decimation; sampling rate
+            ``1 / (record_every dt)``).
+        transient : float
+            Time in s simulated and discarded before recording.
+        initial_state : {"rest", "equilibrium"} or torch.Tensor
+            ``"rest"``: all states zero (JR 1995). ``"equilibrium"``: the
+            upper equilibrium. Or a tensor of shape ``(*batch, 6)``.
+        pulse : PulseInput, optional
+            Transient input added to the external input (evoked responses).
+        backend : {"auto", "torch", "native"}
+            ``"torch"`` is differentiable; ``"native"`` is a compiled kernel
+            (no gradients, about 10x faster than NumPy). ``"auto"`` uses the
+            native kernel when no gradient is needed and it is available.
+
+        Returns
+        -------
+        Simulation
+        """
+        duration = _checks.check_scalar("duration", duration, positive=True)
+        dt = _checks.check_scalar("dt", dt, positive=True)
+        transient = _checks.check_scalar("transient", transient, positive=True, allow_zero=True)
+        _checks.check_option("method", method, ("auto",) + _integrate.METHODS)
+        _checks.check_option("backend", backend, ("auto", "torch", "native"))
+        if isinstance(record_every, bool) or not isinstance(record_every, int) or record_every < 1:
+            raise ValueError(f"record_every must be an int >= 1, got {record_every!r}")
+        p = self._params
+        rate = float(torch.maximum(p["a"], p["b"]).max())
+        if rate * dt >= 1.0:
+            raise ValueError(
+                f"dt={dt:g} s is too large for stable integration: need max(a, b) * dt < 1, i.e. dt < {1 / rate:.3g} s "
+                f"here (max rate constant {rate:g} 1/s); dt = 1e-4 s is accurate"
+            )
+        if rate * dt > 0.1:
+            warnings.warn(
+                f"dt={dt:g} s is coarse for rate constants up to {rate:g} 1/s (max(a, b) * dt = {rate * dt:.2f} > 0.1); "
+                "results may be inaccurate",
+                stacklevel=2,
+            )
+        n_steps = int(round(duration / dt))
+        n_transient = int(round(transient / dt))
+        if n_steps < record_every:
+            raise ValueError(
+                f"duration={duration:g} s with dt={dt:g} s and record_every={record_every} records no sample; "
+                "increase duration"
+            )
+        noisy = bool((p["p_std"] != 0).any())
+        if method == "auto":
+            method = "heun" if noisy else "rk4"
+        if method == "rk4" and noisy and self.noise == "white":
+            raise ValueError(
+                "method='rk4' is for deterministic runs (p_std=0) or the jr1995_* noise conventions; "
+                "use method='heun' or 'euler' for white noise"
+            )
+        seed = _rng.seed_to_int(seed)
+        if pulse is not None and not isinstance(pulse, PulseInput):
+            raise ValueError(f"pulse must be a PulseInput or None, got {type(pulse).__name__}")
+
+        shape = self._batch_shape
+        n_nodes = max(1, math.prod(shape))
+        flat = {k: v.reshape(-1) if v.dim() else v.reshape(1) for k, v in p.items()}
+        y_init = self._initial_state(initial_state).reshape(n_nodes, 6)
+        flat_pulse = None
+        if pulse is not None:
+            fields = {}
+            for name in ("q", "w", "n", "onset"):
+                x = _checks.as_float_tensor(f"pulse.{name}", getattr(pulse, name))
+                _checks.check_finite(f"pulse.{name}", x)
+                try:
+                    fields[name] = torch.broadcast_to(x, shape).reshape(n_nodes)
+                except RuntimeError:
+                    raise ValueError(
+                        f"pulse.{name} of shape {tuple(x.shape)} does not broadcast to the batch shape {tuple(shape)}"
+                    ) from None
+            _checks.check_positive("pulse.w", fields["w"])
+            flat_pulse = PulseInput(**fields)
+
+        needs_grad = torch.is_grad_enabled() and (
+            any(v.requires_grad for v in flat.values())
+            or y_init.requires_grad
+            or (flat_pulse is not None and any(getattr(flat_pulse, k).requires_grad for k in ("q", "w", "n", "onset")))
+        )
+        if backend == "auto":
+            backend = "native" if not needs_grad and _native_available() else "torch"
+        elif backend == "native" and not _native_available():
+            from jrinfer import _native
+
+            raise RuntimeError(f"backend='native' is not available here: {_native.unavailable_reason()}")
+        channels = _integrate._ALL if self.noise_on == "all" else _integrate._INPUT_ONLY
+        kwargs = dict(
+            n_transient=n_transient,
+            n_steps=n_steps,
+            dt=dt,
+            record_every=record_every,
+            method=method,
+            noise=self.noise,
+            channels=channels,
+            seed=seed,
+            pulse=flat_pulse,
+        )
+        if backend == "native":
+            from jrinfer import _native
+
+            v, y_final = _native.simulate_flat_native(flat, y_init, **kwargs)
+        else:
+            v, y_final = _integrate.simulate_flat(flat, y_init, **kwargs)
+        diverged = ~torch.isfinite(y_final.detach()).all(-1) | ~torch.isfinite(v.detach()).all(-1)
+        n_bad = int(diverged.sum())
+        if n_bad:
+            warnings.warn(
+                f"{n_bad} of {n_nodes} simulations diverged (non-finite values); see Simulation.diverged",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        n_rec = v.shape[-1]
+        step = record_every * dt
+        return Simulation(
+            time=torch.arange(n_rec, dtype=torch.float64) * step,
+            v=v.reshape(shape + (n_rec,)),
+            final_state=y_final.reshape(shape + (6,)),
+            diverged=diverged.reshape(shape),
+            dt=dt,
+            sampling_rate=1.0 / step,
+            method=method,
+            noise=self.noise,
+            noise_on=self.noise_on,
+            backend=backend,
+            seed=seed,
+        )
+
+    def _initial_state(self, initial_state) -> torch.Tensor:
+        shape = self._batch_shape
+        if isinstance(initial_state, str):
+            _checks.check_option("initial_state", initial_state, ("rest", "equilibrium"))
+            if initial_state == "rest":
+                return torch.zeros(shape + (6,), dtype=torch.float64)
+            return self.fixed_points().upper().state
+        y = _checks.as_float_tensor("initial_state", initial_state)
+        _checks.check_finite("initial_state", y)
+        try:
+            return torch.broadcast_to(y, shape + (6,))
+        except RuntimeError:
+            raise ValueError(
+                f"initial_state must have shape {tuple(shape) + (6,)} (batch shape + 6 states), got {tuple(y.shape)}"
+            ) from None
+
+
+# ---------------------------------------------------------------------- helpers
+def _native_available() -> bool:
+    try:
+        from jrinfer import _native
+    except ImportError:  # pragma: no cover - module missing in a broken install
+        return False
+    return _native.available()
+
+
+def _check_freqs(freqs) -> torch.Tensor:
+    f = _checks.as_float_tensor("freqs", freqs)
+    if f.dim() != 1 or f.numel() == 0:
+        raise ValueError(f"freqs must be a non-empty 1-D array of frequencies in Hz, got shape {tuple(f.shape)}")
+    _checks.check_positive("freqs", f, allow_zero=True)
+    return f
+
+
+def _sigmoid_slope(x, e0, v0, r):
+    s = torch.sigmoid(r * (x - v0))
+    return 2.0 * e0 * r * s * (1.0 - s)
+
+
+def _jacobian(p: dict[str, torch.Tensor], state: torch.Tensor) -> torch.Tensor:
+    y0, y1, y2 = state[..., 0], state[..., 1], state[..., 2]
+    e0, v0, r = p["e0"], p["v0"], p["r"]
+    Aa, Bb, a, b = p["A"] * p["a"], p["B"] * p["b"], p["a"], p["b"]
+    g0 = _sigmoid_slope(y1 - y2, e0, v0, r)
+    g1 = _sigmoid_slope(p["C1"] * y0, e0, v0, r)
+    g2 = _sigmoid_slope(p["C3"] * y0, e0, v0, r)
+    shape = torch.broadcast_shapes(y0.shape, a.shape)
+    z = torch.zeros(shape, dtype=torch.float64)
+    one = torch.ones(shape, dtype=torch.float64)
+    bc = lambda x: torch.broadcast_to(x, shape)  # noqa: E731
+    rows = [
+        [z, z, z, one, z, z],
+        [z, z, z, z, one, z],
+        [z, z, z, z, z, one],
+        [bc(-a * a), bc(Aa * g0), bc(-Aa * g0), bc(-2 * a), z, z],
+        [bc(Aa * p["C2"] * p["C1"] * g1), bc(-a * a), z, z, bc(-2 * a), z],
+        [bc(Bb * p["C4"] * p["C3"] * g2), z, bc(-b * b), z, z, bc(-2 * b)],
+    ]
+    return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
+
+
+def _equilibrium_residual(y0, p):
+    """Scalar equilibrium equation ``G(y0) = (A/a) S(v(y0)) - y0`` and ``v(y0)``."""
+    e0, v0, r = p["e0"], p["v0"], p["r"]
+    ke, ki = p["A"] / p["a"], p["B"] / p["b"]
+    v = ke * (p["p_mean"] + p["C2"] * _integrate.sigmoid(p["C1"] * y0, e0, v0, r)) - ki * p["C4"] * _integrate.sigmoid(
+        p["C3"] * y0, e0, v0, r
+    )
+    return ke * _integrate.sigmoid(v, e0, v0, r) - y0, v
+
+
+def _equilibrium_residual_slope(y0, v, p):
+    e0, v0, r = p["e0"], p["v0"], p["r"]
+    ke, ki = p["A"] / p["a"], p["B"] / p["b"]
+    dv = ke * p["C2"] * p["C1"] * _sigmoid_slope(p["C1"] * y0, e0, v0, r) - ki * p["C4"] * p[
+        "C3"
+    ] * _sigmoid_slope(p["C3"] * y0, e0, v0, r)
+    return ke * _sigmoid_slope(v, e0, v0, r) * dv - 1.0
+
+
+def _gather(p: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {k: v[idx] for k, v in p.items()}
+
+
+def _refine_roots(lo, hi, p, scale, max_iter: int = 100):
+    """Safeguarded Newton on bracketed roots of the equilibrium equation.
+
+    Newton steps that leave the bracket are replaced by bisection, so the
+    iteration always converges; it stops once every step is below
+    ``4 eps * scale``.
+    """
+    pos_lo = _equilibrium_residual(lo, p)[0] > 0
+    x = 0.5 * (lo + hi)
+    tol = 4 * torch.finfo(torch.float64).eps * scale
+    for _ in range(max_iter):
+        g, v = _equilibrium_residual(x, p)
+        same_as_lo = (g > 0) == pos_lo
+        lo = torch.where(same_as_lo, x, lo)
+        hi = torch.where(same_as_lo, hi, x)
+        x_new = x - g / _equilibrium_residual_slope(x, v, p)
+        outside = ~((x_new > torch.minimum(lo, hi)) & (x_new < torch.maximum(lo, hi)))
+        x_new = torch.where(outside, 0.5 * (lo + hi), x_new)
+        step = (x_new - x).abs()
+        x = x_new
+        if bool((step <= tol).all()) or bool(((hi - lo).abs() <= tol).all()):
+            break
+    return x
+
+
+def _fixed_points(params: dict[str, torch.Tensor], shape: torch.Size, grid_size: int) -> FixedPoints:
+    nb = max(1, math.prod(shape))
+    flat = {k: v.reshape(nb) for k, v in params.items()}
+    with torch.no_grad():
+        pd = {k: v.detach() for k, v in flat.items()}
+        y_max = 2.0 * pd["e0"] * pd["A"] / pd["a"]  # roots lie in (0, y_max)
+        u = torch.linspace(0.0, 1.0, grid_size, dtype=torch.float64)
+        grid = y_max[:, None] * u
+        pc = {k: v[:, None] for k, v in pd.items()}
+        g, _ = _equilibrium_residual(grid, pc)
+        pos = g > 0
+        # 1) sign changes between neighbouring grid points
+        b_idx, k_idx = torch.nonzero(pos[:, :-1] != pos[:, 1:], as_tuple=True)
+        lo, hi = grid[b_idx, k_idx], grid[b_idx, k_idx + 1]
+        # 2) extrema between grid points that may dip through zero (pairs of
+        #    roots closer than the grid spacing, near a fold)
+        d = g[:, 1:] - g[:, :-1]
+        interior_min = (d[:, :-1] < 0) & (d[:, 1:] > 0) & pos[:, 1:-1]
+        interior_max = (d[:, :-1] > 0) & (d[:, 1:] < 0) & ~pos[:, 1:-1]
+        same = (pos[:, :-2] == pos[:, 1:-1]) & (pos[:, 2:] == pos[:, 1:-1])
+        cb, ck = torch.nonzero((interior_min | interior_max) & same, as_tuple=True)
+        if cb.numel():
+            ck = ck + 1
+            pg = _gather(pd, cb)
+            sgn = torch.where(pos[cb, ck], 1.0, -1.0)
+            left, right = grid[cb, ck - 1], grid[cb, ck + 1]
+            for _ in range(60):  # ternary search for the extremum of sgn * g
+                m1 = left + (right - left) / 3
+                m2 = right - (right - left) / 3
+                g1 = sgn * _equilibrium_residual(m1, pg)[0]
+                g2 = sgn * _equilibrium_residual(m2, pg)[0]
+                move_left = g1 > g2
+                left = torch.where(move_left, m1, left)
+                right = torch.where(move_left, right, m2)
+            x_ext = 0.5 * (left + right)
+            crosses = (sgn * _equilibrium_residual(x_ext, pg)[0]) <= 0
+            if bool(crosses.any()):
+                cb, ck, x_ext = cb[crosses], ck[crosses], x_ext[crosses]
+                b_idx = torch.cat([b_idx, cb, cb])
+                lo = torch.cat([lo, grid[cb, ck - 1], x_ext])
+                hi = torch.cat([hi, x_ext, grid[cb, ck + 1]])
+        pb = _gather(pd, b_idx)
+        roots = _refine_roots(lo, hi, pb, y_max[b_idx])
+        count = torch.bincount(b_idx, minlength=nb)
+        n_max = max(1, int(count.max()))
+        order = torch.argsort(b_idx.to(torch.float64) * 4.0 + roots / y_max[b_idx])
+        b_sorted, roots = b_idx[order], roots[order]
+        start = torch.cumsum(count, 0) - count
+        slot = torch.arange(b_sorted.numel()) - start[b_sorted]
+        y0_star = torch.full((nb, n_max), 0.5, dtype=torch.float64) * y_max[:, None]
+        y0_star[b_sorted, slot] = roots
+        valid = torch.zeros((nb, n_max), dtype=torch.bool)
+        valid[b_sorted, slot] = True
+    # Differentiable Newton step (implicit function theorem) at the root.
+    pk = {k: v[:, None] for k, v in flat.items()}
+    g, v_star = _equilibrium_residual(y0_star, pk)
+    y0 = y0_star - g / _equilibrium_residual_slope(y0_star, v_star, pk).detach()
+    _, v = _equilibrium_residual(y0, pk)
+    ke, ki = pk["A"] / pk["a"], pk["B"] / pk["b"]
+    e0, v0, r = pk["e0"], pk["v0"], pk["r"]
+    y1 = ke * (pk["p_mean"] + pk["C2"] * _integrate.sigmoid(pk["C1"] * y0, e0, v0, r))
+    y2 = ki * pk["C4"] * _integrate.sigmoid(pk["C3"] * y0, e0, v0, r)
+    zeros = torch.zeros_like(y0)
+    state = torch.stack([y0, y1, y2, zeros, zeros, zeros], dim=-1)
+    jac = _jacobian(pk, state)
+    ev = torch.linalg.eigvals(jac)
+    ev = torch.gather(ev, -1, torch.argsort(ev.real.detach(), dim=-1, descending=True))
+    stable = ev.real.detach().amax(-1) < 0
+    dom = ev[..., 0]
+    freq = dom.imag.abs() / (2 * math.pi)
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    state = torch.where(valid[..., None], state, nan)
+    v = torch.where(valid, v, nan)
+    ev = torch.where(valid[..., None], ev, torch.complex(nan, nan))
+    freq = torch.where(valid, freq, nan)
+    stable = stable & valid
+    out_shape = tuple(shape)
+    return FixedPoints(
+        state.reshape(out_shape + (n_max, 6)),
+        v.reshape(out_shape + (n_max,)),
+        ev.reshape(out_shape + (n_max, 6)),
+        stable.reshape(out_shape + (n_max,)),
+        freq.reshape(out_shape + (n_max,)),
+        valid.reshape(out_shape + (n_max,)),
+        count.reshape(out_shape),
+    )
