@@ -84,9 +84,9 @@ def run_demo(out: Path, *, force: bool = False) -> int:
     _write_csv(out / "alpha_limit_cycle.csv", "time,v", np.column_stack([cycle.time.numpy(), v]))
 
     # 3) Linearised vs simulated spectrum at a stable equilibrium.
-    p_stable, noise = 80.0, 0.05
+    p_stable, noise = 60.0, 0.05
     model = JansenRit(p_mean=torch.full((20,), p_stable), p_std=noise)
-    sim = model.simulate(64.0, 1e-4, seed=0, record_every=10, transient=4.0, initial_state="equilibrium")
+    sim = model.simulate(64.0, 1e-4, seed=0, record_every=10, transient=8.0, initial_state="equilibrium")
     welch = welch_psd(sim.v, sim.sampling_rate, nperseg=8000)
     welch_mean = welch.psd.mean(0)
     lin = JansenRit(p_mean=p_stable, p_std=noise).linear_psd(welch.freqs)
@@ -164,7 +164,7 @@ def _plot(path, p_grid, fp, cycle, freqs, lin_psd, sim_psd, hopf) -> bool:
     ax = axes[2]
     ax.semilogy(freqs.numpy(), sim_psd.numpy(), label="simulation + Welch")
     ax.semilogy(freqs.numpy(), lin_psd.numpy(), "--", label="linearised")
-    ax.set(xlabel="frequency (Hz)", ylabel="PSD (mV$^2$/Hz)", title="Stable regime, p_mean = 80")
+    ax.set(xlabel="frequency (Hz)", ylabel="PSD (mV$^2$/Hz)", title="Stable regime, p_mean = 60")
     ax.legend()
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")

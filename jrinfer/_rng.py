@@ -67,7 +67,7 @@ def seed_to_int(seed: int | None) -> int:
 
         return secrets.randbits(63)
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}: {seed!r}")
+        raise ValueError(f"seed must be an int or None, got {type(seed).__name__}: {seed!r}")
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
     return seed

@@ -469,6 +469,14 @@ class JansenRit:
 
             PSD_v(f) = 2 sigma^2 sum_c |H_c(2 pi i f)|^2
 
+        This is exact for infinitesimal noise at a stable equilibrium. With
+        finite noise it holds while the fluctuations of ``v`` stay well inside
+        the sigmoid's linear range (``std(v) << 1/r``); the first sign of
+        breakdown is a harmonic at twice the resonance frequency (quadratic
+        terms), then escape to another attractor. Below the first Hopf point
+        the upper equilibrium is very lightly damped (decay rate ~0.4/s at
+        ``p_mean = 60``), so small inputs already give large fluctuations.
+
         Parameters
         ----------
         freqs : array_like

@@ -1,0 +1,122 @@
+"""The ``jrinfer`` command line: contract of DESIGN.md section 7."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jrinfer.cli import main
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_fixed_points_json_contract(capsys):
+    code, out, err = run(capsys, "fixed-points", "--set", "p_mean=60", "--json")
+    assert code == 0, err
+    records = json.loads(out)
+    assert len(records) == 3
+    for rec in records:
+        assert set(rec) == {"state", "v", "eigenvalues", "stable", "dominant_frequency_hz"}
+        assert len(rec["state"]) == 6 and len(rec["eigenvalues"]) == 6
+        assert all(len(pair) == 2 for pair in rec["eigenvalues"])
+    assert [r["stable"] for r in records] == [True, False, True]
+    assert 9.0 < records[-1]["dominant_frequency_hz"] < 11.0
+    code, out, _ = run(capsys, "fixed-points", "--set", "p_mean=220", "--json")
+    records = json.loads(out)
+    assert len(records) == 1 and records[0]["stable"] is False
+
+
+def test_simulate_writes_time_v_csv_with_rk4_when_noiseless(tmp_path, capsys):
+    path = tmp_path / "sim.csv"
+    code, out, err = run(
+        capsys, "simulate", "--set", "p_std=0", "--duration", "1", "--dt", "1e-4", "--out", str(path), "--json"
+    )
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["method"] == "rk4" and info["n_samples"] == 10000
+    with open(path) as fh:
+        assert next(csv.reader(fh)) == ["time", "v"]
+    data = np.loadtxt(path, delimiter=",", skiprows=1)
+    assert data.shape == (10000, 2)
+    assert data[1, 0] == pytest.approx(1e-4)
+    # refuses to overwrite without --force
+    code, _, err = run(capsys, "simulate", "--set", "p_std=0", "--duration", "0.1", "--out", str(path))
+    assert code == 2 and "exists" in err and len(err.strip().splitlines()) == 1
+    code, _, _ = run(capsys, "simulate", "--duration", "0.1", "--out", str(path), "--force")
+    assert code == 0
+
+
+def test_spectrum_transfer_and_simulation(tmp_path, capsys):
+    path = tmp_path / "psd.csv"
+    args = ["spectrum", "--set", "p_mean=60", "--set", "p_std=0.05", "--fmin", "2", "--fmax", "40", "--df", "0.5"]
+    code, _, err = run(capsys, *args, "--out", str(path))
+    assert code == 0, err
+    with open(path) as fh:
+        assert next(csv.reader(fh)) == ["freq", "power"]
+    lin = np.loadtxt(path, delimiter=",", skiprows=1)
+    assert lin.shape == (77, 2) and lin[0, 0] == 2.0 and lin[-1, 0] == 40.0
+    assert 9.0 < lin[lin[:, 1].argmax(), 0] < 11.0
+    path2 = tmp_path / "psd_sim.csv"
+    code, _, err = run(capsys, *args, "--method", "simulation", "--duration", "60", "--out", str(path2))
+    assert code == 0, err
+    sim = np.loadtxt(path2, delimiter=",", skiprows=1)
+    assert np.allclose(sim[:, 0], lin[:, 0])
+    # same spectrum away from the (window-smeared) peak, within Welch noise
+    away = np.abs(lin[:, 0] - 10) > 3
+    assert np.median(sim[away, 1] / lin[away, 1]) == pytest.approx(1.0, abs=0.2)
+
+
+def test_spectrum_transfer_refuses_oscillatory_regime(capsys):
+    code, _, err = run(capsys, "spectrum", "--set", "p_mean=220")
+    assert code == 2
+    assert "unstable" in err and "--method simulation" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["fixed-points", "--set", "p_mean=abc"], "expected a number"),
+        (["fixed-points", "--set", "pmean=60"], "unknown parameter 'pmean'"),
+        (["fixed-points", "--set", "p_mean"], "NAME=VALUE"),
+        (["fixed-points", "--set", "a=-1"], "a must be > 0"),
+        (["fixed-points", "--set", "A=nan"], "finite"),
+        (["simulate", "--dt", "0"], "dt must be > 0"),
+        (["spectrum", "--fmin", "10", "--fmax", "5"], "fmin < fmax"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(capsys, args, match):
+    code, out, err = run(capsys, *args)
+    assert code == 2
+    assert match in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_installed_entry_point_has_help():
+    for cmd in ([], ["fixed-points"], ["simulate"], ["spectrum"], ["demo"]):
+        res = subprocess.run(
+            [sys.executable, "-m", "jrinfer.cli", *cmd, "--help"], capture_output=True, text=True, timeout=60
+        )
+        assert res.returncode == 0 and "usage" in res.stdout
+
+
+def test_demo_runs_and_writes_outputs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, stdout, err = run(capsys, "demo", "--out", str(out))
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["hopf_p_mean"][0] == pytest.approx(89.83, abs=0.01)
+    assert summary["fold_p_mean"] == pytest.approx(113.59, abs=0.01)
+    assert 8 < summary["limit_cycle"]["frequency_hz"] < 13
+    assert abs(summary["stable_spectrum"]["peak_hz_simulated"] - summary["stable_spectrum"]["peak_hz_linearised"]) < 0.5
+    for name in ("bifurcation.csv", "alpha_limit_cycle.csv", "spectrum.csv"):
+        assert (out / name).stat().st_size > 0
+    # never overwrites without --force
+    code, _, err = run(capsys, "demo", "--out", str(out))
+    assert code == 2 and "--force" in err
