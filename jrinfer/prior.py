@@ -1,0 +1,985 @@
+"""Priors over model parameters, declared once and shared by every inference backend.
+
+A :class:`Prior` is an ordered set of independent one-dimensional
+distributions over the *free* parameters, plus a set of *fixed* parameter
+values. Parameter vectors ``theta`` are float64 tensors of shape
+``(..., n_params)`` whose last axis follows :attr:`Prior.names`; they are in
+natural units (mV, 1/s, pulses/s, ...). Every backend uses the same object:
+
+- variational Laplace works in the unconstrained space
+  (:meth:`Prior.to_unconstrained`, :meth:`Prior.gaussian_unconstrained`);
+- MCMC samples ``z`` with density :meth:`Prior.log_prob_unconstrained`;
+- simulation-based inference draws from :meth:`Prior.sample` and builds its
+  boxes from :meth:`Prior.bounds`;
+- every backend turns ``theta`` into model arguments with
+  :meth:`Prior.as_dict`.
+
+Three distributions are available:
+
+=========================  ===========================  ==========================
+distribution               support                      unconstrained ``z``
+=========================  ===========================  ==========================
+``LogNormal(median, sd)``  ``theta > 0``                ``log theta``
+``Normal(mean, sd)``       real line                    ``theta``
+``Uniform(low, high)``     ``low <= theta <= high``     ``logit((theta-low)/(high-low))``
+=========================  ===========================  ==========================
+
+:func:`jansen_rit_prior` builds the default priors for the Jansen-Rit
+constants. No function here reads or changes torch's global random state.
+
+Examples
+--------
+>>> from jrinfer.prior import jansen_rit_prior
+>>> prior = jansen_rit_prior()
+>>> theta = prior.sample(4, seed=0)                  # (4, 6), natural units
+>>> prior.log_prob(theta).shape
+torch.Size([4])
+>>> from jrinfer import JansenRit
+>>> JansenRit(**prior.as_dict(theta)).batch_shape
+torch.Size([4])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import torch
+import torch.nn.functional as F
+
+from jrinfer import _checks
+from jrinfer.model import PARAMETERS
+
+__all__ = [
+    "Distribution",
+    "LogNormal",
+    "Normal",
+    "Uniform",
+    "Prior",
+    "distribution_from_dict",
+    "jansen_rit_prior",
+]
+
+F64 = torch.float64
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+_Z975 = NormalDist().inv_cdf(0.975)  # 1.959963984540054
+
+
+# ------------------------------------------------------------------ helpers
+def _tensor(name: str, value, *, allow_inf: bool = True) -> torch.Tensor:
+    """``value`` as a float64 tensor; NaN (and, unless ``allow_inf``, inf) rejected."""
+    x = _checks.as_float_tensor(name, value)
+    if allow_inf:
+        if bool(torch.isnan(x.detach()).any()):
+            raise ValueError(f"{name} must not contain NaN, got {_checks._describe(x)}")
+    else:
+        _checks.check_finite(name, x)
+    return x
+
+
+def _check_count(name: str, n) -> int:
+    if isinstance(n, bool) or not isinstance(n, int):
+        try:
+            import operator
+
+            n_int = operator.index(n)  # numpy integers, 0-d integer tensors
+        except TypeError:
+            raise ValueError(f"{name} must be a non-negative int (number of draws), got {n!r}") from None
+    else:
+        n_int = n
+    if n_int < 0:
+        raise ValueError(f"{name} must be a non-negative int (number of draws), got {n_int}")
+    return int(n_int)
+
+
+def _generator(name: str, seed) -> torch.Generator:
+    """A private CPU generator from an int seed, a generator, or OS entropy (``None``)."""
+    if isinstance(seed, torch.Generator):
+        if seed.device.type != "cpu":
+            raise ValueError(f"{name} must be a CPU torch.Generator, got one on device {seed.device}")
+        return seed
+    if seed is None:
+        import secrets
+
+        seed = secrets.randbits(63)
+    elif isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(
+            f"{name} must be a non-negative int seed, a torch.Generator or None, got {type(seed).__name__}: {seed!r}"
+        )
+    elif not 0 <= seed < 2**64:
+        raise ValueError(f"{name} must be a seed in [0, 2**64), got {seed}")
+    g = torch.Generator(device="cpu")
+    g.manual_seed(seed)
+    return g
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+# ------------------------------------------------------------ distributions
+class Distribution:
+    """Base class of the one-dimensional prior distributions.
+
+    Every method acts elementwise on tensors of any shape and returns float64
+    tensors of the same shape. Subclasses are frozen dataclasses whose fields
+    are validated at construction.
+    """
+
+    _kind = ""
+
+    # ---- density and transforms (implemented by subclasses)
+    def log_prob(self, theta) -> torch.Tensor:
+        """Log density of ``theta`` (natural units), ``-inf`` outside the support.
+
+        Parameters
+        ----------
+        theta : float or array_like or torch.Tensor
+            Values in natural units, any shape; NaN is rejected.
+
+        Returns
+        -------
+        torch.Tensor
+            Log density in log(1/unit), same shape as ``theta``; differentiable.
+        """
+        raise NotImplementedError
+
+    def to_unconstrained(self, theta) -> torch.Tensor:
+        """Map values inside the open support to the real line.
+
+        Parameters
+        ----------
+        theta : float or array_like or torch.Tensor
+            Values strictly inside :attr:`support`, any shape.
+
+        Returns
+        -------
+        torch.Tensor
+            ``z``, same shape as ``theta`` (dimensionless).
+        """
+        raise NotImplementedError
+
+    def from_unconstrained(self, z) -> torch.Tensor:
+        """Inverse of :meth:`to_unconstrained`.
+
+        Parameters
+        ----------
+        z : float or array_like or torch.Tensor
+            Finite real values, any shape.
+
+        Returns
+        -------
+        torch.Tensor
+            ``theta`` in natural units, same shape as ``z``.
+        """
+        raise NotImplementedError
+
+    def log_abs_det_jacobian(self, z) -> torch.Tensor:
+        """``log |d theta / d z|`` at ``z`` (elementwise), same shape as ``z``."""
+        raise NotImplementedError
+
+    def log_prob_unconstrained(self, z) -> torch.Tensor:
+        """Log density of ``z``: ``log_prob(from_unconstrained(z)) + log_abs_det_jacobian(z)``.
+
+        Computed in closed form, so it stays finite for every finite ``z``
+        even where ``from_unconstrained(z)`` rounds onto a boundary.
+        """
+        raise NotImplementedError
+
+    def sample(self, n, generator=None) -> torch.Tensor:
+        """Independent draws in natural units.
+
+        Parameters
+        ----------
+        n : int
+            Number of draws (``>= 0``).
+        generator : int or torch.Generator or None
+            Seed or CPU generator (advanced by the call); ``None`` seeds a
+            fresh generator from OS entropy. torch's global RNG is never used.
+
+        Returns
+        -------
+        torch.Tensor
+            float64, shape ``(n,)``.
+        """
+        n = _check_count("n", n)
+        return self._sample(n, _generator("generator", generator))
+
+    def quantile(self, q: float) -> float:
+        """The ``q``-quantile in natural units, ``0 < q < 1``."""
+        q = _checks.check_scalar("q", q)
+        if not 0.0 < q < 1.0:
+            raise ValueError(f"q must be a probability strictly between 0 and 1, got {q!r}")
+        return self._quantile(q)
+
+    def unconstrained_moments(self) -> tuple[float, float]:
+        """Mean and variance of ``z = to_unconstrained(theta)`` under this distribution."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        """JSON-able description, e.g. ``{"dist": "lognormal", "median": 3.25, "sd_log": 0.2}``."""
+        raise NotImplementedError
+
+    # ---- shared internals
+    def _sample(self, n: int, g: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _quantile(self, q: float) -> float:
+        raise NotImplementedError
+
+    def _inside_open_support(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.support
+        return (x > lo) & (x < hi)
+
+    def _check_in_support(self, name: str, x: torch.Tensor) -> None:
+        bad = ~self._inside_open_support(x.detach())
+        if bool(bad.any()):
+            lo, hi = self.support
+            first = float(x.detach()[bad].reshape(-1)[0])
+            raise ValueError(
+                f"{name} must lie inside the open support ({lo:g}, {hi:g}) of {self!r} to be transformed "
+                f"to the unconstrained space; got {int(bad.sum())} value(s) outside, e.g. {first!r}"
+            )
+
+    @property
+    def support(self) -> tuple[float, float]:
+        """``(low, high)`` of the support in natural units (``±inf`` where unbounded)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class LogNormal(Distribution):
+    """Log-normal distribution: ``log theta ~ N(log median, sd_log^2)``.
+
+    Parameters
+    ----------
+    median : float
+        Median in natural units, ``> 0``.
+    sd_log : float
+        Standard deviation of ``log theta`` (dimensionless), ``> 0``. The
+        central 95 % interval is ``median * exp(±1.96 sd_log)``.
+
+    Notes
+    -----
+    Support ``theta > 0``; unconstrained transform ``z = log theta`` (so ``z``
+    is exactly ``N(log median, sd_log^2)``); ``log |d theta / d z| = z``.
+    """
+
+    median: float
+    sd_log: float
+
+    _kind = "lognormal"
+
+    def __post_init__(self):
+        object.__setattr__(self, "median", _checks.check_scalar("median", self.median, positive=True))
+        object.__setattr__(self, "sd_log", _checks.check_scalar("sd_log", self.sd_log, positive=True))
+
+    @property
+    def _mu(self) -> float:
+        return math.log(self.median)
+
+    def log_prob(self, theta) -> torch.Tensor:
+        x = _tensor("theta", theta)
+        pos = x > 0
+        safe = torch.where(pos, x, torch.ones_like(x))
+        lx = torch.log(safe)
+        lp = -lx - math.log(self.sd_log) - _LOG_SQRT_2PI - 0.5 * ((lx - self._mu) / self.sd_log) ** 2
+        return torch.where(pos, lp, torch.full_like(lp, -math.inf))
+
+    def to_unconstrained(self, theta) -> torch.Tensor:
+        x = _tensor("theta", theta)
+        self._check_in_support("theta", x)
+        return torch.log(x)
+
+    def from_unconstrained(self, z) -> torch.Tensor:
+        return torch.exp(_tensor("z", z, allow_inf=False))
+
+    def log_abs_det_jacobian(self, z) -> torch.Tensor:
+        return _tensor("z", z, allow_inf=False).clone()
+
+    def log_prob_unconstrained(self, z) -> torch.Tensor:
+        z = _tensor("z", z, allow_inf=False)
+        return -math.log(self.sd_log) - _LOG_SQRT_2PI - 0.5 * ((z - self._mu) / self.sd_log) ** 2
+
+    def _sample(self, n, g):
+        return torch.exp(self._mu + self.sd_log * torch.randn(n, generator=g, dtype=F64))
+
+    def _quantile(self, q):
+        return self.median * math.exp(self.sd_log * NormalDist().inv_cdf(q))
+
+    @property
+    def mean(self) -> float:
+        """Mean ``median * exp(sd_log^2 / 2)`` in natural units."""
+        return self.median * math.exp(0.5 * self.sd_log**2)
+
+    @property
+    def std(self) -> float:
+        """Standard deviation ``mean * sqrt(exp(sd_log^2) - 1)`` in natural units."""
+        return self.mean * math.sqrt(math.expm1(self.sd_log**2))
+
+    @property
+    def support(self) -> tuple[float, float]:
+        return (0.0, math.inf)
+
+    def unconstrained_moments(self) -> tuple[float, float]:
+        """``(log median, sd_log^2)``: exact, ``z = log theta`` is Gaussian."""
+        return (self._mu, self.sd_log**2)
+
+    def to_dict(self) -> dict:
+        return {"dist": "lognormal", "median": self.median, "sd_log": self.sd_log}
+
+
+@dataclass(frozen=True)
+class Normal(Distribution):
+    """Normal distribution ``N(mean, sd^2)`` on the real line.
+
+    Parameters
+    ----------
+    mean : float
+        Mean (and median) in natural units, finite.
+    sd : float
+        Standard deviation in natural units, ``> 0``.
+
+    Notes
+    -----
+    The unconstrained transform is the identity (``log |J| = 0``).
+    """
+
+    mean: float
+    sd: float
+
+    _kind = "normal"
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean", _checks.check_scalar("mean", self.mean))
+        object.__setattr__(self, "sd", _checks.check_scalar("sd", self.sd, positive=True))
+
+    def log_prob(self, theta) -> torch.Tensor:
+        x = _tensor("theta", theta)
+        return -math.log(self.sd) - _LOG_SQRT_2PI - 0.5 * ((x - self.mean) / self.sd) ** 2
+
+    def to_unconstrained(self, theta) -> torch.Tensor:
+        x = _tensor("theta", theta)
+        self._check_in_support("theta", x)
+        return x.clone()
+
+    def from_unconstrained(self, z) -> torch.Tensor:
+        return _tensor("z", z, allow_inf=False).clone()
+
+    def log_abs_det_jacobian(self, z) -> torch.Tensor:
+        return torch.zeros_like(_tensor("z", z, allow_inf=False))
+
+    def log_prob_unconstrained(self, z) -> torch.Tensor:
+        return self.log_prob(_tensor("z", z, allow_inf=False))
+
+    def _sample(self, n, g):
+        return self.mean + self.sd * torch.randn(n, generator=g, dtype=F64)
+
+    def _quantile(self, q):
+        return self.mean + self.sd * NormalDist().inv_cdf(q)
+
+    @property
+    def std(self) -> float:
+        """Standard deviation (``sd``) in natural units."""
+        return self.sd
+
+    @property
+    def support(self) -> tuple[float, float]:
+        return (-math.inf, math.inf)
+
+    def unconstrained_moments(self) -> tuple[float, float]:
+        """``(mean, sd^2)``: exact."""
+        return (self.mean, self.sd**2)
+
+    def to_dict(self) -> dict:
+        return {"dist": "normal", "mean": self.mean, "sd": self.sd}
+
+
+@dataclass(frozen=True)
+class Uniform(Distribution):
+    """Uniform distribution on ``[low, high]``.
+
+    Parameters
+    ----------
+    low, high : float
+        Bounds in natural units, finite, ``low < high``.
+
+    Notes
+    -----
+    Unconstrained transform ``z = logit((theta - low) / (high - low))``, under
+    which ``z`` follows the standard logistic distribution;
+    ``log |d theta / d z| = log(high - low) + log s(z) + log s(-z)`` with ``s``
+    the logistic sigmoid. :meth:`unconstrained_moments` returns the standard
+    logistic's moments ``(0, pi^2 / 3)``: variational Laplace, which needs a
+    Gaussian prior in ``z``, then uses this moment-matched Gaussian instead
+    of the exact logistic (slightly lighter tails, same mean and variance).
+    """
+
+    low: float
+    high: float
+
+    _kind = "uniform"
+
+    def __post_init__(self):
+        low = _checks.check_scalar("low", self.low)
+        high = _checks.check_scalar("high", self.high)
+        if not high > low:
+            raise ValueError(f"high must be > low (= {low!r}), got high={high!r}")
+        if not math.isfinite(high - low):
+            raise ValueError(f"high - low must be finite, got low={low!r}, high={high!r}")
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
+
+    @property
+    def _width(self) -> float:
+        return self.high - self.low
+
+    def log_prob(self, theta) -> torch.Tensor:
+        x = _tensor("theta", theta)
+        inside = (x >= self.low) & (x <= self.high)
+        # 0 * x keeps theta in the graph (zero gradient) without NaNs.
+        base = 0.0 * torch.where(inside, x, torch.zeros_like(x)) - math.log(self._width)
+        return torch.where(inside, base, torch.full_like(base, -math.inf))
+
+    def to_unconstrained(self, theta) -> torch.Tensor:
+        x = _tensor("theta", theta)
+        self._check_in_support("theta", x)
+        # log(x - low) - log(high - x) is exact near both bounds (no 1 - u cancellation).
+        return torch.log(x - self.low) - torch.log(self.high - x)
+
+    def from_unconstrained(self, z) -> torch.Tensor:
+        z = _tensor("z", z, allow_inf=False)
+        # Measure from the nearer bound so that |z| up to ~36 keeps full precision there.
+        from_low = self.low + self._width * torch.sigmoid(z)
+        from_high = self.high - self._width * torch.sigmoid(-z)
+        return torch.where(z <= 0, from_low, from_high)
+
+    def log_abs_det_jacobian(self, z) -> torch.Tensor:
+        z = _tensor("z", z, allow_inf=False)
+        return math.log(self._width) + F.logsigmoid(z) + F.logsigmoid(-z)
+
+    def log_prob_unconstrained(self, z) -> torch.Tensor:
+        z = _tensor("z", z, allow_inf=False)
+        return F.logsigmoid(z) + F.logsigmoid(-z)  # standard logistic density
+
+    def _sample(self, n, g):
+        return self.low + self._width * torch.rand(n, generator=g, dtype=F64)
+
+    def _quantile(self, q):
+        return self.low + q * self._width
+
+    @property
+    def mean(self) -> float:
+        """Mean ``(low + high) / 2`` in natural units."""
+        return 0.5 * (self.low + self.high)
+
+    @property
+    def std(self) -> float:
+        """Standard deviation ``(high - low) / sqrt(12)`` in natural units."""
+        return self._width / math.sqrt(12.0)
+
+    @property
+    def support(self) -> tuple[float, float]:
+        return (self.low, self.high)
+
+    def unconstrained_moments(self) -> tuple[float, float]:
+        """``(0, pi^2 / 3)``: moments of the standard logistic (moment-matched, not exact)."""
+        return (0.0, math.pi**2 / 3.0)
+
+    def to_dict(self) -> dict:
+        return {"dist": "uniform", "low": self.low, "high": self.high}
+
+
+_DISTRIBUTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
+    "lognormal": (LogNormal, ("median", "sd_log")),
+    "normal": (Normal, ("mean", "sd")),
+    "uniform": (Uniform, ("low", "high")),
+}
+
+
+def distribution_from_dict(d: Mapping, *, name: str = "d") -> Distribution:
+    """Rebuild a distribution from :meth:`Distribution.to_dict` output.
+
+    Parameters
+    ----------
+    d : mapping
+        ``{"dist": "lognormal" | "normal" | "uniform", <its fields>}``.
+    name : str
+        How ``d`` is named in error messages.
+
+    Returns
+    -------
+    Distribution
+    """
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{name} must be a dict like {{'dist': 'lognormal', 'median': ..., 'sd_log': ...}}, got {d!r}")
+    kind = d.get("dist")
+    _checks.check_option(f"{name}['dist']", kind, tuple(_DISTRIBUTIONS))
+    cls, fields = _DISTRIBUTIONS[kind]
+    keys = set(d) - {"dist"}
+    if keys != set(fields):
+        raise ValueError(
+            f"{name} for dist {kind!r} must have exactly the keys 'dist', {', '.join(map(repr, fields))}; "
+            f"got {', '.join(map(repr, d))}"
+        )
+    return cls(**{f: d[f] for f in fields})
+
+
+# -------------------------------------------------------------------- prior
+class Prior:
+    """Independent priors over named free parameters, plus fixed values.
+
+    Parameters
+    ----------
+    distributions : dict of str to Distribution
+        Free parameters in order; this order is the last axis of every
+        ``theta`` / ``z`` (see :attr:`names`). At least one is required.
+    fixed : dict of str to float, optional
+        Parameters held at a value (natural units). A name may not be both
+        free and fixed.
+
+    Notes
+    -----
+    The prior density is the product of the free parameters' densities.
+    ``theta`` arguments are float64 tensors (or array-likes) of shape
+    ``(..., n_params)`` in natural units; ``z`` arguments have the same shape
+    in the unconstrained space. NaN is rejected everywhere.
+
+    Examples
+    --------
+    >>> from jrinfer.prior import Prior, LogNormal, Uniform
+    >>> prior = Prior({"A": LogNormal(3.25, 0.2), "p_mean": Uniform(40.0, 85.0)}, fixed={"B": 22.0})
+    >>> prior.names
+    ('A', 'p_mean')
+    >>> prior.sample(3, seed=1).shape
+    torch.Size([3, 2])
+    """
+
+    def __init__(self, distributions: Mapping[str, Distribution], fixed: Mapping[str, float] | None = None):
+        if not isinstance(distributions, Mapping):
+            raise ValueError(
+                f"distributions must be a dict mapping parameter names to LogNormal/Normal/Uniform, "
+                f"got {type(distributions).__name__}: {distributions!r}"
+            )
+        if fixed is None:
+            fixed = {}
+        if not isinstance(fixed, Mapping):
+            raise ValueError(f"fixed must be a dict mapping parameter names to numbers or None, got {fixed!r}")
+        dists: dict[str, Distribution] = {}
+        for k, v in distributions.items():
+            _check_name("distributions", k)
+            if not isinstance(v, Distribution):
+                raise ValueError(
+                    f"distributions[{k!r}] must be a LogNormal, Normal or Uniform, got {type(v).__name__}: {v!r}"
+                )
+            dists[k] = v
+        if not dists:
+            raise ValueError("distributions must declare at least one free parameter, got an empty dict")
+        fix: dict[str, float] = {}
+        for k, v in fixed.items():
+            _check_name("fixed", k)
+            fix[k] = _checks.check_scalar(f"fixed[{k!r}]", v)
+        both = [k for k in dists if k in fix]
+        if both:
+            raise ValueError(
+                f"parameter(s) {', '.join(map(repr, both))} are both free (in distributions) and fixed; "
+                "give each name in only one of them"
+            )
+        self._dists = dists
+        self._fixed = fix
+        self._names = tuple(dists)
+
+    # ---------------------------------------------------------- description
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Names of the free parameters, in the order of ``theta``'s last axis."""
+        return self._names
+
+    @property
+    def n_params(self) -> int:
+        """Number of free parameters."""
+        return len(self._names)
+
+    @property
+    def fixed(self) -> dict[str, float]:
+        """Fixed parameters, name -> value in natural units (a copy)."""
+        return dict(self._fixed)
+
+    @property
+    def distributions(self) -> dict[str, Distribution]:
+        """Free parameters, name -> distribution, in order (a copy)."""
+        return dict(self._dists)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Prior):
+            return NotImplemented
+        return list(self._dists.items()) == list(other._dists.items()) and self._fixed == other._fixed
+
+    __hash__ = None  # compared by value (see __eq__); not meant as a dict key
+
+    def __repr__(self) -> str:
+        header = ("name", "distribution", "median", "mean", "90% interval", "unit")
+        rows = []
+        for k, d in self._dists.items():
+            fields = ", ".join(_fmt(v) for k2, v in d.to_dict().items() if k2 != "dist")
+            rows.append(
+                (
+                    k,
+                    f"{type(d).__name__}({fields})",
+                    _fmt(d.quantile(0.5)),
+                    _fmt(d.mean),
+                    f"[{_fmt(d.quantile(0.05))}, {_fmt(d.quantile(0.95))}]",
+                    _unit(k),
+                )
+            )
+        widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+        lines = [f"Prior({self.n_params} free, {len(self._fixed)} fixed)"]
+        for r in [header] + rows:
+            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if self._fixed:
+            # long unit strings (p_std's) are left to the table of free parameters
+            fx = ", ".join(
+                f"{k}={_fmt(v)}" + (f" {_unit(k)}" if 0 < len(_unit(k)) < 12 else "") for k, v in self._fixed.items()
+            )
+            lines.append(f"  fixed: {fx}")
+        return "\n".join(lines)
+
+    # ---------------------------------------------------------- validation
+    def _theta(self, name: str, value, *, allow_inf: bool = True) -> torch.Tensor:
+        x = _checks.as_float_tensor(name, value)
+        if x.dim() == 0 or x.shape[-1] != self.n_params:
+            raise ValueError(
+                f"{name} must have shape (..., {self.n_params}) (last axis = n_params = {self.n_params}: "
+                f"{', '.join(self._names)}), got shape {tuple(x.shape)}"
+            )
+        return _tensor(name, x, allow_inf=allow_inf)
+
+    def _columns(self, x: torch.Tensor):
+        return zip(self._dists.values(), x.unbind(-1))
+
+    # ---------------------------------------------------------- sampling
+    def sample(self, n, seed=None) -> torch.Tensor:
+        """Independent draws from the prior.
+
+        Parameters
+        ----------
+        n : int
+            Number of draws (``>= 0``).
+        seed : int or torch.Generator or None
+            Seed of a private generator, or a CPU generator to draw from
+            (advanced by the call). ``None`` seeds from OS entropy (not
+            reproducible). torch's global RNG is never read or advanced.
+
+        Returns
+        -------
+        torch.Tensor
+            float64, shape ``(n, n_params)``, natural units.
+        """
+        n = _check_count("n", n)
+        g = _generator("seed", seed)
+        return torch.stack([d._sample(n, g) for d in self._dists.values()], dim=-1)
+
+    # ---------------------------------------------------------- densities
+    def log_prob(self, theta) -> torch.Tensor:
+        """Log prior density of ``theta``.
+
+        Parameters
+        ----------
+        theta : array_like or torch.Tensor
+            Shape ``(..., n_params)``, natural units.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``(...)``; ``-inf`` outside the support; differentiable.
+        """
+        x = self._theta("theta", theta)
+        return sum(d.log_prob(c) for d, c in self._columns(x))
+
+    def to_unconstrained(self, theta) -> torch.Tensor:
+        """Map ``theta`` (``(..., n_params)``, inside the open support) to ``z`` (same shape)."""
+        x = self._theta("theta", theta)
+        return torch.stack([d.to_unconstrained(c) for d, c in self._columns(x)], dim=-1)
+
+    def from_unconstrained(self, z) -> torch.Tensor:
+        """Map finite ``z`` (``(..., n_params)``) to ``theta`` in natural units (same shape)."""
+        x = self._theta("z", z, allow_inf=False)
+        return torch.stack([d.from_unconstrained(c) for d, c in self._columns(x)], dim=-1)
+
+    def log_abs_det_jacobian(self, z) -> torch.Tensor:
+        """``log |det d theta / d z|`` for ``z`` of shape ``(..., n_params)``, shape ``(...)``.
+
+        The Jacobian is diagonal, so this is the sum of the per-parameter terms.
+        """
+        x = self._theta("z", z, allow_inf=False)
+        return sum(d.log_abs_det_jacobian(c) for d, c in self._columns(x))
+
+    def log_prob_unconstrained(self, z) -> torch.Tensor:
+        """Log density of ``z``: ``log_prob(from_unconstrained(z)) + log_abs_det_jacobian(z)``.
+
+        Parameters
+        ----------
+        z : array_like or torch.Tensor
+            Finite, shape ``(..., n_params)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``(...)``; finite for every finite ``z`` (closed form per
+            parameter); differentiable.
+        """
+        x = self._theta("z", z, allow_inf=False)
+        return sum(d.log_prob_unconstrained(c) for d, c in self._columns(x))
+
+    def gaussian_unconstrained(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gaussian prior in the unconstrained space, for variational Laplace.
+
+        Exact for LogNormal and Normal parameters; for Uniform parameters the
+        moment-matched Gaussian ``N(0, pi^2/3)`` of the standard logistic.
+
+        Returns
+        -------
+        mean : torch.Tensor
+            Shape ``(n_params,)``.
+        cov : torch.Tensor
+            Diagonal covariance, shape ``(n_params, n_params)``.
+        """
+        m = [d.unconstrained_moments() for d in self._dists.values()]
+        mean = torch.tensor([a for a, _ in m], dtype=F64)
+        cov = torch.diag(torch.tensor([v for _, v in m], dtype=F64))
+        return mean, cov
+
+    # ---------------------------------------------------------- summaries
+    def mean(self) -> torch.Tensor:
+        """Prior means in natural units, shape ``(n_params,)``."""
+        return torch.tensor([d.mean for d in self._dists.values()], dtype=F64)
+
+    def std(self) -> torch.Tensor:
+        """Prior standard deviations in natural units, shape ``(n_params,)``."""
+        return torch.tensor([d.std for d in self._dists.values()], dtype=F64)
+
+    def median(self) -> torch.Tensor:
+        """Prior medians in natural units, shape ``(n_params,)``."""
+        return torch.tensor([d.quantile(0.5) for d in self._dists.values()], dtype=F64)
+
+    def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Support bounds ``(low, high)``, each shape ``(n_params,)``, ``±inf`` where unbounded."""
+        s = [d.support for d in self._dists.values()]
+        return torch.tensor([a for a, _ in s], dtype=F64), torch.tensor([b for _, b in s], dtype=F64)
+
+    def as_dict(self, theta) -> dict[str, torch.Tensor]:
+        """Named parameters for a model: free columns of ``theta`` plus the fixed values.
+
+        Parameters
+        ----------
+        theta : array_like or torch.Tensor
+            Shape ``(..., n_params)``, natural units.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            ``{name: theta[..., i]}`` (shape ``(...)``, gradients kept) for the
+            free parameters, then ``{name: 0-d float64 tensor}`` for the fixed
+            ones; e.g. ``JansenRit(**prior.as_dict(theta))``.
+        """
+        x = self._theta("theta", theta)
+        out = {k: x[..., i] for i, k in enumerate(self._names)}
+        out.update({k: torch.tensor(v, dtype=F64) for k, v in self._fixed.items()})
+        return out
+
+    # ---------------------------------------------------------- editing
+    def fix(self, **values: float) -> "Prior":
+        """A new prior with the given parameters fixed at ``values`` (natural units).
+
+        Names must be free or already fixed (re-fixing changes the value); at
+        least one parameter must stay free.
+        """
+        unknown = [k for k in values if k not in self._dists and k not in self._fixed]
+        if unknown:
+            raise ValueError(
+                f"fix got unknown parameter(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(self._names + tuple(self._fixed))}"
+            )
+        dists = {k: d for k, d in self._dists.items() if k not in values}
+        if not dists:
+            raise ValueError(f"fix({', '.join(values)}) would leave no free parameter; keep at least one free")
+        fixed = dict(self._fixed)
+        for k, v in values.items():
+            fixed[k] = _checks.check_scalar(k, v)
+        return Prior(dists, fixed)
+
+    def free(self, **dists: Distribution) -> "Prior":
+        """A new prior with the given parameters (re)declared free.
+
+        Already-free names keep their position; new or previously fixed names
+        are appended to :attr:`names` in the order given and removed from
+        :attr:`fixed`.
+        """
+        for k, d in dists.items():
+            if not isinstance(d, Distribution):
+                raise ValueError(f"{k} must be a LogNormal, Normal or Uniform, got {type(d).__name__}: {d!r}")
+        new = dict(self._dists)
+        new.update(dists)
+        fixed = {k: v for k, v in self._fixed.items() if k not in dists}
+        return Prior(new, fixed)
+
+    # ---------------------------------------------------------- (de)serialisation
+    def to_dict(self) -> dict:
+        """JSON-able description: ``{"distributions": {name: dist.to_dict()}, "fixed": {name: float}}``."""
+        return {
+            "distributions": {k: d.to_dict() for k, d in self._dists.items()},
+            "fixed": dict(self._fixed),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Prior":
+        """Rebuild a prior from :meth:`to_dict` output (e.g. after a JSON round trip)."""
+        if not isinstance(d, Mapping) or "distributions" not in d or set(d) - {"distributions", "fixed"}:
+            got = f"keys {', '.join(map(repr, d))}" if isinstance(d, Mapping) else repr(d)
+            raise ValueError(f"d must be a dict with keys 'distributions' and optionally 'fixed', got {got}")
+        spec = d["distributions"]
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"d['distributions'] must be a dict of name -> distribution dict, got {spec!r}")
+        dists = {k: distribution_from_dict(v, name=f"d['distributions'][{k!r}]") for k, v in spec.items()}
+        return cls(dists, d.get("fixed"))
+
+
+def _check_name(where: str, name) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where} keys must be non-empty parameter names (str), got {name!r}")
+
+
+def _unit(name: str) -> str:
+    info = PARAMETERS.get(name)
+    return info.unit if info is not None else ""
+
+
+# ---------------------------------------------------------------- defaults
+_JR_PRIOR_NAMES = ("A", "B", "a", "b", "C", "e0", "r", "v0", "p_mean", "p_std")
+_DCM_SD_LOG = 0.2
+_P_STD_SD_LOG = 1.0
+_BOX = {
+    "A": (2.0, 5.0),
+    "B": (15.0, 30.0),
+    "a": (60.0, 150.0),
+    "b": (30.0, 80.0),
+    "C": (90.0, 200.0),
+    "e0": (1.5, 3.5),
+    "r": (0.4, 0.7),
+    "v0": (5.0, 7.0),
+    "p_std": (0.0, 100.0),
+}
+
+
+def jansen_rit_prior(
+    kind: str = "dcm",
+    free: Iterable[str] = ("A", "B", "a", "b", "C", "p_mean"),
+    p_mean_range: tuple[float, float] = (40.0, 85.0),
+) -> Prior:
+    """Default prior over the Jansen-Rit constants.
+
+    Parameters
+    ----------
+    kind : {"dcm", "box"}
+        ``"dcm"``: DCM-style priors centred on Jansen & Rit's (1995) values
+        (for variational Laplace and MCMC). ``"box"``: bounded uniforms (for
+        simulation-based inference). Table of both below.
+    free : iterable of str
+        Parameters to infer, in the order of ``theta``'s last axis; any of
+        ``A, B, a, b, C, e0, r, v0, p_mean, p_std``. Every other one of these
+        is fixed at its :data:`jrinfer.model.PARAMETERS` default (Jansen & Rit
+        1995: A 3.25 mV, B 22 mV, a 100 /s, b 50 /s, C 135, e0 2.5 /s,
+        r 0.56 /mV, v0 6 mV, p_mean 220 pulses/s, p_std 22). ``C1..C4`` are
+        not prior parameters: the model derives them from ``C``.
+    p_mean_range : (float, float)
+        ``(low, high)`` in pulses/s of the mean input ``p_mean``: its central
+        95 % interval (``"dcm"``) or its bounds (``"box"``). Used only if
+        ``p_mean`` is free.
+
+    Returns
+    -------
+    Prior
+
+    Notes
+    -----
+    ============  ==============================  ==========================  ===============
+    parameter     ``"dcm"``                       implied 95 % interval       ``"box"``
+    ============  ==============================  ==========================  ===============
+    A (mV)        LogNormal(3.25, 0.2)            [2.20, 4.81]                [2, 5]
+    B (mV)        LogNormal(22, 0.2)              [14.9, 32.6]                [15, 30]
+    a (1/s)       LogNormal(100, 0.2)             [67.6, 148]                 [60, 150]
+    b (1/s)       LogNormal(50, 0.2)              [33.8, 74.0]                [30, 80]
+    C             LogNormal(135, 0.2)             [91.2, 200]                 [90, 200]
+    e0 (1/s)      LogNormal(2.5, 0.2)             [1.69, 3.70]                [1.5, 3.5]
+    r (1/mV)      LogNormal(0.56, 0.2)            [0.378, 0.829]              [0.4, 0.7]
+    v0 (mV)       Normal(6, 0.5)                  [5.02, 6.98]                [5, 7]
+    p_mean        LogNormal(sqrt(lo hi), s)       ``p_mean_range``            ``p_mean_range``
+    p_std         LogNormal(22, 1.0)              [3.10, 156]                 [0, 100]
+    ============  ==============================  ==========================  ===============
+
+    For ``p_mean`` the median is the geometric midpoint of ``p_mean_range``
+    and ``s = log(hi / lo) / (2 * 1.95996)``, so the range is exactly the
+    central 95 % interval. The default 40-85 pulses/s (median 58.3,
+    ``s = 0.192``) keeps 98.8 % of the mass below the first Hopf bifurcation
+    at p = 89.83 pulses/s, where the linearised spectrum is valid. v0 is a
+    potential that may be any real number, hence a Normal prior.
+
+    Examples
+    --------
+    >>> prior = jansen_rit_prior(free=("a", "b", "p_mean"))
+    >>> prior.names
+    ('a', 'b', 'p_mean')
+    >>> sorted(prior.fixed)
+    ['A', 'B', 'C', 'e0', 'p_std', 'r', 'v0']
+    """
+    _checks.check_option("kind", kind, ("dcm", "box"))
+    if isinstance(free, str) or not isinstance(free, Iterable):
+        raise ValueError(f"free must be a sequence of parameter names such as ('A', 'p_mean'), got {free!r}")
+    free = tuple(free)
+    unknown = [k for k in free if k not in _JR_PRIOR_NAMES]
+    if unknown:
+        raise ValueError(
+            f"free got unknown parameter(s) {', '.join(map(repr, unknown))}; valid names: {', '.join(_JR_PRIOR_NAMES)}"
+            + (" (C1..C4 derive from C)" if any(str(k) in ("C1", "C2", "C3", "C4") for k in unknown) else "")
+        )
+    dup = sorted({k for k in free if free.count(k) > 1})
+    if dup:
+        raise ValueError(f"free lists parameter(s) {', '.join(map(repr, dup))} more than once, got {free!r}")
+    if not free:
+        raise ValueError("free must name at least one parameter, got an empty sequence")
+    lo, hi = _check_range(p_mean_range, kind)
+
+    dists: dict[str, Distribution] = {}
+    for k in free:
+        if k == "p_mean":
+            if kind == "dcm":
+                dists[k] = LogNormal(math.sqrt(lo * hi), math.log(hi / lo) / (2.0 * _Z975))
+            else:
+                dists[k] = Uniform(lo, hi)
+        elif kind == "box":
+            dists[k] = Uniform(*_BOX[k])
+        elif k == "v0":
+            dists[k] = Normal(PARAMETERS["v0"].default, 0.5)
+        else:
+            sd = _P_STD_SD_LOG if k == "p_std" else _DCM_SD_LOG
+            dists[k] = LogNormal(PARAMETERS[k].default, sd)
+    fixed = {k: float(PARAMETERS[k].default) for k in _JR_PRIOR_NAMES if k not in dists}
+    return Prior(dists, fixed)
+
+
+def _check_range(p_mean_range, kind: str) -> tuple[float, float]:
+    try:
+        lo, hi = p_mean_range
+    except (TypeError, ValueError):
+        raise ValueError(f"p_mean_range must be a pair (low, high) in pulses/s, got {p_mean_range!r}") from None
+    lo = _checks.check_scalar("p_mean_range[0]", lo)
+    hi = _checks.check_scalar("p_mean_range[1]", hi)
+    if kind == "dcm" and lo <= 0:
+        raise ValueError(f"p_mean_range must have low > 0 for the log-normal (dcm) prior, got {p_mean_range!r}")
+    if kind == "box" and lo < 0:
+        raise ValueError(f"p_mean_range must have low >= 0 (pulses/s), got {p_mean_range!r}")
+    if not hi > lo:
+        raise ValueError(f"p_mean_range must satisfy low < high, got {p_mean_range!r}")
+    return lo, hi
