@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from jrinfer import _integrate, _native
+from jrinfer import JansenRit, _integrate, _native
 
 DEFAULTS = dict(A=3.25, B=22.0, a=100.0, b=50.0, e0=2.5, v0=6.0, r=0.56, p_std=22.0)
 C = 135.0
@@ -149,15 +149,19 @@ def main(argv=None) -> None:
     print(f"(a) NumPy EM loop        {results['numpy']:10.3g}   ({t:.2f} s per run)")
 
     if _native.available():
-        kw = jrinfer_kwargs(n_steps, dt)
-        t, _ = timed(lambda: _native.simulate_flat_native(pt, y0, **kw), repeats)
+        model = JansenRit(**pt)  # the public entry point (white noise on the input)
+
+        def run_public():
+            return model.simulate(duration, dt, method="euler", seed=1, record_every=RECORD_EVERY, backend="native")
+
+        t, _ = timed(run_public, repeats)
         results["native"] = n * n_steps / t
         print(f"(b) jrinfer native       {results['native']:10.3g}   ({t:.3f} s per run, "
               f"{torch.get_num_threads()} threads)")
         old = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            t1, _ = timed(lambda: _native.simulate_flat_native(pt, y0, **kw), repeats)
+            t1, _ = timed(run_public, repeats)
         finally:
             torch.set_num_threads(old)
         results["native_1thread"] = n * n_steps / t1
@@ -176,6 +180,35 @@ def main(argv=None) -> None:
         print(f"    native vs torch on that run: max |dv| = {dev:.2e} mV (same seed, same noise)")
 
     print("ratios vs NumPy:", ", ".join(f"{k} {v / results['numpy']:.2f}x" for k, v in results.items() if k != "numpy"))
+    linear_spectra(1000 if args.quick else 10_000, repeats)
+
+
+def linear_spectra(batch: int, repeats: int) -> None:
+    """Linearised spectra per second: fixed points + eigenvalues + transfer function."""
+    print(f"\n== Linearised spectra (batch of {batch:,} parameter sets, 100 frequencies, median of {repeats}) ==")
+    rng = np.random.default_rng(2)
+    params = {
+        "p_mean": torch.from_numpy(rng.uniform(40, 85, batch)),
+        "A": torch.from_numpy(rng.uniform(3.0, 3.5, batch)),
+        "a": torch.from_numpy(rng.uniform(80, 120, batch)),
+        "C": torch.from_numpy(rng.uniform(120, 150, batch)),
+        "p_std": 1.0,
+    }
+    freqs = torch.linspace(1, 40, 100, dtype=torch.float64)
+    model = JansenRit(**params)
+    t, lin = timed(lambda: model.linear_psd(freqs), repeats)
+    print(f"spectra/s                {batch / t:10.3g}   ({t * 1e3:.0f} ms per batch; "
+          f"{int(lin.stable.sum())} of {batch} stable)")
+    t_fp, _ = timed(lambda: model.fixed_points(), repeats)
+    print(f"  of which equilibria    {t_fp * 1e3:10.0f} ms (all equilibria, eigenvalues, stability)")
+
+    def with_grad():
+        leaf = {k: (v.clone().requires_grad_(True) if isinstance(v, torch.Tensor) else v) for k, v in params.items()}
+        lp = JansenRit(**leaf).linear_psd(freqs).psd
+        lp.log().sum().backward()
+
+    t_g, _ = timed(with_grad, repeats)
+    print(f"spectra/s with gradient  {batch / t_g:10.3g}   ({t_g * 1e3:.0f} ms per batch, forward + backward)")
 
 
 if __name__ == "__main__":

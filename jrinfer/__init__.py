@@ -4,21 +4,41 @@ Units throughout: seconds, mV, pulses/s (Hz for frequencies). Tensors are
 torch float64 and batched over leading dimensions.
 
 The public namespace is small; everything else lives in private modules.
+Heavy optional dependencies (mne, arviz, matplotlib, pymc, sbi) are imported
+only where they are used.
 """
 
+from jrinfer import datasets
+from jrinfer.data import EvokedData, SpectrumData
 from jrinfer.model import PARAMETERS, FixedPoints, JansenRit, LinearSpectrum, PulseInput, Simulation
+from jrinfer.observation import EvokedObservation, SpectrumObservation
+from jrinfer.posterior import Posterior
+from jrinfer.prior import LogNormal, Normal, Prior, Uniform, jansen_rit_prior
+from jrinfer.problem import InverseProblem
 from jrinfer.spectral import WelchPSD, welch_psd
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "PARAMETERS",
+    "EvokedData",
+    "EvokedObservation",
     "FixedPoints",
+    "InverseProblem",
     "JansenRit",
     "LinearSpectrum",
+    "LogNormal",
+    "Normal",
+    "Posterior",
+    "Prior",
     "PulseInput",
     "Simulation",
+    "SpectrumData",
+    "SpectrumObservation",
+    "Uniform",
     "WelchPSD",
+    "datasets",
+    "jansen_rit_prior",
     "welch_psd",
     "__version__",
 ]
