@@ -85,22 +85,51 @@ def sigmoid(x: torch.Tensor, e0: torch.Tensor, v0: torch.Tensor, r: torch.Tensor
     return 2.0 * e0 * torch.sigmoid(r * (x - v0))
 
 
-def drift(y, u, p):
-    """Right-hand side of the JR equations for flat batches (see module docstring)."""
+def coefficients(p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-parameter-set constants of the drift, computed once per simulation."""
+    Aa, Bb, a, b, r = p["A"] * p["a"], p["B"] * p["b"], p["a"], p["b"], p["r"]
+    two_e0 = 2.0 * p["e0"]
+    return {
+        "Aa": Aa,
+        "Bb": Bb,
+        "neg_rv0": -r * p["v0"],
+        "r": r,
+        "C1r": p["C1"] * r,
+        "C3r": p["C3"] * r,
+        "k_v": Aa * two_e0,  # A a 2 e0: gain of the pyramidal-output block
+        "k_e": Aa * p["C2"] * two_e0,
+        "k_i": Bb * p["C4"] * two_e0,
+        "neg_2a": -2.0 * a,
+        "neg_a2": -a * a,
+        "neg_2b": -2.0 * b,
+        "neg_b2": -b * b,
+    }
+
+
+def drift(y, drives, c):
+    """Right-hand side of the JR equations for flat batches (see module docstring).
+
+    ``drives = (A a u0, A a u1, B b u2)`` are the inputs already multiplied by
+    their block gains (``None`` for an absent input); ``c`` comes from
+    :func:`coefficients`. Written with fused multiply-adds to keep the number
+    of tensor operations per step small (the torch loop is overhead-bound).
+    """
     y0, y1, y2, y3, y4, y5 = y
-    u0, u1, u2 = u
-    Aa, Bb, a, b = p["Aa"], p["Bb"], p["a"], p["b"]
-    s_v = sigmoid(y1 - y2, p["e0"], p["v0"], p["r"])
-    s_e = sigmoid(p["C1"] * y0, p["e0"], p["v0"], p["r"])
-    s_i = sigmoid(p["C3"] * y0, p["e0"], p["v0"], p["r"])
-    f3 = Aa * (s_v + u0) - 2.0 * a * y3 - a * a * y0
-    f4 = Aa * (u1 + p["C2"] * s_e) - 2.0 * a * y4 - a * a * y1
-    f5 = Bb * (p["C4"] * s_i + u2) - 2.0 * b * y5 - b * b * y2
+    d0, d1, d2 = drives
+    s_v = torch.sigmoid(torch.addcmul(c["neg_rv0"], c["r"], y1 - y2))
+    s_e = torch.sigmoid(torch.addcmul(c["neg_rv0"], c["C1r"], y0))
+    s_i = torch.sigmoid(torch.addcmul(c["neg_rv0"], c["C3r"], y0))
+    f3 = c["k_v"] * s_v if d0 is None else torch.addcmul(d0, c["k_v"], s_v)
+    f3 = torch.addcmul(torch.addcmul(f3, c["neg_2a"], y3), c["neg_a2"], y0)
+    f4 = torch.addcmul(d1, c["k_e"], s_e)
+    f4 = torch.addcmul(torch.addcmul(f4, c["neg_2a"], y4), c["neg_a2"], y1)
+    f5 = c["k_i"] * s_i if d2 is None else torch.addcmul(d2, c["k_i"], s_i)
+    f5 = torch.addcmul(torch.addcmul(f5, c["neg_2b"], y5), c["neg_b2"], y2)
     return (y3, y4, y5, f3, f4, f5)
 
 
 def _axpy(y, k, h):
-    return tuple(yi + h * ki for yi, ki in zip(y, k))
+    return tuple(torch.add(yi, ki, alpha=h) for yi, ki in zip(y, k))
 
 
 def simulate_flat(
@@ -141,47 +170,45 @@ def simulate_flat(
         State after the last step, shape ``(N, 6)``.
     """
     n_nodes = y_init.shape[0]
-    q = dict(p)
-    q["Aa"] = p["A"] * p["a"]
-    q["Bb"] = p["B"] * p["b"]
-    gains = (q["Aa"], q["Aa"], q["Bb"])
+    c = coefficients(p)
+    gains = (c["Aa"], c["Aa"], c["Bb"])
     noisy = bool((p["p_std"] != 0).any()) and any(channels)
     keys = _rng.node_keys(seed, n_nodes) if noisy else None
     draw = _rng.uniform if noise == "jr1995_uniform" else _rng.gaussian
-    if noise == "white":
-        noise_scale = [p["p_std"] * dt**0.5 * g for g in gains]
-    else:
-        noise_scale = [p["p_std"] for _ in gains]
-    zero = torch.zeros_like(p["p_mean"])
+    # white: increments G p_std sqrt(dt) xi added to y3..y5; jr1995: drives G p_std xi held over the step
+    step_scale = dt**0.5 if noise == "white" else 1.0
+    noise_scale = [g * p["p_std"] * step_scale if on else None for g, on in zip(gains, channels)]
+    base_drive = c["Aa"] * p["p_mean"]
     y = tuple(y_init[:, k] for k in range(6))
     n_total = n_transient + n_steps
     n_rec = n_steps // record_every
     records = []
     block = max(1, min(n_total, _MAX_BLOCK_ELEMENTS // max(n_nodes, 1)))
 
-    def u_det(t):
-        u1 = p["p_mean"] if pulse is None else p["p_mean"] + pulse(t)
-        return [zero, u1, zero]
+    def pulse_drive(t):
+        return c["Aa"] * pulse(t)
 
     for start in range(0, n_total, block):
         stop = min(n_total, start + block)
         xi = None
         if noisy:
-            xi = [draw(keys, start, stop - start, c) if on else None for c, on in enumerate(channels)]
+            xi = [draw(keys, start, stop - start, ch) * s_ if s_ is not None else None for ch, s_ in enumerate(noise_scale)]
         for i in range(start, stop):
             rec_step = i - n_transient
             if rec_step >= 0 and rec_step % record_every == 0 and rec_step // record_every < n_rec:
                 records.append(y[1] - y[2])
             t = rec_step * dt
-            u = u_det(t)
-            increments = None
-            if noisy:
-                draws = [None if x is None else x[i - start] for x in xi]
-                if noise == "white":
-                    increments = [None if d is None else s * d for d, s in zip(draws, noise_scale)]
-                else:
-                    u = [uc if d is None else uc + s * d for uc, d, s in zip(u, draws, noise_scale)]
-            y = _step(y, u, t, dt, q, method, increments, pulse, noise)
+            step_noise = [None, None, None] if xi is None else [None if x is None else x[i - start] for x in xi]
+            if noise == "white":
+                increments, held = step_noise, [None, None, None]
+            else:
+                increments, held = None, step_noise
+
+            def drives(s_, held=held):
+                d1 = base_drive if pulse is None else base_drive + pulse_drive(s_)
+                return (held[0], d1 if held[1] is None else d1 + held[1], held[2])
+
+            y = _step(y, drives, t, dt, c, method, increments if noisy else None)
     v = torch.stack(records, dim=-1) if records else torch.zeros((n_nodes, 0), dtype=torch.float64)
     return v, torch.stack(y, dim=-1)
 
@@ -201,26 +228,22 @@ def _add_increments(y, increments):
     )
 
 
-def _step(y, u, t, dt, q, method, increments, pulse, noise):
+def _step(y, drives, t, dt, c, method, increments):
+    """One step; ``drives(s)`` gives the gain-multiplied inputs at time ``s`` within the step."""
     if method == "euler":
-        return _add_increments(_axpy(y, drift(y, u, q), dt), increments)
-    # Inputs at later stages: the deterministic pulse moves with t, the
-    # jr1995 noise (already folded into u) is held over the step.
-    def u_at(s):
-        if pulse is None:
-            return u
-        return [u[0], u[1] + (pulse(s) - pulse(t)), u[2]]
-
+        return _add_increments(_axpy(y, drift(y, drives(t), c), dt), increments)
     if method == "heun":
-        k1 = drift(y, u, q)
+        k1 = drift(y, drives(t), c)
         z = _add_increments(_axpy(y, k1, dt), increments)
-        k2 = drift(z, u_at(t + dt), q)
-        mean = tuple(0.5 * (a_ + b_) for a_, b_ in zip(k1, k2))
-        return _add_increments(_axpy(y, mean, dt), increments)
-    # rk4 (deterministic or jr1995 piecewise-constant input)
-    k1 = drift(y, u, q)
-    um = u_at(t + 0.5 * dt)
-    k2 = drift(_axpy(y, k1, 0.5 * dt), um, q)
-    k3 = drift(_axpy(y, k2, 0.5 * dt), um, q)
-    k4 = drift(_axpy(y, k3, dt), u_at(t + dt), q)
-    return tuple(yi + (dt / 6.0) * (a1 + 2.0 * a2 + 2.0 * a3 + a4) for yi, a1, a2, a3, a4 in zip(y, k1, k2, k3, k4))
+        k2 = drift(z, drives(t + dt), c)
+        return _add_increments(tuple(torch.add(yi, a_ + b_, alpha=0.5 * dt) for yi, a_, b_ in zip(y, k1, k2)), increments)
+    # rk4 (deterministic, or jr1995 input held over the step)
+    dm = drives(t + 0.5 * dt)
+    k1 = drift(y, drives(t), c)
+    k2 = drift(_axpy(y, k1, 0.5 * dt), dm, c)
+    k3 = drift(_axpy(y, k2, 0.5 * dt), dm, c)
+    k4 = drift(_axpy(y, k3, dt), drives(t + dt), c)
+    return tuple(
+        torch.add(yi, torch.add(torch.add(a1, a4), torch.add(a2, a3), alpha=2.0), alpha=dt / 6.0)
+        for yi, a1, a2, a3, a4 in zip(y, k1, k2, k3, k4)
+    )

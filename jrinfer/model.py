@@ -369,11 +369,9 @@ class JansenRit:
         state = _checks.as_float_tensor("state", state)
         if state.shape[-1:] != (6,):
             raise ValueError(f"state must have a last axis of length 6, got shape {tuple(state.shape)}")
-        p = dict(self._params)
-        p["Aa"], p["Bb"] = p["A"] * p["a"], p["B"] * p["b"]
-        u1 = p["p_mean"] if p_input is None else _checks.as_float_tensor("p_input", p_input)
-        zero = torch.zeros((), dtype=torch.float64)
-        f = _integrate.drift(state.unbind(-1), (zero, u1, zero), p)
+        c = _integrate.coefficients(self._params)
+        u1 = self._params["p_mean"] if p_input is None else _checks.as_float_tensor("p_input", p_input)
+        f = _integrate.drift(state.unbind(-1), (None, c["Aa"] * u1, None), c)
         return torch.stack(torch.broadcast_tensors(*f), dim=-1)
 
     def jacobian(self, state: torch.Tensor) -> torch.Tensor:
