@@ -176,6 +176,129 @@ def _cmd_spectrum(args) -> int:
     return 0
 
 
+_EEG_SUFFIXES = (".edf", ".bdf", ".fif", ".fif.gz", ".vhdr", ".set", ".gdf", ".cnt")
+
+
+def _load_data(args):
+    """Read DATA as SpectrumData or EvokedData (CSV, or any format MNE reads)."""
+    from jrinfer.data import EvokedData, SpectrumData
+
+    path = Path(args.data)
+    if not path.exists():
+        raise UsageError(f"DATA {args.data}: no such file")
+    channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
+    name = path.name.lower()
+    if name.endswith(".csv"):
+        if args.kind == "spectrum":
+            data = SpectrumData.from_csv(path, units=args.units or "uV^2/Hz", n_segments=args.n_segments)
+            data = data.select(channels=channels, fmin=args.fmin, fmax=args.fmax)
+        else:
+            data = EvokedData.from_csv(path, units=args.units or "uV")
+            data = data.select(channels=channels, tmin=args.tmin, tmax=args.tmax)
+    elif name.endswith(_EEG_SUFFIXES):
+        try:
+            import mne
+        except ImportError:
+            raise UsageError("reading EEG files needs MNE: pip install 'jrinfer[eeg]'") from None
+        mne.set_log_level("ERROR")
+        try:
+            if args.kind == "spectrum":
+                inst = mne.io.read_raw(path, preload=True, verbose="error")
+            else:
+                evokeds = mne.read_evokeds(path, verbose="error")
+                inst = evokeds[args.condition] if args.condition is not None else evokeds[0]
+        except Exception as err:  # MNE raises many types for unreadable files
+            raise UsageError(f"DATA {args.data}: not readable as EEG by MNE ({type(err).__name__}: {err})") from None
+        if channels is not None:
+            channels = [_match_channel(c, inst.ch_names) for c in channels]
+        if args.kind == "spectrum":
+            fmin = 2.0 if args.fmin is None else args.fmin
+            fmax = 40.0 if args.fmax is None else args.fmax
+            data = SpectrumData.from_mne(inst, picks=channels, fmin=fmin, fmax=fmax, units=args.units or "uV^2/Hz")
+        else:
+            data = EvokedData.from_mne(inst, picks=channels, tmin=args.tmin, tmax=args.tmax, units=args.units or "uV")
+    else:
+        raise UsageError(
+            f"DATA {args.data}: unknown file type; expected .csv or an EEG file MNE reads ({', '.join(_EEG_SUFFIXES)})"
+        )
+    if data.n_channels > 1 and not args.no_average:
+        data = data.mean_over_channels(name="mean(" + ",".join(data.channel_names) + ")")
+    return data
+
+
+def _match_channel(name: str, available: list[str]) -> str:
+    """Exact channel name, or the unique one whose last word matches (``O1`` -> ``EEG O1``)."""
+    if name in available:
+        return name
+    hits = [ch for ch in available if ch.replace("-", " ").split()[-1].lower() == name.lower()]
+    return hits[0] if len(hits) == 1 else name  # unknown names get the data layer's named error
+
+
+def _cmd_fit(args) -> int:
+    import torch  # noqa: F401  (torch is a core dependency; imported here to keep --help fast)
+
+    from jrinfer.observation import EvokedObservation, SpectrumObservation
+    from jrinfer.problem import InverseProblem
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise UsageError(f"--out {args.out}: directory is not empty; pass --force to overwrite its files")
+    if args.backend != "laplace":
+        raise UsageError(
+            f"--backend {args.backend} is not available in this version yet; use --backend laplace "
+            "(variational Laplace)"
+        )
+    data = _load_data(args)
+    if args.kind == "spectrum":
+        obs = SpectrumObservation(method=args.method)
+    else:
+        obs = EvokedObservation()
+    free = tuple(s.strip() for s in args.free.split(",")) if args.free else None
+    prior = obs.default_prior(data) if free is None else obs.default_prior(data, free=free)
+    problem = InverseProblem(obs, prior, data)
+    from jrinfer.backends.laplace import VariationalLaplace
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # non-convergence is reported in summary.json
+        posterior = VariationalLaplace(progress=args.progress, max_iter=args.max_iter).fit(problem, seed=args.seed)
+    summary = posterior.summary()
+    summary["free_energy"] = posterior.log_evidence
+    summary["n_iter"] = posterior.diagnostics.get("n_iter")
+    summary["data"] = {
+        "file": str(Path(args.data).resolve()),
+        "kind": args.kind,
+        "channels": list(data.channel_names),
+        "units": data.units,
+        "n_points": int(data.power.shape[-1] if args.kind == "spectrum" else data.values.shape[-1]),
+    }
+    summary["prior"] = prior.to_dict()
+    summary["observation"] = repr(obs)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=float))
+    os.replace(tmp, out / "summary.json")
+    nc = out / "posterior.nc"
+    if nc.exists():
+        nc.unlink()
+    posterior.to_netcdf(nc)
+    plotted = False
+    try:
+        from jrinfer.plotting import plot_fit
+
+        plot_fit(posterior, out / "fit.png", title=f"{Path(args.data).name}: variational Laplace ({posterior.status})")
+        plotted = True
+    except ImportError:
+        pass
+    if args.json:
+        print(json.dumps(summary, default=float))
+    else:
+        print(posterior)
+        print(f"wrote {out}/summary.json, posterior.nc{', fit.png' if plotted else ''}")
+    return 0 if posterior.converged else 1
+
+
 def _cmd_demo(args) -> int:
     from jrinfer._demo import run_demo
 
@@ -245,6 +368,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="CSV file to write (columns freq,power)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=_cmd_spectrum)
+
+    p = sub.add_parser("fit", help="fit the JR model to a spectrum or evoked response; writes summary.json, posterior.nc")
+    p.add_argument("data", metavar="DATA", help="CSV (freq,power[,...] or time,value[,...]) or an EEG file MNE reads")
+    p.add_argument("--kind", required=True, choices=["spectrum", "evoked"], help="what DATA holds / what to fit")
+    p.add_argument(
+        "--backend", default="laplace", choices=["laplace", "nuts", "smc", "npe"], help="inference backend"
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--channels", default=None, help="comma-separated channel names (default: all)")
+    p.add_argument("--no-average", action="store_true", help="fit channels jointly instead of their average")
+    p.add_argument("--fmin", type=float, default=None, help="lowest frequency in Hz (EEG files: default 2)")
+    p.add_argument("--fmax", type=float, default=None, help="highest frequency in Hz (EEG files: default 40)")
+    p.add_argument("--tmin", type=float, default=None, help="evoked: first time in s")
+    p.add_argument("--tmax", type=float, default=None, help="evoked: last time in s")
+    p.add_argument("--units", default=None, help="units of CSV data (uV^2/Hz, mV^2/Hz, V^2/Hz; uV, mV, V)")
+    p.add_argument("--n-segments", type=int, default=None, help="number of Welch segments behind a CSV spectrum")
+    p.add_argument("--condition", default=None, help="evoked FIF: which condition (default the first)")
+    p.add_argument("--method", default="transfer", choices=["transfer", "simulation"], help="spectral model")
+    p.add_argument("--free", default=None, help="comma-separated JR parameters to fit (default A,B,a,b,C,p_mean)")
+    p.add_argument("--max-iter", type=int, default=128, help="maximum variational Laplace iterations")
+    p.add_argument("--seed", type=int, default=0, help="seed of the posterior draws")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--json", action="store_true", help="print summary.json on stdout")
+    p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("demo", help="the README's main job on the bundled example")
     p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")

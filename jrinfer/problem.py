@@ -41,9 +41,11 @@ class GaussianForm:
     hyper_mean, hyper_cov : torch.Tensor
         ``(k,)`` and ``(k, k)``.
     precision_components : torch.Tensor
-        Diagonals of the ``Q_i``, shape ``(k, m)``.
+        Diagonals of the ``Q_i``, shape ``(k, m)`` (here ``k = 1``).
     hyper_names : tuple of str
         One name per precision component.
+    estimate_hyper : bool
+        False when the prior fixes ``log_precision``.
     """
 
     f: Callable[[torch.Tensor], torch.Tensor]
@@ -55,6 +57,7 @@ class GaussianForm:
     hyper_cov: torch.Tensor
     precision_components: torch.Tensor
     hyper_names: tuple[str, ...]
+    estimate_hyper: bool = True
 
 
 class InverseProblem:
@@ -213,10 +216,10 @@ class InverseProblem:
         """This problem as nonlinear regression with Gaussian prior and noise (for variational Laplace).
 
         Spectra with the gaussian likelihood: ``y`` is the log-power of all
-        channels stacked, ``f(z)`` the predicted log-power repeated per
-        channel, one precision component per channel, and the hyperprior of
-        every component is the prior's ``log_precision`` distribution
-        (normal). Evoked: potentials, one component per channel. Parameter
+        channels stacked and ``f(z)`` the predicted log-power repeated per
+        channel; evoked: the potentials. One precision component is shared by
+        all data points; its hyperprior is the prior's ``log_precision``
+        distribution (normal), or it is fixed when ``log_precision`` is. Parameter
         sets the observation cannot predict (e.g. an unstable equilibrium
         under the transfer method) give NaN predictions, which the optimiser
         treats as a rejected step.
@@ -246,11 +249,10 @@ class InverseProblem:
             y_mat = self.data.values
         n_ch, n_pts = y_mat.shape
         y = y_mat.reshape(-1)
-        comps = torch.zeros((n_ch, n_ch * n_pts), dtype=torch.float64)
-        for c in range(n_ch):
-            comps[c, c * n_pts : (c + 1) * n_pts] = 1.0
-        hyper_mean = torch.full((n_ch,), h_mean, dtype=torch.float64)
-        hyper_cov = torch.eye(n_ch, dtype=torch.float64) * (h_var if h_var is not None else 0.0)
+        # one precision shared by all channels, like the prior's single log_precision
+        comps = torch.ones((1, n_ch * n_pts), dtype=torch.float64)
+        hyper_mean = torch.full((1,), h_mean, dtype=torch.float64)
+        hyper_cov = torch.eye(1, dtype=torch.float64) * (h_var if h_var is not None else 0.0)
         full_names = self.names
         noise_value = torch.tensor(h_mean, dtype=torch.float64)
 
@@ -280,7 +282,8 @@ class InverseProblem:
             hyper_mean=hyper_mean,
             hyper_cov=hyper_cov,
             precision_components=comps,
-            hyper_names=tuple(f"log_precision[{c}]" for c in self.data.channel_names),
+            hyper_names=("log_precision",),
+            estimate_hyper=bool(noise),
         )
 
 

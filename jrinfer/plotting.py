@@ -1,0 +1,72 @@
+"""Plots (matplotlib, imported lazily). Nothing in jrinfer imports this module at import time."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["plot_fit"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("plotting needs matplotlib: pip install 'jrinfer[plot]'") from err
+    return plt
+
+
+def plot_fit(posterior, path=None, *, title: str | None = None):
+    """Data against the posterior predictive (median and 90 % band), one panel per channel.
+
+    Parameters
+    ----------
+    posterior : Posterior
+        A result with ``observed`` and ``predictive`` set.
+    path : str or Path, optional
+        Where to save the figure (PNG); the figure is returned either way.
+    title : str, optional
+        Figure title (default: backend and status).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if posterior.observed is None or posterior.predictive is None:
+        raise ValueError("posterior has no observed data or posterior predictive to plot")
+    plt = _pyplot()
+    obs = posterior.observed
+    x = np.asarray(obs["coord_values"])
+    y = np.asarray(obs["values"])
+    pred = np.asarray(posterior.predictive).reshape((-1,) + y.shape)
+    n_ch = y.shape[0]
+    fig, axes = plt.subplots(1, n_ch, figsize=(6 * n_ch, 4.2), squeeze=False)
+    spectral = obs["coord"] == "freq"
+    for c, ax in enumerate(axes[0]):
+        lo, med, hi = np.nanquantile(pred[:, c], [0.05, 0.5, 0.95], axis=0)
+        ax.fill_between(x, lo, hi, color="tab:orange", alpha=0.3, lw=0, label="posterior predictive 90%")
+        ax.plot(x, med, color="tab:orange", lw=1.5, label="posterior predictive median")
+        ax.plot(x, y[c], color="k", lw=1, label="data")
+        if spectral:
+            ax.set_yscale("log")
+            ax.set_xlabel("frequency (Hz)")
+            ax.set_ylabel(f"power ({obs.get('units', '')})")
+        else:
+            ax.set_xlabel("time (s)")
+            ax.set_ylabel(f"potential ({obs.get('units', '')})")
+        ax.set_title(str(obs["channels"][c]))
+        ax.legend(fontsize=8)
+    fig.suptitle(title or f"{posterior.backend}: {posterior.status}")
+    fig.tight_layout()
+    if path is not None:
+        path = Path(path)
+        tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    plt.close(fig)
+    return fig
