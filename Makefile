@@ -6,6 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.jrinfer-installed
 PYTEST_ARGS ?=
+# Real recordings are read from this cache (never committed); next to the
+# checkout in this workplace, so `make demo` also fits a real EEG spectrum.
+export JRINFER_DATA ?= $(wildcard $(abspath ..)/shared/data)
 
 .PHONY: demo test bench install clean
 

@@ -581,7 +581,7 @@ class JansenRit:
         if isinstance(record_every, bool) or not isinstance(record_every, int) or record_every < 1:
             raise ValueError(f"record_every must be an int >= 1, got {record_every!r}")
         p = self._params
-        rate = float(torch.maximum(p["a"], p["b"]).max())
+        rate = float(torch.maximum(p["a"], p["b"]).detach().max())
         if rate * dt >= 1.0:
             raise ValueError(
                 f"dt={dt:g} s is too large for stable integration: need max(a, b) * dt < 1, i.e. dt < {1 / rate:.3g} s "

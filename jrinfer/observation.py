@@ -441,7 +441,7 @@ class EvokedObservation:
         from jrinfer.prior import LogNormal, Normal, Prior, jansen_rit_prior
 
         prior = jansen_rit_prior(kind="dcm", free=tuple(n for n in free if n != "p_mean"))
-        fixed = dict(prior.fixed)
+        fixed = {k: v for k, v in prior.fixed.items() if k != "p_std"}  # evoked runs are noise-free
         fixed["p_mean"] = 60.0
         dists = dict(prior.distributions)
         peak = float(data.values.abs().max())

@@ -115,8 +115,11 @@ def test_demo_runs_and_writes_outputs(tmp_path, capsys):
     assert summary["fold_p_mean"] == pytest.approx(113.59, abs=0.01)
     assert 8 < summary["limit_cycle"]["frequency_hz"] < 13
     assert abs(summary["stable_spectrum"]["peak_hz_simulated"] - summary["stable_spectrum"]["peak_hz_linearised"]) < 0.5
-    for name in ("bifurcation.csv", "alpha_limit_cycle.csv", "spectrum.csv"):
+    for name in ("bifurcation.csv", "alpha_limit_cycle.csv", "spectrum.csv", "fit/summary.json", "fit/posterior.nc"):
         assert (out / name).stat().st_size > 0
+    fit = summary["fits"]["synthetic"]
+    assert fit["status"] == "converged"
+    assert fit["truth_in_90"] >= len(fit["truth"]) - 1  # 90 % intervals of 7 parameters
     # never overwrites without --force
     code, _, err = run(capsys, "demo", "--out", str(out))
     assert code == 2 and "--force" in err

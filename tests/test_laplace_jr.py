@@ -104,6 +104,26 @@ def test_fit_to_real_eegmat_resting_spectrum():
     assert abs(predictive_peak - data_peak) <= 0.5
 
 
+@pytest.mark.slow
+def test_fit_to_real_auditory_erp_reproduces_n100():
+    require_recordings("mne_sample_erp_neurokit2/data.csv")
+    data = jrinfer.datasets.fetch_mne_sample_erp("audio").mean_over_channels()
+    obs = jrinfer.EvokedObservation()
+    problem = InverseProblem(obs, obs.default_prior(data), data)
+    post = VariationalLaplace().fit(problem, n_draws=200, n_predictive=20)
+    assert post.converged, post.message
+    t = data.times.numpy()
+    mode = problem.prior.from_unconstrained(torch.from_numpy(post.mean_unconstrained))
+    pred = problem.predict(mode).value[0].detach().numpy()
+    n100 = (t > 0.05) & (t < 0.15)
+    data_t = t[n100][data.values[0].numpy()[n100].argmin()]
+    assert 0.08 <= data_t <= 0.12
+    assert abs(t[n100][pred[n100].argmin()] - data_t) <= 0.010
+    # residual sd well below the N100 amplitude
+    resid = data.values[0].numpy() - pred
+    assert resid.std() < 0.3 * abs(data.values[0].numpy()[n100].min())
+
+
 # ------------------------------------------------------------ contract suite
 def test_backend_contract():
     problem = synthetic_problem()
