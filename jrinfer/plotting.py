@@ -10,15 +10,13 @@ import numpy as np
 __all__ = ["plot_fit"]
 
 
-def _pyplot():
+def _figure(**kwargs):
+    """A matplotlib Figure not managed by pyplot: no backend switch, nothing left open."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("plotting needs matplotlib: pip install 'jrinfer[plot]'") from err
-    return plt
+    return Figure(**kwargs)
 
 
 def plot_fit(posterior, path=None, *, title: str | None = None):
@@ -36,16 +34,18 @@ def plot_fit(posterior, path=None, *, title: str | None = None):
     Returns
     -------
     matplotlib.figure.Figure
+        Not registered with pyplot, so it neither changes the backend nor
+        needs closing; in Jupyter, display it by leaving it as a cell's value.
     """
     if posterior.observed is None or posterior.predictive is None:
         raise ValueError("posterior has no observed data or posterior predictive to plot")
-    plt = _pyplot()
     obs = posterior.observed
     x = np.asarray(obs["coord_values"])
     y = np.asarray(obs["values"])
     pred = np.asarray(posterior.predictive).reshape((-1,) + y.shape)
     n_ch = y.shape[0]
-    fig, axes = plt.subplots(1, n_ch, figsize=(6 * n_ch, 4.2), squeeze=False)
+    fig = _figure(figsize=(6 * n_ch, 4.2))
+    axes = fig.subplots(1, n_ch, squeeze=False)
     spectral = obs["coord"] == "freq"
     for c, ax in enumerate(axes[0]):
         lo, med, hi = np.nanquantile(pred[:, c], [0.05, 0.5, 0.95], axis=0)
@@ -68,5 +68,4 @@ def plot_fit(posterior, path=None, *, title: str | None = None):
         tmp = path.with_name(path.stem + ".tmp" + path.suffix)
         fig.savefig(tmp, dpi=110)
         os.replace(tmp, path)
-    plt.close(fig)
     return fig
