@@ -274,6 +274,7 @@ def _cmd_fit(args) -> int:
         "n_points": int(data.power.shape[-1] if args.kind == "spectrum" else data.values.shape[-1]),
     }
     summary["prior"] = prior.to_dict()
+    summary["prior_validity"] = problem.prior_validity(1000, seed=args.seed)
     summary["observation"] = repr(obs)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "summary.json.tmp"

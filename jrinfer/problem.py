@@ -211,6 +211,28 @@ class InverseProblem:
         x = self.observation.sample(pred, params, self.data, gen)
         return torch.where(pred.valid.reshape(pred.valid.shape + (1,) * (x.dim() - pred.valid.dim())), x, math.nan)
 
+    def prior_validity(self, n_samples: int = 2000, *, seed: int = 0) -> dict:
+        """How much prior mass the observation can predict.
+
+        Under the transfer method, parameter sets whose equilibrium is
+        unstable (the oscillatory regime) have ``-inf`` likelihood; this
+        reports the fraction of prior draws affected, so a prior that puts
+        much mass there can be noticed before fitting.
+
+        Returns
+        -------
+        dict
+            ``{"n_samples", "invalid_fraction", "reasons"}`` with up to three
+            example reasons.
+        """
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+        theta = self.prior.sample(n_samples, seed=seed)
+        with torch.no_grad():
+            pred = self.predict(theta)
+        invalid = 1.0 - float(pred.valid.double().mean())
+        return {"n_samples": n_samples, "invalid_fraction": invalid, "reasons": pred.reasons[:3]}
+
     # ---------------------------------------------------- Gaussian form
     def gaussian_form(self) -> GaussianForm:
         """This problem as nonlinear regression with Gaussian prior and noise (for variational Laplace).

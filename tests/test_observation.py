@@ -215,6 +215,20 @@ def test_problem_simulate_is_seeded_and_with_data():
     assert torch.isfinite(new.log_likelihood(theta)).all()
 
 
+def test_prior_validity_reports_oscillatory_mass():
+    problem = small_problem()
+    report = problem.prior_validity(500, seed=0)
+    # The default prior is centred on a stable equilibrium, but with the JR 1995 constants the
+    # upper equilibrium is only just stable below the Hopf point (decay ~0.5/s), so a sizeable
+    # part of the prior (about 45 %) lies in the oscillatory regime. It is reported, not hidden.
+    assert 0.2 < report["invalid_fraction"] < 0.7
+    assert "unstable" in report["reasons"][0]
+    # a prior on p_mean well above the first Hopf point is almost all invalid
+    hot = problem.prior.free(p_mean=LogNormal(220.0, 0.05))
+    report = InverseProblem(problem.observation, hot, problem.data).prior_validity(500, seed=0)
+    assert report["invalid_fraction"] > 0.9
+
+
 def test_gaussian_form_matches_prediction():
     problem = small_problem()
     form = problem.gaussian_form()
