@@ -160,8 +160,11 @@ class SpectrumObservation:
             f"noise_on={self.noise_on!r}, aperiodic={self.aperiodic}, floor={self.floor})"
         )
 
-    @property
-    def required_parameters(self) -> tuple[str, ...]:
+    def parameter_names(self, data=None) -> tuple[str, ...]:
+        """Every observation parameter this model knows (besides the JR constants)."""
+        return tuple(self.PARAMETERS)
+
+    def required_parameters(self, data=None) -> tuple[str, ...]:
         """Observation parameters this configuration uses."""
         names = ["gain"]
         if self.aperiodic:
@@ -215,8 +218,8 @@ class SpectrumObservation:
 
     def predict(self, params: dict[str, torch.Tensor], data: "SpectrumData") -> Prediction:
         """Predicted power on ``data.freqs`` in ``data.units``, shape ``(*batch, F)``."""
-        model_params, obs = _split(params, tuple(self.PARAMETERS))
-        missing = [n for n in self.required_parameters if n not in obs and n != "log_precision"]
+        model_params, obs = _split(params, self.parameter_names(data))
+        missing = [n for n in self.required_parameters(data) if n not in obs and n != "log_precision"]
         if missing:
             raise ValueError(f"missing observation parameter(s) {missing} for {self!r}")
         freqs = data.freqs
@@ -338,16 +341,21 @@ class EvokedObservation:
     fixed) is added to the external input; the deviation of ``v`` from rest
     is projected to the channels::
 
-        x_c(t) = u * gain * L_c * (v(t) - v_rest) + baseline
+        x_c(t) = u * gain_c * L_c * (v(t) - v_rest) + baseline
 
-    with ``L`` a lead-field vector (default ones; e.g. from an MNE forward
-    model) and ``u`` converting mV to the data's units. Gaussian noise with
-    precision ``exp(log_precision)``.
+    with ``L`` a lead-field vector (default ones; e.g. a column of an MNE
+    forward model's gain matrix for the source) and ``u`` converting mV to
+    the data's units. The gain is one parameter ``gain`` shared by all
+    channels (the lead field carries the spatial pattern), or one parameter
+    per channel ``gain_0, gain_1, ...`` with ``per_channel_gain=True``.
+    Gaussian noise with precision ``exp(log_precision)``.
 
     Parameters
     ----------
     lead_field : array_like, optional
         Shape ``(n_channels,)``, dimensionless; default all ones.
+    per_channel_gain : bool
+        Fit a separate signed gain for every channel.
     shape_n : float
         Exponent ``n`` of the input pulse (JR 1995: 7).
     dt : float
@@ -363,26 +371,43 @@ class EvokedObservation:
         "log_precision": "log precision of the residuals (1 / data units^2)",
     }
 
-    def __init__(self, *, lead_field=None, shape_n: float = 7.0, dt: float = 5e-4):
+    def __init__(self, *, lead_field=None, per_channel_gain: bool = False, shape_n: float = 7.0, dt: float = 5e-4):
         self.lead_field = None if lead_field is None else _checks.as_float_tensor("lead_field", lead_field)
         if self.lead_field is not None:
             _checks.check_finite("lead_field", self.lead_field)
             if self.lead_field.dim() != 1:
                 raise ValueError(f"lead_field must be 1-D (n_channels,), got shape {tuple(self.lead_field.shape)}")
+        if not isinstance(per_channel_gain, bool):
+            raise ValueError(f"per_channel_gain must be True or False, got {per_channel_gain!r}")
+        self.per_channel_gain = per_channel_gain
         self.shape_n = _checks.check_scalar("shape_n", shape_n, positive=True)
         self.dt = _checks.check_scalar("dt", dt, positive=True)
 
     def __repr__(self) -> str:
-        return f"EvokedObservation(shape_n={self.shape_n:g}, dt={self.dt:g}, lead_field={'custom' if self.lead_field is not None else 'ones'})"
+        return (
+            f"EvokedObservation(shape_n={self.shape_n:g}, dt={self.dt:g}, per_channel_gain={self.per_channel_gain}, "
+            f"lead_field={'custom' if self.lead_field is not None else 'ones'})"
+        )
 
-    @property
-    def required_parameters(self) -> tuple[str, ...]:
-        return tuple(self.PARAMETERS)
+    def _gain_names(self, data) -> tuple[str, ...]:
+        if not self.per_channel_gain:
+            return ("gain",)
+        if data is None:
+            raise ValueError("per_channel_gain=True: the gain parameter names depend on the data's channels")
+        return tuple(f"gain_{c}" for c in range(data.values.shape[0]))
+
+    def parameter_names(self, data=None) -> tuple[str, ...]:
+        """Observation parameters for ``data`` (``gain`` or ``gain_0 .. gain_{C-1}``)."""
+        return tuple(n for n in self.PARAMETERS if n != "gain") + self._gain_names(data)
+
+    def required_parameters(self, data=None) -> tuple[str, ...]:
+        return self.parameter_names(data)
 
     def predict(self, params: dict[str, torch.Tensor], data: "EvokedData") -> Prediction:
         """Predicted potentials, shape ``(*batch, C, T)`` in ``data.units``."""
-        model_params, obs = _split(params, tuple(self.PARAMETERS))
-        missing = [n for n in ("input_amplitude", "input_latency", "input_width", "gain") if n not in obs]
+        model_params, obs = _split(params, self.parameter_names(data))
+        gain_names = self._gain_names(data)
+        missing = [n for n in ("input_amplitude", "input_latency", "input_width", *gain_names) if n not in obs]
         if missing:
             raise ValueError(f"missing observation parameter(s) {missing} for {self!r}")
         shape = _batch_shape(params)
@@ -411,7 +436,12 @@ class EvokedObservation:
             raise ValueError(f"lead_field has {lf.numel()} entries but the data have {n_ch} channels")
         u = _VOLT_UNIT_PER_MV[data.units]
         ex = lambda x: torch.as_tensor(x, dtype=torch.float64)[..., None, None]  # noqa: E731
-        x = u * ex(obs["gain"]) * lf[:, None] * v_t.unsqueeze(-2)
+        if self.per_channel_gain:
+            gains = torch.stack(torch.broadcast_tensors(*(torch.as_tensor(obs[n], dtype=torch.float64) for n in gain_names)), -1)
+            gain = gains.unsqueeze(-1)  # (*batch, C, 1)
+        else:
+            gain = ex(obs["gain"])
+        x = u * gain * lf[:, None] * v_t.unsqueeze(-2)
         if "baseline" in obs:
             x = x + ex(obs["baseline"])
         x = torch.where(valid[..., None, None], x, torch.zeros_like(x))
@@ -445,11 +475,18 @@ class EvokedObservation:
         fixed["p_mean"] = 60.0
         dists = dict(prior.distributions)
         peak = float(data.values.abs().max())
+        if peak == 0.0:
+            raise ValueError("data.values are all zero: nothing to scale the default gain prior to")
         u = _VOLT_UNIT_PER_MV[data.units]
         dists["input_amplitude"] = LogNormal(0.5, 0.5)
         dists["input_latency"] = Normal(0.03, 0.02)
         dists["input_width"] = LogNormal(0.005, 0.3)
-        dists["gain"] = Normal(0.0, peak / (5.0 * u))
+        if self.per_channel_gain:
+            for c, name in enumerate(self._gain_names(data)):
+                peak_c = float(data.values[c].abs().max()) or peak
+                dists[name] = Normal(0.0, peak_c / (5.0 * u))
+        else:
+            dists["gain"] = Normal(0.0, peak / (5.0 * u))
         dists["baseline"] = Normal(0.0, 0.1 * peak)
         n_base = max(3, data.values.shape[-1] // 10)
         noise_var = float(data.values[:, :n_base].var()) or (0.05 * peak) ** 2

@@ -103,14 +103,14 @@ class InverseProblem:
             raise ValueError(
                 f"observation must be a SpectrumObservation or EvokedObservation, got {type(observation).__name__}"
             )
-        known = set(MODEL_PARAMETERS) | set(observation.PARAMETERS)
+        known = set(MODEL_PARAMETERS) | set(observation.parameter_names(data))
         declared = set(prior.names) | set(prior.fixed)
         unknown = sorted(declared - known)
         if unknown:
             raise ValueError(
                 f"prior declares parameter(s) {unknown} that neither the Jansen-Rit model nor {observation!r} uses"
             )
-        missing = [n for n in observation.required_parameters if n not in declared]
+        missing = [n for n in observation.required_parameters(data) if n not in declared]
         if missing:
             raise ValueError(f"prior must declare (free or fixed) the observation parameter(s) {missing}")
         self.observation = observation

@@ -136,7 +136,8 @@ def test_default_prior_adapts_to_units():
 # ------------------------------------------------------------- evoked
 def evoked_data(n_ch=2):
     times = torch.arange(-0.1, 0.4, 1 / 150, dtype=F64)
-    return EvokedData.from_arrays(times, torch.zeros(n_ch, len(times)), channel_names=[f"E{i}" for i in range(n_ch)], units="uV")
+    values = torch.randn(n_ch, len(times), generator=torch.Generator().manual_seed(0), dtype=F64)
+    return EvokedData.from_arrays(times, values, channel_names=[f"E{i}" for i in range(n_ch)], units="uV")
 
 
 def test_evoked_prediction():
@@ -162,6 +163,25 @@ def test_evoked_prediction():
     # an oscillating resting state (no stable equilibrium) is invalid
     bad = obs.predict({**params, "p_mean": torch.tensor(220.0, dtype=F64)}, data)
     assert not bad.valid.any() and "stable" in bad.reasons[0]
+
+
+def test_evoked_per_channel_gain():
+    data = evoked_data(n_ch=3)
+    obs = EvokedObservation(per_channel_gain=True)
+    assert obs.parameter_names(data)[-3:] == ("gain_0", "gain_1", "gain_2")
+    prior = obs.default_prior(data)
+    assert {"gain_0", "gain_1", "gain_2"} <= set(prior.names) and "gain" not in prior.names
+    problem = InverseProblem(obs, prior, data)
+    theta = prior.median().clone()
+    for c, g in enumerate((1e-3, -2e-3, 0.0)):
+        theta[problem.names.index(f"gain_{c}")] = g
+    pred = problem.predict(theta).value
+    assert pred.shape == (3, data.times.numel())
+    assert torch.allclose(pred[1] - pred[1, 0], -2.0 * (pred[0] - pred[0, 0]))
+    assert torch.allclose(pred[2], pred[2, :1].expand_as(pred[2]))  # zero gain: only the baseline
+    # a shared "gain" is not a parameter of the per-channel model
+    with pytest.raises(ValueError, match="neither the Jansen-Rit model"):
+        InverseProblem(obs, Prior(dict(prior.distributions), fixed={**prior.fixed, "gain": 1.0}), data)
 
 
 # ------------------------------------------------------------- problem
