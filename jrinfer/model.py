@@ -414,7 +414,12 @@ class JansenRit:
         to the low-activity equilibrium (``equilibrium="lower"``); spectra of
         those regimes must come from simulation or the other equilibrium.
         """
-        return self.fixed_points().select(equilibrium).stable
+        return self._equilibrium(equilibrium).stable
+
+    def _equilibrium(self, which: str) -> FixedPoints:
+        """``fixed_points().select(which)`` without the other equilibria's eigenvalues."""
+        _checks.check_option("equilibrium", which, ("upper", "lower"))
+        return _fixed_points(self._params, self._batch_shape, 256, which=which)
 
     # ------------------------------------------------------ linearised spectra
     def transfer_function(self, freqs, equilibrium: FixedPoints | str = "upper") -> torch.Tensor:
@@ -445,7 +450,7 @@ class JansenRit:
             ordered ``(y0 block, external input, y2 block)``.
         """
         f = _check_freqs(freqs)
-        eq = self.fixed_points().select(equilibrium) if isinstance(equilibrium, str) else equilibrium
+        eq = self._equilibrium(equilibrium) if isinstance(equilibrium, str) else equilibrium
         p = self._params
         y0 = eq.state[..., 0]
         g0 = self.sigmoid_derivative(eq.v)
@@ -507,7 +512,7 @@ class JansenRit:
                     "step (equivalent white-noise intensity p_std*sqrt(dt))"
                 )
             intensity = p_std**2 * _checks.check_scalar("dt", dt, positive=True)
-        eq = self.fixed_points().select(equilibrium)
+        eq = self._equilibrium(equilibrium)
         h2 = self.transfer_function(f, equilibrium=eq).abs() ** 2
         if self.noise_on == "input":
             gain = h2[..., 1]
@@ -793,7 +798,11 @@ def _refine_roots(lo, hi, p, scale, max_iter: int = 100):
     return x
 
 
-def _fixed_points(params: dict[str, torch.Tensor], shape: torch.Size, grid_size: int) -> FixedPoints:
+def _fixed_points(
+    params: dict[str, torch.Tensor], shape: torch.Size, grid_size: int, which: str | None = None
+) -> FixedPoints:
+    """All equilibria; with ``which="upper"`` / ``"lower"`` only that one (``K`` axis dropped),
+    skipping the eigenvalues of the others."""
     nb = max(1, math.prod(shape))
     flat = {k: v.reshape(nb) for k, v in params.items()}
     with torch.no_grad():
@@ -846,6 +855,11 @@ def _fixed_points(params: dict[str, torch.Tensor], shape: torch.Size, grid_size:
         y0_star[b_sorted, slot] = roots
         valid = torch.zeros((nb, n_max), dtype=torch.bool)
         valid[b_sorted, slot] = True
+        if which is not None:
+            pick = (count - 1).clamp(min=0) if which == "upper" else torch.zeros_like(count)
+            y0_star = y0_star.gather(1, pick[:, None])
+            valid = valid.gather(1, pick[:, None])
+            n_max = 1
     # Differentiable Newton step (implicit function theorem) at the root.
     pk = {k: v[:, None] for k, v in flat.items()}
     g, v_star = _equilibrium_residual(y0_star, pk)
@@ -870,7 +884,7 @@ def _fixed_points(params: dict[str, torch.Tensor], shape: torch.Size, grid_size:
     freq = torch.where(valid, freq, nan)
     stable = stable & valid
     out_shape = tuple(shape)
-    return FixedPoints(
+    fp = FixedPoints(
         state.reshape(out_shape + (n_max, 6)),
         v.reshape(out_shape + (n_max,)),
         ev.reshape(out_shape + (n_max, 6)),
@@ -879,3 +893,4 @@ def _fixed_points(params: dict[str, torch.Tensor], shape: torch.Size, grid_size:
         valid.reshape(out_shape + (n_max,)),
         count.reshape(out_shape),
     )
+    return fp if which is None else fp._take(torch.zeros_like(fp.count))

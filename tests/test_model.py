@@ -218,3 +218,15 @@ def test_bad_options_raise_named_errors():
         JansenRit(p_mean=60.0).linear_psd(torch.tensor([-1.0, 2.0]))
     with pytest.raises(ValueError, match="state must have a last axis of length 6"):
         JansenRit().drift(torch.zeros(5))
+
+
+def test_selected_equilibrium_path_matches_full_computation():
+    # linear_psd uses a path that computes only the chosen equilibrium's eigenvalues
+    model = JansenRit(
+        p_mean=torch.tensor([[0.0, 60.0, 100.0], [120.0, 220.0, 400.0]], dtype=F64),
+        C=torch.tensor([[135.0], [1350.0]], dtype=F64),
+    )
+    full = model.fixed_points()
+    for which in ("upper", "lower"):
+        for fast, ref in zip(model._equilibrium(which), full.select(which)):
+            assert torch.allclose(fast, ref, equal_nan=True)
