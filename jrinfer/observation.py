@@ -359,7 +359,8 @@ class EvokedObservation:
     shape_n : float
         Exponent ``n`` of the input pulse (JR 1995: 7).
     dt : float
-        RK4 step in s (default 0.5 ms; ``max(a, b) dt`` must stay small).
+        RK4 step in s (default 1 ms: with a = 100/s the RK4 error on an ERP is
+        ~0.03 % of its peak, far below EEG noise; ``max(a, b) dt`` must stay small).
     """
 
     PARAMETERS = {
@@ -371,7 +372,7 @@ class EvokedObservation:
         "log_precision": "log precision of the residuals (1 / data units^2)",
     }
 
-    def __init__(self, *, lead_field=None, per_channel_gain: bool = False, shape_n: float = 7.0, dt: float = 5e-4):
+    def __init__(self, *, lead_field=None, per_channel_gain: bool = False, shape_n: float = 7.0, dt: float = 1e-3):
         self.lead_field = None if lead_field is None else _checks.as_float_tensor("lead_field", lead_field)
         if self.lead_field is not None:
             _checks.check_finite("lead_field", self.lead_field)

@@ -1,5 +1,7 @@
 """Simulation: deterministic regimes, linearised vs simulated spectra, noise conventions, bad input."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -189,8 +191,13 @@ def test_bad_simulation_arguments_raise_named_errors(kwargs, match):
 
 
 def test_coarse_dt_warns():
-    with pytest.warns(UserWarning, match="coarse"):
-        JansenRit(p_std=0.0).simulate(0.05, 2e-3)
+    with pytest.warns(UserWarning, match="coarse for heun"):
+        JansenRit(p_std=1.0).simulate(0.05, 2e-3)
+    with pytest.warns(UserWarning, match="coarse for rk4"):
+        JansenRit(p_std=0.0).simulate(0.05, 4e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        JansenRit(p_std=0.0).simulate(0.05, 2e-3)  # RK4 at a dt = 0.2 is accurate: no warning
 
 
 def test_divergence_is_reported_not_hidden():
