@@ -214,3 +214,21 @@ def test_cli_fit_rejects_a_file_that_is_not_eeg(tmp_path, capsys):
     code = main(["fit", str(path), "--kind", "spectrum", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "not readable as EEG" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_cli_fit_evoked_csv(tmp_path, capsys):
+    require_recordings("mne_sample_erp_neurokit2/data.csv")
+    csv = tmp_path / "erp.csv"
+    jrinfer.datasets.fetch_mne_sample_erp("audio").mean_over_channels().to_csv(csv)
+    out = tmp_path / "fit"
+    code = main(["fit", str(csv), "--kind", "evoked", "--units", "uV", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "converged"
+    latency = summary["parameters"]["input_latency"]
+    assert 0.0 < latency["q05"] < latency["q95"] < 0.08  # input onset before the N100 at 93 ms
+    import arviz as az
+
+    idata = az.from_netcdf(str(out / "posterior.nc"))
+    assert idata.observed_data["y"].dims == ("channel", "time")
