@@ -144,26 +144,27 @@ def _cmd_spectrum(args) -> int:
         psd = lin.psd
         info["dominant_frequency_hz"] = float(lin.equilibrium.dominant_frequency_hz)
     else:
-        from jrinfer.spectral import welch_psd
+        from jrinfer.observation import SpectrumObservation
 
-        # Welch segments of length 1/df give the requested resolution; the
-        # sampling rate must exceed 2 fmax.
-        nperseg_s = 1.0 / args.df
-        record_every = max(1, int(1.0 / (args.dt * 4.0 * max(args.fmax, 1.0))))
-        fs_rec = 1.0 / (record_every * args.dt)
-        nperseg = int(round(nperseg_s * fs_rec))
-        sim = model.simulate(args.duration, args.dt, seed=args.seed, record_every=record_every, transient=args.transient)
-        if bool(sim.diverged.any()):
+        # One implementation of simulated spectra: the observation model's
+        # (Welch segments of 1/df give the requested resolution).
+        if 1.0 / args.df > args.duration:
+            raise UsageError(f"--duration {args.duration:g} s is shorter than one Welch segment of 1/df = {1 / args.df:g} s")
+        obs = SpectrumObservation(
+            method="simulation",
+            noise=args.noise,
+            noise_on=args.noise_on,
+            dt=args.dt,
+            duration=args.duration,
+            transient=args.transient,
+            segment=1.0 / args.df,
+            seed=args.seed,
+        )
+        pred = obs.neural_psd(model.params, freqs)
+        if not bool(pred.valid.all()):
             raise UsageError("the simulation diverged; reduce --dt")
-        if nperseg > sim.v.shape[-1]:
-            raise UsageError(
-                f"--duration {args.duration:g} s is shorter than one Welch segment of 1/df = {nperseg_s:g} s"
-            )
-        w = welch_psd(sim.v, fs_rec, nperseg=nperseg)
-        import numpy as np
-
-        psd = torch.from_numpy(np.interp(freqs.numpy(), w.freqs.numpy(), w.psd.numpy()))
-        info.update(n_segments=w.n_segments, seed=sim.seed, sampling_rate_hz=fs_rec)
+        psd = pred.value
+        info["seed"] = args.seed
     if out is not None:
         _write_csv(out, ["freq", "power"], [freqs, psd])
     if args.json:

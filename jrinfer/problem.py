@@ -179,9 +179,10 @@ class InverseProblem:
 
     def log_joint(self, theta) -> torch.Tensor:
         """``log_prior + log_likelihood`` in natural units, shape ``batch``."""
+        theta = self._theta(theta)
         lp = self.log_prior(theta)
         ok = torch.isfinite(lp)
-        safe = torch.where(ok.unsqueeze(-1), self._theta(theta), self.prior.mean().expand_as(self._theta(theta)))
+        safe = torch.where(ok.unsqueeze(-1), theta, self.prior.mean().expand_as(theta))
         ll = self.log_likelihood(safe)
         return torch.where(ok, lp + ll, torch.full_like(lp, -math.inf))
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import require_recordings
 from jrinfer import datasets as D
 from jrinfer.data import EvokedData, SpectrumData
 
@@ -24,12 +25,7 @@ DATA = Path(os.environ.get("JRINFER_DATA") or REPO.parent / "shared" / "data").a
 
 def need(*rels):
     """Skip (locally) or fail (CI) unless the recordings exist in the cache."""
-    missing = [r for r in rels if not (DATA / r).exists()]
-    if missing:
-        msg = f"recordings missing from {DATA}: {missing} (set JRINFER_DATA)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+    require_recordings(*rels)
 
 
 # ------------------------------------------------------------- cache folder
