@@ -6,13 +6,8 @@ import warnings
 import pytest
 import torch
 
-from jrinfer.backends.laplace import (
-    LaplaceConvergenceError,
-    LaplaceResult,
-    VariationalLaplace,
-    bayesian_model_reduction,
-    log_bayes_factor,
-)
+from jrinfer.backends.laplace import LaplaceConvergenceError, LaplaceResult, VariationalLaplace
+from jrinfer.comparison import bayesian_model_reduction, log_bayes_factor
 
 D = torch.float64
 

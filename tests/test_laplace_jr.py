@@ -10,7 +10,8 @@ import torch
 
 import jrinfer
 from jrinfer import InverseProblem, Posterior, SpectrumData, SpectrumObservation
-from jrinfer.backends.laplace import VariationalLaplace, log_bayes_factor
+from jrinfer.backends.laplace import VariationalLaplace
+from jrinfer.comparison import log_bayes_factor
 from jrinfer.cli import main
 
 from conftest import require_recordings
