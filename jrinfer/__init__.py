@@ -11,10 +11,10 @@ only where they are used.
 from jrinfer import datasets
 from jrinfer.data import EvokedData, SpectrumData
 from jrinfer.model import PARAMETERS, FixedPoints, JansenRit, LinearSpectrum, PulseInput, Simulation
-from jrinfer.observation import EvokedObservation, SpectrumObservation
+from jrinfer.observation import EvokedObservation, Observation, SpectrumObservation
 from jrinfer.posterior import Posterior
-from jrinfer.prior import LogNormal, Normal, Prior, Uniform, jansen_rit_prior
-from jrinfer.problem import InverseProblem
+from jrinfer.prior import LogNormal, Normal, Prior, Uniform
+from jrinfer.problem import InverseProblem, jansen_rit_prior
 from jrinfer.spectral import WelchPSD, welch_psd
 
 __version__ = "0.1.0.dev0"
@@ -29,6 +29,7 @@ __all__ = [
     "LinearSpectrum",
     "LogNormal",
     "Normal",
+    "Observation",
     "Posterior",
     "Prior",
     "PulseInput",

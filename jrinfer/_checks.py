@@ -79,3 +79,30 @@ def check_option(name: str, value, allowed: Iterable) -> None:
             if close:
                 hint = f" Did you mean {close[0]!r}?"
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}.{hint}")
+
+
+def check_int(name: str, value, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Validate a plain integer (not a bool) within ``[minimum, maximum]`` and return it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            import numpy as np
+
+            if isinstance(value, np.integer):
+                value = int(value)
+        except ImportError:  # pragma: no cover
+            pass
+    if isinstance(value, bool) or not isinstance(value, int):
+        bounds = f" >= {minimum}" if minimum is not None else ""
+        raise ValueError(f"{name} must be an int{bounds}, got {type(value).__name__}: {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be an int <= {maximum}, got {value!r}")
+    return int(value)
+
+
+def check_bool(name: str, value) -> bool:
+    """Validate a plain bool and return it."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value

@@ -105,3 +105,10 @@ def uniform(keys: torch.Tensor, step0: int, n_steps: int, channel: int) -> torch
     bits = random_bits(keys, step0, n_steps, channel)
     u = (((bits >> 11) & ((1 << 53) - 1)).to(torch.float64) + 0.5) * 2.0**-53
     return 3.0**0.5 * (2.0 * u - 1.0)
+
+
+def generator(seed) -> torch.Generator:
+    """A torch CPU generator from a seed (int or None, see :func:`seed_to_int`) or an existing generator."""
+    if isinstance(seed, torch.Generator):
+        return seed
+    return torch.Generator().manual_seed(seed_to_int(seed) % (2**63))

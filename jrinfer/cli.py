@@ -255,8 +255,8 @@ def _cmd_fit(args) -> int:
     else:
         obs = EvokedObservation()
     free = tuple(s.strip() for s in args.free.split(",")) if args.free else None
-    prior = obs.default_prior(data) if free is None else obs.default_prior(data, free=free)
-    problem = InverseProblem(obs, prior, data)
+    problem = InverseProblem(obs, obs.default_prior(data, free=free), data)
+    prior = problem.prior
     from jrinfer.backends.laplace import VariationalLaplace
 
     import warnings
@@ -267,24 +267,24 @@ def _cmd_fit(args) -> int:
     summary = posterior.summary()
     summary["free_energy"] = posterior.log_evidence
     summary["n_iter"] = posterior.diagnostics.get("n_iter")
+    observed = problem.observed()
     summary["data"] = {
         "file": str(Path(args.data).resolve()),
         "kind": args.kind,
-        "channels": list(data.channel_names),
-        "units": data.units,
-        "n_points": int(data.power.shape[-1] if args.kind == "spectrum" else data.values.shape[-1]),
+        "channels": list(observed.channels),
+        "units": observed.units,
+        "n_points": int(observed.values.shape[-1]),
+        "channels_used": data.metadata.get("channels_used"),
+        "channels_dropped": data.metadata.get("channels_dropped"),
     }
     summary["prior"] = prior.to_dict()
     summary["prior_validity"] = problem.prior_validity(1000, seed=args.seed)
     summary["observation"] = repr(obs)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=float))
-    os.replace(tmp, out / "summary.json")
-    nc = out / "posterior.nc"
-    if nc.exists():
-        nc.unlink()
-    posterior.to_netcdf(nc)
+    from jrinfer._io import write_text
+
+    write_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
+    posterior.to_netcdf(out / "posterior.nc", overwrite=True)
     plotted = False
     try:
         from jrinfer.plotting import plot_fit
@@ -298,6 +298,9 @@ def _cmd_fit(args) -> int:
     else:
         print(posterior)
         print(f"wrote {out}/summary.json, posterior.nc{', fit.png' if plotted else ''}")
+    if args.json:  # the printed summary shows them otherwise
+        for w in posterior.warnings:
+            print(f"jrinfer fit: warning: {w}", file=sys.stderr)
     return 0 if posterior.converged else 1
 
 

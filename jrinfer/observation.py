@@ -1,15 +1,31 @@
-"""Observation models: from Jansen-Rit parameters to predicted EEG spectra and evoked potentials.
+"""Observation models: from parameters to predicted data, likelihood, noise and features.
 
-An observation model turns a dictionary of parameter tensors (JR constants
-plus its own observation parameters, all batched over the same leading
-dimensions) into a prediction in the data's units, a log-likelihood and
-noisy samples. It knows nothing of priors or inference.
+:class:`Observation` is the one interface every inference backend sees. An
+observation turns a dictionary of parameter tensors (the generative model's
+constants plus its own observation parameters, all batched over the same
+leading dimensions) into a prediction in the data's units, a log-likelihood,
+noisy samples, summary features for simulation-based inference, the Gaussian
+regression target that variational Laplace needs, a default prior and a
+goodness-of-fit report. It knows nothing of inference.
+
+:class:`SpectrumObservation` (EEG power spectra) and :class:`EvokedObservation`
+(evoked potentials) implement it for the Jansen-Rit model; a new data feature
+or generative model is added by subclassing :class:`Observation` (abstract
+methods must all be implemented; concrete observations are final: subclass the
+abstract base, not a concrete observation), without touching the backends.
+
+Default priors are returned in :class:`~jrinfer.Prior`'s JSON schema
+(``{"distributions": {...}, "fixed": {...}, "units": {...}}``), which
+:class:`~jrinfer.InverseProblem` accepts directly (this module does not import
+the prior module: DESIGN.md section 3).
 """
 
 from __future__ import annotations
 
+import abc
 import math
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable
+from typing import ClassVar, NamedTuple
 
 import torch
 
@@ -17,14 +33,26 @@ from jrinfer import _checks
 from jrinfer.model import PARAMETERS as MODEL_PARAMETERS
 from jrinfer.model import JansenRit, PulseInput
 
-if TYPE_CHECKING:  # pragma: no cover
-    from jrinfer.data import EvokedData, SpectrumData
-    from jrinfer.prior import Prior
+from jrinfer.data import EvokedData, SpectrumData
 
-__all__ = ["SpectrumObservation", "EvokedObservation", "Prediction"]
+__all__ = [
+    "Observation",
+    "SpectrumObservation",
+    "EvokedObservation",
+    "Prediction",
+    "GaussianTarget",
+    "ObservedData",
+    "FitQuality",
+]
 
 _POWER_UNIT_PER_MV2 = {"V^2/Hz": 1e-6, "mV^2/Hz": 1.0, "uV^2/Hz": 1e6}
 _VOLT_UNIT_PER_MV = {"V": 1e-3, "mV": 1.0, "uV": 1e3}
+
+#: Thresholds of the fit-quality warnings (documented in :meth:`Observation.goodness_of_fit`).
+R2_WARN = 0.8
+PEAK_SHIFT_WARN_HZ = 1.0
+EXPLAINED_VARIANCE_WARN = 0.5
+ALPHA_BAND_HZ = (6.0, 14.0)
 
 
 class Prediction(NamedTuple):
@@ -33,8 +61,8 @@ class Prediction(NamedTuple):
     Attributes
     ----------
     value : torch.Tensor
-        Predicted data, shape ``(*batch, n_points)`` in the data's units
-        (power per frequency, or potential per time sample).
+        Predicted data in the data's units, shape ``(*batch, n_points)``
+        (shared by all channels) or ``(*batch, n_channels, n_points)``.
     valid : torch.Tensor
         Bool, shape ``batch``: False where the prediction is undefined (the
         log-likelihood is then ``-inf``).
@@ -45,6 +73,74 @@ class Prediction(NamedTuple):
     value: torch.Tensor
     valid: torch.Tensor
     reasons: list[str]
+
+
+class ObservedData(NamedTuple):
+    """The data as every backend and the posterior assembly see it.
+
+    Attributes
+    ----------
+    values : torch.Tensor
+        Shape ``(n_channels, n_points)``, in ``units``.
+    coord : str
+        Name of the point axis (``"freq"``, ``"time"``).
+    coord_values : torch.Tensor
+        Shape ``(n_points,)``, in ``coord_units``.
+    coord_units : str
+    channels : tuple of str
+    units : str
+        Units of ``values``.
+    """
+
+    values: torch.Tensor
+    coord: str
+    coord_values: torch.Tensor
+    coord_units: str
+    channels: tuple
+    units: str
+
+
+class GaussianTarget(NamedTuple):
+    """The observation written as Gaussian regression (what variational Laplace needs).
+
+    ``transform(data) ~ N(transform(prediction), Pi^-1)`` with
+    ``Pi = sum_i exp(params[noise_parameters[i]]) Q_i``, ``Q_i`` diagonal.
+
+    Attributes
+    ----------
+    y : torch.Tensor
+        Transformed data, shape ``(n_channels, n_points)``.
+    transform : callable
+        Maps a prediction value (``Prediction.value``) to the same space;
+        the result broadcasts to ``(*batch, n_channels, n_points)``.
+    noise_parameters : tuple of str
+        Log-precision parameter names, one per component.
+    precision_components : torch.Tensor
+        Diagonals of the ``Q_i``, shape ``(k, n_channels * n_points)``.
+    space : str
+        What ``y`` is, for reports (e.g. ``"log-power"``).
+    """
+
+    y: torch.Tensor
+    transform: Callable[[torch.Tensor], torch.Tensor]
+    noise_parameters: tuple
+    precision_components: torch.Tensor
+    space: str
+
+
+class FitQuality(NamedTuple):
+    """Goodness of fit of a prediction to the data.
+
+    Attributes
+    ----------
+    metrics : dict
+        JSON-ready numbers (e.g. ``r2_log_power``, ``peak_frequency_data_hz``).
+    warnings : list of str
+        One sentence per problem found, each naming what to try.
+    """
+
+    metrics: dict
+    warnings: list
 
 
 def _split(params: dict[str, torch.Tensor], own: tuple[str, ...]) -> tuple[dict, dict]:
@@ -75,7 +171,252 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
     return fp[..., idx - 1] * (1 - w) + fp[..., idx] * w
 
 
-class SpectrumObservation:
+def _r2(y: torch.Tensor, yhat: torch.Tensor) -> float:
+    """Coefficient of determination of ``yhat`` for ``y`` (all points pooled)."""
+    ss_res = float(((y - yhat) ** 2).sum())
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    return 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
+
+
+def _gaussian_pointwise(lam, r: torch.Tensor) -> torch.Tensor:
+    """Pointwise Gaussian log density of residuals ``r`` with log precision ``lam`` (broadcast)."""
+    lam = torch.as_tensor(lam, dtype=torch.float64)[..., None, None]
+    return 0.5 * lam - 0.5 * math.log(2 * math.pi) - 0.5 * torch.exp(lam) * r * r
+
+
+# ----------------------------------------------------------- prior specs
+def _lognormal(median: float, sd_log: float) -> dict:
+    return {"dist": "lognormal", "median": float(median), "sd_log": float(sd_log)}
+
+
+def _normal(mean: float, sd: float) -> dict:
+    return {"dist": "normal", "mean": float(mean), "sd": float(sd)}
+
+
+def _uniform(low: float, high: float) -> dict:
+    return {"dist": "uniform", "low": float(low), "high": float(high)}
+
+
+def _spec_centre(d: dict) -> float:
+    """Median of a distribution spec (the centre the defaults are built around)."""
+    if d["dist"] == "lognormal":
+        return d["median"]
+    if d["dist"] == "normal":
+        return d["mean"]
+    return 0.5 * (d["low"] + d["high"])
+
+
+_JR_PRIOR_NAMES = ("A", "B", "a", "b", "C", "e0", "r", "v0", "p_mean", "p_std")
+_DCM_SD_LOG = 0.2
+_P_STD_SD_LOG = 1.0
+_Z975 = 1.959963984540054
+_BOX = {
+    "A": (2.0, 5.0),
+    "B": (15.0, 30.0),
+    "a": (60.0, 150.0),
+    "b": (30.0, 80.0),
+    "C": (90.0, 200.0),
+    "e0": (1.5, 3.5),
+    "r": (0.4, 0.7),
+    "v0": (5.0, 7.0),
+    "p_std": (0.0, 100.0),
+}
+
+
+def jansen_rit_prior_spec(kind: str = "dcm", free=("A", "B", "a", "b", "C", "p_mean"), p_mean_range=(40.0, 85.0)) -> dict:
+    """Default prior over the Jansen-Rit constants, in :class:`~jrinfer.Prior`'s JSON schema.
+
+    See :func:`jrinfer.jansen_rit_prior` (which builds the :class:`~jrinfer.Prior`
+    from this) for the table of distributions and the arguments.
+    """
+    from collections.abc import Iterable
+
+    _checks.check_option("kind", kind, ("dcm", "box"))
+    if isinstance(free, str) or not isinstance(free, Iterable):
+        raise ValueError(f"free must be a sequence of parameter names such as ('A', 'p_mean'), got {free!r}")
+    free = tuple(free)
+    unknown = [k for k in free if k not in _JR_PRIOR_NAMES]
+    if unknown:
+        raise ValueError(
+            f"free got unknown parameter(s) {', '.join(map(repr, unknown))}; valid names: {', '.join(_JR_PRIOR_NAMES)}"
+            + (" (C1..C4 derive from C)" if any(str(k) in ("C1", "C2", "C3", "C4") for k in unknown) else "")
+        )
+    dup = sorted({k for k in free if free.count(k) > 1})
+    if dup:
+        raise ValueError(f"free lists parameter(s) {', '.join(map(repr, dup))} more than once, got {free!r}")
+    if not free:
+        raise ValueError("free must name at least one parameter, got an empty sequence")
+    lo, hi = _check_range(p_mean_range, kind)
+    dists: dict[str, dict] = {}
+    for k in free:
+        if k == "p_mean":
+            dists[k] = _lognormal(math.sqrt(lo * hi), math.log(hi / lo) / (2.0 * _Z975)) if kind == "dcm" else _uniform(lo, hi)
+        elif kind == "box":
+            dists[k] = _uniform(*_BOX[k])
+        elif k == "v0":
+            dists[k] = _normal(MODEL_PARAMETERS["v0"].default, 0.5)
+        else:
+            dists[k] = _lognormal(MODEL_PARAMETERS[k].default, _P_STD_SD_LOG if k == "p_std" else _DCM_SD_LOG)
+    fixed = {k: float(MODEL_PARAMETERS[k].default) for k in _JR_PRIOR_NAMES if k not in dists}
+    units = {k: MODEL_PARAMETERS[k].unit for k in _JR_PRIOR_NAMES}
+    return {"distributions": dists, "fixed": fixed, "units": units}
+
+
+def _check_range(p_mean_range, kind: str) -> tuple[float, float]:
+    try:
+        lo, hi = p_mean_range
+    except (TypeError, ValueError):
+        raise ValueError(f"p_mean_range must be a pair (low, high) in pulses/s, got {p_mean_range!r}") from None
+    lo = _checks.check_scalar("p_mean_range[0]", lo)
+    hi = _checks.check_scalar("p_mean_range[1]", hi)
+    if kind == "dcm" and lo <= 0:
+        raise ValueError(f"p_mean_range must have low > 0 for the log-normal (dcm) prior, got {p_mean_range!r}")
+    if kind == "box" and lo < 0:
+        raise ValueError(f"p_mean_range must have low >= 0 (pulses/s), got {p_mean_range!r}")
+    if not hi > lo:
+        raise ValueError(f"p_mean_range must satisfy low < high, got {p_mean_range!r}")
+    return lo, hi
+
+
+# ------------------------------------------------------------- interface
+class Observation(abc.ABC):
+    """How parameters become data: the interface every inference backend consumes.
+
+    Subclasses implement every abstract method below; :class:`InverseProblem`
+    and the backends call nothing else, so a new observation model (another
+    data feature, another generative model) needs no change elsewhere.
+    Parameter dictionaries map names to float64 tensors batched over the
+    same leading dimensions ``batch``; data containers are whatever
+    :attr:`data_type` names.
+    """
+
+    #: The data container this observation explains (checked by :meth:`check_data`).
+    data_type: ClassVar[type] = object
+
+    # ------------------------------------------------------------ names
+    @abc.abstractmethod
+    def parameter_names(self, data=None) -> tuple[str, ...]:
+        """The observation's own parameters (besides the generative model's)."""
+
+    def model_parameter_names(self) -> tuple[str, ...]:
+        """Parameters of the generative model the observation wraps (default none)."""
+        return ()
+
+    def accepted_parameters(self, data=None) -> tuple[str, ...]:
+        """Every parameter name :meth:`predict` accepts."""
+        return tuple(self.model_parameter_names()) + tuple(self.parameter_names(data))
+
+    @abc.abstractmethod
+    def required_parameters(self, data=None) -> tuple[str, ...]:
+        """Parameters that a prior must declare (free or fixed)."""
+
+    @abc.abstractmethod
+    def parameter_units(self, data=None) -> dict[str, str]:
+        """Units of every accepted parameter, ``{name: unit}`` (``"1"`` for dimensionless)."""
+
+    # ------------------------------------------------------------- data
+    def check_data(self, data) -> None:
+        """Raise ``ValueError`` unless ``data`` can be explained by this observation."""
+        if not isinstance(data, self.data_type):
+            raise ValueError(
+                f"data must be a {self.data_type.__name__} for {type(self).__name__}, got {type(data).__name__}"
+            )
+
+    @abc.abstractmethod
+    def observed_data(self, data) -> ObservedData:
+        """The data as a ``(n_channels, n_points)`` array with its axis, channels and units."""
+
+    # ------------------------------------------------------- prediction
+    @abc.abstractmethod
+    def predict(self, params: dict, data) -> Prediction:
+        """Noise-free prediction in the data's units, with validity per batch entry."""
+
+    @abc.abstractmethod
+    def pointwise_log_likelihood(self, prediction: Prediction, params: dict, data) -> torch.Tensor:
+        """Log-likelihood of every data point, shape ``(*batch, n_channels, n_points)``.
+
+        Entries of invalid predictions are undefined (:meth:`log_likelihood`
+        replaces their sums by ``-inf``).
+        """
+
+    def log_likelihood(self, prediction: Prediction, params: dict, data) -> torch.Tensor:
+        """Log-likelihood of the data, shape ``batch``; ``-inf`` where the prediction is invalid."""
+        ll = self.pointwise_log_likelihood(prediction, params, data).sum((-2, -1))
+        return torch.where(prediction.valid, ll, torch.full_like(ll, -math.inf))
+
+    @abc.abstractmethod
+    def sample(self, prediction: Prediction, params: dict, data, generator: torch.Generator) -> torch.Tensor:
+        """Noisy data drawn from the likelihood, shape ``(*batch, n_channels, n_points)``."""
+
+    @abc.abstractmethod
+    def gaussian_target(self, data) -> GaussianTarget:
+        """The likelihood as Gaussian regression; ``ValueError`` if it is not Gaussian."""
+
+    @abc.abstractmethod
+    def features(self, values: torch.Tensor, data) -> torch.Tensor:
+        """Summary features for simulation-based inference.
+
+        Parameters
+        ----------
+        values : torch.Tensor
+            Data-like values, shape ``(*batch, n_channels, n_points)`` (e.g.
+            the output of :meth:`sample`, or the observed values).
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``(*batch, n_features)``, finite for finite valid input.
+        """
+
+    @abc.abstractmethod
+    def default_prior(self, data, *, free=None) -> dict:
+        """Default prior for fitting ``data``, in :class:`~jrinfer.Prior`'s JSON schema.
+
+        ``free`` names the generative-model parameters to infer (``None``:
+        the observation's default); observation parameters are always free
+        unless the subclass says otherwise.
+        """
+
+    # --------------------------------------------------------- quality
+    def goodness_of_fit(self, data, predicted: torch.Tensor, params: dict | None = None) -> FitQuality:
+        """How well a noise-free prediction fits the data.
+
+        The default compares data and prediction in the space of
+        :meth:`gaussian_target` (R², ``r2``) and warns when ``R² <``
+        :data:`R2_WARN`. Subclasses add feature-specific checks.
+
+        Parameters
+        ----------
+        predicted : torch.Tensor
+            A prediction value (``Prediction.value`` for one parameter set).
+        params : dict, optional
+            The parameter set (for noise levels in standardised residuals).
+        """
+        target = self.gaussian_target(data)
+        yhat = torch.broadcast_to(target.transform(predicted), target.y.shape)
+        r2 = _r2(target.y, yhat)
+        warns = []
+        if not r2 >= R2_WARN:
+            warns.append(
+                f"poor fit: R^2 of {target.space} = {r2:.2f} (< {R2_WARN}); try a wider prior or another model"
+            )
+        return FitQuality({"r2": r2, "space": target.space}, warns)
+
+
+class _JansenRitObservation(Observation):
+    """Shared parts of the Jansen-Rit observations (not public: subclass :class:`Observation`)."""
+
+    #: Observation parameters (besides the JR constants) with descriptions.
+    PARAMETERS: ClassVar[dict] = {}
+
+    def model_parameter_names(self) -> tuple[str, ...]:
+        return tuple(MODEL_PARAMETERS)
+
+    def _model_units(self) -> dict[str, str]:
+        return {k: v.unit for k, v in MODEL_PARAMETERS.items()}
+
+
+class SpectrumObservation(_JansenRitObservation):
     """Power spectrum of the JR output seen through the scalp.
 
     Predicted power on the data's frequency grid (data units per Hz)::
@@ -240,8 +581,24 @@ class SpectrumObservation:
         return Prediction(power, neural.valid, neural.reasons)
 
     # --------------------------------------------------------- likelihood
-    def log_likelihood(self, prediction: Prediction, params: dict[str, torch.Tensor], data: "SpectrumData"):
-        """Log-likelihood of ``data`` (all channels), shape ``batch``; ``-inf`` where invalid.
+    data_type = SpectrumData
+
+    def parameter_units(self, data=None) -> dict[str, str]:
+        du = data.units if data is not None else "data units"
+        return {
+            **self._model_units(),
+            "gain": "1",
+            "ap_amplitude": f"{du} (at 1 Hz)",
+            "ap_exponent": "1",
+            "floor": du,
+            "log_precision": "log(1/(log-power)^2)",
+        }
+
+    def observed_data(self, data: "SpectrumData") -> ObservedData:
+        return ObservedData(data.power, "freq", data.freqs, "Hz", tuple(data.channel_names), data.units)
+
+    def pointwise_log_likelihood(self, prediction: Prediction, params: dict[str, torch.Tensor], data: "SpectrumData"):
+        """Log-likelihood of every power value, shape ``(*batch, C, F)``.
 
         All channels are treated as independent observations of the same
         spectrum (average channels first if they differ systematically).
@@ -251,14 +608,10 @@ class SpectrumObservation:
         if self.likelihood == "gaussian":
             if "log_precision" not in params:
                 raise ValueError("the gaussian likelihood needs the parameter 'log_precision'")
-            lam = torch.as_tensor(params["log_precision"], dtype=torch.float64)[..., None, None]
-            r = torch.log(y) - torch.log(pred)
-            ll = 0.5 * lam - 0.5 * math.log(2 * math.pi) - 0.5 * torch.exp(lam) * r * r
-        else:
-            k = self._segments(data)
-            ll = k * math.log(k) - math.lgamma(k) + (k - 1) * torch.log(y) - k * torch.log(pred) - k * y / pred
-        ll = ll.sum((-2, -1))
-        return torch.where(prediction.valid, ll, torch.full_like(ll, -math.inf))
+            return _gaussian_pointwise(params["log_precision"], torch.log(y) - torch.log(pred))
+        k = self._segments(data)
+        ll = k * math.log(k) - math.lgamma(k) + (k - 1) * torch.log(y) - k * torch.log(pred) - k * y / pred
+        return torch.broadcast_to(ll, prediction.value.shape[:-1] + y.shape)
 
     def _segments(self, data) -> float:
         if data.n_segments is None:
@@ -280,17 +633,104 @@ class SpectrumObservation:
         g = torch._standard_gamma(torch.full(pred.shape, k, dtype=torch.float64), generator=generator)
         return pred * g / k
 
+    def gaussian_target(self, data: "SpectrumData") -> GaussianTarget:
+        """Log-power of every channel against the predicted log-power, one shared precision."""
+        if self.likelihood != "gaussian":
+            raise ValueError(
+                "variational Laplace (a Gaussian target) needs a Gaussian likelihood: likelihood='gaussian'; "
+                f"this observation has likelihood={self.likelihood!r}"
+            )
+        y = torch.log(data.power)
+        return GaussianTarget(
+            y=y,
+            transform=lambda value: torch.log(value).unsqueeze(-2),
+            noise_parameters=("log_precision",),
+            precision_components=torch.ones((1, y.numel()), dtype=torch.float64),
+            space="log-power",
+        )
+
+    def features(self, values: torch.Tensor, data: "SpectrumData") -> torch.Tensor:
+        """Log-power on the data's grid, channels averaged: shape ``(*batch, F)``."""
+        return torch.log(values).mean(-2)
+
+    # ----------------------------------------------------------- quality
+    def goodness_of_fit(self, data: "SpectrumData", predicted: torch.Tensor, params: dict | None = None) -> FitQuality:
+        """R² of log-power, alpha-peak frequencies and standardised residuals.
+
+        ``predicted`` has shape ``(F,)`` (data units). Metrics: ``r2_log_power``
+        (channels' mean log-power against the prediction), the peak frequency
+        of data and prediction in the alpha band (6-14 Hz, where the grid
+        covers it) and their difference, and with ``params["log_precision"]``
+        the standardised log-power residuals (RMS, largest, fraction beyond
+        3). Warnings: ``R² <`` :data:`R2_WARN`, peaks more than
+        :data:`PEAK_SHIFT_WARN_HZ` apart, each naming what to try.
+        """
+        f = data.freqs
+        y = torch.log(data.power).mean(0)
+        yhat = torch.log(predicted.detach().reshape(-1))
+        r2 = _r2(y, yhat)
+        metrics: dict = {"r2_log_power": r2}
+        warns = []
+        if not r2 >= R2_WARN:
+            warns.append(
+                f"poor fit: R^2 of log-power = {r2:.2f} (< {R2_WARN}); the data may come from the oscillatory "
+                "regime (try method='simulation' / --method simulation), need a wider prior (--prior), or hold "
+                "frequencies the model does not describe (try another --fmin/--fmax)"
+            )
+        band = (f >= ALPHA_BAND_HZ[0]) & (f <= ALPHA_BAND_HZ[1])
+        if int(band.sum()) >= 3:
+            fd = float(f[band][y[band].argmax()])
+            fp = float(f[band][yhat[band].argmax()])
+            metrics.update(peak_frequency_data_hz=fd, peak_frequency_model_hz=fp, peak_shift_hz=fp - fd)
+            if abs(fp - fd) > PEAK_SHIFT_WARN_HZ:
+                warns.append(
+                    f"alpha peak missed: data {fd:.2f} Hz, model {fp:.2f} Hz (off by more than "
+                    f"{PEAK_SHIFT_WARN_HZ:g} Hz); try a wider prior on the rate constants a, b, another "
+                    "frequency range, or method='simulation'"
+                )
+        if params is not None and "log_precision" in params:
+            sd = float(torch.exp(-0.5 * torch.as_tensor(params["log_precision"], dtype=torch.float64)))
+            z = (torch.log(data.power) - yhat) / sd
+            metrics.update(
+                residual_sd_log_power=sd,
+                standardised_residual_rms=float(z.pow(2).mean().sqrt()),
+                standardised_residual_max_abs=float(z.abs().max()),
+                fraction_beyond_3sd=float((z.abs() > 3).double().mean()),
+            )
+        else:
+            sd = float((y - yhat).pow(2).mean().sqrt())
+        # A harmonic of the alpha peak that the prediction lacks is the signature
+        # of a limit cycle, which no linearised (damped, noise-driven) spectrum has.
+        if "peak_frequency_data_hz" in metrics and sd > 0:
+            f2 = 2.0 * metrics["peak_frequency_data_hz"]
+            near = (f - f2).abs() <= 1.0
+            if int(near.sum()) >= 1 and f2 + 1.0 <= float(f[-1]):
+                excess = float((y[near] - yhat[near]).max())
+                metrics["harmonic_excess_log_power"] = excess
+                if excess > 3.0 * sd:
+                    warns.append(
+                        f"the data have a peak near {f2:.1f} Hz, twice the alpha peak, that the prediction lacks "
+                        f"(log-power excess {excess:.2f}, {excess / sd:.1f} residual SDs): a harmonic, the mark of "
+                        "a limit cycle (the oscillatory regime), which the linearised spectrum cannot produce; "
+                        "use method='simulation' (--method simulation) or a simulation-based backend"
+                    )
+        return FitQuality(metrics, warns)
+
     # -------------------------------------------------------- default prior
     def default_prior(
-        self, data: "SpectrumData", *, free: tuple[str, ...] = ("A", "B", "a", "b", "C", "p_mean")
-    ) -> "Prior":
+        self, data: "SpectrumData", *, free: tuple[str, ...] | None = None
+    ) -> dict:
         """DCM-style default prior for fitting ``data``, adapted to its units and scale.
 
-        JR constants: :func:`jrinfer.prior.jansen_rit_prior` (log-normal around
-        JR 1995; ``p_mean`` in 40-85 pulses/s for ``method="transfer"`` so
-        most mass sits below the first Hopf point; 40-300 for simulation).
-        ``p_std`` is fixed at 1 for the transfer method (the gain absorbs the
-        input scale exactly).
+        Returned in :class:`~jrinfer.Prior`'s JSON schema (``InverseProblem``
+        accepts it; ``Prior.from_dict`` builds the object).
+
+        JR constants (``free``, default ``A, B, a, b, C, p_mean``):
+        :func:`jrinfer.jansen_rit_prior` (log-normal around JR 1995;
+        ``p_mean`` in 40-85 pulses/s for ``method="transfer"`` so most mass
+        sits below the first Hopf point; 40-300 for simulation). ``p_std`` is
+        fixed at 1 for the transfer method (the gain absorbs the input scale
+        exactly).
 
         Observation parameters are scaled to the data so the same call works
         for V^2/Hz, mV^2/Hz or uV^2/Hz:
@@ -307,14 +747,15 @@ class SpectrumObservation:
           ``log(n_segments)`` when known (the variance of a log-Welch estimate
           is about ``1/K``), else ``log(1/0.3^2)``, sd 2.
         """
-        from jrinfer.prior import LogNormal, Normal, jansen_rit_prior
-
+        self.check_data(data)
+        if free is None:
+            free = ("A", "B", "a", "b", "C", "p_mean")
         p_range = (40.0, 85.0) if self.method == "transfer" else (40.0, 300.0)
-        prior = jansen_rit_prior(kind="dcm", free=free, p_mean_range=p_range)
-        fixed = dict(prior.fixed)
+        spec = jansen_rit_prior_spec(kind="dcm", free=free, p_mean_range=p_range)
+        fixed = spec["fixed"]
         if self.method == "transfer" and "p_std" not in free:
             fixed["p_std"] = 1.0
-        centre = {n: float(d.median) if hasattr(d, "median") else float(d.mean) for n, d in prior.distributions.items()}
+        centre = {n: _spec_centre(d) for n, d in spec["distributions"].items()}
         ref_params = {**{k: v for k, v in fixed.items() if k in MODEL_PARAMETERS}, **centre}
         neural = self.neural_psd({k: torch.tensor(v, dtype=torch.float64) for k, v in ref_params.items()}, data.freqs)
         u = _POWER_UNIT_PER_MV2[data.units]
@@ -322,23 +763,22 @@ class SpectrumObservation:
         if not bool(neural.valid):
             raise ValueError("the default JR parameters are outside the valid regime for this observation")
         gain0 = math.sqrt(float(torch.trapezoid(p, data.freqs) / torch.trapezoid(u * neural.value, data.freqs)))
-        dists = dict(prior.distributions)
-        dists["gain"] = LogNormal(gain0, 1.5)
+        dists = spec["distributions"]
+        dists["gain"] = _lognormal(gain0, 1.5)
         if self.aperiodic:
             f0 = max(float(data.freqs[0]), 0.5)
-            dists["ap_amplitude"] = LogNormal(float(p[0]) * f0, 2.0)
-            dists["ap_exponent"] = LogNormal(1.0, 0.5)
+            dists["ap_amplitude"] = _lognormal(float(p[0]) * f0, 2.0)
+            dists["ap_exponent"] = _lognormal(1.0, 0.5)
         if self.floor:
-            dists["floor"] = LogNormal(0.1 * float(p.min()), 2.0)
+            dists["floor"] = _lognormal(0.1 * float(p.min()), 2.0)
         if self.likelihood == "gaussian":
             mean = math.log(data.n_segments) if data.n_segments else math.log(1 / 0.3**2)
-            dists["log_precision"] = Normal(mean, 2.0)
-        from jrinfer.prior import Prior
+            dists["log_precision"] = _normal(mean, 2.0)
+        units = self.parameter_units(data)
+        return {"distributions": dists, "fixed": fixed, "units": {k: units[k] for k in (*dists, *fixed)}}
 
-        return Prior(dists, fixed=fixed)
 
-
-class EvokedObservation:
+class EvokedObservation(_JansenRitObservation):
     """Evoked potential: the JR response to a transient input, seen by the channels.
 
     From the resting equilibrium (``p_std = 0``), a pulse
@@ -453,12 +893,95 @@ class EvokedObservation:
         x = torch.where(valid[..., None, None], x, torch.zeros_like(x))
         return Prediction(x, valid, reasons)
 
-    def log_likelihood(self, prediction: Prediction, params, data: "EvokedData"):
-        """Gaussian log-likelihood summed over channels and times, shape ``batch``."""
-        lam = torch.as_tensor(params["log_precision"], dtype=torch.float64)[..., None, None]
-        r = data.values - prediction.value
-        ll = (0.5 * lam - 0.5 * math.log(2 * math.pi) - 0.5 * torch.exp(lam) * r * r).sum((-2, -1))
-        return torch.where(prediction.valid, ll, torch.full_like(ll, -math.inf))
+    data_type = EvokedData
+
+    def check_data(self, data) -> None:
+        super().check_data(data)
+        if self.lead_field is not None and self.lead_field.numel() != data.values.shape[0]:
+            raise ValueError(
+                f"lead_field has {self.lead_field.numel()} entries but data has {data.values.shape[0]} channels "
+                f"{list(data.channel_names)}"
+            )
+
+    def parameter_units(self, data=None) -> dict[str, str]:
+        du = data.units if data is not None else "data units"
+        units = {
+            **self._model_units(),
+            "input_amplitude": "pulses/s",
+            "input_latency": "s",
+            "input_width": "s",
+            "baseline": du,
+            "log_precision": f"log(1/{du}^2)",
+        }
+        if data is not None or not self.per_channel_gain:
+            units.update({n: "1" for n in self._gain_names(data)})
+        return units
+
+    def observed_data(self, data: "EvokedData") -> ObservedData:
+        return ObservedData(data.values, "time", data.times, "s", tuple(data.channel_names), data.units)
+
+    def pointwise_log_likelihood(self, prediction: Prediction, params, data: "EvokedData"):
+        """Gaussian log-likelihood of every sample, shape ``(*batch, C, T)``."""
+        return _gaussian_pointwise(params["log_precision"], data.values - prediction.value)
+
+    def gaussian_target(self, data: "EvokedData") -> GaussianTarget:
+        """The potentials themselves, one precision shared by all channels and times."""
+        return GaussianTarget(
+            y=data.values,
+            transform=lambda value: value,
+            noise_parameters=("log_precision",),
+            precision_components=torch.ones((1, data.values.numel()), dtype=torch.float64),
+            space=f"potential ({data.units})",
+        )
+
+    def features(self, values: torch.Tensor, data: "EvokedData") -> torch.Tensor:
+        """The waveforms, channels concatenated: shape ``(*batch, C * T)``."""
+        return values.flatten(-2)
+
+    def goodness_of_fit(self, data: "EvokedData", predicted: torch.Tensor, params: dict | None = None) -> FitQuality:
+        """Explained variance and the latency of the main peak.
+
+        ``explained_variance`` is ``1 - sum(residual^2) / sum((data - channel
+        mean)^2)`` over all channels and times; the main peak is the largest
+        absolute deflection after time 0 (after the first sample when the
+        epoch starts later) on the channel where the data's is largest.
+        Warns when the explained variance is below
+        :data:`EXPLAINED_VARIANCE_WARN` or the peaks are more than 20 ms apart.
+        """
+        y = data.values
+        yhat = torch.broadcast_to(predicted.detach(), y.shape)
+        resid = ((y - yhat) ** 2).sum()
+        total = ((y - y.mean(-1, keepdim=True)) ** 2).sum()
+        ev = float(1.0 - resid / total) if float(total) > 0 else float("nan")
+        metrics: dict = {"explained_variance": ev}
+        warns = []
+        post = data.times >= min(0.0, float(data.times[-1]))
+        t = data.times[post]
+        c = int(y[:, post].abs().amax(-1).argmax())
+        td = float(t[y[c, post].abs().argmax()])
+        tp = float(t[yhat[c, post].abs().argmax()])
+        metrics.update(peak_latency_data_s=td, peak_latency_model_s=tp, peak_channel=str(data.channel_names[c]))
+        if not ev >= EXPLAINED_VARIANCE_WARN:
+            warns.append(
+                f"poor fit: the prediction explains {100 * ev:.0f} % of the evoked variance "
+                f"(< {100 * EXPLAINED_VARIANCE_WARN:.0f} %); the input timing prior may not reach the "
+                "components (widen input_latency / input_width with --prior), or the time window holds "
+                "activity the model does not describe (try --tmin/--tmax)"
+            )
+        elif abs(tp - td) > 0.02:
+            warns.append(
+                f"main peak missed: data at {1e3 * td:.0f} ms, model at {1e3 * tp:.0f} ms on "
+                f"{data.channel_names[c]}; widen the input_latency prior"
+            )
+        if params is not None and "log_precision" in params:
+            sd = float(torch.exp(-0.5 * torch.as_tensor(params["log_precision"], dtype=torch.float64)))
+            z = (y - yhat) / sd
+            metrics.update(
+                residual_sd=sd,
+                standardised_residual_rms=float(z.pow(2).mean().sqrt()),
+                fraction_beyond_3sd=float((z.abs() > 3).double().mean()),
+            )
+        return FitQuality(metrics, warns)
 
     def sample(self, prediction: Prediction, params, data, generator: torch.Generator) -> torch.Tensor:
         """Noisy evoked potentials, shape ``(*batch, C, T)``."""
@@ -466,35 +989,39 @@ class EvokedObservation:
         eps = torch.randn(prediction.value.shape, dtype=torch.float64, generator=generator)
         return prediction.value + eps * torch.exp(-0.5 * lam)
 
-    def default_prior(self, data: "EvokedData", *, free: tuple[str, ...] = ("A", "B", "a", "b", "C")) -> "Prior":
+    def default_prior(self, data: "EvokedData", *, free: tuple[str, ...] | None = None) -> dict:
         """Default prior for fitting ``data``: JR log-normals, pulse as in JR 1995, scale from the data.
 
-        ``p_mean`` is fixed at 60 pulses/s (a stable resting state); the
-        gain is normal around zero with a scale that maps a ~5 mV JR response
-        to the data's peak amplitude; ``log_precision`` is normal around
-        ``-log(var)`` of the data's first 10 % (baseline) samples.
+        Returned in :class:`~jrinfer.Prior`'s JSON schema. ``free`` defaults
+        to ``A, B, a, b, C``; ``p_mean`` is fixed at 60 pulses/s (a stable
+        resting state); the gain is normal around zero with a scale that maps
+        a ~5 mV JR response to the data's peak amplitude; ``log_precision`` is
+        normal around ``-log(var)`` of the data's first 10 % (baseline)
+        samples.
         """
-        from jrinfer.prior import LogNormal, Normal, Prior, jansen_rit_prior
-
-        prior = jansen_rit_prior(kind="dcm", free=tuple(n for n in free if n != "p_mean"))
-        fixed = {k: v for k, v in prior.fixed.items() if k != "p_std"}  # evoked runs are noise-free
+        self.check_data(data)
+        if free is None:
+            free = ("A", "B", "a", "b", "C")
+        spec = jansen_rit_prior_spec(kind="dcm", free=tuple(n for n in free if n != "p_mean"))
+        fixed = {k: v for k, v in spec["fixed"].items() if k != "p_std"}  # evoked runs are noise-free
         fixed["p_mean"] = 60.0
-        dists = dict(prior.distributions)
+        dists = spec["distributions"]
         peak = float(data.values.abs().max())
         if peak == 0.0:
             raise ValueError("data.values are all zero: nothing to scale the default gain prior to")
         u = _VOLT_UNIT_PER_MV[data.units]
-        dists["input_amplitude"] = LogNormal(0.5, 0.5)
-        dists["input_latency"] = Normal(0.03, 0.02)
-        dists["input_width"] = LogNormal(0.005, 0.3)
+        dists["input_amplitude"] = _lognormal(0.5, 0.5)
+        dists["input_latency"] = _normal(0.03, 0.02)
+        dists["input_width"] = _lognormal(0.005, 0.3)
         if self.per_channel_gain:
             for c, name in enumerate(self._gain_names(data)):
                 peak_c = float(data.values[c].abs().max()) or peak
-                dists[name] = Normal(0.0, peak_c / (5.0 * u))
+                dists[name] = _normal(0.0, peak_c / (5.0 * u))
         else:
-            dists["gain"] = Normal(0.0, peak / (5.0 * u))
-        dists["baseline"] = Normal(0.0, 0.1 * peak)
+            dists["gain"] = _normal(0.0, peak / (5.0 * u))
+        dists["baseline"] = _normal(0.0, 0.1 * peak)
         n_base = max(3, data.values.shape[-1] // 10)
         noise_var = float(data.values[:, :n_base].var()) or (0.05 * peak) ** 2
-        dists["log_precision"] = Normal(-math.log(noise_var), 2.0)
-        return Prior(dists, fixed=fixed)
+        dists["log_precision"] = _normal(-math.log(noise_var), 2.0)
+        units = self.parameter_units(data)
+        return {"distributions": dists, "fixed": fixed, "units": {k: units[k] for k in (*dists, *fixed)}}

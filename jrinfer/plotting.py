@@ -20,7 +20,7 @@ def _figure(**kwargs):
 
 
 def plot_fit(posterior, path=None, *, title: str | None = None):
-    """Data against the posterior predictive (median and 90 % band), one panel per channel.
+    """Data against the fit (the prediction the fit quality refers to) and the 90 % posterior predictive band.
 
     Parameters
     ----------
@@ -47,10 +47,13 @@ def plot_fit(posterior, path=None, *, title: str | None = None):
     fig = _figure(figsize=(6 * n_ch, 4.2))
     axes = fig.subplots(1, n_ch, squeeze=False)
     spectral = obs["coord"] == "freq"
+    fit = None if posterior.fit is None else np.asarray(posterior.fit)
+    fit_label = "fit (posterior mode)" if posterior.backend == "laplace" else "fit (median prediction)"
     for c, ax in enumerate(axes[0]):
-        lo, med, hi = np.nanquantile(pred[:, c], [0.05, 0.5, 0.95], axis=0)
+        lo, hi = np.quantile(pred[:, c], [0.05, 0.95], axis=0)
         ax.fill_between(x, lo, hi, color="tab:orange", alpha=0.3, lw=0, label="posterior predictive 90%")
-        ax.plot(x, med, color="tab:orange", lw=1.5, label="posterior predictive median")
+        if fit is not None:
+            ax.plot(x, fit[c], color="tab:orange", lw=1.5, label=fit_label)
         ax.plot(x, y[c], color="k", lw=1, label="data")
         if spectral:
             ax.set_yscale("log")
@@ -61,7 +64,15 @@ def plot_fit(posterior, path=None, *, title: str | None = None):
             ax.set_ylabel(f"potential ({obs.get('units', '')})")
         ax.set_title(str(obs["channels"][c]))
         ax.legend(fontsize=8)
-    fig.suptitle(title or f"{posterior.backend}: {posterior.status}")
+    quality = posterior.fit_quality
+    headline = ""
+    if "r2_log_power" in quality:
+        headline = f"R² log-power {quality['r2_log_power']:.2f}"
+    elif "explained_variance" in quality:
+        headline = f"explained variance {100 * quality['explained_variance']:.0f} %"
+    if posterior.warnings:
+        headline += f"; {len(posterior.warnings)} warning(s), see summary"
+    fig.suptitle((title or f"{posterior.backend}: {posterior.status}") + (f"\n{headline}" if headline else ""))
     fig.tight_layout()
     if path is not None:
         path = Path(path)

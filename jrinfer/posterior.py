@@ -1,16 +1,40 @@
-"""The result every backend returns: plain arrays and names, convertible to ArviZ."""
+"""The result every backend returns: plain arrays and names, convertible to ArviZ and back.
+
+A :class:`Posterior` carries its own quality: goodness of fit against the
+data (``fit_quality``), what was learned per parameter (``contraction``), the
+backend's diagnostics and every warning the user should read (``warnings``),
+which :meth:`Posterior.summary`, the ``repr`` and the command line all show.
+Backends do not build it field by field: one assembly function
+(:func:`jrinfer.backends._assembly.assemble_posterior`) does it for all.
+"""
 
 from __future__ import annotations
 
+import json
 import math
-import os
-import warnings
+import warnings as _warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Posterior"]
+__all__ = ["Posterior", "CONTRACTION_UNINFORMED"]
+
+#: Posterior contraction (``1 - posterior variance / prior variance``, in the
+#: prior's unconstrained coordinates) below which a parameter is reported as
+#: not informed by the data: its posterior standard deviation is still more
+#: than 89 % of the prior's.
+CONTRACTION_UNINFORMED = 0.2
+
+_JSON_ATTRS = ("diagnostics", "fit_quality", "contraction", "units", "observed_meta", "warnings", "names")
+
+
+def _json_default(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
 
 
 @dataclass(frozen=True)
@@ -26,23 +50,59 @@ class Posterior:
     backend : str
         Which backend produced it (``"laplace"``, ``"nuts"``, ``"smc"``, ``"npe"``).
     status : str
-        ``"converged"`` or a failure code (``"max_iter"``, ``"failed"``,
-        ``"divergences"`` ...); ``message`` says more.
+        What the backend's algorithm did: ``"converged"`` or a failure code
+        (``"max_iter"``, ``"failed"``, ``"divergences"`` ...); ``message``
+        says more. Fit quality is reported beside it (``fit_quality``,
+        ``warnings``), not folded into it.
     message : str
         Human-readable description of ``status``.
     log_evidence : float or None
         Log marginal likelihood estimate in nats (variational Laplace: the
-        free energy), if the backend provides one.
+        free energy), if the backend provides one. It is a density of the data
+        in their units: it changes by ``-m log(c)`` when ``m`` data values are
+        rescaled by ``c`` (not for spectra fitted on log-power, where only
+        ratios of power enter), so compare evidences of fits to the *same*
+        data in the same units only.
     mean_unconstrained, cov_unconstrained : numpy.ndarray or None
         Gaussian approximation in the prior's unconstrained coordinates
         (``(n,)``, ``(n, n)``), for backends that produce one.
     diagnostics : dict
-        Backend-specific scalars and traces (JSON-serialisable).
+        Backend diagnostics (JSON-serialisable): e.g. ``pareto_k`` for
+        variational Laplace, R-hat/ESS/divergences for MCMC, and
+        ``invalid_draws`` for every backend.
     observed : dict or None
         ``{"values": (C, P) array, "coord": "freq" or "time", "coord_values":
-        (P,), "channels": [...], "units": str, "transform": "log" or None}``.
+        (P,), "coord_units": str, "channels": [...], "units": str}``.
     predictive : numpy.ndarray or None
-        Posterior predictive draws in data units, shape ``(n_chains, n_draws, C, P)``.
+        Posterior predictive draws (with observation noise) in data units,
+        shape ``(n_chains', n_pred, C, P)``; only draws whose prediction is
+        valid (never NaN). When some were left out the chains are pooled
+        (``n_chains' = 1``) and ``diagnostics["invalid_draws"]`` counts them.
+    log_likelihood : numpy.ndarray or None
+        Pointwise log-likelihood of the same draws as ``predictive``, shape
+        ``(n_chains', n_pred, C, P)`` (for ``arviz.loo``).
+    prior_draws : numpy.ndarray or None
+        Prior draws in natural units, ``(1, n_prior, n_params)``.
+    prior_predictive : numpy.ndarray or None
+        Prior predictive draws of the valid prior draws, ``(1, n, C, P)``.
+    sample_stats : dict
+        Backend statistics per draw, name -> ``(n_chains, n_draws)`` array.
+    units : dict
+        Units of the parameters (and of fixed ones), name -> str.
+    fit : numpy.ndarray or None
+        The noise-free prediction the fit quality refers to, ``(C, P)`` in
+        data units (variational Laplace: at the posterior mode; otherwise the
+        pointwise median over valid posterior draws).
+    fit_quality : dict
+        Goodness of fit (e.g. ``r2_log_power``, peak frequencies; for ERPs
+        ``explained_variance`` and peak latencies).
+    contraction : dict
+        Per parameter ``1 - var_post / var_prior`` in unconstrained
+        coordinates; below :data:`CONTRACTION_UNINFORMED` the data did not
+        inform the parameter.
+    warnings : tuple of str
+        Everything the user should know about this fit: misfit, untrustworthy
+        approximation, invalid draws, uninformed parameters, data problems.
     """
 
     names: tuple[str, ...]
@@ -56,8 +116,18 @@ class Posterior:
     diagnostics: dict = field(default_factory=dict)
     observed: dict | None = None
     predictive: np.ndarray | None = None
+    log_likelihood: np.ndarray | None = None
+    prior_draws: np.ndarray | None = None
+    prior_predictive: np.ndarray | None = None
+    sample_stats: dict = field(default_factory=dict)
+    units: dict = field(default_factory=dict)
+    fit: np.ndarray | None = None
+    fit_quality: dict = field(default_factory=dict)
+    contraction: dict = field(default_factory=dict)
+    warnings: tuple = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "names", tuple(self.names))
         d = np.asarray(self.draws, dtype=float)
         if d.ndim != 3 or d.shape[-1] != len(self.names):
             raise ValueError(
@@ -65,9 +135,21 @@ class Posterior:
                 f"got {d.shape}"
             )
         object.__setattr__(self, "draws", d)
+        object.__setattr__(self, "warnings", tuple(str(w) for w in self.warnings))
+        for name in ("predictive", "log_likelihood", "prior_predictive"):
+            value = getattr(self, name)
+            if value is not None:
+                value = np.asarray(value, dtype=float)
+                if value.ndim != 4:
+                    raise ValueError(f"{name} must have shape (n_chains, n_draws, C, P), got {value.shape}")
+                if np.isnan(value).any():
+                    raise ValueError(f"{name} must not hold NaN (leave invalid draws out and count them)")
+                object.__setattr__(self, name, value)
 
+    # ---------------------------------------------------------- summaries
     @property
     def converged(self) -> bool:
+        """True when the backend's algorithm converged (fit quality is separate: see ``warnings``)."""
         return self.status == "converged"
 
     @property
@@ -84,73 +166,226 @@ class Posterior:
         """Posterior quantile ``q`` in natural units, ``(n_params,)``."""
         return np.quantile(self.draws.reshape(-1, len(self.names)), q, axis=0)
 
+    @property
+    def uninformed(self) -> tuple[str, ...]:
+        """Parameters whose contraction is below :data:`CONTRACTION_UNINFORMED` (posterior ≈ prior)."""
+        return tuple(n for n in self.names if self.contraction.get(n, 1.0) < CONTRACTION_UNINFORMED)
+
     def summary(self) -> dict:
-        """JSON-ready summary: per parameter mean, sd, 5 % and 95 % quantiles (natural units)."""
+        """JSON-ready summary.
+
+        Per parameter: mean, sd, 5 % and 95 % quantiles (natural units),
+        ``units``, ``contraction`` and ``informed``; then status, fit
+        quality, warnings, backend diagnostics and the log evidence.
+        """
         q05, q95 = self.quantile(0.05), self.quantile(0.95)
-        params = {
-            n: {"mean": float(m), "sd": float(s), "q05": float(a), "q95": float(b)}
-            for n, m, s, a, b in zip(self.names, self.mean, self.sd, q05, q95)
-        }
-        out = {
+        params = {}
+        for n, m, s, a, b in zip(self.names, self.mean, self.sd, q05, q95):
+            c = self.contraction.get(n)
+            params[n] = {
+                "mean": float(m),
+                "sd": float(s),
+                "q05": float(a),
+                "q95": float(b),
+                "units": self.units.get(n, ""),
+                "contraction": None if c is None else float(c),
+                "informed": None if c is None else bool(c >= CONTRACTION_UNINFORMED),
+            }
+        return {
             "backend": self.backend,
             "status": self.status,
             "message": self.message,
             "parameters": params,
+            "fit_quality": self.fit_quality,
+            "warnings": list(self.warnings),
             "log_evidence": None if self.log_evidence is None else float(self.log_evidence),
+            "log_evidence_note": (
+                "nats; a density of the data in their units: compare only fits to the same data in the same units"
+            ),
+            "data_units": None if self.observed is None else self.observed.get("units"),
+            "fixed_units": {k: v for k, v in self.units.items() if k not in self.names},
             "diagnostics": self.diagnostics,
         }
-        return out
 
+    def __repr__(self) -> str:
+        lines = [f"Posterior(backend={self.backend!r}, status={self.status!r}, draws={self.draws.shape[:2]})"]
+        if self.log_evidence is not None and math.isfinite(self.log_evidence):
+            lines.append(f"  log evidence: {self.log_evidence:.3f} nats")
+        quality = ", ".join(
+            f"{k} {v:.3g}" for k, v in self.fit_quality.items() if isinstance(v, float) and math.isfinite(v)
+        )
+        if quality:
+            lines.append(f"  fit: {quality}")
+        lines.append(f"  {'parameter':>16s}  {'mean':>10s}  {'sd':>9s}  {'units':<10s} contraction")
+        for n, m, s in zip(self.names, self.mean, self.sd):
+            c = self.contraction.get(n)
+            tag = "" if c is None else f"{c:6.2f}" + ("  (not informed by the data)" if c < CONTRACTION_UNINFORMED else "")
+            lines.append(f"  {n:>16s}  {m:10.4g}  {s:9.3g}  {self.units.get(n, ''):<10.10s} {tag}")
+        for w in self.warnings:
+            lines.append(f"  WARNING: {w}")
+        return "\n".join(lines)
+
+    # ---------------------------------------------------------- ArviZ
     def to_arviz(self):
         """Convert to :class:`arviz.InferenceData` (ArviZ 0.23 schema).
 
-        Groups: ``posterior`` (one variable per parameter, dims chain/draw),
-        ``observed_data`` and ``posterior_predictive`` (variable ``y`` with
-        dims ``channel`` and ``freq`` in Hz or ``time`` in s) when available.
-        Backend status and evidence travel as attributes.
+        Groups: ``posterior`` (one variable per parameter, dims chain/draw,
+        ``units`` attribute), ``posterior_predictive``, ``log_likelihood``,
+        ``observed_data`` (variable ``y`` with dims ``channel`` and ``freq``
+        in Hz or ``time`` in s), ``prior``, ``prior_predictive`` and
+        ``sample_stats`` where available. Status, evidence, fit quality,
+        contraction, warnings and diagnostics travel as attributes of the
+        ``posterior`` group (JSON strings), so :meth:`from_netcdf` restores
+        them.
         """
-        import arviz as az
+        from jrinfer._optional import optional_import
 
+        az = optional_import("arviz", purpose="ArviZ output")
         posterior = {n: self.draws[..., i] for i, n in enumerate(self.names)}
-        kwargs = {}
-        coords = {}
-        dims = {}
+        kwargs: dict = {}
+        coords: dict = {}
+        dims: dict = {}
         if self.observed is not None:
             coord = self.observed["coord"]
             coords = {"channel": list(self.observed["channels"]), coord: np.asarray(self.observed["coord_values"])}
             dims = {"y": ["channel", coord]}
             kwargs["observed_data"] = {"y": np.asarray(self.observed["values"])}
             if self.predictive is not None:
-                kwargs["posterior_predictive"] = {"y": np.asarray(self.predictive)}
+                kwargs["posterior_predictive"] = {"y": self.predictive}
+            if self.log_likelihood is not None:
+                kwargs["log_likelihood"] = {"y": self.log_likelihood}
+            if self.prior_predictive is not None:
+                kwargs["prior_predictive"] = {"y": self.prior_predictive}
+        if self.prior_draws is not None:
+            kwargs["prior"] = {n: np.asarray(self.prior_draws)[..., i] for i, n in enumerate(self.names)}
+        if self.sample_stats:
+            kwargs["sample_stats"] = {k: np.asarray(v) for k, v in self.sample_stats.items()}
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore", FutureWarning)
+            idata = az.from_dict(posterior=posterior, coords=coords, dims=dims, **kwargs)
+        for group in ("posterior", "prior"):
+            if hasattr(idata, group):
+                for n in self.names:
+                    getattr(idata, group)[n].attrs["units"] = self.units.get(n, "")
+        if self.observed is not None:
+            for group in ("observed_data", "posterior_predictive", "prior_predictive"):
+                if hasattr(idata, group):
+                    getattr(idata, group)["y"].attrs["units"] = str(self.observed.get("units", ""))
+                    getattr(idata, group)[self.observed["coord"]].attrs["units"] = str(
+                        self.observed.get("coord_units", "")
+                    )
+            if hasattr(idata, "log_likelihood"):
+                idata.log_likelihood["y"].attrs["units"] = "nats"
         attrs = {
             "backend": self.backend,
             "status": self.status,
             "message": self.message,
             "log_evidence": float("nan") if self.log_evidence is None else float(self.log_evidence),
             "inference_library": "jrinfer",
+            "data_units": "" if self.observed is None else str(self.observed.get("units", "")),
         }
-        if self.observed is not None:
-            attrs["data_units"] = str(self.observed.get("units", ""))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            idata = az.from_dict(posterior=posterior, coords=coords, dims=dims, **kwargs)
+        for key in _JSON_ATTRS:
+            value = self._json_attr(key)
+            attrs[f"jrinfer_{key}"] = json.dumps(value, default=_json_default)
+        if self.mean_unconstrained is not None:
+            attrs["jrinfer_mean_unconstrained"] = json.dumps(np.asarray(self.mean_unconstrained).tolist())
+        if self.cov_unconstrained is not None:
+            attrs["jrinfer_cov_unconstrained"] = json.dumps(np.asarray(self.cov_unconstrained).tolist())
+        if self.fit is not None:
+            attrs["jrinfer_fit"] = json.dumps(np.asarray(self.fit).tolist())
         idata.posterior.attrs.update(attrs)
+        if hasattr(idata, "posterior_predictive"):
+            idata.posterior_predictive.attrs["n_invalid_draws_left_out"] = int(
+                self.diagnostics.get("invalid_draws", {}).get("n_invalid", 0)
+            )
         return idata
 
+    def _json_attr(self, key):
+        if key == "observed_meta":
+            if self.observed is None:
+                return None
+            return {k: v for k, v in self.observed.items() if k not in ("values", "coord_values")}
+        if key == "warnings":
+            return list(self.warnings)
+        if key == "names":
+            return list(self.names)
+        return getattr(self, key)
+
     def to_netcdf(self, path, *, overwrite: bool = False) -> Path:
-        """Write :meth:`to_arviz` to a netCDF file (refuses to overwrite unless asked)."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        tmp = path.with_name(path.name + ".tmp")
-        self.to_arviz().to_netcdf(str(tmp))
-        os.replace(tmp, path)
+        """Write :meth:`to_arviz` to a netCDF file (refuses to overwrite unless asked); read back with :meth:`from_netcdf`."""
+        from jrinfer._io import atomic_path, check_writable
+
+        path = check_writable(path, overwrite=overwrite)
+        idata = self.to_arviz()
+        with atomic_path(path) as tmp:
+            idata.to_netcdf(str(tmp))
         return path
 
-    def __repr__(self) -> str:
-        lines = [f"Posterior(backend={self.backend!r}, status={self.status!r}, draws={self.draws.shape[:2]})"]
-        if self.log_evidence is not None and math.isfinite(self.log_evidence):
-            lines.append(f"  log evidence: {self.log_evidence:.3f} nats")
-        for n, m, s in zip(self.names, self.mean, self.sd):
-            lines.append(f"  {n:>16s}: {m:.4g} ± {s:.3g}")
-        return "\n".join(lines)
+    @classmethod
+    def from_netcdf(cls, path) -> "Posterior":
+        """Read a fit saved by :meth:`to_netcdf` (or ``jrinfer fit``'s ``posterior.nc``)."""
+        from jrinfer._optional import optional_import
+
+        az = optional_import("arviz", purpose="reading posterior.nc")
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"path {path} does not exist")
+        idata = az.from_netcdf(str(path))
+        return cls.from_arviz(idata)
+
+    @classmethod
+    def from_arviz(cls, idata) -> "Posterior":
+        """Rebuild a Posterior from :meth:`to_arviz` output."""
+        attrs = dict(idata.posterior.attrs)
+        if "jrinfer_names" not in attrs:
+            raise ValueError("this InferenceData was not written by jrinfer (no jrinfer_names attribute)")
+        load = lambda key, default=None: json.loads(attrs[key]) if key in attrs else default  # noqa: E731
+        names = tuple(load("jrinfer_names"))
+        draws = np.stack([idata.posterior[n].values for n in names], axis=-1)
+        observed = None
+        meta = load("jrinfer_observed_meta")
+        if meta is not None and hasattr(idata, "observed_data"):
+            y = idata.observed_data["y"]
+            observed = {
+                **meta,
+                "values": y.values,
+                "coord_values": idata.observed_data[meta["coord"]].values,
+                "channels": [str(c) for c in idata.observed_data["channel"].values],
+            }
+
+        def group(name):
+            return getattr(idata, name)["y"].values if hasattr(idata, name) else None
+
+        prior_draws = None
+        if hasattr(idata, "prior"):
+            prior_draws = np.stack([idata.prior[n].values for n in names], axis=-1)
+        sample_stats = {}
+        if hasattr(idata, "sample_stats"):
+            sample_stats = {k: v.values for k, v in idata.sample_stats.data_vars.items()}
+        log_evidence = attrs.get("log_evidence")
+        log_evidence = None if log_evidence is None or not math.isfinite(float(log_evidence)) else float(log_evidence)
+        mean_u = load("jrinfer_mean_unconstrained")
+        cov_u = load("jrinfer_cov_unconstrained")
+        fit = load("jrinfer_fit")
+        return cls(
+            names=names,
+            draws=draws,
+            backend=str(attrs.get("backend", "")),
+            status=str(attrs.get("status", "")),
+            message=str(attrs.get("message", "")),
+            log_evidence=log_evidence,
+            mean_unconstrained=None if mean_u is None else np.asarray(mean_u),
+            cov_unconstrained=None if cov_u is None else np.asarray(cov_u),
+            diagnostics=load("jrinfer_diagnostics", {}) or {},
+            observed=observed,
+            predictive=group("posterior_predictive"),
+            log_likelihood=group("log_likelihood"),
+            prior_draws=prior_draws,
+            prior_predictive=group("prior_predictive"),
+            sample_stats=sample_stats,
+            units=load("jrinfer_units", {}) or {},
+            fit=None if fit is None else np.asarray(fit),
+            fit_quality=load("jrinfer_fit_quality", {}) or {},
+            contraction=load("jrinfer_contraction", {}) or {},
+            warnings=tuple(load("jrinfer_warnings", []) or []),
+        )

@@ -24,12 +24,14 @@ distribution               support                      unconstrained ``z``
 ``Uniform(low, high)``     ``low <= theta <= high``     ``logit((theta-low)/(high-low))``
 =========================  ===========================  ==========================
 
-:func:`jansen_rit_prior` builds the default priors for the Jansen-Rit
-constants. No function here reads or changes torch's global random state.
+:func:`jrinfer.jansen_rit_prior` builds the default priors for the Jansen-Rit
+constants (this module knows nothing of the model: units of parameters come
+with the prior as plain strings). No function here reads or changes torch's
+global random state.
 
 Examples
 --------
->>> from jrinfer.prior import jansen_rit_prior
+>>> from jrinfer import jansen_rit_prior
 >>> prior = jansen_rit_prior()
 >>> theta = prior.sample(4, seed=0)                  # (4, 6), natural units
 >>> prior.log_prob(theta).shape
@@ -50,7 +52,6 @@ import torch
 import torch.nn.functional as F
 
 from jrinfer import _checks
-from jrinfer.model import PARAMETERS
 
 __all__ = [
     "Distribution",
@@ -59,12 +60,10 @@ __all__ = [
     "Uniform",
     "Prior",
     "distribution_from_dict",
-    "jansen_rit_prior",
 ]
 
 F64 = torch.float64
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-_Z975 = NormalDist().inv_cdf(0.975)  # 1.959963984540054
 
 
 # ------------------------------------------------------------------ helpers
@@ -539,6 +538,9 @@ class Prior:
     fixed : dict of str to float, optional
         Parameters held at a value (natural units). A name may not be both
         free and fixed.
+    units : dict of str to str, optional
+        Units of the parameters (free or fixed), for display and reports;
+        names not declared are ignored.
 
     Notes
     -----
@@ -557,7 +559,12 @@ class Prior:
     torch.Size([3, 2])
     """
 
-    def __init__(self, distributions: Mapping[str, Distribution], fixed: Mapping[str, float] | None = None):
+    def __init__(
+        self,
+        distributions: Mapping[str, Distribution],
+        fixed: Mapping[str, float] | None = None,
+        units: Mapping[str, str] | None = None,
+    ):
         if not isinstance(distributions, Mapping):
             raise ValueError(
                 f"distributions must be a dict mapping parameter names to LogNormal/Normal/Uniform, "
@@ -587,9 +594,14 @@ class Prior:
                 f"parameter(s) {', '.join(map(repr, both))} are both free (in distributions) and fixed; "
                 "give each name in only one of them"
             )
+        if units is None:
+            units = {}
+        if not isinstance(units, Mapping) or not all(isinstance(u, str) for u in units.values()):
+            raise ValueError(f"units must be a dict mapping parameter names to unit strings, got {units!r}")
         self._dists = dists
         self._fixed = fix
         self._names = tuple(dists)
+        self._units = {k: u for k, u in units.items() if k in dists or k in fix}
 
     # ---------------------------------------------------------- description
     @property
@@ -612,6 +624,15 @@ class Prior:
         """Free parameters, name -> distribution, in order (a copy)."""
         return dict(self._dists)
 
+    @property
+    def units(self) -> dict[str, str]:
+        """Units of the declared parameters that have them, name -> unit (a copy)."""
+        return dict(self._units)
+
+    def unit(self, name: str) -> str:
+        """Unit of ``name`` (``""`` when not declared)."""
+        return self._units.get(name, "")
+
     def __eq__(self, other) -> bool:
         if not isinstance(other, Prior):
             return NotImplemented
@@ -631,7 +652,7 @@ class Prior:
                     _fmt(d.quantile(0.5)),
                     _fmt(d.mean),
                     f"[{_fmt(d.quantile(0.05))}, {_fmt(d.quantile(0.95))}]",
-                    _unit(k),
+                    self.unit(k),
                 )
             )
         widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
@@ -641,7 +662,7 @@ class Prior:
         if self._fixed:
             # long unit strings (p_std's) are left to the table of free parameters
             fx = ", ".join(
-                f"{k}={_fmt(v)}" + (f" {_unit(k)}" if 0 < len(_unit(k)) < 12 else "") for k, v in self._fixed.items()
+                f"{k}={_fmt(v)}" + (f" {self.unit(k)}" if 0 < len(self.unit(k)) < 12 else "") for k, v in self._fixed.items()
             )
             lines.append(f"  fixed: {fx}")
         return "\n".join(lines)
@@ -808,7 +829,7 @@ class Prior:
         fixed = dict(self._fixed)
         for k, v in values.items():
             fixed[k] = _checks.check_scalar(k, v)
-        return Prior(dists, fixed)
+        return Prior(dists, fixed, self._units)
 
     def free(self, **dists: Distribution) -> "Prior":
         """A new prior with the given parameters (re)declared free.
@@ -823,163 +844,38 @@ class Prior:
         new = dict(self._dists)
         new.update(dists)
         fixed = {k: v for k, v in self._fixed.items() if k not in dists}
-        return Prior(new, fixed)
+        return Prior(new, fixed, self._units)
 
     # ---------------------------------------------------------- (de)serialisation
     def to_dict(self) -> dict:
-        """JSON-able description: ``{"distributions": {name: dist.to_dict()}, "fixed": {name: float}}``."""
-        return {
+        """JSON-able description.
+
+        ``{"distributions": {name: dist.to_dict()}, "fixed": {name: float}}``
+        plus ``"units": {name: str}`` when units are declared.
+        """
+        out = {
             "distributions": {k: d.to_dict() for k, d in self._dists.items()},
             "fixed": dict(self._fixed),
         }
+        if self._units:
+            out["units"] = dict(self._units)
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Prior":
         """Rebuild a prior from :meth:`to_dict` output (e.g. after a JSON round trip)."""
-        if not isinstance(d, Mapping) or "distributions" not in d or set(d) - {"distributions", "fixed"}:
+        if not isinstance(d, Mapping) or "distributions" not in d or set(d) - {"distributions", "fixed", "units"}:
             got = f"keys {', '.join(map(repr, d))}" if isinstance(d, Mapping) else repr(d)
-            raise ValueError(f"d must be a dict with keys 'distributions' and optionally 'fixed', got {got}")
+            raise ValueError(
+                f"d must be a dict with keys 'distributions' and optionally 'fixed' and 'units', got {got}"
+            )
         spec = d["distributions"]
         if not isinstance(spec, Mapping):
             raise ValueError(f"d['distributions'] must be a dict of name -> distribution dict, got {spec!r}")
         dists = {k: distribution_from_dict(v, name=f"d['distributions'][{k!r}]") for k, v in spec.items()}
-        return cls(dists, d.get("fixed"))
+        return cls(dists, d.get("fixed"), d.get("units"))
 
 
 def _check_name(where: str, name) -> None:
     if not isinstance(name, str) or not name:
         raise ValueError(f"{where} keys must be non-empty parameter names (str), got {name!r}")
-
-
-def _unit(name: str) -> str:
-    info = PARAMETERS.get(name)
-    return info.unit if info is not None else ""
-
-
-# ---------------------------------------------------------------- defaults
-_JR_PRIOR_NAMES = ("A", "B", "a", "b", "C", "e0", "r", "v0", "p_mean", "p_std")
-_DCM_SD_LOG = 0.2
-_P_STD_SD_LOG = 1.0
-_BOX = {
-    "A": (2.0, 5.0),
-    "B": (15.0, 30.0),
-    "a": (60.0, 150.0),
-    "b": (30.0, 80.0),
-    "C": (90.0, 200.0),
-    "e0": (1.5, 3.5),
-    "r": (0.4, 0.7),
-    "v0": (5.0, 7.0),
-    "p_std": (0.0, 100.0),
-}
-
-
-def jansen_rit_prior(
-    kind: str = "dcm",
-    free: Iterable[str] = ("A", "B", "a", "b", "C", "p_mean"),
-    p_mean_range: tuple[float, float] = (40.0, 85.0),
-) -> Prior:
-    """Default prior over the Jansen-Rit constants.
-
-    Parameters
-    ----------
-    kind : {"dcm", "box"}
-        ``"dcm"``: DCM-style priors centred on Jansen & Rit's (1995) values
-        (for variational Laplace and MCMC). ``"box"``: bounded uniforms (for
-        simulation-based inference). Table of both below.
-    free : iterable of str
-        Parameters to infer, in the order of ``theta``'s last axis; any of
-        ``A, B, a, b, C, e0, r, v0, p_mean, p_std``. Every other one of these
-        is fixed at its :data:`jrinfer.model.PARAMETERS` default (Jansen & Rit
-        1995: A 3.25 mV, B 22 mV, a 100 /s, b 50 /s, C 135, e0 2.5 /s,
-        r 0.56 /mV, v0 6 mV, p_mean 220 pulses/s, p_std 22). ``C1..C4`` are
-        not prior parameters: the model derives them from ``C``.
-    p_mean_range : (float, float)
-        ``(low, high)`` in pulses/s of the mean input ``p_mean``: its central
-        95 % interval (``"dcm"``) or its bounds (``"box"``). Used only if
-        ``p_mean`` is free.
-
-    Returns
-    -------
-    Prior
-
-    Notes
-    -----
-    ============  ==============================  ==========================  ===============
-    parameter     ``"dcm"``                       implied 95 % interval       ``"box"``
-    ============  ==============================  ==========================  ===============
-    A (mV)        LogNormal(3.25, 0.2)            [2.20, 4.81]                [2, 5]
-    B (mV)        LogNormal(22, 0.2)              [14.9, 32.6]                [15, 30]
-    a (1/s)       LogNormal(100, 0.2)             [67.6, 148]                 [60, 150]
-    b (1/s)       LogNormal(50, 0.2)              [33.8, 74.0]                [30, 80]
-    C             LogNormal(135, 0.2)             [91.2, 200]                 [90, 200]
-    e0 (1/s)      LogNormal(2.5, 0.2)             [1.69, 3.70]                [1.5, 3.5]
-    r (1/mV)      LogNormal(0.56, 0.2)            [0.378, 0.829]              [0.4, 0.7]
-    v0 (mV)       Normal(6, 0.5)                  [5.02, 6.98]                [5, 7]
-    p_mean        LogNormal(sqrt(lo hi), s)       ``p_mean_range``            ``p_mean_range``
-    p_std         LogNormal(22, 1.0)              [3.10, 156]                 [0, 100]
-    ============  ==============================  ==========================  ===============
-
-    For ``p_mean`` the median is the geometric midpoint of ``p_mean_range``
-    and ``s = log(hi / lo) / (2 * 1.95996)``, so the range is exactly the
-    central 95 % interval. The default 40-85 pulses/s (median 58.3,
-    ``s = 0.192``) keeps 98.8 % of the mass below the first Hopf bifurcation
-    at p = 89.83 pulses/s, where the linearised spectrum is valid. v0 is a
-    potential that may be any real number, hence a Normal prior.
-
-    Examples
-    --------
-    >>> prior = jansen_rit_prior(free=("a", "b", "p_mean"))
-    >>> prior.names
-    ('a', 'b', 'p_mean')
-    >>> sorted(prior.fixed)
-    ['A', 'B', 'C', 'e0', 'p_std', 'r', 'v0']
-    """
-    _checks.check_option("kind", kind, ("dcm", "box"))
-    if isinstance(free, str) or not isinstance(free, Iterable):
-        raise ValueError(f"free must be a sequence of parameter names such as ('A', 'p_mean'), got {free!r}")
-    free = tuple(free)
-    unknown = [k for k in free if k not in _JR_PRIOR_NAMES]
-    if unknown:
-        raise ValueError(
-            f"free got unknown parameter(s) {', '.join(map(repr, unknown))}; valid names: {', '.join(_JR_PRIOR_NAMES)}"
-            + (" (C1..C4 derive from C)" if any(str(k) in ("C1", "C2", "C3", "C4") for k in unknown) else "")
-        )
-    dup = sorted({k for k in free if free.count(k) > 1})
-    if dup:
-        raise ValueError(f"free lists parameter(s) {', '.join(map(repr, dup))} more than once, got {free!r}")
-    if not free:
-        raise ValueError("free must name at least one parameter, got an empty sequence")
-    lo, hi = _check_range(p_mean_range, kind)
-
-    dists: dict[str, Distribution] = {}
-    for k in free:
-        if k == "p_mean":
-            if kind == "dcm":
-                dists[k] = LogNormal(math.sqrt(lo * hi), math.log(hi / lo) / (2.0 * _Z975))
-            else:
-                dists[k] = Uniform(lo, hi)
-        elif kind == "box":
-            dists[k] = Uniform(*_BOX[k])
-        elif k == "v0":
-            dists[k] = Normal(PARAMETERS["v0"].default, 0.5)
-        else:
-            sd = _P_STD_SD_LOG if k == "p_std" else _DCM_SD_LOG
-            dists[k] = LogNormal(PARAMETERS[k].default, sd)
-    fixed = {k: float(PARAMETERS[k].default) for k in _JR_PRIOR_NAMES if k not in dists}
-    return Prior(dists, fixed)
-
-
-def _check_range(p_mean_range, kind: str) -> tuple[float, float]:
-    try:
-        lo, hi = p_mean_range
-    except (TypeError, ValueError):
-        raise ValueError(f"p_mean_range must be a pair (low, high) in pulses/s, got {p_mean_range!r}") from None
-    lo = _checks.check_scalar("p_mean_range[0]", lo)
-    hi = _checks.check_scalar("p_mean_range[1]", hi)
-    if kind == "dcm" and lo <= 0:
-        raise ValueError(f"p_mean_range must have low > 0 for the log-normal (dcm) prior, got {p_mean_range!r}")
-    if kind == "box" and lo < 0:
-        raise ValueError(f"p_mean_range must have low >= 0 (pulses/s), got {p_mean_range!r}")
-    if not hi > lo:
-        raise ValueError(f"p_mean_range must satisfy low < high, got {p_mean_range!r}")
-    return lo, hi

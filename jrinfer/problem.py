@@ -1,21 +1,94 @@
-"""The inverse problem every backend consumes: model + observation + prior + data."""
+"""The inverse problem every backend consumes: observation (with its model) + prior + data.
+
+:class:`InverseProblem` is generic: it talks to its observation only through
+the :class:`~jrinfer.observation.Observation` interface, so the same backends
+invert spectra, evoked responses or an observation model defined by a user.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from jrinfer import _checks
-from jrinfer.model import PARAMETERS as MODEL_PARAMETERS
-from jrinfer.observation import EvokedObservation, Prediction, SpectrumObservation
+from jrinfer.observation import Observation, Prediction, jansen_rit_prior_spec
+from jrinfer.prior import Prior
 
-__all__ = ["InverseProblem", "GaussianForm"]
+__all__ = ["InverseProblem", "GaussianForm", "jansen_rit_prior"]
 
-#: Observation parameters that are noise (hyper)parameters rather than model parameters.
-NOISE_PARAMETERS = ("log_precision",)
+
+def jansen_rit_prior(
+    kind: str = "dcm",
+    free=("A", "B", "a", "b", "C", "p_mean"),
+    p_mean_range: tuple[float, float] = (40.0, 85.0),
+) -> Prior:
+    """Default prior over the Jansen-Rit constants.
+
+    Parameters
+    ----------
+    kind : {"dcm", "box"}
+        ``"dcm"``: DCM-style priors centred on Jansen & Rit's (1995) values
+        (for variational Laplace and MCMC). ``"box"``: bounded uniforms (for
+        simulation-based inference). Table of both below.
+    free : iterable of str
+        Parameters to infer, in the order of ``theta``'s last axis; any of
+        ``A, B, a, b, C, e0, r, v0, p_mean, p_std``. Every other one of these
+        is fixed at its :data:`jrinfer.model.PARAMETERS` default (Jansen & Rit
+        1995: A 3.25 mV, B 22 mV, a 100 /s, b 50 /s, C 135, e0 2.5 /s,
+        r 0.56 /mV, v0 6 mV, p_mean 220 pulses/s, p_std 22). ``C1..C4`` are
+        not prior parameters: the model derives them from ``C``.
+    p_mean_range : (float, float)
+        ``(low, high)`` in pulses/s of the mean input ``p_mean``: its central
+        95 % interval (``"dcm"``) or its bounds (``"box"``). Used only if
+        ``p_mean`` is free.
+
+    Returns
+    -------
+    Prior
+        With the units of every JR constant.
+
+    Raises
+    ------
+    ValueError
+        Unknown, repeated or no ``free`` names; a bad ``p_mean_range``.
+
+    Notes
+    -----
+    ============  ==============================  ==========================  ===============
+    parameter     ``"dcm"``                       implied 95 % interval       ``"box"``
+    ============  ==============================  ==========================  ===============
+    A (mV)        LogNormal(3.25, 0.2)            [2.20, 4.81]                [2, 5]
+    B (mV)        LogNormal(22, 0.2)              [14.9, 32.6]                [15, 30]
+    a (1/s)       LogNormal(100, 0.2)             [67.6, 148]                 [60, 150]
+    b (1/s)       LogNormal(50, 0.2)              [33.8, 74.0]                [30, 80]
+    C             LogNormal(135, 0.2)             [91.2, 200]                 [90, 200]
+    e0 (1/s)      LogNormal(2.5, 0.2)             [1.69, 3.70]                [1.5, 3.5]
+    r (1/mV)      LogNormal(0.56, 0.2)            [0.378, 0.829]              [0.4, 0.7]
+    v0 (mV)       Normal(6, 0.5)                  [5.02, 6.98]                [5, 7]
+    p_mean        LogNormal(sqrt(lo hi), s)       ``p_mean_range``            ``p_mean_range``
+    p_std         LogNormal(22, 1.0)              [3.10, 156]                 [0, 100]
+    ============  ==============================  ==========================  ===============
+
+    For ``p_mean`` the median is the geometric midpoint of ``p_mean_range``
+    and ``s = log(hi / lo) / (2 * 1.95996)``, so the range is exactly the
+    central 95 % interval. The default 40-85 pulses/s (median 58.3,
+    ``s = 0.192``) keeps 98.8 % of the mass below the first Hopf bifurcation
+    at p = 89.83 pulses/s, where the linearised spectrum is valid. v0 is a
+    potential that may be any real number, hence a Normal prior.
+
+    Examples
+    --------
+    >>> prior = jansen_rit_prior(free=("a", "b", "p_mean"))
+    >>> prior.names
+    ('a', 'b', 'p_mean')
+    >>> sorted(prior.fixed)
+    ['A', 'B', 'C', 'e0', 'p_std', 'r', 'v0']
+    """
+    return Prior.from_dict(jansen_rit_prior_spec(kind=kind, free=free, p_mean_range=p_mean_range))
 
 
 @dataclass(frozen=True)
@@ -31,7 +104,8 @@ class GaussianForm:
     ----------
     f : callable
         Maps ``z`` of shape ``(n,)`` to the prediction ``(m,)`` in the
-        likelihood's space (log-power for spectra, potentials for ERPs).
+        likelihood's space (log-power for spectra, potentials for ERPs); NaN
+        where the observation cannot predict.
     y : torch.Tensor
         Observations, shape ``(m,)``.
     names : tuple of str
@@ -39,13 +113,13 @@ class GaussianForm:
     prior_mean, prior_cov : torch.Tensor
         ``(n,)`` and ``(n, n)``.
     hyper_mean, hyper_cov : torch.Tensor
-        ``(k,)`` and ``(k, k)``.
+        ``(k,)`` and ``(k, k)`` (zeros where a log precision is fixed).
     precision_components : torch.Tensor
-        Diagonals of the ``Q_i``, shape ``(k, m)`` (here ``k = 1``).
+        Diagonals of the ``Q_i``, shape ``(k, m)``.
     hyper_names : tuple of str
         One name per precision component.
     estimate_hyper : bool
-        False when the prior fixes ``log_precision``.
+        False when the prior fixes every log precision.
     """
 
     f: Callable[[torch.Tensor], torch.Tensor]
@@ -61,19 +135,29 @@ class GaussianForm:
 
 
 class InverseProblem:
-    """Jansen-Rit inversion problem, validated once at construction.
+    """An inversion problem, validated once at construction.
 
     Parameters
     ----------
-    observation : SpectrumObservation or EvokedObservation
-        How parameters map to data.
-    prior : Prior
-        Distributions of the free parameters and values of the fixed ones.
-        Its free and fixed names together must cover every parameter the
-        observation requires; JR constants it does not mention keep the JR
-        1995 defaults.
+    observation : Observation
+        How parameters map to data (:class:`~jrinfer.SpectrumObservation`,
+        :class:`~jrinfer.EvokedObservation`, or any subclass of
+        :class:`~jrinfer.observation.Observation`).
+    prior : Prior, dict or None
+        Distributions of the free parameters and values of the fixed ones:
+        a :class:`~jrinfer.Prior`, a dict in its JSON schema (what
+        ``observation.default_prior(data)`` returns), or ``None`` for the
+        observation's default prior for ``data``. Free and fixed names
+        together must cover every parameter the observation requires;
+        Jansen-Rit constants it does not mention keep the JR 1995 defaults.
     data : SpectrumData or EvokedData
-        The recording (matching the observation kind).
+        The recording (the container ``observation.data_type`` names).
+
+    Raises
+    ------
+    ValueError
+        ``observation`` is not an Observation; ``data`` does not suit it; the
+        prior declares unknown parameters or misses required ones.
 
     Notes
     -----
@@ -82,33 +166,28 @@ class InverseProblem:
     coordinates. Everything is batched over leading axes and differentiable.
     """
 
-    def __init__(self, observation, prior, data):
-        from jrinfer.data import EvokedData, SpectrumData
-        from jrinfer.prior import Prior
-
-        if not isinstance(prior, Prior):
-            raise ValueError(f"prior must be a jrinfer.Prior, got {type(prior).__name__}")
-        if isinstance(observation, SpectrumObservation):
-            if not isinstance(data, SpectrumData):
-                raise ValueError(f"a SpectrumObservation needs SpectrumData, got {type(data).__name__}")
-        elif isinstance(observation, EvokedObservation):
-            if not isinstance(data, EvokedData):
-                raise ValueError(f"an EvokedObservation needs EvokedData, got {type(data).__name__}")
-            if observation.lead_field is not None and observation.lead_field.numel() != data.values.shape[0]:
-                raise ValueError(
-                    f"observation.lead_field has {observation.lead_field.numel()} entries but data has "
-                    f"{data.values.shape[0]} channels {list(data.channel_names)}"
-                )
-        else:
+    def __init__(self, observation, prior=None, data=None):
+        if not isinstance(observation, Observation):
             raise ValueError(
-                f"observation must be a SpectrumObservation or EvokedObservation, got {type(observation).__name__}"
+                "observation must be a jrinfer Observation (SpectrumObservation, EvokedObservation or a subclass of "
+                f"jrinfer.observation.Observation), got {type(observation).__name__}"
             )
-        known = set(MODEL_PARAMETERS) | set(observation.parameter_names(data))
+        if data is None:
+            raise ValueError("data must be given (the recording to fit), got None")
+        observation.check_data(data)
+        if prior is None:
+            prior = observation.default_prior(data)
+        if isinstance(prior, Mapping):
+            prior = Prior.from_dict(prior)
+        if not isinstance(prior, Prior):
+            raise ValueError(f"prior must be a jrinfer.Prior, a dict in its JSON schema or None, got {type(prior).__name__}")
+        known = set(observation.accepted_parameters(data))
         declared = set(prior.names) | set(prior.fixed)
         unknown = sorted(declared - known)
         if unknown:
             raise ValueError(
-                f"prior declares parameter(s) {unknown} that neither the Jansen-Rit model nor {observation!r} uses"
+                f"prior declares parameter(s) {unknown} that {observation!r} does not use; "
+                f"known: {sorted(known)}"
             )
         missing = [n for n in observation.required_parameters(data) if n not in declared]
         if missing:
@@ -129,15 +208,20 @@ class InverseProblem:
         return len(self.prior.names)
 
     @property
-    def kind(self) -> str:
-        """``"spectrum"`` or ``"evoked"``."""
-        return "spectrum" if isinstance(self.observation, SpectrumObservation) else "evoked"
+    def units(self) -> dict[str, str]:
+        """Units of the free and fixed parameters, ``{name: unit}``."""
+        units = self.observation.parameter_units(self.data)
+        return {n: units.get(n, self.prior.unit(n)) for n in (*self.names, *self.prior.fixed)}
+
+    def observed(self):
+        """The data as an :class:`~jrinfer.observation.ObservedData` (values ``(C, P)``, axis, channels, units)."""
+        return self.observation.observed_data(self.data)
 
     def __repr__(self) -> str:
         return f"InverseProblem({self.observation!r}, {self.n_params} free parameters {list(self.names)}, data={self.data!r})"
 
     def with_data(self, data) -> "InverseProblem":
-        """Same model, observation and prior with other data (validated again)."""
+        """Same observation and prior with other data (validated again)."""
         return InverseProblem(self.observation, self.prior, data)
 
     def _theta(self, theta) -> torch.Tensor:
@@ -177,6 +261,12 @@ class InverseProblem:
         ll = self.observation.log_likelihood(pred, params, self.data)
         return (ll, pred.reasons) if return_reasons else ll
 
+    def pointwise_log_likelihood(self, theta) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-likelihood of every data point and validity: shapes ``(*batch, C, P)`` and ``batch``."""
+        params = self.parameters(theta)
+        pred = self.observation.predict(params, self.data)
+        return self.observation.pointwise_log_likelihood(pred, params, self.data), pred.valid
+
     def log_joint(self, theta) -> torch.Tensor:
         """``log_prior + log_likelihood`` in natural units, shape ``batch``."""
         theta = self._theta(theta)
@@ -202,15 +292,19 @@ class InverseProblem:
     def simulate(self, theta, *, seed: int | torch.Generator | None = None) -> torch.Tensor:
         """Noisy synthetic data for parameter sets ``theta``: shape ``(*batch, C, P)``.
 
-        Spectra: power with the likelihood's noise; evoked: potentials plus
-        Gaussian noise. Invalid parameter sets give NaN (check with
-        :meth:`predict`).
+        Drawn from the observation's likelihood. Invalid parameter sets give
+        NaN (check with :meth:`predict`).
         """
+        from jrinfer._rng import generator
+
         params = self.parameters(theta)
         pred = self.observation.predict(params, self.data)
-        gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(_seed_int(seed))
-        x = self.observation.sample(pred, params, self.data, gen)
+        x = self.observation.sample(pred, params, self.data, generator(seed))
         return torch.where(pred.valid.reshape(pred.valid.shape + (1,) * (x.dim() - pred.valid.dim())), x, math.nan)
+
+    def features(self, values) -> torch.Tensor:
+        """Summary features of data-like ``values`` ``(*batch, C, P)`` for simulation-based inference."""
+        return self.observation.features(_checks.as_float_tensor("values", values), self.data)
 
     def prior_validity(self, n_samples: int = 2000, *, seed: int = 0) -> dict:
         """How much prior mass the observation can predict.
@@ -226,8 +320,7 @@ class InverseProblem:
             ``{"n_samples", "invalid_fraction", "reasons"}`` with up to three
             example reasons.
         """
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+        n_samples = _checks.check_int("n_samples", n_samples, minimum=1)
         theta = self.prior.sample(n_samples, seed=seed)
         with torch.no_grad():
             pred = self.predict(theta)
@@ -238,62 +331,59 @@ class InverseProblem:
     def gaussian_form(self) -> GaussianForm:
         """This problem as nonlinear regression with Gaussian prior and noise (for variational Laplace).
 
-        Spectra with the gaussian likelihood: ``y`` is the log-power of all
-        channels stacked and ``f(z)`` the predicted log-power repeated per
-        channel; evoked: the potentials. One precision component is shared by
-        all data points; its hyperprior is the prior's ``log_precision``
-        distribution (normal), or it is fixed when ``log_precision`` is. Parameter
-        sets the observation cannot predict (e.g. an unstable equilibrium
-        under the transfer method) give NaN predictions, which the optimiser
-        treats as a rejected step.
+        Built from the observation's :meth:`~jrinfer.observation.Observation.gaussian_target`:
+        ``y`` is the transformed data of all channels stacked and ``f(z)`` the
+        transformed prediction broadcast to every channel. The noise
+        parameters (log precisions) are the hyperparameters, with their
+        (normal) prior distributions, or fixed where the prior fixes them.
+        Parameter sets the observation cannot predict (e.g. an unstable
+        equilibrium under the transfer method) give NaN predictions, which
+        the optimiser treats as a rejected step.
+
+        Raises
+        ------
+        ValueError
+            The likelihood is not Gaussian, or a log precision has a
+            non-normal prior.
         """
         from jrinfer.prior import Normal
 
-        if self.kind == "spectrum" and self.observation.likelihood != "gaussian":
-            raise ValueError(
-                "variational Laplace needs a Gaussian likelihood: use SpectrumObservation(likelihood='gaussian')"
-            )
-        noise = [n for n in self.names if n in NOISE_PARAMETERS]
-        theta_names = tuple(n for n in self.names if n not in NOISE_PARAMETERS)
+        target = self.observation.gaussian_target(self.data)
+        hyper_names = tuple(target.noise_parameters)
+        theta_names = tuple(n for n in self.names if n not in hyper_names)
         idx = [self.names.index(n) for n in theta_names]
         mean, cov = self.prior.gaussian_unconstrained()
         mean, cov = mean[idx], cov[idx][:, idx]
-        if noise:
-            dist = self.prior.distributions["log_precision"]
-            if not isinstance(dist, Normal):
-                raise ValueError("variational Laplace needs a Normal prior on log_precision")
-            h_mean, h_var = float(dist.mean), float(dist.sd) ** 2
-        else:
-            h_mean = float(self.prior.fixed["log_precision"])
-            h_var = None
-        if self.kind == "spectrum":
-            y_mat = torch.log(self.data.power)
-        else:
-            y_mat = self.data.values
-        n_ch, n_pts = y_mat.shape
-        y = y_mat.reshape(-1)
-        # one precision shared by all channels, like the prior's single log_precision
-        comps = torch.ones((1, n_ch * n_pts), dtype=torch.float64)
-        hyper_mean = torch.full((1,), h_mean, dtype=torch.float64)
-        hyper_cov = torch.eye(1, dtype=torch.float64) * (h_var if h_var is not None else 0.0)
+        h_mean, h_var, free_hyper = [], [], []
+        for name in hyper_names:
+            if name in self.prior.names:
+                dist = self.prior.distributions[name]
+                if not isinstance(dist, Normal):
+                    raise ValueError(f"variational Laplace needs a Normal prior on {name}, got {dist!r}")
+                h_mean.append(float(dist.mean))
+                h_var.append(float(dist.sd) ** 2)
+                free_hyper.append(True)
+            elif name in self.prior.fixed:
+                h_mean.append(float(self.prior.fixed[name]))
+                h_var.append(0.0)
+                free_hyper.append(False)
+            else:
+                raise ValueError(f"the prior must declare the noise parameter {name!r} (free or fixed)")
+        if any(free_hyper) and not all(free_hyper):
+            raise ValueError(f"the noise parameters {hyper_names} must be all free or all fixed for variational Laplace")
+        n_ch, n_pts = target.y.shape
+        y = target.y.reshape(-1)
         full_names = self.names
-        noise_value = torch.tensor(h_mean, dtype=torch.float64)
+        hyper_values = {n: torch.tensor(v, dtype=torch.float64) for n, v in zip(hyper_names, h_mean)}
+        positions = [theta_names.index(n) if n in theta_names else -1 for n in full_names]
 
         def f(z: torch.Tensor) -> torch.Tensor:
             # unconstrained z (n_theta,) -> natural theta of the full problem
-            parts = []
-            for n in full_names:
-                if n in NOISE_PARAMETERS:
-                    parts.append(noise_value)
-                else:
-                    parts.append(z[theta_names.index(n)])
-            z_full = torch.stack(parts)
-            theta = self.prior.from_unconstrained(z_full)
+            parts = [z[i] if i >= 0 else hyper_values[n] for n, i in zip(full_names, positions)]
+            theta = self.prior.from_unconstrained(torch.stack(parts))
             params = self.parameters(theta)
             pred = self.observation.predict(params, self.data)
-            value = torch.log(pred.value) if self.kind == "spectrum" else pred.value
-            value = value.expand(n_ch, n_pts) if self.kind == "spectrum" else value
-            value = value.reshape(-1)
+            value = torch.broadcast_to(target.transform(pred.value), (n_ch, n_pts)).reshape(-1)
             return torch.where(pred.valid, value, torch.full_like(value, math.nan))
 
         return GaussianForm(
@@ -302,15 +392,9 @@ class InverseProblem:
             names=theta_names,
             prior_mean=mean,
             prior_cov=cov,
-            hyper_mean=hyper_mean,
-            hyper_cov=hyper_cov,
-            precision_components=comps,
-            hyper_names=("log_precision",),
-            estimate_hyper=bool(noise),
+            hyper_mean=torch.tensor(h_mean, dtype=torch.float64),
+            hyper_cov=torch.diag(torch.tensor(h_var, dtype=torch.float64)),
+            precision_components=target.precision_components,
+            hyper_names=hyper_names,
+            estimate_hyper=all(free_hyper),
         )
-
-
-def _seed_int(seed) -> int:
-    from jrinfer._rng import seed_to_int
-
-    return seed_to_int(seed) % (2**63)

@@ -174,7 +174,12 @@ def test_cli_fit_writes_summary_posterior_and_plot(tmp_path, capsys):
     assert summary["status"] == "converged" and summary["n_iter"] > 0
     assert np.isfinite(summary["free_energy"])
     for name in ("A", "a", "b", "gain"):
-        assert set(summary["parameters"][name]) == {"mean", "sd", "q05", "q95"}
+        row = summary["parameters"][name]
+        assert set(row) == {"mean", "sd", "q05", "q95", "units", "contraction", "informed"}
+        assert row["informed"] and 0.2 < row["contraction"] <= 1.0
+    assert summary["parameters"]["a"]["units"] == "1/s" and summary["parameters"]["gain"]["units"] == "1"
+    assert summary["fit_quality"]["r2_log_power"] > 0.9 and abs(summary["fit_quality"]["peak_shift_hz"]) <= 0.5
+    assert isinstance(summary["warnings"], list) and "pareto_k" in summary["diagnostics"]
     assert summary["parameters"]["a"]["q05"] < 100.0 < summary["parameters"]["a"]["q95"]
     import arviz as az
 

@@ -9,7 +9,8 @@ import scipy.stats
 import torch
 
 from jrinfer import JansenRit, PARAMETERS
-from jrinfer.prior import LogNormal, Normal, Prior, Uniform, distribution_from_dict, jansen_rit_prior
+from jrinfer import jansen_rit_prior
+from jrinfer.prior import LogNormal, Normal, Prior, Uniform, distribution_from_dict
 
 F64 = torch.float64
 

@@ -14,15 +14,11 @@ Reference: K. Friston, J. Mattout, N. Trujillo-Barreto, J. Ashburner, W. Penny
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from jrinfer.backends._vl_engine import (
-    _DTYPE,
-    LaplaceConvergenceError,
-    LaplaceEngine,
-    LaplaceResult,
-    _check_int,
-)
+from jrinfer.backends._vl_engine import _DTYPE, LaplaceConvergenceError, LaplaceEngine, LaplaceResult
 
 __all__ = ["LaplaceConvergenceError", "LaplaceResult", "VariationalLaplace"]
 
@@ -31,29 +27,50 @@ class VariationalLaplace(LaplaceEngine):
     __doc__ = LaplaceEngine.__doc__
 
     # ------------------------------------------------------------------ #
-    def fit(self, problem, *, n_draws: int = 1000, n_predictive: int = 200, seed: int = 0):
+    def fit(
+        self,
+        problem,
+        *,
+        n_draws: int = 1000,
+        n_predictive: int = 200,
+        seed: int = 0,
+        resample: bool = False,
+    ):
         """Invert an :class:`~jrinfer.InverseProblem` and return a :class:`~jrinfer.Posterior`.
 
         The problem is cast as Gaussian nonlinear regression
         (:meth:`InverseProblem.gaussian_form`): the free parameters in the
         prior's unconstrained coordinates (log for log-normal priors, where
-        the priors are exactly Gaussian) and the noise log precision as the
-        hyperparameter. Parameter sets the observation cannot predict (e.g.
+        the priors are exactly Gaussian) and the noise log precisions as the
+        hyperparameters. Parameter sets the observation cannot predict (e.g.
         an unstable equilibrium under the transfer method) are treated as
         rejected steps.
+
+        How far the Gaussian can be trusted is checked against the true
+        posterior: the ``n_draws`` draws of the Gaussian ``q`` are weighted by
+        ``p(z, y) / q(z)`` and Pareto-smoothed (PSIS; Vehtari, Simpson,
+        Gelman, Yao & Gabry 2024, JMLR 25:72, through ArviZ). The shape
+        estimate ``k̂`` (``diagnostics["pareto_k"]``) above 0.7, or more than
+        10 % of the draws where the model is invalid, means the Gaussian is
+        not a reliable posterior here: the result then warns and suggests a
+        sampler.
 
         Parameters
         ----------
         problem : InverseProblem
-            With a Gaussian likelihood (``SpectrumObservation(likelihood="gaussian")``
-            or an ``EvokedObservation``).
+            With a Gaussian likelihood (the observation's ``gaussian_target``).
         n_draws : int
             Draws from the Gaussian posterior, mapped to natural units, for
-            summaries and ArviZ.
+            summaries, PSIS and ArviZ.
         n_predictive : int
-            Posterior predictive samples (with observation noise) stored on the result.
+            Of those, how many (thinned evenly) get a posterior predictive
+            sample and a pointwise log-likelihood.
         seed : int
-            Seed for the draws.
+            Seed for the draws and the predictive noise.
+        resample : bool
+            Return the PSIS importance-resampled draws (approximately from the
+            true posterior; ``diagnostics["importance_ess"]`` says how many
+            independent draws they are worth) instead of the Gaussian's.
 
         Returns
         -------
@@ -61,27 +78,36 @@ class VariationalLaplace(LaplaceEngine):
             ``log_evidence`` is the free energy ``F``; ``mean_unconstrained``
             and ``cov_unconstrained`` hold the Gaussian in the prior's
             unconstrained coordinates (parameters in ``problem.names`` order,
-            the log precision included with its own posterior variance);
+            log precisions included with their own posterior variance);
             ``diagnostics`` holds ``n_iter``, the free-energy trace, accuracy,
-            complexity and the fraction of posterior draws the observation
-            cannot predict.
+            complexity, ``pareto_k``, ``importance_ess`` and
+            ``fraction_invalid_draws``; ``fit_quality``, ``contraction`` and
+            ``warnings`` as for every backend.
+
+        Raises
+        ------
+        ValueError
+            ``problem`` is not an InverseProblem, its likelihood is not
+            Gaussian, or an option is out of range.
         """
         import numpy as np
 
-        from jrinfer.posterior import Posterior
+        from jrinfer import _checks
+        from jrinfer.backends._assembly import INVALID_FRACTION_WARN, assemble_posterior
         from jrinfer.problem import InverseProblem
 
         if not isinstance(problem, InverseProblem):
             raise ValueError(f"problem must be an InverseProblem, got {type(problem).__name__}")
-        n_draws = _check_int("n_draws", n_draws, 2)
-        n_predictive = _check_int("n_predictive", n_predictive, 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        n_draws = _checks.check_int("n_draws", n_draws, minimum=2)
+        n_predictive = _checks.check_int("n_predictive", n_predictive, minimum=0)
+        seed = _checks.check_int("seed", seed, minimum=0)
+        resample = _checks.check_bool("resample", resample)
         form = problem.gaussian_form()
         engine = self
         if not form.estimate_hyper and self.estimate_hyper:
-            engine = VariationalLaplace(**{**self._options(), "estimate_hyper": False})
-        hyper_cov = form.hyper_cov if form.estimate_hyper else torch.eye(1, dtype=_DTYPE)
+            engine = type(self)(**{**self._options(), "estimate_hyper": False})
+        k = form.precision_components.shape[0]
+        hyper_cov = form.hyper_cov if form.estimate_hyper else torch.eye(k, dtype=_DTYPE)
         res = engine.fit_function(
             form.f, form.y, form.prior_mean, form.prior_cov, form.hyper_mean, hyper_cov, form.precision_components
         )
@@ -92,57 +118,100 @@ class VariationalLaplace(LaplaceEngine):
         theta_idx = [names.index(name) for name in form.names]
         mean[theta_idx] = res.mean
         cov[np.ix_(theta_idx, theta_idx)] = res.cov
-        if "log_precision" in names:
-            j = names.index("log_precision")
-            mean[j] = res.hyper_mean[0]
-            cov[j, j] = res.hyper_cov[0, 0]
+        for i, name in enumerate(form.hyper_names):
+            if name in names:
+                j = names.index(name)
+                mean[j] = res.hyper_mean[i]
+                cov[j, j] = res.hyper_cov[i, i]
         gen = torch.Generator().manual_seed(seed)
         eps = torch.randn(n_draws, n, generator=gen, dtype=_DTYPE)
         evals, evecs = torch.linalg.eigh(0.5 * (cov + cov.T))
-        z = mean + (eps * evals.clamp_min(0).sqrt()) @ evecs.T
+        root = evecs * evals.clamp_min(0).sqrt()
+        z = mean + eps @ root.T
         theta = problem.prior.from_unconstrained(z)
-        with torch.no_grad():
-            pred_valid = problem.predict(theta[: min(n_draws, 500)]).valid
-            invalid_fraction = float(1.0 - pred_valid.double().mean())
-            predictive = None
-            if n_predictive:
-                predictive = problem.simulate(theta[:n_predictive], seed=gen).numpy()[None]
-        data = problem.data
-        if problem.kind == "spectrum":
-            observed = {
-                "values": data.power.numpy(),
-                "coord": "freq",
-                "coord_values": data.freqs.numpy(),
-                "channels": list(data.channel_names),
-                "units": data.units,
-            }
-        else:
-            observed = {
-                "values": data.values.numpy(),
-                "coord": "time",
-                "coord_values": data.times.numpy(),
-                "channels": list(data.channel_names),
-                "units": data.units,
-            }
+
+        # -------- trust in the Gaussian: PSIS of q against the true log joint
         diagnostics = {
             "n_iter": res.n_iter,
             "free_energy": res.free_energy,
             "accuracy": res.accuracy,
             "complexity": res.complexity,
             "free_energy_trace": [float(x) for x in res.trace_free_energy],
-            "fraction_invalid_draws": invalid_fraction,
         }
-        return Posterior(
-            names=names,
-            draws=theta.detach().numpy()[None],
+        warnings = []
+        with torch.no_grad():
+            log_p = problem.log_joint_unconstrained(z)
+        valid = torch.isfinite(log_p)
+        invalid_fraction = float(1.0 - valid.double().mean())
+        diagnostics["fraction_invalid_draws"] = invalid_fraction
+        # log q(z) of the Gaussian, in the eigenbasis (robust to a singular covariance)
+        keep = evals > evals.max() * 1e-12
+        u = ((z - mean) @ evecs[:, keep]) / evals[keep].sqrt()
+        log_q = -0.5 * (u * u).sum(-1) - 0.5 * torch.log(evals[keep]).sum() - 0.5 * int(keep.sum()) * math.log(2 * math.pi)
+        pareto_k, ess, weights = _psis(log_p - log_q)
+        diagnostics["pareto_k"] = pareto_k
+        diagnostics["importance_ess"] = ess
+        if pareto_k is not None and pareto_k > 0.7:
+            warnings.append(
+                f"the Gaussian (Laplace) posterior is not reliable here: Pareto k-hat = {pareto_k:.2f} (> 0.7) "
+                "comparing it with the true posterior; use a sampler (backend nuts or smc), or "
+                "fit(..., resample=True) for importance-resampled draws"
+            )
+        if invalid_fraction > INVALID_FRACTION_WARN:
+            warnings.append(
+                f"{100 * invalid_fraction:.0f} % of the Gaussian posterior's draws fall where the model is "
+                "invalid (e.g. the oscillatory regime for the transfer method): the Gaussian is not a reliable "
+                "posterior here; use a sampler (backend nuts or smc)"
+            )
+        if resample:
+            if weights is None:
+                raise ValueError("resample=True needs arviz (for PSIS): pip install 'jrinfer[arviz]'")
+            idx = torch.multinomial(weights, n_draws, replacement=True, generator=gen)
+            theta = theta[idx]
+            diagnostics["importance_resampled"] = True
+        if res.status != "converged":
+            warnings.append(f"variational Laplace did not converge: {res.message}")
+        return assemble_posterior(
+            problem,
+            theta.detach()[None],
             backend="laplace",
             status=res.status,
             message=res.message,
             log_evidence=res.free_energy,
             mean_unconstrained=mean.numpy(),
-            cov_unconstrained=cov.numpy(),
+            cov_unconstrained=None if resample else cov.numpy(),
             diagnostics=diagnostics,
-            observed=observed,
-            predictive=predictive,
+            point=problem.prior.from_unconstrained(mean),
+            warnings=warnings,
+            n_predictive=n_predictive,
+            seed=seed,
         )
 
+
+def _psis(log_weights: torch.Tensor):
+    """Pareto-smoothed importance weights (ArviZ's ``psislw``): k-hat, ESS, normalised weights.
+
+    Draws with ``-inf`` log weight (where the true posterior is zero) get
+    weight zero. Returns ``(None, None, None)`` when ArviZ is not installed.
+    """
+    try:
+        import arviz as az
+    except ImportError:
+        return None, None, None
+    import warnings as _w
+
+    import numpy as np
+
+    lw = log_weights.detach().numpy().astype(float)
+    finite = np.isfinite(lw)
+    if finite.sum() < 5:
+        return float("inf"), 0.0, None
+    lw_f = np.where(finite, lw, lw[finite].min() - 1e3)
+    with _w.catch_warnings():
+        _w.simplefilter("ignore")
+        smoothed, k = az.psislw(lw_f)
+    smoothed = np.where(finite, smoothed, -np.inf)
+    w = np.exp(smoothed - smoothed[finite].max())
+    w = w / w.sum()
+    ess = float(1.0 / np.sum(w**2))
+    return float(k), ess, torch.from_numpy(w)

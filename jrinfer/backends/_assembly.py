@@ -1,0 +1,245 @@
+"""One place that turns any backend's draws into a :class:`~jrinfer.Posterior`.
+
+A backend supplies posterior draws in natural units and its own statistics
+(status, evidence, diagnostics, warnings); :func:`assemble_posterior` adds, the
+same way for every backend:
+
+- the posterior predictive and pointwise log-likelihood of a thinned subset of
+  draws, with draws whose prediction is invalid left out and counted (never a
+  NaN in the predictive);
+- prior draws and the prior predictive;
+- the observed data with its axis, channels and units, and the units of every
+  parameter;
+- goodness of fit (through the observation's ``goodness_of_fit``) of a point
+  prediction: the backend's point estimate when it has one (variational
+  Laplace: the mode), else the pointwise median of the valid predictions;
+- contraction per parameter against the prior, in unconstrained coordinates;
+- warnings: the observation's misfit warnings, invalid draws, uninformed
+  parameters, data-preparation warnings (``data.metadata["warnings"]``), and the
+  backend's own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from jrinfer import _checks
+from jrinfer._rng import generator
+from jrinfer.posterior import CONTRACTION_UNINFORMED, Posterior
+
+__all__ = ["assemble_posterior", "INVALID_FRACTION_WARN"]
+
+#: Fraction of posterior draws with invalid predictions above which a fit warns.
+INVALID_FRACTION_WARN = 0.10
+
+
+def _thin(n_chains: int, n_draws: int, n_keep: int) -> np.ndarray:
+    """Evenly spaced draw indices, the same in every chain (at most ``n_keep`` in total)."""
+    per_chain = max(1, min(n_draws, math.ceil(n_keep / n_chains)))
+    return np.unique(np.linspace(0, n_draws - 1, per_chain).round().astype(int))
+
+
+def _unique(reasons: list[str], limit: int = 3) -> list[str]:
+    out: list[str] = []
+    for r in reasons:
+        # reasons differ only by numbers for the same cause: keep one of each kind
+        key = r.split("(")[0]
+        if all(o.split("(")[0] != key for o in out):
+            out.append(r)
+        if len(out) == limit:
+            break
+    return out
+
+
+def assemble_posterior(
+    problem,
+    draws,
+    *,
+    backend: str,
+    status: str,
+    message: str = "",
+    log_evidence: float | None = None,
+    mean_unconstrained=None,
+    cov_unconstrained=None,
+    diagnostics: dict | None = None,
+    sample_stats: dict | None = None,
+    point=None,
+    warnings=(),
+    n_predictive: int = 200,
+    n_prior: int = 200,
+    seed: int = 0,
+) -> Posterior:
+    """Build the common :class:`~jrinfer.Posterior` from a backend's draws.
+
+    Parameters
+    ----------
+    problem : InverseProblem
+    draws : array_like
+        Posterior draws in natural units, shape ``(n_chains, n_draws, n_params)``
+        (last axis in ``problem.names`` order).
+    backend, status, message : str
+        As on :class:`~jrinfer.Posterior`.
+    log_evidence : float, optional
+    mean_unconstrained, cov_unconstrained : array_like, optional
+        The backend's Gaussian in unconstrained coordinates; when given, the
+        contraction uses its variances (exact for a Gaussian approximation).
+    diagnostics : dict, optional
+        Backend diagnostics (JSON-ready); ``invalid_draws`` is added.
+    sample_stats : dict, optional
+        Per-draw statistics, name -> ``(n_chains, n_draws)``.
+    point : array_like, optional
+        A point estimate ``(n_params,)`` in natural units for the fit quality.
+    warnings : iterable of str
+        The backend's own warnings (e.g. Pareto k̂, divergences).
+    n_predictive : int
+        Posterior draws (in total, thinned evenly) used for the posterior
+        predictive and the pointwise log-likelihood; 0 skips both.
+    n_prior : int
+        Prior draws (and prior predictive); 0 skips them.
+    seed : int
+        Seed of the observation noise in the predictive and of the prior draws.
+
+    Returns
+    -------
+    Posterior
+    """
+    from jrinfer.problem import InverseProblem
+
+    if not isinstance(problem, InverseProblem):
+        raise ValueError(f"problem must be an InverseProblem, got {type(problem).__name__}")
+    n_predictive = _checks.check_int("n_predictive", n_predictive, minimum=0)
+    n_prior = _checks.check_int("n_prior", n_prior, minimum=0)
+    seed = _checks.check_int("seed", seed, minimum=0)
+    theta = torch.as_tensor(np.asarray(draws, dtype=float), dtype=torch.float64)
+    if theta.dim() != 3 or theta.shape[-1] != problem.n_params:
+        raise ValueError(
+            f"draws must have shape (n_chains, n_draws, {problem.n_params}), got {tuple(theta.shape)}"
+        )
+    n_chains, n_draws, _ = theta.shape
+    obs, data = problem.observation, problem.data
+    observed = problem.observed()
+    gen = generator(seed)
+    diagnostics = dict(diagnostics or {})
+    warns = list(warnings)
+    predictive = log_lik = None
+    fit_pred = None
+
+    with torch.no_grad():
+        # -------------------------------------------- posterior predictive
+        valid_values = None
+        if n_predictive:
+            idx = _thin(n_chains, n_draws, n_predictive)
+            sub = theta[:, idx]
+            params = problem.parameters(sub)
+            pred = obs.predict(params, data)
+            ll = obs.pointwise_log_likelihood(pred, params, data)
+            ll = torch.broadcast_to(ll, sub.shape[:2] + observed.values.shape)
+            y_rep = obs.sample(pred, params, data, gen)
+            valid = pred.valid
+            n_checked, n_invalid = int(valid.numel()), int((~valid).sum())
+            diagnostics["invalid_draws"] = {
+                "n_checked": n_checked,
+                "n_invalid": n_invalid,
+                "fraction": n_invalid / n_checked,
+                "reasons": _unique(pred.reasons),
+            }
+            if n_invalid == 0:
+                predictive, log_lik = y_rep.numpy(), ll.numpy()
+            elif n_invalid < n_checked:
+                predictive, log_lik = y_rep[valid][None].numpy(), ll[valid][None].numpy()
+            if n_invalid / n_checked > INVALID_FRACTION_WARN:
+                warns.append(
+                    f"{100 * n_invalid / n_checked:.0f} % of the posterior draws are parameter sets the observation "
+                    f"cannot predict ({_unique(pred.reasons, 1)[0] if pred.reasons else 'invalid'}); they are left "
+                    "out of the posterior predictive. The posterior reaches a regime the model does not describe "
+                    "here: use a sampler (nuts, smc) or another spectral method"
+                )
+            if n_invalid < n_checked:
+                valid_values = pred.value[valid]
+        # ------------------------------------------------ point prediction
+        point_params = None
+        if point is not None:
+            point = torch.as_tensor(np.asarray(point, dtype=float), dtype=torch.float64)
+            point_params = problem.parameters(point)
+            p = obs.predict(point_params, data)
+            if bool(p.valid):
+                fit_pred = p.value
+        if fit_pred is None and valid_values is not None:
+            fit_pred = valid_values.median(0).values
+            point_params = problem.parameters(theta.reshape(-1, problem.n_params).median(0).values)
+        quality: dict = {}
+        if fit_pred is not None:
+            fq = obs.goodness_of_fit(data, fit_pred, point_params)
+            quality = dict(fq.metrics)
+            warns.extend(fq.warnings)
+        else:
+            warns.append("no posterior draw gives a valid prediction: the fit quality could not be assessed")
+
+        # ------------------------------------------------------- contraction
+        prior_mean, prior_cov = problem.prior.gaussian_unconstrained()
+        prior_var = torch.diagonal(prior_cov)
+        if cov_unconstrained is not None:
+            post_var = torch.diagonal(torch.as_tensor(np.asarray(cov_unconstrained, dtype=float)))
+        else:
+            z = problem.prior.to_unconstrained(theta.reshape(-1, problem.n_params))
+            post_var = z.var(0) if z.shape[0] > 1 else torch.zeros_like(prior_var)
+        contraction = {n: float(1.0 - post_var[i] / prior_var[i]) for i, n in enumerate(problem.names)}
+        uninformed = [n for n, c in contraction.items() if c < CONTRACTION_UNINFORMED]
+        if uninformed:
+            warns.append(
+                f"not informed by the data (posterior close to the prior, contraction < {CONTRACTION_UNINFORMED}): "
+                f"{', '.join(uninformed)}; their estimates restate the prior (fix them, or see the identifiability "
+                "report for the combinations the data do constrain)"
+            )
+
+        # ---------------------------------------------------- prior groups
+        prior_draws = prior_predictive = None
+        if n_prior:
+            th0 = problem.prior.sample(n_prior, seed=seed)
+            prior_draws = th0[None].numpy()
+            params0 = problem.parameters(th0)
+            pred0 = obs.predict(params0, data)
+            if bool(pred0.valid.any()):
+                y0 = obs.sample(pred0, params0, data, gen)
+                prior_predictive = y0[pred0.valid][None].numpy()
+            diagnostics["prior_invalid_fraction"] = float((~pred0.valid).double().mean())
+
+    data_warnings = [str(w) for w in getattr(data, "metadata", {}).get("warnings", [])]
+    warns = data_warnings + warns
+    units = problem.units
+    observed_dict = {
+        "values": observed.values.numpy(),
+        "coord": observed.coord,
+        "coord_values": observed.coord_values.numpy(),
+        "coord_units": observed.coord_units,
+        "channels": list(observed.channels),
+        "units": observed.units,
+    }
+    fit = None
+    if fit_pred is not None:
+        fit = torch.broadcast_to(fit_pred, observed.values.shape).numpy()
+    return Posterior(
+        names=problem.names,
+        draws=theta.numpy(),
+        backend=backend,
+        status=status,
+        message=message,
+        log_evidence=log_evidence,
+        mean_unconstrained=None if mean_unconstrained is None else np.asarray(mean_unconstrained, dtype=float),
+        cov_unconstrained=None if cov_unconstrained is None else np.asarray(cov_unconstrained, dtype=float),
+        diagnostics=diagnostics,
+        observed=observed_dict,
+        predictive=predictive,
+        log_likelihood=log_lik,
+        prior_draws=prior_draws,
+        prior_predictive=prior_predictive,
+        sample_stats={k: np.asarray(v) for k, v in (sample_stats or {}).items()},
+        units=units,
+        fit=fit,
+        fit_quality=quality,
+        contraction=contraction,
+        warnings=tuple(dict.fromkeys(warns)),
+    )

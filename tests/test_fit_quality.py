@@ -1,0 +1,124 @@
+"""Fits that do not fit say so: the misfit cases of the backend-contract issue, each with its warning.
+
+- a spectrum from the alpha limit cycle fitted with the linearised (transfer) model;
+- an evoked response whose component the default input-timing prior cannot reach (flat fit);
+- a spectrum near the Hopf boundary, where the Laplace Gaussian spills into the oscillatory regime:
+  warned about through k-hat / the invalid fraction, with a NaN-free predictive that ArviZ plots;
+- a recorded spectrum fitted past the recording's low-pass filter (1-100 Hz).
+"""
+
+import math
+import warnings
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+from jrinfer import EvokedData, EvokedObservation, InverseProblem, SpectrumData, SpectrumObservation
+from jrinfer.backends.laplace import VariationalLaplace
+
+from conftest import native_or_skip, require_recordings
+
+matplotlib.use("Agg")
+F64 = torch.float64
+FREQS = torch.arange(2.0, 40.01, 0.25, dtype=F64)
+MISFIT = ("poor fit", "alpha peak missed", "harmonic")
+
+
+def _fit(problem, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return VariationalLaplace().fit(problem, n_draws=400, n_predictive=60, **kw)
+
+
+@pytest.mark.slow
+def test_limit_cycle_spectrum_is_flagged_by_the_fit_quality():
+    native_or_skip()
+    sim = SpectrumObservation(method="simulation", duration=30.0, segment=4.0, transient=2.0)
+    p = {"p_mean": torch.tensor(220.0, dtype=F64), "p_std": torch.tensor(0.0, dtype=F64)}
+    neural = sim.neural_psd(p, FREQS)
+    assert bool(neural.valid)
+    power = 1e6 * 1e-4 * neural.value + 0.01  # uV^2/Hz, gain 0.01, a small floor
+    peak = float(FREQS[power.argmax()])
+    assert 10.5 <= peak <= 11.5  # the alpha limit cycle (and its harmonic near 22 Hz)
+    data = SpectrumData.from_arrays(FREQS, power[None], units="uV^2/Hz", n_segments=14)
+    post = _fit(InverseProblem(SpectrumObservation(), None, data))
+    assert post.fit_quality["r2_log_power"] < 0.8
+    assert any(m in w for w in post.warnings for m in MISFIT), post.warnings
+    assert any("simulation" in w for w in post.warnings)  # says what to try
+
+
+def _late_component_erp():
+    """A +10 uV positive component at 430 ms (a P300-like wave) in noise, 250 Hz."""
+    times = torch.arange(-0.1, 0.7, 0.004, dtype=F64)
+    g = torch.Generator().manual_seed(3)
+    wave = 10.0 * torch.exp(-0.5 * ((times - 0.43) / 0.06) ** 2)
+    return EvokedData.from_arrays(times, (wave + 0.5 * torch.randn(times.shape, generator=g, dtype=F64))[None], units="uV")
+
+
+@pytest.mark.slow
+def test_flat_evoked_fit_is_flagged():
+    data = _late_component_erp()
+    post = _fit(InverseProblem(EvokedObservation(), None, data))
+    assert post.fit_quality["explained_variance"] < 0.5
+    assert abs(post.fit_quality["peak_latency_data_s"] - 0.43) < 0.02
+    assert any("explains" in w and "input_latency" in w for w in post.warnings), post.warnings
+
+
+def test_evoked_goodness_of_fit_values():
+    data = _late_component_erp()
+    obs = EvokedObservation()
+    perfect = obs.goodness_of_fit(data, data.values)
+    assert perfect.metrics["explained_variance"] == pytest.approx(1.0) and not perfect.warnings
+    flat = obs.goodness_of_fit(data, torch.zeros_like(data.values))
+    assert flat.metrics["explained_variance"] < 0.1 and flat.warnings
+
+
+@pytest.mark.slow
+def test_near_hopf_spectrum_warns_and_predictive_is_nan_free():
+    import arviz as az
+
+    obs = SpectrumObservation()
+    template = SpectrumData.from_arrays(FREQS, torch.ones(1, FREQS.numel(), dtype=F64), units="uV^2/Hz", n_segments=20)
+    truth = {
+        "p_mean": torch.tensor(70.0, dtype=F64),
+        "p_std": torch.tensor(1.0, dtype=F64),
+        "gain": torch.tensor(3e-3, dtype=F64),
+        "ap_amplitude": torch.tensor(1.0, dtype=F64),
+        "ap_exponent": torch.tensor(1.0, dtype=F64),
+        "floor": torch.tensor(0.01, dtype=F64),
+        "log_precision": torch.tensor(math.log(20.0), dtype=F64),
+    }
+    pred = obs.predict(truth, template)
+    y = obs.sample(pred, truth, template, torch.Generator().manual_seed(1))
+    data = SpectrumData.from_arrays(FREQS, y, units="uV^2/Hz", n_segments=20)
+    post = _fit(InverseProblem(obs, None, data))
+    d = post.diagnostics
+    # the Gaussian spills into the oscillatory regime, and the result says so
+    assert d["fraction_invalid_draws"] > 0.1 or d["pareto_k"] > 0.7
+    assert any("nuts or smc" in w for w in post.warnings), post.warnings
+    assert d["invalid_draws"]["n_invalid"] > 0 and "unstable" in d["invalid_draws"]["reasons"][0]
+    # invalid draws are left out of the predictive and counted; ArviZ plots it
+    assert np.isfinite(post.predictive).all()
+    assert post.predictive.shape[1] == d["invalid_draws"]["n_checked"] - d["invalid_draws"]["n_invalid"]
+    idata = post.to_arviz()
+    assert idata.posterior_predictive.attrs["n_invalid_draws_left_out"] == d["invalid_draws"]["n_invalid"]
+    az.plot_ppc(idata, num_pp_samples=20)
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    # importance resampling keeps only valid draws
+    resampled = _fit(InverseProblem(obs, None, data), resample=True)
+    assert resampled.diagnostics["importance_resampled"] and resampled.diagnostics["invalid_draws"]["n_invalid"] == 0
+
+
+@pytest.mark.slow
+def test_recorded_spectrum_past_the_low_pass_is_flagged():
+    require_recordings("eegmat/Subject00_1.edf")
+    from jrinfer import datasets
+
+    data = datasets.eegmat_spectrum(subject=0, channels=("O1", "O2"), fmin=1.0, fmax=100.0).mean_over_channels()
+    post = _fit(InverseProblem(SpectrumObservation(), None, data))
+    assert post.fit_quality["r2_log_power"] < 0.8
+    assert any("poor fit" in w and "fmax" in w for w in post.warnings), post.warnings
