@@ -932,13 +932,13 @@ class SpectrumData:
         if fmax_v is not None and filtered and fmax_v > float(lowpass) + 1e-9:
             raise ValueError(
                 f"fmax={fmax_v:g} Hz is above the recording's low-pass filter at {float(lowpass):g} Hz "
-                f"(info['lowpass']): power there is filtered out, not brain signal, and a fit would miss the data. "
+                f"(from its header): power there is filtered out, not brain signal, and a fit would miss the data. "
                 f"Use fmax={float(lowpass):g} or lower"
             )
         if fmin_v is not None and highpass and fmin_v < float(highpass) - 1e-9:
             raise ValueError(
                 f"fmin={fmin_v:g} Hz is below the recording's high-pass filter at {float(highpass):g} Hz "
-                f"(info['highpass']): power there is filtered out. Use fmin={float(highpass):g} or higher"
+                f"(from its header): power there is filtered out. Use fmin={float(highpass):g} or higher"
             )
         if fmax_v is None:
             fmax_v = float(lowpass) if filtered else None
@@ -979,9 +979,9 @@ class SpectrumData:
             if n_per_seg > n_times:
                 what = "each epoch" if isinstance(inst, mne.BaseEpochs) else "the recording"
                 raise ValueError(
-                    f"seg_length={seg:g} s ({n_per_seg} samples) is longer than {what} "
+                    f"the Welch segment ({seg:g} s, {n_per_seg} samples, seg_length) is longer than {what} "
                     f"({n_times} samples, {n_times / sfreq:g} s); use a shorter segment, e.g. "
-                    f"seg_length={_nice_down(n_times / sfreq / 2)} (the frequency resolution is 1/seg_length Hz)"
+                    f"seg_length={_nice_down(n_times / sfreq / 2)} (frequency resolution 1/segment Hz)"
                 )
             n_overlap = int(round(ov * n_per_seg))
             n_overlap = min(n_overlap, n_per_seg - 1)
@@ -1187,10 +1187,10 @@ def _drop_short_spans(raw, n_per_seg: int, seg: float, metadata: dict):
     longest = max((b - a for a, b in spans), default=0) / sfreq
     if len(short) == len(spans):
         raise ValueError(
-            f"the good data spans between BAD_ annotations are too short for the Welch segment: the longest is "
-            f"{longest:.3g} s, the segment seg_length={seg:g} s. Use a shorter segment, e.g. "
-            f"seg_length={_nice_down(longest * 0.67) if longest > 0 else '1'} (the frequency resolution is "
-            f"1/seg_length Hz), or remove some BAD_ annotations"
+            f"the good data spans between BAD_ annotations are too short: the longest is {longest:.3g} s, shorter "
+            f"than the Welch segment ({seg:g} s, seg_length). Use a shorter segment, e.g. "
+            f"seg_length={_nice_down(longest * 0.67) if longest > 0 else '1'} (frequency resolution 1/segment Hz), "
+            f"or remove some BAD_ annotations"
         )
     raw = raw.copy()
     onsets = [raw.first_time + a / sfreq for a, _ in short]
