@@ -979,7 +979,7 @@ class SpectrumData:
             if n_per_seg > n_times:
                 what = "each epoch" if isinstance(inst, mne.BaseEpochs) else "the recording"
                 raise ValueError(
-                    f"the Welch segment ({seg:g} s, {n_per_seg} samples, seg_length) is longer than {what} "
+                    f"seg_length={seg:g} s (the Welch segment, {n_per_seg} samples) is longer than {what} "
                     f"({n_times} samples, {n_times / sfreq:g} s); use a shorter segment, e.g. "
                     f"seg_length={_nice_down(n_times / sfreq / 2)} (frequency resolution 1/segment Hz)"
                 )
