@@ -178,23 +178,119 @@ def _cmd_spectrum(args) -> int:
 
 
 _EEG_SUFFIXES = (".edf", ".bdf", ".fif", ".fif.gz", ".vhdr", ".set", ".gdf", ".cnt")
+#: Formats whose labels carry EDF type prefixes ("EEG O1", "ECG ECG") that MNE can turn into channel types.
+_TYPED_LABEL_SUFFIXES = (".edf", ".bdf")
+#: Default frequency window of the CLI (Hz); fmax is lowered to the recording's low-pass filter.
+_DEFAULT_FMIN, _DEFAULT_FMAX = 2.0, 40.0
+#: Default Welch segment (s) for EEG files.
+_DEFAULT_SEGMENT = 4.0
+
+
+def _parse_bands(text: str | None) -> list[tuple[float, float]] | None:
+    """``"49-51,59-61"`` -> ``[(49.0, 51.0), (59.0, 61.0)]`` (Hz)."""
+    if not text:
+        return None
+    bands = []
+    for item in text.split(","):
+        item = item.strip()
+        lo, sep, hi = item.partition("-")
+        try:
+            if not sep:
+                raise ValueError
+            band = (float(lo), float(hi))
+        except ValueError:
+            raise UsageError(f"--exclude expects frequency bands LO-HI[,LO-HI...] in Hz (e.g. 49-51,99-101); "
+                             f"got {item!r}") from None
+        if not (math.isfinite(band[0]) and math.isfinite(band[1]) and 0 <= band[0] <= band[1]):
+            raise UsageError(f"--exclude: each band must be LO-HI with 0 <= LO <= HI Hz; got {item!r}")
+        bands.append(band)
+    return bands
+
+
+def _cli_words(msg: str) -> str:
+    """Rewrite the data layer's Python spellings into this command's flags."""
+    import re
+
+    def picks(m):
+        names = re.findall(r"'([^']*)'", m.group(1))
+        return "--picks " + ",".join(names)
+
+    def bands(m):
+        pairs = re.findall(r"\(([^,()]+),\s*([^()]+)\)", m.group(1))
+        return "--exclude " + ",".join(f"{a.strip()}-{b.strip()}" for a, b in pairs)
+
+    msg = re.sub(r"picks=\[([^\]]*)\]", picks, msg)
+    msg = re.sub(r"exclude=\[((?:\([^()]*\)(?:,\s*)?)*)\]", bands, msg)
+    msg = re.sub(r"units='([^']+)'", r"--units \1", msg)
+    msg = re.sub(r"\bseg_length=", "--segment ", msg)
+    msg = re.sub(r"\bseg_length\b", "--segment", msg)
+    msg = re.sub(r"\b(fmin|fmax|tmin|tmax)=", r"--\1 ", msg)
+    msg = re.sub(r"(?<![-\w])picks=None", "default picks", msg)
+    msg = re.sub(r"^(fmin|fmax|tmin|tmax)\b", r"--\1", msg)
+    msg = re.sub(r"^path '([^']*)'", r"DATA \1", msg)
+    msg = re.sub(r"^picks\b", "--picks", msg)
+    msg = re.sub(r"^channels: ", "--picks: ", msg)
+    return msg
 
 
 def _load_data(args):
-    """Read DATA as SpectrumData or EvokedData (CSV, or any format MNE reads)."""
-    from jrinfer.data import EvokedData, SpectrumData
+    """Read DATA as SpectrumData or EvokedData (CSV, or any format MNE reads).
+
+    Errors come back as UsageError in the command's words (flags, not Python
+    arguments). Data warnings are printed on stderr (in the command's words)
+    and kept in ``data.metadata["warnings"]``; the channels used are printed
+    and kept in ``data.metadata["channels_used"]``.
+    """
+    import warnings
 
     path = Path(args.data)
     if not path.exists():
         raise UsageError(f"DATA {args.data}: no such file")
-    channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always", UserWarning)
+        try:
+            data = _read_data(args, path)
+        except ValueError as err:
+            raise UsageError(_cli_words(str(err).splitlines()[0] if str(err) else type(err).__name__)) from None
+    md = data.metadata
+    if md.get("warnings"):
+        md["warnings"] = [_cli_words(w) for w in md["warnings"]]
+    used = md.get("channels_used") or md.get("averaged_channels") or list(data.channel_names)
+    dropped = md.get("channels_dropped") or []
+    line = f"jrinfer {args.command}: channels used ({len(used)}): {', '.join(used)}"
+    if dropped:
+        line += "; left out: " + ", ".join(f"{d['channel']} ({d['reason']})" for d in dropped)
+    print(line, file=sys.stderr)
+    for w in md.get("warnings", []):
+        print(f"jrinfer {args.command}: warning: {w}", file=sys.stderr)
+    return data
+
+
+def _read_data(args, path: Path):
+    from jrinfer.data import MIN_FIT_FREQS, EvokedData, SpectrumData
+
+    channels = [c.strip() for c in args.channels.split(",") if c.strip()] if args.channels else None
+    bands = _parse_bands(getattr(args, "exclude", None))
+    segment = getattr(args, "segment", None)
+    if segment is not None and not (math.isfinite(segment) and segment > 0):
+        raise UsageError(f"--segment expects a Welch segment length in s > 0; got {segment:g}")
+    if bands and args.kind != "spectrum":
+        raise UsageError("--exclude applies to --kind spectrum only (frequency bands in Hz)")
     name = path.name.lower()
     if name.endswith(".csv"):
+        if segment is not None:
+            raise UsageError("--segment applies to EEG recordings; a CSV spectrum is already estimated")
         if args.kind == "spectrum":
-            data = SpectrumData.from_csv(path, units=args.units or "uV^2/Hz", n_segments=args.n_segments)
+            data = SpectrumData.from_csv(path, units=args.units, n_segments=args.n_segments, exclude=bands)
+            if channels is not None:
+                channels = [_match_channel(c, list(data.channel_names)) for c in channels]
             data = data.select(channels=channels, fmin=args.fmin, fmax=args.fmax)
+            if channels is not None:
+                data.metadata["channels_used"] = list(data.channel_names)
         else:
-            data = EvokedData.from_csv(path, units=args.units or "uV")
+            data = EvokedData.from_csv(path, units=args.units)
+            if channels is not None:
+                channels = [_match_channel(c, list(data.channel_names)) for c in channels]
             data = data.select(channels=channels, tmin=args.tmin, tmax=args.tmax)
     elif name.endswith(_EEG_SUFFIXES):
         try:
@@ -204,7 +300,8 @@ def _load_data(args):
         mne.set_log_level("ERROR")
         try:
             if args.kind == "spectrum":
-                inst = mne.io.read_raw(path, preload=True, verbose="error")
+                kw = {"infer_types": True} if name.endswith(_TYPED_LABEL_SUFFIXES) else {}
+                inst = mne.io.read_raw(path, preload=True, verbose="error", **kw)
             else:
                 evokeds = mne.read_evokeds(path, verbose="error")
                 inst = evokeds[args.condition] if args.condition is not None else evokeds[0]
@@ -213,14 +310,27 @@ def _load_data(args):
         if channels is not None:
             channels = [_match_channel(c, inst.ch_names) for c in channels]
         if args.kind == "spectrum":
-            fmin = 2.0 if args.fmin is None else args.fmin
-            fmax = 40.0 if args.fmax is None else args.fmax
-            data = SpectrumData.from_mne(inst, picks=channels, fmin=fmin, fmax=fmax, units=args.units or "uV^2/Hz")
+            fmin = _DEFAULT_FMIN if args.fmin is None else args.fmin
+            fmax = args.fmax
+            if fmax is None:
+                lowpass = inst.info.get("lowpass")
+                fmax = _DEFAULT_FMAX if not lowpass else min(_DEFAULT_FMAX, float(lowpass))
+            data = SpectrumData.from_mne(inst, picks=channels, fmin=fmin, fmax=fmax,
+                                         seg_length=_DEFAULT_SEGMENT if segment is None else segment,
+                                         units=args.units or "uV^2/Hz", exclude=bands)
         else:
             data = EvokedData.from_mne(inst, picks=channels, tmin=args.tmin, tmax=args.tmax, units=args.units or "uV")
     else:
         raise UsageError(
             f"DATA {args.data}: unknown file type; expected .csv or an EEG file MNE reads ({', '.join(_EEG_SUFFIXES)})"
+        )
+    n = data.n_freqs if args.kind == "spectrum" else data.n_times
+    if n < MIN_FIT_FREQS:
+        what = "frequencies" if args.kind == "spectrum" else "time samples"
+        window = "--fmin/--fmax" if args.kind == "spectrum" else "--tmin/--tmax"
+        raise UsageError(
+            f"DATA {args.data}: a fit needs at least {MIN_FIT_FREQS} {what} (more than the model's free parameters "
+            f"and noise precision); got {n}. Widen {window} or give a finer grid"
         )
     if data.n_channels > 1 and not args.no_average:
         data = data.mean_over_channels(name="mean(" + ",".join(data.channel_names) + ")")
@@ -228,11 +338,16 @@ def _load_data(args):
 
 
 def _match_channel(name: str, available: list[str]) -> str:
-    """Exact channel name, or the unique one whose last word matches (``O1`` -> ``EEG O1``)."""
-    if name in available:
-        return name
-    hits = [ch for ch in available if ch.replace("-", " ").split()[-1].lower() == name.lower()]
-    return hits[0] if len(hits) == 1 else name  # unknown names get the data layer's named error
+    """The channel ``name`` means: exact, else after normalisation (``O1`` -> ``EEG O1-A1``, ``O1..``).
+
+    Raises UsageError naming the available channels (or the ambiguous matches).
+    """
+    from jrinfer import _datachecks
+
+    try:
+        return _datachecks.match_channel("--picks", name, available)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def _cmd_fit(args) -> int:
@@ -382,13 +497,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
-    p.add_argument("--channels", default=None, help="comma-separated channel names (default: all)")
+    p.add_argument(
+        "--picks",
+        "--channels",
+        dest="channels",
+        default=None,
+        help="comma-separated channel names, matched ignoring case, an 'EEG ' prefix, a reference suffix "
+        "(-A1, -REF) and trailing dots (O1 finds 'EEG O1-A1' and 'O1..'); default: the EEG channels, leaving out "
+        "non-EEG (ECG, EOG, ...) and reference-only (A2-A1) channels",
+    )
+    p.add_argument(
+        "--exclude",
+        default=None,
+        metavar="LO-HI[,LO-HI]",
+        help="spectrum: frequency bands in Hz to leave out, e.g. a notch or line noise: 49-51,99-101",
+    )
+    p.add_argument(
+        "--segment",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"EEG files, spectrum: Welch segment length in s (default {_DEFAULT_SEGMENT:g}; resolution 1/SECONDS Hz)",
+    )
     p.add_argument("--no-average", action="store_true", help="fit channels jointly instead of their average")
-    p.add_argument("--fmin", type=float, default=None, help="lowest frequency in Hz (EEG files: default 2)")
-    p.add_argument("--fmax", type=float, default=None, help="highest frequency in Hz (EEG files: default 40)")
+    p.add_argument("--fmin", type=float, default=None,
+                   help="lowest frequency in Hz (EEG files: default 2; not below the recording's high-pass filter)")
+    p.add_argument("--fmax", type=float, default=None,
+                   help="highest frequency in Hz (EEG files: default 40 or the recording's low-pass filter if lower; "
+                   "not above it)")
     p.add_argument("--tmin", type=float, default=None, help="evoked: first time in s")
     p.add_argument("--tmax", type=float, default=None, help="evoked: last time in s")
-    p.add_argument("--units", default=None, help="units of CSV data (uV^2/Hz, mV^2/Hz, V^2/Hz; uV, mV, V)")
+    p.add_argument(
+        "--units",
+        default=None,
+        help="units of CSV data (uV^2/Hz, mV^2/Hz, V^2/Hz; uV, mV, V) unless the header names them "
+        "('power [uV^2/Hz]'); without either, uV^2/Hz (uV) is assumed only for plausible EEG values, with a warning",
+    )
     p.add_argument("--n-segments", type=int, default=None, help="number of Welch segments behind a CSV spectrum")
     p.add_argument("--condition", default=None, help="evoked FIF: which condition (default the first)")
     p.add_argument("--method", default="transfer", choices=["transfer", "simulation"], help="spectral model")

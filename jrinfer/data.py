@@ -8,8 +8,22 @@ required header::
     freq,power[,power_2,...]      # spectra: Hz, then one column per channel
     time,value[,...]              # evoked potentials: s, then one column per channel
 
-Column names after the first become channel names. Units are not stored in the
-CSV; give them to ``from_csv`` (default µV^2/Hz and µV, the usual EEG scales).
+Column names after the first become channel names. Units may be named in the
+header (``freq,O1 [uV^2/Hz]``, ``time [ms],Cz [uV]``) or given to ``from_csv``;
+with neither, µV^2/Hz (µV) is assumed only when the values are plausible EEG at
+that scale (a warning says so), otherwise ``from_csv`` refuses and names the
+likely units.
+
+Warnings about the data (implausible amplitudes, outlying bins, assumed units,
+channels left out) are issued as ``UserWarning`` and also recorded in
+``metadata["warnings"]`` (a list of str), which :meth:`SpectrumData.select`,
+``mean_over_channels`` and ``to_units`` carry along; the channels used from a
+recording are in ``metadata["channels_used"]`` and those left out, with the
+reason, in ``metadata["channels_dropped"]``.
+
+Scale caps (refused on construction, before anything is computed):
+:data:`MAX_EVOKED_SPAN_S`, :data:`MAX_EVOKED_SAMPLES`,
+:data:`MAX_SPECTRUM_FREQS`, :data:`MAX_SPECTRUM_FREQ_HZ`.
 
 MNE-Python objects (``Raw``, ``Epochs``, ``Spectrum``, ``Evoked``) convert with
 ``from_mne``; MNE is imported lazily, so importing this module does not need it.
@@ -21,6 +35,7 @@ import csv
 import io
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +44,39 @@ import numpy as np
 import torch
 
 from jrinfer import _checks
+from jrinfer import _datachecks as _dc
 
-__all__ = ["SpectrumData", "EvokedData", "POWER_UNITS", "AMPLITUDE_UNITS"]
+__all__ = [
+    "SpectrumData",
+    "EvokedData",
+    "POWER_UNITS",
+    "AMPLITUDE_UNITS",
+    "MAX_EVOKED_SPAN_S",
+    "MAX_EVOKED_SAMPLES",
+    "MAX_SPECTRUM_FREQS",
+    "MAX_SPECTRUM_FREQ_HZ",
+    "MIN_FIT_FREQS",
+]
 
 #: Accepted power units and their size in V^2/Hz.
 POWER_UNITS: dict[str, float] = {"V^2/Hz": 1.0, "mV^2/Hz": 1e-6, "uV^2/Hz": 1e-12}
 #: Accepted amplitude units and their size in V.
 AMPLITUDE_UNITS: dict[str, float] = {"V": 1.0, "mV": 1e-3, "uV": 1e-6}
+
+#: Longest evoked epoch (s). The evoked model integrates the ODE with RK4 at 1 ms steps under
+#: autograd, about 40 kB of graph per simulated ms: 10 s is about 0.4 GB, while a 600 s "epoch"
+#: (a time column in ms read as s) needs about 24 GB and kills the process.
+MAX_EVOKED_SPAN_S: float = 10.0
+#: Most samples in an evoked response (10 s at 10 kHz).
+MAX_EVOKED_SAMPLES: int = 100_000
+#: Most frequencies in a spectrum (each costs one transfer-function evaluation per likelihood call).
+MAX_SPECTRUM_FREQS: int = 20_000
+#: Highest frequency in a spectrum (Hz): the Nyquist frequency of the 0.1 ms simulation step.
+MAX_SPECTRUM_FREQ_HZ: float = 5000.0
+#: Fewest data points (frequencies, or samples of an evoked response) a fit needs: more than the
+#: default spectrum fit's free parameters (6 JR parameters, gain, aperiodic exponent and level,
+#: white floor) plus its noise precision.
+MIN_FIT_FREQS: int = 12
 
 _FREQ_HEADERS = ("freq", "freqs", "frequency", "freq_hz", "frequency_hz")
 _TIME_HEADERS = ("time", "times", "time_s")
@@ -163,7 +204,47 @@ def _check_metadata(metadata) -> dict:
         return {}
     if not isinstance(metadata, Mapping):
         raise ValueError(f"metadata must be a dict or None; got {type(metadata).__name__}")
-    return dict(metadata)
+    md = _dc.copy_metadata(dict(metadata))
+    w = md.get("warnings")
+    if w is not None and (not isinstance(w, list) or not all(isinstance(x, str) for x in w)):
+        raise ValueError(f"metadata['warnings'] must be a list of str; got {w!r}")
+    return md
+
+
+def _check_evoked_scale(times: torch.Tensor) -> None:
+    """Refuse epochs whose length or sample count would make the simulation explode."""
+    n = times.numel()
+    if n > MAX_EVOKED_SAMPLES:
+        raise ValueError(
+            f"times must hold at most MAX_EVOKED_SAMPLES = {MAX_EVOKED_SAMPLES} samples; got {n}. "
+            f"Resample the evoked response (e.g. evoked.resample(1000))"
+        )
+    if n < 2:
+        return
+    span = float(times[-1] - times[0])
+    step = span / (n - 1)
+    if span > MAX_EVOKED_SPAN_S:
+        raise ValueError(
+            f"times must span at most MAX_EVOKED_SPAN_S = {MAX_EVOKED_SPAN_S:g} s (an evoked epoch, in seconds); "
+            f"times span {span:.4g} s with a {step:.3g} s step{_dc.ms_hint(span, step)}"
+        )
+
+
+def _check_spectrum_scale(freqs: torch.Tensor) -> None:
+    """Refuse frequency grids whose size or range would make the computation explode."""
+    n = freqs.numel()
+    if n > MAX_SPECTRUM_FREQS:
+        raise ValueError(
+            f"freqs must hold at most MAX_SPECTRUM_FREQS = {MAX_SPECTRUM_FREQS} frequencies; got {n} "
+            f"({freqs[0].item():g} to {freqs[-1].item():g} Hz). Select a window (fmin/fmax) or a coarser grid"
+        )
+    top = float(freqs[-1])
+    if top > MAX_SPECTRUM_FREQ_HZ:
+        hint = "; were they given in mHz? Divide the frequency column by 1000" if top / 1000 <= 500 else ""
+        raise ValueError(
+            f"freqs must not exceed MAX_SPECTRUM_FREQ_HZ = {MAX_SPECTRUM_FREQ_HZ:g} Hz; got frequencies up to "
+            f"{top:g} Hz{hint}"
+        )
 
 
 def _channel_indices(argname: str, channels, available: Sequence[str]) -> list[int]:
@@ -201,6 +282,102 @@ def _window(axis: torch.Tensor, lo, hi, lo_name: str, hi_name: str, unit: str) -
             f"{axis[-1].item():g} {unit}"
         )
     return mask
+
+
+def _check_bands(argname: str, bands) -> list[tuple[float, float]]:
+    """Validate ``[(lo, hi), ...]`` frequency bands in Hz (a single ``(lo, hi)`` is accepted too)."""
+    if bands is None:
+        return []
+    try:
+        items = list(bands)
+        if len(items) == 2 and all(isinstance(x, (int, float, np.floating, np.integer)) for x in items):
+            items = [tuple(items)]
+        out = []
+        for b in items:
+            lo, hi = (float(x) for x in b)
+            out.append((lo, hi))
+    except (TypeError, ValueError):
+        raise ValueError(f"{argname} must be a list of (low, high) frequency bands in Hz, e.g. [(49, 51)]; "
+                         f"got {bands!r}") from None
+    for lo, hi in out:
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
+            raise ValueError(f"{argname}: each band must be (low, high) Hz with 0 <= low <= high; got ({lo:g}, {hi:g})")
+    return out
+
+
+def _band_mask(freqs: torch.Tensor, bands, argname: str) -> torch.Tensor:
+    """True where a frequency lies outside every band; refuses to leave nothing."""
+    keep = torch.ones_like(freqs, dtype=torch.bool)
+    for lo, hi in bands:
+        keep &= ~((freqs >= lo) & (freqs <= hi))
+    if not bool(keep.any()):
+        raise ValueError(f"{argname} leaves no frequency: every bin of {freqs[0].item():g} to "
+                         f"{freqs[-1].item():g} Hz lies in {bands}")
+    return keep
+
+
+def _zero_power_hint(freqs: torch.Tensor, power: torch.Tensor) -> str:
+    """Suggest excluding the bins where power is 0 or negative (a notch filter's output)."""
+    if power.dim() != 2 or power.shape[-1] != freqs.numel():
+        return ""
+    bad = ~(power > 0).all(dim=0)
+    if not bool(bad.any()) or bool(bad.all()):
+        return ""
+    f = freqs.numpy()
+    df = float(np.median(np.diff(f))) if f.size > 1 else 1.0
+    bands = _dc.suggest_bands(f[bad.numpy()].tolist(), df)
+    return f" (a notch filter zeroes bins; leave them out with {_dc.fmt_bands(bands)})"
+
+
+def _refresh_outliers(md: dict, freqs: torch.Tensor, power: torch.Tensor) -> None:
+    """Replace the outlying-bin warning in ``md`` by one for this grid (warning only when it is new)."""
+    old = md.get("warnings", [])
+    kept = [w for w in old if not w.startswith(_dc.OUTLIER_PREFIX)]
+    f = freqs.numpy()
+    bins = _dc.outlying_bins(f, power.detach().numpy())
+    md["warnings"] = kept
+    md.pop("outlying_bins_hz", None)
+    if bins:
+        df = float(np.median(np.diff(f)))
+        msg = _dc.outlier_message(bins, df)
+        md["outlying_bins_hz"] = [b for b, _ in bins]
+        if msg in old:
+            kept.append(msg)
+        else:
+            _dc.warn(md, msg, stacklevel=5)
+    if not md["warnings"]:
+        del md["warnings"]
+
+
+def _power_plausibility(md: dict, power: torch.Tensor, units: str, where: str) -> None:
+    """Warn when the median power is not EEG-like in ``units`` (a V^2/Hz file read as uV^2/Hz...)."""
+    pos = power[power > 0]
+    if not pos.numel():
+        return
+    med_uv2 = float(pos.median()) * POWER_UNITS[units] / POWER_UNITS["uV^2/Hz"]
+    ok, likely = _dc.power_units_guess(med_uv2, units)
+    if ok:
+        return
+    lo, hi = _dc.PLAUSIBLE_POWER_UV2
+    guess = (f"the values look like {likely} read as {units}" if likely and likely != units
+             else "check the recording's units")
+    _dc.warn(md, f"{where}: implausible EEG power: median {med_uv2:.3g} uV^2/Hz (typical EEG: {lo:g} to {hi:g}); "
+                 f"{guess}. Units change only the fitted gain, but check them", stacklevel=5)
+
+
+def _evoked_plausibility(md: dict, values: torch.Tensor, units: str, where: str) -> None:
+    """Warn when the evoked response's peak is not EEG-like in ``units``."""
+    if not values.numel():
+        return
+    peak_uv = float(values.abs().max(dim=1).values.median()) * AMPLITUDE_UNITS[units] / AMPLITUDE_UNITS["uV"]
+    ok, likely = _dc.amplitude_units_guess(peak_uv, units)
+    if ok:
+        return
+    lo, hi = _dc.PLAUSIBLE_AMPLITUDE_UV
+    guess = (f"the values look like {likely} read as {units}" if likely and likely != units
+             else "check the recording's units")
+    _dc.warn(md, f"{where}: implausible evoked amplitude: peak {peak_uv:.3g} uV (typical EEG: {lo:g} to {hi:g} uV); "
+                 f"{guess}. Units change only the fitted gain, but check them", stacklevel=5)
 
 
 def _fmt(x: float) -> str:
@@ -255,6 +432,8 @@ def _read_csv(path, axis_headers: Sequence[str], expected: str, other: tuple[Seq
         else:
             rows.append((reader.line_num, cells))
     assert header is not None  # non-empty text has a non-blank line
+    header, header_units = zip(*(_split_unit(c) for c in header))
+    header = list(header)
     first = header[0].lower()
     if first not in axis_headers:
         if _is_number(header[0]):
@@ -299,7 +478,72 @@ def _read_csv(path, axis_headers: Sequence[str], expected: str, other: tuple[Seq
                 raise ValueError(
                     f"{where}: line {line}, column {j + 1} ({header[j]!r}): {cell!r} is not a number"
                 ) from None
-    return tuple(names), torch.from_numpy(data[:, 0].copy()), torch.from_numpy(data[:, 1:].T.copy())
+    value_units = {u for u in header_units[1:] if u is not None}
+    if len(value_units) > 1:
+        raise ValueError(f"{where}: the header names different units for the data columns: {sorted(value_units)}; "
+                         f"all columns must share one unit")
+    return (tuple(names), torch.from_numpy(data[:, 0].copy()), torch.from_numpy(data[:, 1:].T.copy()),
+            header_units[0], next(iter(value_units), None))
+
+
+_UNIT_IN_HEADER = re.compile(r"^(.*?)\s*[\[(]\s*([^\])]+?)\s*[\])]\s*$")
+
+
+def _split_unit(cell: str) -> tuple[str, str | None]:
+    """``"power [uV^2/Hz]"`` -> ``("power", "uV^2/Hz")``; ``"power"`` -> ``("power", None)``."""
+    m = _UNIT_IN_HEADER.match(cell)
+    if m and m.group(1).strip():
+        unit = m.group(2).strip()
+        norm = unit.replace(" ", "").replace("µ", "u").replace("μ", "u").replace("²", "^2").replace("**2", "^2")
+        if cell.rstrip().endswith("]") or norm in {*POWER_UNITS, *AMPLITUDE_UNITS, "s", "ms", "Hz"}:
+            return m.group(1).strip(), unit
+    return cell, None
+
+
+def _axis_unit(where: str, unit, allowed: Mapping[str, float], what: str) -> float:
+    """Scale factor of the first column's unit (None: the default, factor 1)."""
+    if unit is None:
+        return 1.0
+    if unit not in allowed:
+        raise ValueError(f"{where}: the {what} column's unit must be one of {', '.join(allowed)}; got {unit!r}")
+    return allowed[unit]
+
+
+def _resolve_csv_units(where: str, header_unit, units, table: Mapping[str, float], default: str,
+                       typical: float, plausible, example: str, metadata: dict) -> str:
+    """Units of a CSV's values: header, else ``units``, else ``default`` if ``typical`` is plausible.
+
+    ``typical`` is the values' typical magnitude (median power or peak
+    amplitude); ``plausible(typical, unit)`` gives (plausible?, likely unit).
+    """
+    if header_unit is not None:
+        try:
+            hu = _normalise_units("units", header_unit, table)
+        except ValueError:
+            raise ValueError(
+                f"{where}: the header names the units {header_unit!r}; expected one of {', '.join(table)}"
+            ) from None
+        if units is not None and units != hu:
+            raise ValueError(f"{where}: the header says the values are in {hu} but units={units!r} was given; "
+                             f"drop one of them or make them agree")
+        metadata["units_from"] = "header"
+        return hu
+    if units is not None:
+        metadata["units_from"] = "argument"
+        return units
+    ok, likely = plausible(typical, default)
+    if ok:
+        metadata["units_from"] = "assumed"
+        _dc.warn(metadata, f"{where}: the CSV names no units; assumed {default} (the values are plausible EEG in "
+                           f"{default}). Name them in the header (e.g. {example}) or pass units='{default}'",
+                 stacklevel=4)
+        return default
+    guess = f"they look like {likely}" if likely else "no EEG unit makes them plausible"
+    raise ValueError(
+        f"{where}: the CSV names no units and its values (typical magnitude {typical:.3g}) are implausible as "
+        f"EEG in {default}; {guess}. Pass units='{likely or default}' or name the units in the header "
+        f"(e.g. {example.replace(default, likely or default)})"
+    )
 
 
 def _is_number(s: str) -> bool:
@@ -345,23 +589,62 @@ def _import_mne():
     return mne
 
 
-def _mne_picks(argname: str, picks, info) -> list[int]:
+def _mne_picks(argname: str, picks, info, metadata: dict | None = None) -> list[int]:
     """Indices of ``picks`` (channel names) in ``info``.
 
-    ``None``: the good EEG channels, or if there are none, the good channels
-    of the other types measured in volts (sEEG, ECoG, ...).
+    ``None``: the good EEG channels, leaving out channels whose EDF label
+    says they are not EEG (``"ECG ECG"``, ``"EOG ..."``) and reference-only
+    channels (``"EEG A2-A1"``); if there are no EEG channels, the good
+    channels of the other types measured in volts (sEEG, ECoG, ...). The
+    channels left out and why go to ``metadata["channels_dropped"]`` with a
+    warning. Names are matched exactly, else after normalisation (``"O1"``
+    finds ``"EEG O1-A1"`` and EEGMMIDB's ``"O1.."``).
     """
     names = list(info["ch_names"])
+    md = {} if metadata is None else metadata
     if picks is None:
         mne = _import_mne()
         idx = list(mne.pick_types(info, eeg=True, exclude="bads"))
-        if not idx:
+        if idx:
+            types = info.get_channel_types()
+            dropped = []
+            for i in range(len(names)):
+                if names[i] in info["bads"]:
+                    dropped.append({"channel": names[i], "reason": "marked bad"})
+                    continue
+                reason = _dc.non_eeg_reason(names[i], types[i])
+                if reason is not None:
+                    dropped.append({"channel": names[i], "reason": reason})
+            drop_names = {d["channel"] for d in dropped}
+            idx = [i for i in idx if names[i] not in drop_names]
+            if not idx:
+                raise ValueError(f"{argname}=None found no EEG channel to use: {dropped}; name channels with "
+                                 f"{_dc.fmt_picks(names[:3])}")
+            if dropped:
+                md["channels_dropped"] = dropped
+                not_bad = [d for d in dropped if d["reason"] != "marked bad" and not d["reason"].startswith("type ")]
+                if not_bad:
+                    _dc.warn(md, "left out of the default picks (not scalp EEG): " + "; ".join(
+                        f"{d['channel']} ({d['reason']})" for d in not_bad), stacklevel=5)
+        else:
             idx = list(mne.pick_types(info, eeg=True, eog=True, ecg=True, seeg=True, ecog=True, dbs=True, emg=True,
                                       bio=True, exclude="bads"))
         if not idx:
             raise ValueError(f"{argname}=None found no good channels recorded in volts; available: {names}")
+        md["channels_used"] = [names[i] for i in idx]
         return idx
-    return _channel_indices(argname, picks, names)
+    if isinstance(picks, str):
+        picks = [picks]
+    try:
+        picks = list(picks)
+    except TypeError:
+        raise ValueError(f"{argname} must be a channel name or a list of names; got {picks!r}") from None
+    if not picks:
+        raise ValueError(f"{argname} must name at least one channel; got an empty list")
+    resolved = [_dc.match_channel(argname, p, names) if isinstance(p, str) else p for p in picks]
+    idx = _channel_indices(argname, resolved, names)
+    md["channels_used"] = [names[i] for i in idx]
+    return idx
 
 
 _VOLT_TYPES = ("eeg", "eog", "ecg", "emg", "seeg", "ecog", "dbs", "bio")
@@ -455,6 +738,7 @@ class SpectrumData:
 
     def __post_init__(self):
         freqs = _check_axis("freqs", self.freqs, "Hz", nonnegative=True)
+        _check_spectrum_scale(freqs)
         power = _check_values("power", self.power, freqs.numel(), "freqs", allow_1d=False)
         names = _check_channel_names(self.channel_names, power.shape[0])
         units = _normalise_units("units", self.units, POWER_UNITS)
@@ -490,20 +774,30 @@ class SpectrumData:
         return cls(f, p, channel_names, units, n_segments, metadata)
 
     @classmethod
-    def from_csv(cls, path, units: str = "uV^2/Hz", n_segments=None) -> "SpectrumData":
+    def from_csv(cls, path, units: str | None = None, n_segments=None, exclude=None) -> "SpectrumData":
         """Read a CSV with the header ``freq,power[,power_2,...]``.
 
         The first column is the frequency in Hz; every further column is one
         channel, named by its header (``power`` for a single-channel file).
+        A header cell may name its unit in brackets: ``freq [Hz]``,
+        ``power [uV^2/Hz]``.
 
         Parameters
         ----------
         path : str or os.PathLike
             The CSV file (comma-separated, UTF-8, header required).
-        units : {"V^2/Hz", "mV^2/Hz", "uV^2/Hz"}
-            Units of the power columns.
+        units : {"V^2/Hz", "mV^2/Hz", "uV^2/Hz"}, optional
+            Units of the power columns, when the header does not name them
+            (if both do, they must agree). With neither, µV^2/Hz is assumed
+            (with a warning) only when the median power is plausible EEG in
+            µV^2/Hz (``1e-4`` to ``1e4``); otherwise ValueError names the
+            likely units.
         n_segments : int, optional
             Number of averaged Welch segments behind the estimate, if known.
+        exclude : sequence of (float, float), optional
+            Frequency bands in Hz (inclusive) to leave out, e.g. a notch:
+            ``[(49, 51), (99, 101)]``; applied before validation, so bins
+            with zero power inside them are no error.
 
         Returns
         -------
@@ -518,14 +812,33 @@ class SpectrumData:
         FileNotFoundError
             If ``path`` does not exist.
         """
-        units = _normalise_units("units", units, POWER_UNITS)
+        units = None if units is None else _normalise_units("units", units, POWER_UNITS)
         n_segments = _check_count("n_segments", n_segments)
-        names, f, p = _read_csv(path, _FREQ_HEADERS, "freq,power[,power_2,...]",
-                                (_TIME_HEADERS, "an evoked-potential CSV; use EvokedData.from_csv"))
+        bands = _check_bands("exclude", exclude)
+        names, f, p, f_unit, p_unit = _read_csv(path, _FREQ_HEADERS, "freq,power[,power_2,...]",
+                                                (_TIME_HEADERS, "an evoked-potential CSV; use EvokedData.from_csv"))
+        where = f"path {str(path)!r}"
+        _axis_unit(where, f_unit, {"Hz": 1.0}, "frequency")
+        md: dict = {"source": str(path), "format": "csv"}
         try:
-            return cls(f, p, names, units, n_segments, {"source": str(path), "format": "csv"})
+            if bands:
+                keep = _band_mask(f, bands, "exclude")
+                f, p = f[keep], p[:, keep]
+                md["excluded_bands_hz"] = [list(b) for b in bands]
+            _check_axis("freqs", f, "Hz", nonnegative=True)
+            _check_spectrum_scale(f)
+            _check_rows("power", p, names, f, "Hz", positive=True)
         except ValueError as err:
-            raise ValueError(f"path {str(path)!r}: {err}") from None
+            raise ValueError(f"{where}: {err}{_zero_power_hint(f, p)}") from None
+        pos = p[p > 0]
+        typical = float(pos.median()) if pos.numel() else 0.0
+        units = _resolve_csv_units(where, p_unit, units, POWER_UNITS, "uV^2/Hz", typical,
+                                   lambda v, u: _dc.power_units_guess(v, u), "'power [uV^2/Hz]'", md)
+        try:
+            out = cls(f, p, names, units, n_segments, md)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        return out._checked(where)
 
     @classmethod
     def from_mne(
@@ -537,6 +850,7 @@ class SpectrumData:
         seg_length: float = 4.0,
         overlap: float = 0.5,
         units: str = "uV^2/Hz",
+        exclude=None,
     ) -> "SpectrumData":
         """Welch spectrum of an MNE ``Raw`` or ``Epochs``, or convert an MNE ``Spectrum``.
 
@@ -544,25 +858,45 @@ class SpectrumData:
         ``inst.compute_psd(method="welch", n_fft=n, n_per_seg=n, n_overlap=m,
         window="hann")`` where ``n = round(seg_length * sfreq)`` and
         ``m = round(overlap * n)``; epochs are averaged. Segments overlapping
-        ``BAD_*`` annotations of a ``Raw`` are left out (MNE's default).
+        ``BAD_*`` annotations of a ``Raw`` are left out (MNE's default), and
+        so are good spans shorter than one segment (with a warning).
+
+        Refused up front, with a message saying what to change: a picked
+        channel that is flat (disconnected), ``fmax`` above the recording's
+        low-pass filter (``info["lowpass"]``), ``fmin`` at 0 Hz or below its
+        high-pass filter, a segment longer than the recording or than every
+        good span. Warned about (``UserWarning`` and
+        ``metadata["warnings"]``): channels left out of the default picks,
+        implausible amplitudes (such as an EDF header saying mV for samples in
+        µV), isolated outlying bins (line noise, notch dips).
 
         Parameters
         ----------
         inst : mne.io.BaseRaw, mne.BaseEpochs, mne.time_frequency.Spectrum or EpochsSpectrum
             The data; channels must be in volts (EEG-like).
         picks : str or list of str, optional
-            Channel names (in this order). Default: all good EEG channels
-            (or, if there are none, all good sEEG/ECoG/... channels in volts).
+            Channel names (in this order), matched exactly or after
+            normalisation (``"O1"`` finds ``"EEG O1-A1"`` or ``"O1.."``).
+            Default: all good EEG channels except those whose label says they
+            are not EEG (EDF type prefixes such as ``"ECG ECG"``) and
+            reference-only channels (``"EEG A2-A1"``); if there are none, all
+            good sEEG/ECoG/... channels in volts. The channels used are in
+            ``metadata["channels_used"]``, those left out (with the reason) in
+            ``metadata["channels_dropped"]``.
         fmin, fmax : float, optional
-            Frequency window in Hz (inclusive). ``fmin`` defaults to the lowest
-            frequency above 0 Hz (the DC bin is dropped: after per-segment mean
-            removal it carries no information and can be exactly 0).
+            Frequency window in Hz (inclusive). ``fmin`` defaults to the
+            lowest frequency above 0 Hz and at or above the high-pass filter;
+            ``fmax`` to the low-pass filter (``info["lowpass"]``, at most the
+            Nyquist frequency).
         seg_length : float
-            Welch segment length in s (ignored for ``Spectrum`` input).
+            Welch segment length in s (ignored for ``Spectrum`` input); the
+            frequency resolution is ``1 / seg_length`` Hz.
         overlap : float
             Fraction of overlap between segments, in ``[0, 1)``.
         units : {"V^2/Hz", "mV^2/Hz", "uV^2/Hz"}
             Units of the result (MNE works in V^2/Hz).
+        exclude : sequence of (float, float), optional
+            Frequency bands in Hz (inclusive) to leave out, e.g. ``[(49, 51)]``.
 
         Returns
         -------
@@ -585,10 +919,36 @@ class SpectrumData:
         fmax_v = None if fmax is None else _checks.check_scalar("fmax", fmax, positive=True)
         if fmin_v is not None and fmax_v is not None and fmin_v > fmax_v:
             raise ValueError(f"fmin must be <= fmax; got fmin={fmin_v:g} Hz > fmax={fmax_v:g} Hz")
-        idx = _mne_picks("picks", picks, inst.info)
-        _check_volts("picks", inst.info, idx)
-        ch_names = [inst.info["ch_names"][i] for i in idx]
+        bands = _check_bands("exclude", exclude)
+        info = inst.info
+        sfreq = float(info["sfreq"])
+        lowpass = info.get("lowpass")
+        highpass = info.get("highpass")
+        nyquist = sfreq / 2
+        filtered = lowpass is not None and 0 < float(lowpass) < nyquist - 1e-9
+        if fmin_v == 0:
+            raise ValueError("fmin must be > 0 Hz; got fmin=0 Hz (the 0 Hz bin carries no information after mean "
+                             "removal and is often exactly 0)")
+        if fmax_v is not None and filtered and fmax_v > float(lowpass) + 1e-9:
+            raise ValueError(
+                f"fmax={fmax_v:g} Hz is above the recording's low-pass filter at {float(lowpass):g} Hz "
+                f"(from its header): power there is filtered out, not brain signal, and a fit would miss the data. "
+                f"Use fmax={float(lowpass):g} or lower"
+            )
+        if fmin_v is not None and highpass and fmin_v < float(highpass) - 1e-9:
+            raise ValueError(
+                f"fmin={fmin_v:g} Hz is below the recording's high-pass filter at {float(highpass):g} Hz "
+                f"(from its header): power there is filtered out. Use fmin={float(highpass):g} or higher"
+            )
+        if fmax_v is None:
+            fmax_v = float(lowpass) if filtered else None
+        fmin_floor = float(highpass) if highpass and float(highpass) > 0 else None
         metadata = _mne_metadata(inst)
+        idx = _mne_picks("picks", picks, info, metadata)
+        _check_volts("picks", info, idx)
+        ch_names = [info["ch_names"][i] for i in idx]
+        metadata["lowpass_hz"] = None if lowpass is None else float(lowpass)
+        metadata["highpass_hz"] = None if highpass is None else float(highpass)
 
         if isinstance(inst, spectrum_types):
             dims = tuple(getattr(inst, "_dims", ()))
@@ -606,8 +966,8 @@ class SpectrumData:
                 n_segments = data.shape[-1] * metadata.get("n_epochs", 1)
                 data = data.mean(axis=-1)
             metadata["method"] = inst.method
+            check_power = True
         else:
-            sfreq = float(inst.info["sfreq"])
             seg = _checks.check_scalar("seg_length", seg_length, positive=True)
             ov = _checks.check_scalar("overlap", overlap)
             if not 0.0 <= ov < 1.0:
@@ -619,14 +979,19 @@ class SpectrumData:
             if n_per_seg > n_times:
                 what = "each epoch" if isinstance(inst, mne.BaseEpochs) else "the recording"
                 raise ValueError(
-                    f"seg_length={seg:g} s ({n_per_seg} samples) is longer than {what} "
-                    f"({n_times} samples, {n_times / sfreq:g} s)"
+                    f"seg_length={seg:g} s (the Welch segment, {n_per_seg} samples) is longer than {what} "
+                    f"({n_times} samples, {n_times / sfreq:g} s); use a shorter segment, e.g. "
+                    f"seg_length={_nice_down(n_times / sfreq / 2)} (frequency resolution 1/segment Hz)"
                 )
             n_overlap = int(round(ov * n_per_seg))
             n_overlap = min(n_overlap, n_per_seg - 1)
+            if isinstance(inst, mne.io.BaseRaw):
+                inst = _drop_short_spans(inst, n_per_seg, seg, metadata)
+            _check_flat(inst, ch_names, metadata)
+            _amplitude_plausibility(inst, ch_names, metadata)
             res = sfreq / n_per_seg
-            lo = res if fmin_v is None else fmin_v
-            hi = sfreq / 2 if fmax_v is None else fmax_v
+            lo = max(res, fmin_floor or 0.0) if fmin_v is None else fmin_v
+            hi = nyquist if fmax_v is None else fmax_v
             if not _window_nonempty(lo, hi, res, sfreq):
                 raise ValueError(
                     f"fmin/fmax select an empty frequency window: no Welch frequency (resolution {res:g} Hz, "
@@ -652,11 +1017,21 @@ class SpectrumData:
                 method="welch", window="hann", seg_length_s=n_per_seg / sfreq, overlap=n_overlap / n_per_seg,
                 n_per_seg=n_per_seg, n_overlap=n_overlap,
             )
+            check_power = False
         freqs = np.asarray(freqs, dtype=np.float64)
         keep = np.ones(freqs.shape, dtype=bool)
-        keep &= freqs > 0 if fmin_v is None else freqs >= fmin_v
+        if fmin_v is None:
+            keep &= freqs > 0
+            if fmin_floor is not None:
+                keep &= freqs >= fmin_floor - 1e-9
+        else:
+            keep &= freqs >= fmin_v
         if fmax_v is not None:
             keep &= freqs <= fmax_v
+        for lo_b, hi_b in bands:
+            keep &= ~((freqs >= lo_b) & (freqs <= hi_b))
+        if bands:
+            metadata["excluded_bands_hz"] = [list(b) for b in bands]
         if not keep.any():
             raise ValueError(
                 f"fmin/fmax select an empty frequency window; the spectrum covers {freqs[0]:g} to {freqs[-1]:g} Hz"
@@ -664,9 +1039,13 @@ class SpectrumData:
         power = torch.from_numpy(np.ascontiguousarray(data[:, keep]))
         power = _convert(power, "V^2/Hz", units, POWER_UNITS)
         try:
-            return cls(torch.from_numpy(freqs[keep].copy()), power, tuple(ch_names), units, n_segments, metadata)
+            out = cls(torch.from_numpy(freqs[keep].copy()), power, tuple(ch_names), units, n_segments, metadata)
         except ValueError as err:
             raise ValueError(f"inst: {err}") from None
+        if check_power:
+            _power_plausibility(out.metadata, out.power, out.units, "inst")
+        _refresh_outliers(out.metadata, out.freqs, out.power)
+        return out
 
     # ---------------------------------------------------------------- queries
     @property
@@ -687,15 +1066,30 @@ class SpectrumData:
             f"units={self.units!r}, n_segments={self.n_segments})"
         )
 
-    def select(self, channels=None, fmin=None, fmax=None) -> "SpectrumData":
+    def _checked(self, where: str) -> "SpectrumData":
+        """Add plausibility and outlying-bin warnings to ``metadata`` (in place); returns self."""
+        _power_plausibility(self.metadata, self.power, self.units, where)
+        _refresh_outliers(self.metadata, self.freqs, self.power)
+        return self
+
+    def select(self, channels=None, fmin=None, fmax=None, exclude=None) -> "SpectrumData":
         """A copy restricted to some channels (in the given order) and a frequency window.
+
+        Outlying bins (isolated line-noise spikes, notch dips) are looked for
+        again on the result: a warning names those that remain (and
+        ``metadata["outlying_bins_hz"]`` lists them).
 
         Parameters
         ----------
         channels : str or list of str, optional
             Channel names; default all.
         fmin, fmax : float, optional
-            Inclusive frequency window in Hz.
+            Inclusive frequency window in Hz. ``fmin=0`` is refused (the 0 Hz
+            bin carries no information after mean removal).
+        exclude : sequence of (float, float), optional
+            Frequency bands in Hz (inclusive) to leave out, e.g. line noise
+            and its harmonic ``[(59, 61), (119, 121)]``. Recorded in
+            ``metadata["excluded_bands_hz"]``.
 
         Returns
         -------
@@ -703,11 +1097,23 @@ class SpectrumData:
         """
         idx = list(range(self.n_channels)) if channels is None else _channel_indices("channels", channels,
                                                                                       self.channel_names)
+        if fmin is not None and _checks.check_scalar("fmin", fmin) == 0:
+            raise ValueError("fmin must be > 0 Hz; got fmin=0 Hz (the 0 Hz bin carries no information after mean "
+                             "removal and is often exactly 0)")
         mask = _window(self.freqs, fmin, fmax, "fmin", "fmax", "Hz")
-        return SpectrumData(
-            self.freqs[mask], self.power[idx][:, mask], tuple(self.channel_names[i] for i in idx), self.units,
-            self.n_segments, dict(self.metadata),
-        )
+        md = _dc.copy_metadata(self.metadata)
+        bands = _check_bands("exclude", exclude)
+        if bands:
+            mask &= _band_mask(self.freqs, bands, "exclude")
+            if not bool(mask.any()):
+                raise ValueError(f"exclude leaves no frequency in the fmin/fmax window; bands {bands}")
+            md["excluded_bands_hz"] = [list(b) for b in md.get("excluded_bands_hz", [])] + [list(b) for b in bands]
+        names = tuple(self.channel_names[i] for i in idx)
+        if channels is not None and "channels_used" in md:
+            md["channels_used"] = list(names)
+        out = SpectrumData(self.freqs[mask], self.power[idx][:, mask], names, self.units, self.n_segments, md)
+        _refresh_outliers(out.metadata, out.freqs, out.power)
+        return out
 
     def mean_over_channels(self, name: str = "mean") -> "SpectrumData":
         """Average the power over channels into one channel called ``name``.
@@ -718,7 +1124,7 @@ class SpectrumData:
         """
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"name must be a non-empty str; got {name!r}")
-        md = dict(self.metadata)
+        md = _dc.copy_metadata(self.metadata)
         md["averaged_channels"] = list(self.channel_names)
         return SpectrumData(self.freqs, self.power.mean(0, keepdim=True), (name,), self.units, self.n_segments, md)
 
@@ -729,19 +1135,115 @@ class SpectrumData:
         return SpectrumData(self.freqs, power, self.channel_names, units, self.n_segments, dict(self.metadata))
 
     def to_csv(self, path, overwrite: bool = False) -> Path:
-        """Write ``freq,<channel names...>`` (Hz, then power in ``self.units``); returns the path.
+        """Write ``freq,<name> [<units>],...`` (Hz, then power in ``self.units``); returns the path.
 
-        Units and ``n_segments`` are not stored in the file: pass them to
-        :meth:`from_csv` when reading it back. Raises ``FileExistsError`` if
+        The units are in the header, so :meth:`from_csv` reads them back;
+        ``n_segments`` is not stored: pass it to :meth:`from_csv`. Raises ``FileExistsError`` if
         ``path`` exists and ``overwrite`` is False.
         """
-        return _write_csv(path, "freq", self.freqs, self.channel_names, self.power, overwrite)
+        return _write_csv(path, "freq", self.freqs, [f"{n} [{self.units}]" for n in self.channel_names],
+                          self.power, overwrite)
 
     def peak_frequency(self, fmin=None, fmax=None) -> torch.Tensor:
         """Frequency (Hz) of the largest power in ``[fmin, fmax]`` for each channel, shape ``(n_channels,)``."""
         mask = _window(self.freqs, fmin, fmax, "fmin", "fmax", "Hz")
         f = self.freqs[mask]
         return f[self.power[:, mask].argmax(dim=1)]
+
+
+def _nice_down(x: float) -> str:
+    """``x`` rounded down to a short number (1, 1.5, 2, 2.5, 3, 4, 5 x 10^k) for hints."""
+    if x <= 0:
+        return f"{x:g}"
+    k = math.floor(math.log10(x))
+    for m in (5, 4, 3, 2.5, 2, 1.5, 1):
+        if m * 10**k <= x + 1e-12:
+            return f"{m * 10**k:g}"
+    return f"{x:g}"  # pragma: no cover
+
+
+def _good_spans(raw) -> list[tuple[int, int]]:
+    """(start, stop) sample indices of the data between ``BAD_*`` annotations."""
+    desc = [str(d).lower() for d in raw.annotations.description]
+    if not any(d.startswith("bad") for d in desc):
+        return [(0, len(raw.times))]
+    good = ~np.isnan(raw.get_data(picks=[0], reject_by_annotation="NaN", verbose="error")[0])
+    edges = np.diff(np.concatenate([[0], good.astype(np.int8), [0]]))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return [(int(a), int(b)) for a, b in zip(starts, stops)]
+
+
+def _drop_short_spans(raw, n_per_seg: int, seg: float, metadata: dict):
+    """Refuse when no good span holds a Welch segment; mark shorter spans bad (on a copy) with a warning.
+
+    MNE (through SciPy) would otherwise fail with "noverlap must be less than
+    nperseg" or silently use shorter segments for those spans.
+    """
+    spans = _good_spans(raw)
+    sfreq = float(raw.info["sfreq"])
+    short = [(a, b) for a, b in spans if b - a < n_per_seg]
+    if not short:
+        return raw
+    longest = max((b - a for a, b in spans), default=0) / sfreq
+    if len(short) == len(spans):
+        raise ValueError(
+            f"the good data spans between BAD_ annotations are too short: the longest is {longest:.3g} s, shorter "
+            f"than the Welch segment ({seg:g} s, seg_length). Use a shorter segment, e.g. "
+            f"seg_length={_nice_down(longest * 0.67) if longest > 0 else '1'} (frequency resolution 1/segment Hz), "
+            f"or remove some BAD_ annotations"
+        )
+    raw = raw.copy()
+    onsets = [raw.first_time + a / sfreq for a, _ in short]
+    durations = [(b - a) / sfreq for a, b in short]
+    raw.annotations.append(onsets, durations, ["BAD_shorter_than_segment"] * len(short))
+    lost = sum(durations)
+    _dc.warn(metadata, f"left out {lost:.3g} s of good data in {len(short)} span(s) between BAD_ annotations "
+                       f"shorter than the Welch segment (seg_length={seg:g} s)", stacklevel=5)
+    return raw
+
+
+def _check_flat(inst, ch_names: list[str], metadata: dict) -> None:
+    """Refuse flat (constant, e.g. disconnected) channels, naming them and the picks without them."""
+    data = inst.get_data(picks=ch_names, verbose="error")
+    if data.ndim == 3:  # epochs
+        data = np.moveaxis(data, 1, 0).reshape(len(ch_names), -1)
+    with np.errstate(invalid="ignore"):
+        sd = np.nanstd(data, axis=1)
+    flat = [n for n, v in zip(ch_names, sd) if not v > 1e-12]  # below 1e-6 uV
+    if not flat:
+        return
+    rest = [n for n in ch_names if n not in flat]
+    values = ", ".join(f"{n!r} (constant {float(np.nanmean(data[ch_names.index(n)])) * 1e6:g} uV)" for n in flat)
+    how = (f"leave it out with {_dc.fmt_picks(rest)}" if rest else "pick another channel")
+    raise ValueError(
+        f"flat channel(s): {values}, disconnected or not recorded; its spectrum is 0 and cannot be fitted. "
+        f"{how[0].upper()}{how[1:]}"
+    )
+
+
+def _amplitude_plausibility(inst, ch_names: list[str], metadata: dict) -> None:
+    """Warn when the channels' rms is not EEG-like (an EDF header saying mV for samples in uV...)."""
+    data = inst.get_data(picks=ch_names, verbose="error")
+    if data.ndim == 3:
+        data = np.moveaxis(data, 1, 0).reshape(len(ch_names), -1)
+    with np.errstate(invalid="ignore"):
+        rms_uv = float(np.nanmedian(np.nanstd(data, axis=1))) * 1e6
+    ok, _ = _dc.amplitude_units_guess(rms_uv, "uV")
+    metadata["median_rms_uv"] = rms_uv
+    if ok:
+        return
+    lo, hi = _dc.PLAUSIBLE_AMPLITUDE_UV
+    k = round(math.log10(rms_uv / 10.0) / 3) if rms_uv > 0 else -9  # powers of 1000 away from 10 uV
+    cause = {
+        1: "the file's header may say mV where the samples are uV (values about 1000x too large)",
+        -1: "the file's header may say uV where the samples are mV (values about 1000x too small)",
+    }.get(k)
+    if cause is None:
+        cause = ("the file's header may say V where the samples are uV (values about 10^6x too large)" if k > 1
+                 else "the file's header may say uV where the samples are V (values about 10^6x too small)"
+                 if k < -1 else "check the recording's units")
+    _dc.warn(metadata, f"implausible EEG amplitude: median channel rms {rms_uv:.3g} uV (typical EEG: {lo:g} to "
+                       f"{hi:g} uV); {cause}. Units change only the fitted gain, but check them", stacklevel=5)
 
 
 def _window_nonempty(lo: float, hi: float, res: float, sfreq: float) -> bool:
@@ -794,6 +1296,7 @@ class EvokedData:
 
     def __post_init__(self):
         times = _check_axis("times", self.times, "s", nonnegative=False)
+        _check_evoked_scale(times)
         values = _check_values("values", self.values, times.numel(), "times", allow_1d=False)
         names = _check_channel_names(self.channel_names, values.shape[0])
         units = _normalise_units("units", self.units, AMPLITUDE_UNITS)
@@ -814,19 +1317,59 @@ class EvokedData:
         return cls(t, v, channel_names, units, n_averaged, metadata)
 
     @classmethod
-    def from_csv(cls, path, units: str = "uV", n_averaged=None) -> "EvokedData":
+    def from_csv(cls, path, units: str | None = None, n_averaged=None) -> "EvokedData":
         """Read a CSV with the header ``time,value[,...]`` (s, then one column per channel).
 
-        Errors as for :meth:`SpectrumData.from_csv`.
+        Header cells may name units in brackets: ``time [ms]`` (converted to
+        s; ``time [s]`` is the default) and ``Cz [uV]``.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The CSV file.
+        units : {"V", "mV", "uV"}, optional
+            Units of the values when the header does not name them (if both
+            do, they must agree). With neither, µV is assumed (with a warning)
+            only when the largest absolute value is plausible for an ERP in µV
+            (0.05 to 2000); otherwise ValueError names the likely units.
+        n_averaged : int, optional
+            Number of averaged trials.
+
+        Returns
+        -------
+        EvokedData
+
+        Raises
+        ------
+        ValueError
+            As for :meth:`SpectrumData.from_csv`; also for a time axis that
+            spans more than :data:`MAX_EVOKED_SPAN_S` (with a hint when it
+            looks like milliseconds).
         """
-        units = _normalise_units("units", units, AMPLITUDE_UNITS)
+        units = None if units is None else _normalise_units("units", units, AMPLITUDE_UNITS)
         n_averaged = _check_count("n_averaged", n_averaged)
-        names, t, v = _read_csv(path, _TIME_HEADERS, "time,value[,...]",
-                                (_FREQ_HEADERS, "a spectrum CSV; use SpectrumData.from_csv"))
+        names, t, v, t_unit, v_unit = _read_csv(path, _TIME_HEADERS, "time,value[,...]",
+                                                (_FREQ_HEADERS, "a spectrum CSV; use SpectrumData.from_csv"))
+        where = f"path {str(path)!r}"
+        scale = _axis_unit(where, t_unit, {"s": 1.0, "ms": 1e-3}, "time")
+        md: dict = {"source": str(path), "format": "csv"}
+        if scale != 1.0:
+            t = t * scale
+            md["time_units_in_file"] = t_unit
         try:
-            return cls(t, v, names, units, n_averaged, {"source": str(path), "format": "csv"})
+            _check_evoked_scale(_check_axis("times", t, "s", nonnegative=False))
+            _check_rows("values", v, names, t, "s", positive=False)
         except ValueError as err:
-            raise ValueError(f"path {str(path)!r}: {err}") from None
+            raise ValueError(f"{where}: {err}") from None
+        typical = float(v.abs().max(dim=1).values.median()) if v.numel() else 0.0
+        units = _resolve_csv_units(where, v_unit, units, AMPLITUDE_UNITS, "uV", typical,
+                                   lambda x, u: _dc.amplitude_units_guess(x, u), "'value [uV]'", md)
+        try:
+            out = cls(t, v, names, units, n_averaged, md)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        _evoked_plausibility(out.metadata, out.values, out.units, where)
+        return out
 
     @classmethod
     def from_mne(cls, evoked, picks=None, tmin=None, tmax=None, units: str = "uV") -> "EvokedData":
@@ -852,21 +1395,23 @@ class EvokedData:
             raise ValueError("evoked must be an mne.Evoked; got Epochs (average them first: epochs.average())")
         if not isinstance(evoked, mne.Evoked):
             raise ValueError(f"evoked must be an mne.Evoked; got {type(evoked).__name__}")
-        idx = _mne_picks("picks", picks, evoked.info)
+        md = {"mne_type": type(evoked).__name__, "sfreq_hz": float(evoked.info["sfreq"])}
+        idx = _mne_picks("picks", picks, evoked.info, md)
         _check_volts("picks", evoked.info, idx)
         times = torch.from_numpy(np.asarray(evoked.times, dtype=np.float64).copy())
         mask = _window(times, tmin, tmax, "tmin", "tmax", "s")
         values = torch.from_numpy(np.asarray(evoked.data[idx], dtype=np.float64).copy())[:, mask]
         values = _convert(values, "V", units, AMPLITUDE_UNITS)
-        md = {"mne_type": type(evoked).__name__, "sfreq_hz": float(evoked.info["sfreq"])}
         if evoked.comment:
             md["comment"] = str(evoked.comment)
         nave = evoked.nave if isinstance(evoked.nave, (int, np.integer)) and evoked.nave >= 1 else None
         names = tuple(evoked.info["ch_names"][i] for i in idx)
         try:
-            return cls(times[mask], values, names, units, nave, md)
+            out = cls(times[mask], values, names, units, nave, md)
         except ValueError as err:
             raise ValueError(f"evoked: {err}") from None
+        _evoked_plausibility(out.metadata, out.values, out.units, "evoked")
+        return out
 
     @property
     def n_channels(self) -> int:
@@ -914,7 +1459,7 @@ class EvokedData:
         """Average the potentials over channels into one channel called ``name``."""
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"name must be a non-empty str; got {name!r}")
-        md = dict(self.metadata)
+        md = _dc.copy_metadata(self.metadata)
         md["averaged_channels"] = list(self.channel_names)
         return EvokedData(self.times, self.values.mean(0, keepdim=True), (name,), self.units, self.n_averaged, md)
 
@@ -925,8 +1470,9 @@ class EvokedData:
         return EvokedData(self.times, values, self.channel_names, units, self.n_averaged, dict(self.metadata))
 
     def to_csv(self, path, overwrite: bool = False) -> Path:
-        """Write ``time,<channel names...>`` (s, then values in ``self.units``); returns the path."""
-        return _write_csv(path, "time", self.times, self.channel_names, self.values, overwrite)
+        """Write ``time,<name> [<units>],...`` (s, then values in ``self.units``); returns the path."""
+        return _write_csv(path, "time", self.times, [f"{n} [{self.units}]" for n in self.channel_names],
+                          self.values, overwrite)
 
     def baseline_correct(self, tmin=None, tmax=0.0) -> "EvokedData":
         """Subtract each channel's mean over ``[tmin, tmax]`` s (default: start to 0 s)."""

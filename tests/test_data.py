@@ -89,10 +89,14 @@ def test_evoked_methods():
 def test_csv_round_trip(tmp_path):
     s = _spec(3, n_segments=9)
     p = s.to_csv(tmp_path / "s.csv")
-    assert p.read_text().splitlines()[0] == "freq,c0,c1,c2"
+    # units travel in the header (deliberate change: they used to be lost and assumed on reading)
+    assert p.read_text().splitlines()[0] == "freq,c0 [uV^2/Hz],c1 [uV^2/Hz],c2 [uV^2/Hz]"
     back = SpectrumData.from_csv(p, n_segments=9)
     assert torch.equal(back.freqs, s.freqs) and torch.equal(back.power, s.power)
     assert back.channel_names == s.channel_names and back.n_segments == 9
+    assert back.units == "uV^2/Hz" and back.metadata["units_from"] == "header"
+    back_v = SpectrumData.from_csv(s.to_units("V^2/Hz").to_csv(tmp_path / "v.csv"))
+    assert back_v.units == "V^2/Hz" and torch.allclose(back_v.power, s.power * 1e-12, rtol=1e-15, atol=0)
     e = _evoked()
     back = EvokedData.from_csv(e.to_csv(tmp_path / "e.csv"), n_averaged=12)
     assert torch.equal(back.times, e.times) and torch.equal(back.values, e.values)
