@@ -588,10 +588,10 @@ class SpectrumObservation(_JansenRitObservation):
         return {
             **self._model_units(),
             "gain": "1",
-            "ap_amplitude": f"{du} (at 1 Hz)",
+            "ap_amplitude": du,
             "ap_exponent": "1",
             "floor": du,
-            "log_precision": "log(1/(log-power)^2)",
+            "log_precision": "1",
         }
 
     def observed_data(self, data: "SpectrumData") -> ObservedData:

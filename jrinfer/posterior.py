@@ -216,11 +216,11 @@ class Posterior:
         )
         if quality:
             lines.append(f"  fit: {quality}")
-        lines.append(f"  {'parameter':>16s}  {'mean':>10s}  {'sd':>9s}  {'units':<10s} contraction")
+        lines.append(f"  {'parameter':>16s}  {'mean':>10s}  {'sd':>9s}  {'units':<12s} contraction")
         for n, m, s in zip(self.names, self.mean, self.sd):
             c = self.contraction.get(n)
             tag = "" if c is None else f"{c:6.2f}" + ("  (not informed by the data)" if c < CONTRACTION_UNINFORMED else "")
-            lines.append(f"  {n:>16s}  {m:10.4g}  {s:9.3g}  {self.units.get(n, ''):<10.10s} {tag}")
+            lines.append(f"  {n:>16s}  {m:10.4g}  {s:9.3g}  {self.units.get(n, ''):<12.12s} {tag}")
         for w in self.warnings:
             lines.append(f"  WARNING: {w}")
         return "\n".join(lines)
