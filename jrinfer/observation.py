@@ -53,6 +53,11 @@ R2_WARN = 0.8
 PEAK_SHIFT_WARN_HZ = 1.0
 EXPLAINED_VARIANCE_WARN = 0.5
 ALPHA_BAND_HZ = (6.0, 14.0)
+#: Median of the default evoked input amplitude ``q``: a pulse peaking at about
+#: 23 pulses/s (``q n^n e^-n`` with ``n = 7``). With the JR 1995 constants at
+#: ``p_mean = 60`` a 5 ms pulse switches the model to its lower equilibrium from
+#: ``q`` of about 0.1; the prior keeps 97 % of its mass below 0.08.
+_EVOKED_AMPLITUDE = 0.03
 
 
 class Prediction(NamedTuple):
@@ -806,6 +811,13 @@ class EvokedObservation(_JansenRitObservation):
     dt : float
         RK4 step in s (default 1 ms: with a = 100/s the RK4 error on an ERP is
         ~0.03 % of its peak, far below EEG noise; ``max(a, b) dt`` must stay small).
+    settle : float
+        Seconds simulated past the epoch to see where the state settles.
+        Parameter sets whose pulse switches the model to its other stable
+        equilibrium (the "ERP" would end as a permanent step) are invalid,
+        with a reason, like an oscillating resting state: an evoked response
+        returns to rest by definition, and predictive summaries never average
+        across the two regimes.
     """
 
     PARAMETERS = {
@@ -817,7 +829,15 @@ class EvokedObservation(_JansenRitObservation):
         "log_precision": "log precision of the residuals (1 / data units^2)",
     }
 
-    def __init__(self, *, lead_field=None, per_channel_gain: bool = False, shape_n: float = 7.0, dt: float = 1e-3):
+    def __init__(
+        self,
+        *,
+        lead_field=None,
+        per_channel_gain: bool = False,
+        shape_n: float = 7.0,
+        dt: float = 1e-3,
+        settle: float = 0.2,
+    ):
         self.lead_field = None if lead_field is None else _checks.as_float_tensor("lead_field", lead_field)
         if self.lead_field is not None:
             _checks.check_finite("lead_field", self.lead_field)
@@ -828,6 +848,7 @@ class EvokedObservation(_JansenRitObservation):
         self.per_channel_gain = per_channel_gain
         self.shape_n = _checks.check_scalar("shape_n", shape_n, positive=True)
         self.dt = _checks.check_scalar("dt", dt, positive=True)
+        self.settle = _checks.check_scalar("settle", settle, positive=True)
 
     def __repr__(self) -> str:
         return (
@@ -867,15 +888,24 @@ class EvokedObservation(_JansenRitObservation):
         state = torch.where(use_upper.unsqueeze(-1), up.state, lo.state)
         v_rest = torch.where(use_upper, up.v, lo.v)
         state = torch.where(valid.unsqueeze(-1), state, torch.zeros_like(state))
-        reasons = ["no stable resting equilibrium (the model oscillates without input)"] * int((~valid).sum())
         t0 = float(data.times[0])
         t1 = float(data.times[-1])
-        duration = (t1 - t0) + 2 * self.dt
+        duration = (t1 - t0) + 2 * self.dt + self.settle
         onset = torch.as_tensor(obs["input_latency"], dtype=torch.float64) - t0
         pulse = PulseInput(q=obs["input_amplitude"], w=obs["input_width"], n=self.shape_n, onset=onset)
         sim = model.simulate(duration, self.dt, method="rk4", initial_state=state, pulse=pulse)
         v = sim.v - v_rest.unsqueeze(-1)
         v_t = _interp(data.times - t0, sim.time, v)  # (*batch, T)
+        switched = self._switched(sim, up, lo, use_upper, valid)
+        reasons = [
+            "the input pulse switched the model to its other stable equilibrium (the response does not return to "
+            "rest): outside the evoked regime; a smaller input_amplitude or another p_mean keeps it at rest"
+            if bool(sw)
+            else "no stable resting equilibrium (the model oscillates without input)"
+            for sw, ok in zip(switched.reshape(-1).tolist(), valid.reshape(-1).tolist())
+            if sw or not ok
+        ]
+        valid = valid & ~switched
         n_ch = data.values.shape[0]
         lf = torch.ones(n_ch, dtype=torch.float64) if self.lead_field is None else self.lead_field
         if lf.numel() != n_ch:
@@ -892,6 +922,24 @@ class EvokedObservation(_JansenRitObservation):
             x = x + ex(obs["baseline"])
         x = torch.where(valid[..., None, None], x, torch.zeros_like(x))
         return Prediction(x, valid, reasons)
+
+    def _switched(self, sim, up, lo, use_upper, valid) -> torch.Tensor:
+        """Bool ``batch``: the run ends nearer the other stable equilibrium than the resting one.
+
+        With the JR 1995 constants and ``p_mean`` below the fold (about 114
+        pulses/s) two stable equilibria coexist; a large enough pulse moves
+        the state across the separatrix, and the "ERP" ends as a permanent
+        step. The simulation runs ``settle`` seconds past the epoch so that
+        the final state (mean ``v`` over its last 50 ms) shows where it went.
+        """
+        with torch.no_grad():
+            n_tail = max(1, int(round(0.05 / self.dt)))
+            v_end = sim.v[..., -n_tail:].detach().mean(-1)
+            distinct = (up.v - lo.v).abs().detach() > 1e-3
+            other_stable = torch.where(use_upper, lo.stable, up.stable) & distinct
+            v_rest = torch.where(use_upper, up.v, lo.v).detach()
+            v_other = torch.where(use_upper, lo.v, up.v).detach()
+            return valid & other_stable & ((v_end - v_other).abs() < (v_end - v_rest).abs())
 
     data_type = EvokedData
 
@@ -973,6 +1021,21 @@ class EvokedObservation(_JansenRitObservation):
                 f"main peak missed: data at {1e3 * td:.0f} ms, model at {1e3 * tp:.0f} ms on "
                 f"{data.channel_names[c]}; widen the input_latency prior"
             )
+        # A response that ends far from its pre-stimulus level is not an evoked
+        # response of a system at rest (or the epoch is too short).
+        pre = data.times < 0
+        tail = data.times >= float(data.times[-1]) - 0.1 * float(data.times[-1] - data.times[0])
+        if int(pre.sum()) >= 3 and int(tail.sum()) >= 3:
+            base, noise = y[c, pre].mean(), y[c, pre].std()
+            step = float(y[c, tail].mean() - base)
+            metrics["end_offset_from_baseline"] = step
+            if abs(step) > max(3.0 * float(noise), 0.2 * float((y[c] - base).abs().max())):
+                warns.append(
+                    f"the data end {step:+.3g} {data.units} away from their pre-stimulus level on "
+                    f"{data.channel_names[c]}: the response does not return to rest (a slow drift, a sustained "
+                    "potential or an epoch that ends too early); the evoked model returns to rest, so detrend, "
+                    "baseline-correct or extend the epoch (--tmax)"
+                )
         if params is not None and "log_precision" in params:
             sd = float(torch.exp(-0.5 * torch.as_tensor(params["log_precision"], dtype=torch.float64)))
             z = (y - yhat) / sd
@@ -989,15 +1052,76 @@ class EvokedObservation(_JansenRitObservation):
         eps = torch.randn(prediction.value.shape, dtype=torch.float64, generator=generator)
         return prediction.value + eps * torch.exp(-0.5 * lam)
 
-    def default_prior(self, data: "EvokedData", *, free: tuple[str, ...] | None = None) -> dict:
-        """Default prior for fitting ``data``: JR log-normals, pulse as in JR 1995, scale from the data.
+    def timing_prior(self, data: "EvokedData", window: tuple[float, float] | None = None) -> dict:
+        """Default priors of the input timing, from the main component of the data.
+
+        The main component is the largest deflection from the pre-stimulus
+        mean (or from zero without a pre-stimulus part) within ``window``
+        (seconds; default: the post-stimulus part of the epoch) on the
+        channel where it is largest, positive or negative. Its full width at
+        half maximum sets the pulse time constant ``w`` (median
+        ``FWHM / 8``, clipped to 2-50 ms, sd_log 0.5: the pulse's own FWHM is
+        about ``2.4 sqrt(n) w``, and the JR response broadens it); the latency
+        is normal around ``t_peak - n w - 15 ms`` (the pulse peaks ``n w``
+        after its onset and the PSPs add about 15 ms) with sd
+        ``max(20 ms, 0.2 t_peak)``.
+
+        Returns
+        -------
+        dict
+            ``{"input_latency": spec, "input_width": spec, "component_time_s": float,
+            "component_fwhm_s": float}``.
+        """
+        times, y = data.times, data.values
+        pre = times < 0
+        base = y[:, pre].mean(-1, keepdim=True) if int(pre.sum()) >= 3 else torch.zeros(y.shape[0], 1, dtype=y.dtype)
+        lo, hi = (max(0.0, float(times[0])), float(times[-1])) if window is None else window
+        lo = _checks.check_scalar("window[0]", lo)
+        hi = _checks.check_scalar("window[1]", hi)
+        inside = (times >= lo) & (times <= hi)
+        if int(inside.sum()) < 3:
+            raise ValueError(
+                f"window ({lo:g}, {hi:g}) s holds fewer than 3 samples of the epoch "
+                f"{float(times[0]):g} to {float(times[-1]):g} s"
+            )
+        dev = (y - base)[:, inside].abs()
+        c = int(dev.amax(-1).argmax())
+        d, t = dev[c], times[inside]
+        i = int(d.argmax())
+        half = d >= 0.5 * d[i]
+        j0 = i
+        while j0 > 0 and bool(half[j0 - 1]):
+            j0 -= 1
+        j1 = i
+        while j1 < d.numel() - 1 and bool(half[j1 + 1]):
+            j1 += 1
+        t_peak = float(t[i])
+        fwhm = max(float(t[j1] - t[j0]), float(times[1] - times[0]))
+        w0 = min(max(fwhm / 8.0, 0.002), 0.05)
+        latency = t_peak - self.shape_n * w0 - 0.015
+        sd = max(0.02, 0.2 * abs(t_peak))
+        return {
+            "input_latency": _normal(latency, sd),
+            "input_width": _lognormal(w0, 0.5),
+            "component_time_s": t_peak,
+            "component_fwhm_s": fwhm,
+        }
+
+    def default_prior(
+        self, data: "EvokedData", *, free: tuple[str, ...] | None = None, window: tuple[float, float] | None = None
+    ) -> dict:
+        """Default prior for fitting ``data``: JR log-normals, input timing and scale from the data.
 
         Returned in :class:`~jrinfer.Prior`'s JSON schema. ``free`` defaults
         to ``A, B, a, b, C``; ``p_mean`` is fixed at 60 pulses/s (a stable
-        resting state); the gain is normal around zero with a scale that maps
-        a ~5 mV JR response to the data's peak amplitude; ``log_precision`` is
-        normal around ``-log(var)`` of the data's first 10 % (baseline)
-        samples.
+        resting state on the upper branch, alpha-band resonance); the input
+        timing comes from the data's main component (:meth:`timing_prior`,
+        within ``window`` seconds if given), so early and late, positive and
+        negative components are all reachable; the gain is normal around zero
+        (either sign) with a scale that maps a ~5 mV JR response to the
+        data's peak amplitude; ``log_precision`` is normal around
+        ``-log(var)`` of the pre-stimulus samples (the first 10 % of the epoch
+        when it has none), sd 2.
         """
         self.check_data(data)
         if free is None:
@@ -1010,18 +1134,35 @@ class EvokedObservation(_JansenRitObservation):
         if peak == 0.0:
             raise ValueError("data.values are all zero: nothing to scale the default gain prior to")
         u = _VOLT_UNIT_PER_MV[data.units]
-        dists["input_amplitude"] = _lognormal(0.5, 0.5)
-        dists["input_latency"] = _normal(0.03, 0.02)
-        dists["input_width"] = _lognormal(0.005, 0.3)
+        timing = self.timing_prior(data, window)
+        dists["input_amplitude"] = _lognormal(_EVOKED_AMPLITUDE, 0.5)
+        dists["input_latency"] = timing["input_latency"]
+        dists["input_width"] = timing["input_width"]
+        # scale of the gain: the JR response at the prior centre, seen with gain 1
+        centre = {n: _spec_centre(d) for n, d in dists.items()}
+        ref = {**{k: v for k, v in fixed.items()}, **centre, "gain": 1.0, "baseline": 0.0}
+        probe = EvokedObservation(shape_n=self.shape_n, dt=self.dt, settle=self.settle)
+        ref_pred = probe.predict({k: torch.tensor(float(v), dtype=torch.float64) for k, v in ref.items()}, data)
+        if not bool(ref_pred.valid):
+            raise ValueError(
+                f"the default evoked prior's centre is outside the evoked regime ({ref_pred.reasons[0]}); "
+                "give a prior (--prior) with another p_mean or input_amplitude"
+            )
+        response = float(ref_pred.value.abs().max()) / u  # mV per unit gain
         if self.per_channel_gain:
             for c, name in enumerate(self._gain_names(data)):
                 peak_c = float(data.values[c].abs().max()) or peak
-                dists[name] = _normal(0.0, peak_c / (5.0 * u))
+                dists[name] = _normal(0.0, peak_c / (response * u))
         else:
-            dists["gain"] = _normal(0.0, peak / (5.0 * u))
+            dists["gain"] = _normal(0.0, peak / (response * u))
         dists["baseline"] = _normal(0.0, 0.1 * peak)
-        n_base = max(3, data.values.shape[-1] // 10)
-        noise_var = float(data.values[:, :n_base].var()) or (0.05 * peak) ** 2
+        pre = data.times < 0
+        if int(pre.sum()) >= 3:
+            noise_var = float(data.values[:, pre].var())
+        else:
+            n_base = max(3, data.values.shape[-1] // 10)
+            noise_var = float(data.values[:, :n_base].var())
+        noise_var = noise_var or (0.05 * peak) ** 2
         dists["log_precision"] = _normal(-math.log(noise_var), 2.0)
         units = self.parameter_units(data)
         return {"distributions": dists, "fixed": fixed, "units": {k: units[k] for k in (*dists, *fixed)}}

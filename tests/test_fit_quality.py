@@ -115,10 +115,87 @@ def test_near_hopf_spectrum_warns_and_predictive_is_nan_free():
 
 @pytest.mark.slow
 def test_recorded_spectrum_past_the_low_pass_is_flagged():
+    """As a CSV would bring it (no filter information): 1-100 Hz of a recording low-passed at 45 Hz."""
     require_recordings("eegmat/Subject00_1.edf")
     from jrinfer import datasets
 
-    data = datasets.eegmat_spectrum(subject=0, channels=("O1", "O2"), fmin=1.0, fmax=100.0).mean_over_channels()
+    raw = datasets.fetch_eegmat(0, 1)
+    picks = [ch for ch in raw.ch_names if ch.replace("EEG ", "").split("-")[0] in ("O1", "O2")]
+    spec = raw.compute_psd(method="welch", fmin=1.0, fmax=100.0, picks=picks, n_fft=1024, n_per_seg=1024, verbose="error")
+    power = torch.as_tensor(spec.get_data().mean(0) * 1e12, dtype=F64)  # V^2/Hz -> uV^2/Hz
+    data = SpectrumData.from_arrays(torch.as_tensor(spec.freqs, dtype=F64), power[None], units="uV^2/Hz", n_segments=60)
     post = _fit(InverseProblem(SpectrumObservation(), None, data))
     assert post.fit_quality["r2_log_power"] < 0.8
     assert any("poor fit" in w and "fmax" in w for w in post.warnings), post.warnings
+    # read from the recording itself, the same request is refused up front (the low-pass is known)
+    with pytest.raises(ValueError, match="low-pass"):
+        datasets.eegmat_spectrum(subject=0, channels=("O1", "O2"), fmin=1.0, fmax=100.0)
+
+
+# ------------------------------------------------- evoked regime and timing (issue 14, items 4-5)
+def _evoked_template(t0=-0.1, t1=0.6, step=0.004):
+    times = torch.arange(t0, t1, step, dtype=F64)
+    return EvokedData.from_arrays(times, torch.randn(1, times.numel(), dtype=F64, generator=torch.Generator().manual_seed(0)), units="uV")
+
+
+def test_switching_pulses_are_invalid_with_a_reason():
+    data = _evoked_template()
+    obs = EvokedObservation()
+    q = torch.tensor([0.02, 0.05, 0.5], dtype=F64)
+    params = {
+        "p_mean": torch.tensor(60.0, dtype=F64),
+        "input_amplitude": q,
+        "input_latency": torch.tensor(0.03, dtype=F64),
+        "input_width": torch.tensor(0.005, dtype=F64),
+        "gain": torch.tensor(1.0, dtype=F64),
+        "baseline": torch.tensor(0.0, dtype=F64),
+    }
+    pred = obs.predict(params, data)
+    assert pred.valid.tolist() == [True, True, False]
+    assert len(pred.reasons) == 1 and "switched the model to its other stable equilibrium" in pred.reasons[0]
+    # the valid responses ring around rest (the upper equilibrium is a slowly damped alpha
+    # resonance): over the last 100 ms (one cycle) they average out near rest, no step
+    tail_mean = pred.value[:2, 0, -25:].mean(-1).abs()
+    assert bool((tail_mean < 0.1 * pred.value[:2, 0].abs().amax(-1)).all())
+
+
+def test_default_evoked_prior_centre_is_in_the_evoked_regime_and_reaches_late_components():
+    early = _evoked_template()
+    late_erp = _late_component_erp()
+    obs = EvokedObservation()
+    for data in (early, late_erp):
+        problem = InverseProblem(obs, None, data)
+        centre = problem.prior.median()
+        assert bool(problem.predict(centre).valid)
+        assert problem.prior_validity(200, seed=0)["invalid_fraction"] < 0.25  # 14 % measured
+    timing = obs.timing_prior(late_erp)
+    assert abs(timing["component_time_s"] - 0.43) < 0.03  # a 140 ms wide component in noise
+    lat = timing["input_latency"]
+    # the pulse (peak about n w + 15 ms after onset) reaches the 430 ms component within the prior's 1 sd
+    assert abs(lat["mean"] + 7 * timing["input_width"]["median"] + 0.015 - 0.43) < lat["sd"]
+    # a window named by the user picks another component
+    assert obs.timing_prior(late_erp, window=(0.0, 0.2))["component_time_s"] <= 0.2
+
+
+@pytest.mark.slow
+def test_late_positive_component_is_fitted():
+    post = _fit(InverseProblem(EvokedObservation(), None, _late_component_erp_strong()))
+    assert post.fit_quality["explained_variance"] > 0.7, post.fit_quality
+    assert abs(post.fit_quality["peak_latency_model_s"] - 0.43) < 0.02
+
+
+def _late_component_erp_strong():
+    """A +20 uV component at 430 ms (P300-like), 0.5 uV noise: the default prior must reach it."""
+    times = torch.arange(-0.1, 0.7, 0.004, dtype=F64)
+    g = torch.Generator().manual_seed(5)
+    wave = 20.0 * torch.exp(-0.5 * ((times - 0.43) / 0.04) ** 2)
+    return EvokedData.from_arrays(times, (wave + 0.5 * torch.randn(times.shape, generator=g, dtype=F64))[None], units="uV")
+
+
+def test_a_response_that_does_not_return_to_rest_is_flagged():
+    times = torch.arange(-0.2, 0.8, 0.004, dtype=F64)
+    step = -3.0 * (times > 0.2).double() - 6.0 * torch.exp(-0.5 * ((times - 0.17) / 0.02) ** 2)
+    data = EvokedData.from_arrays(times, step[None] + 0.1 * torch.randn(1, times.numel(), dtype=F64, generator=torch.Generator().manual_seed(1)), units="uV")
+    q = EvokedObservation().goodness_of_fit(data, torch.zeros(1, times.numel(), dtype=F64))
+    assert q.metrics["end_offset_from_baseline"] == pytest.approx(-3.0, abs=0.1)
+    assert any("does not return to rest" in w for w in q.warnings)
