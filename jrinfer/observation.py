@@ -125,6 +125,9 @@ class SpectrumObservation:
     oversample : int
         ``window`` only: fine-grid points per ``min(bin spacing, 1/L)`` for
         the smooth part of the spectrum (:func:`jrinfer.spectral.window_matrix`).
+        The sharp alpha pole is handled exactly, so 2 suffices: over 218
+        stable default-prior draws the largest relative difference from
+        ``oversample=32`` is 2e-8 (4.7e-7 with 1).
 
     Notes
     -----
@@ -169,7 +172,7 @@ class SpectrumObservation:
         segment: float | None = None,
         seed: int = 0,
         window: str | None = "hann",
-        oversample: int = 4,
+        oversample: int = 2,
     ):
         _checks.check_option("method", method, ("transfer", "simulation"))
         _checks.check_option("likelihood", likelihood, ("gaussian", "whittle"))
@@ -300,10 +303,14 @@ class SpectrumObservation:
         """:func:`jrinfer.spectral.window_matrix` for this grid, computed once per grid and segment length."""
         from jrinfer.spectral import window_matrix
 
-        key = (freqs.detach().cpu().numpy().tobytes(), float(seg_length), self.window, self.oversample)
-        if key not in self._window_cache:
-            self._window_cache[key] = window_matrix(freqs, seg_length, window=self.window, oversample=self.oversample)
-        return self._window_cache[key]
+        key = (freqs.numel(), float(seg_length), self.window, self.oversample)
+        entries = self._window_cache.setdefault(key, [])
+        for grid, wm in entries:
+            if torch.equal(grid, freqs):
+                return wm
+        wm = window_matrix(freqs, seg_length, window=self.window, oversample=self.oversample)
+        entries.append((freqs.detach().clone(), wm))
+        return wm
 
     def _windowed(self, model: JansenRit, lin, freqs: torch.Tensor, wm) -> torch.Tensor:
         """Expected Welch estimate: exact for the alpha pole pair, weight matrix for the smooth rest."""
