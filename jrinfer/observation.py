@@ -117,10 +117,10 @@ class SpectrumObservation:
         Taper of the data's Welch segments. ``method="transfer"`` predicts
         the expectation of that estimator: the PSD convolved with the
         segment's spectral window (:func:`jrinfer.spectral.spectral_window`),
-        not the PSD at the bin centres (``window=None``). Near the first Hopf
-        point the linearised alpha peak is narrower than a bin (0.13 Hz with
-        the JR 1995 constants at ``p_mean = 70``), and point evaluation makes
-        the likelihood jagged in the peak frequency. ``method="simulation"``:
+        not the PSD at the bin centres (``window=None``). Below the first Hopf
+        point the linearised alpha peak is narrower than a bin (full width
+        0.13 Hz with the JR 1995 constants at ``p_mean = 60``, 0.02 Hz at 85),
+        and point evaluation makes the likelihood jagged in the peak frequency. ``method="simulation"``:
         the taper of the simulation's Welch estimate (Hann for ``None``).
     oversample : int
         ``window`` only: fine-grid points per ``min(bin spacing, 1/L)`` for

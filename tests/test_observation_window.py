@@ -94,7 +94,7 @@ def test_sharp_peak_power_is_preserved_and_spread_over_the_main_lobe():
     fine = torch.arange(2.0, 40.0, 0.0005, dtype=F64)
     total = torch.trapezoid(JansenRit(p_mean=88.0).linear_psd(fine).psd, fine)
     assert float(torch.trapezoid(win, EEGMAT_GRID)) == pytest.approx(float(total), rel=2e-3)
-    # the 0.004 Hz-wide peak falls between bins: point evaluation misses most of its power
+    # the 0.008 Hz-wide peak falls between bins: point evaluation misses most of its power
     assert float(torch.trapezoid(point, EEGMAT_GRID)) < 0.5 * float(total)
 
 
