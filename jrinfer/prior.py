@@ -1055,6 +1055,9 @@ class _PriorTransform(torch.distributions.transforms.Transform):
     def __eq__(self, other):
         return isinstance(other, _PriorTransform) and other.box is self.box
 
+    def __hash__(self):
+        return hash((type(self), id(self.box)))
+
     def _call(self, z):
         b = self.box
         width = b.upper_bound - b.lower_bound

@@ -4,7 +4,7 @@
 :func:`window_matrix` and :func:`windowed_pole_psd` give the *expectation* of
 such an estimate for a process of known PSD: the PSD convolved with the
 spectral window of one tapered segment (Harris 1978; Percival & Walden 1993,
-sections 6.3-6.4 and 6.17).
+chapter 6 on direct spectral estimators and data tapers).
 """
 
 from __future__ import annotations
@@ -162,13 +162,13 @@ def spectral_window(delta, seg_length: float, window: str = "hann") -> torch.Ten
 
         E[P_hat(f)] = integral P(f - delta) K(delta) d delta,    K = |W(delta)|^2 / integral w^2
 
-    which integrates to one (Percival & Walden 1993, eq. 207 and 6.17).
+    which integrates to one (Percival & Walden 1993, ch. 6).
     For the continuous-time taper of length ``L``, with ``x = delta L`` and
     the normalised ``sinc``:
 
     - ``"boxcar"``: ``K = L sinc^2(x)`` (Fejer kernel);
     - ``"hann"`` (``w = (1 - cos(2 pi t / L)) / 2``): ``W`` is the sum of three
-      shifted boxcar transforms (Harris 1978, eq. 30), so
+      shifted boxcar transforms (Harris 1978, the Hann window), so
       ``K = (8 L / 3) (sinc(x) / 2 + (sinc(x - 1) + sinc(x + 1)) / 4)^2
       = (2 L / 3) sinc^2(x) / (1 - x^2)^2``. The first form has no removable
       singularity (``K(0) = 2 L / 3``, ``K(+-1/L) = L / 6``).
@@ -365,7 +365,7 @@ def windowed_pole_psd(freqs, pole: torch.Tensor, residue: torch.Tensor, seg_leng
                     = 4 Re{c [I(lambda - 2 pi i f) + I(lambda + 2 pi i f)]},
         I(z) = integral_0^L v(tau) exp(z tau) d tau
 
-    in closed form (Percival & Walden 1993, eq. 6.17: the expected
+    in closed form (Percival & Walden 1993, ch. 6: the expected
     periodogram is the Fourier transform of the autocovariance times the lag
     window). Unlike a quadrature of ``P`` against :func:`spectral_window` it
     stays exact however narrow the peak (decay rate ``-Re lambda -> 0``).
