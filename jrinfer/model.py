@@ -500,18 +500,7 @@ class JansenRit:
             where it is valid.
         """
         f = _check_freqs(freqs)
-        p_std = self._params["p_std"]
-        if self.noise == "white":
-            if dt is not None:
-                _checks.check_scalar("dt", dt, positive=True)
-            intensity = p_std**2
-        else:
-            if dt is None:
-                raise ValueError(
-                    f"dt is required for noise={self.noise!r}: the per-step convention's spectrum depends on the "
-                    "step (equivalent white-noise intensity p_std*sqrt(dt))"
-                )
-            intensity = p_std**2 * _checks.check_scalar("dt", dt, positive=True)
+        intensity = self._noise_intensity(dt)
         eq = self._equilibrium(equilibrium)
         h2 = self.transfer_function(f, equilibrium=eq).abs() ** 2
         if self.noise_on == "input":
@@ -520,6 +509,92 @@ class JansenRit:
             gain = h2.sum(-1)
         psd = 2.0 * intensity.unsqueeze(-1) * gain
         return LinearSpectrum(f, psd, eq.stable, eq)
+
+    def _noise_intensity(self, dt: float | None) -> torch.Tensor:
+        """Two-sided white-noise intensity ``sigma^2`` of the input noise, shape ``batch``."""
+        p_std = self._params["p_std"]
+        if self.noise == "white":
+            if dt is not None:
+                _checks.check_scalar("dt", dt, positive=True)
+            return p_std**2
+        if dt is None:
+            raise ValueError(
+                f"dt is required for noise={self.noise!r}: the per-step convention's spectrum depends on the "
+                "step (equivalent white-noise intensity p_std*sqrt(dt))"
+            )
+        return p_std**2 * _checks.check_scalar("dt", dt, positive=True)
+
+    def dominant_mode(
+        self, equilibrium: FixedPoints | str = "upper", *, dt: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Least-damped oscillatory pole of the linearised spectrum and its residue.
+
+        The linearised transfer functions are ``H_c = N_c / Q`` with the
+        characteristic polynomial (roots: the Jacobian's eigenvalues)::
+
+            Q(s) = (s + a)^4 (s + b)^2 - g0 A a [C1 C2 g1 A a (s + b)^2 - C3 C4 g2 B b (s + a)^2]
+
+        For white noise of intensity ``sigma^2`` the autocovariance of ``v`` is
+        ``R(tau) = sum_k c_k exp(lambda_k |tau|)`` with
+        ``c_k = sigma^2 sum_c N_c(lambda_k) N_c(-lambda_k) / (Q'(lambda_k) Q(-lambda_k))``
+        (residues of ``sigma^2 H(s) H(-s)``). This returns the pole
+        ``lambda`` (``Im > 0``) with the largest real part among the complex
+        eigenvalues and its ``c``, so that the pole pair contributes
+        ``R(tau) = 2 Re(c exp(lambda |tau|))`` and the one-sided PSD
+        :func:`jrinfer.spectral.pole_psd` ``(f, lambda, c)``. Below the first
+        Hopf point this is the alpha resonance, whose peak can be far narrower
+        than a frequency bin; the rest of the spectrum is smooth.
+
+        The eigenvalue is refined by one Newton step on ``Q`` from its detached
+        value, so its gradient is the implicit-function derivative (no
+        gradients through the eigen-solver are needed).
+
+        Parameters
+        ----------
+        equilibrium : {"upper", "lower"} or FixedPoints
+            As in :meth:`transfer_function`.
+        dt : float, optional
+            As in :meth:`linear_psd` (required for the ``jr1995_*`` noise).
+
+        Returns
+        -------
+        pole : torch.Tensor
+            Complex128, shape ``batch``, 1/s. ``-1`` where the equilibrium has
+            no complex eigenvalue.
+        residue : torch.Tensor
+            Complex128, shape ``batch``, mV^2 (0 where there is no complex
+            eigenvalue).
+        """
+        intensity = self._noise_intensity(dt)
+        eq = self._equilibrium(equilibrium) if isinstance(equilibrium, str) else equilibrium
+        p = self._params
+        ev = eq.eigenvalues.detach()
+        osc = (ev.imag > 1e-9 * ev.abs()) & torch.isfinite(ev.real)
+        score = torch.where(osc, ev.real, torch.full_like(ev.real, -math.inf))
+        lam0 = torch.gather(ev, -1, score.argmax(-1, keepdim=True)).squeeze(-1)
+        has = osc.any(-1)
+        lam0 = torch.where(has, lam0, torch.full_like(lam0, -1.0))
+        y0 = eq.state[..., 0]
+        g0 = self.sigmoid_derivative(eq.v)
+        g1 = _sigmoid_slope(p["C1"] * y0, p["e0"], p["v0"], p["r"])
+        g2 = _sigmoid_slope(p["C3"] * y0, p["e0"], p["v0"], p["r"])
+        a, b, aa, bb = p["a"], p["b"], p["A"] * p["a"], p["B"] * p["b"]
+        ke, ki = p["C1"] * p["C2"] * g1 * aa, p["C3"] * p["C4"] * g2 * bb
+
+        def q(s):
+            return (s + a) ** 4 * (s + b) ** 2 - g0 * aa * (ke * (s + b) ** 2 - ki * (s + a) ** 2)
+
+        def dq(s):
+            return 4 * (s + a) ** 3 * (s + b) ** 2 + 2 * (s + a) ** 4 * (s + b) - 2 * g0 * aa * (ke * (s + b) - ki * (s + a))
+
+        lam = lam0 - q(lam0) / dq(lam0)
+        numerators = [lambda s: aa * (s + a) ** 2 * (s + b) ** 2]  # external input
+        if self.noise_on == "all":
+            numerators += [lambda s: aa * (ke * (s + b) ** 2 - ki * (s + a) ** 2), lambda s: -bb * (s + a) ** 4]
+        num = sum(n(lam) * n(-lam) for n in numerators)
+        residue = intensity * num / (dq(lam) * q(-lam))
+        residue = torch.where(has, residue, torch.zeros_like(residue))
+        return lam, residue
 
     # -------------------------------------------------------------- simulation
     def simulate(

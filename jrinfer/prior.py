@@ -59,6 +59,7 @@ __all__ = [
     "Normal",
     "Uniform",
     "Prior",
+    "TorchPrior",
     "distribution_from_dict",
 ]
 
@@ -790,6 +791,28 @@ class Prior:
         s = [d.support for d in self._dists.values()]
         return torch.tensor([a for a, _ in s], dtype=F64), torch.tensor([b for _, b in s], dtype=F64)
 
+    def to_torch(self) -> "TorchPrior":
+        """This prior as a ``torch.distributions`` object (e.g. for sbi).
+
+        A joint over the free parameters in :attr:`names` order: event shape
+        ``(n_params,)``, batch shape ``()``, float64. ``log_prob`` equals
+        :meth:`log_prob` (``-inf`` outside the support); ``sample(shape)``
+        draws from torch's global RNG like every ``torch.distributions``
+        object (use :meth:`sample` for seeded draws); ``support`` is the
+        per-parameter box, and ``torch.distributions.biject_to(support)`` is
+        this prior's unconstrained transform (``exp`` for LogNormal, identity
+        for Normal, scaled logistic for Uniform), which sbi uses to run MCMC
+        in an unbounded space. ``mean`` and ``stddev`` are the prior's.
+
+        sbi's ``process_prior`` accepts it as a PyTorch prior (it wraps
+        float64 priors to return float32).
+
+        Returns
+        -------
+        TorchPrior
+        """
+        return TorchPrior(self)
+
     def as_dict(self, theta) -> dict[str, torch.Tensor]:
         """Named parameters for a model: free columns of ``theta`` plus the fixed values.
 
@@ -879,3 +902,153 @@ class Prior:
 def _check_name(where: str, name) -> None:
     if not isinstance(name, str) or not name:
         raise ValueError(f"{where} keys must be non-empty parameter names (str), got {name!r}")
+
+# ====================================================== torch.distributions
+_KIND_CODE = {"lognormal": 0, "normal": 1, "uniform": 2}
+
+
+class _PriorBox(torch.distributions.constraints.Constraint):
+    """Elementwise support of a :class:`Prior`: ``(0, inf)``, the real line or ``[low, high]`` per parameter.
+
+    ``lower_bound`` / ``upper_bound`` are the per-parameter bounds (``±inf``
+    where unbounded); ``torch.distributions.biject_to`` maps it to
+    :class:`_PriorTransform`.
+    """
+
+    is_discrete = False
+    event_dim = 0
+
+    def __init__(self, kind: torch.Tensor, lower_bound: torch.Tensor, upper_bound: torch.Tensor):
+        self.kind = kind
+        self.lower_bound = lower_bound
+        self.upper_bound = upper_bound
+        super().__init__()
+
+    def check(self, value):
+        inside = (value >= self.lower_bound) & (value <= self.upper_bound)
+        return inside & ((self.kind != 0) | (value > 0))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(lower_bound={self.lower_bound.tolist()}, upper_bound={self.upper_bound.tolist()})"
+
+
+class _PriorTransform(torch.distributions.transforms.Transform):
+    """Elementwise unconstrained -> natural map of a :class:`Prior` (same as ``Prior.from_unconstrained``)."""
+
+    domain = torch.distributions.constraints.real
+    bijective = True
+    sign = +1
+
+    def __init__(self, box: _PriorBox, cache_size: int = 0):
+        super().__init__(cache_size=cache_size)
+        self.box = box
+        self.codomain = box
+
+    def with_cache(self, cache_size=1):
+        return self if self._cache_size == cache_size else _PriorTransform(self.box, cache_size)
+
+    def __eq__(self, other):
+        return isinstance(other, _PriorTransform) and other.box is self.box
+
+    def __hash__(self):
+        return hash((type(self), id(self.box)))
+
+    def _call(self, z):
+        b = self.box
+        width = b.upper_bound - b.lower_bound
+        low = torch.where(b.kind == 2, b.lower_bound, torch.zeros_like(b.lower_bound))
+        width = torch.where(b.kind == 2, width, torch.ones_like(width))
+        return torch.where(b.kind == 0, torch.exp(z), torch.where(b.kind == 1, z, low + width * torch.sigmoid(z)))
+
+    def _inverse(self, x):
+        b = self.box
+        width = torch.where(b.kind == 2, b.upper_bound - b.lower_bound, torch.ones_like(b.upper_bound))
+        low = torch.where(b.kind == 2, b.lower_bound, torch.zeros_like(b.lower_bound))
+        u = ((x - low) / width).clamp(0.0, 1.0)
+        pos = torch.where(b.kind == 0, x, torch.ones_like(x))
+        return torch.where(b.kind == 0, torch.log(pos), torch.where(b.kind == 1, x, torch.logit(u)))
+
+    def log_abs_det_jacobian(self, z, x):
+        b = self.box
+        width = torch.where(b.kind == 2, b.upper_bound - b.lower_bound, torch.ones_like(b.upper_bound))
+        uni = torch.log(width) + F.logsigmoid(z) + F.logsigmoid(-z)
+        return torch.where(b.kind == 0, z, torch.where(b.kind == 1, torch.zeros_like(z), uni))
+
+
+torch.distributions.constraint_registry.biject_to.register(_PriorBox)(lambda c: _PriorTransform(c))
+torch.distributions.constraint_registry.transform_to.register(_PriorBox)(lambda c: _PriorTransform(c))
+
+
+class TorchPrior(torch.distributions.Distribution):
+    """A :class:`Prior` as a ``torch.distributions.Distribution`` (see :meth:`Prior.to_torch`).
+
+    Parameters
+    ----------
+    prior : Prior
+        The prior; its free parameters, in :attr:`Prior.names` order, are the
+        event's components.
+
+    Attributes
+    ----------
+    prior : Prior
+        The wrapped prior.
+    names : tuple of str
+        Parameter names, the order of the event axis.
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(self, prior: "Prior", validate_args: bool | None = False):
+        if not isinstance(prior, Prior):
+            raise ValueError(f"prior must be a jrinfer.Prior, got {type(prior).__name__}")
+        dists = list(prior.distributions.values())
+        unknown = sorted({type(d).__name__ for d in dists if d._kind not in _KIND_CODE})
+        if unknown:
+            raise ValueError(f"prior: no torch equivalent for distribution type(s) {unknown}")
+        self.prior = prior
+        self.names = prior.names
+        self._kind = torch.tensor([_KIND_CODE[d._kind] for d in dists])
+        low, high = prior.bounds()
+        # draws: exp(loc + scale eps) (LogNormal), loc + scale eps (Normal), loc + scale u (Uniform)
+        loc_scale = {"lognormal": lambda d: (d._mu, d.sd_log), "normal": lambda d: (d.mean, d.sd),
+                     "uniform": lambda d: (d.low, d.high - d.low)}
+        ls = [loc_scale[d._kind](d) for d in dists]
+        self._loc = torch.tensor([a for a, _ in ls], dtype=F64)
+        self._scale = torch.tensor([b for _, b in ls], dtype=F64)
+        self._support = torch.distributions.constraints.independent(_PriorBox(self._kind, low, high), 1)
+        super().__init__(torch.Size(), torch.Size([len(dists)]), validate_args=validate_args)
+
+    @property
+    def support(self):
+        return self._support
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.prior.mean()
+
+    @property
+    def stddev(self) -> torch.Tensor:
+        return self.prior.std()
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.prior.std() ** 2
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        """Draws of shape ``(*sample_shape, n_params)`` (float64) from torch's global RNG."""
+        shape = self._extended_shape(torch.Size(sample_shape))
+        with torch.no_grad():
+            eps = torch.randn(shape, dtype=F64)
+            u = torch.rand(shape, dtype=F64)
+            gauss = self._loc + self._scale * eps
+            return torch.where(
+                self._kind == 0, torch.exp(gauss), torch.where(self._kind == 1, gauss, self._loc + self._scale * u)
+            )
+
+    def log_prob(self, value) -> torch.Tensor:
+        """:meth:`Prior.log_prob`: shape ``value.shape[:-1]``, ``-inf`` outside the support."""
+        return self.prior.log_prob(torch.as_tensor(value).to(F64))
+
+    def __repr__(self) -> str:
+        return f"TorchPrior({list(self.names)})"

@@ -40,8 +40,10 @@ def test_transfer_and_simulation_predictions_agree_in_stable_regime():
     assert bool(lin.valid) and bool(sim.valid)
     ratio = (sim.value / lin.value).numpy()
     f = FREQS.numpy()
-    away = np.abs(f - 9.9) > 1.5  # the 0.13 Hz-wide peak is smeared by 4 s Welch segments
-    # 199 half-overlapping Hann segments: relative sd per bin ~ sqrt(1.06 / 199) = 0.073,
+    # the simulation's Welch segments default to the data's (1 / 0.5 Hz = 2 s), and the transfer
+    # prediction is the expectation of that estimator, so the smeared peak agrees too
+    away = np.abs(f - 9.9) > 1.5
+    # 399 half-overlapping Hann segments: relative sd per bin ~ sqrt(1.06 / 399) = 0.052 (bound kept at 0.073),
     # plus interpolation from the Welch grid onto the data grid in log space
     assert np.median(ratio[away]) == pytest.approx(1.0, abs=0.05)
     assert np.abs(np.log(ratio[away])).max() < 5 * 0.073
@@ -59,15 +61,18 @@ def test_transfer_gives_minus_inf_with_reason_when_unstable():
 
 
 def test_prediction_components_and_units():
-    obs = SpectrumObservation()
     base = {"p_mean": torch.tensor(70.0, dtype=F64)}
-    neural = JansenRit(p_mean=70.0).linear_psd(FREQS).psd
-    for units, u in (("mV^2/Hz", 1.0), ("uV^2/Hz", 1e6), ("V^2/Hz", 1e-6)):
-        data = spectrum_data(units=units)
-        p = {**base, **obs_params(gain=0.3, ap_amplitude=2.0, ap_exponent=1.5, floor=0.01)}
-        pred = obs.predict(p, data).value
-        want = 0.09 * u * neural + 2.0 * FREQS**-1.5 + 0.01
-        assert torch.allclose(pred, want, rtol=1e-12)
+    point = JansenRit(p_mean=70.0).linear_psd(FREQS).psd
+    # the windowed neural PSD for 0.5 Hz bins: Welch segments of 1 / 0.5 Hz = 2 s
+    windowed = SpectrumObservation().neural_psd(base, FREQS, seg_length=2.0).value
+    for window, neural in ((None, point), ("hann", windowed)):
+        obs = SpectrumObservation(window=window)
+        for units, u in (("mV^2/Hz", 1.0), ("uV^2/Hz", 1e6), ("V^2/Hz", 1e-6)):
+            data = spectrum_data(units=units)
+            p = {**base, **obs_params(gain=0.3, ap_amplitude=2.0, ap_exponent=1.5, floor=0.01)}
+            pred = obs.predict(p, data).value
+            want = 0.09 * u * neural + 2.0 * FREQS**-1.5 + 0.01
+            assert torch.allclose(pred, want, rtol=1e-12)
 
 
 def test_gaussian_log_likelihood_is_normal_on_log_power():

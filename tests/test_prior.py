@@ -375,3 +375,71 @@ def test_bad_calls_raise_named_value_errors():
     for call, name in cases:
         with pytest.raises(ValueError, match=name):
             call()
+
+
+# ------------------------------------------------------ torch.distributions
+def mixed_prior():
+    return Prior(
+        {"A": LogNormal(3.25, 0.2), "gain": Normal(-1.0, 2.0), "p_mean": Uniform(40.0, 85.0), "b": LogNormal(50.0, 0.5)},
+        fixed={"B": 22.0},
+    )
+
+
+@pytest.mark.parametrize("make", [mixed_prior, lambda: jansen_rit_prior(kind="dcm"), lambda: jansen_rit_prior(kind="box")])
+def test_to_torch_log_prob_matches_prior(make):
+    prior = make()
+    d = prior.to_torch()
+    assert isinstance(d, torch.distributions.Distribution)
+    assert d.batch_shape == () and d.event_shape == (prior.n_params,) and d.names == prior.names
+    theta = prior.sample(500, seed=3)
+    assert torch.allclose(d.log_prob(theta), prior.log_prob(theta), rtol=1e-12, atol=1e-12)
+    # outside the support: -inf like the prior (no NaN from log of a negative value)
+    low, high = prior.bounds()
+    outside = torch.where(torch.isfinite(low), low - 1.0, torch.where(torch.isfinite(high), high + 1.0, theta[0]))
+    if bool((torch.isfinite(low) | torch.isfinite(high)).any()):
+        assert d.log_prob(outside) == -math.inf == float(prior.log_prob(outside))
+        assert not bool(d.support.check(outside))
+    assert bool(d.support.check(theta).all())
+
+
+def test_to_torch_sample_moments():
+    prior = mixed_prior()
+    d = prior.to_torch()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        x = d.sample((200_000,))
+        again = d.sample((2, 3))
+    assert x.shape == (200_000, 4) and x.dtype == torch.float64 and again.shape == (2, 3, 4)
+    se = prior.std() / math.sqrt(x.shape[0])
+    assert ((x.mean(0) - prior.mean()).abs() < 5 * se).all(), (x.mean(0), prior.mean())
+    assert torch.allclose(x.std(0), prior.std(), rtol=0.02)
+    assert torch.allclose(d.mean, prior.mean()) and torch.allclose(d.stddev, prior.std())
+    # each margin has the right distribution, not only the right moments
+    for i, dist in enumerate(prior.distributions.values()):
+        cdf = {"lognormal": lambda v, q=dist: scipy.stats.lognorm.cdf(v, q.sd_log, scale=q.median),
+               "normal": lambda v, q=dist: scipy.stats.norm.cdf(v, q.mean, q.sd),
+               "uniform": lambda v, q=dist: scipy.stats.uniform.cdf(v, q.low, q.high - q.low)}[dist._kind]
+        assert scipy.stats.kstest(x[:20_000, i].numpy(), cdf).pvalue > 1e-3
+
+
+def test_to_torch_support_bijection_is_the_prior_transform():
+    # sbi runs MCMC through biject_to(prior.support) when the support exposes bounds
+    prior = mixed_prior()
+    d = prior.to_torch()
+    assert hasattr(d.support, "base_constraint") and hasattr(d.support.base_constraint, "upper_bound")
+    t = torch.distributions.biject_to(d.support)
+    z = torch.randn(7, prior.n_params, dtype=F64, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(t(z), prior.from_unconstrained(z), rtol=1e-13)
+    assert torch.allclose(t.inv(t(z)), z, rtol=1e-10, atol=1e-10)
+    assert torch.allclose(t.log_abs_det_jacobian(z, t(z)), prior.log_abs_det_jacobian(z), rtol=1e-12)
+
+
+def test_to_torch_meets_sbi_prior_checks():
+    # what sbi.utils.process_prior checks of a PyTorch prior (sbi itself is not a dependency)
+    d = mixed_prior().to_torch()
+    assert d.sample().ndim == 1 and d.batch_shape.numel() <= 1
+    assert d.log_prob(d.sample((10,))).shape == (10,)
+    x32 = d.sample((5,)).float()  # sbi wraps float64 priors to hand it float32 values
+    assert d.log_prob(x32).shape == (5,) and torch.isfinite(d.log_prob(x32)).all()
+    with pytest.raises(ValueError, match="prior must be a jrinfer.Prior"):
+        type(d)("not a prior")
