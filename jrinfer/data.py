@@ -81,6 +81,7 @@ MIN_FIT_FREQS: int = 12
 
 _FREQ_HEADERS = ("freq", "freqs", "frequency", "freq_hz", "frequency_hz")
 _TIME_HEADERS = ("time", "times", "time_s")
+_MNE_FOR = "reading MNE objects"
 
 
 # ============================================================== shared helpers
@@ -573,9 +574,6 @@ def _write_csv(path, first: str, axis: torch.Tensor, names: Sequence[str], value
 
 
 # ------------------------------------------------------------------ MNE input
-def _import_mne():
-    return optional_import("mne", purpose="reading MNE objects")
-
 
 def _mne_picks(argname: str, picks, info, metadata: dict | None = None) -> list[int]:
     """Indices of ``picks`` (channel names) in ``info``.
@@ -591,7 +589,7 @@ def _mne_picks(argname: str, picks, info, metadata: dict | None = None) -> list[
     names = list(info["ch_names"])
     md = {} if metadata is None else metadata
     if picks is None:
-        mne = _import_mne()
+        mne = optional_import("mne", purpose=_MNE_FOR)
         idx = list(mne.pick_types(info, eeg=True, exclude="bads"))
         if idx:
             types = info.get_channel_types()
@@ -640,8 +638,8 @@ _VOLT_TYPES = ("eeg", "eog", "ecg", "emg", "seeg", "ecog", "dbs", "bio")
 
 def _check_volts(argname: str, info, idx: Iterable[int]) -> None:
     """Every picked channel must be an electrophysiological channel measured in volts."""
-    mne = _import_mne()
-    FIFF = optional_import("mne.io.constants", purpose="reading MNE objects").FIFF
+    mne = optional_import("mne", purpose=_MNE_FOR)
+    FIFF = optional_import("mne.io.constants", purpose=_MNE_FOR).FIFF
 
     wrong = []
     for i in idx:
@@ -894,7 +892,7 @@ class SpectrumData:
             known for unaggregated (``average=None``) Welch spectra, else None;
             set it with ``dataclasses.replace(s, n_segments=K)``.
         """
-        mne = _import_mne()
+        mne = optional_import("mne", purpose=_MNE_FOR)
         units = _normalise_units("units", units, POWER_UNITS)
         spectrum_types = (mne.time_frequency.Spectrum, mne.time_frequency.EpochsSpectrum)
         if isinstance(inst, mne.Evoked):
@@ -1377,7 +1375,7 @@ class EvokedData:
         EvokedData
             With ``n_averaged = evoked.nave``.
         """
-        mne = _import_mne()
+        mne = optional_import("mne", purpose=_MNE_FOR)
         units = _normalise_units("units", units, AMPLITUDE_UNITS)
         if isinstance(evoked, mne.BaseEpochs):
             raise ValueError("evoked must be an mne.Evoked; got Epochs (average them first: epochs.average())")

@@ -66,6 +66,7 @@ __all__ = [
 
 _log = logging.getLogger("jrinfer.datasets")
 _ENV = "JRINFER_DATA"
+_MNE_FOR = "the dataset fetchers that return MNE-Python objects"
 
 #: Sampling rate of the Bonn recordings in Hz (Andrzejak et al. 2001).
 BONN_SFREQ = 173.61
@@ -292,10 +293,6 @@ def _download_member(url: str, archive_sha: str, member: str, dest: Path, sha256
 
 
 # ==================================================================== helpers
-def _import_mne():
-    return optional_import("mne", purpose="the dataset fetchers that return MNE-Python objects")
-
-
 def _check_choice(name: str, value, allowed: Sequence[int], what: str) -> int:
     """An int (``_checks.check_int``) that is one of ``allowed``; the error lists them and says what they are."""
     try:
@@ -346,7 +343,7 @@ def fetch_eegmat(subject: int = 0, recording: int = 1, *, data_home=None, downlo
     """
     rel = _eegmat_rel(subject, recording)
     path = _fetch(rel, data_home, download)
-    mne = _import_mne()
+    mne = optional_import("mne", purpose=_MNE_FOR)
     raw = mne.io.read_raw_edf(path, preload=True, verbose="error")
     raw.rename_channels(_eegmat_name)
     types = {n: t for n, t in (("A2-A1", "misc"), ("ECG", "ecg")) if n in raw.ch_names}
@@ -445,7 +442,7 @@ def fetch_eegmmidb_baseline(*, data_home=None, download: bool = False):
         Preloaded, values in V.
     """
     path = _fetch("eegmmidb/S001R01.edf", data_home, download)
-    mne = _import_mne()
+    mne = optional_import("mne", purpose=_MNE_FOR)
     raw = mne.io.read_raw_edf(path, preload=True, verbose="error")
     mne.datasets.eegbci.standardize(raw)
     return raw
@@ -466,7 +463,7 @@ def fetch_eeglab_sample(*, data_home=None, download: bool = False):
     """
     set_path = _fetch("eeglab_sample/eeglab_data.set", data_home, download)
     _fetch("eeglab_sample/eeglab_data.fdt", data_home, download)
-    mne = _import_mne()
+    mne = optional_import("mne", purpose=_MNE_FOR)
     return mne.io.read_raw_eeglab(set_path, preload=True, verbose="error")
 
 

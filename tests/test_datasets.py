@@ -115,6 +115,22 @@ def test_digest_memo_hashes_once_per_version(tmp_path, monkeypatch):
     assert D._digest(f) != expected and len(calls) == 2
 
 
+def test_missing_optional_modules_name_the_install(tmp_path, monkeypatch):
+    import sys
+
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"abc")
+    monkeypatch.setitem(sys.modules, "pooch", None)  # import pooch now raises ImportError
+    with pytest.raises(ImportError, match=r"pooch is needed for checking and downloading jrinfer datasets: pip install"):
+        D._digest(f)
+    monkeypatch.undo()
+    rel = "eegmmidb/S001R01.edf"
+    need(rel)
+    monkeypatch.setitem(sys.modules, "mne", None)
+    with pytest.raises(ImportError, match=r"mne is needed for the dataset fetchers .*jrinfer\[eeg\]"):
+        D.fetch_eegmmidb_baseline(data_home=DATA)
+
+
 def test_bonn_set_hash_mismatch(tmp_path):
     need("bonn/setZ_eyes_open/Z100.txt")
     folder = tmp_path / "bonn" / "setZ_eyes_open"
