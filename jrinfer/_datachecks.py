@@ -124,28 +124,29 @@ def _likely(value_uv: float, to_uv: dict, centre: float, rng: tuple[float, float
     return best
 
 
+_POWER_TO_UV2 = {"V^2/Hz": 1e12, "mV^2/Hz": 1e6, "uV^2/Hz": 1.0}
+_AMPLITUDE_TO_UV = {"V": 1e6, "mV": 1e3, "uV": 1.0}
+
+
+def _units_guess(value_uv: float, declared: str, to_uv: dict, centre: float, rng: tuple[float, float]):
+    """(plausible?, likely units) of ``value_uv``, read in ``declared`` and converted with ``to_uv``."""
+    if rng[0] <= value_uv <= rng[1]:
+        return True, None
+    return False, _likely(value_uv / to_uv[declared], to_uv, centre, rng)
+
+
 def power_units_guess(median_uv2: float, declared: str) -> tuple[bool, str | None]:
     """(plausible?, likely units) of a power spectrum whose median is ``median_uv2`` in uV^2/Hz.
 
     ``declared`` is the unit the values were read in; the likely unit is the
     one the raw numbers would be in for their median to be typical EEG.
     """
-    lo, hi = PLAUSIBLE_POWER_UV2
-    if lo <= median_uv2 <= hi:
-        return True, None
-    raw = median_uv2 / {"V^2/Hz": 1e12, "mV^2/Hz": 1e6, "uV^2/Hz": 1.0}[declared]
-    to_uv = {"V^2/Hz": 1e12, "mV^2/Hz": 1e6, "uV^2/Hz": 1.0}
-    return False, _likely(raw, to_uv, 1.0, PLAUSIBLE_POWER_UV2)
+    return _units_guess(median_uv2, declared, _POWER_TO_UV2, 1.0, PLAUSIBLE_POWER_UV2)
 
 
 def amplitude_units_guess(value_uv: float, declared: str) -> tuple[bool, str | None]:
     """(plausible?, likely units) of an amplitude (rms or peak) of ``value_uv`` in uV."""
-    lo, hi = PLAUSIBLE_AMPLITUDE_UV
-    if lo <= value_uv <= hi:
-        return True, None
-    raw = value_uv / {"V": 1e6, "mV": 1e3, "uV": 1.0}[declared]
-    to_uv = {"V": 1e6, "mV": 1e3, "uV": 1.0}
-    return False, _likely(raw, to_uv, 10.0, PLAUSIBLE_AMPLITUDE_UV)
+    return _units_guess(value_uv, declared, _AMPLITUDE_TO_UV, 10.0, PLAUSIBLE_AMPLITUDE_UV)
 
 
 # ----------------------------------------------------------- outlying bins

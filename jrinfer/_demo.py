@@ -22,13 +22,13 @@ Also writes into the output directory:
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from jrinfer._io import write_csv, write_text
 from jrinfer.model import JansenRit
 from jrinfer.spectral import welch_psd
 
@@ -81,14 +81,14 @@ def run_demo(out: Path, *, force: bool = False) -> int:
     for i, p in enumerate(p_grid.tolist()):
         for k in range(int(fp.count[i])):
             rows.append((p, float(fp.v[i, k]), int(fp.stable[i, k])))
-    _write_csv(out / "bifurcation.csv", "p_mean,v,stable", np.array(rows))
+    write_csv(out / "bifurcation.csv", ["p_mean", "v", "stable"], np.array(rows).T)
 
     # 2) The deterministic alpha rhythm (limit cycle) at p_mean = 220.
     cycle = JansenRit(p_mean=220.0, p_std=0.0).simulate(2.0, 1e-4, transient=3.0, record_every=10)
     v = cycle.v.numpy()
     crossings = np.nonzero((v[:-1] < v.mean()) & (v[1:] >= v.mean()))[0]
     cycle_freq = (len(crossings) - 1) / ((crossings[-1] - crossings[0]) / cycle.sampling_rate)
-    _write_csv(out / "alpha_limit_cycle.csv", "time,v", np.column_stack([cycle.time.numpy(), v]))
+    write_csv(out / "alpha_limit_cycle.csv", ["time", "v"], [cycle.time.numpy(), v])
 
     # 3) Linearised vs simulated spectrum at a stable equilibrium.
     p_stable, noise = 60.0, 0.05
@@ -98,10 +98,10 @@ def run_demo(out: Path, *, force: bool = False) -> int:
     welch_mean = welch.psd.mean(0)
     lin = JansenRit(p_mean=p_stable, p_std=noise).linear_psd(welch.freqs)
     keep = (welch.freqs >= 1.0) & (welch.freqs <= 40.0)
-    _write_csv(
+    write_csv(
         out / "spectrum.csv",
-        "freq,linearised,simulated",
-        np.column_stack([welch.freqs[keep].numpy(), lin.psd[keep].numpy(), welch_mean[keep].numpy()]),
+        ["freq", "linearised", "simulated"],
+        [welch.freqs[keep].numpy(), lin.psd[keep].numpy(), welch_mean[keep].numpy()],
     )
     fits = {"synthetic": _fit_synthetic(out / "fit")}
     eegmat = _fit_eegmat(out / "fit_eegmat")
@@ -127,7 +127,7 @@ def run_demo(out: Path, *, force: bool = False) -> int:
         },
         "seconds": round(time.perf_counter() - t_start, 2),
     }
-    _write_text(out / "summary.json", json.dumps(summary, indent=2))
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
     plotted = _plot(out / "demo.png", p_grid, fp, cycle, welch.freqs[keep], lin.psd[keep], welch_mean[keep], hopf)
     print(f"Hopf bifurcations at p_mean = {hopf[0]:.2f} and {hopf[1]:.2f} pulses/s ({hopf_freq:.2f} Hz)")
     print(f"fold (3 -> 1 equilibria) at p_mean = {fold:.2f} pulses/s")
@@ -158,14 +158,12 @@ def run_demo(out: Path, *, force: bool = False) -> int:
 
 def _write_fit(posterior, folder: Path, title: str) -> None:
     folder.mkdir(exist_ok=True)
-    _write_text(folder / "summary.json", json.dumps(posterior.summary(), indent=2, default=float))
+    write_text(folder / "summary.json", json.dumps(posterior.summary(), indent=2, default=float))
     nc = folder / "posterior.nc"
-    if nc.exists():
-        nc.unlink()
     try:
-        posterior.to_netcdf(nc)
-    except ImportError:  # arviz not installed: summary only
-        pass
+        posterior.to_netcdf(nc, overwrite=True)  # atomic: an older posterior.nc stays whole until replaced
+    except ImportError:  # arviz not installed: summary only, and no stale file from an earlier run
+        nc.unlink(missing_ok=True)
     try:
         from jrinfer.plotting import plot_fit
 
@@ -236,27 +234,14 @@ def _fit_eegmat(folder: Path) -> dict | None:
     }
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_csv(path: Path, header: str, data: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    np.savetxt(tmp, data, delimiter=",", header=header, comments="", fmt="%.10g")
-    os.replace(tmp, path)
-
-
 def _plot(path, p_grid, fp, cycle, freqs, lin_psd, sim_psd, hopf) -> bool:
-    try:
-        import matplotlib
+    from jrinfer.plotting import _figure, _save
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:
+        fig = _figure(figsize=(15, 4.2))
     except ImportError:
         return False
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    axes = fig.subplots(1, 3)
     ax = axes[0]
     for k in range(fp.v.shape[-1]):
         vk = fp.v[:, k].numpy()
@@ -275,8 +260,5 @@ def _plot(path, p_grid, fp, cycle, freqs, lin_psd, sim_psd, hopf) -> bool:
     ax.set(xlabel="frequency (Hz)", ylabel="PSD (mV$^2$/Hz)", title="Stable regime, p_mean = 60")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save(fig, path)
     return True

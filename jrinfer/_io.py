@@ -7,11 +7,12 @@ then ``os.replace``) and for the "never overwrite without asking" rule.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_text", "check_writable"]
+__all__ = ["atomic_path", "write_text", "write_csv", "check_writable"]
 
 
 def check_writable(path, *, overwrite: bool, what: str = "path") -> Path:
@@ -27,11 +28,11 @@ def atomic_path(path):
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds.
 
     The temporary file keeps ``path``'s suffix (some writers choose the format
-    from it) and is removed when the block raises.
+    from it), is created with the permissions a plain ``open(path, "w")``
+    would give (0o666 less the umask), and is removed when the block raises.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent or ".")
-    os.close(fd)
+    tmp = _create_temp(path)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -43,9 +44,46 @@ def atomic_path(path):
         raise
 
 
+def _create_temp(path: Path) -> Path:
+    """Create an empty, new file next to ``path`` (exclusive create, so never someone else's file)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:  # pragma: no cover - 32 random bits
+            continue
+        return tmp
+    raise FileExistsError(f"could not create a temporary file next to {path}")  # pragma: no cover
+
+
 def write_text(path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_csv(path, header: Sequence[str], columns) -> Path:
+    """Write numeric ``columns`` (equal lengths) under a one-line ``header`` as CSV, atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Target file; replaced only once the whole table is written.
+    header : sequence of str
+        Column names, written comma-separated on the first line.
+    columns : sequence of array_like
+        One 1-D array (or tensor) per column; values written with ``%.10g``.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    import numpy as np
+
+    path = Path(path)
+    data = np.column_stack([np.asarray(c, dtype=float) for c in columns])
+    with atomic_path(path) as tmp:
+        np.savetxt(tmp, data, delimiter=",", header=",".join(header), comments="", fmt="%.10g")
     return path

@@ -51,21 +51,23 @@ def _model(args):
 
 
 def _prepare_out_file(path: str, force: bool) -> Path:
-    out = Path(path)
-    if out.exists() and not force:
-        raise UsageError(f"--out {path}: file exists; pass --force to overwrite it")
+    """``--out`` as a Path: refused (UsageError) if it exists without ``--force`` or its folder is missing."""
+    from jrinfer._io import check_writable
+
+    try:
+        out = check_writable(path, overwrite=force, what="--out")
+    except FileExistsError:
+        raise UsageError(f"--out {path}: file exists; pass --force to overwrite it") from None
     if out.parent and not out.parent.exists():
         raise UsageError(f"--out {path}: directory {str(out.parent)!r} does not exist")
     return out
 
 
 def _write_csv(path: Path, header: list[str], columns) -> None:
-    import numpy as np
+    """Numeric columns to CSV, atomically (:func:`jrinfer._io.write_csv`)."""
+    from jrinfer._io import write_csv
 
-    data = np.column_stack([np.asarray(c, dtype=float) for c in columns])
-    tmp = path.with_name(path.name + ".tmp")
-    np.savetxt(tmp, data, delimiter=",", header=",".join(header), comments="", fmt="%.10g")
-    os.replace(tmp, path)
+    write_csv(path, header, columns)
 
 
 def _cmd_fixed_points(args) -> int:

@@ -43,8 +43,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jrinfer import _checks
+from jrinfer import _checks, _io
 from jrinfer import _datachecks as _dc
+from jrinfer._optional import optional_import
 
 __all__ = [
     "SpectrumData",
@@ -80,7 +81,7 @@ MIN_FIT_FREQS: int = 12
 
 _FREQ_HEADERS = ("freq", "freqs", "frequency", "freq_hz", "frequency_hz")
 _TIME_HEADERS = ("time", "times", "time_s")
-_MNE_HINT = "pip install mne"
+_MNE_FOR = "reading MNE objects"
 
 
 # ============================================================== shared helpers
@@ -192,11 +193,13 @@ def _check_rows(
 
 
 def _check_count(name: str, value) -> int | None:
+    """A count >= 1 (``_checks.check_int``) or None (unknown)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
-        raise ValueError(f"{name} must be an int >= 1 or None; got {value!r}")
-    return int(value)
+    try:
+        return _checks.check_int(name, value, minimum=1)
+    except ValueError as err:
+        raise ValueError(f"{err} (or None when unknown)") from None
 
 
 def _check_metadata(metadata) -> dict:
@@ -557,37 +560,20 @@ def _is_number(s: str) -> bool:
 def _write_csv(path, first: str, axis: torch.Tensor, names: Sequence[str], values: torch.Tensor, overwrite: bool):
     if isinstance(path, (bytes, bytearray)) or not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"path must be a str or os.PathLike; got {path!r}")
-    if not isinstance(overwrite, bool):
-        raise ValueError(f"overwrite must be True or False; got {overwrite!r}")
+    _checks.check_bool("overwrite", overwrite)
     p = Path(path)
     if p.is_dir():
         raise ValueError(f"path must be a file name; got the directory {str(p)!r}")
-    if p.exists() and not overwrite:
-        raise FileExistsError(f"path {str(p)!r} already exists; pass overwrite=True to replace it")
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow([first, *names])
-            a = axis.tolist()
-            v = values.T.tolist()
-            for x, row in zip(a, v):
-                w.writerow([_fmt(x), *(_fmt(y) for y in row)])
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    _io.check_writable(p, overwrite=overwrite)
+    with _io.atomic_path(p) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow([first, *names])
+        for x, row in zip(axis.tolist(), values.T.tolist()):
+            w.writerow([_fmt(x), *(_fmt(y) for y in row)])
     return p
 
 
 # ------------------------------------------------------------------ MNE input
-def _import_mne():
-    try:
-        import mne
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(f"reading MNE objects needs MNE-Python: {_MNE_HINT}") from err
-    return mne
-
 
 def _mne_picks(argname: str, picks, info, metadata: dict | None = None) -> list[int]:
     """Indices of ``picks`` (channel names) in ``info``.
@@ -603,7 +589,7 @@ def _mne_picks(argname: str, picks, info, metadata: dict | None = None) -> list[
     names = list(info["ch_names"])
     md = {} if metadata is None else metadata
     if picks is None:
-        mne = _import_mne()
+        mne = optional_import("mne", purpose=_MNE_FOR)
         idx = list(mne.pick_types(info, eeg=True, exclude="bads"))
         if idx:
             types = info.get_channel_types()
@@ -652,8 +638,8 @@ _VOLT_TYPES = ("eeg", "eog", "ecg", "emg", "seeg", "ecog", "dbs", "bio")
 
 def _check_volts(argname: str, info, idx: Iterable[int]) -> None:
     """Every picked channel must be an electrophysiological channel measured in volts."""
-    import mne
-    from mne.io.constants import FIFF
+    mne = optional_import("mne", purpose=_MNE_FOR)
+    FIFF = optional_import("mne.io.constants", purpose=_MNE_FOR).FIFF
 
     wrong = []
     for i in idx:
@@ -906,7 +892,7 @@ class SpectrumData:
             known for unaggregated (``average=None``) Welch spectra, else None;
             set it with ``dataclasses.replace(s, n_segments=K)``.
         """
-        mne = _import_mne()
+        mne = optional_import("mne", purpose=_MNE_FOR)
         units = _normalise_units("units", units, POWER_UNITS)
         spectrum_types = (mne.time_frequency.Spectrum, mne.time_frequency.EpochsSpectrum)
         if isinstance(inst, mne.Evoked):
@@ -1389,7 +1375,7 @@ class EvokedData:
         EvokedData
             With ``n_averaged = evoked.nave``.
         """
-        mne = _import_mne()
+        mne = optional_import("mne", purpose=_MNE_FOR)
         units = _normalise_units("units", units, AMPLITUDE_UNITS)
         if isinstance(evoked, mne.BaseEpochs):
             raise ValueError("evoked must be an mne.Evoked; got Epochs (average them first: epochs.average())")

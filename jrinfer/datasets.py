@@ -10,17 +10,20 @@ layout is::
     bonn/setO_eyes_closed/O001.txt ...         Bonn set O (B): eyes closed
     bonn/setZ_eyes_open/Z001.txt ...           Bonn set Z (A): eyes open
 
-Every file is checked against a SHA-256 registry on every fetch (the digest is
-cached per process by path, modification time and size, so repeated loads are
-cheap). Files are downloaded from their original public source only when a
-fetcher is called with ``download=True``; nothing is ever downloaded
-implicitly. Licences differ: EEGMAT and EEGMMIDB are ODC-By 1.0; the EEGLAB
+Every file is checked against a SHA-256 registry on every fetch (the digest,
+from ``pooch.file_hash``, is cached per process by path, modification time and
+size, so repeated loads are cheap). Files are downloaded from their original
+public source only when a fetcher is called with ``download=True``; nothing is
+ever downloaded implicitly. Downloads go through ``pooch.retrieve``: into a
+temporary file next to the target, checked against the registry's SHA-256,
+then moved into place, so a file appears whole and verified or not at all. Licences differ: EEGMAT and EEGMMIDB are ODC-By 1.0; the EEGLAB
 sample, the MNE sample ERP table and the Bonn data have no open data licence
 and are for tests and validation only.
 
-MNE-Python is imported lazily (``pip install mne``) by the fetchers that
-return MNE objects; :func:`synthetic_spectrum` and the Bonn fetchers need only
-numpy and torch.
+MNE-Python is imported lazily (``pip install 'jrinfer[eeg]'``) by the fetchers
+that return MNE objects, and pooch (a core dependency) by those that check or
+download registry files; :func:`synthetic_spectrum` and the Bonn fetchers need
+only numpy and torch.
 """
 
 from __future__ import annotations
@@ -30,11 +33,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
-import tarfile
+import sys
 import tempfile
-import urllib.request
 from collections.abc import Sequence
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -42,6 +46,7 @@ import numpy as np
 import torch
 
 from jrinfer import _checks
+from jrinfer._optional import optional_import
 from jrinfer.data import EvokedData, SpectrumData
 
 __all__ = [
@@ -61,7 +66,7 @@ __all__ = [
 
 _log = logging.getLogger("jrinfer.datasets")
 _ENV = "JRINFER_DATA"
-_MNE_HINT = "pip install mne"
+_MNE_FOR = "the dataset fetchers that return MNE-Python objects"
 
 #: Sampling rate of the Bonn recordings in Hz (Andrzejak et al. 2001).
 BONN_SFREQ = 173.61
@@ -159,23 +164,25 @@ def _not_found(path: Path, root: Path, rel: str, how: str) -> FileNotFoundError:
 _DIGESTS: dict[str, tuple[int, int, str]] = {}
 
 
-def _sha256(path: Path) -> str:
+def _pooch():
+    """The ``pooch`` module (hashing and downloads), imported on first use."""
+    return optional_import("pooch", purpose="checking and downloading jrinfer datasets")
+
+
+def _digest(path: Path) -> str:
+    """SHA-256 of ``path`` (``pooch.file_hash``), remembered per path, modification time and size."""
     st = path.stat()
     key = str(path.resolve())
     hit = _DIGESTS.get(key)
     if hit is not None and hit[0] == st.st_mtime_ns and hit[1] == st.st_size:
         return hit[2]
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
+    digest = _pooch().file_hash(str(path), alg="sha256")
     _DIGESTS[key] = (st.st_mtime_ns, st.st_size, digest)
     return digest
 
 
 def _verify(path: Path, expected: str) -> None:
-    actual = _sha256(path)
+    actual = _digest(path)
     if actual != expected:
         raise ChecksumError(
             f"SHA-256 mismatch for {str(path)!r}: expected {expected}, got {actual}. The file is corrupted or a "
@@ -185,8 +192,7 @@ def _verify(path: Path, expected: str) -> None:
 
 def _fetch(rel: str, data_home_, download: bool) -> Path:
     """Path of a verified registry file, downloading it first if asked."""
-    if not isinstance(download, bool):
-        raise ValueError(f"download must be True or False; got {download!r}")
+    _checks.check_bool("download", download)
     root = data_home(data_home_)
     path = root / rel
     if not path.is_file():
@@ -203,76 +209,100 @@ def _fetch(rel: str, data_home_, download: bool) -> Path:
 
 
 # ================================================================== downloads
-def _stream(url: str, dest_dir: Path, sha256_expected: str | None, label: str) -> Path:
-    """Download ``url`` to a temporary file in ``dest_dir``; verify its SHA-256; return the temp path."""
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".jrinfer-", suffix=".part", dir=dest_dir)
-    tmp = Path(tmp_name)
+def _copy_or_http(url: str, output_file, pooch_, check_only: bool = False):
+    """A pooch downloader: ``file://`` URLs are copied (offline tests), http(s) goes to ``pooch.HTTPDownloader``."""
+    pooch = _pooch()
+    if not url.startswith("file:"):
+        http = pooch.HTTPDownloader(progressbar=sys.stderr.isatty())
+        return http(url, output_file, pooch_, check_only=check_only)
+    from urllib.parse import urlsplit
+    from urllib.request import url2pathname
+
+    source = Path(url2pathname(urlsplit(url).path))
+    if check_only:
+        return source.is_file()
+    if hasattr(output_file, "write"):
+        with open(source, "rb") as fh:
+            shutil.copyfileobj(fh, output_file)
+    else:
+        shutil.copyfile(source, output_file)
+    return None
+
+
+@contextmanager
+def _quiet_pooch():
+    """Silence pooch's own INFO messages (jrinfer logs the download itself)."""
+    logger = _pooch().get_logger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     try:
-        h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - fixed URLs
-            for chunk in iter(lambda: resp.read(1 << 20), b""):
-                h.update(chunk)
-                out.write(chunk)
-        if sha256_expected is not None and h.hexdigest() != sha256_expected:
-            raise ChecksumError(
-                f"SHA-256 mismatch for {label} downloaded from {url}: expected {sha256_expected}, got {h.hexdigest()}; "
-                "nothing was written"
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _retrieve(url: str, sha256_expected: str, dest: Path, label: str, **kw) -> str:
+    """``pooch.retrieve`` into ``dest`` (temporary file, SHA-256 check, atomic move); ``ChecksumError`` on a mismatch."""
+    pooch = _pooch()
+    try:
+        with _quiet_pooch():
+            return pooch.retrieve(
+                url, known_hash=f"sha256:{sha256_expected}", fname=dest.name, path=dest.parent,
+                downloader=_copy_or_http, **kw,
             )
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
+    except ValueError as err:
+        if "does not match the known hash" not in str(err):
+            raise
+        got = re.search(r"got ([0-9a-fA-F]{64})", str(err))
+        raise ChecksumError(
+            f"SHA-256 mismatch for {label} downloaded from {url}: expected {sha256_expected}, "
+            f"got {got.group(1) if got else 'another digest'}; nothing was written"
+        ) from err
 
 
 def _download(url: str, dest: Path, sha256_expected: str) -> None:
-    """Fetch ``url`` into ``dest``: temporary file, SHA-256 check, then atomic rename."""
+    """Fetch ``url`` into ``dest`` through pooch: temporary file, SHA-256 check, then atomic rename."""
     _log.warning("jrinfer: downloading %s -> %s", url, dest)
-    tmp = _stream(url, dest.parent, sha256_expected, dest.name)
-    os.replace(tmp, dest)
+    _retrieve(url, sha256_expected, dest, dest.name)
 
 
 def _download_member(url: str, archive_sha: str, member: str, dest: Path, sha256_expected: str) -> None:
-    """Fetch a tar.gz archive, extract one member into ``dest`` (checked), and discard the archive."""
+    """Fetch a tar.gz archive, extract one member into ``dest`` (checked), and discard the archive.
+
+    The archive is fetched and unpacked (``pooch.Untar``) in a temporary folder
+    next to ``dest``, which is removed afterwards whatever happens; ``dest``
+    appears only once the member's SHA-256 matches.
+    """
     _log.warning("jrinfer: downloading %s (extracting %s) -> %s", url, member, dest)
-    archive = _stream(url, dest.parent, archive_sha, url.rsplit("/", 1)[-1])
+    pooch = _pooch()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".jrinfer-", suffix=".part", dir=dest.parent))
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            src = tar.extractfile(member)
-            if src is None:
-                raise FileNotFoundError(f"{member} not found in {url}")
-            fd, tmp_name = tempfile.mkstemp(prefix=".jrinfer-", suffix=".part", dir=dest.parent)
-            tmp = Path(tmp_name)
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    shutil.copyfileobj(src, out)
-                _DIGESTS.pop(str(tmp.resolve()), None)
-                actual = _sha256(tmp)
-                if actual != sha256_expected:
-                    raise ChecksumError(
-                        f"SHA-256 mismatch for {member} from {url}: expected {sha256_expected}, got {actual}"
-                    )
-                os.replace(tmp, dest)
-            finally:
-                tmp.unlink(missing_ok=True)
+        archive = work / url.rsplit("/", 1)[-1]
+        untar = pooch.Untar(members=[member], extract_dir=str(work / "untar"))
+        _retrieve(url, archive_sha, archive, archive.name, processor=untar)
+        extracted = work / "untar" / member
+        if not extracted.is_file():
+            raise FileNotFoundError(f"{member} not found in {url}")
+        actual = pooch.file_hash(str(extracted), alg="sha256")  # a temporary file: not memoised
+        if actual != sha256_expected:
+            raise ChecksumError(f"SHA-256 mismatch for {member} from {url}: expected {sha256_expected}, got {actual}")
+        os.replace(extracted, dest)
     finally:
-        archive.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # ==================================================================== helpers
-def _import_mne():
+def _check_choice(name: str, value, allowed: Sequence[int], what: str) -> int:
+    """An int (``_checks.check_int``) that is one of ``allowed``; the error lists them and says what they are."""
     try:
-        import mne
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(f"this fetcher returns MNE-Python objects and needs MNE: {_MNE_HINT}") from err
-    return mne
-
-
-def _check_int(name: str, value, allowed: Sequence[int], what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) not in allowed:
+        out = _checks.check_int(name, value)
+    except ValueError:
+        out = None
+    if out not in allowed:
         shown = ", ".join(map(str, allowed)) if len(allowed) <= 10 else f"{allowed[0]}..{allowed[-1]}"
         raise ValueError(f"{name} must be one of {shown} ({what}); got {value!r}")
-    return int(value)
+    return out
 
 
 _EEGMAT_SUBJECTS = (0, 3, 5)
@@ -280,8 +310,8 @@ _EEGMAT_RECORDINGS = {1: "rest (before the task, 182 s)", 2: "mental arithmetic 
 
 
 def _eegmat_rel(subject, recording) -> str:
-    s = _check_int("subject", subject, _EEGMAT_SUBJECTS, "the EEGMAT subjects with SHA-256 sums in the registry")
-    r = _check_int("recording", recording, tuple(_EEGMAT_RECORDINGS), "1 = rest, 2 = mental arithmetic")
+    s = _check_choice("subject", subject, _EEGMAT_SUBJECTS, "the EEGMAT subjects with SHA-256 sums in the registry")
+    r = _check_choice("recording", recording, tuple(_EEGMAT_RECORDINGS), "1 = rest, 2 = mental arithmetic")
     return f"eegmat/Subject{s:02d}_{r}.edf"
 
 
@@ -313,7 +343,7 @@ def fetch_eegmat(subject: int = 0, recording: int = 1, *, data_home=None, downlo
     """
     rel = _eegmat_rel(subject, recording)
     path = _fetch(rel, data_home, download)
-    mne = _import_mne()
+    mne = optional_import("mne", purpose=_MNE_FOR)
     raw = mne.io.read_raw_edf(path, preload=True, verbose="error")
     raw.rename_channels(_eegmat_name)
     types = {n: t for n, t in (("A2-A1", "misc"), ("ECG", "ecg")) if n in raw.ch_names}
@@ -412,7 +442,7 @@ def fetch_eegmmidb_baseline(*, data_home=None, download: bool = False):
         Preloaded, values in V.
     """
     path = _fetch("eegmmidb/S001R01.edf", data_home, download)
-    mne = _import_mne()
+    mne = optional_import("mne", purpose=_MNE_FOR)
     raw = mne.io.read_raw_edf(path, preload=True, verbose="error")
     mne.datasets.eegbci.standardize(raw)
     return raw
@@ -433,7 +463,7 @@ def fetch_eeglab_sample(*, data_home=None, download: bool = False):
     """
     set_path = _fetch("eeglab_sample/eeglab_data.set", data_home, download)
     _fetch("eeglab_sample/eeglab_data.fdt", data_home, download)
-    mne = _import_mne()
+    mne = optional_import("mne", purpose=_MNE_FOR)
     return mne.io.read_raw_eeglab(set_path, preload=True, verbose="error")
 
 
@@ -552,8 +582,7 @@ def _bonn_set(set) -> str:  # noqa: A002 - the dataset's own word
 
 
 def _bonn_files(set, data_home_, download: bool) -> list[Path]:  # noqa: A002
-    if not isinstance(download, bool):
-        raise ValueError(f"download must be True or False; got {download!r}")
+    _checks.check_bool("download", download)
     folder, expected, _ = _BONN[set]
     root = data_home(data_home_)
     files = [root / folder / f"{set}{i:03d}.txt" for i in range(1, _BONN_N + 1)]
@@ -624,7 +653,7 @@ def fetch_bonn(
         as µV (this is an assumption, not documented calibration).
     """
     s = _bonn_set(set)
-    seg = _check_int("segment", segment, tuple(range(1, _BONN_N + 1)), f"the segments of set {s}")
+    seg = _check_choice("segment", segment, tuple(range(1, _BONN_N + 1)), f"the segments of set {s}")
     files = _bonn_files(s, data_home, download)
     return _load_bonn(files[seg - 1])
 
@@ -672,7 +701,8 @@ def bonn_spectrum(
     else:
         segs = [segments] if isinstance(segments, (int, np.integer)) and not isinstance(segments, bool) else segments
         try:
-            segs = [_check_int("segments", x, tuple(range(1, _BONN_N + 1)), f"the segments of set {s}") for x in segs]
+            allowed = tuple(range(1, _BONN_N + 1))
+            segs = [_check_choice("segments", x, allowed, f"the segments of set {s}") for x in segs]
         except TypeError:
             raise ValueError(f"segments must be an int or a list of ints in 1..{_BONN_N}; got {segments!r}") from None
         if not segs:

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
+
+from jrinfer._io import atomic_path
+from jrinfer._optional import optional_import
 
 __all__ = ["plot_fit"]
 
 
 def _figure(**kwargs):
     """A matplotlib Figure not managed by pyplot: no backend switch, nothing left open."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("plotting needs matplotlib: pip install 'jrinfer[plot]'") from err
-    return Figure(**kwargs)
+    return optional_import("matplotlib.figure", purpose="plotting").Figure(**kwargs)
+
+
+def _save(fig, path, dpi: int = 110) -> None:
+    """Save ``fig`` to ``path`` atomically (format from the suffix, e.g. PNG)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
 
 
 def plot_fit(posterior, path=None, *, title: str | None = None):
@@ -75,8 +77,5 @@ def plot_fit(posterior, path=None, *, title: str | None = None):
     fig.suptitle((title or f"{posterior.backend}: {posterior.status}") + (f"\n{headline}" if headline else ""))
     fig.tight_layout()
     if path is not None:
-        path = Path(path)
-        tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        _save(fig, path)
     return fig

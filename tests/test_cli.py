@@ -1,6 +1,7 @@
 """The ``jrinfer`` command line: contract of DESIGN.md section 7."""
 
 import csv
+import importlib.util
 import json
 import subprocess
 import sys
@@ -117,6 +118,12 @@ def test_demo_runs_and_writes_outputs(tmp_path, capsys):
     assert abs(summary["stable_spectrum"]["peak_hz_simulated"] - summary["stable_spectrum"]["peak_hz_linearised"]) < 0.5
     for name in ("bifurcation.csv", "alpha_limit_cycle.csv", "spectrum.csv", "fit/summary.json", "fit/posterior.nc"):
         assert (out / name).stat().st_size > 0
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "with demo.png" in stdout
+        assert (out / "fit" / "fit.png").read_bytes()[:4] == b"\x89PNG"
+    assert not [q.name for q in out.rglob(".*")]  # no temporary files left behind
+    header = (out / "bifurcation.csv").read_text().splitlines()[0]
+    assert header == "p_mean,v,stable"
     fit = summary["fits"]["synthetic"]
     assert fit["status"] == "converged"
     assert fit["truth_in_90"] >= len(fit["truth"]) - 1  # 90 % intervals of 7 parameters

@@ -177,6 +177,33 @@ def test_csv_other_path_errors(tmp_path):
         EvokedData.from_csv(p)
 
 
+def test_to_csv_is_atomic_and_keeps_the_usual_permissions(tmp_path, monkeypatch):
+    import os
+
+    import jrinfer.data as data_mod
+
+    s = SpectrumData([1.0, 2.0], [[2.0, 4.0]], units="uV^2/Hz")
+    p = s.to_csv(tmp_path / "s.csv")
+    before = p.read_bytes()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~umask  # as open(path, "w") would give
+    calls = []
+
+    def boom(x):
+        calls.append(x)
+        if len(calls) > 2:
+            raise RuntimeError("disk full")
+        return repr(x)
+
+    monkeypatch.setattr(data_mod, "_fmt", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        s.to_csv(p, overwrite=True)
+    assert p.read_bytes() == before and [q.name for q in tmp_path.iterdir()] == ["s.csv"]
+    with pytest.raises(ValueError, match="overwrite must be True or False, got 'yes'"):
+        s.to_csv(p, overwrite="yes")
+
+
 # --------------------------------------------------------------- bad inputs
 F3 = [1.0, 2.0, 3.0]
 
@@ -203,6 +230,7 @@ F3 = [1.0, 2.0, 3.0]
         (dict(freqs=F3, power=torch.ones(3), units="uV"), "units must be one of"),
         (dict(freqs=F3, power=torch.ones(3), n_segments=0), "n_segments must be an int >= 1"),
         (dict(freqs=F3, power=torch.ones(3), n_segments=2.5), "n_segments must be an int >= 1"),
+        (dict(freqs=F3, power=torch.ones(3), n_segments=True), r"n_segments must be an int >= 1.*True.*or None"),
         (dict(freqs=F3, power=torch.ones(3), metadata=[1]), "metadata must be a dict"),
     ],
 )

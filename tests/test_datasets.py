@@ -46,7 +46,7 @@ def test_data_home_precedence(monkeypatch, tmp_path):
 def test_registry_matches_cache():
     need(*D.REGISTRY)
     for rel, digest in D.REGISTRY.items():
-        assert D._sha256(DATA / rel) == digest, rel
+        assert D._digest(DATA / rel) == digest, rel
 
 
 def test_missing_file_hint(tmp_path, monkeypatch):
@@ -98,7 +98,37 @@ def test_hash_mismatch_detected_and_cache_invalidated(tmp_path):
         D.fetch_eegmat(0, 2, data_home=tmp_path)
     msg = str(err.value)
     assert isinstance(err.value, ValueError)
-    assert "Subject00_2.edf" in msg and D.REGISTRY[rel] in msg and D._sha256(dst) in msg
+    assert "Subject00_2.edf" in msg and D.REGISTRY[rel] in msg and D._digest(dst) in msg
+
+
+def test_digest_memo_hashes_once_per_version(tmp_path, monkeypatch):
+    import pooch
+
+    calls = []
+    real = pooch.file_hash
+    monkeypatch.setattr(pooch, "file_hash", lambda f, alg="sha256": calls.append(f) or real(f, alg=alg))
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"abc")
+    expected = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert D._digest(f) == expected and D._digest(f) == expected and len(calls) == 1
+    f.write_bytes(b"abcd")  # new size: hashed again
+    assert D._digest(f) != expected and len(calls) == 2
+
+
+def test_missing_optional_modules_name_the_install(tmp_path, monkeypatch):
+    import sys
+
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"abc")
+    monkeypatch.setitem(sys.modules, "pooch", None)  # import pooch now raises ImportError
+    with pytest.raises(ImportError, match=r"pooch is needed for checking and downloading jrinfer datasets: pip install"):
+        D._digest(f)
+    monkeypatch.undo()
+    rel = "eegmmidb/S001R01.edf"
+    need(rel)
+    monkeypatch.setitem(sys.modules, "mne", None)
+    with pytest.raises(ImportError, match=r"mne is needed for the dataset fetchers .*jrinfer\[eeg\]"):
+        D.fetch_eegmmidb_baseline(data_home=DATA)
 
 
 def test_bonn_set_hash_mismatch(tmp_path):
@@ -116,33 +146,87 @@ def test_bonn_set_hash_mismatch(tmp_path):
 
 
 def test_download_from_file_url(tmp_path, monkeypatch):
-    """The download path (temp file, hash check, atomic rename) with file:// URLs: no network."""
+    """The pooch download path (temp file, hash check, atomic rename) with file:// URLs: no network."""
     rel = "eegmat/Subject05_2.edf"
     need(rel)
     monkeypatch.setattr(D, "_source", lambda r: ((DATA / r).as_uri(), None))
     raw = D.fetch_eegmat(5, 2, data_home=tmp_path / "cache", download=True)
     assert (tmp_path / "cache" / rel).is_file() and raw.info["sfreq"] == 500.0
+    assert D._digest(tmp_path / "cache" / rel) == D.REGISTRY[rel]
     monkeypatch.setitem(D.REGISTRY, "eegmat/Subject03_2.edf", "0" * 64)
-    with pytest.raises(D.ChecksumError, match="expected 0000"):
+    with pytest.raises(D.ChecksumError, match="expected 0000") as err:
         D.fetch_eegmat(3, 2, data_home=tmp_path / "cache", download=True)
+    assert D.REGISTRY["eegmat/Subject05_2.edf"] not in str(err.value)
+    assert "got " + D._digest(DATA / "eegmat/Subject03_2.edf") in str(err.value)
     assert sorted(p.name for p in (tmp_path / "cache" / "eegmat").iterdir()) == ["Subject05_2.edf"]
 
 
-def test_download_member_from_tarball(tmp_path):
-    import hashlib
+def _tarball(tmp_path, text="Label,Condition,Time\n"):
     import tarfile
 
     payload = tmp_path / "data.csv"
-    payload.write_text("Label,Condition,Time\n")
+    payload.write_text(text)
     archive = tmp_path / "pkg.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(payload, arcname="pkg-1.0/studies/data.csv")
-    sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    return payload, archive
+
+
+def _sha(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_download_member_from_tarball(tmp_path):
+    payload, archive = _tarball(tmp_path)
     dest = tmp_path / "out" / "data.csv"
-    dest.parent.mkdir()
-    D._download_member(archive.as_uri(), sha(archive), "pkg-1.0/studies/data.csv", dest, sha(payload))
+    D._download_member(archive.as_uri(), _sha(archive), "pkg-1.0/studies/data.csv", dest, _sha(payload))
     assert dest.read_text() == payload.read_text()
-    assert [p.name for p in dest.parent.iterdir()] == ["data.csv"]
+    assert [p.name for p in dest.parent.iterdir()] == ["data.csv"]  # archive and unpacked folder gone
+
+
+@pytest.mark.parametrize("bad", ["archive", "member", "missing"])
+def test_download_member_refuses_and_leaves_nothing(tmp_path, bad):
+    payload, archive = _tarball(tmp_path)
+    dest = tmp_path / "out" / "data.csv"
+    archive_sha = "0" * 64 if bad == "archive" else _sha(archive)
+    member_sha = "1" * 64 if bad == "member" else _sha(payload)
+    member = "pkg-1.0/other.csv" if bad == "missing" else "pkg-1.0/studies/data.csv"
+    err_type = FileNotFoundError if bad == "missing" else D.ChecksumError
+    with pytest.raises(err_type) as err:
+        D._download_member(archive.as_uri(), archive_sha, member, dest, member_sha)
+    msg = str(err.value)
+    if bad == "archive":
+        assert "expected " + "0" * 64 in msg and "got " + _sha(archive) in msg and "nothing was written" in msg
+    elif bad == "member":
+        assert "expected " + "1" * 64 in msg and "got " + _sha(payload) in msg
+    else:
+        assert "pkg-1.0/other.csv not found" in msg
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_downloader_copies_file_urls_only(tmp_path, monkeypatch):
+    src = tmp_path / "a b.bin"
+    src.write_bytes(b"\x00\x01jr")
+    out = tmp_path / "copy.bin"
+    assert D._copy_or_http(src.as_uri(), str(out), None) is None
+    assert out.read_bytes() == b"\x00\x01jr"
+    assert D._copy_or_http(src.as_uri(), str(out), None, check_only=True) is True
+    calls = []
+
+    class FakeHTTP:
+        def __init__(self, progressbar):
+            calls.append(("init", progressbar))
+
+        def __call__(self, url, output_file, pooch_, check_only=False):
+            calls.append((url, output_file, check_only))
+
+    import pooch
+
+    monkeypatch.setattr(pooch, "HTTPDownloader", FakeHTTP)
+    D._copy_or_http("https://example.org/x.edf", "tmpfile", None)
+    assert calls[0][0] == "init" and calls[1] == ("https://example.org/x.edf", "tmpfile", False)
 
 
 # -------------------------------------------------------------- recordings
