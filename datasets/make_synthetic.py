@@ -3,9 +3,11 @@
 A Jansen-Rit model with known parameters (JR 1995 defaults except
 ``p_mean = 70`` pulses/s and ``p_std = 1`` pulses/s/sqrt(Hz), white input
 noise, stable upper equilibrium below the first Hopf point) is linearised and
-its PSD of ``v = y1 - y2`` (mV^2/Hz) is turned into an EEG-like observation::
+the expected Welch estimate of the PSD of ``v = y1 - y2`` (mV^2/Hz; Hann
+segments of 1/df = 2 s, as the data's estimator would show it) is turned into
+an EEG-like observation::
 
-    power(f) = 1e6 * gain^2 * PSD_v(f) * g(f),   g(f) ~ Gamma(shape=K, scale=1/K) i.i.d.
+    power(f) = 1e6 * gain^2 * E[Welch PSD_v](f) * g(f),   g(f) ~ Gamma(shape=K, scale=1/K) i.i.d.
 
 in µV^2/Hz: ``gain`` is a dimensionless scalp attenuation chosen so the alpha
 peak is a few tens of µV^2/Hz, and ``g`` is the sampling noise of a Welch
@@ -50,10 +52,13 @@ def generate(seed: int = SEED, n_segments: int = N_SEGMENTS, gain: float = GAIN)
     n = int(round((FMAX - FMIN) / DF)) + 1
     freqs = FMIN + DF * np.arange(n, dtype=np.float64)
     model = jrinfer.JansenRit(**PARAMS)
-    lin = model.linear_psd(torch.from_numpy(freqs))
-    if not bool(lin.stable):
+    obs = jrinfer.SpectrumObservation(window="hann")
+    neural = obs.neural_psd(
+        {k: torch.tensor(v, dtype=torch.float64) for k, v in PARAMS.items()}, torch.from_numpy(freqs), seg_length=1.0 / DF
+    )
+    if not bool(neural.valid):
         raise RuntimeError("the chosen parameters are not at a stable equilibrium")
-    clean = 1e6 * gain**2 * lin.psd.numpy()  # mV^2/Hz -> µV^2/Hz, scaled by the output gain
+    clean = 1e6 * gain**2 * neural.value.numpy()  # mV^2/Hz -> µV^2/Hz, scaled by the output gain
     noise = np.random.default_rng(seed).gamma(shape=n_segments, scale=1.0 / n_segments, size=n)
     power = clean * noise
     params = {k: float(v) for k, v in model.params.items()}
@@ -63,12 +68,16 @@ def generate(seed: int = SEED, n_segments: int = N_SEGMENTS, gain: float = GAIN)
             "scaled to uV^2/Hz and multiplied by Gamma(K, 1/K) noise (a Welch average of K segments)."
         ),
         "generator": "datasets/make_synthetic.py",
-        "model": "jrinfer.JansenRit(noise='white', noise_on='input').linear_psd(freqs), upper equilibrium",
+        "model": (
+            "jrinfer.SpectrumObservation(window='hann').neural_psd(params, freqs, seg_length=2.0): the expected "
+            "Welch estimate (Hann segments of 2 s) of the linearised JR spectrum at the upper equilibrium"
+        ),
         "parameters": params,
         "parameter_units": {k: PARAMETERS[k].unit for k in params},
         "changed_from_defaults": dict(PARAMS),
         "output_gain": gain,
-        "observation_model": "power = 1e6 * output_gain**2 * psd_mV2_per_Hz * Gamma(shape=K, scale=1/K)",
+        "observation_model": "power = 1e6 * output_gain**2 * expected_welch_psd_mV2_per_Hz * Gamma(shape=K, scale=1/K)",
+        "seg_length_s": 1.0 / DF,
         "n_segments": n_segments,
         "seed": seed,
         "rng": "numpy.random.default_rng(seed).gamma(shape=K, scale=1/K, size=F)",
