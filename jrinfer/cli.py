@@ -352,6 +352,60 @@ def _match_channel(name: str, available: list[str]) -> str:
         raise UsageError(str(err)) from None
 
 
+def _read_prior_file(path: str) -> dict:
+    """A prior file (JSON or TOML) in Prior's schema: {"distributions": {...}, "fixed": {...}}."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--prior {path}: no such file")
+    text = p.read_text()
+    try:
+        if p.suffix.lower() == ".toml":
+            import tomllib
+
+            spec = tomllib.loads(text)
+        else:
+            spec = json.loads(text)
+    except ValueError as err:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
+        raise UsageError(f"--prior {path}: not valid {'TOML' if p.suffix.lower() == '.toml' else 'JSON'} ({err})") from None
+    if not isinstance(spec, dict) or not set(spec) <= {"distributions", "fixed", "units"}:
+        raise UsageError(
+            f"--prior {path}: expected a table with 'distributions' (name -> {{dist = \"lognormal\", median = ..., "
+            "sd_log = ...}}) and/or 'fixed' (name -> value), as in summary.json's \"prior\""
+        )
+    return spec
+
+
+def _parse_fix(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"--fix expects NAME=VALUE, got {item!r}")
+        name, value = (x.strip() for x in item.split("=", 1))
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise UsageError(f"--fix {name}: expected a number, got {value!r}") from None
+        if not math.isfinite(out[name]):
+            raise UsageError(f"--fix {name}: expected a finite number, got {value!r}")
+    return out
+
+
+def _merge_prior(spec: dict, update: dict) -> dict:
+    """The default prior spec with ``update``'s entries replacing those of the same names."""
+    dists = dict(spec.get("distributions", {}))
+    fixed = dict(spec.get("fixed", {}))
+    for name, d in update.get("distributions", {}).items():
+        fixed.pop(name, None)
+        dists[name] = d
+    for name, v in update.get("fixed", {}).items():
+        dists.pop(name, None)
+        fixed[name] = v
+    if not dists:
+        raise UsageError("--prior/--fix leave no free parameter; keep at least one free")
+    units = {**spec.get("units", {}), **update.get("units", {})}
+    return {"distributions": dists, "fixed": fixed, "units": units}
+
+
 def _cmd_fit(args) -> int:
     import torch  # noqa: F401  (torch is a core dependency; imported here to keep --help fast)
 
@@ -372,7 +426,12 @@ def _cmd_fit(args) -> int:
     else:
         obs = EvokedObservation()
     free = tuple(s.strip() for s in args.free.split(",")) if args.free else None
-    problem = InverseProblem(obs, obs.default_prior(data, free=free), data)
+    spec = obs.default_prior(data, free=free)
+    if args.prior:
+        spec = _merge_prior(spec, _read_prior_file(args.prior))
+    if args.fix:
+        spec = _merge_prior(spec, {"fixed": _parse_fix(args.fix)})
+    problem = InverseProblem(obs, spec, data)
     prior = problem.prior
     from jrinfer.backends.laplace import VariationalLaplace
 
@@ -539,6 +598,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--condition", default=None, help="evoked FIF: which condition (default the first)")
     p.add_argument("--method", default="transfer", choices=["transfer", "simulation"], help="spectral model")
     p.add_argument("--free", default=None, help="comma-separated JR parameters to fit (default A,B,a,b,C,p_mean)")
+    p.add_argument(
+        "--prior",
+        default=None,
+        metavar="FILE",
+        help="JSON or TOML prior in the schema of summary.json's 'prior' ({distributions: {name: {dist, ...}}, "
+        "fixed: {name: value}}); its entries replace the default prior's for the same names",
+    )
+    p.add_argument(
+        "--fix", action="append", metavar="NAME=VALUE", help="hold any parameter (JR or observation, e.g. gain) fixed"
+    )
     p.add_argument("--max-iter", type=int, default=128, help="maximum variational Laplace iterations")
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior draws")
     p.add_argument("--progress", action="store_true", help="show a progress bar")

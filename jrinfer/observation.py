@@ -543,9 +543,7 @@ class SpectrumObservation(_JansenRitObservation):
         self.window = window
         self.oversample = oversample
         self._window_cache: dict = {}
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        self.seed = seed
+        self.seed = _checks.check_int("seed", seed, minimum=0)
 
     def __repr__(self) -> str:
         return (

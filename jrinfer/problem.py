@@ -192,6 +192,14 @@ class InverseProblem:
         missing = [n for n in observation.required_parameters(data) if n not in declared]
         if missing:
             raise ValueError(f"prior must declare (free or fixed) the observation parameter(s) {missing}")
+        observed = observation.observed_data(data)
+        n_points = int(observed.values.shape[-1])
+        if n_points <= prior.n_params:
+            raise ValueError(
+                f"data has {n_points} point(s) on its {observed.coord} axis per channel: a fit of {prior.n_params} "
+                f"free parameters ({', '.join(prior.names)}) needs more points than parameters; widen the "
+                f"{observed.coord} range or fix parameters"
+            )
         self.observation = observation
         self.prior = prior
         self.data = data

@@ -134,3 +134,10 @@ def test_problem_does_not_branch_on_observation_type():
         names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
         assert not names & {"SpectrumObservation", "EvokedObservation"}, path.name
         assert "kind" not in {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}, path.name
+
+
+def test_too_few_points_for_the_free_parameters():
+    data = make_data()
+    one = data.select(fmin=10.0, fmax=10.0)
+    with pytest.raises(ValueError, match="needs more points than parameters"):
+        InverseProblem(DampedOscillatorSpectrum(), None, one)

@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from jrinfer._optional import optional_import
+from jrinfer._rng import generator
 from jrinfer.backends._vl_engine import _DTYPE, LaplaceConvergenceError, LaplaceEngine, LaplaceResult
 
 __all__ = ["LaplaceConvergenceError", "LaplaceResult", "VariationalLaplace"]
@@ -123,7 +125,7 @@ class VariationalLaplace(LaplaceEngine):
                 j = names.index(name)
                 mean[j] = res.hyper_mean[i]
                 cov[j, j] = res.hyper_cov[i, i]
-        gen = torch.Generator().manual_seed(seed)
+        gen = generator(seed)
         eps = torch.randn(n_draws, n, generator=gen, dtype=_DTYPE)
         evals, evecs = torch.linalg.eigh(0.5 * (cov + cov.T))
         root = evecs * evals.clamp_min(0).sqrt()
@@ -165,7 +167,7 @@ class VariationalLaplace(LaplaceEngine):
             )
         if resample:
             if weights is None:
-                raise ValueError("resample=True needs arviz (for PSIS): pip install 'jrinfer[arviz]'")
+                optional_import("arviz", purpose="resample=True (Pareto-smoothed importance sampling)")
             idx = torch.multinomial(weights, n_draws, replacement=True, generator=gen)
             theta = theta[idx]
             diagnostics["importance_resampled"] = True
@@ -195,7 +197,7 @@ def _psis(log_weights: torch.Tensor):
     weight zero. Returns ``(None, None, None)`` when ArviZ is not installed.
     """
     try:
-        import arviz as az
+        az = optional_import("arviz", purpose="Pareto-smoothed importance sampling")
     except ImportError:
         return None, None, None
     import warnings as _w
