@@ -494,6 +494,8 @@ class SpectrumObservation(_JansenRitObservation):
     ``seg_length_s`` to the metadata).
     """
 
+    data_type = SpectrumData
+
     #: Observation parameters (besides the JR constants), with units.
     PARAMETERS = {
         "gain": "dimensionless scalp gain (power scales with gain^2)",
@@ -686,8 +688,6 @@ class SpectrumObservation(_JansenRitObservation):
         return Prediction(power, neural.valid, neural.reasons)
 
     # --------------------------------------------------------- likelihood
-    data_type = SpectrumData
-
     def parameter_units(self, data=None) -> dict[str, str]:
         du = data.units if data is not None else "data units"
         return {
@@ -920,6 +920,8 @@ class EvokedObservation(_JansenRitObservation):
         across the two regimes.
     """
 
+    data_type = EvokedData
+
     PARAMETERS = {
         "input_amplitude": "pulse amplitude scale q, pulses/s",
         "input_latency": "pulse onset after the stimulus, s",
@@ -1040,8 +1042,6 @@ class EvokedObservation(_JansenRitObservation):
             v_rest = torch.where(use_upper, up.v, lo.v).detach()
             v_other = torch.where(use_upper, lo.v, up.v).detach()
             return valid & other_stable & ((v_end - v_other).abs() < (v_end - v_rest).abs())
-
-    data_type = EvokedData
 
     def check_data(self, data) -> None:
         super().check_data(data)

@@ -146,8 +146,9 @@ def test_same_seed_same_draws(fitted, problem):
         warnings.simplefilter("ignore", RuntimeWarning)
         again = BACKENDS[name](problem, 3)
         other = BACKENDS[name](problem, 4)
-    np.testing.assert_array_equal(post.draws, again.draws)
-    np.testing.assert_array_equal(post.predictive, again.predictive)
+    # identical up to the rounding of the Jacobian mode that VL times and picks on its first call
+    np.testing.assert_allclose(post.draws, again.draws, rtol=1e-8)
+    np.testing.assert_allclose(post.predictive, again.predictive, rtol=1e-8)
     assert not np.array_equal(post.draws, other.draws)
 
 

@@ -59,8 +59,10 @@ def _late_component_erp():
 
 @pytest.mark.slow
 def test_flat_evoked_fit_is_flagged():
+    # a timing prior aimed at the first 100 ms cannot reach the 430 ms component: a flat fit
     data = _late_component_erp()
-    post = _fit(InverseProblem(EvokedObservation(), None, data))
+    obs = EvokedObservation()
+    post = _fit(InverseProblem(obs, obs.default_prior(data, window=(0.0, 0.1)), data))
     assert post.fit_quality["explained_variance"] < 0.5
     assert abs(post.fit_quality["peak_latency_data_s"] - 0.43) < 0.02
     assert any("explains" in w and "input_latency" in w for w in post.warnings), post.warnings

@@ -232,8 +232,11 @@ def test_cli_fit_evoked_csv(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "converged"
-    latency = summary["parameters"]["input_latency"]
-    assert 0.0 < latency["q05"] < latency["q95"] < 0.08  # input onset before the N100 at 93 ms
+    latency = summary["parameters"]["input_latency"]["mean"]
+    width = summary["parameters"]["input_width"]["mean"]
+    assert 0.0 < latency + 7 * width < 0.093  # the input pulse peaks before the N100 at 93 ms
+    assert summary["fit_quality"]["explained_variance"] > 0.8
+    assert abs(summary["fit_quality"]["peak_latency_model_s"] - 0.093) < 0.01
     import arviz as az
 
     idata = az.from_netcdf(str(out / "posterior.nc"))

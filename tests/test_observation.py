@@ -151,7 +151,7 @@ def test_evoked_prediction():
     obs = EvokedObservation(lead_field=[1.0, -0.5])
     params = {
         "p_mean": torch.tensor(60.0, dtype=F64),
-        "input_amplitude": torch.tensor([0.0, 0.5], dtype=F64),
+        "input_amplitude": torch.tensor([0.0, 0.05], dtype=F64),
         "input_latency": torch.tensor(0.02, dtype=F64),
         "input_width": torch.tensor(0.005, dtype=F64),
         "gain": torch.tensor(1.0, dtype=F64),
