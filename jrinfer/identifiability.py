@@ -221,7 +221,9 @@ def _label(weights: Mapping[str, float], coords: Mapping[str, str] | None = None
 
 
 def _canonical_sign(v: np.ndarray) -> np.ndarray:
-    i = int(np.argmax(np.abs(v)))
+    """Sign such that the largest weight (the first of near-ties) is positive."""
+    a = np.abs(v)
+    i = int(np.flatnonzero(a >= a.max() * (1 - 1e-6))[0])
     return v if v[i] >= 0 else -v
 
 
@@ -270,7 +272,10 @@ def _jacobian_forward(fb: Callable, Z: torch.Tensor) -> tuple[torch.Tensor, torc
     B, n = Z.shape
     primal = Z[:, None, :].expand(B, n, n).reshape(B * n, n).clone().requires_grad_(True)
     tangent = torch.eye(n, dtype=_F64).expand(B, n, n).reshape(B * n, n)
-    with fwAD.dual_level():
+    with fwAD.dual_level(), warnings.catch_warnings():
+        # torch's first use of its forward-mode decompositions calls the deprecated
+        # torch.jit.script internally; not actionable here
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=DeprecationWarning)
         out = fb(fwAD.make_dual(primal, tangent))
         p, t = fwAD.unpack_dual(out)
         if t is None:  # output does not depend on z
@@ -713,21 +718,23 @@ def _analyse(
             sloppy.append(item)
     for k in keep[::-1][:n_stiff]:
         v = _canonical_sign(vecs[:, k])
-        item = {"weights": _direction_dict(v, names), "eigenvalue": float(lam[k]), "sd": 1.0 / math.sqrt(lam[k])}
+        sd = 1.0 / math.sqrt(lam[k]) if lam[k] > 0 else math.inf
+        item = {"weights": _direction_dict(v, names), "eigenvalue": float(lam[k]), "sd": sd}
         item["label"] = _label(item["weights"], coords)
         stiff.append(item)
     # per parameter
     Pn = Ns.numpy() @ Ns.numpy().T
-    inv = np.zeros(n)
-    Fpinv = (vecs[:, keep] / lam[keep]) @ vecs[:, keep].T if keep.size else np.zeros((n, n))
+    # eigenvalues that are exactly zero off the structural space (accidental nulls) give sd = inf
+    inv_lam = np.where(lam[keep] > 0, 1.0 / np.where(lam[keep] > 0, lam[keep], 1.0), 1e300)
+    Fpinv = (vecs[:, keep] * inv_lam) @ vecs[:, keep].T if keep.size else np.zeros((n, n))
     F = (W[0].T @ W[0]).numpy()
     params = {}
     for i, name in enumerate(names):
         nw = float(Pn[i, i])
         sd = math.sqrt(max(Fpinv[i, i], 0.0)) if nw < 1e-6 else math.inf
+        sd = math.inf if sd > 1e100 else sd
         verdict = "not identifiable" if nw >= 1e-6 else ("weak" if sd > sloppy_sd else "identified")
         params[name] = {"sd": sd, "null_weight": nw, "sensitivity": float(math.sqrt(max(F[i, i], 0.0))), "verdict": verdict}
-    del inv
     collin = _collinearity(W[0], names, max_subset, null_rtol)
     return LocalAnalysis(
         names=tuple(names),
