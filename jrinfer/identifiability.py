@@ -1376,6 +1376,10 @@ class RecoveryStudy:
         Per name: ``recovery_r`` (correlation truth vs. estimate),
         ``rmse``, ``mean_contraction``, ``zscore_sd``, ``coverage_90``.
     seconds : float
+    prior_invalid_fraction : float
+        Fraction of prior draws the observation could not predict (e.g. an
+        unstable equilibrium); truths are drawn from the prior restricted to
+        the valid regime.
     """
 
     names: tuple
@@ -1387,10 +1391,12 @@ class RecoveryStudy:
     contraction: np.ndarray
     summary: dict
     seconds: float
+    prior_invalid_fraction: float = 0.0
 
     def to_dict(self) -> dict:
         return {
             "names": list(self.names),
+            "prior_invalid_fraction": self.prior_invalid_fraction,
             "n_datasets": int(self.truth.shape[0]),
             "n_ok": int(sum(s == "converged" for s in self.status)),
             "summary": self.summary,
@@ -1399,7 +1405,10 @@ class RecoveryStudy:
 
     def to_text(self) -> str:
         ok = sum(s == "converged" for s in self.status)
-        lines = [f"Recovery study: {ok} of {len(self.status)} simulated datasets fitted"]
+        lines = [
+            f"Recovery study: {ok} of {len(self.status)} simulated datasets fitted "
+            f"({100 * self.prior_invalid_fraction:.0f} % of prior draws were outside the valid regime and redrawn)"
+        ]
         lines.append(f"  {'parameter':>16s} {'recovery r':>10s} {'rmse':>8s} {'contraction':>12s} {'z sd':>6s} {'cov90':>6s}")
         for n in self.names:
             s = self.summary[n]
@@ -1484,6 +1493,8 @@ def recovery_study(
         (one batched prediction), then fitted chunk by chunk.
     seed : int
         Seed of the prior draws and the observation noise.
+        Truths come from the prior restricted to the observation's valid
+        regime (batched rejection; the rejected fraction is reported).
     fit : callable, optional
         ``problem -> Posterior`` (any backend). Default: variational Laplace
         with the problem's prior (``n_draws=2``; its Gaussian is used).
@@ -1515,7 +1526,22 @@ def recovery_study(
     if executor is not None and not callable(getattr(executor, "map", None)):
         raise ValueError("executor must have a concurrent.futures-style map(fn, *iterables) method")
     names = tuple(problem.names)
-    theta = problem.prior.sample(n_datasets, seed=seed)
+    # truths from the prior restricted to where the observation can predict (rejection, batched)
+    kept, n_drawn = [], 0
+    for attempt in range(20):
+        cand = problem.prior.sample(max(2 * n_datasets, 16), seed=seed + 7919 * attempt)
+        with torch.no_grad():
+            valid = problem.predict(cand).valid.reshape(-1)
+        n_drawn += cand.shape[0]
+        kept.append(cand[valid])
+        if sum(k.shape[0] for k in kept) >= n_datasets:
+            break
+    pool = torch.cat(kept)
+    n_valid_drawn = pool.shape[0]
+    if n_valid_drawn == 0:
+        raise ValueError("no prior draw is inside the observation's valid regime: check the prior")
+    theta = pool[:n_datasets]
+    invalid_fraction = 1.0 - n_valid_drawn / n_drawn
     with torch.no_grad():
         data = problem.simulate(theta, seed=seed + 1).numpy()
     truth = problem.prior.to_unconstrained(theta).numpy()
@@ -1547,7 +1573,9 @@ def recovery_study(
             "zscore_sd": float(np.std(z[ok, i])) if ok.sum() > 1 else None,
             "coverage_90": float(np.mean(np.abs(z[ok, i]) < 1.6448536269514722)) if ok.any() else None,
         }
-    return RecoveryStudy(names, truth, mean, sd, status, z, contraction, summary, time.perf_counter() - t0)
+    return RecoveryStudy(
+        names, truth, mean, sd, status, z, contraction, summary, time.perf_counter() - t0, invalid_fraction
+    )
 
 
 # ============================================================== report
