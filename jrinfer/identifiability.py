@@ -154,6 +154,9 @@ __all__ = [
     "jansen_rit_symmetries",
     "principal_angles",
     "headline",
+    "plot_eigenvectors",
+    "plot_profiles",
+    "plot_contraction",
 ]
 
 _F64 = torch.float64
@@ -1811,12 +1814,8 @@ def jansen_rit_symmetries(problem, theta) -> np.ndarray:
     # parameters the observation never sees are irrelevant: C1..C4 when only C is given
     G_free, G_fixed = [], []
     for gen in _SYMMETRIES.values():
-        wf = {}
-        for k, w in gen.items():
-            key = k
-            wf[key] = w
-        row_free = np.array([wf.get(n, wf.get("gain", 0.0) if n.startswith("gain_") else 0.0) for n in names])
-        row_fixed = np.array([wf.get(n, 0.0) if _matters(problem, n) else 0.0 for n in fixed_names])
+        row_free = np.array([gen.get(n, gen.get("gain", 0.0) if n.startswith("gain_") else 0.0) for n in names])
+        row_fixed = np.array([gen.get(n, 0.0) if _matters(problem, n) else 0.0 for n in fixed_names])
         G_free.append(row_free * scale)
         G_fixed.append(row_fixed)
     G_free, G_fixed = np.array(G_free), np.array(G_fixed)
@@ -1842,8 +1841,8 @@ def _matters(problem, name: str) -> bool:
         return hasattr(problem.observation, "method")  # evoked runs have p_std = 0: no constraint
     if name == "input_amplitude":
         return not hasattr(problem.observation, "method")
-    if name == "gain":
-        return True
+    if name == "gain":  # absent with per-channel gains (gain_0, gain_1, ... are free instead)
+        return name in problem.prior.fixed
     return True
 
 
