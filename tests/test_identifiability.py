@@ -346,3 +346,11 @@ def test_notebook_executes(tmp_path):
     assert "structural null space of dimension 2" in text  # evoked
     assert "a: identified" in text and "e0: flat" in text
     assert (tmp_path / "ident_eigenvectors.png").is_file()
+
+
+def test_profile_without_theta_fits_the_optimum_first(spectral_small):
+    problem, theta = spectral_small
+    prof = idf.profile_likelihood(problem, "b", n_points=5)
+    assert prof.verdict == "identified"
+    centre = prof.values[np.nanargmin(prof.delta)]
+    assert centre == pytest.approx(theta["b"], rel=2e-3)  # the data are the noise-free prediction at theta
