@@ -486,6 +486,45 @@ def _cmd_demo(args) -> int:
     return run_demo(Path(args.out), force=args.force)
 
 
+def _cmd_identifiability(args) -> int:
+    import torch
+
+    from jrinfer import identifiability as idf
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise UsageError(f"--out {args.out}: directory is not empty; pass --force to write into it")
+    values = idf._parse_assignments(args.set, "--set")
+    default_free = (
+        "A,B,a,b,C,e0,v0,r,gain"
+        if args.kind == "spectrum"
+        else "A,B,a,b,C,e0,v0,r,gain,input_amplitude,input_latency,input_width"
+    )
+    free = [s.strip() for s in (args.free or default_free).split(",") if s.strip()]
+    if args.kind == "spectrum":
+        grid = torch.arange(args.fmin, args.fmax + 0.5 * args.df, args.df, dtype=torch.float64)
+    else:
+        grid = torch.arange(args.tmin, args.tmax + 0.5 * args.step, args.step, dtype=torch.float64)
+    if grid.numel() < 2:
+        raise UsageError("the data grid has fewer than 2 points: check --fmin/--fmax/--df or --tmin/--tmax/--step")
+    problem, theta = idf.jansen_rit_problem(args.kind, values, free, noise=args.noise, grid=grid)
+    meta = {"kind": args.kind, "theta": theta, "noise": args.noise, "n_points": int(grid.numel())}
+    report = idf.identifiability_report(problem, theta, profiles=args.profile or (), n_points=args.points, meta=meta)
+    out.mkdir(parents=True, exist_ok=True)
+    report.to_json(out / "report.json")
+    plotted = True
+    try:
+        report.plot(out)
+    except ImportError:
+        plotted = False
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(report.to_text())
+        print(f"wrote {out}/report.json{' and plots' if plotted else ''}")
+    return 0
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
@@ -613,6 +652,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.add_argument("--json", action="store_true", help="print summary.json on stdout")
     p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser(
+        "identifiability",
+        help="which parameters and combinations a spectrum or ERP can pin down at a parameter set; writes report.json",
+    )
+    p.add_argument("--kind", required=True, choices=["spectrum", "evoked"], help="observation model")
+    p.add_argument(
+        "--set", action="append", metavar="NAME=VALUE",
+        help="parameter value (JR constants or observation parameters such as gain), repeatable",
+    )
+    p.add_argument(
+        "--free", default=None,
+        help="comma-separated free parameters (default: every JR constant and gain; evoked adds the input pulse)",
+    )
+    p.add_argument(
+        "--noise", type=float, default=None,
+        help="noise sd: of log-power for spectra (default 0.1), in uV for ERPs (default 0.5)",
+    )
+    p.add_argument("--fmin", type=float, default=2.0, help="spectrum grid: lowest frequency in Hz (default 2)")
+    p.add_argument("--fmax", type=float, default=40.0, help="spectrum grid: highest frequency in Hz (default 40)")
+    p.add_argument("--df", type=float, default=0.25, help="spectrum grid: step in Hz (default 0.25)")
+    p.add_argument("--tmin", type=float, default=-0.1, help="evoked grid: first time in s (default -0.1)")
+    p.add_argument("--tmax", type=float, default=0.5, help="evoked grid: last time in s (default 0.5)")
+    p.add_argument("--step", type=float, default=0.001, help="evoked grid: sampling step in s (default 0.001)")
+    p.add_argument("--profile", action="append", metavar="NAME", help="also profile this parameter (repeatable)")
+    p.add_argument("--points", type=int, default=20, help="grid points per profile (default 20)")
+    p.add_argument("--out", required=True, help="output directory (report.json and plots)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--json", action="store_true", help="print report.json on stdout")
+    p.set_defaults(func=_cmd_identifiability)
 
     p = sub.add_parser("demo", help="the README's main job on the bundled example")
     p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
