@@ -29,7 +29,7 @@ import torch
 from jrinfer import _checks, _integrate, _rng
 from jrinfer._integrate import PulseInput
 
-__all__ = ["JansenRit", "FixedPoints", "LinearSpectrum", "Simulation", "PulseInput", "PARAMETERS"]
+__all__ = ["JansenRit", "FixedPoints", "LinearSpectrum", "Simulation", "PulseInput", "PARAMETERS", "EquilibriumCache"]
 
 
 @dataclass(frozen=True)
@@ -380,7 +380,7 @@ class JansenRit:
         return _jacobian(self._params, state)
 
     # -------------------------------------------------------------- equilibria
-    def fixed_points(self, *, grid_size: int = 256) -> FixedPoints:
+    def fixed_points(self, *, grid_size: int = 256, initial_guess=None) -> FixedPoints:
         """All equilibria of every parameter set, with stability.
 
         Equilibria satisfy ``y3 = y4 = y5 = 0`` and reduce to one scalar
@@ -395,6 +395,13 @@ class JansenRit:
         ----------
         grid_size : int
             Number of grid points used to bracket the roots (>= 16).
+        initial_guess : torch.Tensor or FixedPoints, optional
+            A warm start: an equilibrium state of shape ``(*batch, 6)`` (e.g.
+            the upper equilibrium found at nearby parameters in a previous
+            call). The root bracketed together with ``initial_guess[..., 0]``
+            is refined by Newton from there instead of from the middle of its
+            bracket; every root is still bracketed, so the result is the same
+            (to rounding) whatever the guess. Only saves iterations.
 
         Returns
         -------
@@ -402,7 +409,8 @@ class JansenRit:
         """
         if not isinstance(grid_size, int) or grid_size < 16:
             raise ValueError(f"grid_size must be an int >= 16, got {grid_size!r}")
-        return _fixed_points(self._params, self._batch_shape, grid_size)
+        guess = _initial_y0(initial_guess, self._batch_shape, max(1, math.prod(self._batch_shape)))
+        return _fixed_points(self._params, self._batch_shape, grid_size, initial_guess=guess)
 
     def linearisation_valid(self, equilibrium: str = "upper") -> torch.Tensor:
         """Bool tensor of shape ``batch``: is the chosen equilibrium stable?
@@ -464,7 +472,9 @@ class JansenRit:
         d = 1.0 - ex(g0) * h_e * k
         return torch.stack([k * h_e / d, h_e / d, -h_i / d], dim=-1)
 
-    def linear_psd(self, freqs, *, dt: float | None = None, equilibrium: str = "upper") -> LinearSpectrum:
+    def linear_psd(
+        self, freqs, *, dt: float | None = None, equilibrium: str = "upper", initial_guess=None, warm_start=None
+    ) -> LinearSpectrum:
         """One-sided PSD of ``v`` (mV^2/Hz) of the model linearised at an equilibrium.
 
         For white input noise of intensity ``sigma = p_std`` (two-sided PSD
@@ -492,12 +502,23 @@ class JansenRit:
             The equilibrium to linearise at: the upper branch (default; it
             carries the damped alpha resonance below the first Hopf point) or
             the low-activity one.
+        initial_guess : torch.Tensor or FixedPoints, optional
+            Warm start for the equilibrium search, shape ``(*batch, 6)`` (see
+            :meth:`fixed_points`); the result does not depend on it.
+        warm_start : EquilibriumCache, optional
+            A caller-owned cache: its stored state is the initial guess (when
+            its shape matches and ``initial_guess`` is not given) and the
+            equilibrium found here is stored in it.
 
         Returns
         -------
         LinearSpectrum
             ``psd`` of shape ``(*batch, F)`` plus the stability flag that says
-            where it is valid.
+            where it is valid. The PSD is differentiable with respect to every
+            parameter (closed-form derivatives of the transfer function, and
+            through the equilibrium by the implicit function theorem); the
+            returned ``equilibrium`` is not (detached; use
+            :meth:`fixed_points` for differentiable equilibria).
         """
         f = _check_freqs(freqs)
         p_std = self._params["p_std"]
@@ -512,13 +533,24 @@ class JansenRit:
                     "step (equivalent white-noise intensity p_std*sqrt(dt))"
                 )
             intensity = p_std**2 * _checks.check_scalar("dt", dt, positive=True)
-        eq = self._equilibrium(equilibrium)
-        h2 = self.transfer_function(f, equilibrium=eq).abs() ** 2
-        if self.noise_on == "input":
-            gain = h2[..., 1]
-        else:
-            gain = h2.sum(-1)
-        psd = 2.0 * intensity.unsqueeze(-1) * gain
+        _checks.check_option("equilibrium", equilibrium, ("upper", "lower"))
+        shape = self._batch_shape
+        nb = max(1, math.prod(shape))
+        if initial_guess is None and warm_start is not None:
+            if not isinstance(warm_start, EquilibriumCache):
+                raise TypeError(f"warm_start must be an EquilibriumCache, got {type(warm_start).__name__}")
+            initial_guess = warm_start.guess(shape)
+        guess = _initial_y0(initial_guess, shape, nb)
+        with torch.no_grad():
+            detached = {k: v.detach() for k, v in self._params.items()}
+            eq = _fixed_points(detached, shape, 256, which=equilibrium, initial_guess=guess)
+        if warm_start is not None:
+            warm_start.state = eq.state
+        p = self._params
+        flat = [p[k].reshape(nb, 1) for k in ("A", "B", "a", "b", "C1", "C2", "C3", "C4", "e0", "v0", "r", "p_mean")]
+        y0 = eq.state[..., 0].reshape(nb, 1)
+        gain = _LinearGain.apply(y0, *flat, (2.0 * math.pi) * f, self.noise_on == "all")
+        psd = 2.0 * intensity.unsqueeze(-1) * gain.reshape(tuple(shape) + (f.shape[0],))
         return LinearSpectrum(f, psd, eq.stable, eq)
 
     # -------------------------------------------------------------- simulation
@@ -709,6 +741,236 @@ class JansenRit:
             ) from None
 
 
+class EquilibriumCache:
+    """A warm start for the equilibrium search that a caller owns and passes explicitly.
+
+    Give the same object to successive :meth:`JansenRit.linear_psd` calls at
+    nearby parameters (e.g. along a sampler's trajectory): each call starts
+    Newton from the equilibrium state found by the previous call (when the
+    batch shapes match) and stores its own. The result does not depend on the
+    cache (roots are still bracketed), only the number of Newton iterations.
+    It holds one tensor and nothing global; use one cache per chain.
+
+    Attributes
+    ----------
+    state : torch.Tensor or None
+        The last equilibrium state, shape ``(*batch, 6)`` (mV, mV/s), detached.
+    """
+
+    __slots__ = ("state",)
+
+    def __init__(self):
+        self.state = None
+
+    def guess(self, shape: torch.Size):
+        """The stored state if it fits ``shape``, else None."""
+        st = self.state
+        if st is None or tuple(st.shape[:-1]) != tuple(shape):
+            return None
+        return st
+
+    def __repr__(self) -> str:
+        return f"EquilibriumCache(state={None if self.state is None else tuple(self.state.shape)})"
+
+
+class _LinearGain(torch.autograd.Function):
+    """``sum_c |H_c(i w)|^2`` at a given equilibrium ``y0``, with a closed-form backward.
+
+    Inputs are flat ``(nb, 1)`` parameter tensors, the converged (detached)
+    root ``y0`` of the equilibrium equation and angular frequencies ``w``
+    ``(F,)``; the output is ``(nb, F)``. The backward differentiates the
+    closed-form transfer function with respect to the time constants, gains
+    and sigmoid slopes, and the slopes through the equilibrium by the implicit
+    function theorem, so no autograd graph is recorded in the forward. It is
+    checked against autograd through the generic path and finite differences
+    in ``tests/test_model.py``.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(y0, A, B, a, b, C1, C2, C3, C4, e0, v0, r, p, w, all_channels):
+        s = torch.complex(torch.zeros_like(w), w)
+        sa, sb = s + a, s + b
+        he = (A * a) / (sa * sa)
+        hi = (B * b) / (sb * sb)
+        x1, x2 = C1 * y0, C3 * y0
+        q1, q2 = torch.sigmoid(r * (x1 - v0)), torch.sigmoid(r * (x2 - v0))
+        S1, S2 = 2.0 * e0 * q1, 2.0 * e0 * q2
+        ke, ki = A / a, B / b
+        v = ke * (p + C2 * S1) - ki * C4 * S2
+        q0 = torch.sigmoid(r * (v - v0))
+        g0 = 2.0 * e0 * r * q0 * (1.0 - q0)
+        g1 = 2.0 * e0 * r * q1 * (1.0 - q1)
+        g2 = 2.0 * e0 * r * q2 * (1.0 - q2)
+        u1, u2 = C1 * C2 * g1, C3 * C4 * g2
+        K = u1 * he - u2 * hi
+        D = 1.0 - g0 * he * K
+        he2 = he.real**2 + he.imag**2
+        N = he2 * (1.0 + K.real**2 + K.imag**2) + (hi.real**2 + hi.imag**2) if all_channels else he2
+        absD2 = D.real**2 + D.imag**2
+        return N / absD2
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        y0, A, B, a, b, C1, C2, C3, C4, e0, v0, r, p, w, all_channels = inputs
+        ctx.all_channels = all_channels
+        ctx.save_for_backward(y0, A, B, a, b, C1, C2, C3, C4, e0, v0, r, p, w, output)
+        ctx.save_for_forward(y0, A, B, a, b, C1, C2, C3, C4, e0, v0, r, p, w, output)
+
+    @staticmethod
+    def jvp(ctx, ty0, tA, tB, ta, tb, tC1, tC2, tC3, tC4, te0, tv0, tr, tp, tw, _):
+        """Forward mode (``torch.func.jacfwd``): the same derivatives, propagated forwards."""
+        y0, A, B, a, b, C1, C2, C3, C4, e0, v0, r, p, w, gain = ctx.saved_tensors
+        allc = ctx.all_channels
+        z = lambda t, like: torch.zeros_like(like) if t is None else t  # noqa: E731
+        tA, tB, ta, tb = z(tA, A), z(tB, B), z(ta, a), z(tb, b)
+        tC1, tC2, tC3, tC4 = z(tC1, C1), z(tC2, C2), z(tC3, C3), z(tC4, C4)
+        te0, tv0, tr, tp = z(te0, e0), z(tv0, v0), z(tr, r), z(tp, p)
+        s = torch.complex(torch.zeros_like(w), w)
+        sa, sb = s + a, s + b
+        he = (A * a) / (sa * sa)
+        hi = (B * b) / (sb * sb)
+        x1, x2 = C1 * y0, C3 * y0
+        q1, q2 = torch.sigmoid(r * (x1 - v0)), torch.sigmoid(r * (x2 - v0))
+        S1, S2 = 2.0 * e0 * q1, 2.0 * e0 * q2
+        ke, ki = A / a, B / b
+        v = ke * (p + C2 * S1) - ki * C4 * S2
+        q0 = torch.sigmoid(r * (v - v0))
+        S0 = 2.0 * e0 * q0
+        g0 = 2.0 * e0 * r * q0 * (1.0 - q0)
+        g1 = 2.0 * e0 * r * q1 * (1.0 - q1)
+        g2 = 2.0 * e0 * r * q2 * (1.0 - q2)
+        h0, h1, h2 = g0 * r * (1.0 - 2.0 * q0), g1 * r * (1.0 - 2.0 * q1), g2 * r * (1.0 - 2.0 * q2)
+        u1, u2 = C1 * C2 * g1, C3 * C4 * g2
+        K = u1 * he - u2 * hi
+        D = 1.0 - g0 * he * K
+        absD2 = D.real**2 + D.imag**2
+
+        def dS(S, g, x, dx):  # tangent of S(x; e0, v0, r)
+            return g * dx + S / e0 * te0 + g * (x - v0) / r * tr - g * tv0
+
+        def dSp(g, h, x, dx):  # tangent of S'(x; e0, v0, r)
+            return h * dx + g / e0 * te0 + (g + h * (x - v0)) / r * tr - h * tv0
+
+        dke, dki = (tA - ke * ta) / a, (tB - ki * tb) / b
+        # explicit tangents at fixed y0, then the implicit one of y0
+        dx1e, dx2e = tC1 * y0, tC3 * y0
+        dve = (
+            dke * (p + C2 * S1) + ke * (tp + tC2 * S1 + C2 * dS(S1, g1, x1, dx1e))
+            - dki * C4 * S2 - ki * (tC4 * S2 + C4 * dS(S2, g2, x2, dx2e))
+        )
+        dGe = dke * S0 + ke * dS(S0, g0, v, dve)
+        dv_dy0 = ke * C2 * g1 * C1 - ki * C4 * g2 * C3
+        dy0 = -dGe / (ke * g0 * dv_dy0 - 1.0)
+        dx1, dx2, dv = dx1e + C1 * dy0, dx2e + C3 * dy0, dve + dv_dy0 * dy0
+        dg0, dg1, dg2 = dSp(g0, h0, v, dv), dSp(g1, h1, x1, dx1), dSp(g2, h2, x2, dx2)
+        du1 = (tC1 * C2 + C1 * tC2) * g1 + C1 * C2 * dg1
+        du2 = (tC3 * C4 + C3 * tC4) * g2 + C3 * C4 * dg2
+        dhe = he * (tA / A + ta * (1.0 / a - 2.0 / sa))
+        dhi = hi * (tB / B + tb * (1.0 / b - 2.0 / sb))
+        dK = du1 * he + u1 * dhe - du2 * hi - u2 * dhi
+        dD = -(dg0 * he * K + g0 * dhe * K + g0 * he * dK)
+        re_dot = lambda x, dx: (x.conj() * dx).real  # noqa: E731  Re(conj(x) dx)
+        if allc:
+            K2 = K.real**2 + K.imag**2
+            he2 = he.real**2 + he.imag**2
+            dN = 2.0 * (re_dot(he, dhe) * (1.0 + K2) + he2 * re_dot(K, dK) + re_dot(hi, dhi))
+        else:
+            dN = 2.0 * re_dot(he, dhe)
+        return (dN - gain * 2.0 * re_dot(D, dD)) / absD2
+
+    @staticmethod
+    def backward(ctx, G):
+        y0, A, B, a, b, C1, C2, C3, C4, e0, v0, r, p, w, gain = ctx.saved_tensors
+        allc = ctx.all_channels
+        # recompute the forward's intermediates (cheap, and keeps the saved set small)
+        s = torch.complex(torch.zeros_like(w), w)
+        sa, sb = s + a, s + b
+        he = (A * a) / (sa * sa)
+        hi = (B * b) / (sb * sb)
+        x1, x2 = C1 * y0, C3 * y0
+        q1, q2 = torch.sigmoid(r * (x1 - v0)), torch.sigmoid(r * (x2 - v0))
+        S1, S2 = 2.0 * e0 * q1, 2.0 * e0 * q2
+        ke, ki = A / a, B / b
+        v = ke * (p + C2 * S1) - ki * C4 * S2
+        q0 = torch.sigmoid(r * (v - v0))
+        S0 = 2.0 * e0 * q0
+        g0 = 2.0 * e0 * r * q0 * (1.0 - q0)
+        g1 = 2.0 * e0 * r * q1 * (1.0 - q1)
+        g2 = 2.0 * e0 * r * q2 * (1.0 - q2)
+        h0, h1, h2 = g0 * r * (1.0 - 2.0 * q0), g1 * r * (1.0 - 2.0 * q1), g2 * r * (1.0 - 2.0 * q2)  # S''
+        u1, u2 = C1 * C2 * g1, C3 * C4 * g2
+        K = u1 * he - u2 * hi
+        D = 1.0 - g0 * he * K
+        absD2 = D.real**2 + D.imag**2
+        # adjoints (dL = Re sum_f c_z dz) of the complex intermediates
+        cN = G / absD2
+        cD = (-2.0 * G * gain / absD2) * D.conj()
+        cK = cD * (-g0 * he)
+        c_he = (2.0 * cN) * he.conj() + cD * (-g0 * K) + cK * u1
+        c_hi = -cK * u2
+        if allc:
+            he2 = he.real**2 + he.imag**2
+            K2 = K.real**2 + K.imag**2
+            cK = cK + (2.0 * cN * he2) * K.conj()
+            c_he = (2.0 * cN * (1.0 + K2)) * he.conj() + cD * (-g0 * K) + cK * u1
+            c_hi = (2.0 * cN) * hi.conj() - cK * u2
+        re_sum = lambda z: z.real.sum(-1, keepdim=True)  # noqa: E731
+        Lg0 = re_sum(cD * (-he * K))
+        Lu1 = re_sum(cK * he)
+        Lu2 = -re_sum(cK * hi)
+        the = re_sum(c_he * he)
+        thi = re_sum(c_hi * hi)
+        LA = the / A
+        La = the / a - 2.0 * re_sum(c_he * he / sa)
+        LB = thi / B
+        Lb = thi / b - 2.0 * re_sum(c_hi * hi / sb)
+        # u1 = C1 C2 g1, u2 = C3 C4 g2
+        LC1 = Lu1 * C2 * g1
+        LC2 = Lu1 * C1 * g1
+        LC3 = Lu2 * C4 * g2
+        LC4 = Lu2 * C3 * g2
+        Lg1, Lg2 = Lu1 * C1 * C2, Lu2 * C3 * C4
+        # g_j = S'(x_j): direct sigmoid-parameter dependence
+        Le0 = (Lg0 * g0 + Lg1 * g1 + Lg2 * g2) / e0
+        Lr = (Lg0 * (g0 + h0 * (v - v0)) + Lg1 * (g1 + h1 * (x1 - v0)) + Lg2 * (g2 + h2 * (x2 - v0))) / r
+        Lv0 = -(Lg0 * h0 + Lg1 * h1 + Lg2 * h2)
+        Lv = Lg0 * h0
+        Lx1, Lx2 = Lg1 * h1, Lg2 * h2
+        # implicit function theorem for y0: G(y0) = ke S(v) - y0 = 0
+        dv_dy0 = ke * C2 * g1 * C1 - ki * C4 * g2 * C3
+        dL_dy0 = Lx1 * C1 + Lx2 * C3 + Lv * dv_dy0
+        lam = -dL_dy0 / (ke * g0 * dv_dy0 - 1.0)
+        # explicit dependence (y0 fixed) of L + lam * G on the parameters
+        LC1 = LC1 + Lx1 * y0
+        LC3 = LC3 + Lx2 * y0
+        Lv_t = Lv + lam * ke * g0
+        lk = lam * ke
+        Le0 = Le0 + lk * S0 / e0
+        Lr = Lr + lk * g0 * (v - v0) / r
+        Lv0 = Lv0 - lk * g0
+        Lke = lam * S0 + Lv_t * (p + C2 * S1)
+        Lp = Lv_t * ke
+        LC2 = LC2 + Lv_t * ke * S1
+        LS1 = Lv_t * ke * C2
+        Lki = -Lv_t * C4 * S2
+        LC4 = LC4 - Lv_t * ki * S2
+        LS2 = -Lv_t * ki * C4
+        # S_j = S(x_j) with x_j = C y0 (y0 fixed)
+        LC1 = LC1 + LS1 * g1 * y0
+        LC3 = LC3 + LS2 * g2 * y0
+        Le0 = Le0 + (LS1 * S1 + LS2 * S2) / e0
+        Lr = Lr + (LS1 * g1 * (x1 - v0) + LS2 * g2 * (x2 - v0)) / r
+        Lv0 = Lv0 - (LS1 * g1 + LS2 * g2)
+        # ke = A / a, ki = B / b
+        LA = LA + Lke / a
+        La = La - Lke * ke / a
+        LB = LB + Lki / b
+        Lb = Lb - Lki * ki / b
+        return None, LA, LB, La, Lb, LC1, LC2, LC3, LC4, Le0, Lv0, Lr, Lp, None, None
+
+
 # ---------------------------------------------------------------------- helpers
 def _native_available() -> bool:
     try:
@@ -731,6 +993,12 @@ def _sigmoid_slope(x, e0, v0, r):
     return 2.0 * e0 * r * s * (1.0 - s)
 
 
+# Flat (row * 6 + col) positions of the state-dependent entries of the 6x6 drift
+# Jacobian and of its constant ones (dy0/dt = y3, dy1/dt = y4, dy2/dt = y5).
+_JAC_POS = torch.tensor([18, 19, 20, 21, 24, 25, 28, 30, 32, 35])
+_JAC_BASE = torch.zeros(36, dtype=torch.float64).index_fill_(0, torch.tensor([3, 10, 17]), 1.0)
+
+
 def _jacobian(p: dict[str, torch.Tensor], state: torch.Tensor) -> torch.Tensor:
     y0, y1, y2 = state[..., 0], state[..., 1], state[..., 2]
     e0, v0, r = p["e0"], p["v0"], p["r"]
@@ -739,18 +1007,16 @@ def _jacobian(p: dict[str, torch.Tensor], state: torch.Tensor) -> torch.Tensor:
     g1 = _sigmoid_slope(p["C1"] * y0, e0, v0, r)
     g2 = _sigmoid_slope(p["C3"] * y0, e0, v0, r)
     shape = torch.broadcast_shapes(y0.shape, a.shape)
-    z = torch.zeros(shape, dtype=torch.float64)
-    one = torch.ones(shape, dtype=torch.float64)
-    bc = lambda x: torch.broadcast_to(x, shape)  # noqa: E731
-    rows = [
-        [z, z, z, one, z, z],
-        [z, z, z, z, one, z],
-        [z, z, z, z, z, one],
-        [bc(-a * a), bc(Aa * g0), bc(-Aa * g0), bc(-2 * a), z, z],
-        [bc(Aa * p["C2"] * p["C1"] * g1), bc(-a * a), z, z, bc(-2 * a), z],
-        [bc(Bb * p["C4"] * p["C3"] * g2), z, bc(-b * b), z, z, bc(-2 * b)],
-    ]
-    return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
+    a2, Aag0 = -a * a, Aa * g0
+    vals = torch.stack(
+        torch.broadcast_tensors(
+            a2, Aag0, -Aag0, -2 * a, Aa * p["C2"] * p["C1"] * g1, a2, -2 * a, Bb * p["C4"] * p["C3"] * g2, -b * b,
+            -2 * b,
+        ),
+        dim=-1,
+    )
+    jac = _JAC_BASE.expand(shape + (36,)).index_copy(-1, _JAC_POS, vals)
+    return jac.reshape(shape + (6, 6))
 
 
 def _equilibrium_residual(y0, p):
@@ -776,15 +1042,16 @@ def _gather(p: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Te
     return {k: v[idx] for k, v in p.items()}
 
 
-def _refine_roots(lo, hi, p, scale, max_iter: int = 100):
+def _refine_roots(lo, hi, p, scale, max_iter: int = 100, start=None):
     """Safeguarded Newton on bracketed roots of the equilibrium equation.
 
     Newton steps that leave the bracket are replaced by bisection, so the
     iteration always converges; it stops once every step is below
-    ``4 eps * scale``.
+    ``4 eps * scale``. ``start`` (inside the bracket) replaces the midpoint
+    as the first iterate (a warm start).
     """
     pos_lo = _equilibrium_residual(lo, p)[0] > 0
-    x = 0.5 * (lo + hi)
+    x = 0.5 * (lo + hi) if start is None else start
     tol = 4 * torch.finfo(torch.float64).eps * scale
     for _ in range(max_iter):
         g, v = _equilibrium_residual(x, p)
@@ -801,11 +1068,40 @@ def _refine_roots(lo, hi, p, scale, max_iter: int = 100):
     return x
 
 
+def _initial_y0(initial_guess, shape: torch.Size, nb: int) -> torch.Tensor | None:
+    """Validate a warm start for the equilibrium search; return ``y0`` of shape ``(nb,)`` or None."""
+    if initial_guess is None:
+        return None
+    if isinstance(initial_guess, FixedPoints):
+        initial_guess = initial_guess.state
+    g = _checks.as_float_tensor("initial_guess", initial_guess).detach()
+    if g.shape[-1:] != (6,):
+        raise ValueError(
+            f"initial_guess must be an equilibrium state of shape {tuple(shape) + (6,)} (batch shape + 6 states), "
+            f"got shape {tuple(g.shape)}"
+        )
+    try:
+        return torch.broadcast_to(g[..., 0], shape).reshape(nb)
+    except RuntimeError:
+        raise ValueError(
+            f"initial_guess must have shape {tuple(shape) + (6,)} (batch shape + 6 states), got {tuple(g.shape)}"
+        ) from None
+
+
 def _fixed_points(
-    params: dict[str, torch.Tensor], shape: torch.Size, grid_size: int, which: str | None = None
+    params: dict[str, torch.Tensor],
+    shape: torch.Size,
+    grid_size: int,
+    which: str | None = None,
+    initial_guess: torch.Tensor | None = None,
 ) -> FixedPoints:
     """All equilibria; with ``which="upper"`` / ``"lower"`` only that one (``K`` axis dropped),
-    skipping the eigenvalues of the others."""
+    skipping the eigenvalues of the others.
+
+    ``initial_guess`` (``y0`` per parameter set, shape ``(nb,)``) is a warm
+    start for Newton on the selected equilibrium; the grid still brackets it,
+    so a guess near another equilibrium cannot select the wrong one.
+    """
     nb = max(1, math.prod(shape))
     flat = {k: v.reshape(nb) for k, v in params.items()}
     with torch.no_grad():
@@ -816,16 +1112,41 @@ def _fixed_points(
         pc = {k: v[:, None] for k, v in pd.items()}
         g, _ = _equilibrium_residual(grid, pc)
         pos = g > 0
-        # 1) sign changes between neighbouring grid points
-        b_idx, k_idx = torch.nonzero(pos[:, :-1] != pos[:, 1:], as_tuple=True)
-        lo, hi = grid[b_idx, k_idx], grid[b_idx, k_idx + 1]
-        # 2) extrema between grid points that may dip through zero (pairs of
-        #    roots closer than the grid spacing, near a fold)
+        change = pos[:, :-1] != pos[:, 1:]
+        # extrema between grid points that may dip through zero (pairs of
+        # roots closer than the grid spacing, near a fold)
         d = g[:, 1:] - g[:, :-1]
         interior_min = (d[:, :-1] < 0) & (d[:, 1:] > 0) & pos[:, 1:-1]
         interior_max = (d[:, :-1] > 0) & (d[:, 1:] < 0) & ~pos[:, 1:-1]
         same = (pos[:, :-2] == pos[:, 1:-1]) & (pos[:, 2:] == pos[:, 1:-1])
-        cb, ck = torch.nonzero((interior_min | interior_max) & same, as_tuple=True)
+        candidates = (interior_min | interior_max) & same
+        fast = which is not None and not bool(candidates.any())
+    if fast:
+        # Every root is bracketed by a sign change of the grid (G(0) > 0 > G(y_max),
+        # so there is at least one): refine only the selected one.
+        with torch.no_grad():
+            k_all = torch.arange(grid_size - 1)
+            if which == "upper":
+                k_sel = torch.where(change, k_all, -1).amax(1)
+            else:
+                k_sel = torch.where(change, k_all, grid_size).amin(1)
+            rows = torch.arange(nb)
+            lo, hi = grid[rows, k_sel], grid[rows, k_sel + 1]
+            start = None
+            if initial_guess is not None:
+                inside = (initial_guess > torch.minimum(lo, hi)) & (initial_guess < torch.maximum(lo, hi))
+                start = torch.where(inside, initial_guess, 0.5 * (lo + hi))
+            y0_star = _refine_roots(lo, hi, pd, y_max, start=start)[:, None]
+            valid = torch.ones((nb, 1), dtype=torch.bool)
+            count = change.sum(1)
+            n_max = 1
+        return _equilibria_at(flat, shape, y0_star, valid, count, n_max, which)
+    with torch.no_grad():
+        # 1) sign changes between neighbouring grid points
+        b_idx, k_idx = torch.nonzero(change, as_tuple=True)
+        lo, hi = grid[b_idx, k_idx], grid[b_idx, k_idx + 1]
+        # 2) extrema between grid points that may dip through zero
+        cb, ck = torch.nonzero(candidates, as_tuple=True)
         if cb.numel():
             ck = ck + 1
             pg = _gather(pd, cb)
@@ -847,7 +1168,12 @@ def _fixed_points(
                 lo = torch.cat([lo, grid[cb, ck - 1], x_ext])
                 hi = torch.cat([hi, x_ext, grid[cb, ck + 1]])
         pb = _gather(pd, b_idx)
-        roots = _refine_roots(lo, hi, pb, y_max[b_idx])
+        start = None
+        if initial_guess is not None:
+            guess = initial_guess[b_idx]
+            inside = (guess > torch.minimum(lo, hi)) & (guess < torch.maximum(lo, hi))
+            start = torch.where(inside, guess, 0.5 * (lo + hi))
+        roots = _refine_roots(lo, hi, pb, y_max[b_idx], start=start)
         count = torch.bincount(b_idx, minlength=nb)
         n_max = max(1, int(count.max()))
         order = torch.argsort(b_idx.to(torch.float64) * 4.0 + roots / y_max[b_idx])
@@ -863,6 +1189,11 @@ def _fixed_points(
             y0_star = y0_star.gather(1, pick[:, None])
             valid = valid.gather(1, pick[:, None])
             n_max = 1
+    return _equilibria_at(flat, shape, y0_star, valid, count, n_max, which)
+
+
+def _equilibria_at(flat, shape, y0_star, valid, count, n_max, which) -> FixedPoints:
+    """FixedPoints from converged roots ``y0_star`` (nb, K), differentiable by one Newton step."""
     # Differentiable Newton step (implicit function theorem) at the root.
     pk = {k: v[:, None] for k, v in flat.items()}
     g, v_star = _equilibrium_residual(y0_star, pk)
@@ -880,13 +1211,24 @@ def _fixed_points(
     stable = ev.real.detach().amax(-1) < 0
     dom = ev[..., 0]
     freq = dom.imag.abs() / (2 * math.pi)
+    out_shape = tuple(shape)
+    if which is not None and n_max == 1 and bool(valid.all()):
+        # one equilibrium per set, all found: no padding to mask, no K axis to pick from
+        return FixedPoints(
+            state.reshape(out_shape + (6,)),
+            v.reshape(out_shape),
+            ev.reshape(out_shape + (6,)),
+            stable.reshape(out_shape),
+            freq.reshape(out_shape),
+            valid.reshape(out_shape),
+            count.reshape(out_shape),
+        )
     nan = torch.tensor(float("nan"), dtype=torch.float64)
     state = torch.where(valid[..., None], state, nan)
     v = torch.where(valid, v, nan)
     ev = torch.where(valid[..., None], ev, torch.complex(nan, nan))
     freq = torch.where(valid, freq, nan)
     stable = stable & valid
-    out_shape = tuple(shape)
     fp = FixedPoints(
         state.reshape(out_shape + (n_max, 6)),
         v.reshape(out_shape + (n_max,)),
