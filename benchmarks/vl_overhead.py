@@ -94,7 +94,11 @@ def main(argv=None) -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--jacobian", default="auto")
     ap.add_argument("--baseline", default=None, help="git revision of the engine to compare against")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's; 1 avoids contention on a shared machine)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"{platform.processor() or platform.machine()}")
     f, y, mu, C = toy_problem()

@@ -602,10 +602,19 @@ class JansenRit:
             upper equilibrium. Or a tensor of shape ``(*batch, 6)``.
         pulse : PulseInput, optional
             Transient input added to the external input (evoked responses).
-        backend : {"auto", "torch", "native"}
-            ``"torch"`` is differentiable; ``"native"`` is a compiled kernel
-            (no gradients, about 10x faster than NumPy). ``"auto"`` uses the
-            native kernel when no gradient is needed and it is available.
+        backend : {"auto", "torch", "native", "sensitivity"}
+            ``"torch"`` is differentiable (autograd through the time loop);
+            ``"native"`` is a compiled kernel (no gradients, about 10x faster
+            than NumPy). ``"sensitivity"`` (deterministic RK4 only) runs the
+            compiled kernel with forward sensitivity equations integrated
+            beside the state, so ``v`` is differentiable (reverse and forward
+            mode, ``torch.func`` included) with respect to every parameter,
+            the pulse and ``initial_state`` at the cost of about 22 extra
+            state columns instead of a graph over thousands of steps; its
+            ``final_state`` is not differentiable. ``"auto"`` uses the native
+            kernel when no gradient is needed, the sensitivity kernel when a
+            gradient of a deterministic RK4 run is needed, and torch otherwise
+            (or when the kernel is unavailable).
 
         Returns
         -------
@@ -615,7 +624,7 @@ class JansenRit:
         dt = _checks.check_scalar("dt", dt, positive=True)
         transient = _checks.check_scalar("transient", transient, positive=True, allow_zero=True)
         _checks.check_option("method", method, ("auto",) + _integrate.METHODS)
-        _checks.check_option("backend", backend, ("auto", "torch", "native"))
+        _checks.check_option("backend", backend, ("auto", "torch", "native", "sensitivity"))
         if isinstance(record_every, bool) or not isinstance(record_every, int) or record_every < 1:
             raise ValueError(f"record_every must be an int >= 1, got {record_every!r}")
         p = self._params
@@ -676,12 +685,18 @@ class JansenRit:
             or y_init.requires_grad
             or (flat_pulse is not None and any(getattr(flat_pulse, k).requires_grad for k in ("q", "w", "n", "onset")))
         )
+        deterministic_rk4 = method == "rk4" and not noisy
         if backend == "auto":
-            backend = "native" if not needs_grad and _native_available() else "torch"
-        elif backend == "native" and not _native_available():
+            if not needs_grad:
+                backend = "native" if _native_available() else "torch"
+            else:
+                backend = "sensitivity" if deterministic_rk4 and _native_available() else "torch"
+        elif backend in ("native", "sensitivity") and not _native_available():
             from jrinfer import _native
 
-            raise RuntimeError(f"backend='native' is not available here: {_native.unavailable_reason()}")
+            raise RuntimeError(f"backend={backend!r} is not available here: {_native.unavailable_reason()}")
+        if backend == "sensitivity" and not deterministic_rk4:
+            raise ValueError("backend='sensitivity' is for deterministic runs (p_std=0) with method='rk4'")
         channels = _integrate._ALL if self.noise_on == "all" else _integrate._INPUT_ONLY
         kwargs = dict(
             n_transient=n_transient,
@@ -698,6 +713,13 @@ class JansenRit:
             from jrinfer import _native
 
             v, y_final = _native.simulate_flat_native(flat, y_init, **kwargs)
+        elif backend == "sensitivity":
+            fp = flat_pulse
+            one = torch.ones(n_nodes, dtype=torch.float64)
+            pulse_args = (fp.q, fp.w, fp.n, fp.onset) if fp is not None else (0 * one, one, one, 0 * one)
+            cfg = (fp is not None, n_transient, n_steps, dt, record_every)
+            flat_b = [torch.broadcast_to(flat[k], (n_nodes,)) for k in _JR_FLAT]
+            v, _, y_final = _RK4Sensitivity.apply(y_init, *flat_b, *pulse_args, cfg)
         else:
             v, y_final = _integrate.simulate_flat(flat, y_init, **kwargs)
         diverged = ~torch.isfinite(y_final.detach()).all(-1) | ~torch.isfinite(v.detach()).all(-1)
@@ -969,6 +991,60 @@ class _LinearGain(torch.autograd.Function):
         LB = LB + Lki / b
         Lb = Lb - Lki * ki / b
         return None, LA, LB, La, Lb, LC1, LC2, LC3, LC4, Le0, Lv0, Lr, Lp, None, None
+
+
+_JR_FLAT = ("A", "B", "a", "b", "C1", "C2", "C3", "C4", "e0", "v0", "r", "p_mean")
+
+
+class _RK4Sensitivity(torch.autograd.Function):
+    """Deterministic RK4 in the native kernel with forward sensitivities as its derivative.
+
+    ``forward(y_init (N, 6), 12 JR parameters (N,), q, w, n, onset (N,), cfg)``
+    returns ``v`` ``(N, n_rec)`` (plus the sensitivities and the final state,
+    both non-differentiable). The kernel integrates ``dy/dθ`` beside ``y``
+    (RK4 applied to the variational equations, i.e. exactly the derivative of
+    the discrete RK4 solution), so reverse mode is ``Σ_t ḡ_t ∂v_t/∂θ`` and
+    forward mode ``Σ_θ ∂v/∂θ θ̇``: no autograd graph over the time loop.
+    ``cfg = (has_pulse, n_transient, n_steps, dt, record_every)``.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(y_init, A, B, a, b, C1, C2, C3, C4, e0, v0, r, p_mean, q, w, n, onset, cfg):
+        from jrinfer import _native
+
+        has_pulse, n_transient, n_steps, dt, record_every = cfg
+        p = dict(zip(_JR_FLAT, (A, B, a, b, C1, C2, C3, C4, e0, v0, r, p_mean)))
+        pulse = PulseInput(q=q, w=w, n=n, onset=onset) if has_pulse else None
+        return _native.rk4_sensitivities_native(
+            p, y_init, pulse, n_transient=n_transient, n_steps=n_steps, dt=dt, record_every=record_every
+        )
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, dv, y_final = output
+        ctx.mark_non_differentiable(dv, y_final)
+        ctx.save_for_backward(dv)
+        ctx.save_for_forward(dv)
+
+    @staticmethod
+    def backward(ctx, gv, _gdv, _gy):
+        (dv,) = ctx.saved_tensors
+        g = torch.einsum("nt,ntp->np", gv, dv)
+        return (g[:, 16:22],) + tuple(g[:, k] for k in range(16)) + (None,)
+
+    @staticmethod
+    def jvp(ctx, t_y, *tangents):
+        (dv,) = ctx.saved_tensors
+        n_nodes = dv.shape[0]
+        cols = [
+            torch.zeros(n_nodes, dtype=dv.dtype) if t is None else torch.broadcast_to(t, (n_nodes,))
+            for t in tangents[:16]
+        ]
+        ty = torch.zeros(n_nodes, 6, dtype=dv.dtype) if t_y is None else torch.broadcast_to(t_y, (n_nodes, 6))
+        T = torch.cat([torch.stack(cols, -1), ty], -1)
+        return torch.einsum("ntp,np->nt", dv, T), None, None
 
 
 # ---------------------------------------------------------------------- helpers
