@@ -1135,7 +1135,8 @@ def _refine_roots(lo, hi, p, scale, max_iter: int = 100, start=None):
         lo = torch.where(same_as_lo, x, lo)
         hi = torch.where(same_as_lo, hi, x)
         x_new = x - g / _equilibrium_residual_slope(x, v, p)
-        outside = ~((x_new > torch.minimum(lo, hi)) & (x_new < torch.maximum(lo, hi)))
+        # closed bracket: a converged iterate sits on the end it has just replaced
+        outside = ~((x_new >= torch.minimum(lo, hi)) & (x_new <= torch.maximum(lo, hi)))
         x_new = torch.where(outside, 0.5 * (lo + hi), x_new)
         step = (x_new - x).abs()
         x = x_new
@@ -1196,7 +1197,23 @@ def _fixed_points(
         interior_max = (d[:, :-1] > 0) & (d[:, 1:] < 0) & ~pos[:, 1:-1]
         same = (pos[:, :-2] == pos[:, 1:-1]) & (pos[:, 2:] == pos[:, 1:-1])
         candidates = (interior_min | interior_max) & same
-        fast = which is not None and not bool(candidates.any())
+        fast = which is not None
+        if fast and bool(candidates.any()):
+            # An extremum between grid points whose neighbours share its sign (the
+            # S-shaped residual nearly always has one) might hide a pair of roots.
+            # Certify cheaply that none does: sample G on a fine local grid; the
+            # residual cannot dip below the sampled extremum by more than
+            # h^2 max|G''| / 8 ~ max|second difference| / 8 between samples, so a
+            # sampled extremum beyond twice that cannot cross zero. Anything less
+            # clear-cut takes the full search (ternary search for the extremum).
+            cb, ck = torch.nonzero(candidates, as_tuple=True)
+            j = ck + 1
+            left, right = grid[cb, j - 1], grid[cb, j + 1]
+            xf = left[:, None] + (right - left)[:, None] * torch.linspace(0.0, 1.0, 65, dtype=torch.float64)
+            gf = _equilibrium_residual(xf, {k: v[cb][:, None] for k, v in pd.items()})[0]
+            sg = torch.where(pos[cb, j], 1.0, -1.0)[:, None] * gf
+            d2 = (gf[:, 2:] - 2.0 * gf[:, 1:-1] + gf[:, :-2]).abs().amax(1)
+            fast = bool((sg.amin(1) > 2.0 * d2).all())
     if fast:
         # Every root is bracketed by a sign change of the grid (G(0) > 0 > G(y_max),
         # so there is at least one): refine only the selected one.
