@@ -52,7 +52,7 @@ __all__ = ["available", "unavailable_reason", "simulate_flat_native"]
 
 _SOURCE = Path(__file__).with_name("_native_kernel.c")
 # Bump when the C interface changes, so stale cached objects are never loaded.
-_ABI = 3
+_ABI = 4
 # Flag sets tried in order. No -ffast-math: the kernel's own exp/log/cos
 # depend on IEEE rounding (and -ffast-math would make gcc < 13 link
 # crtfastmath.o, turning on flush-to-zero for the whole Python process).
@@ -206,6 +206,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         dp,  # y_out (N x 6)
         c_int,  # threads
         c_int,  # lanes per tile
+        ctypes.POINTER(ctypes.c_int64),  # noise_node (N) or NULL
     ]
     lib.jr_rk4_sens.restype = c_int
     lib.jr_rk4_sens.argtypes = [
@@ -287,12 +288,15 @@ def simulate_flat_native(
     channels: tuple[bool, bool, bool],
     seed: int,
     pulse,
+    noise_node: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Compiled counterpart of :func:`jrinfer._integrate.simulate_flat`.
 
     Same arguments and return values (``v``: ``(N, n_steps // record_every)``,
     ``y_final``: ``(N, 6)``, float64, no autograd graph). Raises RuntimeError
-    when the kernel is unavailable.
+    when the kernel is unavailable. ``noise_node`` (int64, ``(N,)``) makes node
+    ``i`` use the noise stream of node ``noise_node[i]`` (common random
+    numbers for perturbed copies of a parameter set); default: its own.
     """
     if method not in _METHOD_CODE:
         raise ValueError(f"method must be one of {tuple(_METHOD_CODE)}, got {method!r}")
@@ -344,6 +348,12 @@ def simulate_flat_native(
     )
     assert par.shape == (_PAR_ROWS, n_nodes)
     seed_mix = _rng._mix64_int(int(seed))
+    nn_ptr = None
+    if noise_node is not None:
+        noise_node = np.ascontiguousarray(noise_node, dtype=np.int64)
+        if noise_node.shape != (n_nodes,):
+            raise ValueError(f"noise_node must have shape ({n_nodes},), got {noise_node.shape}")
+        nn_ptr = noise_node.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
     n_threads = max(1, torch.get_num_threads())
     n_total = n_transient + n_steps
     chunk = max(1, _CHUNK_NODE_STEPS // n_nodes)
@@ -368,6 +378,7 @@ def simulate_flat_native(
             _ptr(y_out),
             n_threads,
             _LANES_PER_TILE,
+            nn_ptr,
         )
         if rc != 0:
             raise RuntimeError(f"native kernel failed with code {rc} (method={method!r}, noise={noise!r})")

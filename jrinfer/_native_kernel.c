@@ -74,6 +74,7 @@ typedef struct {
     const double *y_init; /* n_nodes x 6 */
     double *v_out; /* n_nodes x n_rec */
     double *y_out; /* n_nodes x 6 */
+    const int64_t *noise_node; /* n_nodes: whose noise stream each node uses (NULL: its own) */
     int64_t next_tile; /* atomic work counter */
     int failed;
 } Job;
@@ -268,7 +269,7 @@ ATTR_INLINE void run_tile(Job *jb, int64_t node0, double *buf, const int METHOD,
             Y[k * tn + l] = jb->y_init[src * 6 + k];
         for (int k = 0; k < NPAR; k++)
             P[k * tn + l] = jb->par[(int64_t)k * N + src];
-        K[l] = mix64(jb->seed_mix + (uint64_t)node * GOLDEN);
+        K[l] = mix64(jb->seed_mix + (uint64_t)(jb->noise_node ? jb->noise_node[src] : node) * GOLDEN);
     }
 
     const int64_t re = jb->record_every, n_rec = jb->n_rec;
@@ -473,7 +474,7 @@ static void *worker(void *arg)
 int jr_simulate(int64_t n_nodes, const double *par, const double *y_init, int64_t n_transient, int64_t n_steps,
                 int64_t i_begin, int64_t i_end, double dt, int64_t record_every, int method, int noise_kind,
                 int ch_mask, uint64_t seed_mix, int has_pulse, double *v_out, double *y_out, int n_threads,
-                int lanes_per_tile)
+                int lanes_per_tile, const int64_t *noise_node)
 {
     if (n_nodes <= 0)
         return 0;
@@ -500,6 +501,7 @@ int jr_simulate(int64_t n_nodes, const double *par, const double *y_init, int64_
     jb.y_init = y_init;
     jb.v_out = v_out;
     jb.y_out = y_out;
+    jb.noise_node = noise_node;
     int64_t n_lanes = (n_nodes + W - 1) / W;
     if (n_threads < 1)
         n_threads = 1;

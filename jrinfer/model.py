@@ -30,7 +30,16 @@ import torch
 from jrinfer import _checks, _integrate, _rng
 from jrinfer._integrate import PulseInput
 
-__all__ = ["JansenRit", "FixedPoints", "LinearSpectrum", "Simulation", "PulseInput", "PARAMETERS", "EquilibriumCache"]
+__all__ = [
+    "JansenRit",
+    "FixedPoints",
+    "LinearSpectrum",
+    "Simulation",
+    "SimulatedSpectrum",
+    "PulseInput",
+    "PARAMETERS",
+    "EquilibriumCache",
+]
 
 
 @dataclass(frozen=True)
@@ -189,6 +198,28 @@ class LinearSpectrum(NamedTuple):
     equilibrium: FixedPoints
 
 
+class SimulatedSpectrum(NamedTuple):
+    """Welch PSD of simulated ``v`` from :meth:`JansenRit.simulated_psd`.
+
+    Attributes
+    ----------
+    freqs : torch.Tensor
+        Welch frequencies in Hz, ``(F,)``.
+    psd : torch.Tensor
+        One-sided PSD in mV^2/Hz, ``(*batch, F)``; differentiable (central
+        differences with common random numbers, see the method).
+    diverged : torch.Tensor
+        Bool ``batch``: the nominal simulation produced non-finite values.
+    n_segments : int
+        Number of Welch segments averaged.
+    """
+
+    freqs: torch.Tensor
+    psd: torch.Tensor
+    diverged: torch.Tensor
+    n_segments: int
+
+
 @dataclass(frozen=True)
 class Simulation:
     """Output of :meth:`JansenRit.simulate`.
@@ -281,20 +312,24 @@ class JansenRit:
                 f"unknown Jansen-Rit parameter(s) {', '.join(hints)}; known parameters: {', '.join(PARAMETERS)}"
             )
         values: dict[str, torch.Tensor] = {}
+        given = []
         for name, info in PARAMETERS.items():
             if name in params and params[name] is not None:
                 x = _checks.as_float_tensor(name, params[name])
+                given.append((name, info, x))
             elif info.default is not None:
-                x = torch.tensor(info.default, dtype=torch.float64)
+                x = torch.tensor(info.default, dtype=torch.float64)  # valid by construction
             else:
                 continue
-            if info.constraint == "positive":
-                _checks.check_positive(name, x)
-            elif info.constraint == "nonnegative":
-                _checks.check_positive(name, x, allow_zero=True)
-            else:
-                _checks.check_finite(name, x)
             values[name] = x
+        if given and not _all_valid(given):
+            for name, info, x in given:  # find the offending parameter for the message
+                if info.constraint == "positive":
+                    _checks.check_positive(name, x)
+                elif info.constraint == "nonnegative":
+                    _checks.check_positive(name, x, allow_zero=True)
+                else:
+                    _checks.check_finite(name, x)
         for name, ratio in _CONNECTIVITY_RATIOS.items():
             if name not in values:
                 values[name] = ratio * values["C"]
@@ -746,6 +781,102 @@ class JansenRit:
             seed=seed,
         )
 
+    def simulated_psd(
+        self,
+        duration: float,
+        dt: float,
+        *,
+        segment: float,
+        record_every: int = 1,
+        transient: float = 0.0,
+        seed: int = 0,
+        method: str = "auto",
+        initial_state: str | torch.Tensor = "rest",
+        rel_step: float = 1e-6,
+    ) -> SimulatedSpectrum:
+        """Welch PSD of a simulation, differentiable by central differences with common random numbers.
+
+        Simulates ``duration`` s (after ``transient`` s) as :meth:`simulate`
+        does (same seed, scheme and noise) and Welch-averages ``v`` (Hann
+        segments of ``segment`` s, half overlap, constant detrend). The
+        derivative with respect to every parameter that requires a gradient
+        is the central difference
+
+            dPSD/dθ_k ≈ (PSD(θ + h_k e_k) - PSD(θ - h_k e_k)) / (2 h_k),
+            h_k = rel_step * max(|θ_k|, 1e-3),
+
+        where all ``2K + 1`` simulations of a parameter set use the *same*
+        noise realisation (the counter-based stream of the set's batch
+        index) and run as one batch in the native kernel. With the noise held
+        fixed the simulated spectrum is a smooth function of the parameters,
+        so this is the derivative of that one realisation's spectrum (the
+        "common random numbers" gradient): an estimate of the derivative of
+        the expected spectrum whose noise is the realisation's own, not a
+        smoothing of it. A single realisation's Welch bins vary steeply with
+        the parameters (the more so the longer the run), so the truncation
+        error (O(h^2)) needs small steps: with ``rel_step = 1e-6`` (default)
+        the differences agree with autograd through the torch time loop (same
+        noise) to ~1e-5 relative on 0.5-2 s runs, while 1e-4 is off by ~5-25 %;
+        the rounding error O(eps / h) stays far below that. ``initial_state``
+        is held fixed (no gradient flows to it):
+        choose ``transient`` long enough to forget it. Reverse and forward
+        mode (``torch.func`` included) use the same differences; the cost is
+        ``2K + 1`` simulations, with ``K`` the number of parameters that
+        require a gradient, whatever the number of frequencies.
+
+        Parameters
+        ----------
+        duration, dt : float
+            Recorded time and step in s.
+        segment : float
+            Welch segment length in s (at most ``duration``).
+        record_every, transient, seed, method, initial_state
+            As in :meth:`simulate`.
+        rel_step : float
+            Relative step of the central differences.
+
+        Returns
+        -------
+        SimulatedSpectrum
+        """
+        from jrinfer.spectral import welch_psd
+
+        duration = _checks.check_scalar("duration", duration, positive=True)
+        dt = _checks.check_scalar("dt", dt, positive=True)
+        segment = _checks.check_scalar("segment", segment, positive=True)
+        rel_step = _checks.check_scalar("rel_step", rel_step, positive=True)
+        if isinstance(record_every, bool) or not isinstance(record_every, int) or record_every < 1:
+            raise ValueError(f"record_every must be an int >= 1, got {record_every!r}")
+        fs = 1.0 / (record_every * dt)
+        n_rec = int(round(duration / dt)) // record_every
+        nperseg = min(int(round(segment * fs)), n_rec)
+        if nperseg < 2:
+            raise ValueError(f"segment={segment:g} s holds fewer than 2 samples at {fs:g} Hz")
+        p = self._params
+        needs = tuple(_tracked(p[k]) for k in _SIM_FLAT)
+        if not any(needs) or not _native_available():
+            sim = self.simulate(duration, dt, method=method, seed=seed, record_every=record_every,
+                                transient=transient, initial_state=initial_state)
+            w = welch_psd(sim.v, fs, nperseg=nperseg)
+            return SimulatedSpectrum(w.freqs, w.psd, sim.diverged, w.n_segments)
+        noisy = bool((p["p_std"] != 0).any())
+        if method == "auto":
+            method = "heun" if noisy else "rk4"
+        _checks.check_option("method", method, _integrate.METHODS)
+        shape = self._batch_shape
+        nb = max(1, math.prod(shape))
+        y_init = self._initial_state(initial_state).detach().reshape(nb, 6)
+        cfg = dict(
+            needs=needs, n_transient=int(round(transient / dt)), n_steps=int(round(duration / dt)), dt=dt,
+            record_every=record_every, method=method, noise=self.noise,
+            channels=_integrate._ALL if self.noise_on == "all" else _integrate._INPUT_ONLY,
+            seed=_rng.seed_to_int(seed), fs=fs, nperseg=nperseg, rel_step=rel_step,
+        )
+        flat = [p[k].reshape(nb) for k in _SIM_FLAT]
+        psd, diverged, n_seg, _ = _CRNSimulatedWelch.apply(cfg, y_init, *flat)
+        freqs = torch.fft.rfftfreq(nperseg, d=1.0 / fs, dtype=torch.float64)
+        return SimulatedSpectrum(freqs, psd.reshape(tuple(shape) + (-1,)), diverged.reshape(shape), int(n_seg))
+
     def _initial_state(self, initial_state) -> torch.Tensor:
         shape = self._batch_shape
         if isinstance(initial_state, str):
@@ -835,6 +966,9 @@ class _EquilibriumValues(torch.autograd.Function):
         return (None,) * 7
 
 
+_JACOBIAN_ELEMENTS = 2_000_000  # above this, _LinearGain.backward runs the reverse chain (memory)
+
+
 class _LinearGain(torch.autograd.Function):
     """``sum_c |H_c(i w)|^2`` at a given equilibrium ``y0``, with a closed-form backward.
 
@@ -883,8 +1017,14 @@ class _LinearGain(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, ty0, tA, tB, ta, tb, tC1, tC2, tC3, tC4, te0, tv0, tr, tp, tw, _):
         """Forward mode (``torch.func.jacfwd``): the same derivatives, propagated forwards."""
-        y0, A, B, a, b, C1, C2, C3, C4, e0, v0, r, p, w, gain = ctx.saved_tensors
-        allc = ctx.all_channels
+        return _LinearGain.tangent(ctx.saved_tensors, ctx.all_channels, (tA, tB, ta, tb, tC1, tC2, tC3, tC4, te0, tv0,
+                                                                         tr, tp))
+
+    @staticmethod
+    def tangent(saved, allc, tangents):
+        """``d gain`` for parameter tangents ``(tA, tB, ta, tb, tC1..tC4, te0, tv0, tr, tp)`` (None = 0)."""
+        y0, A, B, a, b, C1, C2, C3, C4, e0, v0, r, p, w, gain = saved
+        tA, tB, ta, tb, tC1, tC2, tC3, tC4, te0, tv0, tr, tp = tangents
         z = lambda t, like: torch.zeros_like(like) if t is None else t  # noqa: E731
         tA, tB, ta, tb = z(tA, A), z(tB, B), z(ta, a), z(tb, b)
         tC1, tC2, tC3, tC4 = z(tC1, C1), z(tC2, C2), z(tC3, C3), z(tC4, C4)
@@ -946,6 +1086,15 @@ class _LinearGain(torch.autograd.Function):
     def backward(ctx, G):
         y0, A, B, a, b, C1, C2, C3, C4, e0, v0, r, p, w, gain = ctx.saved_tensors
         allc = ctx.all_channels
+        if 12 * gain.numel() <= _JACOBIAN_ELEMENTS:
+            # Few sets: form the Jacobian by forward mode in 12 directions at once
+            # (operations on the unbatched saved tensors), then one contraction
+            # with G; under torch.func.jacrev (G batched over the outputs) only
+            # that contraction is batched.
+            eye = torch.eye(12, dtype=gain.dtype).reshape(12, 12, 1, 1)
+            jac = _LinearGain.tangent(ctx.saved_tensors, allc, tuple(eye))  # (12, nb, F)
+            g = torch.einsum("nf,knf->kn", G, jac).unsqueeze(-1)
+            return (None, *g.unbind(0), None, None)
         # recompute the forward's intermediates (cheap, and keeps the saved set small)
         s = torch.complex(torch.zeros_like(w), w)
         sa, sb = s + a, s + b
@@ -1087,7 +1236,123 @@ class _RK4Sensitivity(torch.autograd.Function):
         return torch.einsum("ntp,np->nt", dv, T), None, None
 
 
+_SIM_FLAT = _JR_FLAT + ("p_std",)
+
+
+class _CRNSimulatedWelch(torch.autograd.Function):
+    """Welch PSD of native simulations with a central-difference Jacobian on common random numbers.
+
+    ``forward(cfg, y_init (N, 6), 13 parameters (N,))`` runs ``N (2K + 1)``
+    simulations in one native batch: the nominal sets, then for each of the
+    ``K`` parameters flagged in ``cfg["needs"]`` the sets shifted by ``+h`` and
+    by ``-h``; copy ``j`` of set ``i`` uses the noise stream of node ``i``
+    (``noise_node``), so the nominal run equals :meth:`JansenRit.simulate`'s.
+    Returns the nominal PSD ``(N, F)``, the divergence flags and the number of
+    Welch segments; the Jacobian ``(K, N, F)`` is kept for backward / jvp.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(cfg, y_init, *params):
+        from jrinfer import _native
+        from jrinfer.spectral import welch_psd
+
+        needs = cfg["needs"]
+        n_nodes = y_init.shape[0]
+        base = torch.stack([t.detach().reshape(n_nodes) for t in params], -1)  # (N, 13)
+        rows, steps = [base], []
+        for k, on in enumerate(needs):
+            if not on:
+                continue
+            h = cfg["rel_step"] * base[:, k].abs().clamp_min(1e-3)
+            steps.append(h)
+            for sign in (1.0, -1.0):
+                shifted = base.clone()
+                shifted[:, k] = base[:, k] + sign * h
+                rows.append(shifted)
+        allp = torch.cat(rows, 0)
+        n_copies = len(rows)
+        flat = {k: allp[:, i].contiguous() for i, k in enumerate(_SIM_FLAT)}
+        noise_node = np.tile(np.arange(n_nodes, dtype=np.int64), n_copies)
+        v, _ = _native.simulate_flat_native(
+            flat, y_init.detach().repeat(n_copies, 1), n_transient=cfg["n_transient"], n_steps=cfg["n_steps"],
+            dt=cfg["dt"], record_every=cfg["record_every"], method=cfg["method"], noise=cfg["noise"],
+            channels=cfg["channels"], seed=cfg["seed"], pulse=None, noise_node=noise_node,
+        )
+        w = welch_psd(v, cfg["fs"], nperseg=cfg["nperseg"])
+        psd = w.psd.reshape(n_copies, n_nodes, -1)
+        jac = torch.stack(
+            [(psd[1 + 2 * j] - psd[2 + 2 * j]) / (2.0 * h[:, None]) for j, h in enumerate(steps)]
+        )  # (K, N, F)
+        diverged = ~torch.isfinite(v[:n_nodes]).all(-1)
+        return psd[0], diverged, torch.tensor(w.n_segments), jac
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        cfg = inputs[0]
+        ctx.needs = cfg["needs"]
+        _, diverged, n_seg, jac = output
+        ctx.mark_non_differentiable(diverged, n_seg, jac)
+        ctx.save_for_backward(jac)
+        ctx.save_for_forward(jac)
+
+    @staticmethod
+    def backward(ctx, G, *_):
+        (jac,) = ctx.saved_tensors
+        g = torch.einsum("nf,knf->kn", G, jac)
+        out, j = [], 0
+        for on in ctx.needs:
+            out.append(g[j] if on else None)
+            j += on
+        return (None, None, *out)
+
+    @staticmethod
+    def jvp(ctx, _cfg, _ty, *tangents):
+        (jac,) = ctx.saved_tensors
+        d, j = None, 0
+        for on, t in zip(ctx.needs, tangents):
+            if on:
+                if t is not None:
+                    term = jac[j] * t.reshape(-1, 1)
+                    d = term if d is None else d + term
+                j += 1
+        if d is None:
+            d = torch.zeros_like(jac[0])
+        return d, None, None, None
+
+
 # ---------------------------------------------------------------------- helpers
+def _all_valid(given) -> bool:
+    """One fused check (one synchronisation) that every given parameter is finite and in range."""
+    flat = torch.cat([x.detach().reshape(-1) for _, _, x in given])
+    lower = torch.cat(
+        [
+            torch.full((x.numel(),), {"positive": 1.0, "nonnegative": 0.0}.get(info.constraint, -1.0),
+                       dtype=torch.float64)
+            for _, info, x in given
+        ]
+    )
+    # code 1: > 0, code 0: >= 0, code -1: any finite value
+    ok = torch.isfinite(flat) & ((flat > 0) | (lower < 1)) & ((flat >= 0) | (lower < 0))
+    return bool(ok.all())
+
+
+def _tracked(t: torch.Tensor) -> bool:
+    """Whether a derivative with respect to ``t`` may be asked for (autograd, forward AD or torch.func)."""
+    if t.requires_grad and torch.is_grad_enabled():
+        return True
+    try:
+        from torch._C._functorch import is_functorch_wrapped_tensor
+    except ImportError:  # pragma: no cover - older torch
+        is_functorch_wrapped_tensor = None
+    if is_functorch_wrapped_tensor is not None and is_functorch_wrapped_tensor(t):
+        return True
+    import torch.autograd.forward_ad as fwad
+
+    return fwad.unpack_dual(t).tangent is not None
+
+
 def _np_sigmoid(x):
     with np.errstate(over="ignore"):
         return 1.0 / (1.0 + np.exp(-x))

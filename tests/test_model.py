@@ -304,3 +304,20 @@ def test_warm_start_gives_the_same_equilibria_and_spectrum():
         JansenRit(p_mean=p).fixed_points(initial_guess=torch.zeros(3, 6))
     with pytest.raises(TypeError, match="EquilibriumCache"):
         JansenRit(p_mean=p).linear_psd(freqs, warm_start={})
+
+
+def test_closed_form_psd_reverse_chain_for_large_batches(monkeypatch):
+    """Above _JACOBIAN_ELEMENTS the backward runs the reverse chain instead of a forward-mode Jacobian."""
+    import jrinfer.model as model_mod
+
+    freqs = torch.linspace(1.0, 40.0, 30, dtype=torch.float64)
+    th = torch.tensor([[_BASE[k] for k in _NAMES]] * 3, dtype=torch.float64)
+    th[:, 11] = torch.tensor([50.0, 70.0, 85.0], dtype=torch.float64)
+    for noise_on in ("input", "all"):
+        grads = []
+        for limit in (10**9, 0):
+            monkeypatch.setattr(model_mod, "_JACOBIAN_ELEMENTS", limit)
+            t = th.clone().requires_grad_(True)
+            psd = JansenRit(noise_on=noise_on, **{k: t[:, i] for i, k in enumerate(_NAMES)}).linear_psd(freqs).psd
+            grads.append(torch.autograd.grad((psd.log() * freqs).sum(), t)[0])
+        assert torch.allclose(grads[0], grads[1], rtol=1e-10, atol=0)
