@@ -1354,8 +1354,8 @@ def _tracked(t: torch.Tensor) -> bool:
 
 
 def _np_sigmoid(x):
-    with np.errstate(over="ignore"):
-        return 1.0 / (1.0 + np.exp(-x))
+    # callers run under np.errstate(over="ignore"): exp overflow gives 1/inf = 0, as intended
+    return 1.0 / (1.0 + np.exp(-x))
 
 
 def _np_residual(y0, p):
@@ -1382,6 +1382,11 @@ def _selected_equilibrium_numpy(pd, shape, grid_size, which, guess):
     where the per-operation cost of torch dominates (one parameter set:
     ~10x cheaper). Returns None when a fold candidate needs the full search.
     """
+    with np.errstate(over="ignore"):
+        return _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess)
+
+
+def _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess):
     nb = max(1, math.prod(shape))
     p = {k: np.ascontiguousarray(np.broadcast_to(v.cpu().numpy(), tuple(shape)).reshape(nb)) for k, v in pd.items()}
     y_max = 2.0 * p["e0"] * p["A"] / p["a"]

@@ -321,3 +321,28 @@ def test_closed_form_psd_reverse_chain_for_large_batches(monkeypatch):
             psd = JansenRit(noise_on=noise_on, **{k: t[:, i] for i, k in enumerate(_NAMES)}).linear_psd(freqs).psd
             grads.append(torch.autograd.grad((psd.log() * freqs).sum(), t)[0])
         assert torch.allclose(grads[0], grads[1], rtol=1e-10, atol=0)
+
+
+def test_numpy_equilibrium_search_matches_the_torch_search():
+    import jrinfer.model as model_mod
+
+    g = torch.Generator().manual_seed(0)
+    n = 300
+    base = dict(A=3.25, B=22.0, a=100.0, b=50.0, C=135.0, e0=2.5, v0=6.0, r=0.56)
+    kw = {k: v * (1 + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)) for k, v in base.items()}
+    kw["p_mean"] = torch.rand(n, generator=g, dtype=torch.float64) * 400 - 50
+    params = JansenRit(**kw).params
+    for which in ("upper", "lower"):
+        for i in range(0, n, 7):  # single sets (the NumPy path's use) and one batch of all
+            one = {k: v[i : i + 1] for k, v in params.items()}
+            ref = model_mod._fixed_points(one, torch.Size([1]), 256, which=which)
+            got = model_mod._selected_equilibrium_numpy(one, torch.Size([1]), 256, which, None)
+            assert got is not None
+            assert torch.equal(got.stable, ref.stable) and torch.equal(got.count, ref.count)
+            assert torch.allclose(got.state, ref.state, rtol=1e-12, atol=1e-12)
+            assert torch.allclose(got.eigenvalues, ref.eigenvalues, rtol=1e-10, atol=1e-9)
+        got = model_mod._selected_equilibrium_numpy(params, torch.Size([n]), 256, which, None)
+        if got is not None:
+            ref = model_mod._fixed_points(params, torch.Size([n]), 256, which=which)
+            assert torch.equal(got.stable, ref.stable)
+            assert torch.allclose(got.state, ref.state, rtol=1e-12, atol=1e-12)
