@@ -1086,11 +1086,11 @@ class _LinearGain(torch.autograd.Function):
     def backward(ctx, G):
         y0, A, B, a, b, C1, C2, C3, C4, e0, v0, r, p, w, gain = ctx.saved_tensors
         allc = ctx.all_channels
-        if 12 * gain.numel() <= _JACOBIAN_ELEMENTS:
-            # Few sets: form the Jacobian by forward mode in 12 directions at once
-            # (operations on the unbatched saved tensors), then one contraction
-            # with G; under torch.func.jacrev (G batched over the outputs) only
-            # that contraction is batched.
+        if 12 * gain.numel() <= _JACOBIAN_ELEMENTS and _is_batched(G):
+            # Under torch.func.jacrev G is batched over the outputs: form the
+            # Jacobian by forward mode in 12 directions at once (operations on
+            # the unbatched saved tensors), then one batched contraction with G.
+            # A single backward (plain autograd) takes the reverse chain below.
             eye = torch.eye(12, dtype=gain.dtype).reshape(12, 12, 1, 1)
             jac = _LinearGain.tangent(ctx.saved_tensors, allc, tuple(eye))  # (12, nb, F)
             g = torch.einsum("nf,knf->kn", G, jac).unsqueeze(-1)
@@ -1351,6 +1351,15 @@ def _tracked(t: torch.Tensor) -> bool:
     import torch.autograd.forward_ad as fwad
 
     return fwad.unpack_dual(t).tangent is not None
+
+
+def _is_batched(t: torch.Tensor) -> bool:
+    """Whether ``t`` is batched by ``torch.func.vmap`` (e.g. the cotangents inside ``jacrev``)."""
+    try:
+        from torch._C._functorch import is_batchedtensor
+    except ImportError:  # pragma: no cover - older torch
+        return False
+    return bool(is_batchedtensor(t))
 
 
 def _np_sigmoid(x):

@@ -306,21 +306,29 @@ def test_warm_start_gives_the_same_equilibria_and_spectrum():
         JansenRit(p_mean=p).linear_psd(freqs, warm_start={})
 
 
-def test_closed_form_psd_reverse_chain_for_large_batches(monkeypatch):
-    """Above _JACOBIAN_ELEMENTS the backward runs the reverse chain instead of a forward-mode Jacobian."""
+def test_closed_form_psd_both_backward_strategies_agree(monkeypatch):
+    """Under jacrev the backward forms a forward-mode Jacobian (up to _JACOBIAN_ELEMENTS), else the reverse chain."""
+    from torch.func import jacrev
+
     import jrinfer.model as model_mod
 
     freqs = torch.linspace(1.0, 40.0, 30, dtype=torch.float64)
     th = torch.tensor([[_BASE[k] for k in _NAMES]] * 3, dtype=torch.float64)
     th[:, 11] = torch.tensor([50.0, 70.0, 85.0], dtype=torch.float64)
     for noise_on in ("input", "all"):
-        grads = []
+
+        def f(t):
+            m = JansenRit(noise_on=noise_on, **{k: t[:, i] for i, k in enumerate(_NAMES)})
+            return m.linear_psd(freqs).psd.log()
+
+        jacs = []
         for limit in (10**9, 0):
             monkeypatch.setattr(model_mod, "_JACOBIAN_ELEMENTS", limit)
-            t = th.clone().requires_grad_(True)
-            psd = JansenRit(noise_on=noise_on, **{k: t[:, i] for i, k in enumerate(_NAMES)}).linear_psd(freqs).psd
-            grads.append(torch.autograd.grad((psd.log() * freqs).sum(), t)[0])
-        assert torch.allclose(grads[0], grads[1], rtol=1e-10, atol=0)
+            jacs.append(jacrev(f)(th))
+        t = th.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad((f(t) * freqs).sum(), t)  # plain autograd: reverse chain
+        assert torch.allclose(jacs[0], jacs[1], rtol=1e-10, atol=1e-12 * float(jacs[1].abs().max()))
+        assert torch.allclose(torch.einsum("nfbk,f->bk", jacs[0], freqs), g, rtol=1e-10)
 
 
 def test_numpy_equilibrium_search_matches_the_torch_search():
