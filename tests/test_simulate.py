@@ -226,7 +226,8 @@ def _evoked_v(theta, pulse_par, y_init, backend):
 
 
 def _sens_case():
-    theta = torch.tensor([3.25, 22.0, 100.0, 50.0, 135.0, 108.0, 33.75, 33.75, 2.5, 6.0, 0.56, 70.0], dtype=torch.float64)
+    theta = torch.tensor([3.25, 22.0, 100.0, 50.0, 135.0, 108.0, 33.75, 33.75, 2.5, 6.0, 0.56, 70.0],
+                         dtype=torch.float64)
     pulse = torch.tensor([40.0, 0.006, 7.0, 0.01], dtype=torch.float64)
     y_init = JansenRit(p_mean=70.0).fixed_points().upper().state + torch.tensor([0.01, 0.2, -0.1, 0.0, 1.0, 0.0],
                                                                                  dtype=torch.float64)
