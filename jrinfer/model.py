@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from jrinfer import _checks, _integrate, _rng
 from jrinfer._integrate import PulseInput
@@ -981,7 +982,11 @@ class _LinearGain(torch.autograd.Function):
     and sigmoid slopes, and the slopes through the equilibrium by the implicit
     function theorem, so no autograd graph is recorded in the forward. It is
     checked against autograd through the generic path and finite differences
-    in ``tests/test_model.py``.
+    in ``tests/test_model.py``. First derivatives only: ``y0`` enters as a
+    constant, so second derivatives miss its curvature. Double backward
+    raises (once-differentiable); ``torch.func.hessian`` (forward over
+    reverse) runs but is not exact, as with the one-step implicit-function
+    trick this replaces (same value at 051a930).
     """
 
     generate_vmap_rule = True
@@ -1085,6 +1090,7 @@ class _LinearGain(torch.autograd.Function):
         return (dN - gain * 2.0 * re_dot(D, dD)) / absD2
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, G):
         y0, A, B, a, b, C1, C2, C3, C4, e0, v0, r, p, w, gain = ctx.saved_tensors
         allc = ctx.all_channels
@@ -1220,6 +1226,7 @@ class _RK4Sensitivity(torch.autograd.Function):
         ctx.save_for_forward(dv)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gv, _gdv, _gy):
         (dv,) = ctx.saved_tensors
         g = torch.einsum("nt,ntp->np", gv, dv)
@@ -1300,6 +1307,7 @@ class _CRNSimulatedWelch(torch.autograd.Function):
         ctx.save_for_forward(jac)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, G, *_):
         (jac,) = ctx.saved_tensors
         g = torch.einsum("nf,knf->kn", G, jac)
@@ -1384,6 +1392,43 @@ def _np_slope(x, p):
     return 2.0 * p["e0"] * p["r"] * s * (1.0 - s)
 
 
+def _newton_scalar(lo: float, hi: float, x: float, tol: float, p: dict) -> float:
+    """Safeguarded Newton of :func:`_refine_roots` for one parameter set, in floats."""
+
+    def sig(z):
+        if z >= 0.0:
+            return 1.0 / (1.0 + math.exp(-z))
+        ez = math.exp(z)
+        return ez / (1.0 + ez)
+
+    e0, v0, r = p["e0"], p["v0"], p["r"]
+    ke, ki = p["A"] / p["a"], p["B"] / p["b"]
+    C1, C2, C3, C4, pm = p["C1"], p["C2"], p["C3"], p["C4"], p["p_mean"]
+
+    def residual(y):
+        s1, s3 = sig(r * (C1 * y - v0)), sig(r * (C3 * y - v0))
+        v = ke * (pm + C2 * 2.0 * e0 * s1) - ki * C4 * 2.0 * e0 * s3
+        s0 = sig(r * (v - v0))
+        return ke * 2.0 * e0 * s0 - y, s0, s1, s3
+
+    pos_lo = residual(lo)[0] > 0
+    for _ in range(100):
+        g, s0, s1, s3 = residual(x)
+        if (g > 0) == pos_lo:
+            lo = x
+        else:
+            hi = x
+        dv = ke * C2 * C1 * 2.0 * e0 * r * s1 * (1.0 - s1) - ki * C4 * C3 * 2.0 * e0 * r * s3 * (1.0 - s3)
+        x_new = x - g / (ke * 2.0 * e0 * r * s0 * (1.0 - s0) * dv - 1.0)
+        if not (min(lo, hi) <= x_new <= max(lo, hi)):  # also catches nan
+            x_new = 0.5 * (lo + hi)
+        step = abs(x_new - x)
+        x = x_new
+        if step <= tol or abs(hi - lo) <= tol:
+            break
+    return x
+
+
 def _selected_equilibrium_numpy(pd, shape, grid_size, which, guess):
     """The upper or lower equilibrium with its eigenvalues, values only, in NumPy.
 
@@ -1431,10 +1476,13 @@ def _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess):
     if guess is not None:
         gs = guess.cpu().numpy().reshape(nb)
         x = np.where((gs > np.minimum(lo, hi)) & (gs < np.maximum(lo, hi)), gs, x)
-    pos_lo = _np_residual(lo, p)[0] > 0
     tol = 4 * np.finfo(np.float64).eps * y_max
     ke, ki = p["A"] / p["a"], p["B"] / p["b"]
-    for _ in range(100):  # safeguarded Newton, as _refine_roots
+    if nb == 1:  # one set: the same iteration in Python floats (no array overhead)
+        x = np.array([_newton_scalar(float(lo[0]), float(hi[0]), float(x[0]), float(tol[0]),
+                                     {k: float(v[0]) for k, v in p.items()})])
+    pos_lo = _np_residual(lo, p)[0] > 0
+    for _ in range(100 if nb > 1 else 0):  # safeguarded Newton, as _refine_roots
         gx, v = _np_residual(x, p)
         same_as_lo = (gx > 0) == pos_lo
         lo = np.where(same_as_lo, x, lo)
