@@ -10,7 +10,16 @@ only where they are used.
 
 from jrinfer import datasets
 from jrinfer.data import EvokedData, SpectrumData
-from jrinfer.model import PARAMETERS, FixedPoints, JansenRit, LinearSpectrum, PulseInput, Simulation
+from jrinfer.model import (
+    PARAMETERS,
+    EquilibriumCache,
+    FixedPoints,
+    JansenRit,
+    LinearSpectrum,
+    PulseInput,
+    SimulatedSpectrum,
+    Simulation,
+)
 from jrinfer.observation import EvokedObservation, Observation, SpectrumObservation
 from jrinfer.posterior import Posterior
 from jrinfer.prior import LogNormal, Normal, Prior, Uniform
@@ -21,6 +30,8 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "PARAMETERS",
+    "EquilibriumCache",
+    "SimulatedSpectrum",
     "EvokedData",
     "EvokedObservation",
     "FixedPoints",

@@ -52,7 +52,7 @@ __all__ = ["available", "unavailable_reason", "simulate_flat_native"]
 
 _SOURCE = Path(__file__).with_name("_native_kernel.c")
 # Bump when the C interface changes, so stale cached objects are never loaded.
-_ABI = 2
+_ABI = 4
 # Flag sets tried in order. No -ffast-math: the kernel's own exp/log/cos
 # depend on IEEE rounding (and -ffast-math would make gcc < 13 link
 # crtfastmath.o, turning on flush-to-zero for the whole Python process).
@@ -206,6 +206,21 @@ def _declare(lib: ctypes.CDLL) -> None:
         dp,  # y_out (N x 6)
         c_int,  # threads
         c_int,  # lanes per tile
+        ctypes.POINTER(ctypes.c_int64),  # noise_node (N) or NULL
+    ]
+    lib.jr_rk4_sens.restype = c_int
+    lib.jr_rk4_sens.argtypes = [
+        i64,  # n_nodes
+        dp,  # par (16 x N)
+        c_int,  # has_pulse
+        dp,  # y_init (N x 6)
+        i64,  # n_transient
+        i64,  # n_steps
+        ctypes.c_double,  # dt
+        i64,  # record_every
+        dp,  # v_out (N x n_rec)
+        dp,  # dv_out (N x n_rec x 22)
+        dp,  # y_out (N x 6)
     ]
     lib.jr_random_bits.restype = None
     lib.jr_random_bits.argtypes = [ctypes.c_uint64, i64, i64, i64, c_int, ctypes.POINTER(ctypes.c_uint64)]
@@ -273,12 +288,15 @@ def simulate_flat_native(
     channels: tuple[bool, bool, bool],
     seed: int,
     pulse,
+    noise_node: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Compiled counterpart of :func:`jrinfer._integrate.simulate_flat`.
 
     Same arguments and return values (``v``: ``(N, n_steps // record_every)``,
     ``y_final``: ``(N, 6)``, float64, no autograd graph). Raises RuntimeError
-    when the kernel is unavailable.
+    when the kernel is unavailable. ``noise_node`` (int64, ``(N,)``) makes node
+    ``i`` use the noise stream of node ``noise_node[i]`` (common random
+    numbers for perturbed copies of a parameter set); default: its own.
     """
     if method not in _METHOD_CODE:
         raise ValueError(f"method must be one of {tuple(_METHOD_CODE)}, got {method!r}")
@@ -330,6 +348,12 @@ def simulate_flat_native(
     )
     assert par.shape == (_PAR_ROWS, n_nodes)
     seed_mix = _rng._mix64_int(int(seed))
+    nn_ptr = None
+    if noise_node is not None:
+        noise_node = np.ascontiguousarray(noise_node, dtype=np.int64)
+        if noise_node.shape != (n_nodes,):
+            raise ValueError(f"noise_node must have shape ({n_nodes},), got {noise_node.shape}")
+        nn_ptr = noise_node.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
     n_threads = max(1, torch.get_num_threads())
     n_total = n_transient + n_steps
     chunk = max(1, _CHUNK_NODE_STEPS // n_nodes)
@@ -354,6 +378,7 @@ def simulate_flat_native(
             _ptr(y_out),
             n_threads,
             _LANES_PER_TILE,
+            nn_ptr,
         )
         if rc != 0:
             raise RuntimeError(f"native kernel failed with code {rc} (method={method!r}, noise={noise!r})")
@@ -375,3 +400,64 @@ def _math(which: str, x) -> np.ndarray:
     out = np.empty_like(xa)
     lib.jr_math({"exp": 0, "log": 1, "cos2pi": 2}[which], xa.size, _ptr(xa), _ptr(out))
     return out
+
+
+#: Columns of the sensitivities computed by :func:`rk4_sensitivities_native`.
+SENSITIVITY_COLUMNS = (
+    "A", "B", "a", "b", "C1", "C2", "C3", "C4", "e0", "v0", "r", "p_mean",
+    "q", "w", "n", "onset", "y0", "y1", "y2", "y3", "y4", "y5",
+)
+
+
+def rk4_sensitivities_native(
+    p: dict[str, torch.Tensor], y_init: torch.Tensor, pulse, *, n_transient: int, n_steps: int, dt: float,
+    record_every: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Deterministic RK4 (``p_std`` ignored) with forward sensitivities, compiled.
+
+    Parameters
+    ----------
+    p : dict of str to torch.Tensor
+        Flat JR parameters ``(N,)``: A, B, a, b, C1..C4, e0, v0, r, p_mean.
+    y_init : torch.Tensor
+        Initial states ``(N, 6)``.
+    pulse : PulseInput or None
+        Flat pulse parameters ``(N,)`` (q, w, n, onset).
+
+    Returns
+    -------
+    v : torch.Tensor
+        ``y1 - y2`` in mV, ``(N, n_steps // record_every)``, as
+        :func:`jrinfer._integrate.simulate_flat` with ``method="rk4"``.
+    dv : torch.Tensor
+        ``dv/dtheta``, ``(N, n_rec, 22)`` in the order of
+        :data:`SENSITIVITY_COLUMNS` (the derivative of the discrete RK4
+        solution; pulse columns are zero without a pulse).
+    y_final : torch.Tensor
+        State after the last step, ``(N, 6)``.
+    """
+    n_transient, n_steps, record_every = int(n_transient), int(n_steps), int(record_every)
+    if record_every < 1 or n_transient < 0 or n_steps < 0:
+        raise ValueError("need record_every >= 1 and non-negative n_transient, n_steps")
+    lib = _load()
+    y0 = y_init.detach().to(device="cpu", dtype=torch.float64)
+    n_nodes = y0.shape[0]
+    n_rec = n_steps // record_every
+    y0 = np.ascontiguousarray(y0.reshape(n_nodes, 6).numpy())
+    names = ("A", "B", "a", "b", "C1", "C2", "C3", "C4", "e0", "v0", "r", "p_mean")
+    cols = [_flat(p[k], n_nodes) for k in names]
+    if pulse is not None:
+        cols += [_flat(getattr(pulse, k), n_nodes) for k in ("q", "w", "n", "onset")]
+    else:
+        cols += [np.zeros(n_nodes), np.ones(n_nodes), np.ones(n_nodes), np.zeros(n_nodes)]
+    par = np.ascontiguousarray(np.stack(cols))
+    v = np.empty((n_nodes, n_rec), dtype=np.float64)
+    dv = np.empty((n_nodes, n_rec, len(SENSITIVITY_COLUMNS)), dtype=np.float64)
+    y_out = np.empty((n_nodes, 6), dtype=np.float64)
+    rc = lib.jr_rk4_sens(
+        n_nodes, _ptr(par), int(pulse is not None), _ptr(y0), n_transient, n_steps, float(dt), record_every,
+        _ptr(v), _ptr(dv), _ptr(y_out),
+    )
+    if rc != 0:
+        raise RuntimeError(f"native sensitivity kernel failed with code {rc}")
+    return torch.from_numpy(v), torch.from_numpy(dv), torch.from_numpy(y_out)

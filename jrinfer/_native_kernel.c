@@ -74,6 +74,7 @@ typedef struct {
     const double *y_init; /* n_nodes x 6 */
     double *v_out; /* n_nodes x n_rec */
     double *y_out; /* n_nodes x 6 */
+    const int64_t *noise_node; /* n_nodes: whose noise stream each node uses (NULL: its own) */
     int64_t next_tile; /* atomic work counter */
     int failed;
 } Job;
@@ -268,7 +269,7 @@ ATTR_INLINE void run_tile(Job *jb, int64_t node0, double *buf, const int METHOD,
             Y[k * tn + l] = jb->y_init[src * 6 + k];
         for (int k = 0; k < NPAR; k++)
             P[k * tn + l] = jb->par[(int64_t)k * N + src];
-        K[l] = mix64(jb->seed_mix + (uint64_t)node * GOLDEN);
+        K[l] = mix64(jb->seed_mix + (uint64_t)(jb->noise_node ? jb->noise_node[src] : node) * GOLDEN);
     }
 
     const int64_t re = jb->record_every, n_rec = jb->n_rec;
@@ -473,7 +474,7 @@ static void *worker(void *arg)
 int jr_simulate(int64_t n_nodes, const double *par, const double *y_init, int64_t n_transient, int64_t n_steps,
                 int64_t i_begin, int64_t i_end, double dt, int64_t record_every, int method, int noise_kind,
                 int ch_mask, uint64_t seed_mix, int has_pulse, double *v_out, double *y_out, int n_threads,
-                int lanes_per_tile)
+                int lanes_per_tile, const int64_t *noise_node)
 {
     if (n_nodes <= 0)
         return 0;
@@ -500,6 +501,7 @@ int jr_simulate(int64_t n_nodes, const double *par, const double *y_init, int64_
     jb.y_init = y_init;
     jb.v_out = v_out;
     jb.y_out = y_out;
+    jb.noise_node = noise_node;
     int64_t n_lanes = (n_nodes + W - 1) / W;
     if (n_threads < 1)
         n_threads = 1;
@@ -539,4 +541,146 @@ void jr_math(int which, int64_t n, const double *x, double *out)
 {
     for (int64_t i = 0; i < n; i++)
         out[i] = which == 0 ? jr_exp(x[i]) : (which == 1 ? jr_log(x[i]) : jr_cos2pi(x[i]));
+}
+
+/* ------------------------------------------------------------------------------------------------ *
+ * Deterministic RK4 with forward sensitivities (jr_rk4_sens).
+ *
+ * Integrates the JR state y (6) together with its derivatives S = dy/dtheta (6 x NP) with respect
+ * to the NP = 22 columns
+ *     0 A, 1 B, 2 a, 3 b, 4 C1, 5 C2, 6 C3, 7 C4, 8 e0, 9 v0, 10 r, 11 p_mean,
+ *     12 q, 13 w, 14 n, 15 onset (pulse), 16..21 y_init[0..5],
+ * by applying the classical RK4 scheme to the augmented system
+ *     y' = f(y, t),   S' = (df/dy)(y, t) S + (df/dtheta)(y, t),   S(0) = [0 | I].
+ * For an explicit Runge-Kutta scheme this gives exactly the derivative of the discrete RK4
+ * solution (the stage Jacobians are evaluated at the stage values), so the result is the gradient
+ * of what the torch RK4 reference computes, to rounding. No noise (p_std = 0); the input is
+ * p_mean + q ((t - onset)/w)^n exp(-(t - onset)/w) for t > onset (has_pulse), as in _integrate.py.
+ * Scalar code (one node at a time): the cost is about 6 x 22 x 4 small FMAs per step and node.
+ * ------------------------------------------------------------------------------------------------ */
+#define NP_SENS 22
+
+static void sens_rhs(const double *pp, int has_pulse, double s, const double *Y, const double *SY, double *K,
+                     double *KS)
+{
+    const double A = pp[0], B = pp[1], a = pp[2], b = pp[3], C1 = pp[4], C2 = pp[5], C3 = pp[6], C4 = pp[7];
+    const double e0 = pp[8], v0 = pp[9], r = pp[10], pm = pp[11];
+    const double Aa = A * a, Bb = B * b;
+    const double vv = Y[1] - Y[2], xe = C1 * Y[0], xi = C3 * Y[0];
+    const double qv = 1.0 / (1.0 + exp(-r * (vv - v0)));
+    const double qe = 1.0 / (1.0 + exp(-r * (xe - v0)));
+    const double qi = 1.0 / (1.0 + exp(-r * (xi - v0)));
+    const double Sv = 2.0 * e0 * qv, Se = 2.0 * e0 * qe, Si = 2.0 * e0 * qi;
+    const double gv = Sv * r * (1.0 - qv), ge = Se * r * (1.0 - qe), gi = Si * r * (1.0 - qi);
+    double P = 0.0, dPq = 0.0, dPw = 0.0, dPn = 0.0, dPo = 0.0;
+    if (has_pulse) {
+        const double q = pp[12], w = pp[13], n = pp[14], onset = pp[15];
+        const double x = (s - onset) / w;
+        if (x > 0.0) {
+            const double lx = log(x);
+            const double shape = exp(n * lx - x);
+            P = q * shape;
+            dPq = shape;
+            dPw = -P * (n - x) / w;
+            dPn = P * lx;
+            dPo = -P * (n / x - 1.0) / w;
+        }
+    }
+    const double drive = pm + P + C2 * Se;
+    K[0] = Y[3];
+    K[1] = Y[4];
+    K[2] = Y[5];
+    K[3] = Aa * Sv - 2.0 * a * Y[3] - a * a * Y[0];
+    K[4] = Aa * drive - 2.0 * a * Y[4] - a * a * Y[1];
+    K[5] = Bb * C4 * Si - 2.0 * b * Y[5] - b * b * Y[2];
+    const double j30 = -a * a, j31 = Aa * gv, j33 = -2.0 * a;
+    const double j40 = Aa * C2 * C1 * ge, j44 = -2.0 * a;
+    const double j50 = Bb * C4 * C3 * gi, j52 = -b * b, j55 = -2.0 * b;
+    const double *s0 = SY, *s1 = SY + NP_SENS, *s2 = SY + 2 * NP_SENS;
+    const double *s3 = SY + 3 * NP_SENS, *s4 = SY + 4 * NP_SENS, *s5 = SY + 5 * NP_SENS;
+    double *k3 = KS + 3 * NP_SENS, *k4 = KS + 4 * NP_SENS, *k5 = KS + 5 * NP_SENS;
+    for (int c = 0; c < NP_SENS; c++) {
+        KS[c] = s3[c];
+        KS[NP_SENS + c] = s4[c];
+        KS[2 * NP_SENS + c] = s5[c];
+        k3[c] = j30 * s0[c] + j31 * (s1[c] - s2[c]) + j33 * s3[c];
+        k4[c] = j40 * s0[c] + j30 * s1[c] + j44 * s4[c];
+        k5[c] = j50 * s0[c] + j52 * s2[c] + j55 * s5[c];
+    }
+    /* explicit parameter dependence of rows 3..5 */
+    k3[0] += a * Sv;
+    k4[0] += a * drive;
+    k3[2] += A * Sv - 2.0 * Y[3] - 2.0 * a * Y[0];
+    k4[2] += A * drive - 2.0 * Y[4] - 2.0 * a * Y[1];
+    k5[1] += b * C4 * Si;
+    k5[3] += B * C4 * Si - 2.0 * Y[5] - 2.0 * b * Y[2];
+    k4[4] += Aa * C2 * ge * Y[0];
+    k4[5] += Aa * Se;
+    k5[6] += Bb * C4 * gi * Y[0];
+    k5[7] += Bb * Si;
+    k3[8] += Aa * Sv / e0;
+    k4[8] += Aa * C2 * Se / e0;
+    k5[8] += Bb * C4 * Si / e0;
+    k3[9] -= Aa * gv;
+    k4[9] -= Aa * C2 * ge;
+    k5[9] -= Bb * C4 * gi;
+    k3[10] += Aa * gv * (vv - v0) / r;
+    k4[10] += Aa * C2 * ge * (xe - v0) / r;
+    k5[10] += Bb * C4 * gi * (xi - v0) / r;
+    k4[11] += Aa;
+    k4[12] += Aa * dPq;
+    k4[13] += Aa * dPw;
+    k4[14] += Aa * dPn;
+    k4[15] += Aa * dPo;
+}
+
+/* par: 16 x N (row-major by parameter: par[k * N + node]); y_init: N x 6; v_out: N x n_rec;
+ * dv_out: N x n_rec x 22; y_out: N x 6. Returns 0. */
+int jr_rk4_sens(int64_t n_nodes, const double *par, int has_pulse, const double *y_init, int64_t n_transient,
+                int64_t n_steps, double dt, int64_t record_every, double *v_out, double *dv_out, double *y_out)
+{
+    const int64_t n_rec = n_steps / record_every;
+    const int64_t n_total = n_transient + n_steps;
+    const int NS = 6 * NP_SENS;
+    double y[6], S[6 * NP_SENS], Yt[6], St[6 * NP_SENS];
+    double k1[6], k2[6], k3[6], k4[6];
+    double K1[6 * NP_SENS], K2[6 * NP_SENS], K3[6 * NP_SENS], K4[6 * NP_SENS];
+    for (int64_t node = 0; node < n_nodes; node++) {
+        double pp[16];
+        for (int k = 0; k < 16; k++)
+            pp[k] = par[k * n_nodes + node];
+        for (int k = 0; k < 6; k++)
+            y[k] = y_init[node * 6 + k];
+        memset(S, 0, sizeof(S));
+        for (int k = 0; k < 6; k++)
+            S[k * NP_SENS + 16 + k] = 1.0;
+        double *vrow = v_out + node * n_rec;
+        double *dvrow = dv_out + node * n_rec * NP_SENS;
+        for (int64_t i = 0; i < n_total; i++) {
+            const int64_t rec = i - n_transient;
+            if (rec >= 0 && rec % record_every == 0 && rec / record_every < n_rec) {
+                const int64_t j = rec / record_every;
+                vrow[j] = y[1] - y[2];
+                for (int c = 0; c < NP_SENS; c++)
+                    dvrow[j * NP_SENS + c] = S[NP_SENS + c] - S[2 * NP_SENS + c];
+            }
+            const double t = (double)rec * dt, h2 = 0.5 * dt;
+            sens_rhs(pp, has_pulse, t, y, S, k1, K1);
+            for (int k = 0; k < 6; k++) Yt[k] = y[k] + h2 * k1[k];
+            for (int k = 0; k < NS; k++) St[k] = S[k] + h2 * K1[k];
+            sens_rhs(pp, has_pulse, t + h2, Yt, St, k2, K2);
+            for (int k = 0; k < 6; k++) Yt[k] = y[k] + h2 * k2[k];
+            for (int k = 0; k < NS; k++) St[k] = S[k] + h2 * K2[k];
+            sens_rhs(pp, has_pulse, t + h2, Yt, St, k3, K3);
+            for (int k = 0; k < 6; k++) Yt[k] = y[k] + dt * k3[k];
+            for (int k = 0; k < NS; k++) St[k] = S[k] + dt * K3[k];
+            sens_rhs(pp, has_pulse, t + dt, Yt, St, k4, K4);
+            const double h6 = dt / 6.0;
+            for (int k = 0; k < 6; k++) y[k] += h6 * ((k1[k] + k4[k]) + 2.0 * (k2[k] + k3[k]));
+            for (int k = 0; k < NS; k++) S[k] += h6 * ((K1[k] + K4[k]) + 2.0 * (K2[k] + K3[k]));
+        }
+        for (int k = 0; k < 6; k++)
+            y_out[node * 6 + k] = y[k];
+    }
+    return 0;
 }

@@ -230,3 +230,127 @@ def test_selected_equilibrium_path_matches_full_computation():
     for which in ("upper", "lower"):
         for fast, ref in zip(model._equilibrium(which), full.select(which)):
             assert torch.allclose(fast, ref, equal_nan=True)
+
+
+# ---------------------------------------------------------------- fast linearised spectrum (issue 13)
+_NAMES = ("A", "B", "a", "b", "C1", "C2", "C3", "C4", "e0", "v0", "r", "p_mean", "p_std")
+_BASE = dict(A=3.25, B=22.0, a=100.0, b=50.0, C1=135.0, C2=108.0, C3=33.75, C4=33.75, e0=2.5, v0=6.0, r=0.56,
+             p_mean=70.0, p_std=22.0)
+
+
+def _autograd_reference_psd(th, noise_on, freqs):
+    """PSD through the generic autograd path (transfer_function at a differentiable equilibrium)."""
+    m = JansenRit(noise_on=noise_on, **{k: th[..., i] for i, k in enumerate(_NAMES)})
+    h2 = m.transfer_function(freqs, equilibrium=m.fixed_points().upper()).abs() ** 2
+    gain = h2[..., 1] if noise_on == "input" else h2.sum(-1)
+    return 2.0 * th[..., -1:] ** 2 * gain
+
+
+@pytest.mark.parametrize("noise_on", ["input", "all"])
+def test_closed_form_psd_derivatives_match_autograd_reverse_and_forward(noise_on):
+    from torch.func import jacfwd, jacrev
+
+    freqs = torch.linspace(1.0, 40.0, 60, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    base = torch.tensor([_BASE[k] for k in _NAMES], dtype=torch.float64)
+    for p_mean in (40.0, 70.0, 85.0, 150.0):  # stable, near Hopf, unstable (still differentiable)
+        th = base * (1 + 0.03 * torch.randn(len(_NAMES), generator=g, dtype=torch.float64))
+        th[11] = p_mean
+
+        def fast(t):
+            return JansenRit(noise_on=noise_on, **{k: t[i] for i, k in enumerate(_NAMES)}).linear_psd(freqs).psd.log()
+
+        def ref(t):
+            return _autograd_reference_psd(t, noise_on, freqs).log()
+
+        assert torch.allclose(fast(th), ref(th), rtol=1e-12, atol=0)
+        J0 = jacrev(ref)(th)
+        scale = J0.abs().amax(0)  # per parameter
+        assert float(((jacrev(fast)(th) - J0).abs().amax(0) / scale).max()) < 1e-8
+        assert float(((jacfwd(fast)(th) - J0).abs().amax(0) / scale).max()) < 1e-8
+
+
+def test_closed_form_psd_gradient_matches_finite_differences_batched():
+    freqs = torch.linspace(2.0, 30.0, 8, dtype=torch.float64)
+    th = torch.tensor([[_BASE[k] for k in _NAMES]] * 2, dtype=torch.float64)
+    th[1, 11] = 50.0
+
+    def f(t):
+        return JansenRit(noise_on="all", **{k: t[:, i] for i, k in enumerate(_NAMES)}).linear_psd(freqs).psd.log()
+
+    assert torch.autograd.gradcheck(f, (th.requires_grad_(True),), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_warm_start_gives_the_same_equilibria_and_spectrum():
+    freqs = torch.linspace(1.0, 40.0, 20, dtype=torch.float64)
+    p = torch.tensor([60.0, 80.0, 120.0, 250.0, 400.0], dtype=torch.float64)
+    cold = JansenRit(p_mean=p).fixed_points()
+    near = JansenRit(p_mean=p + 0.5).fixed_points().upper()
+    far = JansenRit(p_mean=torch.full_like(p, -50.0)).fixed_points().lower()  # guess near another root
+    for guess in (near, far, near.state):
+        warm = JansenRit(p_mean=p).fixed_points(initial_guess=guess)
+        assert torch.equal(warm.count, cold.count) and torch.equal(warm.stable, cold.stable)
+        assert torch.allclose(warm.state, cold.state, rtol=1e-13, atol=1e-12, equal_nan=True)
+    from jrinfer import EquilibriumCache
+
+    cache = EquilibriumCache()
+    a = JansenRit(p_mean=p).linear_psd(freqs)
+    b1 = JansenRit(p_mean=p).linear_psd(freqs, warm_start=cache)
+    b2 = JansenRit(p_mean=p + 0.1).linear_psd(freqs, warm_start=cache)
+    assert cache.state.shape == (5, 6)
+    assert torch.allclose(b1.psd, a.psd, rtol=1e-12)
+    assert torch.allclose(b2.psd, JansenRit(p_mean=p + 0.1).linear_psd(freqs).psd, rtol=1e-12)
+    with pytest.raises(ValueError, match="initial_guess"):
+        JansenRit(p_mean=p).fixed_points(initial_guess=torch.zeros(3, 6))
+    with pytest.raises(TypeError, match="EquilibriumCache"):
+        JansenRit(p_mean=p).linear_psd(freqs, warm_start={})
+
+
+def test_closed_form_psd_both_backward_strategies_agree(monkeypatch):
+    """Under jacrev the backward forms a forward-mode Jacobian (up to _JACOBIAN_ELEMENTS), else the reverse chain."""
+    from torch.func import jacrev
+
+    import jrinfer.model as model_mod
+
+    freqs = torch.linspace(1.0, 40.0, 30, dtype=torch.float64)
+    th = torch.tensor([[_BASE[k] for k in _NAMES]] * 3, dtype=torch.float64)
+    th[:, 11] = torch.tensor([50.0, 70.0, 85.0], dtype=torch.float64)
+    for noise_on in ("input", "all"):
+
+        def f(t):
+            m = JansenRit(noise_on=noise_on, **{k: t[:, i] for i, k in enumerate(_NAMES)})
+            return m.linear_psd(freqs).psd.log()
+
+        jacs = []
+        for limit in (10**9, 0):
+            monkeypatch.setattr(model_mod, "_JACOBIAN_ELEMENTS", limit)
+            jacs.append(jacrev(f)(th))
+        t = th.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad((f(t) * freqs).sum(), t)  # plain autograd: reverse chain
+        assert torch.allclose(jacs[0], jacs[1], rtol=1e-10, atol=1e-12 * float(jacs[1].abs().max()))
+        assert torch.allclose(torch.einsum("nfbk,f->bk", jacs[0], freqs), g, rtol=1e-10)
+
+
+def test_numpy_equilibrium_search_matches_the_torch_search():
+    import jrinfer.model as model_mod
+
+    g = torch.Generator().manual_seed(0)
+    n = 300
+    base = dict(A=3.25, B=22.0, a=100.0, b=50.0, C=135.0, e0=2.5, v0=6.0, r=0.56)
+    kw = {k: v * (1 + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)) for k, v in base.items()}
+    kw["p_mean"] = torch.rand(n, generator=g, dtype=torch.float64) * 400 - 50
+    params = JansenRit(**kw).params
+    for which in ("upper", "lower"):
+        for i in range(0, n, 7):  # single sets (the NumPy path's use) and one batch of all
+            one = {k: v[i : i + 1] for k, v in params.items()}
+            ref = model_mod._fixed_points(one, torch.Size([1]), 256, which=which)
+            got = model_mod._selected_equilibrium_numpy(one, torch.Size([1]), 256, which, None)
+            assert got is not None
+            assert torch.equal(got.stable, ref.stable) and torch.equal(got.count, ref.count)
+            assert torch.allclose(got.state, ref.state, rtol=1e-12, atol=1e-12)
+            assert torch.allclose(got.eigenvalues, ref.eigenvalues, rtol=1e-10, atol=1e-9)
+        got = model_mod._selected_equilibrium_numpy(params, torch.Size([n]), 256, which, None)
+        if got is not None:
+            ref = model_mod._fixed_points(params, torch.Size([n]), 256, which=which)
+            assert torch.equal(got.stable, ref.stable)
+            assert torch.allclose(got.state, ref.state, rtol=1e-12, atol=1e-12)

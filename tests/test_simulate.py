@@ -210,3 +210,110 @@ def test_divergence_is_reported_not_hidden():
         with pytest.warns(RuntimeWarning, match="1 of 2 simulations diverged"):
             sim = model.simulate(0.05, 1e-4, method="euler", backend=backend)
         assert sim.diverged.tolist() == [False, True]
+
+
+# ------------------------------------------------- forward sensitivities in the native kernel (issue 13)
+_SENS_NAMES = ("A", "B", "a", "b", "C1", "C2", "C3", "C4", "e0", "v0", "r", "p_mean")
+
+
+def _evoked_v(theta, pulse_par, y_init, backend):
+    """ERP-like run: deterministic RK4 with a pulse; theta (12,), pulse_par (q, w, n, onset), y_init (6,)."""
+    model = JansenRit(p_std=0.0, **{k: theta[i] for i, k in enumerate(_SENS_NAMES)})
+    pulse = PulseInput(q=pulse_par[0], w=pulse_par[1], n=pulse_par[2], onset=pulse_par[3])
+    sim = model.simulate(0.15, 1e-3, method="rk4", initial_state=y_init, pulse=pulse, backend=backend, record_every=2,
+                         transient=0.01)
+    return sim.v
+
+
+def _sens_case():
+    theta = torch.tensor([3.25, 22.0, 100.0, 50.0, 135.0, 108.0, 33.75, 33.75, 2.5, 6.0, 0.56, 70.0],
+                         dtype=torch.float64)
+    pulse = torch.tensor([40.0, 0.006, 7.0, 0.01], dtype=torch.float64)
+    y_init = JansenRit(p_mean=70.0).fixed_points().upper().state + torch.tensor([0.01, 0.2, -0.1, 0.0, 1.0, 0.0],
+                                                                                 dtype=torch.float64)
+    return theta, pulse, y_init
+
+
+def test_sensitivity_backend_matches_torch_autograd_and_finite_differences():
+    native_or_skip()
+    from torch.func import jacfwd, jacrev
+
+    theta, pulse, y_init = _sens_case()
+    v_t = _evoked_v(theta, pulse, y_init, "torch")
+    v_s = _evoked_v(theta, pulse, y_init, "sensitivity")
+    assert float((v_s - v_t).abs().max()) < 1e-10 * float(v_t.abs().max())
+    J_t = jacrev(lambda *a: _evoked_v(*a, "torch"), argnums=(0, 1, 2))(theta, pulse, y_init)
+    for J_s in (
+        jacrev(lambda *a: _evoked_v(*a, "sensitivity"), argnums=(0, 1, 2))(theta, pulse, y_init),
+        jacfwd(lambda *a: _evoked_v(*a, "sensitivity"), argnums=(0, 1, 2))(theta, pulse, y_init),
+    ):
+        for a, b in zip(J_s, J_t):
+            assert float((a - b).abs().max()) <= 1e-9 * float(b.abs().max())
+    # central differences of the (native) simulation itself, per input column
+    for arg, J in zip(range(3), J_t):
+        base = (theta, pulse, y_init)[arg]
+        for i in range(base.numel()):
+            h = 1e-6 * max(abs(float(base[i])), 1.0 if arg == 2 else 1e-2)
+            plus, minus = base.clone(), base.clone()
+            plus[i] += h
+            minus[i] -= h
+            args_p = [theta, pulse, y_init]
+            args_m = [theta, pulse, y_init]
+            args_p[arg], args_m[arg] = plus, minus
+            fd = (_evoked_v(*args_p, "native") - _evoked_v(*args_m, "native")) / (2 * h)
+            scale = float(J[..., i].abs().max())
+            rounding = 1e-13 * float(v_t.abs().max()) / h  # cancellation error of the difference quotient
+            assert float((fd - J[..., i]).abs().max()) <= 1e-5 * scale + rounding, (arg, i)
+
+
+def test_sensitivity_backend_batched_and_auto_selection():
+    native_or_skip()
+    theta, pulse, y_init = _sens_case()
+    p = torch.tensor([60.0, 70.0, 80.0], dtype=torch.float64, requires_grad=True)
+    model = JansenRit(p_std=0.0, p_mean=p)
+    sim = model.simulate(0.1, 1e-3, method="rk4", pulse=PulseInput(q=30.0, w=0.005, n=7.0, onset=0.01))
+    assert sim.backend == "sensitivity"
+    (g,) = torch.autograd.grad(sim.v.sum(), p)
+    ref = JansenRit(p_std=0.0, p_mean=p).simulate(0.1, 1e-3, method="rk4", backend="torch",
+                                                   pulse=PulseInput(q=30.0, w=0.005, n=7.0, onset=0.01))
+    (g_ref,) = torch.autograd.grad(ref.v.sum(), p)
+    assert torch.allclose(g, g_ref, rtol=1e-9)
+    with pytest.raises(ValueError, match="sensitivity"):
+        JansenRit(p_std=1.0).simulate(0.01, 1e-4, method="heun", backend="sensitivity")
+
+
+# ------------------------------------------- simulated spectra: common-random-number central differences
+def _crn_psd(p_mean, A, kind, seed=3):
+    from jrinfer.spectral import welch_psd
+
+    model = JansenRit(p_mean=p_mean, A=A, p_std=20.0)
+    if kind == "crn":
+        return model.simulated_psd(0.5, 1e-4, segment=0.25, record_every=10, transient=0.2, seed=seed,
+                                   initial_state="equilibrium").psd
+    start = model.fixed_points().upper().state.detach()
+    sim = model.simulate(0.5, 1e-4, record_every=10, transient=0.2, seed=seed, initial_state=start, backend="torch")
+    return welch_psd(sim.v, 1000.0, nperseg=250).psd
+
+
+def test_crn_simulated_psd_matches_autograd_through_the_torch_loop():
+    native_or_skip()
+    from torch.func import jacfwd, jacrev
+
+    p = torch.tensor([70.0, 80.0], dtype=torch.float64, requires_grad=True)
+    A = torch.tensor(3.25, dtype=torch.float64, requires_grad=True)
+    crn = _crn_psd(p, A, "crn")
+    ref = _crn_psd(p, A, "torch")
+    assert torch.allclose(crn, ref, rtol=1e-9)  # same noise: same spectrum
+    w = torch.linspace(0.5, 1.5, crn.shape[-1], dtype=torch.float64)
+    g_crn = torch.autograd.grad((crn.log() * w).sum(), (p, A))
+    g_ref = torch.autograd.grad((ref.log() * w).sum(), (p, A))
+    for a, b in zip(g_crn, g_ref):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max())), (a, b)
+    # torch.func: reverse and forward mode give the same differences
+    f = lambda q: _crn_psd(q, torch.tensor(3.25, dtype=torch.float64), "crn").log()  # noqa: E731
+    Jr, Jf = jacrev(f)(p.detach()), jacfwd(f)(p.detach())
+    assert torch.allclose(Jr, Jf, rtol=1e-12, atol=1e-12)
+    # the nominal spectrum without gradients is the plain simulation's
+    with torch.no_grad():
+        plain = _crn_psd(p, A, "crn")
+    assert torch.allclose(plain, crn.detach(), rtol=1e-12)

@@ -334,6 +334,23 @@ class _Problem:
         self.jacobian_mode = jacobian
         self.jacobian_used = None
         self._jac = None
+        # One precision component (the common case: i.i.d. noise with one
+        # unknown level): log|Π|, tr(PΠ⁻¹) and the Fisher information of λ are
+        # closed-form scalars, and H(λ) = C⁻¹ + e^λ A has one generalised
+        # eigendecomposition per θ, so the λ updates need no matrix work.
+        self.k1 = prec.k == 1
+        if self.k1:
+            if isinstance(prec, _DiagPrecision):
+                self._logdet_q = float(torch.log(prec.q[0]).sum())
+            else:
+                self._logdet_q = _SPD(prec.Q[0]).logdet()
+            # prior_cov = R Rᵀ (Jacobi-scaled Cholesky) whitens H: Rᵀ H R = I + e^λ Rᵀ A R.
+            d = torch.diagonal(prior_cov).sqrt()
+            Ls = torch.linalg.cholesky(prior_cov / d[:, None] / d[None, :])
+            self._R = d[:, None] * Ls
+            if estimate_hyper:
+                self._hm = float(hyper_mean[0])
+                self._ipCh = float(self.ipCh[0, 0])
 
     # -- model evaluation -------------------------------------------------- #
     def _f64(self, theta):
@@ -431,25 +448,108 @@ class _Problem:
     def hessian(self, st: dict, w: torch.Tensor) -> torch.Tensor:
         return self.ipC + torch.einsum("k,kij->ij", w, st["A"])
 
-    def free_energy(self, st: dict, lam: torch.Tensor, hfac: _SPD | None = None):
-        """Return (F, accuracy, H-factorisation, hyper-factorisation) at (mu, lambda)."""
-        w = torch.exp(lam)
-        logdet_pi, _, fisher = self.prec.stats(lam)
-        accuracy = -0.5 * float(w @ st["b"]) + 0.5 * logdet_pi - 0.5 * self.m * _LOG_2PI
+    def hessian_factor(self, st: dict, lam: torch.Tensor) -> _SPD:
+        """Factorisation of H at (mu, lambda), cached on the state for the last lambda."""
+        key = tuple(lam.tolist())
+        cached = st.get("_hfac")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        hfac = _SPD(self.hessian(st, torch.exp(lam)))
+        st["_hfac"] = (key, hfac)
+        return hfac
+
+    def free_energy(self, st: dict, lam: torch.Tensor, hfac: _SPD | None = None, *, hyper_factor: bool = False):
+        """Return (F, accuracy, H-factorisation, hyper-factorisation) at (mu, lambda).
+
+        The hyper-factorisation is only formed (for one precision component)
+        when ``hyper_factor`` is true; it is None otherwise.
+        """
+        if self.k1:
+            lam_f = float(lam[0])
+            logdet_pi = self.m * lam_f + self._logdet_q
+            accuracy = -0.5 * math.exp(lam_f) * float(st["b"][0]) + 0.5 * logdet_pi - 0.5 * self.m * _LOG_2PI
+        else:
+            w = torch.exp(lam)
+            logdet_pi, _, fisher = self.prec.stats(lam)
+            accuracy = -0.5 * float(w @ st["b"]) + 0.5 * logdet_pi - 0.5 * self.m * _LOG_2PI
         if hfac is None:
-            hfac = _SPD(self.hessian(st, w))
+            hfac = self.hessian_factor(st, lam)
         F = accuracy - 0.5 * st["prior_quad"] - 0.5 * self.logdet_C - 0.5 * hfac.logdet()
         lfac = None
         if self.estimate_hyper:
-            s = lam - self.hyper_mean
-            lfac = _SPD(fisher + self.ipCh)
-            F += -0.5 * float(s @ self.ipCh @ s) - 0.5 * self.logdet_Ch - 0.5 * lfac.logdet()
+            if self.k1 and not hyper_factor:
+                s = lam_f - self._hm
+                F += -0.5 * self._ipCh * s * s - 0.5 * self.logdet_Ch - 0.5 * math.log(0.5 * self.m + self._ipCh)
+            else:
+                if self.k1:
+                    fisher = torch.full((1, 1), 0.5 * self.m, dtype=_DTYPE)
+                s = lam - self.hyper_mean
+                lfac = _SPD(fisher + self.ipCh)
+                F += -0.5 * float(s @ self.ipCh @ s) - 0.5 * self.logdet_Ch - 0.5 * lfac.logdet()
         if not math.isfinite(F):
             F = -math.inf
         return F, accuracy, hfac, lfac
 
+    def _update_hyper_k1(self, st: dict, lam: torch.Tensor, F: float):
+        """:meth:`update_hyper` for one precision component, in scalar arithmetic.
+
+        With ``M = Rᵀ A R = V diag(s) Vᵀ`` (``prior_cov = R Rᵀ``):
+        ``log|H(λ)| = -log|C| + Σ log(1 + e^λ s)`` and
+        ``tr(A Σ(λ)) = Σ s / (1 + e^λ s)``, so every trial λ costs O(n)
+        floating-point operations. The steps, their control and the returned
+        free energy (recomputed with :meth:`free_energy`) are those of the
+        general path.
+        """
+        F0 = F
+        sv = torch.linalg.eigvalsh(self._R.T @ st["A"][0] @ self._R).clamp_min(0.0).tolist()
+        b = float(st["b"][0])
+        m, hm, ipCh = self.m, self._hm, self._ipCh
+        const = (
+            0.5 * self._logdet_q - 0.5 * m * _LOG_2PI - 0.5 * st["prior_quad"]
+            - 0.5 * self.logdet_Ch - 0.5 * math.log(0.5 * m + ipCh)
+        )
+        curv = 0.5 * m + ipCh
+
+        def free(l):
+            w = math.exp(l)
+            ld = sum(math.log1p(w * x) for x in sv)  # log|H| + log|C|
+            return const - 0.5 * w * b + 0.5 * m * l - 0.5 * ld - 0.5 * ipCh * (l - hm) ** 2
+
+        l0 = l = float(lam[0])
+        Fs = free(l)
+        for _ in range(_HYPER_INNER):
+            w = math.exp(l)
+            trAS = sum(x / (1.0 + w * x) for x in sv)
+            grad = 0.5 * (m - w * (b + trAS)) - ipCh * (l - hm)
+            step = grad / curv
+            if abs(step) > _HYPER_MAX_STEP:
+                step = math.copysign(_HYPER_MAX_STEP, step)
+            predicted = grad * step - 0.5 * step * curv * step
+            if not predicted > 1e-12:  # also catches nan
+                break
+            for _ in range(_HYPER_HALVINGS):
+                trial = l + step
+                F_trial = free(trial)
+                if F_trial >= Fs:
+                    break
+                step = 0.5 * step
+            else:
+                break
+            l, Fs = trial, F_trial
+            if predicted < 1e-9:
+                break
+        if l == l0:
+            return lam, F0, 0.0
+        lam_new = torch.tensor([l], dtype=_DTYPE)
+        F_new = self.free_energy(st, lam_new)[0]
+        if not F_new >= F0:  # rounding between the two evaluations of F
+            return lam, F0, 0.0
+        return lam_new, F_new, F_new - F0
+
     def update_hyper(self, st: dict, lam: torch.Tensor, F: float):
         """Fisher-scoring ascent of F in lambda at fixed mu; never decreases F."""
+        if self.k1:
+            return self._update_hyper_k1(st, lam, F)
         F0 = F
         for _ in range(_HYPER_INNER):
             w = torch.exp(lam)
@@ -696,19 +796,23 @@ class LaplaceEngine:
 
                 # Regularised Gauss-Newton step on the parameters.
                 w = torch.exp(lam)
-                H = prob.hessian(st, w)
+                H = None
                 g = torch.einsum("k,ki->i", w, st["c"]) - st["ipC_r"]
                 accepted = stalled = False
                 all_nonfinite = True
                 retries = 0
                 predicted = math.nan
                 while True:
-                    delta = _SPD(H, nu).solve(g)
+                    if nu == 0.0:
+                        fac = prob.hessian_factor(st, lam)
+                    else:
+                        H = prob.hessian(st, w) if H is None else H
+                        fac = _SPD(H, nu)
+                    delta = fac.solve(g)
                     predicted = 0.5 * float(g @ delta)
                     trial = st["mu"] + delta
-                    val_t = prob.value(trial)
+                    val_t, J_t = prob.value_and_jacobian(trial)
                     if bool(torch.isfinite(val_t).all()):
-                        val_t, J_t = prob.value_and_jacobian(trial)
                         if bool(torch.isfinite(J_t).all()):
                             all_nonfinite = False
                             st_t = prob.state(trial, val_t, J_t)
@@ -775,7 +879,7 @@ class LaplaceEngine:
             if bar is not None:
                 bar.close()
 
-        F, accuracy, hfac, lfac = prob.free_energy(st, lam)
+        F, accuracy, hfac, lfac = prob.free_energy(st, lam, hyper_factor=True)
         message += f"; Jacobian by {prob.jacobian_used} mode"
         k = prob.prec.k
         hyper_cov = lfac.inverse() if lfac is not None else torch.zeros(k, k, dtype=_DTYPE)

@@ -1,0 +1,101 @@
+"""One log density + gradient at a single parameter set (the path NUTS calls).
+
+The README's EEGMAT problem (subject 0, O1/O2 averaged, 153 frequencies,
+default ``SpectrumObservation`` with the transfer method and its default
+prior; needs ``JRINFER_DATA``). Times, as medians over ``--repeats`` calls:
+
+* ``InverseProblem.log_joint_and_grad`` at the prior mean (unconstrained), a
+  single parameter set, and per set in a batch of 64;
+* the model's part alone: ``JansenRit(...).linear_psd`` forward + backward at
+  the same parameters, cold and with a caller-owned ``EquilibriumCache`` (warm
+  start of Newton from the previous call's equilibrium), moving the
+  parameters by a small step every call as a sampler would;
+* a check of the gradient against central finite differences.
+
+Prints the jrinfer location so that runs against another checkout (set
+``PYTHONPATH``) can be paired with this one.
+
+Run: ``python benchmarks/single_point.py [--repeats 200] [--threads 1]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+import jrinfer
+from jrinfer import InverseProblem, JansenRit, SpectrumObservation
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's; 1 avoids contention on a shared machine)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"jrinfer from {jrinfer.__file__}")
+    print(f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"{platform.processor() or platform.machine()}")
+    data = jrinfer.datasets.eegmat_spectrum(subject=0, channels=("O1", "O2")).mean_over_channels()
+    obs = SpectrumObservation()
+    problem = InverseProblem(obs, obs.default_prior(data), data)
+    z0 = problem.prior.gaussian_unconstrained()[0]  # the prior median, a stable equilibrium
+    print(f"problem: {len(problem.names)} parameters, {data.freqs.numel()} frequencies")
+    step = 1e-3 * torch.randn(args.repeats + 1, z0.numel(), generator=torch.Generator().manual_seed(0),
+                              dtype=torch.float64)
+    problem.log_joint_and_grad(z0)
+    t_one = median_time(lambda i: problem.log_joint_and_grad(z0 + step[i]), args.repeats)
+    zb = z0 + 1e-3 * torch.randn(64, z0.numel(), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    t_b = median_time(lambda i: problem.log_joint_and_grad(zb), max(5, args.repeats // 20)) / 64
+    print(f"log_joint_and_grad, one set          {t_one * 1e3:8.3f} ms")
+    print(f"log_joint_and_grad, per set of 64     {t_b * 1e3:8.3f} ms")
+
+    theta0 = problem.prior.from_unconstrained(z0)
+    params = problem.parameters(theta0)
+    jr = {k: v for k, v in params.items() if k in jrinfer.PARAMETERS}
+    freqs = data.freqs
+    leaves0 = {k: torch.as_tensor(v, dtype=torch.float64).detach() for k, v in jr.items()}
+
+    def model_grad(i, cache=None):
+        leaves = {k: (v * (1 + 1e-4 * float(step[i, 0]))).requires_grad_(True) for k, v in leaves0.items()}
+        kw = {} if cache is None else {"warm_start": cache}
+        psd = JansenRit(**leaves).linear_psd(freqs, **kw).psd
+        torch.autograd.grad(psd.log().sum(), list(leaves.values()))
+
+    model_grad(0)
+    t_cold = median_time(model_grad, args.repeats)
+    print(f"model only: linear_psd + backward     {t_cold * 1e3:8.3f} ms")
+    if hasattr(jrinfer, "EquilibriumCache"):
+        cache = jrinfer.EquilibriumCache()
+        t_warm = median_time(lambda i: model_grad(i, cache), args.repeats)
+        print(f"  with EquilibriumCache warm start    {t_warm * 1e3:8.3f} ms")
+
+    # gradient check against central differences (unconstrained coordinates)
+    _, g = problem.log_joint_and_grad(z0)
+    worst = 0.0
+    for i in range(z0.numel()):
+        h = 1e-5
+        e = torch.zeros_like(z0)
+        e[i] = h
+        fd = (problem.log_joint_unconstrained(z0 + e) - problem.log_joint_unconstrained(z0 - e)) / (2 * h)
+        worst = max(worst, abs(float(fd) - float(g[i])) / float(g.abs().max()))
+    print(f"gradient vs central differences: max error {worst:.1e} (relative to the largest component)")
+
+
+if __name__ == "__main__":
+    main()
