@@ -94,17 +94,20 @@ are. Fixing ``e0, v0, r`` and ``B`` (:meth:`LocalAnalysis.suggest_fixes`)
 leaves a problem without structural null directions.
 
 *Evoked responses* are not linear in the input: a pulse large enough to
-drive the sigmoid out of its linear range (JR 1995's ``q = 0.5`` kicks the
-column to the lower equilibrium) makes the ERP depend on the sigmoid's shape,
-not only its slopes, so only the two global symmetries remain exact
-(numerically: a 2-dimensional null space, principal angles to the symmetries
-~1e-12 degrees). The two operating-point directions the spectrum cannot see
-are determined by one ERP to ~1 % (Cramer-Rao, noise 0.5 uV), while
-``input_amplitude`` is only weakly separated from ``gain`` and ``B``. In the
-limit ``q -> 0`` the ERP is ``q`` times the impulse response of ``H`` and
-approaches the spectrum's null space with ``input_amplitude`` in place of
-``p_std`` (at ``q = 0.01`` those directions have singular values ~1e-7 of the
-largest: weak, not exact). Conversely a spectrum sees the aperiodic
+drive the sigmoid out of its linear range makes the ERP depend on the
+sigmoid's shape, not only its slopes, so only the two global symmetries
+remain exact. At the default evoked set (``q = 0.05``, half the amplitude from
+which the pulse switches the column to its lower equilibrium; JR 1995's
+``q = 0.5`` does switch it and is outside the evoked regime) the numerical null
+space is 2-dimensional with principal angles to the symmetries below 1e-9
+degrees; ``a``, ``b``, ``input_latency`` and ``input_width`` are identified
+(Cramer-Rao sd 0.04-0.05 in log units at 0.5 uV noise), and the two
+operating-point directions the spectrum cannot see are stiff (sd 1e-4 and
+3e-4), while ``input_amplitude`` is weak (sd 5), traded against ``A``, ``v0``,
+``C``, ``e0`` and ``B``. In the limit ``q -> 0`` the ERP is ``q`` times the
+impulse response of ``H`` and approaches the spectrum's null space with
+``input_amplitude`` in place of ``p_std`` (at ``q = 0.01`` those directions have
+singular values ~1e-7 of the largest: weak, not exact). Conversely a spectrum sees the aperiodic
 background, which an ERP does not; the input scale is never separated from
 the gain by a spectrum (``gain p_std k_e`` is one invariant) and only weakly
 by an ERP.
@@ -1954,7 +1957,7 @@ def _compare_derived(derived: dict, local: LocalAnalysis) -> dict:
 
 _SPECTRUM_DEFAULTS = {"p_mean": 60.0, "p_std": 1.0, "gain": 1.0, "ap_exponent": 1.0}
 _EVOKED_DEFAULTS = {
-    "p_mean": 60.0, "gain": 1e-3, "input_amplitude": 0.5, "input_latency": 0.03, "input_width": 0.005, "baseline": 0.0,
+    "p_mean": 60.0, "gain": 1e-2, "input_amplitude": 0.05, "input_latency": 0.03, "input_width": 0.005, "baseline": 0.0,
 }
 
 
@@ -1980,9 +1983,11 @@ def jansen_rit_problem(
         Hopf point); spectra: ``p_std = 1``, ``gain = 1`` and an aperiodic
         component through half the neural power's median at 10 Hz
         (``ap_amplitude``), ``ap_exponent = 1``, ``floor`` 1 % of the smallest
-        neural power; ERPs: JR 1995's pulse (``input_amplitude = 0.5``,
-        ``input_width = 5 ms``), ``input_latency = 30 ms``, ``gain = 1e-3``
-        (a ~10 uV response), ``baseline = 0``.
+        neural power; ERPs: JR 1995's pulse shape (``input_width = 5 ms``)
+        at ``input_amplitude = 0.05``, half the amplitude from which the
+        pulse switches the model to its lower equilibrium (JR 1995's 0.5
+        does, and is outside the evoked regime), ``input_latency = 30 ms``,
+        ``gain = 1e-2`` (a ~10 uV response), ``baseline = 0``.
     free : sequence of str
         Free parameters. Positive ones get ``LogNormal(value, sd_log)``
         (log coordinates), others (``baseline``, non-positive values)
