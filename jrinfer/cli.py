@@ -283,7 +283,9 @@ def _read_data(args, path: Path):
         if segment is not None:
             raise UsageError("--segment applies to EEG recordings; a CSV spectrum is already estimated")
         if args.kind == "spectrum":
-            data = SpectrumData.from_csv(path, units=args.units, n_segments=args.n_segments, exclude=bands)
+            data = SpectrumData.from_csv(
+                path, units=args.units, n_segments=args.n_segments, exclude=bands, fmin=args.fmin, fmax=args.fmax
+            )
             if channels is not None:
                 channels = [_match_channel(c, list(data.channel_names)) for c in channels]
             data = data.select(channels=channels, fmin=args.fmin, fmax=args.fmax)

@@ -760,7 +760,9 @@ class SpectrumData:
         return cls(f, p, channel_names, units, n_segments, metadata)
 
     @classmethod
-    def from_csv(cls, path, units: str | None = None, n_segments=None, exclude=None) -> "SpectrumData":
+    def from_csv(
+        cls, path, units: str | None = None, n_segments=None, exclude=None, fmin=None, fmax=None
+    ) -> "SpectrumData":
         """Read a CSV with the header ``freq,power[,power_2,...]``.
 
         The first column is the frequency in Hz; every further column is one
@@ -780,6 +782,9 @@ class SpectrumData:
             likely units.
         n_segments : int, optional
             Number of averaged Welch segments behind the estimate, if known.
+        fmin, fmax : float, optional
+            Keep only frequencies in ``[fmin, fmax]`` Hz, applied before the
+            values are checked (bins outside the range are never validated).
         exclude : sequence of (float, float), optional
             Frequency bands in Hz (inclusive) to leave out, e.g. a notch:
             ``[(49, 51), (99, 101)]``; applied before validation, so bins
@@ -807,6 +812,14 @@ class SpectrumData:
         _axis_unit(where, f_unit, {"Hz": 1.0}, "frequency")
         md: dict = {"source": str(path), "format": "csv"}
         try:
+            if fmin is not None or fmax is not None:
+                # crop first, so that bins outside the fitted range (e.g. notch zeros) are never validated
+                lo = -math.inf if fmin is None else _checks.check_scalar("fmin", fmin)
+                hi = math.inf if fmax is None else _checks.check_scalar("fmax", fmax)
+                inside = (f >= lo) & (f <= hi)
+                if not bool(inside.any()):
+                    raise ValueError(f"fmin={fmin}, fmax={fmax} leave no frequency of {f[0].item():g} to {f[-1].item():g} Hz")
+                f, p = f[inside], p[:, inside]
             if bands:
                 keep = _band_mask(f, bands, "exclude")
                 f, p = f[keep], p[:, keep]

@@ -212,7 +212,7 @@ class Posterior:
         if self.log_evidence is not None and math.isfinite(self.log_evidence):
             lines.append(f"  log evidence: {self.log_evidence:.3f} nats")
         quality = ", ".join(
-            f"{k} {v:.3g}" for k, v in self.fit_quality.items() if isinstance(v, float) and math.isfinite(v)
+            f"{k} {v:.4g}" for k, v in self.fit_quality.items() if isinstance(v, float) and math.isfinite(v)
         )
         if quality:
             lines.append(f"  fit: {quality}")
