@@ -396,7 +396,7 @@ def plot_pair(posterior, path=None, *, names=None, max_params: int = 4, title: s
     if len(names) < 2:
         raise ValueError(f"a pair plot needs at least 2 parameters with spread; got {names}")
     k = len(names)
-    fig = _figure(figsize=(2.6 * k + 0.4, 2.6 * k + 0.4))
+    fig = _figure(figsize=(2.1 * k + 0.6, 2.1 * k + 0.6))
     axes = fig.subplots(k, k, squeeze=False)
     idata = posterior.to_arviz()
     labeller = None
@@ -415,6 +415,11 @@ def plot_pair(posterior, path=None, *, names=None, max_params: int = 4, title: s
             idata, var_names=names, kind="scatter", marginals=True, ax=axes, textsize=9,
             scatter_kwargs={"alpha": 0.25, "s": 4}, **kw,
         )
+    from matplotlib.ticker import MaxNLocator
+
+    for a in axes.ravel():
+        a.xaxis.set_major_locator(MaxNLocator(4))
+        a.tick_params(axis="x", labelrotation=30)
     fig.suptitle(title or "Posterior pairs (the strongest correlations)")
     fig.tight_layout()
     if path is not None:
@@ -456,18 +461,19 @@ def plot_bifurcation(p, v, stable, *, hopf=(), fold=(), ax=None, path=None, titl
         ax = fig.subplots()
     else:
         fig = ax.figure
-    first = True
     for k in range(v.shape[1]):
         ok = np.isfinite(v[:, k])
         st, un = ok & stable[:, k], ok & ~stable[:, k]
-        ax.plot(p[st], v[st, k], "k.", ms=2, label="stable" if first else None)
-        ax.plot(p[un], v[un, k], ".", color="0.7", ms=2, label="unstable" if first else None)
-        first = False
+        ax.plot(p[st], v[st, k], "k.", ms=2)
+        ax.plot(p[un], v[un, k], ".", color="0.7", ms=2)
+    ax.plot([], [], "k-", lw=2, label="stable equilibrium")  # legend proxies (the dots are tiny)
+    ax.plot([], [], "-", color="0.7", lw=2, label="unstable equilibrium")
+    right = float(np.nanmin(p) + 0.7 * (np.nanmax(p) - np.nanmin(p)))
     for j, (ph, vh) in enumerate(hopf):
         ax.axvline(ph, color="tab:red", lw=0.8, ls="--")
         ax.plot(ph, vh, "o", color="tab:red", ms=7, mec="white", label="Hopf" if j == 0 else None, zorder=5)
-        ax.annotate(f"Hopf\np = {ph:.1f}", (ph, vh), xytext=(6, 8), textcoords="offset points", color="tab:red",
-                    fontsize=8)
+        ax.annotate(f"Hopf\np = {ph:.1f}", (ph, vh), xytext=(-6, 8) if ph > right else (6, 8),
+                    textcoords="offset points", color="tab:red", fontsize=8, ha="right" if ph > right else "left")
     for j, (pf, vf) in enumerate(fold):
         ax.plot(pf, vf, "s", color="tab:purple", ms=7, mec="white", label="fold (saddle-node)" if j == 0 else None,
                 zorder=5)
@@ -475,7 +481,7 @@ def plot_bifurcation(p, v, stable, *, hopf=(), fold=(), ax=None, path=None, titl
                     color="tab:purple", fontsize=8)
     ax.set(xlabel="p_mean (pulses/s)", ylabel="v = y1 − y2 at equilibrium (mV)",
            title=title or "Equilibria over the input")
-    ax.legend(fontsize=8, loc="best", markerscale=2)
+    ax.legend(fontsize=8, loc="best")
     if path is not None:
         fig.tight_layout()
         _save(fig, path)
