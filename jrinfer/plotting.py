@@ -314,12 +314,14 @@ def plot_marginals(posterior, path=None, *, names=None, title: str | None = None
             lo, hi = lo - 0.5 * abs(lo) - 1e-12, hi + 0.5 * abs(hi) + 1e-12
         bins = np.geomspace(lo, hi, 31) if logx else np.linspace(lo, hi, 31)
         # probability per bin (the same bins for both), so log-spaced bins are not distorted
+        # (np.histogram + stairs: one artist per histogram, far faster to draw than hist's bar patches)
         if prior is not None:
-            pw = np.full(len(prior), 1.0 / len(prior))
-            ax.hist(prior[:, i], bins=bins, weights=pw, color="0.6", alpha=0.5, label="prior")
-        ax.hist(d, bins=bins, weights=np.full(len(d), 1.0 / len(d)), color="tab:blue", alpha=0.6, label="posterior")
+            hp = np.histogram(prior[:, i], bins=bins)[0] / len(prior)
+            ax.stairs(hp, bins, fill=True, color="0.6", alpha=0.5, label="prior")
+        ax.stairs(np.histogram(d, bins=bins)[0] / len(d), bins, fill=True, color="tab:blue", alpha=0.6,
+                  label="posterior")
         if prior is not None:
-            ax.hist(prior[:, i], bins=bins, weights=pw, histtype="step", color="0.35", lw=1.0)
+            ax.stairs(hp, bins, color="0.35", lw=1.0)
         if logx:
             ax.set_xscale("log")
         ax.set_yticks([])
