@@ -474,7 +474,7 @@ def plot_bifurcation(p, v, stable, *, hopf=(), fold=(), ax=None, path=None, titl
     for j, (ph, vh) in enumerate(hopf):
         ax.axvline(ph, color="tab:red", lw=0.8, ls="--")
         ax.plot(ph, vh, "o", color="tab:red", ms=7, mec="white", label="Hopf" if j == 0 else None, zorder=5)
-        ax.annotate(f"Hopf\np = {ph:.1f}", (ph, vh), xytext=(-6, 8) if ph > right else (6, 8),
+        ax.annotate(f"Hopf\np = {ph:.1f}", (ph, vh), xytext=(-6, -24) if ph > right else (6, 8),
                     textcoords="offset points", color="tab:red", fontsize=8, ha="right" if ph > right else "left")
     for j, (pf, vf) in enumerate(fold):
         ax.plot(pf, vf, "s", color="tab:purple", ms=7, mec="white", label="fold (saddle-node)" if j == 0 else None,
