@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/jrinfer demo --out demo_out --force
+	$(VENV)/bin/jrinfer demo --out jrinfer-demo --force
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -37,4 +37,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/simulation_fit.py
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) jrinfer-demo demo_out .pytest_cache

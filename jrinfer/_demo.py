@@ -3,9 +3,11 @@
 The main job: fit the bundled synthetic EEG spectrum (generated from known
 Jansen-Rit parameters, ``datasets/make_synthetic.py``) with variational
 Laplace and compare the posterior with the truth; written to ``fit/``
-(``summary.json``, ``posterior.nc``, ``fit.png``). When the EEGMAT resting
-recording is in the local data cache (``JRINFER_DATA``), subject 0's
-occipital spectrum is fitted too (``fit_eegmat/``).
+(``summary.json``, ``posterior.nc``, ``fit.png``, ``marginals.png``) and shown
+on ``report.html``, a self-contained page (figures inline) to open in a
+browser. When the EEGMAT resting recording is in the local data cache
+(``JRINFER_DATA``), subject 0's occipital spectrum is fitted too
+(``fit_eegmat/`` with its own ``report.html``; summarised on the main page).
 
 Also writes into the output directory:
 
@@ -16,7 +18,8 @@ Also writes into the output directory:
   ``p_mean = 220`` (RK4, dt = 0.1 ms);
 - ``spectrum.csv``: the linearised spectrum at a stable equilibrium next to
   the Welch spectrum of noisy simulations of the same model;
-- ``demo.png`` when matplotlib is installed.
+- ``demo.png`` when matplotlib is installed (the bifurcation diagram with
+  labelled Hopf and fold points, the limit cycle and the spectra).
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ from jrinfer._io import write_csv, write_text
 from jrinfer.model import JansenRit
 from jrinfer.spectral import welch_psd
 
-_OUTPUTS = ("bifurcation.csv", "alpha_limit_cycle.csv", "spectrum.csv", "summary.json", "demo.png", "fit", "fit_eegmat")
+_OUTPUTS = (
+    "bifurcation.csv", "alpha_limit_cycle.csv", "spectrum.csv", "summary.json", "demo.png", "report.html", "fit",
+    "fit_eegmat",
+)
 
 
 def _bisect(fun, lo: float, hi: float, tol: float = 1e-9) -> float:
@@ -77,6 +83,11 @@ def run_demo(out: Path, *, force: bool = False) -> int:
     fold_lo = float(p_grid[np.nonzero(counts == 3)[0].max()])
     fold = _bisect(lambda p: float(JansenRit(p_mean=p).fixed_points().count) - 2.0, fold_lo, fold_lo + 0.5)
     hopf_freq = float(JansenRit(p_mean=hopf[0]).fixed_points().upper().dominant_frequency_hz)
+    hopf_points = [(h, float(JansenRit(p_mean=h).fixed_points().upper().v)) for h in hopf]
+    near_fold = JansenRit(p_mean=fold - 1e-6).fixed_points()
+    vs = np.sort(near_fold.v.numpy().ravel()[: int(near_fold.count)])
+    j = int(np.argmin(np.diff(vs)))  # the two equilibria that merge at the fold
+    fold_point = (fold, float(0.5 * (vs[j] + vs[j + 1])))
     rows = []
     for i, p in enumerate(p_grid.tolist()):
         for k in range(int(fp.count[i])):
@@ -103,7 +114,8 @@ def run_demo(out: Path, *, force: bool = False) -> int:
         ["freq", "linearised", "simulated"],
         [welch.freqs[keep].numpy(), lin.psd[keep].numpy(), welch_mean[keep].numpy()],
     )
-    fits = {"synthetic": _fit_synthetic(out / "fit")}
+    synthetic, syn_post, syn_meta = _fit_synthetic(out / "fit")
+    fits = {"synthetic": synthetic}
     eegmat = _fit_eegmat(out / "fit_eegmat")
     if eegmat is not None:
         fits["eegmat_subject0_occipital"] = eegmat
@@ -112,6 +124,8 @@ def run_demo(out: Path, *, force: bool = False) -> int:
         "hopf_p_mean": hopf,
         "hopf_frequency_hz": hopf_freq,
         "fold_p_mean": fold,
+        "fold_v_mv": fold_point[1],
+        "hopf_v_mv": [v_h for _, v_h in hopf_points],
         "limit_cycle": {
             "p_mean": 220.0,
             "frequency_hz": float(cycle_freq),
@@ -128,7 +142,10 @@ def run_demo(out: Path, *, force: bool = False) -> int:
         "seconds": round(time.perf_counter() - t_start, 2),
     }
     write_text(out / "summary.json", json.dumps(summary, indent=2))
-    plotted = _plot(out / "demo.png", p_grid, fp, cycle, welch.freqs[keep], lin.psd[keep], welch_mean[keep], hopf)
+    plotted = _plot(
+        out / "demo.png", p_grid, fp, cycle, welch.freqs[keep], lin.psd[keep], welch_mean[keep], hopf_points, fold_point
+    )
+    reported = _report(out, syn_post, syn_meta, synthetic, eegmat, plotted)
     print(f"Hopf bifurcations at p_mean = {hopf[0]:.2f} and {hopf[1]:.2f} pulses/s ({hopf_freq:.2f} Hz)")
     print(f"fold (3 -> 1 equilibria) at p_mean = {fold:.2f} pulses/s")
     print(f"limit cycle at p_mean = 220: {cycle_freq:.2f} Hz, {v.max() - v.min():.2f} mV peak to peak")
@@ -147,32 +164,59 @@ def run_demo(out: Path, *, force: bool = False) -> int:
         print(f"  {name:>5s}: truth {syn['truth'][name]:.4g}, posterior {p['mean']:.4g} [{p['q05']:.4g}, {p['q95']:.4g}]")
     if eegmat is not None:
         print(
-            f"fit of EEGMAT subject 0 (O1/O2, 2-40 Hz): {eegmat['status']}, alpha peak {eegmat['data_peak_hz']:.2f} Hz "
+            f"EEGMAT recording found in the data cache, fitted too: subject 0 (O1/O2, 2-40 Hz) {eegmat['status']}, "
+            f"alpha peak {eegmat['data_peak_hz']:.2f} Hz "
             f"(data) vs {eegmat['model_peak_hz']:.2f} Hz (posterior mode)"
         )
     else:
         print("EEGMAT recording not in the data cache (set JRINFER_DATA): real-data fit skipped")
-    print(f"wrote {out}/ ({'with' if plotted else 'without'} demo.png) in {summary['seconds']} s")
+    extras = [name for name, done in (("demo.png", plotted), ("report.html", reported)) if done]
+    print(f"wrote {out}/ ({'with ' + ', '.join(extras) if extras else 'without plots: install matplotlib'}) "
+          f"in {round(time.perf_counter() - t_start, 2)} s")
+    if reported:
+        print(f"open {out / 'report.html'} in a browser")
     return 0
 
 
-def _write_fit(posterior, folder: Path, title: str) -> None:
+def _write_fit(posterior, folder: Path, title: str, meta: dict) -> None:
+    """``summary.json`` (the posterior's summary with the data, prior and observation of ``meta``), ``posterior.nc``
+    and the plots ``fit.png``, ``marginals.png`` into ``folder``."""
     folder.mkdir(exist_ok=True)
-    write_text(folder / "summary.json", json.dumps(posterior.summary(), indent=2, default=float))
+    write_text(folder / "summary.json", json.dumps({**posterior.summary(), **meta}, indent=2, default=float))
     nc = folder / "posterior.nc"
     try:
         posterior.to_netcdf(nc, overwrite=True)  # atomic: an older posterior.nc stays whole until replaced
     except ImportError:  # arviz not installed: summary only, and no stale file from an earlier run
         nc.unlink(missing_ok=True)
     try:
-        from jrinfer.plotting import plot_fit
+        from jrinfer.plotting import plot_fit, plot_marginals
 
         plot_fit(posterior, folder / "fit.png", title=title)
+        plot_marginals(posterior, folder / "marginals.png")
     except ImportError:
         pass
 
 
-def _fit_synthetic(folder: Path) -> dict:
+def _meta(problem, obs, data, file: str) -> dict:
+    """What ``jrinfer fit`` adds to ``summary.json``: data, prior, observation (the report shows them)."""
+    observed = problem.observed()
+    return {
+        "data": {
+            "file": file,
+            "kind": "spectrum",
+            "channels": list(observed.channels),
+            "units": observed.units,
+            "n_points": int(observed.values.shape[-1]),
+            "channels_used": data.metadata.get("channels_used") or data.metadata.get("averaged_channels"),
+            "channels_dropped": data.metadata.get("channels_dropped"),
+        },
+        "prior": problem.prior.to_dict(),
+        "observation": repr(obs),
+    }
+
+
+def _fit_synthetic(folder: Path):
+    """Fit the bundled spectrum; ``(result dict for summary.json, Posterior, meta)``."""
     import warnings
 
     from jrinfer import datasets
@@ -189,11 +233,12 @@ def _fit_synthetic(folder: Path) -> dict:
         warnings.simplefilter("ignore", RuntimeWarning)
         post = VariationalLaplace().fit(problem)
     seconds = round(time.perf_counter() - t0, 2)
-    _write_fit(post, folder, "bundled synthetic spectrum: variational Laplace")
+    meta = _meta(problem, obs, data, "bundled example jrinfer/_data/synthetic_spectrum.csv (synthetic, known truth)")
+    _write_fit(post, folder, "bundled synthetic spectrum: variational Laplace", meta)
     summ = post.summary()
     known = {n: v for n, v in truth.items() if n in post.names}
     inside = sum(summ["parameters"][n]["q05"] <= v <= summ["parameters"][n]["q95"] for n, v in known.items())
-    return {
+    result = {
         "status": post.status,
         "seconds": seconds,
         "free_energy": post.log_evidence,
@@ -201,6 +246,7 @@ def _fit_synthetic(folder: Path) -> dict:
         "truth": known,
         "truth_in_90": int(inside),
     }
+    return result, post, meta
 
 
 def _fit_eegmat(folder: Path) -> dict | None:
@@ -220,7 +266,17 @@ def _fit_eegmat(folder: Path) -> dict | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         post = VariationalLaplace().fit(problem)
-    _write_fit(post, folder, "EEGMAT subject 0, O1/O2 rest: variational Laplace")
+    meta = _meta(problem, obs, data, "EEGMAT Subject00_1.edf (rest), O1/O2 averaged, from the data cache")
+    meta["data"]["channels_used"] = ["O1", "O2"]
+    _write_fit(post, folder, "EEGMAT subject 0, O1/O2 rest: variational Laplace", meta)
+    report = None
+    try:
+        from jrinfer.report import write_report
+
+        report = write_report(post, folder / "report.html", meta, overwrite=True,
+                              title="EEGMAT subject 0, O1/O2 at rest: variational Laplace")
+    except ImportError:
+        pass
     f = data.freqs.numpy()
     band = (f >= 7) & (f <= 14)
     mode = problem.prior.from_unconstrained(torch.from_numpy(post.mean_unconstrained))
@@ -230,34 +286,85 @@ def _fit_eegmat(folder: Path) -> dict | None:
         "free_energy": post.log_evidence,
         "data_peak_hz": float(f[band][data.power[0].numpy()[band].argmax()]),
         "model_peak_hz": float(f[band][pred[band].argmax()]),
+        "r2_log_power": post.fit_quality.get("r2_log_power"),
+        "warnings": list(post.warnings),
         "parameters": post.summary()["parameters"],
+        "report": None if report is None else "fit_eegmat/report.html",
     }
 
 
-def _plot(path, p_grid, fp, cycle, freqs, lin_psd, sim_psd, hopf) -> bool:
-    from jrinfer.plotting import _figure, _save
+def _report(out: Path, post, meta: dict, synthetic: dict, eegmat: dict | None, plotted: bool) -> bool:
+    """``out/report.html``: the synthetic fit's page with the truth, the model tour and the EEGMAT headline."""
+    import base64
+    import html
 
     try:
-        fig = _figure(figsize=(15, 4.2))
+        from jrinfer.report import write_report
+
+        import matplotlib  # noqa: F401
+        import arviz  # noqa: F401
+    except ImportError:
+        (out / "report.html").unlink(missing_ok=True)  # no stale page from an earlier run
+        return False
+    sections = []
+    if eegmat is not None:
+        warn = "".join(f"<li>{html.escape(w)}</li>" for w in eegmat["warnings"])
+        r2 = eegmat.get("r2_log_power")
+        img = ""
+        if (out / "fit_eegmat" / "fit.png").is_file():
+            uri = base64.b64encode((out / "fit_eegmat" / "fit.png").read_bytes()).decode("ascii")
+            img = f'<figure><img alt="EEGMAT fit" src="data:image/png;base64,{uri}"></figure>'
+        link = (' Its full page: <a href="fit_eegmat/report.html">fit_eegmat/report.html</a>.'
+                if eegmat.get("report") else "")
+        sections.append((
+            "Real EEG: EEGMAT subject 0 at rest (O1/O2, 2–40 Hz)",
+            f"<p>The EEGMAT recording was found in the data cache and fitted too: status "
+            f"<b>{html.escape(str(eegmat['status']))}</b>, alpha peak {eegmat['data_peak_hz']:.2f} Hz (data) vs "
+            f"{eegmat['model_peak_hz']:.2f} Hz (posterior mode)"
+            + (f", R² of log-power {r2:.2f}" if r2 is not None else "") + f".{link}</p>"
+            + (f"<ul>{warn}</ul>" if warn else "") + img,
+        ))
+    else:
+        sections.append(("Real EEG", "<p>The EEGMAT recording is not in the data cache (set <code>JRINFER_DATA</code>"
+                                     "): the real-data fit was skipped.</p>"))
+    if plotted and (out / "demo.png").is_file():
+        uri = base64.b64encode((out / "demo.png").read_bytes()).decode("ascii")
+        sections.append((
+            "A tour of the model",
+            f'<figure><img alt="bifurcation diagram, limit cycle and spectra" src="data:image/png;base64,{uri}">'
+            "<figcaption>Left: equilibria over the input p_mean (black stable, grey unstable) with the Hopf "
+            "points (red) and the fold (purple). Middle: the alpha limit cycle at p_mean = 220. Right: the "
+            "linearised spectrum at a stable equilibrium against simulations (Welch).</figcaption></figure>",
+        ))
+    write_report(post, out / "report.html", meta, overwrite=True, truth=synthetic["truth"], extra_sections=sections,
+                 title="jrinfer demo: the bundled synthetic spectrum, variational Laplace")
+    return True
+
+
+def _plot(path, p_grid, fp, cycle, freqs, lin_psd, sim_psd, hopf_points, fold_point) -> bool:
+    from jrinfer.plotting import _figure, _save, plot_bifurcation
+
+    try:
+        fig = _figure(figsize=(15, 4.4))
     except ImportError:
         return False
     axes = fig.subplots(1, 3)
-    ax = axes[0]
-    for k in range(fp.v.shape[-1]):
-        vk = fp.v[:, k].numpy()
-        st = fp.stable[:, k].numpy()
-        ax.plot(p_grid.numpy()[st], vk[st], "k.", ms=2)
-        ax.plot(p_grid.numpy()[~st], vk[~st], ".", color="0.7", ms=2)
-    for h in hopf:
-        ax.axvline(h, color="tab:red", lw=0.8, ls="--")
-    ax.set(xlabel="p_mean (pulses/s)", ylabel="v = y1 - y2 at equilibrium (mV)", title="Equilibria (black: stable)")
+    n = p_grid.numel()
+    v = np.full((n, fp.v.shape[-1]), np.nan)
+    stable = np.zeros(v.shape, dtype=bool)
+    for i in range(n):
+        k = int(fp.count[i])
+        v[i, :k] = fp.v[i, :k].numpy()
+        stable[i, :k] = fp.stable[i, :k].numpy()
+    plot_bifurcation(p_grid.numpy(), v, stable, hopf=hopf_points, fold=[fold_point], ax=axes[0],
+                     title="Equilibria over the input")
     ax = axes[1]
     ax.plot(cycle.time.numpy(), cycle.v.numpy(), lw=1)
     ax.set(xlabel="time (s)", ylabel="v (mV)", title="Alpha limit cycle, p_mean = 220")
     ax = axes[2]
     ax.semilogy(freqs.numpy(), sim_psd.numpy(), label="simulation + Welch")
     ax.semilogy(freqs.numpy(), lin_psd.numpy(), "--", label="linearised")
-    ax.set(xlabel="frequency (Hz)", ylabel="PSD (mV$^2$/Hz)", title="Stable regime, p_mean = 60")
+    ax.set(xlabel="frequency (Hz)", ylabel="PSD (mV²/Hz)", title="Stable regime, p_mean = 60")
     ax.legend()
     fig.tight_layout()
     _save(fig, path)

@@ -1,4 +1,4 @@
-"""Command line interface: ``jrinfer fixed-points | simulate | spectrum | demo``.
+"""Command line interface: ``jrinfer fixed-points | simulate | spectrum | fit | report | identifiability | demo``.
 
 Every command exits with status 2 and a one-line message on stderr when its
 input is bad (``--debug`` shows the traceback instead).
@@ -471,15 +471,50 @@ def _cmd_fit(args) -> int:
         plotted = True
     except ImportError:
         pass
+    report = _write_fit_report(out, args.force) if args.report else None
     if args.json:
         print(json.dumps(summary, default=float))
     else:
         print(posterior)
-        print(f"wrote {out}/summary.json, posterior.nc{', fit.png' if plotted else ''}")
+        print(f"wrote {out}/summary.json, posterior.nc{', fit.png' if plotted else ''}{', report.html' if report else ''}")
     if args.json:  # the printed summary shows them otherwise
         for w in posterior.warnings:
             print(f"jrinfer fit: warning: {w}", file=sys.stderr)
     return 0 if posterior.converged else 1
+
+
+def _write_fit_report(fit_dir: Path, force: bool, out: str | None = None) -> Path:
+    """Render ``report.html`` of a fit folder (``jrinfer report``, ``jrinfer fit --report``); errors in CLI words."""
+    from jrinfer._optional import optional_import
+
+    try:
+        optional_import("matplotlib", purpose="jrinfer report")
+        optional_import("arviz", purpose="jrinfer report")
+    except ImportError:
+        raise UsageError("the report needs matplotlib and ArviZ: pip install 'jrinfer[plot,arviz]'") from None
+    from jrinfer.report import render_report
+
+    target = fit_dir / "report.html" if out is None else Path(out)
+    if target.exists() and not force:
+        flag = "--out " if out is not None else ""
+        raise UsageError(f"{flag}{target}: file exists; pass --force to overwrite it")
+    if not target.parent.is_dir():
+        raise UsageError(f"--out {out}: directory {str(target.parent)!r} does not exist")
+    return render_report(fit_dir, target, overwrite=force)
+
+
+def _cmd_report(args) -> int:
+    fit_dir = Path(args.dir)
+    if not fit_dir.is_dir():
+        raise UsageError(f"DIR {args.dir}: no such directory")
+    if not (fit_dir / "posterior.nc").is_file():
+        raise UsageError(f"DIR {args.dir}: no posterior.nc in it; give the --out folder of a 'jrinfer fit'")
+    path = _write_fit_report(fit_dir, args.force, args.out)
+    if args.json:
+        print(json.dumps({"report": str(path)}))
+    else:
+        print(f"wrote {path}")
+    return 0
 
 
 def _cmd_demo(args) -> int:
@@ -653,7 +688,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior draws")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.add_argument("--json", action="store_true", help="print summary.json on stdout")
+    p.add_argument("--report", action="store_true", help="also write --out/report.html (as 'jrinfer report' does)")
     p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser(
+        "report", help="a self-contained HTML page of a fit folder (summary.json, posterior.nc): DIR/report.html"
+    )
+    p.add_argument("dir", metavar="DIR", help="the --out folder of 'jrinfer fit'")
+    p.add_argument("--out", default=None, metavar="FILE", help="HTML file to write (default DIR/report.html)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing report")
+    p.add_argument("--json", action="store_true", help='print {"report": PATH} on stdout')
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser(
         "identifiability",
@@ -686,7 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_identifiability)
 
     p = sub.add_parser("demo", help="the README's main job on the bundled example")
-    p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
+    p.add_argument("--out", default="jrinfer-demo", help="output directory (default ./jrinfer-demo)")
     p.add_argument("--force", action="store_true", help="overwrite files in --out")
     p.set_defaults(func=_cmd_demo)
     return parser

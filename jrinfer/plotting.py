@@ -1,4 +1,9 @@
-"""Plots (matplotlib, imported lazily). Nothing in jrinfer imports this module at import time."""
+"""Plots (matplotlib, imported lazily). Nothing in jrinfer imports this module at import time.
+
+Every function returns a :class:`matplotlib.figure.Figure` that is not
+registered with pyplot (no backend switch, nothing to close) and, given a
+``path``, saves it atomically (format from the suffix, e.g. PNG).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,22 @@ import numpy as np
 from jrinfer._io import atomic_path
 from jrinfer._optional import optional_import
 
-__all__ = ["plot_fit"]
+__all__ = [
+    "plot_fit",
+    "plot_spectrum_fit",
+    "plot_evoked_fit",
+    "plot_marginals",
+    "plot_pair",
+    "plot_bifurcation",
+    "pretty_units",
+]
+
+#: Band in which the alpha peaks of data and model are looked for (Hz); the
+#: fit quality's peak frequencies use the same band.
+PEAK_BAND_HZ = (6.0, 14.0)
+#: The conventional alpha band shaded on spectra (Hz).
+ALPHA_SHADE_HZ = (8.0, 13.0)
+_DATA, _MODEL, _BAND = "k", "tab:orange", "tab:orange"
 
 
 def _figure(**kwargs):
@@ -21,8 +41,78 @@ def _save(fig, path, dpi: int = 110) -> None:
         fig.savefig(tmp, dpi=dpi)
 
 
+def pretty_units(units: str | None) -> str:
+    """Typeset a plain-text unit string: ``uV^2/Hz`` -> ``µV²/Hz``, ``1/s`` -> ``s⁻¹``, ``1`` -> ``""``.
+
+    Parameters
+    ----------
+    units : str or None
+        Units as jrinfer writes them (ASCII).
+
+    Returns
+    -------
+    str
+        The same units with Unicode micro sign, superscripts and roots; an
+        empty string for dimensionless (``"1"``) or missing units.
+    """
+    if not units or units.strip() == "1":
+        return ""
+    u = str(units)
+    for a, b in (("uV", "µV"), ("^2", "²"), ("^-1", "⁻¹"), ("sqrt(Hz)", "√Hz")):
+        u = u.replace(a, b)
+    if u.startswith("1/") and "/" not in u[2:] and " " not in u:
+        u = u[2:] + "⁻¹"
+    return u
+
+
+def _with_units(label: str, units: str | None) -> str:
+    u = pretty_units(units)
+    return f"{label} ({u})" if u else label
+
+
+def _arrays(posterior):
+    """Observed values ``(C, P)``, grid ``(P,)``, predictive draws ``(N, C, P)`` and the fit ``(C, P)``."""
+    if posterior.observed is None or posterior.predictive is None:
+        raise ValueError("posterior has no observed data or posterior predictive to plot")
+    obs = posterior.observed
+    x = np.asarray(obs["coord_values"], dtype=float)
+    y = np.asarray(obs["values"], dtype=float)
+    pred = np.asarray(posterior.predictive, dtype=float).reshape((-1,) + y.shape)
+    fit = np.median(pred, axis=0) if posterior.fit is None else np.asarray(posterior.fit, dtype=float).reshape(y.shape)
+    return x, y, pred, fit
+
+
+def _fit_label(posterior) -> str:
+    if posterior.fit is None:
+        return "median prediction"
+    return "fit (posterior mode)" if posterior.backend == "laplace" else "fit (median prediction)"
+
+
+def _headline(posterior) -> str:
+    quality = posterior.fit_quality
+    parts = []
+    if "r2_log_power" in quality:
+        parts.append(f"R² log-power {quality['r2_log_power']:.2f}")
+    elif "explained_variance" in quality:
+        parts.append(f"explained variance {100 * quality['explained_variance']:.0f} %")
+    if posterior.warnings:
+        parts.append(f"{len(posterior.warnings)} warning(s), see summary")
+    return "; ".join(parts)
+
+
+def _peak(x, values, band=PEAK_BAND_HZ):
+    inside = (x >= band[0]) & (x <= band[1])
+    if int(inside.sum()) < 3:
+        return None
+    i = np.nonzero(inside)[0][np.argmax(values[inside])]
+    return float(x[i]), float(values[i])
+
+
 def plot_fit(posterior, path=None, *, title: str | None = None):
-    """Data against the fit (the prediction the fit quality refers to) and the 90 % posterior predictive band.
+    """Data against the fit and the 90 % posterior predictive band, with residuals.
+
+    Spectra go to :func:`plot_spectrum_fit`, evoked responses to
+    :func:`plot_evoked_fit`.
 
     Parameters
     ----------
@@ -41,41 +131,360 @@ def plot_fit(posterior, path=None, *, title: str | None = None):
     """
     if posterior.observed is None or posterior.predictive is None:
         raise ValueError("posterior has no observed data or posterior predictive to plot")
-    obs = posterior.observed
-    x = np.asarray(obs["coord_values"])
-    y = np.asarray(obs["values"])
-    pred = np.asarray(posterior.predictive).reshape((-1,) + y.shape)
+    if posterior.observed["coord"] == "freq":
+        return plot_spectrum_fit(posterior, path, title=title)
+    return plot_evoked_fit(posterior, path, title=title)
+
+
+def plot_spectrum_fit(posterior, path=None, *, title: str | None = None):
+    """Spectrum on log-power axes: data, fit, 90 % predictive band, alpha band and peaks; residuals below.
+
+    The upper panel per channel shades the alpha band (8-13 Hz), marks the
+    largest peak of data and fit in 6-14 Hz (the band of the fit quality's
+    peak frequencies), and draws the pointwise 5-95 % posterior predictive
+    band. The lower panel shows standardised log-power residuals
+    ``(log data - log fit) / sd`` with ``sd`` the fit's residual sd of
+    log-power (``fit_quality["residual_sd_log_power"]``, from the noise
+    precision; else the residuals' RMS) and the ±2 band.
+
+    Parameters
+    ----------
+    posterior : Posterior
+        A spectrum fit (``observed["coord"] == "freq"``) with ``predictive``.
+    path : str or Path, optional
+        Where to save the figure.
+    title : str, optional
+        Figure title (default: backend and status).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    x, y, pred, fit = _arrays(posterior)
+    if posterior.observed["coord"] != "freq":
+        raise ValueError("plot_spectrum_fit needs a spectrum fit (observed coord 'freq'); use plot_evoked_fit")
+    units = posterior.observed.get("units", "")
     n_ch = y.shape[0]
-    fig = _figure(figsize=(6 * n_ch, 4.2))
-    axes = fig.subplots(1, n_ch, squeeze=False)
-    spectral = obs["coord"] == "freq"
-    fit = None if posterior.fit is None else np.asarray(posterior.fit)
-    fit_label = "fit (posterior mode)" if posterior.backend == "laplace" else "fit (median prediction)"
-    for c, ax in enumerate(axes[0]):
+    fig = _figure(figsize=(6.4 * n_ch, 5.6))
+    axes = fig.subplots(2, n_ch, squeeze=False, sharex="col", gridspec_kw={"height_ratios": [3, 1.2]})
+    logres = np.log(y) - np.log(fit)
+    sd = posterior.fit_quality.get("residual_sd_log_power")
+    if not sd or not np.isfinite(sd):
+        sd = float(np.sqrt(np.mean(logres**2))) or 1.0
+    for c in range(n_ch):
+        ax, rax = axes[0, c], axes[1, c]
+        ax.axvspan(*ALPHA_SHADE_HZ, color="tab:blue", alpha=0.08, lw=0, label="alpha band 8–13 Hz")
         lo, hi = np.quantile(pred[:, c], [0.05, 0.95], axis=0)
-        ax.fill_between(x, lo, hi, color="tab:orange", alpha=0.3, lw=0, label="posterior predictive 90%")
-        if fit is not None:
-            ax.plot(x, fit[c], color="tab:orange", lw=1.5, label=fit_label)
-        ax.plot(x, y[c], color="k", lw=1, label="data")
-        if spectral:
-            ax.set_yscale("log")
-            ax.set_xlabel("frequency (Hz)")
-            ax.set_ylabel(f"power ({obs.get('units', '')})")
-        else:
-            ax.set_xlabel("time (s)")
-            ax.set_ylabel(f"potential ({obs.get('units', '')})")
-        ax.set_title(str(obs["channels"][c]))
-        ax.legend(fontsize=8)
-    quality = posterior.fit_quality
-    headline = ""
-    if "r2_log_power" in quality:
-        headline = f"R² log-power {quality['r2_log_power']:.2f}"
-    elif "explained_variance" in quality:
-        headline = f"explained variance {100 * quality['explained_variance']:.0f} %"
-    if posterior.warnings:
-        headline += f"; {len(posterior.warnings)} warning(s), see summary"
-    fig.suptitle((title or f"{posterior.backend}: {posterior.status}") + (f"\n{headline}" if headline else ""))
+        ax.fill_between(x, lo, hi, color=_BAND, alpha=0.28, lw=0, label="posterior predictive 90 %")
+        ax.plot(x, fit[c], color=_MODEL, lw=1.6, label=_fit_label(posterior))
+        ax.plot(x, y[c], color=_DATA, lw=1.0, label="data")
+        for vals, color, who in ((y[c], _DATA, "data"), (fit[c], _MODEL, "model")):
+            pk = _peak(x, vals)
+            if pk is not None:
+                ax.plot(*pk, marker="v", color=color, ms=9, mec="white", ls="none", zorder=5,
+                        label=f"{who} peak {pk[0]:.2f} Hz")
+        ax.set_yscale("log")
+        ax.set_ylabel(_with_units("power", units))
+        ax.set_title(str(posterior.observed["channels"][c]))
+        ax.legend(fontsize=8, loc="lower left")
+        ax.grid(True, which="major", alpha=0.3)
+        z = logres[c] / sd
+        rax.axhspan(-2, 2, color="0.85", lw=0)
+        rax.axhline(0, color="0.4", lw=0.8)
+        rax.plot(x, z, ".-", color="tab:blue", ms=3, lw=0.7)
+        big = np.abs(z) > 3
+        rax.plot(x[big], z[big], "o", color="tab:red", ms=4, ls="none")
+        lim = max(3.5, float(np.nanmax(np.abs(z))) * 1.1)
+        rax.set_ylim(-lim, lim)
+        rax.set_xlabel("frequency (Hz)")
+        rax.set_ylabel("std. residual\nlog-power")
+    head = _headline(posterior)
+    fig.suptitle((title or f"{posterior.backend}: {posterior.status}") + (f"\n{head}" if head else ""))
     fig.tight_layout()
     if path is not None:
+        _save(fig, path)
+    return fig
+
+
+def plot_evoked_fit(posterior, path=None, *, title: str | None = None):
+    """Evoked response overlay: data, fit and 90 % predictive band per channel; residuals below.
+
+    The largest deflection after stimulus onset is marked on data and fit
+    (what the fit quality's peak latencies refer to); the lower panel shows
+    the residual ``data - fit`` in data units with the predictive band's
+    spread around the fit.
+
+    Parameters
+    ----------
+    posterior : Posterior
+        An evoked fit (``observed["coord"] == "time"``) with ``predictive``.
+    path : str or Path, optional
+        Where to save the figure.
+    title : str, optional
+        Figure title (default: backend and status).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    x, y, pred, fit = _arrays(posterior)
+    if posterior.observed["coord"] != "time":
+        raise ValueError("plot_evoked_fit needs an evoked fit (observed coord 'time'); use plot_spectrum_fit")
+    units = posterior.observed.get("units", "")
+    n_ch = y.shape[0]
+    ncol = min(n_ch, 3)
+    nrow = -(-n_ch // ncol)
+    fig = _figure(figsize=(6.0 * ncol, 4.8 * nrow))
+    grid = fig.add_gridspec(2 * nrow, ncol, height_ratios=[3, 1.1] * nrow)
+    post = x >= min(0.0, float(x[-1]))
+    for c in range(n_ch):
+        r, col = divmod(c, ncol)
+        ax = fig.add_subplot(grid[2 * r, col])
+        rax = fig.add_subplot(grid[2 * r + 1, col], sharex=ax)
+        lo, hi = np.quantile(pred[:, c], [0.05, 0.95], axis=0)
+        ax.axvline(0.0, color="0.6", lw=0.8, ls=":")
+        ax.axhline(0.0, color="0.8", lw=0.6)
+        ax.fill_between(x, lo, hi, color=_BAND, alpha=0.28, lw=0, label="posterior predictive 90 %")
+        ax.plot(x, fit[c], color=_MODEL, lw=1.6, label=_fit_label(posterior))
+        ax.plot(x, y[c], color=_DATA, lw=1.0, label="data")
+        for vals, color, who in ((y[c], _DATA, "data"), (fit[c], _MODEL, "model")):
+            i = np.nonzero(post)[0][np.argmax(np.abs(vals[post]))]
+            ax.plot(x[i], vals[i], marker="v" if vals[i] < 0 else "^", color=color, ms=9, mec="white",
+                    ls="none", zorder=5, label=f"{who} peak {1e3 * x[i]:.0f} ms")
+        ax.set_ylabel(_with_units("potential", units))
+        ax.set_title(str(posterior.observed["channels"][c]))
+        ax.legend(fontsize=8)
+        ax.grid(True, alpha=0.3)
+        rax.fill_between(x, lo - fit[c], hi - fit[c], color=_BAND, alpha=0.2, lw=0)
+        rax.axhline(0, color="0.4", lw=0.8)
+        rax.plot(x, y[c] - fit[c], color="tab:blue", lw=0.8)
+        rax.set_xlabel("time (s)")
+        rax.set_ylabel(_with_units("residual", units))
+    head = _headline(posterior)
+    fig.suptitle((title or f"{posterior.backend}: {posterior.status}") + (f"\n{head}" if head else ""))
+    fig.tight_layout()
+    if path is not None:
+        _save(fig, path)
+    return fig
+
+
+def plot_marginals(posterior, path=None, *, names=None, title: str | None = None):
+    """Prior against posterior marginal of every parameter (histograms, natural units).
+
+    Each panel's title gives the parameter, its contraction and, below
+    :data:`jrinfer.posterior.CONTRACTION_UNINFORMED`, "not informed" in red.
+    Positive parameters whose prior spans more than a factor of 20 are drawn
+    on a log axis.
+
+    Parameters
+    ----------
+    posterior : Posterior
+        Any fit; ``prior_draws`` are drawn where present.
+    path : str or Path, optional
+        Where to save the figure.
+    names : sequence of str, optional
+        Parameters to draw (default all).
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from jrinfer.posterior import CONTRACTION_UNINFORMED
+
+    names = list(posterior.names if names is None else names)
+    unknown = [n for n in names if n not in posterior.names]
+    if unknown:
+        raise ValueError(f"names: {unknown} are not parameters of this posterior ({list(posterior.names)})")
+    draws = posterior.draws.reshape(-1, len(posterior.names))
+    prior = None if posterior.prior_draws is None else np.asarray(posterior.prior_draws).reshape(-1, len(posterior.names))
+    ncol = min(4, len(names))
+    nrow = -(-len(names) // ncol)
+    fig = _figure(figsize=(3.6 * ncol, 2.7 * nrow + 0.6))
+    axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
+    for ax, name in zip(axes, names):
+        i = posterior.names.index(name)
+        d = draws[:, i]
+        both = d if prior is None else np.concatenate([d, prior[:, i]])
+        both = both[np.isfinite(both)]
+        lo, hi = np.quantile(both, [0.005, 0.995])
+        logx = bool(lo > 0 and prior is not None and hi / lo > 20)
+        if hi <= lo:
+            lo, hi = lo - 0.5 * abs(lo) - 1e-12, hi + 0.5 * abs(hi) + 1e-12
+        bins = np.geomspace(lo, hi, 31) if logx else np.linspace(lo, hi, 31)
+        # probability per bin (the same bins for both), so log-spaced bins are not distorted
+        # (np.histogram + stairs: one artist per histogram, far faster to draw than hist's bar patches)
+        if prior is not None:
+            hp = np.histogram(prior[:, i], bins=bins)[0] / len(prior)
+            ax.stairs(hp, bins, fill=True, color="0.6", alpha=0.5, label="prior")
+        ax.stairs(np.histogram(d, bins=bins)[0] / len(d), bins, fill=True, color="tab:blue", alpha=0.6,
+                  label="posterior")
+        if prior is not None:
+            ax.stairs(hp, bins, color="0.35", lw=1.0)
+        if logx:
+            ax.set_xscale("log")
+        ax.set_yticks([])
+        ax.set_xlabel(_with_units(name, posterior.units.get(name)))
+        c = posterior.contraction.get(name)
+        if c is None:
+            ax.set_title(name, fontsize=10)
+        elif c < CONTRACTION_UNINFORMED:
+            ax.set_title(f"{name}: contraction {c:.2f}, not informed", fontsize=10, color="tab:red")
+        else:
+            ax.set_title(f"{name}: contraction {c:.2f}", fontsize=10)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title or "Prior (grey) and posterior (blue) marginals")
+    fig.tight_layout()
+    if path is not None:
+        _save(fig, path)
+    return fig
+
+
+def _pair_names(posterior, n: int = 4) -> list[str]:
+    """Up to ``n`` parameters that take part in the strongest posterior correlations."""
+    d = posterior.draws.reshape(-1, len(posterior.names))
+    sd = d.std(0)
+    keep = [
+        i for i, name in enumerate(posterior.names)
+        if sd[i] > 0 and np.isfinite(sd[i]) and name != "log_precision"  # the noise level pairs with nothing of interest
+    ]
+    if len(keep) <= n:
+        return [posterior.names[i] for i in keep]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.corrcoef(np.log(np.abs(d[:, keep]) + 1e-300).T if (d[:, keep] > 0).all() else d[:, keep].T)
+    pairs = sorted(
+        ((abs(r[a, b]), a, b) for a in range(len(keep)) for b in range(a + 1, len(keep)) if np.isfinite(r[a, b])),
+        reverse=True,
+    )
+    chosen: list[int] = []
+    for _, a, b in pairs:
+        for j in (a, b):
+            if j not in chosen and len(chosen) < n:
+                chosen.append(j)
+        if len(chosen) >= n:
+            break
+    return [posterior.names[keep[j]] for j in sorted(chosen)]
+
+
+def plot_pair(posterior, path=None, *, names=None, max_params: int = 4, title: str | None = None):
+    """Pair plot of a few parameters through ArviZ (``arviz.plot_pair`` with marginals).
+
+    Parameters
+    ----------
+    posterior : Posterior
+        Any fit (converted with :meth:`Posterior.to_arviz`).
+    path : str or Path, optional
+        Where to save the figure.
+    names : sequence of str, optional
+        Parameters to pair (default: up to ``max_params`` that take part in
+        the strongest posterior correlations, the trade-offs worth seeing).
+    max_params : int
+        How many parameters to choose when ``names`` is not given (>= 2).
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    az = optional_import("arviz", purpose="pair plots")
+    names = list(_pair_names(posterior, max_params) if names is None else names)
+    unknown = [n for n in names if n not in posterior.names]
+    if unknown:
+        raise ValueError(f"names: {unknown} are not parameters of this posterior ({list(posterior.names)})")
+    if len(names) < 2:
+        raise ValueError(f"a pair plot needs at least 2 parameters with spread; got {names}")
+    k = len(names)
+    fig = _figure(figsize=(2.1 * k + 0.6, 2.1 * k + 0.6))
+    axes = fig.subplots(k, k, squeeze=False)
+    idata = posterior.to_arviz()
+    labeller = None
+    try:  # axis labels with units
+        from arviz.labels import MapLabeller
+
+        labeller = MapLabeller(var_name_map={n: _with_units(n, posterior.units.get(n)) for n in names})
+    except ImportError:  # pragma: no cover - older arviz
+        pass
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kw = {"labeller": labeller} if labeller is not None else {}
+        az.plot_pair(
+            idata, var_names=names, kind="scatter", marginals=True, ax=axes, textsize=9,
+            scatter_kwargs={"alpha": 0.25, "s": 4}, **kw,
+        )
+    from matplotlib.ticker import MaxNLocator
+
+    for a in axes.ravel():
+        a.xaxis.set_major_locator(MaxNLocator(4))
+        a.tick_params(axis="x", labelrotation=30)
+    fig.suptitle(title or "Posterior pairs (the strongest correlations)")
+    fig.tight_layout()
+    if path is not None:
+        _save(fig, path)
+    return fig
+
+
+def plot_bifurcation(p, v, stable, *, hopf=(), fold=(), ax=None, path=None, title: str | None = None):
+    """Equilibria of the JR model over the input with labelled Hopf and fold points.
+
+    Parameters
+    ----------
+    p : array_like
+        Input values ``p_mean`` (pulses/s), shape ``(N,)``.
+    v : array_like
+        Equilibrium ``v = y1 - y2`` (mV), shape ``(N, K)``; NaN where a
+        branch does not exist.
+    stable : array_like of bool
+        Stability of each equilibrium, shape ``(N, K)``.
+    hopf, fold : sequence of (p, v)
+        Hopf and fold (saddle-node) points: input and equilibrium potential.
+    ax : matplotlib Axes, optional
+        Draw into this axes (e.g. a panel of a larger figure) instead of a
+        new figure.
+    path : str or Path, optional
+        Where to save the figure (only with a new figure).
+    title : str, optional
+        Axes title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    p = np.asarray(p, dtype=float)
+    v = np.asarray(v, dtype=float).reshape(p.shape[0], -1)
+    stable = np.asarray(stable, dtype=bool).reshape(v.shape)
+    if ax is None:
+        fig = _figure(figsize=(6.4, 4.6))
+        ax = fig.subplots()
+    else:
+        fig = ax.figure
+    for k in range(v.shape[1]):
+        ok = np.isfinite(v[:, k])
+        st, un = ok & stable[:, k], ok & ~stable[:, k]
+        ax.plot(p[st], v[st, k], "k.", ms=2)
+        ax.plot(p[un], v[un, k], ".", color="0.7", ms=2)
+    ax.plot([], [], "k-", lw=2, label="stable equilibrium")  # legend proxies (the dots are tiny)
+    ax.plot([], [], "-", color="0.7", lw=2, label="unstable equilibrium")
+    right = float(np.nanmin(p) + 0.7 * (np.nanmax(p) - np.nanmin(p)))
+    for j, (ph, vh) in enumerate(hopf):
+        ax.axvline(ph, color="tab:red", lw=0.8, ls="--")
+        ax.plot(ph, vh, "o", color="tab:red", ms=7, mec="white", label="Hopf" if j == 0 else None, zorder=5)
+        ax.annotate(f"Hopf\np = {ph:.1f}", (ph, vh), xytext=(-6, -24) if ph > right else (6, 8),
+                    textcoords="offset points", color="tab:red", fontsize=8, ha="right" if ph > right else "left")
+    for j, (pf, vf) in enumerate(fold):
+        ax.plot(pf, vf, "s", color="tab:purple", ms=7, mec="white", label="fold (saddle-node)" if j == 0 else None,
+                zorder=5)
+        ax.annotate(f"fold\np = {pf:.1f}", (pf, vf), xytext=(6, -22), textcoords="offset points",
+                    color="tab:purple", fontsize=8)
+    ax.set(xlabel="p_mean (pulses/s)", ylabel="v = y1 − y2 at equilibrium (mV)",
+           title=title or "Equilibria over the input")
+    ax.legend(fontsize=8, loc="best")
+    if path is not None:
+        fig.tight_layout()
         _save(fig, path)
     return fig

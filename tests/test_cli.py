@@ -100,11 +100,17 @@ def test_bad_input_exits_2_with_one_line(capsys, args, match):
 
 
 def test_installed_entry_point_has_help():
-    for cmd in ([], ["fixed-points"], ["simulate"], ["spectrum"], ["demo"]):
+    for cmd in ([], ["fixed-points"], ["simulate"], ["spectrum"], ["demo"], ["report"]):
         res = subprocess.run(
             [sys.executable, "-m", "jrinfer.cli", *cmd, "--help"], capture_output=True, text=True, timeout=60
         )
         assert res.returncode == 0 and "usage" in res.stdout
+
+
+def test_demo_writes_into_jrinfer_demo_by_default():
+    from jrinfer.cli import build_parser
+
+    assert build_parser().parse_args(["demo"]).out == "jrinfer-demo"
 
 
 def test_demo_runs_and_writes_outputs(tmp_path, capsys):
@@ -121,6 +127,19 @@ def test_demo_runs_and_writes_outputs(tmp_path, capsys):
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "with demo.png" in stdout
         assert (out / "fit" / "fit.png").read_bytes()[:4] == b"\x89PNG"
+        from selfcontained import check_self_contained
+
+        page = (out / "report.html").read_text(encoding="utf-8")
+        assert check_self_contained(page) >= 4  # fit, marginals, pair plot, model tour
+        assert "truth" in page and "Hopf" in page and "open " in stdout and "report.html" in stdout
+        assert (out / "fit" / "marginals.png").read_bytes()[:4] == b"\x89PNG"
+    if (out / "fit_eegmat").exists():  # the recording is in the cache: fitted, and the demo says so
+        assert "EEGMAT recording found in the data cache" in stdout
+        assert "eegmat_subject0_occipital" in summary["fits"]
+        if importlib.util.find_spec("matplotlib") is not None:
+            assert (out / "fit_eegmat" / "report.html").stat().st_size > 10_000
+    else:
+        assert "EEGMAT recording not in the data cache" in stdout
     assert not [q.name for q in out.rglob(".*")]  # no temporary files left behind
     header = (out / "bifurcation.csv").read_text().splitlines()[0]
     assert header == "p_mean,v,stable"

@@ -1,0 +1,490 @@
+"""``jrinfer report DIR``: one self-contained HTML page of a fit directory.
+
+The page reads what ``jrinfer fit`` writes (``summary.json`` and
+``posterior.nc``) and shows, top to bottom: the verdict (status, fit quality
+and every warning, where the user looks first), the data and settings, the
+parameter table (mean, sd, 5-95 %, units, contraction, "not informed"
+marked), the backend's diagnostics, the strongest posterior correlations
+(what the data constrain jointly), and the plots (fit with residuals,
+prior-vs-posterior marginals, pair plot). Figures are embedded as PNG data
+URIs: no external resources, no JavaScript, so the file can be mailed or
+archived and opens offline.
+
+matplotlib and ArviZ are imported lazily (only when a page is rendered).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+__all__ = ["render_report", "write_report", "report_html"]
+
+#: Pareto k-hat thresholds (Vehtari et al. 2024): below 0.5 good, up to 0.7 usable, above unreliable.
+_PARETO_OK, _PARETO_BAD = 0.5, 0.7
+#: |posterior correlation| reported as a trade-off between two parameters.
+_CORR_REPORT = 0.8
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;
+background:#fafafa;line-height:1.4}
+main{max-width:1100px;margin:0 auto;padding:18px 28px 48px}
+h1{font-size:1.55em;margin:.3em 0 .1em}h2{font-size:1.2em;margin:1.6em 0 .5em;border-bottom:1px solid #ddd;
+padding-bottom:.2em}
+.sub{color:#666;font-size:.9em;margin-bottom:1em}
+.verdict{border-radius:8px;padding:12px 18px;margin:12px 0;border:2px solid}
+.ok{background:#eef8ee;border-color:#4a9a4a}.warn{background:#fff6e5;border-color:#e0a030}
+.bad{background:#fdecec;border-color:#c62828}
+.verdict .head{font-size:1.15em;font-weight:600}
+.verdict ul{margin:.5em 0 0 1.1em;padding:0}.verdict li{margin:.3em 0}
+.metrics{display:flex;flex-wrap:wrap;gap:10px;margin:10px 0}
+.metric{background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px 12px;min-width:120px}
+.metric .v{font-size:1.25em;font-weight:600}.metric .k{font-size:.8em;color:#555}
+table{border-collapse:collapse;background:#fff;font-size:.92em}
+th,td{border:1px solid #ddd;padding:4px 9px;text-align:right}th{background:#f0f0f0}
+td.l,th.l{text-align:left}
+tr.uninf td{color:#8a1c1c;background:#fdf2f2}
+.tag{display:inline-block;font-size:.78em;padding:0 6px;border-radius:4px;background:#c62828;color:#fff}
+.tag.g{background:#4a9a4a}.tag.a{background:#e0a030}
+figure{margin:18px 0;background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px}
+figure img{max-width:100%;height:auto;display:block;margin:0 auto}
+figcaption{color:#444;font-size:.9em;margin-top:6px}
+code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.88em}
+pre{background:#fff;border:1px solid #ddd;padding:8px;overflow-x:auto}
+details{margin:8px 0}summary{cursor:pointer;color:#244a8a}
+.note{color:#555;font-size:.9em}
+"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _num(x, digits: int = 4) -> str:
+    """A number for a table cell (``—`` for None/NaN)."""
+    if x is None:
+        return "—"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    try:
+        xf = float(x)
+    except (TypeError, ValueError):
+        return _e(x)
+    if not math.isfinite(xf):
+        return "—"
+    return f"{xf:.{digits}g}"
+
+
+def _png_data_uri(fig, dpi: int = 100) -> str:
+    """A matplotlib Figure as a ``data:image/png;base64,...`` URI."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _load(fit_dir: Path):
+    """``(summary dict, Posterior)`` of a fit directory; FileNotFoundError/ValueError naming what is missing."""
+    from jrinfer.posterior import Posterior
+
+    fit_dir = Path(fit_dir)
+    if not fit_dir.is_dir():
+        raise FileNotFoundError(f"{fit_dir} is not a directory")
+    nc = fit_dir / "posterior.nc"
+    if not nc.is_file():
+        raise FileNotFoundError(f"{fit_dir} holds no posterior.nc (is it the output folder of a fit?)")
+    posterior = Posterior.from_netcdf(nc)
+    summary_path = fit_dir / "summary.json"
+    summary = {}
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{summary_path} is not valid JSON ({err})") from None
+    return summary, posterior
+
+
+def _severity(posterior) -> str:
+    """``"bad"`` (not converged or a misfit), ``"warn"`` (other warnings) or ``"ok"``."""
+    misfit = ("poor fit", "missed", "harmonic", "does not return")
+    if not posterior.converged or any(any(m in w for m in misfit) for w in posterior.warnings):
+        return "bad"
+    return "warn" if posterior.warnings else "ok"
+
+
+def _metric(key: str, value: str) -> str:
+    return f'<div class="metric"><div class="v">{value}</div><div class="k">{_e(key)}</div></div>'
+
+
+def _headline_metrics(posterior, summary) -> str:
+    q = posterior.fit_quality
+    items = []
+    if "r2_log_power" in q:
+        items.append(_metric("R² of log-power", _num(q["r2_log_power"], 3)))
+    if "explained_variance" in q:
+        items.append(_metric("explained variance", f"{100 * float(q['explained_variance']):.0f} %"))
+    if "peak_frequency_data_hz" in q:
+        items.append(_metric("alpha peak: data / model",
+                             f"{_num(q['peak_frequency_data_hz'])} / {_num(q['peak_frequency_model_hz'])} Hz"))
+    if "peak_latency_data_s" in q:
+        items.append(_metric("main peak: data / model",
+                             f"{1e3 * float(q['peak_latency_data_s']):.0f} / "
+                             f"{1e3 * float(q['peak_latency_model_s']):.0f} ms"))
+    if "standardised_residual_rms" in q:
+        items.append(_metric("standardised residual RMS", _num(q["standardised_residual_rms"], 3)))
+    if posterior.log_evidence is not None:
+        label = "free energy (nats)" if posterior.backend == "laplace" else "log evidence (nats)"
+        items.append(_metric(label, _num(posterior.log_evidence, 6)))
+    n_uninf = len(posterior.uninformed)
+    items.append(_metric("parameters informed", f"{len(posterior.names) - n_uninf} of {len(posterior.names)}"))
+    return '<div class="metrics">' + "".join(items) + "</div>"
+
+
+def _verdict(posterior, summary) -> str:
+    sev = _severity(posterior)
+    n = len(posterior.warnings)
+    status = "converged" if posterior.converged else f"did NOT converge ({posterior.status})"
+    head = {
+        "ok": f"Backend {status}; no warnings.",
+        "warn": f"Backend {status}; {n} warning{'s' if n != 1 else ''}: read before using the estimates.",
+        "bad": f"Backend {status}; {n} warning{'s' if n != 1 else ''}: the fit is not to be trusted as it stands.",
+    }[sev]
+    items = "".join(f"<li>{_e(w)}</li>" for w in posterior.warnings)
+    data_warns = (summary.get("data") or {}).get("warnings") or []
+    items += "".join(f"<li>data: {_e(w)}</li>" for w in data_warns)
+    msg = f'<div class="note">{_e(posterior.message)}</div>' if posterior.message else ""
+    return (f'<div class="verdict {sev}"><div class="head">{_e(head)}</div>'
+            + (f"<ul>{items}</ul>" if items else "") + msg + "</div>")
+
+
+def _data_section(posterior, summary) -> str:
+    from jrinfer.plotting import pretty_units
+
+    obs = posterior.observed or {}
+    data = summary.get("data") or {}
+    rows = []
+
+    def row(k, v):
+        rows.append(f'<tr><th class="l">{_e(k)}</th><td class="l">{v}</td></tr>')
+
+    if data.get("file"):
+        row("file", f"<code>{_e(data['file'])}</code>")
+    kind = data.get("kind") or ("spectrum" if obs.get("coord") == "freq" else "evoked" if obs else None)
+    if kind:
+        row("kind", _e(kind))
+    used = data.get("channels_used") or obs.get("channels")
+    if used:
+        row("channels used", _e(", ".join(map(str, used))))
+    if obs.get("channels") and list(obs["channels"]) != list(used or []):
+        row("fitted as", _e(", ".join(map(str, obs["channels"]))))
+    dropped = data.get("channels_dropped")
+    if dropped:
+        row("channels left out",
+            _e("; ".join(f"{d.get('channel')} ({d.get('reason')})" if isinstance(d, dict) else str(d) for d in dropped)))
+    elif "channels_dropped" in data:
+        row("channels left out", "none")
+    if obs.get("units"):
+        row("data units", _e(pretty_units(obs["units"])))
+    if obs.get("coord_values") is not None and len(obs["coord_values"]):
+        import numpy as np
+
+        x = np.asarray(obs["coord_values"], dtype=float)
+        if obs.get("coord") == "freq":
+            step = f", step {np.median(np.diff(x)):.3g} Hz" if x.size > 1 else ""
+            row("frequency range", f"{x.min():g}–{x.max():g} Hz ({x.size} frequencies{step})")
+        else:
+            row("time range", f"{1e3 * x.min():.0f} to {1e3 * x.max():.0f} ms ({x.size} samples)")
+    if summary.get("observation"):
+        row("observation", f"<code>{_e(summary['observation'])}</code>")
+    row("backend", _e(posterior.backend))
+    row("draws", f"{posterior.draws.shape[0]} chain(s) × {posterior.draws.shape[1]}")
+    fixed = (summary.get("prior") or {}).get("fixed") or {}
+    if fixed:
+        units = summary.get("fixed_units") or posterior.units
+        row("fixed parameters", _e(", ".join(
+            f"{k} = {_num(v)} {pretty_units(units.get(k, ''))}".rstrip() for k, v in fixed.items())))
+    pv = summary.get("prior_validity")
+    if isinstance(pv, dict) and pv.get("invalid_fraction") is not None:
+        row("prior draws the model cannot evaluate", f"{100 * float(pv['invalid_fraction']):.1f} %")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def _parameter_table(posterior, truth: dict | None = None) -> str:
+    from jrinfer.plotting import pretty_units
+    from jrinfer.posterior import CONTRACTION_UNINFORMED
+
+    s = posterior.summary()["parameters"]
+    head = ("<tr><th class='l'>parameter</th><th>mean</th><th>sd</th><th>5 %</th><th>95 %</th>"
+            "<th class='l'>units</th><th>contraction</th>" + ("<th>truth</th>" if truth else "") + "</tr>")
+    rows = []
+    for name, p in s.items():
+        c = p.get("contraction")
+        uninformed = c is not None and c < CONTRACTION_UNINFORMED
+        ctext = "—" if c is None else f"{c:.2f}"
+        if uninformed:
+            ctext += ' <span class="tag">not informed</span>'
+        truth_cell = ""
+        if truth:
+            t = truth.get(name)
+            inside = t is not None and p["q05"] <= t <= p["q95"]
+            truth_cell = f"<td>{_num(t)}{'' if t is None else (' ✓' if inside else ' ✗')}</td>"
+        rows.append(
+            f"<tr class='{'uninf' if uninformed else ''}'><td class='l'><b>{_e(name)}</b></td>"
+            f"<td>{_num(p['mean'])}</td><td>{_num(p['sd'], 3)}</td><td>{_num(p['q05'])}</td><td>{_num(p['q95'])}</td>"
+            f"<td class='l'>{_e(pretty_units(p.get('units')))}</td><td>{ctext}</td>{truth_cell}</tr>"
+        )
+    note = (f"<p class='note'>Contraction = 1 − posterior variance / prior variance (unconstrained coordinates); "
+            f"below {CONTRACTION_UNINFORMED:g} the posterior restates the prior: the data did not inform the "
+            "parameter.</p>")
+    return "<table>" + head + "".join(rows) + "</table>" + note
+
+
+def _quality_table(posterior) -> str:
+    q = posterior.fit_quality
+    if not q:
+        return "<p class='note'>No fit-quality metrics recorded.</p>"
+    rows = "".join(f"<tr><th class='l'>{_e(k)}</th><td>{_num(v)}</td></tr>" for k, v in q.items())
+    return "<table>" + rows + "</table>"
+
+
+def _diagnostics(posterior, summary) -> str:
+    d = dict(posterior.diagnostics or {})
+    rows = []
+
+    def row(k, v, tag=""):
+        rows.append(f"<tr><th class='l'>{_e(k)}</th><td>{v}</td><td class='l'>{tag}</td></tr>")
+
+    if posterior.log_evidence is not None:
+        label = "free energy F (nats)" if posterior.backend == "laplace" else "log evidence (nats)"
+        row(label, _num(posterior.log_evidence, 7), "compare only fits to the same data in the same units")
+    for k, label in (("accuracy", "accuracy (nats)"), ("complexity", "complexity (nats)")):
+        if k in d:
+            row(label, _num(d.pop(k), 6))
+    d.pop("free_energy", None)
+    trace = d.pop("free_energy_trace", None)
+    if "n_iter" in d:
+        row("iterations", _num(d.pop("n_iter")))
+    if "pareto_k" in d:
+        k = d.pop("pareto_k")
+        try:
+            kf = float(k)
+            tag = ('<span class="tag g">good</span>' if kf < _PARETO_OK else
+                   '<span class="tag a">usable</span>' if kf <= _PARETO_BAD else
+                   '<span class="tag">unreliable: the Gaussian approximation misses the posterior\'s shape</span>')
+        except (TypeError, ValueError):
+            tag = ""
+        row("Pareto k̂ (importance check of the Gaussian)", _num(k, 3), tag)
+    if "importance_ess" in d:
+        row("importance-sampling ESS", _num(d.pop("importance_ess"), 4))
+    if "fraction_invalid_draws" in d:
+        f = d.pop("fraction_invalid_draws")
+        row("invalid posterior draws", f"{100 * float(f):.1f} %" if f is not None else "—",
+            "draws where the model cannot be evaluated (e.g. past the Hopf bifurcation)")
+    inv = d.pop("invalid_draws", None)
+    if isinstance(inv, dict):
+        text = f"{inv.get('n_invalid', 0)} of {inv.get('n_checked', '?')}"
+        reasons = inv.get("reasons") or []
+        row("invalid predictive draws", text, _e(reasons[0]) if reasons else "")
+    for k, v in d.items():  # every other backend's scalars (R-hat, ESS, divergences, ...)
+        if isinstance(v, (int, float, str, bool)) or v is None:
+            row(k, _num(v))
+        else:
+            row(k, f"<code>{_e(json.dumps(v, default=str)[:300])}</code>")
+    out = "<table>" + "".join(rows) + "</table>"
+    if trace:
+        out += f"<p class='note'>Free-energy trace over iterations: {_e(', '.join(_num(t, 6) for t in trace))}</p>"
+    return out
+
+
+def _correlations(posterior) -> str:
+    """The strongest posterior correlations: combinations the data constrain jointly (an identifiability headline)."""
+    import numpy as np
+
+    d = posterior.draws.reshape(-1, len(posterior.names))
+    sd = d.std(0)
+    ok = [i for i in range(len(posterior.names)) if sd[i] > 0 and np.isfinite(sd[i])]
+    if len(ok) < 2:
+        return ""
+    x = d[:, ok]
+    x = np.where(x > 0, np.log(np.abs(x) + 1e-300), x) if (x > 0).all() else x
+    r = np.corrcoef(x.T)
+    pairs = sorted(((abs(r[a, b]), r[a, b], a, b) for a in range(len(ok)) for b in range(a + 1, len(ok))
+                    if np.isfinite(r[a, b])), reverse=True)
+    strong = [p for p in pairs if p[0] >= _CORR_REPORT]
+    uninf = posterior.uninformed
+    parts = []
+    if uninf:
+        parts.append(f"<p><b>Not informed by the data</b> (estimate ≈ prior): {_e(', '.join(uninf))}.</p>")
+    if strong:
+        items = "".join(
+            f"<li><b>{_e(posterior.names[ok[a]])}</b> and <b>{_e(posterior.names[ok[b]])}</b>: r = {rv:+.2f} "
+            f"({'they trade off: the data fix a ratio/product, not each' if rv < 0 else 'they move together'})</li>"
+            for _, rv, a, b in strong[:8])
+        parts.append(f"<p>Strong posterior correlations (|r| ≥ {_CORR_REPORT:g}, log scale for positive "
+                     f"parameters):</p><ul>{items}</ul>")
+    else:
+        top = pairs[0] if pairs else None
+        if top is not None:
+            parts.append(f"<p>No posterior correlation reaches |r| ≥ {_CORR_REPORT:g} (strongest: "
+                         f"{_e(posterior.names[ok[top[2]]])}–{_e(posterior.names[ok[top[3]]])}, r = {top[1]:+.2f}).</p>")
+    parts.append("<p class='note'>For structural and sloppy directions at a parameter set, run "
+                 "<code>jrinfer identifiability</code>.</p>")
+    return "".join(parts)
+
+
+def _figures(posterior) -> list[tuple[str, str]]:
+    """``[(data URI, caption)]`` of the page's plots (fit, marginals, pair plot)."""
+    from jrinfer import plotting
+
+    figs = []
+    if posterior.observed is not None and posterior.predictive is not None:
+        spectral = posterior.observed["coord"] == "freq"
+        fig = plotting.plot_fit(posterior, title=f"{posterior.backend}: {posterior.status}")
+        cap = ("Data (black) on log-power axes with the fit and the 90 % posterior predictive band; alpha band "
+               "shaded, data and model peaks marked (6–14 Hz). Below: standardised log-power residuals "
+               "(grey: ±2; red dots beyond ±3)." if spectral else
+               "Evoked response: data (black), fit and the 90 % posterior predictive band, main peaks marked. "
+               "Below: residual data − fit.")
+        figs.append((_png_data_uri(fig), cap))
+    figs.append((_png_data_uri(plotting.plot_marginals(posterior)),
+                 "Prior (grey) and posterior (blue) marginals in natural units: probability per bin; "
+                 "titles give the contraction, 'not informed' in red."))
+    try:
+        fig = plotting.plot_pair(posterior)
+    except (ImportError, ValueError):
+        fig = None
+    if fig is not None:
+        figs.append((_png_data_uri(fig), "Pair plot (ArviZ) of the parameters in the strongest posterior "
+                                         "correlations: scatter of draws, marginal densities on the diagonal."))
+    return figs
+
+
+def report_html(posterior, summary: dict | None = None, *, title: str | None = None, truth: dict | None = None,
+                extra_sections: list[tuple[str, str]] | None = None) -> str:
+    """The report page of a fit as one HTML string (figures inline as PNG data URIs).
+
+    Parameters
+    ----------
+    posterior : Posterior
+        The fit (e.g. from :meth:`Posterior.from_netcdf`).
+    summary : dict, optional
+        ``summary.json`` of ``jrinfer fit`` (data file, channels, prior,
+        observation settings); without it the page shows what the posterior
+        holds.
+    title : str, optional
+        Page title (default: the data file's name).
+    truth : dict, optional
+        Known parameter values (synthetic data): a "truth" column, ✓ when
+        inside the 90 % interval.
+    extra_sections : list of (str, str), optional
+        ``(heading, HTML)`` sections appended after the plots; the HTML is
+        inserted as is (it must be self-contained too).
+
+    Returns
+    -------
+    str
+    """
+    import jrinfer
+
+    summary = summary or {}
+    file = (summary.get("data") or {}).get("file")
+    title = title or (f"Fit of {Path(file).name}" if file else "jrinfer fit")
+    when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    figs = _figures(posterior)
+    fig_html = "".join(f'<figure><img alt="{_e(cap[:60])}" src="{uri}"><figcaption>{_e(cap)}</figcaption></figure>'
+                       for uri, cap in figs)
+    prior = summary.get("prior")
+    prior_html = ""
+    if prior:
+        prior_html = ("<details><summary>Prior (JSON, usable with <code>--prior</code>)</summary><pre>"
+                      + _e(json.dumps(prior, indent=1, default=str)) + "</pre></details>")
+    extra = "".join(f"<h2>{_e(h)}</h2>{body}" for h, body in (extra_sections or []))
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>",
+        f"<h1>{_e(title)}</h1>",
+        f'<div class="sub">jrinfer {_e(getattr(jrinfer, "__version__", ""))} · {_e(posterior.backend)} · '
+        f"written {_e(when)}</div>",
+        _verdict(posterior, summary),
+        _headline_metrics(posterior, summary),
+        "<h2>Data and settings</h2>", _data_section(posterior, summary),
+        "<h2>Parameters</h2>", _parameter_table(posterior, truth),
+        "<h2>What the data constrain</h2>", _correlations(posterior),
+        "<h2>Fit quality</h2>", _quality_table(posterior),
+        "<h2>Backend diagnostics</h2>", _diagnostics(posterior, summary),
+        "<h2>Plots</h2>", fig_html,
+        extra,
+        "<h2>Prior</h2>" + prior_html if prior_html else "",
+        "</main></body></html>",
+    ]
+    return "\n".join(p for p in parts if p)
+
+
+def write_report(posterior, path, summary: dict | None = None, *, overwrite: bool = False, **kwargs) -> Path:
+    """Write :func:`report_html` to ``path`` atomically; refuses to replace a file unless ``overwrite``.
+
+    Parameters
+    ----------
+    posterior : Posterior
+        The fit.
+    path : str or Path
+        The HTML file to write.
+    summary : dict, optional
+        The fit's ``summary.json``.
+    overwrite : bool
+        Replace an existing file.
+    **kwargs
+        Passed to :func:`report_html` (``title``, ``truth``, ``extra_sections``).
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    from jrinfer._io import check_writable, write_text
+
+    path = check_writable(path, overwrite=overwrite, what="report")
+    page = report_html(posterior, summary, **kwargs)  # render first: a failure leaves no file behind
+    return write_text(path, page)
+
+
+def render_report(fit_dir, out=None, *, overwrite: bool = False, **kwargs) -> Path:
+    """Render the report page of a fit directory written by ``jrinfer fit``.
+
+    Parameters
+    ----------
+    fit_dir : str or Path
+        Folder with ``posterior.nc`` (required) and ``summary.json``.
+    out : str or Path, optional
+        HTML file to write (default ``fit_dir / "report.html"``).
+    overwrite : bool
+        Replace an existing page (CLI: ``--force``).
+    **kwargs
+        Passed to :func:`report_html`.
+
+    Returns
+    -------
+    pathlib.Path
+        The page written.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``fit_dir`` or its ``posterior.nc`` is missing.
+    FileExistsError
+        When ``out`` exists and ``overwrite`` is False.
+    """
+    fit_dir = Path(fit_dir)
+    out = fit_dir / "report.html" if out is None else Path(out)
+    from jrinfer._io import check_writable
+
+    check_writable(out, overwrite=overwrite, what="report")  # before the (slow) rendering
+    summary, posterior = _load(fit_dir)
+    return write_report(posterior, out, summary, overwrite=overwrite, **kwargs)

@@ -1,0 +1,164 @@
+"""``jrinfer report``: a self-contained HTML page of a fit, and the plots it shows."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("arviz")
+
+from jrinfer import Posterior  # noqa: E402
+from jrinfer.cli import main  # noqa: E402
+from selfcontained import PNG, check_self_contained  # noqa: E402
+
+MISFIT = "poor fit: R^2 of log-power = 0.41 (< 0.9); try --method simulation"
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _posterior(kind="spectrum", rng=None):
+    """A small fit-like Posterior (no fitting): known draws, data, predictive, prior, warnings."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    names = ("A", "a", "gain", "log_precision")
+    units = {"A": "mV", "a": "1/s", "gain": "1", "log_precision": "1", "e0": "1/s"}
+    n = 400
+    A = rng.lognormal(np.log(3.25), 0.05, n)
+    draws = np.stack([A, rng.normal(100, 3, n), 0.013 / A * rng.lognormal(0, 0.02, n), rng.normal(3, 0.1, n)], -1)
+    prior = np.stack([rng.lognormal(np.log(3.25), 0.2, 200), rng.lognormal(np.log(100), 0.2, 200),
+                      rng.lognormal(np.log(0.004), 1.5, 200), rng.normal(3, 2, 200)], -1)
+    if kind == "spectrum":
+        x = np.arange(2.0, 40.01, 0.5)
+        fit = 10.0 / x + 30 * np.exp(-0.5 * ((x - 10.25) / 1.2) ** 2)
+        y = fit * np.exp(0.2 * rng.standard_normal(x.size))
+        pred = fit * np.exp(0.2 * rng.standard_normal((1, 100, 1, x.size)))
+        observed = {"values": y[None], "coord": "freq", "coord_values": x, "coord_units": "Hz",
+                    "channels": ["O1"], "units": "uV^2/Hz"}
+        quality = {"r2_log_power": 0.41, "peak_frequency_data_hz": 10.5, "peak_frequency_model_hz": 10.0,
+                   "residual_sd_log_power": 0.2}
+    else:
+        x = np.arange(-0.1, 0.4, 0.004)
+        fit = -5 * np.exp(-0.5 * ((x - 0.1) / 0.02) ** 2) * (x > 0)
+        y = fit + 0.3 * rng.standard_normal(x.size)
+        pred = fit + 0.3 * rng.standard_normal((1, 100, 1, x.size))
+        observed = {"values": y[None], "coord": "time", "coord_values": x, "coord_units": "s",
+                    "channels": ["EEG 001"], "units": "uV"}
+        quality = {"explained_variance": 0.41, "peak_latency_data_s": 0.1, "peak_latency_model_s": 0.1}
+    return Posterior(
+        names=names, draws=draws[None], backend="laplace", status="converged", message="converged after 7 iterations",
+        log_evidence=-123.4, diagnostics={"pareto_k": 0.91, "fraction_invalid_draws": 0.02, "n_iter": 7,
+                                          "invalid_draws": {"n_checked": 100, "n_invalid": 2, "fraction": 0.02,
+                                                            "reasons": ["upper equilibrium unstable"]}},
+        observed=observed, predictive=pred, prior_draws=prior[None], units=units, fit=fit[None],
+        fit_quality=quality, contraction={"A": 0.1, "a": 0.9, "gain": 0.95, "log_precision": 0.99},
+        warnings=(MISFIT,),
+    )
+
+
+def _fit_dir(tmp_path, kind="spectrum"):
+    post = _posterior(kind)
+    d = tmp_path / f"fit_{kind}"
+    d.mkdir()
+    post.to_netcdf(d / "posterior.nc")
+    summary = {**post.summary(), "data": {"file": "/data/rest.edf", "kind": kind, "channels_used": ["O1"],
+                                          "channels_dropped": [{"channel": "ECG", "reason": "not EEG"}]},
+               "observation": "SpectrumObservation(method='transfer')", "prior": {"fixed": {"e0": 2.5}}}
+    (d / "summary.json").write_text(json.dumps(summary, default=float))
+    return d
+
+
+def test_report_page_is_self_contained_and_puts_the_misfit_on_top(tmp_path, capsys):
+    d = _fit_dir(tmp_path)
+    code, out, err = run(capsys, "report", str(d))
+    assert code == 0, err
+    page = (d / "report.html").read_text(encoding="utf-8")
+    assert check_self_contained(page) >= 3  # fit, marginals, pair plot
+    # the warning comes before the tables and the plots, in the red (misfit) box
+    verdict = page.index('class="verdict bad"')
+    assert verdict < page.index(MISFIT.replace("<", "&lt;")) < page.index("<h2>Parameters</h2>") < page.index("<img")
+    for text in ("not informed", "µV²/Hz", "s⁻¹", "/data/rest.edf", "ECG (not EEG)", "2–40 Hz", "Pareto k",
+                 "unreliable", "-123.4", "invalid posterior draws", "2.0 %", "SpectrumObservation(method="):
+        assert text in page, text
+    assert not [q.name for q in d.iterdir() if q.name.startswith(".")]  # atomic write left nothing behind
+    # never overwrites without --force; errors are one line in CLI words
+    code, _, err = run(capsys, "report", str(d))
+    assert code == 2 and "--force" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, "report", str(d), "--force", "--out", str(tmp_path / "page.html"), "--json")
+    assert code == 0 and (tmp_path / "page.html").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [(["report", "missing_dir"], "DIR missing_dir: no such directory"), (["report", "."], "no posterior.nc")],
+)
+def test_report_bad_input_exits_2(tmp_path, capsys, monkeypatch, args, match):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *args)
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_of_an_evoked_fit(tmp_path):
+    from jrinfer.report import render_report
+
+    d = _fit_dir(tmp_path, "evoked")
+    page = render_report(d).read_text(encoding="utf-8")
+    assert check_self_contained(page) >= 3
+    assert "explained variance" in page and "−100 to 396 ms" not in page and "-100 to 396 ms" in page
+
+
+def test_plots_people_expect(tmp_path):
+    from jrinfer import plotting
+
+    post = _posterior()
+    fig = plotting.plot_fit(post, tmp_path / "fit.png")
+    assert (tmp_path / "fit.png").read_bytes()[:8] == PNG
+    ax, rax = fig.axes[:2]
+    assert ax.get_yscale() == "log" and "µV²/Hz" in ax.get_ylabel()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("alpha band" in t for t in labels) and "posterior predictive 90 %" in labels
+    x, y = post.observed["coord_values"], post.observed["values"][0]
+    band = (x >= 6) & (x <= 14)
+    assert f"data peak {x[band][y[band].argmax()]:.2f} Hz" in labels and "model peak 10.00 Hz" in labels
+    assert "residual" in rax.get_ylabel()
+    fig = plotting.plot_marginals(post)
+    titles = [a.get_title() for a in fig.axes if a.get_visible()]
+    assert any("A" in t and "not informed" in t for t in titles) and not any("gain" in t and "not" in t for t in titles)
+    assert plotting._pair_names(post, 2) == ["A", "gain"]  # the strongest trade-off
+    fig = plotting.plot_pair(post, names=["A", "gain", "a"])
+    assert len([a for a in fig.axes if a.get_visible()]) >= 6
+    with pytest.raises(ValueError, match="not parameters"):
+        plotting.plot_marginals(post, names=["nope"])
+    fig = plotting.plot_evoked_fit(_posterior("evoked"))
+    assert "µV" in fig.axes[0].get_ylabel()
+    assert plotting.pretty_units("uV^2/Hz") == "µV²/Hz" and plotting.pretty_units("1/s") == "s⁻¹"
+    assert plotting.pretty_units("1") == "" and plotting.pretty_units("mV") == "mV"
+
+
+def test_bifurcation_diagram_labels_hopf_and_fold():
+    from jrinfer import plotting
+
+    p = np.linspace(0, 350, 50)
+    v = np.stack([np.linspace(6, 8, 50), np.where(p < 110, 4 - p / 60, np.nan), np.where(p < 110, p / 60, np.nan)], 1)
+    stable = np.ones(v.shape, bool)
+    fig = plotting.plot_bifurcation(p, v, stable, hopf=[(89.8, 6.7), (315.7, 8.1)], fold=[(113.6, 2.6)])
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert "Hopf\np = 89.8" in texts and "Hopf\np = 315.7" in texts and "fold\np = 113.6" in texts
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "Hopf" in labels and "fold (saddle-node)" in labels
+
+
+def test_fit_report_flag_writes_the_page(tmp_path, capsys):
+    from importlib import resources
+
+    csv = resources.files("jrinfer") / "_data" / "synthetic_spectrum.csv"
+    out = tmp_path / "fit"
+    code, stdout, err = run(capsys, "fit", str(csv), "--kind", "spectrum", "--out", str(out), "--report")
+    assert code == 0, err
+    assert "report.html" in stdout
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert check_self_contained(page) >= 3 and "synthetic_spectrum.csv" in page
