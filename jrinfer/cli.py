@@ -441,7 +441,9 @@ def _cmd_fit(args) -> int:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # non-convergence is reported in summary.json
-        posterior = VariationalLaplace(progress=args.progress, max_iter=args.max_iter).fit(problem, seed=args.seed)
+        posterior = VariationalLaplace(progress=args.progress, max_iter=args.max_iter).fit(
+            problem, seed=args.seed, resample=args.resample
+        )
     summary = posterior.summary()
     summary["free_energy"] = posterior.log_evidence
     summary["n_iter"] = posterior.diagnostics.get("n_iter")
@@ -458,6 +460,9 @@ def _cmd_fit(args) -> int:
     summary["prior"] = prior.to_dict()
     summary["prior_validity"] = problem.prior_validity(1000, seed=args.seed)
     summary["observation"] = repr(obs)
+    from jrinfer.identifiability import headline
+
+    summary["identifiability"] = headline(posterior, prior)
     out.mkdir(parents=True, exist_ok=True)
     from jrinfer._io import write_text
 
@@ -476,6 +481,7 @@ def _cmd_fit(args) -> int:
         print(json.dumps(summary, default=float))
     else:
         print(posterior)
+        print(f"  {summary['identifiability']} (see jrinfer identifiability for the structural trade-offs)")
         print(f"wrote {out}/summary.json, posterior.nc{', fit.png' if plotted else ''}{', report.html' if report else ''}")
     if args.json:  # the printed summary shows them otherwise
         for w in posterior.warnings:
@@ -544,8 +550,14 @@ def _cmd_identifiability(args) -> int:
         grid = torch.arange(args.tmin, args.tmax + 0.5 * args.step, args.step, dtype=torch.float64)
     if grid.numel() < 2:
         raise UsageError("the data grid has fewer than 2 points: check --fmin/--fmax/--df or --tmin/--tmax/--step")
-    problem, theta = idf.jansen_rit_problem(args.kind, values, free, noise=args.noise, grid=grid)
-    meta = {"kind": args.kind, "theta": theta, "noise": args.noise, "n_points": int(grid.numel())}
+    for name in args.profile or ():
+        if name not in free:
+            raise UsageError(
+                f"--profile {name}: not a free parameter; add it to --free (free now: {','.join(free)})"
+            )
+    noise = args.noise if args.noise is not None else (0.1 if args.kind == "spectrum" else 0.5)
+    problem, theta = idf.jansen_rit_problem(args.kind, values, free, noise=noise, grid=grid)
+    meta = {"kind": args.kind, "theta": theta, "noise": noise, "n_points": int(grid.numel())}
     report = idf.identifiability_report(problem, theta, profiles=args.profile or (), n_points=args.points, meta=meta)
     out.mkdir(parents=True, exist_ok=True)
     report.to_json(out / "report.json")
@@ -688,6 +700,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior draws")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.add_argument("--json", action="store_true", help="print summary.json on stdout")
+    p.add_argument(
+        "--resample",
+        action="store_true",
+        help="laplace: return the Pareto-smoothed importance-resampled draws (closer to the true posterior "
+        "when the Gaussian's k-hat is high)",
+    )
     p.add_argument("--report", action="store_true", help="also write --out/report.html (as 'jrinfer report' does)")
     p.set_defaults(func=_cmd_fit)
 

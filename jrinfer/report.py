@@ -136,8 +136,8 @@ def _headline_metrics(posterior, summary) -> str:
         items.append(_metric("main peak: data / model",
                              f"{1e3 * float(q['peak_latency_data_s']):.0f} / "
                              f"{1e3 * float(q['peak_latency_model_s']):.0f} ms"))
-    if "standardised_residual_rms" in q:
-        items.append(_metric("standardised residual RMS", _num(q["standardised_residual_rms"], 3)))
+    if "standardised_residual_max_abs" in q:
+        items.append(_metric("largest standardised residual", _num(q["standardised_residual_max_abs"], 3)))
     if posterior.log_evidence is not None:
         label = "free energy (nats)" if posterior.backend == "laplace" else "log evidence (nats)"
         items.append(_metric(label, _num(posterior.log_evidence, 6)))

@@ -157,7 +157,7 @@ class VariationalLaplace(LaplaceEngine):
             warnings.append(
                 f"the Gaussian (Laplace) posterior is not reliable here: Pareto k-hat = {pareto_k:.2f} (> 0.7) "
                 "comparing it with the true posterior; use a sampler (backend nuts or smc), or "
-                "fit(..., resample=True) for importance-resampled draws"
+                "importance-resampled draws (fit(..., resample=True); CLI --resample)"
             )
         if invalid_fraction > INVALID_FRACTION_WARN:
             warnings.append(
