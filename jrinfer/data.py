@@ -818,7 +818,10 @@ class SpectrumData:
                 hi = math.inf if fmax is None else _checks.check_scalar("fmax", fmax)
                 inside = (f >= lo) & (f <= hi)
                 if not bool(inside.any()):
-                    raise ValueError(f"fmin={fmin}, fmax={fmax} leave no frequency of {f[0].item():g} to {f[-1].item():g} Hz")
+                    raise ValueError(
+                        f"fmin={fmin}, fmax={fmax} give an empty frequency window: the data hold "
+                        f"{f[0].item():g} to {f[-1].item():g} Hz"
+                    )
                 f, p = f[inside], p[:, inside]
             if bands:
                 keep = _band_mask(f, bands, "exclude")
