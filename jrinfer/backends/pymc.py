@@ -558,10 +558,13 @@ class SMC:
             m = lml[finite].max()
             log_ev = float(m + math.log(np.mean(np.exp(lml[finite] - m))))
         diag["log_marginal_likelihood_chains"] = [float(x) for x in lml]
-        diag["log_evidence_se"] = float(np.std(lml, ddof=1) / math.sqrt(lml.size)) if lml.size > 1 else None
+        diag["log_evidence_se"] = (
+            float(np.std(lml, ddof=1) / math.sqrt(lml.size)) if lml.size > 1 and finite.all() else None
+        )
         betas = idata.sample_stats["beta"].values if "beta" in idata.sample_stats else None
         if betas is not None:
-            diag["n_stages"] = [int(len(np.atleast_1d(b))) for b in np.asarray(betas, dtype=object).reshape(-1)]
+            b = np.asarray(betas, dtype=object).reshape(np.shape(betas)[0], -1)
+            diag["n_stages"] = [int(sum(not np.isnan(float(v)) for v in row)) for row in b]
         op = model.jrinfer_op
         diag["loglike_evaluations"] = op.n_calls
         diag["loglike_failures"] = op.n_failed
@@ -590,6 +593,11 @@ class SMC:
 
 
 def _final_stage(values) -> np.ndarray:
-    """Per-chain log marginal likelihood from PyMC's sample_stats (the last stage's value)."""
-    arr = np.asarray(values, dtype=object).reshape(-1)
-    return np.array([float(np.atleast_1d(np.asarray(v, dtype=float))[-1]) for v in arr], dtype=float)
+    """Per-chain log marginal likelihood from PyMC's sample_stats ``(chain, stage)``, NaN-padded: the last finite."""
+    rows = np.asarray(values, dtype=object).reshape(np.shape(values)[0], -1)
+    out = []
+    for row in rows:
+        r = np.array([float(v) for v in row], dtype=float)
+        r = r[~np.isnan(r)]
+        out.append(r[-1] if r.size else -math.inf)
+    return np.array(out, dtype=float)
