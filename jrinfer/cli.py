@@ -417,10 +417,10 @@ def _cmd_fit(args) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise UsageError(f"--out {args.out}: directory is not empty; pass --force to overwrite its files")
-    if args.backend != "laplace":
+    if args.backend not in ("laplace", "nuts", "smc"):
         raise UsageError(
-            f"--backend {args.backend} is not available in this version yet; use --backend laplace "
-            "(variational Laplace)"
+            f"--backend {args.backend} is not available in this version yet; use --backend laplace, nuts or smc"
+            " (variational Laplace, or MCMC through PyMC)"
         )
     data = _load_data(args)
     if args.kind == "spectrum":
@@ -441,9 +441,18 @@ def _cmd_fit(args) -> int:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # non-convergence is reported in summary.json
-        posterior = VariationalLaplace(progress=args.progress, max_iter=args.max_iter).fit(
-            problem, seed=args.seed, resample=args.resample
-        )
+        if args.backend == "nuts":  # PyMC backends: R-hat, ESS, divergences land in summary["diagnostics"]
+            from jrinfer.backends.pymc import NUTS
+
+            posterior = NUTS(seed=args.seed, progress=args.progress).fit(problem)
+        elif args.backend == "smc":
+            from jrinfer.backends.pymc import SMC
+
+            posterior = SMC(seed=args.seed, progress=args.progress).fit(problem)
+        else:
+            posterior = VariationalLaplace(progress=args.progress, max_iter=args.max_iter).fit(
+                problem, seed=args.seed, resample=args.resample
+            )
     summary = posterior.summary()
     summary["free_energy"] = posterior.log_evidence
     summary["n_iter"] = posterior.diagnostics.get("n_iter")

@@ -25,7 +25,20 @@ def _laplace(problem, seed):
     return VariationalLaplace().fit(problem, n_draws=400, n_predictive=60, seed=seed)
 
 
+def _nuts(problem, seed):
+    from jrinfer.backends.pymc import NUTS
+
+    # small settings: the contract checks the plumbing; accuracy is tested in test_pymc.py
+    return NUTS(chains=2, tune=100, draws=100, seed=seed).fit(problem, n_predictive=60)
+
+
 BACKENDS = {"laplace": _laplace}
+try:
+    import pymc  # noqa: F401
+
+    BACKENDS["nuts"] = _nuts
+except ImportError:  # the mcmc extra is not installed
+    pass
 BAD_INPUT = {
     "laplace": [
         (lambda p: VariationalLaplace().fit(p, seed=-1), "seed"),
@@ -34,8 +47,22 @@ BAD_INPUT = {
         (lambda p: VariationalLaplace().fit("spectrum.csv"), "problem"),
         (lambda p: VariationalLaplace().fit(p, resample="yes"), "resample"),
         (lambda p: VariationalLaplace(max_iter=0), "max_iter"),
-    ]
+    ],
+    "nuts": [
+        (lambda p: _nuts_cls()(seed=-1), "seed"),
+        (lambda p: _nuts_cls()(draws=0), "draws"),
+        (lambda p: _nuts_cls()(target_accept=0.0), "target_accept"),
+        (lambda p: _nuts_cls()(chains=1, tune=1, draws=1).fit(p, n_predictive=-3), "n_predictive"),
+        (lambda p: _nuts_cls()().fit("spectrum.csv"), "problem"),
+        (lambda p: _nuts_cls()(progress="yes"), "progress"),
+    ],
 }
+
+
+def _nuts_cls():
+    from jrinfer.backends.pymc import NUTS
+
+    return NUTS
 
 
 def _spectrum_problem():

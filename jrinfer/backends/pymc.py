@@ -1,0 +1,603 @@
+"""MCMC backends through PyMC: NUTS and SMC on any :class:`~jrinfer.InverseProblem`.
+
+The problem's log-likelihood is evaluated by the torch model inside a PyTensor
+``Op`` (float64, no casting) whose gradient is a vector-Jacobian product from
+torch autograd; the prior is mirrored as PyMC distributions on the prior's own
+unconstrained coordinates ``z``, so the model's log density is exactly
+:meth:`InverseProblem.log_joint_unconstrained` (checked in the tests to 1e-10):
+
+============  =======================================  ===========================
+jrinfer prior  PyMC variable ``<name>_z`` (no transform)  natural value (Deterministic ``<name>``)
+============  =======================================  ===========================
+LogNormal      ``Normal(log median, sd_log)``              ``exp(z)``
+Normal         ``Normal(mean, sd)``                         ``z``
+Uniform        ``Logistic(0, 1)``                           ``low + (high - low) sigmoid(z)``
+============  =======================================  ===========================
+
+These are the densities of ``z`` implied by each prior and its transform
+(log-normal -> normal in log space; uniform -> standard logistic in logit
+space), so no Jacobian term is needed and PyMC samples ``z`` directly; draws
+are reported in natural units through ``prior.from_unconstrained``.
+
+``import jrinfer`` does not import PyMC: this submodule imports it lazily
+(``pip install 'jrinfer[mcmc]'``).
+
+References
+----------
+M. D. Hoffman, A. Gelman (2014), "The No-U-Turn Sampler: adaptively setting
+path lengths in Hamiltonian Monte Carlo", JMLR 15:1593-1623.
+P. Del Moral, A. Doucet, A. Jasra (2006), "Sequential Monte Carlo samplers",
+JRSS B 68:411-436; J. Ching, Y.-C. Chen (2007), "Transitional Markov chain Monte
+Carlo method", J. Eng. Mech. 133:816-832 (the tempering scheme of
+``pymc.sample_smc``).
+A. Vehtari, A. Gelman, D. Simpson, B. Carpenter, P.-C. Bürkner (2021),
+"Rank-normalization, folding, and localization: an improved R-hat", Bayesian
+Analysis 16:667-718 (the R-hat and ESS thresholds).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from jrinfer import _checks
+from jrinfer._optional import optional_import
+
+__all__ = ["NUTS", "SMC", "problem_to_pymc", "loglike_op", "RHAT_MAX", "ESS_MIN_PER_CHAIN"]
+
+#: R-hat above which a fit warns (Vehtari et al. 2021).
+RHAT_MAX = 1.01
+#: Bulk and tail ESS per chain below which a fit warns (100 per chain: 400 for 4 chains).
+ESS_MIN_PER_CHAIN = 100
+
+
+def _pymc():
+    return optional_import("pymc", purpose="the NUTS and SMC backends")
+
+
+@lru_cache(maxsize=None)
+def _op_classes():
+    """Define the Op classes on first use (PyTensor is imported only here)."""
+    optional_import("pymc", purpose="the NUTS and SMC backends")
+    import pytensor.tensor as pt
+    from pytensor.graph.basic import Apply
+    from pytensor.graph.op import Op
+
+    class TorchLogLike(Op):
+        """``log p(y | theta(z))`` of an InverseProblem as a PyTensor Op.
+
+        Input ``z``: float64 vector ``(n_params,)`` in the prior's
+        unconstrained coordinates. Outputs: the log-likelihood (float64
+        scalar) and, with ``with_grad=True``, its gradient ``(n_params,)``.
+        Any failed or invalid evaluation (an exception, NaN, ``-inf``, a
+        non-finite gradient) gives ``-inf`` and a zero gradient, never NaN;
+        failures are counted in ``n_failed`` with the first message in
+        ``first_error``.
+        """
+
+        __props__ = ("problem_id", "with_grad")
+
+        def __init__(self, problem, with_grad: bool = True):
+            self.problem = problem
+            self.problem_id = id(problem)
+            self.with_grad = bool(with_grad)
+            self.n_calls = 0
+            self.n_failed = 0
+            self.first_error = None
+
+        def make_node(self, z):
+            z = pt.as_tensor_variable(z)
+            if z.type.dtype != "float64" or z.type.ndim != 1:
+                raise TypeError(
+                    f"z must be a float64 vector (n_params,) = ({self.problem.n_params},); got dtype {z.type.dtype}, "
+                    f"ndim {z.type.ndim} (no silent casting: cast it explicitly)"
+                )
+            outputs = [pt.dscalar()]
+            if self.with_grad:
+                outputs.append(pt.dvector())
+            return Apply(self, [z], outputs)
+
+        def evaluate(self, z: np.ndarray) -> tuple[float, np.ndarray | None]:
+            """Log-likelihood (and gradient) at one ``z`` ``(n_params,)``; ``(-inf, zeros)`` where invalid."""
+            self.n_calls += 1
+            problem = self.problem
+            if z.shape != (problem.n_params,):
+                raise ValueError(f"z must have shape ({problem.n_params},), got {z.shape}")
+            zt = torch.from_numpy(np.array(z, dtype=np.float64, copy=True)).requires_grad_(self.with_grad)
+            value, grad = -math.inf, np.zeros(problem.n_params)
+            try:
+                if self.with_grad:
+                    ll = problem.log_likelihood(problem.prior.from_unconstrained(zt))
+                    v = float(ll.detach())
+                    if math.isfinite(v):
+                        (g,) = torch.autograd.grad(ll, zt)
+                        g = g.numpy()
+                        if np.isfinite(g).all():
+                            value, grad = v, g
+                else:
+                    with torch.no_grad():
+                        v = float(problem.log_likelihood(problem.prior.from_unconstrained(zt)))
+                    if math.isfinite(v):
+                        value = v
+            except Exception as err:  # a failed evaluation is -inf, never a crash mid-chain
+                if self.first_error is None:
+                    self.first_error = f"{type(err).__name__}: {err}"
+                value = -math.inf
+            if value == -math.inf:
+                self.n_failed += 1
+            return value, (grad if self.with_grad else None)
+
+        def perform(self, node, inputs, output_storage):
+            value, grad = self.evaluate(inputs[0])
+            output_storage[0][0] = np.asarray(value, dtype=np.float64)
+            if self.with_grad:
+                output_storage[1][0] = np.asarray(grad, dtype=np.float64)
+
+        def grad(self, inputs, output_grads):
+            if not self.with_grad:
+                raise NotImplementedError("this log-likelihood Op was built without gradient (with_grad=False)")
+            # the same Op on the same input: PyTensor merges both into one evaluation
+            _, g = self(inputs[0])
+            return [output_grads[0] * g]
+
+        def infer_shape(self, fgraph, node, input_shapes):
+            return [()] + ([input_shapes[0]] if self.with_grad else [])
+
+    return TorchLogLike
+
+
+def loglike_op(problem, *, with_grad: bool = True):
+    """The problem's log-likelihood as a PyTensor ``Op`` on unconstrained ``z``.
+
+    Parameters
+    ----------
+    problem : InverseProblem
+    with_grad : bool
+        Also output the gradient (vector-Jacobian product through torch
+        autograd), which makes the Op differentiable in PyTensor. ``False``
+        evaluates the value only (half the cost; for gradient-free samplers).
+
+    Returns
+    -------
+    Op
+        Called on a float64 vector ``z`` (``(n_params,)``, ``problem.names``
+        order) it returns ``[loglike]`` or ``[loglike, grad]``; ``-inf`` (and
+        a zero gradient) where the model is invalid or the evaluation fails.
+        ``op.evaluate(z)`` runs it outside a graph.
+
+    Raises
+    ------
+    ValueError
+        ``problem`` is not an InverseProblem.
+    """
+    _check_problem(problem)
+    return _op_classes()(problem, with_grad=_checks.check_bool("with_grad", with_grad))
+
+
+def _check_problem(problem):
+    from jrinfer.problem import InverseProblem
+
+    if not isinstance(problem, InverseProblem):
+        raise ValueError(f"problem must be an InverseProblem, got {type(problem).__name__}")
+    return problem
+
+
+def problem_to_pymc(problem, *, with_grad: bool = True):
+    """A PyMC model of ``problem``: mirrored priors on ``z`` plus the torch log-likelihood.
+
+    Parameters
+    ----------
+    problem : InverseProblem
+    with_grad : bool
+        Build the gradient into the likelihood Op (needed by NUTS; SMC
+        builds without it).
+
+    Returns
+    -------
+    pymc.Model
+        Free variables ``<name>_z`` (unconstrained, the prior's own transform;
+        see the module docstring), Deterministics ``<name>`` in natural units,
+        and a Potential ``loglike`` (the problem's log-likelihood). Its log
+        density equals ``problem.log_joint_unconstrained(z)``. The model can
+        be extended (``with model: ...``) like any PyMC model; the Op is
+        ``model.jrinfer_op``.
+
+    Raises
+    ------
+    ValueError
+        ``problem`` is not an InverseProblem; a prior distribution has no
+        PyMC mirror.
+    """
+    from jrinfer.prior import LogNormal, Normal, Uniform
+
+    pm = _pymc()
+    import pytensor.tensor as pt
+
+    _check_problem(problem)
+    op = loglike_op(problem, with_grad=with_grad)
+    with pm.Model() as model:
+        zs = []
+
+        def f64(x):  # PyTensor would make exactly representable Python floats float32 constants
+            return pt.constant(np.float64(x), dtype="float64")
+
+        for name, d in problem.prior.distributions.items():
+            if isinstance(d, LogNormal):
+                z = pm.Normal(f"{name}_z", mu=f64(math.log(d.median)), sigma=f64(d.sd_log))
+                pm.Deterministic(name, pt.exp(z))
+            elif isinstance(d, Normal):
+                z = pm.Normal(f"{name}_z", mu=f64(d.mean), sigma=f64(d.sd))
+                pm.Deterministic(name, z)
+            elif isinstance(d, Uniform):
+                z = pm.Logistic(f"{name}_z", mu=f64(0.0), s=f64(1.0))
+                pm.Deterministic(name, f64(d.low) + f64(d.high - d.low) * pt.sigmoid(z))
+            else:
+                raise ValueError(f"problem.prior's {name!r} has a distribution with no PyMC mirror: {d!r}")
+            zs.append(z)
+        out = op(pt.stack(zs).astype("float64"))
+        pm.Potential("loglike", out[0] if isinstance(out, (list, tuple)) else out)
+    model.jrinfer_op = op
+    return model
+
+
+def _z_draws(problem, idata) -> np.ndarray:
+    """Unconstrained draws ``(chains, draws, n_params)`` from an InferenceData posterior."""
+    post = idata.posterior
+    return np.stack([post[f"{n}_z"].values for n in problem.names], axis=-1).astype(np.float64)
+
+
+def _convergence(problem, z: np.ndarray, seconds: float) -> tuple[dict, list[str]]:
+    """R-hat, bulk and tail ESS on the unconstrained draws, with warnings naming what to do."""
+    az = optional_import("arviz", purpose="MCMC diagnostics (R-hat, ESS)")
+    import xarray as xr
+
+    n_chains = z.shape[0]
+    ds = xr.Dataset({n: (("chain", "draw"), z[..., i]) for i, n in enumerate(problem.names)})
+    diag: dict = {"sampling_time_s": seconds, "n_chains": int(n_chains), "n_draws": int(z.shape[1])}
+    warns: list[str] = []
+    if n_chains >= 2 and z.shape[1] >= 4:
+        rhat = az.rhat(ds)
+        diag["rhat"] = {n: float(rhat[n]) for n in problem.names}
+        diag["rhat_max"] = max(diag["rhat"].values())
+    ess_b, ess_t = az.ess(ds, method="bulk"), az.ess(ds, method="tail")
+    diag["ess_bulk"] = {n: float(ess_b[n]) for n in problem.names}
+    diag["ess_tail"] = {n: float(ess_t[n]) for n in problem.names}
+    diag["ess_bulk_min"] = min(diag["ess_bulk"].values())
+    diag["ess_tail_min"] = min(diag["ess_tail"].values())
+    diag["ess_per_second"] = diag["ess_bulk_min"] / seconds if seconds > 0 else None
+    rmax = diag.get("rhat_max")
+    if rmax is not None and not rmax <= RHAT_MAX:
+        worst = [n for n, r in diag["rhat"].items() if not r <= RHAT_MAX]
+        warns.append(
+            f"chains have not mixed: R-hat max = {rmax:.3f} (> {RHAT_MAX}) for {', '.join(worst)}; run longer "
+            "(more tune and draws), or look for multimodality (use backend smc)"
+        )
+    ess_min = ESS_MIN_PER_CHAIN * n_chains
+    low = min(diag["ess_bulk_min"], diag["ess_tail_min"])
+    if not low >= ess_min:
+        warns.append(
+            f"too few effective draws: ESS min (bulk {diag['ess_bulk_min']:.0f}, tail {diag['ess_tail_min']:.0f}) "
+            f"< {ess_min} ({ESS_MIN_PER_CHAIN} per chain); draw more or increase tune"
+        )
+    return diag, warns
+
+
+class NUTS:
+    """No-U-Turn Sampler (Hoffman & Gelman 2014) through PyMC.
+
+    Samples the problem's posterior in the prior's unconstrained coordinates
+    with gradients of the torch log-likelihood (see :func:`problem_to_pymc`).
+
+    Parameters
+    ----------
+    chains : int
+        Independent chains (``>= 1``; ``>= 2`` for R-hat).
+    tune : int
+        Warm-up iterations per chain (step size and diagonal mass matrix
+        adaptation), discarded.
+    draws : int
+        Kept draws per chain (``>= 1``).
+    target_accept : float
+        Target mean acceptance probability in ``(0, 1)``; raise it (0.95,
+        0.99) when there are divergences.
+    seed : int
+        Seed of the chains' initial jitter and of the sampler.
+    cores : int
+        Processes for chains (``1``: sequential, in this process).
+    progress : bool
+        Show PyMC's progress bar.
+
+    Notes
+    -----
+    Diagnostics (``Posterior.diagnostics``): ``rhat`` and ``rhat_max``,
+    ``ess_bulk``/``ess_tail`` and their minima, ``divergences``,
+    ``tree_depth_saturated`` (fraction of draws at the maximum tree depth),
+    ``sampling_time_s``, ``ess_per_second`` (minimum bulk ESS per second of
+    sampling), ``loglike_failures`` (evaluations that gave ``-inf``). A fit
+    warns when R-hat > 1.01, ESS < 100 per chain, any divergence, or tree-
+    depth saturation; ``status`` is then ``"warning"``, else ``"converged"``.
+
+    Examples
+    --------
+    >>> from jrinfer.backends.pymc import NUTS  # doctest: +SKIP
+    >>> post = NUTS(chains=4, tune=1000, draws=1000).fit(problem)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        chains: int = 4,
+        tune: int = 1000,
+        draws: int = 1000,
+        target_accept: float = 0.9,
+        seed: int = 0,
+        cores: int = 1,
+        progress: bool = False,
+        max_treedepth: int = 10,
+    ):
+        self.chains = _checks.check_int("chains", chains, minimum=1)
+        self.tune = _checks.check_int("tune", tune, minimum=0)
+        self.draws = _checks.check_int("draws", draws, minimum=1)
+        target_accept = _checks.check_scalar("target_accept", target_accept)
+        if not 0.0 < target_accept < 1.0:
+            raise ValueError(f"target_accept must be in (0, 1), got {target_accept}")
+        self.target_accept = target_accept
+        self.seed = _checks.check_int("seed", seed, minimum=0)
+        self.cores = _checks.check_int("cores", cores, minimum=1)
+        self.progress = _checks.check_bool("progress", progress)
+        self.max_treedepth = _checks.check_int("max_treedepth", max_treedepth, minimum=1)
+
+    def __repr__(self) -> str:
+        return (
+            f"NUTS(chains={self.chains}, tune={self.tune}, draws={self.draws}, "
+            f"target_accept={self.target_accept}, seed={self.seed}, cores={self.cores})"
+        )
+
+    def fit(self, problem, *, n_predictive: int = 200):
+        """Sample the posterior of ``problem`` and return a :class:`~jrinfer.Posterior`.
+
+        Parameters
+        ----------
+        problem : InverseProblem
+        n_predictive : int
+            Draws (thinned evenly over all chains) given a posterior
+            predictive sample and a pointwise log-likelihood.
+
+        Returns
+        -------
+        Posterior
+            ``backend="nuts"``; draws ``(chains, draws, n_params)`` in
+            natural units; ``sample_stats`` with ``diverging``,
+            ``tree_depth``, ``acceptance_rate``, ``energy``, ``step_size``,
+            ``lp``; ``log_evidence`` None (NUTS does not estimate it: use SMC).
+
+        Raises
+        ------
+        ValueError
+            ``problem`` is not an InverseProblem or ``n_predictive`` < 0.
+        """
+        from jrinfer.backends._assembly import assemble_posterior
+
+        _check_problem(problem)
+        n_predictive = _checks.check_int("n_predictive", n_predictive, minimum=0)
+        pm = _pymc()
+        model = problem_to_pymc(problem, with_grad=True)
+        import warnings as _w
+
+        t0 = time.perf_counter()
+        with model, _w.catch_warnings():
+            _w.simplefilter("ignore", UserWarning)  # PyMC's own convergence notes: we report our own
+            step = pm.NUTS(target_accept=self.target_accept, max_treedepth=self.max_treedepth)
+            idata = pm.sample(
+                draws=self.draws,
+                tune=self.tune,
+                chains=self.chains,
+                cores=self.cores,
+                step=step,
+                random_seed=self.seed,
+                progressbar=self.progress,
+                compute_convergence_checks=False,
+                return_inferencedata=True,
+            )
+        seconds = time.perf_counter() - t0
+        z = _z_draws(problem, idata)
+        theta = problem.prior.from_unconstrained(torch.from_numpy(z)).numpy()
+        diag, warns = _convergence(problem, z, seconds)
+        ss = idata.sample_stats
+        stats = {}
+        for key in ("diverging", "tree_depth", "acceptance_rate", "energy", "step_size", "lp", "reached_max_treedepth"):
+            if key in ss:
+                stats[key] = ss[key].values
+        n_div = int(np.asarray(stats.get("diverging", 0)).sum())
+        diag["divergences"] = n_div
+        saturated = float(np.mean(stats["reached_max_treedepth"])) if "reached_max_treedepth" in stats else 0.0
+        diag["tree_depth_saturated"] = saturated
+        diag["max_treedepth"] = self.max_treedepth
+        op = model.jrinfer_op
+        diag["loglike_evaluations"] = op.n_calls
+        diag["loglike_failures"] = op.n_failed
+        if op.first_error:
+            diag["loglike_first_error"] = op.first_error
+        diag["settings"] = {
+            "chains": self.chains,
+            "tune": self.tune,
+            "draws": self.draws,
+            "target_accept": self.target_accept,
+            "seed": self.seed,
+        }
+        if n_div:
+            warns.append(
+                f"{n_div} divergent transition(s) after tuning: the sampler missed part of the posterior; raise "
+                f"target_accept (now {self.target_accept}) towards 0.99, or reparametrise (fix weakly identified "
+                "parameters); do not trust the tails"
+            )
+        if saturated > 0.01:
+            warns.append(
+                f"{100 * saturated:.0f} % of draws hit the maximum tree depth ({self.max_treedepth}): sampling is "
+                "inefficient; increase max_treedepth or fix strongly correlated parameters"
+            )
+        status = "warning" if warns else "converged"
+        message = (
+            f"NUTS: {self.chains} chain(s) x ({self.tune} tune + {self.draws} draws) in {seconds:.1f} s"
+            + (f"; {len(warns)} diagnostic warning(s)" if warns else "; diagnostics passed")
+        )
+        return assemble_posterior(
+            problem,
+            theta,
+            backend="nuts",
+            status=status,
+            message=message,
+            diagnostics=diag,
+            sample_stats=stats,
+            warnings=warns,
+            n_predictive=n_predictive,
+            seed=self.seed,
+        )
+
+
+class SMC:
+    """Sequential Monte Carlo (tempered, gradient-free) through ``pymc.sample_smc``.
+
+    Particles move from the prior to the posterior through a sequence of
+    tempered posteriors ``p(z) p(y | z)^beta`` (Del Moral et al. 2006; the
+    adaptive tempering of Ching & Chen 2007), with independent Metropolis-
+    Hastings mutations. Suited to multimodal or bistable posteriors; it also
+    estimates the log marginal likelihood ``log p(y)``.
+
+    Parameters
+    ----------
+    draws : int
+        Particles per chain (``>= 10``).
+    chains : int
+        Independent SMC runs (``>= 1``; ``>= 2`` for R-hat and an error on
+        the evidence).
+    seed : int
+        Seed of the runs.
+    threshold : float
+        Target ESS fraction in ``(0, 1)`` when choosing the next temperature.
+    progress : bool
+        Show PyMC's progress bar.
+
+    Notes
+    -----
+    ``log_evidence`` is ``log mean_c exp(L_c)`` over the chains' estimates
+    ``L_c``; ``diagnostics["log_marginal_likelihood_chains"]`` holds the
+    ``L_c`` and ``diagnostics["log_evidence_se"]`` their standard error of
+    the mean (the Monte-Carlo error). The likelihood is evaluated once per
+    particle and stage in a loop inside PyMC's kernel.
+    """
+
+    def __init__(self, draws: int = 2000, chains: int = 4, seed: int = 0, threshold: float = 0.5, progress: bool = False):
+        self.draws = _checks.check_int("draws", draws, minimum=10)
+        self.chains = _checks.check_int("chains", chains, minimum=1)
+        self.seed = _checks.check_int("seed", seed, minimum=0)
+        threshold = _checks.check_scalar("threshold", threshold)
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        self.threshold = threshold
+        self.progress = _checks.check_bool("progress", progress)
+
+    def __repr__(self) -> str:
+        return f"SMC(draws={self.draws}, chains={self.chains}, seed={self.seed})"
+
+    def fit(self, problem, *, n_predictive: int = 200):
+        """Sample the posterior of ``problem`` and return a :class:`~jrinfer.Posterior`.
+
+        Parameters
+        ----------
+        problem : InverseProblem
+        n_predictive : int
+            Draws given a posterior predictive sample and a pointwise log-likelihood.
+
+        Returns
+        -------
+        Posterior
+            ``backend="smc"``; draws ``(chains, draws, n_params)`` in natural
+            units; ``log_evidence`` the SMC estimate of ``log p(y)``;
+            ``diagnostics`` with the per-chain estimates, their standard error,
+            the number of stages, R-hat and ESS.
+
+        Raises
+        ------
+        ValueError
+            ``problem`` is not an InverseProblem or ``n_predictive`` < 0.
+        """
+        from jrinfer.backends._assembly import assemble_posterior
+
+        _check_problem(problem)
+        n_predictive = _checks.check_int("n_predictive", n_predictive, minimum=0)
+        pm = _pymc()
+        model = problem_to_pymc(problem, with_grad=False)
+        import warnings as _w
+
+        t0 = time.perf_counter()
+        with model, _w.catch_warnings():
+            _w.simplefilter("ignore", UserWarning)
+            _w.simplefilter("ignore", RuntimeWarning)  # -inf likelihoods in the tempering weights
+            idata = pm.sample_smc(
+                draws=self.draws,
+                chains=self.chains,
+                cores=1,
+                random_seed=self.seed,
+                threshold=self.threshold,
+                progressbar=self.progress,
+                compute_convergence_checks=False,
+                return_inferencedata=True,
+            )
+        seconds = time.perf_counter() - t0
+        z = _z_draws(problem, idata)
+        theta = problem.prior.from_unconstrained(torch.from_numpy(z)).numpy()
+        diag, warns = _convergence(problem, z, seconds)
+        lml = _final_stage(idata.sample_stats["log_marginal_likelihood"].values)
+        finite = np.isfinite(lml)
+        log_ev = None
+        if finite.any():
+            m = lml[finite].max()
+            log_ev = float(m + math.log(np.mean(np.exp(lml[finite] - m))))
+        diag["log_marginal_likelihood_chains"] = [float(x) for x in lml]
+        diag["log_evidence_se"] = (
+            float(np.std(lml, ddof=1) / math.sqrt(lml.size)) if lml.size > 1 and finite.all() else None
+        )
+        betas = idata.sample_stats["beta"].values if "beta" in idata.sample_stats else None
+        if betas is not None:
+            b = np.asarray(betas, dtype=object).reshape(np.shape(betas)[0], -1)
+            diag["n_stages"] = [int(sum(not np.isnan(float(v)) for v in row)) for row in b]
+        op = model.jrinfer_op
+        diag["loglike_evaluations"] = op.n_calls
+        diag["loglike_failures"] = op.n_failed
+        if op.first_error:
+            diag["loglike_first_error"] = op.first_error
+        diag["settings"] = {"draws": self.draws, "chains": self.chains, "seed": self.seed, "threshold": self.threshold}
+        if log_ev is None:
+            warns.append("SMC gave no finite log marginal likelihood: the likelihood is -inf for every particle")
+        status = "warning" if warns else "converged"
+        message = (
+            f"SMC: {self.chains} chain(s) x {self.draws} particles in {seconds:.1f} s"
+            + (f"; {len(warns)} diagnostic warning(s)" if warns else "; diagnostics passed")
+        )
+        return assemble_posterior(
+            problem,
+            theta,
+            backend="smc",
+            status=status,
+            message=message,
+            log_evidence=log_ev,
+            diagnostics=diag,
+            warnings=warns,
+            n_predictive=n_predictive,
+            seed=self.seed,
+        )
+
+
+def _final_stage(values) -> np.ndarray:
+    """Per-chain log marginal likelihood from PyMC's sample_stats ``(chain, stage)``, NaN-padded: the last finite."""
+    rows = np.asarray(values, dtype=object).reshape(np.shape(values)[0], -1)
+    out = []
+    for row in rows:
+        r = np.array([float(v) for v in row], dtype=float)
+        r = r[~np.isnan(r)]
+        out.append(r[-1] if r.size else -math.inf)
+    return np.array(out, dtype=float)
