@@ -481,7 +481,7 @@ def _cmd_fit(args) -> int:
     try:
         from jrinfer.plotting import plot_fit
 
-        plot_fit(posterior, out / "fit.png", title=f"{Path(args.data).name}: variational Laplace ({posterior.status})")
+        plot_fit(posterior, out / "fit.png", title=f"{Path(args.data).name}: {posterior.backend} ({posterior.status})")
         plotted = True
     except ImportError:
         pass
