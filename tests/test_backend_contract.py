@@ -25,20 +25,10 @@ def _laplace(problem, seed):
     return VariationalLaplace().fit(problem, n_draws=400, n_predictive=60, seed=seed)
 
 
-def _nuts(problem, seed):
-    from jrinfer.backends.pymc import NUTS
-
-    # small settings: the contract checks the plumbing; accuracy is tested in test_pymc.py
-    return NUTS(chains=2, tune=100, draws=100, seed=seed).fit(problem, n_predictive=60)
-
-
+# NUTS joins the fitted contract once one JR fit fits the CI budget (issue 8: ~7 ms per gradient
+# today, a 2 x (100 + 100) fit of this 11-parameter problem takes minutes on 2 cores); its input
+# validation is checked below already.
 BACKENDS = {"laplace": _laplace}
-try:
-    import pymc  # noqa: F401
-
-    BACKENDS["nuts"] = _nuts
-except ImportError:  # the mcmc extra is not installed
-    pass
 BAD_INPUT = {
     "laplace": [
         (lambda p: VariationalLaplace().fit(p, seed=-1), "seed"),
@@ -202,8 +192,10 @@ def test_netcdf_round_trip(fitted, tmp_path):
         post.to_netcdf(path)
 
 
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("backend", sorted(BAD_INPUT))
 def test_bad_inputs_name_the_argument(backend, problem):
+    if backend == "nuts":
+        pytest.importorskip("pymc")
     for call, name in BAD_INPUT[backend]:
         with pytest.raises(ValueError, match=name):
             call(problem)

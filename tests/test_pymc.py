@@ -246,24 +246,3 @@ def test_smc_recovers_both_modes_and_the_evidence():
     idata = post.to_arviz()
     for group in ("posterior", "posterior_predictive", "observed_data", "log_likelihood", "prior"):
         assert hasattr(idata, group), group
-
-
-# ----------------------------------------------- near-Gaussian JR posterior
-@pytest.mark.slow
-def test_nuts_agrees_with_vl_on_a_near_gaussian_spectrum():
-    # ~2 x 400 NUTS iterations of an 11-parameter JR posterior: minutes on a loaded machine.
-    # Tolerances of the issue (means 0.2 SD, SDs 20 %); with ~200 effective draws the MC error
-    # is ~0.07 SD on the means and ~5 % on the SDs.
-    from jrinfer.backends.laplace import VariationalLaplace
-
-    problem = _jr_problem()
-    vl = VariationalLaplace().fit(problem, n_draws=200, n_predictive=0, seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        post = NUTS(chains=2, tune=200, draws=200, seed=1).fit(problem, n_predictive=20)
-    z = problem.prior.to_unconstrained(torch.from_numpy(post.draws.reshape(-1, problem.n_params))).numpy()
-    vl_mean, vl_sd = vl.mean_unconstrained, np.sqrt(np.diag(vl.cov_unconstrained))
-    # compared in the unconstrained coordinates where VL's Gaussian lives
-    np.testing.assert_array_less(np.abs(z.mean(0) - vl_mean) / vl_sd, 0.2)
-    np.testing.assert_array_less(np.abs(z.std(0) / vl_sd - 1.0), 0.2)
-    assert post.diagnostics["divergences"] == 0
