@@ -179,24 +179,6 @@ class LaplaceResult:
         return self.status == "converged"
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
-
-# --------------------------------------------------------------------------- #
-# Precision structures: Pi(lambda) = sum_i exp(lambda_i) Q_i
-# --------------------------------------------------------------------------- #
-
-
 class _DiagPrecision:
     """Diagonal components, stored as a (k, m) tensor: O(k m) memory and time."""
 
@@ -639,13 +621,13 @@ class LaplaceEngine:
         raise_on_failure: bool = False,
         jacobian: str = "auto",
     ):
-        self.max_iter = _check_int("max_iter", max_iter, 1)
+        self.max_iter = _checks.check_int("max_iter", max_iter, minimum=1)
         self.tol = _checks.check_scalar("tol", tol, positive=True)
-        self.patience = _check_int("patience", patience, 1)
-        self.estimate_hyper = _check_bool("estimate_hyper", estimate_hyper)
-        self.max_step_retries = _check_int("max_step_retries", max_step_retries, 0)
-        self.progress = _check_bool("progress", progress)
-        self.raise_on_failure = _check_bool("raise_on_failure", raise_on_failure)
+        self.patience = _checks.check_int("patience", patience, minimum=1)
+        self.estimate_hyper = _checks.check_bool("estimate_hyper", estimate_hyper)
+        self.max_step_retries = _checks.check_int("max_step_retries", max_step_retries, minimum=0)
+        self.progress = _checks.check_bool("progress", progress)
+        self.raise_on_failure = _checks.check_bool("raise_on_failure", raise_on_failure)
         _checks.check_option("jacobian", jacobian, _JACOBIAN_MODES)
         self.jacobian = jacobian
 
