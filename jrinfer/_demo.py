@@ -162,12 +162,16 @@ def run_demo(out: Path, *, force: bool = False) -> int:
     for name in ("a", "b", "gain"):
         p = syn["parameters"][name]
         print(f"  {name:>5s}: truth {syn['truth'][name]:.4g}, posterior {p['mean']:.4g} [{p['q05']:.4g}, {p['q95']:.4g}]")
+    for w in syn.get("warnings", []):
+        print(f"  warning: {w}")
     if eegmat is not None:
         print(
             f"EEGMAT recording found in the data cache, fitted too: subject 0 (O1/O2, 2-40 Hz) {eegmat['status']}, "
             f"alpha peak {eegmat['data_peak_hz']:.2f} Hz "
             f"(data) vs {eegmat['model_peak_hz']:.2f} Hz (posterior mode)"
         )
+        for w in eegmat.get("warnings", []):
+            print(f"  warning: {w}")
     else:
         print("EEGMAT recording not in the data cache (set JRINFER_DATA): real-data fit skipped")
     extras = [name for name, done in (("demo.png", plotted), ("report.html", reported)) if done]
@@ -245,6 +249,7 @@ def _fit_synthetic(folder: Path):
         "parameters": summ["parameters"],
         "truth": known,
         "truth_in_90": int(inside),
+        "warnings": list(post.warnings),
     }
     return result, post, meta
 
