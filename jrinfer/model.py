@@ -592,6 +592,25 @@ class JansenRit:
             )
         return p_std**2 * _checks.check_scalar("dt", dt, positive=True)
 
+    def attach_gradient(self, equilibrium: FixedPoints) -> FixedPoints:
+        """The same equilibrium with its state and ``v`` differentiable in the parameters.
+
+        :meth:`linear_psd` returns a detached equilibrium; one Newton step on the
+        scalar equilibrium equation ``G(y0; theta) = 0`` from that root leaves its
+        value unchanged (to round-off) and carries the implicit-function-theorem
+        gradient ``dy0/dtheta = -(dG/dtheta) / (dG/dy0)``. Only ``state[..., 0]``
+        and ``v`` are made differentiable (what the transfer function and
+        :meth:`dominant_mode` use); eigenvalues stay detached.
+        """
+        p = self._params
+        y0 = equilibrium.state[..., 0].detach()
+        g, v = _equilibrium_residual(y0, p)
+        slope = _equilibrium_residual_slope(y0, v.detach(), p).detach()
+        y0 = y0 - g / slope
+        _, v = _equilibrium_residual(y0, p)
+        state = torch.cat([y0.unsqueeze(-1), equilibrium.state[..., 1:].detach()], -1)
+        return equilibrium._replace(state=state, v=v)
+
     def dominant_mode(
         self, equilibrium: FixedPoints | str = "upper", *, dt: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -682,8 +682,9 @@ class SpectrumObservation(_JansenRitObservation):
         """Expected Welch estimate: exact for the alpha pole pair, weight matrix for the smooth rest."""
         from jrinfer.spectral import pole_psd, windowed_pole_psd
 
-        # the equilibrium on ``lin`` is detached: let dominant_mode find its own differentiable one
-        lam, res = model.dominant_mode("upper", dt=None if self.noise == "white" else self.dt)
+        # the equilibrium on ``lin`` is detached: one Newton step attaches its implicit gradient
+        eq = model.attach_gradient(lin.equilibrium)
+        lam, res = model.dominant_mode(eq, dt=None if self.noise == "white" else self.dt)
         ok = lam.real < 0  # unstable sets are masked by the caller; keep their values finite
         lam = torch.where(ok, lam, torch.full_like(lam, -1.0))
         res = torch.where(ok, res, torch.zeros_like(res))
