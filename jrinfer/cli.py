@@ -20,28 +20,36 @@ class UsageError(Exception):
     """Bad input from the command line (exit status 2)."""
 
 
-def _parse_sets(items: list[str] | None) -> dict[str, float]:
-    from jrinfer.model import PARAMETERS
+def _parse_assignments(items: list[str] | None, option: str, known=None) -> dict[str, float]:
+    """``["A=3.25", ...]`` -> ``{"A": 3.25}`` for a repeatable ``NAME=VALUE`` option (``--set``, ``--fix``).
 
+    With ``known``, names outside it are refused (with a close match as hint).
+    """
     out: dict[str, float] = {}
     for item in items or []:
         if "=" not in item:
-            raise UsageError(f"--set expects NAME=VALUE, got {item!r}")
+            raise UsageError(f"{option} expects NAME=VALUE, got {item!r}")
         name, value = (s.strip() for s in item.split("=", 1))
-        if name not in PARAMETERS:
+        if known is not None and name not in known:
             import difflib
 
-            close = difflib.get_close_matches(name, list(PARAMETERS), n=1)
+            close = difflib.get_close_matches(name, list(known), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UsageError(f"--set: unknown parameter {name!r}{hint}; known: {', '.join(PARAMETERS)}")
+            raise UsageError(f"{option}: unknown parameter {name!r}{hint}; known: {', '.join(known)}")
         try:
             x = float(value)
         except ValueError:
-            raise UsageError(f"--set {name}: expected a number, got {value!r}") from None
+            raise UsageError(f"{option} {name}: expected a number, got {value!r}") from None
         if not math.isfinite(x):
-            raise UsageError(f"--set {name}: expected a finite number, got {value!r}")
+            raise UsageError(f"{option} {name}: expected a finite number, got {value!r}")
         out[name] = x
     return out
+
+
+def _parse_sets(items: list[str] | None) -> dict[str, float]:
+    from jrinfer.model import PARAMETERS
+
+    return _parse_assignments(items, "--set", known=PARAMETERS)
 
 
 def _model(args):
@@ -377,21 +385,6 @@ def _read_prior_file(path: str) -> dict:
     return spec
 
 
-def _parse_fix(items: list[str]) -> dict[str, float]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise UsageError(f"--fix expects NAME=VALUE, got {item!r}")
-        name, value = (x.strip() for x in item.split("=", 1))
-        try:
-            out[name] = float(value)
-        except ValueError:
-            raise UsageError(f"--fix {name}: expected a number, got {value!r}") from None
-        if not math.isfinite(out[name]):
-            raise UsageError(f"--fix {name}: expected a finite number, got {value!r}")
-    return out
-
-
 def _merge_prior(spec: dict, update: dict) -> dict:
     """The default prior spec with ``update``'s entries replacing those of the same names."""
     dists = dict(spec.get("distributions", {}))
@@ -432,7 +425,7 @@ def _cmd_fit(args) -> int:
     if args.prior:
         spec = _merge_prior(spec, _read_prior_file(args.prior))
     if args.fix:
-        spec = _merge_prior(spec, {"fixed": _parse_fix(args.fix)})
+        spec = _merge_prior(spec, {"fixed": _parse_assignments(args.fix, "--fix")})
     problem = InverseProblem(obs, spec, data)
     prior = problem.prior
     from jrinfer.backends.laplace import VariationalLaplace
@@ -546,7 +539,7 @@ def _cmd_identifiability(args) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise UsageError(f"--out {args.out}: directory is not empty; pass --force to write into it")
-    values = idf._parse_assignments(args.set, "--set")
+    values = _parse_assignments(args.set, "--set")
     default_free = (
         "A,B,a,b,C,e0,v0,r,gain"
         if args.kind == "spectrum"

@@ -2127,18 +2127,3 @@ def identifiability_report(
     return IdentifiabilityReport(local, profs, post, recovery, derived, dict(meta or {}))
 
 
-def _parse_assignments(items: Sequence[str] | None, option: str = "--set") -> dict:
-    """``["A=3.25", ...]`` -> ``{"A": 3.25}`` (ValueError naming the option on bad input)."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"{option} expects NAME=VALUE, got {item!r}")
-        k, v = (s.strip() for s in item.split("=", 1))
-        try:
-            x = float(v)
-        except ValueError:
-            raise ValueError(f"{option} {k}: expected a number, got {v!r}") from None
-        if not math.isfinite(x):
-            raise ValueError(f"{option} {k}: expected a finite number, got {v!r}")
-        out[k] = x
-    return out

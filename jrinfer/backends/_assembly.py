@@ -179,7 +179,7 @@ def assemble_posterior(
             warns.append("no posterior draw gives a valid prediction: the fit quality could not be assessed")
 
         # ------------------------------------------------------- contraction
-        prior_mean, prior_cov = problem.prior.gaussian_unconstrained()
+        _, prior_cov = problem.prior.gaussian_unconstrained()
         prior_var = torch.diagonal(prior_cov)
         if cov_unconstrained is not None:
             post_var = torch.diagonal(torch.as_tensor(np.asarray(cov_unconstrained, dtype=float)))
