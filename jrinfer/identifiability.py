@@ -1317,7 +1317,9 @@ class PosteriorIdentifiability:
         return "\n".join(lines)
 
 
-def posterior_summary(posterior, prior, *, threshold: float = 0.7, min_contraction: float = 0.1) -> PosteriorIdentifiability:
+def posterior_summary(
+    posterior, prior, *, threshold: float = 0.7, min_contraction: float | None = None
+) -> PosteriorIdentifiability:
     """Contraction, correlations and flagged pairs of a :class:`~jrinfer.Posterior`.
 
     Parameters
@@ -1330,14 +1332,20 @@ def posterior_summary(posterior, prior, *, threshold: float = 0.7, min_contracti
         The prior it was fitted under (declares every name of the posterior).
     threshold : float
         ``|correlation|`` at which a pair is flagged, in (0, 1).
-    min_contraction : float
-        Contraction below which a parameter counts as not informed.
+    min_contraction : float, optional
+        Contraction below which a parameter counts as not informed; default
+        :data:`jrinfer.posterior.CONTRACTION_UNINFORMED`, the threshold of
+        every fit's own "not informed" warning.
 
     Returns
     -------
     PosteriorIdentifiability
     """
+    from jrinfer.posterior import CONTRACTION_UNINFORMED
+
     threshold = _check_prob("threshold", threshold)
+    if min_contraction is None:
+        min_contraction = CONTRACTION_UNINFORMED
     min_contraction = _check_prob("min_contraction", min_contraction)
     names = tuple(posterior.names)
     missing = [n for n in names if n not in prior.names]
