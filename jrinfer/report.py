@@ -282,13 +282,11 @@ def _diagnostics(posterior, summary) -> str:
         row("Pareto k̂ (importance check of the Gaussian)", _num(k, 3), tag)
     if "importance_ess" in d:
         row("importance-sampling ESS", _num(d.pop("importance_ess"), 4))
-    if "fraction_invalid_draws" in d:
-        f = d.pop("fraction_invalid_draws")
-        row("invalid posterior draws", f"{100 * float(f):.1f} %" if f is not None else "—",
-            "draws where the model cannot be evaluated (e.g. past the Hopf bifurcation)")
     inv = d.pop("invalid_draws", None)
     if isinstance(inv, dict):
         text = f"{inv.get('n_invalid', 0)} of {inv.get('n_checked', '?')}"
+        if isinstance(inv.get("fraction"), (int, float)):
+            text += f" ({100 * float(inv['fraction']):.1f} %)"
         reasons = inv.get("reasons") or []
         row("invalid predictive draws", text, _e(reasons[0]) if reasons else "")
     for k, v in d.items():  # every other backend's scalars (R-hat, ESS, divergences, ...)

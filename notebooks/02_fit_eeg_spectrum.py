@@ -114,7 +114,7 @@ print(f"  {posterior.message}")
 print(f"free energy F = {posterior.log_evidence:.2f} nats "
       f"(accuracy {posterior.diagnostics['accuracy']:.2f} - complexity {posterior.diagnostics['complexity']:.2f})")
 print(f"posterior draws the linearised model cannot predict (unstable): "
-      f"{100 * posterior.diagnostics['fraction_invalid_draws']:.1f} %")
+      f"{100 * posterior.diagnostics['invalid_draws']['fraction']:.1f} %")
 
 # %% [markdown]
 # Every result reports how well it fits and how far its approximation can be trusted: the fit

@@ -100,7 +100,7 @@ def test_near_hopf_spectrum_warns_and_predictive_is_nan_free():
     post = _fit(InverseProblem(obs, None, data))
     d = post.diagnostics
     # the Gaussian spills into the oscillatory regime, and the result says so
-    assert d["fraction_invalid_draws"] > 0.1 or d["pareto_k"] > 0.7
+    assert d["invalid_draws"]["fraction"] > 0.1 or d["pareto_k"] > 0.7
     assert any("nuts or smc" in w for w in post.warnings), post.warnings
     assert d["invalid_draws"]["n_invalid"] > 0 and "unstable" in d["invalid_draws"]["reasons"][0]
     # invalid draws are left out of the predictive and counted; ArviZ plots it

@@ -50,7 +50,7 @@ def _posterior(kind="spectrum", rng=None):
         quality = {"explained_variance": 0.41, "peak_latency_data_s": 0.1, "peak_latency_model_s": 0.1}
     return Posterior(
         names=names, draws=draws[None], backend="laplace", status="converged", message="converged after 7 iterations",
-        log_evidence=-123.4, diagnostics={"pareto_k": 0.91, "fraction_invalid_draws": 0.02, "n_iter": 7,
+        log_evidence=-123.4, diagnostics={"pareto_k": 0.91, "n_iter": 7,
                                           "invalid_draws": {"n_checked": 100, "n_invalid": 2, "fraction": 0.02,
                                                             "reasons": ["upper equilibrium unstable"]}},
         observed=observed, predictive=pred, prior_draws=prior[None], units=units, fit=fit[None],
@@ -81,7 +81,7 @@ def test_report_page_is_self_contained_and_puts_the_misfit_on_top(tmp_path, caps
     verdict = page.index('class="verdict bad"')
     assert verdict < page.index(MISFIT.replace("<", "&lt;")) < page.index("<h2>Parameters</h2>") < page.index("<img")
     for text in ("not informed", "µV²/Hz", "s⁻¹", "/data/rest.edf", "ECG (not EEG)", "2–40 Hz", "Pareto k",
-                 "unreliable", "-123.4", "invalid posterior draws", "2.0 %", "SpectrumObservation(method="):
+                 "unreliable", "-123.4", "invalid predictive draws", "2 of 100 (2.0 %)", "SpectrumObservation(method="):
         assert text in page, text
     assert not [q.name for q in d.iterdir() if q.name.startswith(".")]  # atomic write left nothing behind
     # never overwrites without --force; errors are one line in CLI words

@@ -82,8 +82,10 @@ class VariationalLaplace(LaplaceEngine):
             unconstrained coordinates (parameters in ``problem.names`` order,
             log precisions included with their own posterior variance);
             ``diagnostics`` holds ``n_iter``, the free-energy trace, accuracy,
-            complexity, ``pareto_k``, ``importance_ess`` and
-            ``fraction_invalid_draws``; ``fit_quality``, ``contraction`` and
+            complexity, ``pareto_k`` and ``importance_ess``, and (from the
+            assembly, as for every backend) ``invalid_draws``: how many of the
+            predictive draws the model cannot evaluate (e.g. past the Hopf
+            bifurcation), with a warning above 10 %; ``fit_quality``, ``contraction`` and
             ``warnings`` as for every backend.
 
         Raises
@@ -95,7 +97,7 @@ class VariationalLaplace(LaplaceEngine):
         import numpy as np
 
         from jrinfer import _checks
-        from jrinfer.backends._assembly import INVALID_FRACTION_WARN, assemble_posterior
+        from jrinfer.backends._assembly import assemble_posterior
         from jrinfer.problem import InverseProblem
 
         if not isinstance(problem, InverseProblem):
@@ -143,9 +145,6 @@ class VariationalLaplace(LaplaceEngine):
         warnings = []
         with torch.no_grad():
             log_p = problem.log_joint_unconstrained(z)
-        valid = torch.isfinite(log_p)
-        invalid_fraction = float(1.0 - valid.double().mean())
-        diagnostics["fraction_invalid_draws"] = invalid_fraction
         # log q(z) of the Gaussian, in the eigenbasis (robust to a singular covariance)
         keep = evals > evals.max() * 1e-12
         u = ((z - mean) @ evecs[:, keep]) / evals[keep].sqrt()
@@ -158,12 +157,6 @@ class VariationalLaplace(LaplaceEngine):
                 f"the Gaussian (Laplace) posterior is not reliable here: Pareto k-hat = {pareto_k:.2f} (> 0.7) "
                 "comparing it with the true posterior; use a sampler (backend nuts or smc), or "
                 "importance-resampled draws (fit(..., resample=True); CLI --resample)"
-            )
-        if invalid_fraction > INVALID_FRACTION_WARN:
-            warnings.append(
-                f"{100 * invalid_fraction:.0f} % of the Gaussian posterior's draws fall where the model is "
-                "invalid (e.g. the oscillatory regime for the transfer method): the Gaussian is not a reliable "
-                "posterior here; use a sampler (backend nuts or smc)"
             )
         if resample:
             if weights is None:
