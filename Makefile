@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # checkout in this workplace, so `make demo` also fits a real EEG spectrum.
 export JRINFER_DATA ?= $(wildcard $(abspath ..)/shared/data)
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench notebooks install clean
 
 install: $(STAMP)
 
@@ -35,6 +35,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/single_point.py --threads 1
 	$(PY) benchmarks/evoked.py --threads 1
 	$(PY) benchmarks/simulation_fit.py
+
+notebooks: $(STAMP)
+	for nb in notebooks/*.ipynb; do $(VENV)/bin/jupyter-execute --inplace --timeout=1200 $$nb || exit 1; done
 
 clean:
 	rm -rf $(VENV) jrinfer-demo demo_out .pytest_cache

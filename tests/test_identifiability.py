@@ -301,42 +301,6 @@ def test_import_jrinfer_stays_light():
     assert out == "False"
 
 
-@pytest.mark.slow
-def test_notebook_executes(tmp_path):
-    """notebooks/identifiability.ipynb runs top to bottom (small settings) with nbclient."""
-    import os
-    from pathlib import Path
-
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    repo = Path(__file__).resolve().parent.parent
-    nb = nbformat.read(repo / "notebooks" / "identifiability.ipynb", as_version=4)
-    # the stored copy is executed with outputs
-    assert all(c.get("outputs") for c in nb.cells if c.cell_type == "code")
-    old = {k: os.environ.get(k) for k in ("JRINFER_NOTEBOOK_SMALL", "JRINFER_NOTEBOOK_OUT", "MPLBACKEND", "PYTHONPATH")}
-    os.environ.update(
-        JRINFER_NOTEBOOK_SMALL="1", JRINFER_NOTEBOOK_OUT=str(tmp_path), MPLBACKEND="Agg",
-        PYTHONPATH=os.pathsep.join([str(repo)] + ([old["PYTHONPATH"]] if old["PYTHONPATH"] else [])),
-    )
-    try:
-        client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(repo)}})
-        client.execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    text = "\n".join(
-        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "stream"
-    )
-    assert "small settings" in text
-    assert "structural null space of dimension 4" in text  # spectrum, 12 parameters
-    assert "structural null space of dimension 2" in text  # evoked
-    assert "a: identified" in text and "e0: flat" in text
-    assert (tmp_path / "ident_eigenvectors.png").is_file()
-
-
 def test_profile_without_theta_fits_the_optimum_first(spectral_small):
     problem, theta = spectral_small
     prof = idf.profile_likelihood(problem, "b", n_points=5)
