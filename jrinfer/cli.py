@@ -577,12 +577,12 @@ def _cmd_identifiability(args) -> int:
 
 
 def _cmd_fit_many(args) -> int:
-    """``jrinfer fit-many``: :func:`jrinfer.scale.fit_many` over a manifest, locally or on Dask."""
-    from jrinfer import scale
+    """``jrinfer fit-many``: :func:`jrinfer.distributed.fit_many` over a manifest, locally or on Dask."""
+    from jrinfer import distributed as dist
 
     out = Path(args.out)
     settings = {"kind": args.kind, "backend": args.backend,
-                "options": {a.dest: getattr(args, a.dest) for a in scale.fit_option_actions() if hasattr(args, a.dest)}}
+                "options": {a.dest: getattr(args, a.dest) for a in dist.fit_option_actions() if hasattr(args, a.dest)}}
     marker = out / "fit-many.json"
     if out.exists() and any(out.iterdir()) and not args.force:
         if not marker.is_file():
@@ -597,10 +597,10 @@ def _cmd_fit_many(args) -> int:
     if args.scheduler and args.workers is not None:
         raise UsageError("--workers starts a local cluster; with --scheduler the cluster's own workers are used")
     try:
-        items = scale.read_manifest(args.manifest)
+        items = dist.read_manifest(args.manifest)
     except ValueError as err:
         raise UsageError(str(err).replace("manifest", "MANIFEST", 1)) from None
-    options = {a.option_strings[0]: getattr(args, a.dest) for a in scale.fit_option_actions() if hasattr(args, a.dest)}
+    options = {a.option_strings[0]: getattr(args, a.dest) for a in dist.fit_option_actions() if hasattr(args, a.dest)}
     out.mkdir(parents=True, exist_ok=True)
     from jrinfer._io import write_text
 
@@ -608,14 +608,14 @@ def _cmd_fit_many(args) -> int:
     client = None
     if args.scheduler or args.workers != 0:
         try:
-            client = scale.dask_client(args.scheduler, n_workers=args.workers or min(os.cpu_count() or 1, len(items)))
+            client = dist.dask_client(args.scheduler, n_workers=args.workers or min(os.cpu_count() or 1, len(items)))
         except ImportError:
             raise UsageError("fit-many on Dask needs dask.distributed: pip install 'jrinfer[dask]' (or --workers 0)"
                              ) from None
         except OSError as err:
             raise UsageError(f"--scheduler {args.scheduler}: cannot connect ({err})") from None
     try:
-        rows = scale.fit_many(items, args.backend, client=client, out=out, kind=args.kind, options=options,
+        rows = dist.fit_many(items, args.backend, client=client, out=out, kind=args.kind, options=options,
                               progress=not args.no_progress and not args.json)
     except ValueError as err:
         raise UsageError(_cli_words(str(err))) from None
@@ -821,7 +821,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_fit_many_parser(sub) -> None:
     """``jrinfer fit-many``: its own options, then every ``jrinfer fit`` option as a default for all items."""
-    from jrinfer.scale import fit_option_actions
+    from jrinfer.distributed import fit_option_actions
 
     p = sub.add_parser(
         "fit-many",

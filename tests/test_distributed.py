@@ -1,4 +1,4 @@
-"""Scale-out on Dask (jrinfer.scale, jrinfer._chunks): same results as the local loop, faults, resume.
+"""Scale-out on Dask (jrinfer.distributed, jrinfer._chunks): same results as the local loop, faults, resume.
 
 One module-scoped ``LocalCluster`` of 2 worker processes (1 thread each) is
 shared by every test that needs it; the fits are small variational Laplace
@@ -31,7 +31,7 @@ distributed = pytest.importorskip("distributed")
 # --------------------------------------------------------------------------- #
 @pytest.fixture(scope="module")
 def client():
-    from jrinfer.scale import dask_client
+    from jrinfer.distributed import dask_client
 
     c = dask_client(n_workers=2)
     c.wait_for_workers(2, timeout=120)
@@ -165,3 +165,164 @@ def test_simulate_many_bit_identical_with_2_and_1_workers(client, local_training
 def test_simulate_many_refuses_bad_parameters(params, match):
     with pytest.raises(ValueError, match=match):
         simulate_many(params, progress=False)
+
+
+# --------------------------------------------------------------------------- #
+# cohort fitting
+# --------------------------------------------------------------------------- #
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Two synthetic spectra, a two-line CSV and a manifest listing the first file twice."""
+    d = tmp_path_factory.mktemp("cohort")
+    _write_spectrum(d / "a.csv", seed=1)
+    _write_spectrum(d / "b.csv", seed=2, p_mean=90.0)
+    (d / "bad.csv").write_text("freq,power\n2,1\n")
+    (d / "manifest.csv").write_text("path,subject\na.csv,s1\nb.csv,s2\nbad.csv,s3\na.csv,s1\n")
+    return d
+
+
+FIT_OPTS = ["--kind", "spectrum", "--units", "uV^2/Hz"]
+
+
+def _params(row):
+    return {k[: -len("_mean")]: float(v) for k, v in row.items() if k.endswith("_mean")}
+
+
+def test_fit_many_cli_on_a_scheduler_matches_the_local_loop(client, cohort, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["fit-many", str(cohort / "manifest.csv"), *FIT_OPTS, "--out", str(out),
+                 "--scheduler", client.scheduler.address, "--no-progress"])
+    assert code == 1  # one item failed
+    rows = _rows(out / "results.csv")
+    assert [r["item"] for r in rows] == ["0001-a", "0002-b", "0003-bad", "0004-a"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "error", "ok"]
+    assert [r["subject"] for r in rows] == ["s1", "s2", "s3", "s1"]
+    assert "at least 12 frequencies" in rows[2]["error"] and rows[0]["error"] == ""
+    assert "0003-bad: error: DATA" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["0001-a", "0002-b", "0003-bad", "0004-a", "fit-many.json",
+                                                     "results.csv"]
+    for item in ("0001-a", "0002-b", "0004-a"):
+        assert {"summary.json", "posterior.nc", "result.json", "log.txt"} <= {p.name for p in (out / item).iterdir()}
+    # the local loop: jrinfer fit of each file in this process
+    for row, name in ((rows[0], "a"), (rows[1], "b"), (rows[3], "a")):
+        assert main(["fit", str(cohort / f"{name}.csv"), *FIT_OPTS, "--out", str(tmp_path / f"local-{row['item']}")]) == 0
+        local = json.loads((tmp_path / f"local-{row['item']}" / "summary.json").read_text())
+        for p, est in local["parameters"].items():
+            assert float(row[f"{p}_mean"]) == pytest.approx(est["mean"], rel=1e-9, abs=1e-12), (row["item"], p)
+            assert float(row[f"{p}_sd"]) == pytest.approx(est["sd"], rel=1e-9, abs=1e-12), (row["item"], p)
+        assert float(row["log_evidence"]) == pytest.approx(local["log_evidence"], rel=1e-9)
+        assert row["fit_status"] == local["status"]
+    assert _params(rows[0]) != _params(rows[1])  # two different recordings, two different fits
+
+    # resume: delete one item, leave a dead attempt behind; only that item is fitted again (here, no Dask)
+    before = {i: (out / i / "result.json").stat().st_mtime_ns for i in ("0001-a", "0003-bad", "0004-a")}
+    import shutil
+
+    shutil.rmtree(out / "0002-b")
+    (out / ".partial-0002-b-deadbeef").mkdir()
+    assert main(["fit-many", str(cohort / "manifest.csv"), *FIT_OPTS, "--out", str(out), "--workers", "0",
+                 "--no-progress"]) == 1
+    assert {i: (out / i / "result.json").stat().st_mtime_ns for i in before} == before
+    again = _rows(out / "results.csv")
+    assert [r["item"] for r in again] == [r["item"] for r in rows]
+    assert _params(again[1]) == pytest.approx(_params(rows[1]), rel=1e-9)
+    assert not list(out.glob(".partial-*"))
+    # another fit option into the same folder is refused
+    assert main(["fit-many", str(cohort / "manifest.csv"), *FIT_OPTS, "--fmin", "4", "--out", str(out),
+                 "--workers", "0"]) == 2
+    assert "other --kind/--backend/fit options" in capsys.readouterr().err
+
+
+def test_fit_many_problems_on_the_cluster_match_the_local_loop(client):
+    problems = [_problem(3), _problem(4, p_mean=100.0)]
+    rows = fit_many(problems, VariationalLaplace(max_iter=64), client=client, progress=False)
+    assert [r["item"] for r in rows] == ["0001", "0002"] and all(r["status"] == "ok" for r in rows)
+    for row, problem in zip(rows, problems):
+        local = VariationalLaplace(max_iter=64).fit(problem)
+        np.testing.assert_allclose(row["posterior"].mean, local.mean, rtol=1e-9)
+        np.testing.assert_allclose(row["posterior"].sd, local.sd, rtol=1e-9)
+        assert row["A_mean"] == pytest.approx(float(local.mean[local.names.index("A")]), rel=1e-9)
+        assert row["diag_free_energy"] == pytest.approx(local.diagnostics["free_energy"], rel=1e-9)
+
+
+@pytest.mark.slow
+def test_killed_worker_during_a_cohort_loses_and_duplicates_nothing(client, cohort, tmp_path):
+    out = tmp_path / "killed"
+    files = [cohort / "a.csv", cohort / "b.csv", cohort / "a.csv", cohort / "b.csv"]
+    result = {}
+
+    def run():
+        try:
+            result["rows"] = fit_many(files, "laplace", client=client, out=out, kind="spectrum",
+                                      options={"units": "uV^2/Hz"}, progress=False)
+        except BaseException as err:  # pragma: no cover - surfaced below
+            result["error"] = err
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    victim, deadline = None, time.monotonic() + 120
+    while victim is None and time.monotonic() < deadline:
+        busy = {w: ts for w, ts in client.processing().items() if any("jrinfer-fit" in str(t) for t in ts)}
+        if busy and list(out.glob(".partial-*")):
+            time.sleep(1.0)  # the fit is under way in that worker
+            busy = {w: ts for w, ts in client.processing().items() if any("jrinfer-fit" in str(t) for t in ts)}
+            victim = sorted(busy)[0] if busy else None
+        else:
+            time.sleep(0.1)
+    assert victim is not None, "no fit task seen running"
+    try:
+        client.run(os._exit, 1, workers=[victim], on_error="ignore")
+    except Exception:  # the connection to the dying worker may break first
+        pass
+    thread.join(timeout=300)
+    assert not thread.is_alive() and "error" not in result
+    rows = _rows(out / "results.csv")
+    assert [r["item"] for r in rows] == ["0001-a", "0002-b", "0003-a", "0004-b"]
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+    assert sorted(p.name for p in out.iterdir()) == ["0001-a", "0002-b", "0003-a", "0004-b", "results.csv"]
+    assert _params(rows[0]) == pytest.approx(_params(rows[2]), rel=1e-9)
+    assert _params(rows[1]) == pytest.approx(_params(rows[3]), rel=1e-9)
+    assert victim not in client.scheduler_info()["workers"]  # it did die (the nanny started a new one)
+
+
+def test_fit_item_is_idempotent(cohort, tmp_path):
+    from jrinfer.distributed import _file_specs, fit_item
+
+    (spec,) = _file_specs([cohort / "bad.csv"], "laplace", "spectrum", {"units": "uV^2/Hz"})
+    first = fit_item(spec, str(tmp_path))
+    stamp = (tmp_path / spec["id"] / "result.json").stat().st_mtime_ns
+    assert first["status"] == "error" and "at least 12" in first["error"]
+    assert fit_item(spec, str(tmp_path)) == first  # a retried task returns the finished folder's row
+    assert (tmp_path / spec["id"] / "result.json").stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [spec["id"]]
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda d: fit_many([], out=d), "items"),
+        (lambda d: fit_many([d / "a.csv", _problem(1)], out=d, kind="spectrum"), "mix"),
+        (lambda d: fit_many([d / "a.csv"], kind="spectrum"), "out"),
+        (lambda d: fit_many([d / "a.csv"], out=d), "kind"),
+        (lambda d: fit_many([d / "a.csv"], out=d, kind="spectrum", options={"fmn": 3}), "unknown option 'fmn'"),
+        (lambda d: fit_many([d / "a.csv"], out=d, kind="spectrum", options={"fmin": "low"}), "--fmin"),
+        (lambda d: fit_many([d / "a.csv"], "npe", out=d, kind="spectrum"), "backend"),
+        (lambda d: fit_many([_problem(1)], object()), "backend"),
+        (lambda d: fit_many(d / "a.csv", out=d, kind="spectrum"), "'path' column"),
+    ],
+)
+def test_fit_many_refuses_bad_input(cohort, tmp_path, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(cohort)
+
+
+def test_fit_many_cli_errors_are_one_line(cohort, tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("user file")
+    assert main(["fit-many", str(cohort / "manifest.csv"), *FIT_OPTS, "--out", str(tmp_path), "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jrinfer fit-many: error: --out") and "--force" in err and "\n" not in err
+    assert main(["fit-many", str(cohort / "nope.csv"), *FIT_OPTS, "--out", str(tmp_path / "o"), "--workers", "0"]) == 2
+    assert "MANIFEST" in capsys.readouterr().err
+    assert main(["fit-many", str(cohort / "manifest.csv"), *FIT_OPTS, "--out", str(tmp_path / "o"),
+                 "--workers", "-1"]) == 2
+    assert "--workers" in capsys.readouterr().err
