@@ -326,3 +326,12 @@ def test_fit_many_cli_errors_are_one_line(cohort, tmp_path, capsys):
     assert main(["fit-many", str(cohort / "manifest.csv"), *FIT_OPTS, "--out", str(tmp_path / "o"),
                  "--workers", "-1"]) == 2
     assert "--workers" in capsys.readouterr().err
+
+
+def test_fit_many_help_lists_fit_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit-many", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--scheduler", "--workers", "--units", "--picks", "--fmin", "--fix"):
+        assert flag in text
