@@ -421,6 +421,8 @@ def fit_item(spec: dict, out: str | None) -> dict:
     posterior = None
     try:
         with redirect_stdout(log), redirect_stderr(log):
+            if spec.get("invalid"):
+                raise ValueError(spec["invalid"])
             if "argv" in spec:
                 summary = _fit_file(spec, tmp)
             else:
@@ -530,18 +532,29 @@ def _file_specs(items, backend, kind, options: Mapping) -> list[dict]:
         meta = {k: v for k, v in row.items() if k not in per_item and k not in ("path",)}
         argv = base + _option_argv(per_item, actions, f"items[{i - 1}] ({path})")
         specs.append({"id": f"{i:0{width}d}-{label}", "path": path, "argv": argv, "meta": meta})
-    # every item's arguments as jrinfer fit reads them: bad values fail here, before any task runs
+    # the arguments as jrinfer fit reads them: bad defaults stop the run before any task starts; a
+    # row's bad value is that row's error (recorded, the others go on)
     from jrinfer import cli
 
     parser = cli.build_parser()
-    for spec in specs:
+
+    def refused(argv):
         err = io.StringIO()
         try:
             with redirect_stderr(err):
-                parser.parse_args(["fit", spec["path"], "--out", "-", *spec["argv"]])
+                parser.parse_args(["fit", "DATA", "--out", "-", *argv])
         except SystemExit:
             last = err.getvalue().strip().splitlines()[-1:] or ["bad option"]
-            raise ValueError(f"item {spec['id']}: {last[0].split('error: ', 1)[-1]}") from None
+            return last[0].split("error: ", 1)[-1]
+        return None
+
+    message = refused(base)
+    if message:
+        raise ValueError(f"options: {message}")
+    for spec in specs:
+        message = refused(spec["argv"])
+        if message:
+            spec["invalid"] = f"manifest row {spec['id']}: {message}"
     return specs
 
 

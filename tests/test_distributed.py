@@ -297,6 +297,15 @@ def test_fit_item_is_idempotent(cohort, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [spec["id"]]
 
 
+def test_a_bad_value_in_one_manifest_row_is_that_rows_error(cohort, tmp_path):
+    from jrinfer.distributed import _file_specs, fit_item
+
+    specs = _file_specs([{"path": cohort / "bad.csv", "fmin": "low"}, cohort / "bad.csv"], "laplace", "spectrum", {})
+    rows = [fit_item(s, str(tmp_path)) for s in specs]
+    assert "--fmin: invalid float value: 'low'" in rows[0]["error"]
+    assert "at least 12" in rows[1]["error"]
+
+
 @pytest.mark.parametrize(
     "call, match",
     [
