@@ -216,9 +216,9 @@ def read_manifest(path) -> list[dict]:
     item's label), any option of ``jrinfer fit`` by its flag name
     (``units``, ``picks``, ``fmin``, ``fmax``, ``tmin``, ``tmax``, ``condition``,
     ``exclude``, ``segment``, ``free``, ``fix`` with ``NAME=VALUE;NAME=VALUE``,
-    ...), which override the command's defaults for that row; other columns
-    (``subject``, ``group``, ...) are copied to ``results.csv``. Empty cells
-    mean "the default".
+    ...), which override the command's defaults for that row. Every column
+    but ``path`` (options and others such as ``subject``, ``group``) is
+    copied to ``results.csv``. Empty cells mean "the default".
 
     Raises
     ------
@@ -529,7 +529,7 @@ def _file_specs(items, backend, kind, options: Mapping) -> list[dict]:
         path = str(Path(row["path"]).expanduser().resolve())
         label = _ITEM_NAME.sub("_", str(row.get("name") or Path(path).name.split(".")[0]))[:60] or "item"
         per_item = {k: v for k, v in row.items() if _option_name(k) in actions}
-        meta = {k: v for k, v in row.items() if k not in per_item and k not in ("path",)}
+        meta = {k: v for k, v in row.items() if k != "path"}  # copied to results.csv
         argv = base + _option_argv(per_item, actions, f"items[{i - 1}] ({path})")
         specs.append({"id": f"{i:0{width}d}-{label}", "path": path, "argv": argv, "meta": meta})
     # the arguments as jrinfer fit reads them: bad defaults stop the run before any task starts; a
@@ -624,6 +624,10 @@ def _summary_row(spec: dict, summary: dict) -> dict:
         "n_warnings": len(summary.get("warnings") or []),
         "warnings": " | ".join(summary.get("warnings") or []),
     }
+    data = summary.get("data") or {}
+    if data.get("channels") is not None:  # jrinfer fit's record of what was fitted
+        row["channels"] = ",".join(map(str, data["channels"]))
+    row["data_units"] = summary.get("data_units")
     for name, p in (summary.get("parameters") or {}).items():
         row[f"{name}_mean"] = p.get("mean")
         row[f"{name}_sd"] = p.get("sd")

@@ -197,6 +197,7 @@ def test_fit_many_cli_on_a_scheduler_matches_the_local_loop(client, cohort, tmp_
     assert [r["item"] for r in rows] == ["0001-a", "0002-b", "0003-bad", "0004-a"]
     assert [r["status"] for r in rows] == ["ok", "ok", "error", "ok"]
     assert [r["subject"] for r in rows] == ["s1", "s2", "s3", "s1"]
+    assert rows[0]["channels"] == "power" and rows[0]["data_units"] == "uV^2/Hz"
     assert "at least 12 frequencies" in rows[2]["error"] and rows[0]["error"] == ""
     assert "0003-bad: error: DATA" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["0001-a", "0002-b", "0003-bad", "0004-a", "fit-many.json",
