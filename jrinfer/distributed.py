@@ -293,7 +293,9 @@ def fit_many(
         Problems: seed of each backend's draws (files: ``options["seed"]``).
     resume : bool
         Skip items whose folder under ``out`` exists already (finished, ok or
-        error); delete an item's folder to fit it again.
+        error); delete an item's folder to fit it again. With ``False``, such
+        folders are an error (nothing is overwritten). One run per ``out`` at
+        a time.
     retries : int
         Dask: retries of a task that raised outside the fit (item errors are
         recorded, not raised).
@@ -317,8 +319,10 @@ def fit_many(
     ------
     ValueError
         For an empty or mixed ``items``, a file cohort without ``out`` or
-        ``kind``, an unknown option or manifest column value ``jrinfer fit``
-        refuses, or an unknown backend name.
+        ``kind``, an unknown option or an option value ``jrinfer fit``
+        refuses (a bad value in one manifest row is that row's error
+        instead), an unknown backend name, or finished items in ``out`` with
+        ``resume=False``.
     """
     from jrinfer import _checks
     from jrinfer.problem import InverseProblem
@@ -346,11 +350,14 @@ def fit_many(
     rows: dict[str, dict] = {}
     todo = []
     for spec in specs:
-        done = _read_result(out / spec["id"]) if (out is not None and resume) else None
+        done = _read_result(out / spec["id"]) if out is not None else None
         if done is not None:
             rows[spec["id"]] = done
         else:
             todo.append(spec)
+    if rows and not resume:
+        raise ValueError(f"out: {out} holds finished items ({', '.join(list(rows)[:3])}, ...); pass resume=True to "
+                         "keep them, or delete their folders to fit them again")
     for row in _run(todo, out, client=client, progress=progress, retries=retries):
         rows[row["item"]] = row
     ordered = [rows[s["id"]] for s in specs]
@@ -388,6 +395,8 @@ def _run(specs: list[dict], out: Path | None, *, client, progress: bool, retries
                 except Exception as err:  # the task itself failed (e.g. KilledWorker): not written, so resumable
                     row = _error_row(spec, f"task failed on the cluster ({type(err).__name__}: {err}); "
                                            "run again to resume")
+                    if out is None:
+                        row["posterior"] = None
                 future.release()
                 bar.update(1)
                 yield row

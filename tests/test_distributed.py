@@ -345,3 +345,11 @@ def test_fit_many_help_lists_fit_options(capsys):
     text = capsys.readouterr().out
     for flag in ("--scheduler", "--workers", "--units", "--picks", "--fmin", "--fix"):
         assert flag in text
+
+
+def test_fit_many_without_resume_refuses_finished_items(cohort, tmp_path):
+    fit_many([cohort / "bad.csv"], out=tmp_path, kind="spectrum", progress=False)
+    with pytest.raises(ValueError, match="resume=True"):
+        fit_many([cohort / "bad.csv"], out=tmp_path, kind="spectrum", resume=False, progress=False)
+    rows = fit_many([cohort / "bad.csv"], out=tmp_path, kind="spectrum", progress=False)  # resumed: nothing to do
+    assert [r["status"] for r in rows] == ["error"] and len(_rows(tmp_path / "results.csv")) == 1
