@@ -616,7 +616,7 @@ def _cmd_fit_many(args) -> int:
             raise UsageError(f"--scheduler {args.scheduler}: cannot connect ({err})") from None
     try:
         rows = dist.fit_many(items, args.backend, client=client, out=out, kind=args.kind, options=options,
-                              progress=not args.no_progress and not args.json)
+                             retry_errors=args.retry_errors, progress=not args.no_progress and not args.json)
     except ValueError as err:
         raise UsageError(_cli_words(str(err))) from None
     finally:
@@ -843,6 +843,7 @@ def _add_fit_many_parser(sub) -> None:
                    help="local cluster: worker processes (default: cores, at most one per item); 0: no Dask, "
                    "fit in this process")
     p.add_argument("--force", action="store_true", help="write into a non-empty DIR that holds no (or another) run")
+    p.add_argument("--retry-errors", action="store_true", help="resuming: fit the items that ended in an error again")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help='print {"results": PATH, "n_items", "n_errors"} on stdout')
     group = p.add_argument_group("defaults for every item (options of jrinfer fit)")

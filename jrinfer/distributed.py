@@ -258,6 +258,7 @@ def fit_many(
     options: Mapping | None = None,
     seed: int = 0,
     resume: bool = True,
+    retry_errors: bool = False,
     retries: int = 2,
     progress: bool = True,
 ) -> list[dict]:
@@ -296,6 +297,9 @@ def fit_many(
         error); delete an item's folder to fit it again. With ``False``, such
         folders are an error (nothing is overwritten). One run per ``out`` at
         a time.
+    retry_errors : bool
+        With ``resume``, fit the items recorded as errors again (their
+        folders are replaced), e.g. after fixing a file.
     retries : int
         Dask: retries of a task that raised outside the fit (item errors are
         recorded, not raised).
@@ -328,6 +332,7 @@ def fit_many(
     from jrinfer.problem import InverseProblem
 
     _checks.check_bool("resume", resume)
+    _checks.check_bool("retry_errors", retry_errors)
     _checks.check_bool("progress", progress)
     retries = _checks.check_int("retries", retries, minimum=0)
     if isinstance(items, (str, os.PathLike)):
@@ -351,6 +356,9 @@ def fit_many(
     todo = []
     for spec in specs:
         done = _read_result(out / spec["id"]) if out is not None else None
+        if done is not None and retry_errors and resume and done.get("status") != "ok":
+            shutil.rmtree(out / spec["id"])
+            done = None
         if done is not None:
             rows[spec["id"]] = done
         else:
@@ -401,7 +409,10 @@ def _run(specs: list[dict], out: Path | None, *, client, progress: bool, retries
                 bar.update(1)
                 yield row
         finally:
-            client.cancel(list(futures))
+            try:
+                client.cancel(list(futures))
+            except Exception:  # the client or cluster is gone already
+                pass
     finally:
         bar.close()
 
@@ -438,6 +449,10 @@ def fit_item(spec: dict, out: str | None) -> dict:
                 posterior, summary = _fit_problem(spec, tmp)
         row = _summary_row(spec, summary)
     except Exception as err:  # one item's failure is recorded, the cohort goes on
+        if _cluster_failure(err):  # not the item's fault: leave no folder, so Dask's retry or a rerun fits it
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         row = _error_row(spec, msg)
     if tmp is None:
@@ -455,6 +470,28 @@ def fit_item(spec: dict, out: str | None) -> dict:
             raise
         return done
     return row
+
+
+def _cluster_failure(err: BaseException) -> bool:
+    """True for errors of the Dask machinery rather than of the fit (e.g. the worker is shutting down).
+
+    xarray takes a ``distributed.Lock`` to write netCDF on a worker, so a
+    closing cluster can surface inside the fit.
+    """
+    module = type(err).__module__ or ""
+    if module.startswith(("distributed", "tornado")) or "ConnectionPool is closed" in str(err):
+        return True
+    import sys
+
+    if "distributed" not in sys.modules:
+        return False
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:
+        return False
+    return getattr(worker.status, "name", "running") != "running"
 
 
 def _fit_file(spec: dict, folder: Path) -> dict:

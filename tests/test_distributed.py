@@ -353,3 +353,56 @@ def test_fit_many_without_resume_refuses_finished_items(cohort, tmp_path):
         fit_many([cohort / "bad.csv"], out=tmp_path, kind="spectrum", resume=False, progress=False)
     rows = fit_many([cohort / "bad.csv"], out=tmp_path, kind="spectrum", progress=False)  # resumed: nothing to do
     assert [r["status"] for r in rows] == ["error"] and len(_rows(tmp_path / "results.csv")) == 1
+
+
+@pytest.mark.slow
+def test_a_whole_cluster_going_down_resumes_from_what_was_written(cohort, tmp_path):
+    """The cluster dies mid-run: finished items stay, lost ones are reported (not written) and a rerun fits them."""
+    from jrinfer.distributed import dask_client
+
+    out = tmp_path / "restart"
+    files = [cohort / "a.csv", cohort / "b.csv", cohort / "a.csv"]
+    own = dask_client(n_workers=1)  # items one after the other: the later ones are surely lost
+    result = {}
+
+    def run():
+        result["rows"] = fit_many(files, client=own, out=out, kind="spectrum", options={"units": "uV^2/Hz"},
+                                  progress=False)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not list(out.glob("0*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    own.cluster.close()  # every worker and the scheduler go away
+    thread.join(timeout=120)
+    own.close()
+    assert not thread.is_alive()
+    lost = [r for r in result["rows"] if r["status"] == "error"]
+    assert lost and all("task failed on the cluster" in r["error"] for r in lost)
+    written = {p.name for p in out.glob("0*")}
+    assert written and not {r["item"] for r in lost} & written  # a lost item leaves no folder behind
+    assert all(_read(out / i)["status"] == "ok" for i in written)
+    # the rerun (no Dask this time) fits exactly the lost items
+    stamps = {i: (out / i / "result.json").stat().st_mtime_ns for i in written}
+    rows = fit_many(files, out=out, kind="spectrum", options={"units": "uV^2/Hz"}, progress=False)
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert {i: (out / i / "result.json").stat().st_mtime_ns for i in written} == stamps
+    assert sorted(p.name for p in out.iterdir()) == ["0001-a", "0002-b", "0003-a", "results.csv"]
+
+
+def _read(folder):
+    return json.loads((folder / "result.json").read_text())
+
+
+def test_retry_errors_fits_a_fixed_file_again(cohort, tmp_path):
+    bad = tmp_path / "x.csv"
+    bad.write_text("freq,power\n2,1\n")
+    (row,) = fit_many([bad], out=tmp_path / "o", kind="spectrum", options={"units": "uV^2/Hz"}, progress=False)
+    assert row["status"] == "error"
+    _write_spectrum(bad, seed=1)  # the file is fixed
+    (row,) = fit_many([bad], out=tmp_path / "o", kind="spectrum", options={"units": "uV^2/Hz"}, progress=False)
+    assert row["status"] == "error"  # resume keeps the recorded error ...
+    (row,) = fit_many([bad], out=tmp_path / "o", kind="spectrum", options={"units": "uV^2/Hz"}, retry_errors=True,
+                      progress=False)
+    assert row["status"] == "ok" and row["fit_status"] == "converged"  # ... until asked to retry it
