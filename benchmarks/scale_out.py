@@ -4,8 +4,10 @@ Cohort: ``--items`` synthetic spectra (20 frequencies, the fixture of
 tests/test_distributed.py, different noise seeds) fitted with variational
 Laplace through ``jrinfer.fit_many`` exactly as ``jrinfer fit-many`` does
 (every item the ``jrinfer fit`` path: summary.json, posterior.nc, fit.png),
-with ``client=None`` (in this process), then a LocalCluster of 1 and 2 worker
-processes (1 thread each). Cluster start-up is timed separately.
+with ``client=None`` (in this process), a LocalCluster of 1 and one of 2
+worker processes (1 thread each), all kept up and measured in interleaved
+rounds (medians), so the three are compared under the same load. Cluster
+start-up and each process's first calls are timed separately.
 
 Simulation: ``--sims`` Jansen-Rit spectra (p_mean, C drawn uniformly, white
 input noise, 8 s after a 1 s transient, dt = 0.1 ms, v at 1 kHz, Welch 2 s)
@@ -70,10 +72,11 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=12)
     ap.add_argument("--sims", type=int, default=2048)
     ap.add_argument("--chunk", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (medians reported)")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.quick:
-        args.items, args.sims, args.chunk = 4, 256, 64
+        args.items, args.sims, args.chunk, args.rounds = 4, 256, 64, 1
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -90,52 +93,53 @@ def main() -> None:
     tiny_kw = dict(duration=0.1, transient=0.0, segment=0.05, record_every=10, root_seed=1, progress=False,
                    chunk_size=1)
 
-    results = {}
+    # All three executors stay up and are measured in interleaved rounds (paired under the same load):
+    # an idle worker costs almost nothing, and the median over rounds damps the load swings.
+    import statistics
+
+    times: dict = {}
+    clients = {0: None}
     t = time.perf_counter()
     _warm_up(files[0], str(tmp))
-    results["start", 0] = time.perf_counter() - t
-    t = time.perf_counter()
+    startup = {0: time.perf_counter() - t}
     reference = simulate_many(draws, chunk_size=args.chunk, **sim_kw)
-    results["sim", 0] = time.perf_counter() - t
-    t = time.perf_counter()
-    simulate_many(tiny, **tiny_kw)
-    results["tiny", 0] = time.perf_counter() - t
-    t = time.perf_counter()
-    rows = fit_many(files, "laplace", out=tmp / "out-0", kind="spectrum", options={"units": "uV^2/Hz"}, progress=False)
-    results["fit", 0] = time.perf_counter() - t
-    assert all(r["status"] == "ok" for r in rows), rows
-    print(f"no Dask: load {_load()}")
     for workers in (1, 2):
         t = time.perf_counter()
         client = dask_client(n_workers=workers)
         client.wait_for_workers(workers)
         client.run(_warm_up, files[0], str(tmp))  # on every worker
-        results["start", workers] = time.perf_counter() - t
-        try:
-            t = time.perf_counter()
-            sims = simulate_many(draws, chunk_size=args.chunk, client=client, **sim_kw)
-            results["sim", workers] = time.perf_counter() - t
-            assert torch.equal(sims.psd, reference.psd), "not bit-identical"
-            t = time.perf_counter()
-            simulate_many(tiny, client=client, **tiny_kw)
-            results["tiny", workers] = time.perf_counter() - t
-            t = time.perf_counter()
-            rows = fit_many(files, "laplace", client=client, out=tmp / f"out-{workers}", kind="spectrum",
-                            options={"units": "uV^2/Hz"}, progress=False)
-            results["fit", workers] = time.perf_counter() - t
-            assert all(r["status"] == "ok" for r in rows), rows
-        finally:
-            cluster = client.cluster
-            client.close()
-            cluster.close()
-        print(f"{workers} worker(s): load {_load()}")
+        startup[workers] = time.perf_counter() - t
+        clients[workers] = client
+    try:
+        for r in range(args.rounds):
+            for workers, client in clients.items():
+                t = time.perf_counter()
+                sims = simulate_many(draws, chunk_size=args.chunk, client=client, **sim_kw)
+                times.setdefault(("sim", workers), []).append(time.perf_counter() - t)
+                assert torch.equal(sims.psd, reference.psd), "not bit-identical"
+                t = time.perf_counter()
+                simulate_many(tiny, client=client, **tiny_kw)
+                times.setdefault(("tiny", workers), []).append(time.perf_counter() - t)
+                t = time.perf_counter()
+                rows = fit_many(files, "laplace", client=client, out=tmp / f"out-{workers}-{r}", kind="spectrum",
+                                options={"units": "uV^2/Hz"}, progress=False)
+                times.setdefault(("fit", workers), []).append(time.perf_counter() - t)
+                assert all(r_["status"] == "ok" for r_ in rows), rows
+            print(f"round {r + 1}/{args.rounds}: load {_load()}")
+    finally:
+        for client in clients.values():
+            if client is not None:
+                cluster = client.cluster
+                client.close()
+                cluster.close()
+    results = {key: statistics.median(v) for key, v in times.items()}
     chunk_bytes = len(pickle.dumps(reference.psd[: args.chunk].clone()))
     print(f"\nsimulation: {args.sims} sims of 8 s in chunks of {args.chunk}; cohort: {args.items} VL fits; "
           f"result bytes per chunk {chunk_bytes}")
     print("| executor | start + warm-up (s) | simulations/s | cohort fits/min | tiny tasks/s |")
     print("|---|---:|---:|---:|---:|")
     for w, label in ((0, "no Dask (this process)"), (1, "LocalCluster, 1 worker"), (2, "LocalCluster, 2 workers")):
-        start = f"{results['start', w]:.1f}"
+        start = f"{startup[w]:.1f}"
         print(f"| {label} | {start} | {args.sims / results['sim', w]:.0f} | {60 * args.items / results['fit', w]:.1f} "
               f"| {200 / results['tiny', w]:.0f} |")
     print("bit-identical simulations on every executor: yes")

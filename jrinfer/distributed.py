@@ -181,7 +181,7 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None):
 
     The local cluster runs ``n_workers`` worker processes (default: the
     number of CPU cores) with one thread each (torch is set to one thread in
-    every task), no dashboard. Close the client (and its cluster) with
+    every task) and its dashboard on a free port (``client.dashboard_link``). Close the client (and its cluster) with
     ``client.close(); client.cluster.close()`` or use it as a context manager.
 
     Raises
@@ -199,7 +199,7 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None):
         return distributed.Client(scheduler)
     n = (os.cpu_count() or 1) if n_workers is None else _checks.check_int("n_workers", n_workers, minimum=1)
     cluster = distributed.LocalCluster(
-        n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+        n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
         env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
     )
     return distributed.Client(cluster)
