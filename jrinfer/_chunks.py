@@ -139,9 +139,10 @@ def _map_chunks_dask(function, arguments: list, client, *, progress: bool, desc:
                 if future.status == "error":
                     future.result()  # raises the chunk's own error
                 bar.update(1)
-        return [f.result() for f in futures]
-    finally:
-        client.cancel(futures)
+        return [f.result() for f in futures]  # the futures are released when this returns
+    except BaseException:
+        client.cancel(futures)  # stop the chunks still pending
+        raise
 
 
 def _call_in_worker(function, args: tuple):

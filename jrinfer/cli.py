@@ -1,4 +1,5 @@
-"""Command line interface: ``jrinfer fixed-points | simulate | spectrum | fit | fit-many | report | identifiability | demo``.
+"""Command line interface: ``jrinfer fixed-points | simulate | spectrum | fit | report | identifiability | demo``,
+and ``jrinfer fit-many`` (a cohort, :mod:`jrinfer.distributed`).
 
 Every command exits with status 2 and a one-line message on stderr when its
 input is bad (``--debug`` shows the traceback instead).

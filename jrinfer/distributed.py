@@ -181,8 +181,9 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None):
 
     The local cluster runs ``n_workers`` worker processes (default: the
     number of CPU cores) with one thread each (torch is set to one thread in
-    every task) and its dashboard on a free port (``client.dashboard_link``). Close the client (and its cluster) with
-    ``client.close(); client.cluster.close()`` or use it as a context manager.
+    every task), its dashboard on a free port (``client.dashboard_link``).
+    Close the client and then its cluster when done:
+    ``cluster = client.cluster; client.close(); cluster.close()``.
 
     Raises
     ------
@@ -368,6 +369,11 @@ def fit_many(
                          "keep them, or delete their folders to fit them again")
     for row in _run(todo, out, client=client, progress=progress, retries=retries):
         rows[row["item"]] = row
+    if out is not None:  # the folders are the truth (a task reported lost may have finished its folder)
+        for spec in todo:
+            done = _read_result(out / spec["id"])
+            if done is not None:
+                rows[spec["id"]] = done
     ordered = [rows[s["id"]] for s in specs]
     if out is not None:
         write_results_csv(out / "results.csv", ordered)
@@ -395,6 +401,7 @@ def _run(specs: list[dict], out: Path | None, *, client, progress: bool, retries
                           pure=True, retries=retries): spec
             for spec in specs
         }
+        finished = False
         try:
             for future in distributed.as_completed(futures):
                 spec = futures[future]
@@ -405,14 +412,16 @@ def _run(specs: list[dict], out: Path | None, *, client, progress: bool, retries
                                            "run again to resume")
                     if out is None:
                         row["posterior"] = None
-                future.release()
                 bar.update(1)
                 yield row
+            finished = True
         finally:
-            try:
-                client.cancel(list(futures))
-            except Exception:  # the client or cluster is gone already
-                pass
+            if not finished:  # interrupted: stop the items still pending
+                try:
+                    client.cancel([f for f in futures if not f.done()])
+                except Exception:  # the client or cluster is gone already
+                    pass
+            futures.clear()
     finally:
         bar.close()
 
@@ -440,7 +449,7 @@ def fit_item(spec: dict, out: str | None) -> dict:
     log = io.StringIO()
     posterior = None
     try:
-        with redirect_stdout(log), redirect_stderr(log):
+        with redirect_stdout(log), redirect_stderr(log), _local_dask_scheduler():
             if spec.get("invalid"):
                 raise ValueError(spec["invalid"])
             if "argv" in spec:
@@ -470,6 +479,20 @@ def fit_item(spec: dict, out: str | None) -> dict:
             raise
         return done
     return row
+
+
+def _local_dask_scheduler():
+    """Inside a fit, dask (if loaded) computes in-process: xarray then writes posterior.nc under a thread
+    lock instead of a ``distributed.Lock`` on the scheduler (a round trip per file, and a failure when
+    the cluster goes down). Each item writes its own files, so no cross-process lock is needed."""
+    import contextlib
+    import sys
+
+    if "dask" not in sys.modules:
+        return contextlib.nullcontext()
+    import dask
+
+    return dask.config.set(scheduler="synchronous")
 
 
 def _cluster_failure(err: BaseException) -> bool:
