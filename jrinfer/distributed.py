@@ -58,6 +58,8 @@ def simulate_many(
     noise: str = "white",
     noise_on: str = "input",
     initial_state: str = "equilibrium",
+    fmin: float = 0.0,
+    fmax: float | None = None,
     root_seed: int = 0,
     chunk_size: int = 64,
     client=None,
@@ -88,6 +90,10 @@ def simulate_many(
         ``1 / (record_every dt)``).
     noise, noise_on, initial_state : str
         As in :class:`JansenRit` and :meth:`JansenRit.simulate`.
+    fmin, fmax : float
+        Keep the Welch bins with ``fmin <= f <= fmax`` (Hz; ``fmax=None``: up
+        to Nyquist). The cut is made on the worker, so only those bins are
+        sent back (8 bytes per bin and simulation).
     root_seed : int
         Root of the chunk seeds (``0 <= root_seed < 2**63``).
     chunk_size : int
@@ -126,6 +132,10 @@ def simulate_many(
         raise ValueError(f"params: unknown parameter(s) {unknown}; known: {', '.join(PARAMETERS)}")
     chunk_size = _checks.check_int("chunk_size", chunk_size, minimum=1)
     root_seed = seed_to_int(root_seed)
+    fmin = _checks.check_scalar("fmin", fmin, positive=True, allow_zero=True)
+    fmax = None if fmax is None else _checks.check_scalar("fmax", fmax, positive=True)
+    if fmax is not None and fmax < fmin:
+        raise ValueError(f"fmax: expected fmax >= fmin = {fmin:g} Hz, got {fmax:g}")
     values = {}
     n = None
     for name, v in params.items():
@@ -144,6 +154,7 @@ def simulate_many(
     settings = {
         "duration": duration, "dt": dt, "segment": segment, "record_every": record_every,
         "transient": transient, "noise": noise, "noise_on": noise_on, "initial_state": initial_state,
+        "fmin": fmin, "fmax": fmax,
     }
     arguments = [
         ({k: v[sl].clone() for k, v in values.items()}, chunk_seed(root_seed, i), settings)
@@ -170,7 +181,10 @@ def _simulate_chunk(params: dict, seed: int, settings: dict):
             record_every=settings["record_every"], transient=settings["transient"], seed=seed,
             initial_state=settings["initial_state"],
         )
-    return spec.freqs, spec.psd, spec.diverged, spec.n_segments
+    keep = spec.freqs >= settings["fmin"]
+    if settings["fmax"] is not None:
+        keep &= spec.freqs <= settings["fmax"]
+    return spec.freqs[keep], spec.psd[..., keep].contiguous(), spec.diverged, spec.n_segments
 
 
 # --------------------------------------------------------------------------- #

@@ -131,6 +131,11 @@ def test_simulate_many_chunks_are_seeded_from_the_root_seed(local_training_set):
     assert torch.equal(local_training_set.psd[4:8], ref.psd)
     assert local_training_set.psd.shape == (10, ref.freqs.numel())
     assert not bool(local_training_set.diverged.any())
+    # the band cut made on the workers is the full result's band
+    band = simulate_many(_draws(10), fmin=2.0, fmax=40.0, **SIM)
+    keep = (local_training_set.freqs >= 2.0) & (local_training_set.freqs <= 40.0)
+    assert torch.equal(band.freqs, local_training_set.freqs[keep]) and band.freqs.numel() == 39
+    assert torch.equal(band.psd, local_training_set.psd[:, keep])
     # another root seed gives another training set
     other = simulate_many(_draws(10), **{**SIM, "root_seed": 6})
     assert not torch.equal(other.psd, local_training_set.psd)
@@ -160,11 +165,15 @@ def test_simulate_many_bit_identical_with_2_and_1_workers(client, local_training
         ({"nope": [1.0]}, "unknown"),
         ({"p_mean": 60.0}, "1-D"),
         ({"p_mean": [60.0, float("nan")]}, "p_mean"),
+        ({"p_mean": [60.0], "fmax": 1.0, "fmin": 2.0}, "fmax"),
+        ({"p_mean": [60.0], "chunk_size": 0}, "chunk_size"),
     ],
 )
 def test_simulate_many_refuses_bad_parameters(params, match):
+    params = dict(params)
+    options = {k: params.pop(k) for k in ("fmin", "fmax", "chunk_size") if k in params}
     with pytest.raises(ValueError, match=match):
-        simulate_many(params, progress=False)
+        simulate_many(params, progress=False, **options)
 
 
 # --------------------------------------------------------------------------- #
