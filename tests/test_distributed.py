@@ -415,3 +415,22 @@ def test_retry_errors_fits_a_fixed_file_again(cohort, tmp_path):
     (row,) = fit_many([bad], out=tmp_path / "o", kind="spectrum", options={"units": "uV^2/Hz"}, retry_errors=True,
                       progress=False)
     assert row["status"] == "ok" and row["fit_status"] == "converged"  # ... until asked to retry it
+
+
+def test_results_rows_carry_sampler_diagnostics_and_the_manifest_columns():
+    """A NUTS-style summary: scalar diagnostics become diag_* columns, per-parameter tables stay in summary.json."""
+    from jrinfer.distributed import _summary_row
+
+    summary = {
+        "backend": "nuts", "status": "converged", "warnings": ["w1", "w2"], "log_evidence": None,
+        "parameters": {"A": {"mean": 3.2, "sd": 0.1}},
+        "fit_quality": {"r2_log_power": 0.9, "per_channel": {"x": 1}},
+        "diagnostics": {"rhat": {"A": 1.001}, "rhat_max": 1.001, "ess_bulk_min": 812.0, "divergences": 0},
+        "data": {"channels": ["O1", "O2"]}, "data_units": "uV^2/Hz",
+    }
+    row = _summary_row({"id": "0001-x", "path": "/x.edf", "meta": {"subject": "s1", "status": "spoof"}}, summary)
+    assert row["status"] == "ok" and row["fit_status"] == "converged" and row["n_warnings"] == 2
+    assert (row["A_mean"], row["A_sd"]) == (3.2, 0.1)
+    assert (row["diag_rhat_max"], row["diag_ess_bulk_min"], row["diag_divergences"]) == (1.001, 812.0, 0)
+    assert "diag_rhat" not in row and "fit_per_channel" not in row and row["fit_r2_log_power"] == 0.9
+    assert row["channels"] == "O1,O2" and row["subject"] == "s1"  # a manifest column never overwrites a result
