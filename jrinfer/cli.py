@@ -582,7 +582,7 @@ def _cmd_fit_many(args) -> int:
     from jrinfer import distributed as dist
 
     out = Path(args.out)
-    settings = {"kind": args.kind, "backend": args.backend,
+    settings = {"kind": args.kind, "backend": args.backend, "per_channel": args.per_channel,
                 "options": {a.dest: getattr(args, a.dest) for a in dist.fit_option_actions() if hasattr(args, a.dest)}}
     marker = out / "fit-many.json"
     if out.exists() and any(out.iterdir()) and not args.force:
@@ -617,7 +617,8 @@ def _cmd_fit_many(args) -> int:
             raise UsageError(f"--scheduler {args.scheduler}: cannot connect ({err})") from None
     try:
         rows = dist.fit_many(items, args.backend, client=client, out=out, kind=args.kind, options=options,
-                             retry_errors=args.retry_errors, progress=not args.no_progress and not args.json)
+                             per_channel=args.per_channel, retry_errors=args.retry_errors,
+                             progress=not args.no_progress and not args.json)
     except ValueError as err:
         raise UsageError(_cli_words(str(err))) from None
     finally:
@@ -844,6 +845,8 @@ def _add_fit_many_parser(sub) -> None:
                    help="local cluster: worker processes (default: cores, at most one per item); 0: no Dask, "
                    "fit in this process")
     p.add_argument("--force", action="store_true", help="write into a non-empty DIR that holds no (or another) run")
+    p.add_argument("--per-channel", action="store_true",
+                   help="one item per channel of each row's --picks (or picks column) instead of their average")
     p.add_argument("--retry-errors", action="store_true", help="resuming: fit the items that ended in an error again")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help='print {"results": PATH, "n_items", "n_errors"} on stdout')

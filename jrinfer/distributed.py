@@ -271,6 +271,7 @@ def fit_many(
     out=None,
     kind: str | None = None,
     options: Mapping | None = None,
+    per_channel: bool = False,
     seed: int = 0,
     resume: bool = True,
     retry_errors: bool = False,
@@ -305,6 +306,10 @@ def fit_many(
         Files: ``jrinfer fit`` options for every item by flag name
         (``{"units": "uV^2/Hz", "fmin": 2.0, "picks": "O1,O2", "fix": ["A=3.25"]}``);
         a manifest's columns override them per row.
+    per_channel : bool
+        Files: one item per channel of each row's picks (``picks="O1,O2"``
+        gives items ``<row>-<name>-O1`` and ``<row>-<name>-O2``) instead of
+        one fit of the row's channels (averaged, as ``jrinfer fit`` does).
     seed : int
         Problems: seed of each backend's draws (files: ``options["seed"]``).
     resume : bool
@@ -348,6 +353,7 @@ def fit_many(
 
     _checks.check_bool("resume", resume)
     _checks.check_bool("retry_errors", retry_errors)
+    _checks.check_bool("per_channel", per_channel)
     _checks.check_bool("progress", progress)
     retries = _checks.check_int("retries", retries, minimum=0)
     if isinstance(items, (str, os.PathLike)):
@@ -360,7 +366,7 @@ def fit_many(
     if n_problems:
         specs = _problem_specs(items, backend, seed)
     else:
-        specs = _file_specs(items, backend, kind, options or {})
+        specs = _file_specs(items, backend, kind, options or {}, per_channel=per_channel)
         if out is None:
             raise ValueError("out: an output folder is needed to fit files (each item writes its outputs there)")
     out = None if out is None else Path(out)
@@ -590,8 +596,11 @@ def _problem_specs(problems, backend, seed) -> list[dict]:
     ]
 
 
-def _file_specs(items, backend, kind, options: Mapping) -> list[dict]:
-    """Validated file items: id, resolved path, ``jrinfer fit`` arguments and extra columns."""
+def _file_specs(items, backend, kind, options: Mapping, per_channel: bool = False) -> list[dict]:
+    """Validated file items: id, resolved path, ``jrinfer fit`` arguments and extra columns.
+
+    With ``per_channel``, each row becomes one item per channel of its picks.
+    """
     from jrinfer import _checks
 
     if not isinstance(backend, str):
@@ -613,8 +622,24 @@ def _file_specs(items, backend, kind, options: Mapping) -> list[dict]:
         label = _ITEM_NAME.sub("_", str(row.get("name") or Path(path).name.split(".")[0]))[:60] or "item"
         per_item = {k: v for k, v in row.items() if _option_name(k) in actions}
         meta = {k: v for k, v in row.items() if k != "path"}  # copied to results.csv
-        argv = base + _option_argv(per_item, actions, f"items[{i - 1}] ({path})")
-        specs.append({"id": f"{i:0{width}d}-{label}", "path": path, "argv": argv, "meta": meta})
+        where = f"items[{i - 1}] ({path})"
+        if not per_channel:
+            argv = base + _option_argv(per_item, actions, where)
+            specs.append({"id": f"{i:0{width}d}-{label}", "path": path, "argv": argv, "meta": meta})
+            continue
+        picks = next((v for k, v in per_item.items() if actions[_option_name(k)].dest == "channels"), None)
+        if picks is None:
+            picks = next((v for k, v in options.items() if actions.get(_option_name(k)) is not None
+                          and actions[_option_name(k)].dest == "channels"), None)
+        channels = list(dict.fromkeys(c.strip() for c in str(picks or "").split(",") if c.strip()))
+        if not channels:
+            raise ValueError(f"per_channel: {where} has no channels to split; give picks (CLI: --picks or a picks "
+                             "column), e.g. O1,O2")
+        rest = {k: v for k, v in per_item.items() if actions[_option_name(k)].dest != "channels"}
+        for channel in channels:
+            argv = base + _option_argv({**rest, "picks": channel}, actions, where)
+            specs.append({"id": f"{i:0{width}d}-{label}-{_ITEM_NAME.sub('_', channel)[:30]}", "path": path,
+                          "argv": argv, "meta": {**meta, "channel": channel}})
     # the arguments as jrinfer fit reads them: bad defaults stop the run before any task starts; a
     # row's bad value is that row's error (recorded, the others go on)
     from jrinfer import cli

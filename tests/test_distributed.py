@@ -434,3 +434,20 @@ def test_results_rows_carry_sampler_diagnostics_and_the_manifest_columns():
     assert (row["diag_rhat_max"], row["diag_ess_bulk_min"], row["diag_divergences"]) == (1.001, 812.0, 0)
     assert "diag_rhat" not in row and "fit_per_channel" not in row and row["fit_r2_log_power"] == 0.9
     assert row["channels"] == "O1,O2" and row["subject"] == "s1"  # a manifest column never overwrites a result
+
+
+def test_per_channel_items(cohort, tmp_path):
+    freqs, y1 = _synthetic(5)
+    _, y2 = _synthetic(6, p_mean=90.0)
+    np.savetxt(tmp_path / "two.csv", np.column_stack([freqs.numpy(), y1[0].numpy(), y2[0].numpy()]), delimiter=",",
+               header="freq,O1,O2", comments="")
+    (tmp_path / "m.csv").write_text('path,picks\ntwo.csv,"O1,O2"\n')
+    code = main(["fit-many", str(tmp_path / "m.csv"), *FIT_OPTS, "--per-channel", "--out", str(tmp_path / "o"),
+                 "--workers", "0", "--no-progress"])
+    assert code == 0
+    rows = _rows(tmp_path / "o" / "results.csv")
+    assert [(r["item"], r["channel"], r["channels"], r["status"]) for r in rows] == [
+        ("0001-two-O1", "O1", "O1", "ok"), ("0001-two-O2", "O2", "O2", "ok")]
+    assert _params(rows[0]) != _params(rows[1])
+    with pytest.raises(ValueError, match="per_channel"):
+        fit_many([cohort / "a.csv"], out=tmp_path / "p", kind="spectrum", per_channel=True, progress=False)
