@@ -602,10 +602,10 @@ def _cmd_fit_many(args) -> int:
     except ValueError as err:
         raise UsageError(str(err).replace("manifest", "MANIFEST", 1)) from None
     options = {a.option_strings[0]: getattr(args, a.dest) for a in dist.fit_option_actions() if hasattr(args, a.dest)}
-    out.mkdir(parents=True, exist_ok=True)
-    from jrinfer._io import write_text
-
-    write_text(marker, json.dumps(settings, indent=1))
+    try:  # bad options are refused before a cluster starts or DIR is touched
+        dist._file_specs(items, args.backend, args.kind, options, per_channel=args.per_channel)
+    except ValueError as err:
+        raise UsageError(_cli_words(str(err))) from None
     client = None
     if args.scheduler or args.workers != 0:
         try:
@@ -615,6 +615,10 @@ def _cmd_fit_many(args) -> int:
                              ) from None
         except OSError as err:
             raise UsageError(f"--scheduler {args.scheduler}: cannot connect ({err})") from None
+    out.mkdir(parents=True, exist_ok=True)
+    from jrinfer._io import write_text
+
+    write_text(marker, json.dumps(settings, indent=1))
     try:
         rows = dist.fit_many(items, args.backend, client=client, out=out, kind=args.kind, options=options,
                              per_channel=args.per_channel, retry_errors=args.retry_errors,

@@ -633,8 +633,8 @@ def _file_specs(items, backend, kind, options: Mapping, per_channel: bool = Fals
                           and actions[_option_name(k)].dest == "channels"), None)
         channels = list(dict.fromkeys(c.strip() for c in str(picks or "").split(",") if c.strip()))
         if not channels:
-            raise ValueError(f"per_channel: {where} has no channels to split; give picks (CLI: --picks or a picks "
-                             "column), e.g. O1,O2")
+            raise ValueError(f"per_channel (--per-channel): row {i} ({path}) has no channels to split; give picks "
+                             "(options['picks'], --picks or a picks column), e.g. O1,O2")
         rest = {k: v for k, v in per_item.items() if actions[_option_name(k)].dest != "channels"}
         for channel in channels:
             argv = base + _option_argv({**rest, "picks": channel}, actions, where)
