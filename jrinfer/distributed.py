@@ -197,7 +197,10 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None):
     number of CPU cores) with one thread each (torch is set to one thread in
     every task), its dashboard on a free port (``client.dashboard_link``).
     Close the client and then its cluster when done:
-    ``cluster = client.cluster; client.close(); cluster.close()``.
+    ``cluster = client.cluster; client.close(); cluster.close()``. Worker
+    processes are spawned, so a script must create the cluster under
+    ``if __name__ == "__main__":``; the workers import jrinfer from the same
+    ``sys.path`` (with a remote scheduler, install jrinfer on its workers).
 
     Raises
     ------
