@@ -24,6 +24,7 @@ from jrinfer.observation import EvokedObservation, Observation, SpectrumObservat
 from jrinfer.posterior import Posterior
 from jrinfer.prior import LogNormal, Normal, Prior, Uniform
 from jrinfer.problem import InverseProblem, jansen_rit_prior
+from jrinfer.distributed import fit_many, simulate_many
 from jrinfer.spectral import WelchPSD, welch_psd
 
 __version__ = "0.1.0.dev0"
@@ -50,7 +51,9 @@ __all__ = [
     "Uniform",
     "WelchPSD",
     "datasets",
+    "fit_many",
     "jansen_rit_prior",
+    "simulate_many",
     "welch_psd",
     "__version__",
 ]

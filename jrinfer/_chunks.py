@@ -9,8 +9,11 @@ is part of the job's definition (changing it changes the seeds), the number of
 workers is not.
 
 :func:`map_chunks` runs a picklable top-level function over the chunks, here
-in a loop with a progress bar (``client=None``); the scale-out layer adds a
-Dask path with the same contract (results returned in chunk order).
+in a loop with a progress bar (``client=None``) or on a ``dask.distributed``
+client with the same contract: results in chunk order, one progress step per
+finished chunk. On Dask every chunk is a pure task whose key is a hash of the
+function and its arguments, so a chunk lost with a worker is recomputed to the
+same bytes (Dask reschedules it; ``retries`` covers chunks that raise).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def map_chunks(
     client=None,
     progress: bool = True,
     desc: str = "chunks",
+    retries: int = 3,
 ) -> list:
     """``[function(*args) for args in arguments]``, in order, with a progress bar.
 
@@ -67,17 +71,99 @@ def map_chunks(
         Show a tqdm progress bar (one step per finished chunk).
     desc : str
         Label of the progress bar.
+    retries : int
+        Dask only: how many times a chunk that raised is retried before the
+        error is passed on (a chunk on a worker that died is rescheduled by
+        Dask in any case, up to the scheduler's ``allowed-failures``).
 
     Returns
     -------
     list
         The results in the order of ``arguments``.
+
+    Raises
+    ------
+    ValueError
+        If ``retries`` is not a non-negative int.
+    Exception
+        The first error a chunk raised (after its retries); the chunks still
+        pending are cancelled.
     """
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise ValueError(f"retries: expected a non-negative int, got {retries!r}")
     if client is not None:
-        raise NotImplementedError("map_chunks: running on a Dask client is not available yet")
+        return _map_chunks_dask(function, list(arguments), client, progress=progress, desc=desc, retries=retries)
     from tqdm.auto import tqdm
 
     results = []
     for args in tqdm(arguments, desc=desc, unit="chunk", disable=not progress):
         results.append(function(*args))
     return results
+
+
+def task_key(prefix: str, function: Callable, args: tuple, index: int) -> str:
+    """Deterministic Dask key of ``function(*args)``: ``prefix-index-sha1(function, args)``.
+
+    The same function and arguments give the same key in any process, so a
+    resubmitted job reuses (or recomputes to the same bytes) what the cluster
+    already holds. Objects pickle cannot hash fall back to cloudpickle.
+    """
+    import hashlib
+    import pickle
+
+    try:
+        blob = pickle.dumps((function, args), protocol=5)
+    except Exception:  # lambdas, local functions: Dask ships them with cloudpickle anyway
+        import cloudpickle
+
+        blob = cloudpickle.dumps((function, args), protocol=5)
+    return f"{prefix}-{index}-{hashlib.sha1(blob).hexdigest()}"
+
+
+def _map_chunks_dask(function, arguments: list, client, *, progress: bool, desc: str, retries: int) -> list:
+    """:func:`map_chunks` on a ``dask.distributed`` client (results in chunk order)."""
+    from jrinfer._optional import optional_import
+
+    distributed = optional_import("distributed", purpose="map_chunks on a Dask client")
+    from tqdm.auto import tqdm
+
+    name = getattr(function, "__name__", "chunk").strip("<>_") or "chunk"
+    futures = [
+        client.submit(_call_in_worker, function, args, key=task_key(f"jrinfer-{name}", function, args, i),
+                      pure=True, retries=retries)
+        for i, args in enumerate(arguments)
+    ]
+    try:
+        with tqdm(total=len(futures), desc=desc, unit="chunk", disable=not progress) as bar:
+            for future in distributed.as_completed(futures):
+                if future.status == "error":
+                    future.result()  # raises the chunk's own error
+                bar.update(1)
+        return [f.result() for f in futures]  # the futures are released when this returns
+    except BaseException:
+        client.cancel(futures)  # stop the chunks still pending
+        raise
+
+
+def _call_in_worker(function, args: tuple):
+    """Run one chunk; on a Dask worker first pin torch to one thread (one task per core)."""
+    single_thread_in_worker()
+    return function(*args)
+
+
+def single_thread_in_worker() -> None:
+    """On a Dask worker, set torch to one intra-op thread (the cluster runs one task per core)."""
+    import sys
+
+    if "distributed" not in sys.modules:
+        return
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:  # not on a worker
+        return
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)

@@ -1,4 +1,5 @@
-"""Command line interface: ``jrinfer fixed-points | simulate | spectrum | fit | report | identifiability | demo``.
+"""Command line interface: ``jrinfer fixed-points | simulate | spectrum | fit | report | identifiability | demo``,
+and ``jrinfer fit-many`` (a cohort, :mod:`jrinfer.distributed`).
 
 Every command exits with status 2 and a one-line message on stderr when its
 input is bad (``--debug`` shows the traceback instead).
@@ -576,6 +577,71 @@ def _cmd_identifiability(args) -> int:
     return 0
 
 
+def _cmd_fit_many(args) -> int:
+    """``jrinfer fit-many``: :func:`jrinfer.distributed.fit_many` over a manifest, locally or on Dask."""
+    from jrinfer import distributed as dist
+
+    out = Path(args.out)
+    settings = {"kind": args.kind, "backend": args.backend, "per_channel": args.per_channel,
+                "options": {a.dest: getattr(args, a.dest) for a in dist.fit_option_actions() if hasattr(args, a.dest)}}
+    marker = out / "fit-many.json"
+    if out.exists() and any(out.iterdir()) and not args.force:
+        if not marker.is_file():
+            raise UsageError(f"--out {args.out}: directory is not empty and holds no fit-many run; pass --force to "
+                             "write into it")
+        before = json.loads(marker.read_text())
+        if before != json.loads(json.dumps(settings)):
+            raise UsageError(f"--out {args.out}: holds a fit-many run with other --kind/--backend/fit options "
+                             f"({before}); use another --out, or --force to resume with these")
+    if args.workers is not None and args.workers < 0:
+        raise UsageError(f"--workers expects a number of worker processes >= 0 (0: no Dask), got {args.workers}")
+    if args.scheduler and args.workers is not None:
+        raise UsageError("--workers starts a local cluster; with --scheduler the cluster's own workers are used")
+    try:
+        items = dist.read_manifest(args.manifest)
+    except ValueError as err:
+        raise UsageError(str(err).replace("manifest", "MANIFEST", 1)) from None
+    options = {a.option_strings[0]: getattr(args, a.dest) for a in dist.fit_option_actions() if hasattr(args, a.dest)}
+    try:  # bad options are refused before a cluster starts or DIR is touched
+        dist._file_specs(items, args.backend, args.kind, options, per_channel=args.per_channel)
+    except ValueError as err:
+        raise UsageError(_cli_words(str(err))) from None
+    client = None
+    if args.scheduler or args.workers != 0:
+        try:
+            client = dist.dask_client(args.scheduler, n_workers=args.workers or min(os.cpu_count() or 1, len(items)))
+        except ImportError:
+            raise UsageError("fit-many on Dask needs dask.distributed: pip install 'jrinfer[dask]' (or --workers 0)"
+                             ) from None
+        except OSError as err:
+            raise UsageError(f"--scheduler {args.scheduler}: cannot connect ({err})") from None
+    out.mkdir(parents=True, exist_ok=True)
+    from jrinfer._io import write_text
+
+    write_text(marker, json.dumps(settings, indent=1))
+    try:
+        rows = dist.fit_many(items, args.backend, client=client, out=out, kind=args.kind, options=options,
+                             per_channel=args.per_channel, retry_errors=args.retry_errors,
+                             progress=not args.no_progress and not args.json)
+    except ValueError as err:
+        raise UsageError(_cli_words(str(err))) from None
+    finally:
+        if client is not None:
+            cluster = client.cluster if not args.scheduler else None
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    n_err = sum(r["status"] != "ok" for r in rows)
+    if args.json:
+        print(json.dumps({"results": str(out / "results.csv"), "n_items": len(rows), "n_errors": n_err}))
+    else:
+        for r in rows:
+            if r["status"] != "ok":
+                print(f"jrinfer fit-many: {r['item']}: error: {r['error']}", file=sys.stderr)
+        print(f"fitted {len(rows)} items ({len(rows) - n_err} ok, {n_err} errors); wrote {out}/results.csv")
+    return 0 if n_err == 0 else 1
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
@@ -750,11 +816,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print report.json on stdout")
     p.set_defaults(func=_cmd_identifiability)
 
+    _add_fit_many_parser(sub)
+
     p = sub.add_parser("demo", help="the README's main job on the bundled example")
     p.add_argument("--out", default="jrinfer-demo", help="output directory (default ./jrinfer-demo)")
     p.add_argument("--force", action="store_true", help="overwrite files in --out")
     p.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _add_fit_many_parser(sub) -> None:
+    """``jrinfer fit-many``: its own options, then every ``jrinfer fit`` option as a default for all items."""
+    from jrinfer.distributed import fit_option_actions
+
+    p = sub.add_parser(
+        "fit-many",
+        help="fit a cohort listed in a manifest CSV, one task per row, locally or on Dask; writes DIR/results.csv",
+        description="Fit every recording listed in MANIFEST (a CSV with a 'path' column; optional columns named "
+        "like jrinfer fit's options, e.g. units, picks, fmin, fmax, condition, fix as NAME=VALUE;NAME=VALUE, "
+        "override the defaults per row; other columns are copied to results.csv). Each item is written to "
+        "DIR/<row>-<name>/ when it finishes; DIR/results.csv has one row per item (status ok or error). "
+        "Running again with the same DIR resumes: finished items are skipped. Runs on a local Dask cluster "
+        "(one worker process per core) unless --scheduler ADDRESS or --workers 0 (no Dask).",
+    )
+    p.add_argument("manifest", metavar="MANIFEST", help="CSV with a 'path' column (paths relative to the manifest)")
+    p.add_argument("--kind", required=True, choices=["spectrum", "evoked"], help="what the files hold")
+    p.add_argument("--backend", default="laplace", choices=["laplace", "nuts", "smc"], help="inference backend")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (resumed if it holds a run)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="address of a running Dask scheduler (tcp://host:8786); default: a local cluster")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local cluster: worker processes (default: cores, at most one per item); 0: no Dask, "
+                   "fit in this process")
+    p.add_argument("--force", action="store_true", help="write into a non-empty DIR that holds no (or another) run")
+    p.add_argument("--per-channel", action="store_true",
+                   help="one item per channel of each row's --picks (or picks column) instead of their average")
+    p.add_argument("--retry-errors", action="store_true", help="resuming: fit the items that ended in an error again")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help='print {"results": PATH, "n_items", "n_errors"} on stdout')
+    group = p.add_argument_group("defaults for every item (options of jrinfer fit)")
+    for action in fit_option_actions(sub.choices["fit"]):
+        copy = argparse.Action.__new__(type(action))
+        copy.__dict__.update(action.__dict__)
+        copy.default = argparse.SUPPRESS
+        group._add_action(copy)
+    p.set_defaults(func=_cmd_fit_many)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ import sys
 
 def test_import_does_not_pull_heavy_dependencies():
     code = (
-        "import sys, jrinfer, jrinfer.backends.laplace, jrinfer.cli, jrinfer.datasets, jrinfer.report, jrinfer.plotting; "
+        "import sys, jrinfer, jrinfer.backends.laplace, jrinfer.cli, jrinfer.distributed, jrinfer._chunks, jrinfer.datasets, jrinfer.report, jrinfer.plotting; "
         "heavy = ('mne', 'pymc', 'sbi', 'matplotlib', 'arviz', 'pandas', 'dask', 'pooch'); "
         "heavy = [m for m in heavy if m in sys.modules]; "
         "print(','.join(heavy))"

@@ -1,0 +1,806 @@
+"""Scale-out on Dask: cohort fitting (:func:`fit_many`) and chunked simulation (:func:`simulate_many`).
+
+The same code runs in this process (``client=None``) and on a
+``dask.distributed`` cluster (a ``LocalCluster`` or an existing scheduler, see
+:func:`dask_client`). Tasks are top-level functions of plain, picklable
+arguments; Dask and tqdm are imported only when used.
+
+Cohort fitting writes one folder per item, atomically: the item is fitted into
+a hidden ``.partial-*`` folder that is renamed to ``OUT/<item>`` when complete
+(``result.json`` last inside it). A task retried after a lost worker therefore
+either finds the finished folder and returns it, or writes its own; the first
+rename wins and nothing is half-written or duplicated. ``OUT/results.csv`` is
+assembled from the items' ``result.json`` files, so an interrupted run (a
+killed worker, a restarted cluster, Ctrl-C) resumes by skipping the items whose
+folder exists.
+
+Simulation is cut into chunks of a fixed size, chunk ``i`` seeded with
+:func:`jrinfer._chunks.chunk_seed` ``(root_seed, i)``; the model's noise is a
+pure function of (seed, parameter set within the chunk, step), so the stacked
+result is bit-identical whatever the number of workers or the order in which
+chunks run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Mapping, Sequence
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+__all__ = ["fit_many", "simulate_many", "read_manifest", "dask_client"]
+
+#: Columns of results.csv that come first, in this order.
+RESULT_COLUMNS = ("item", "path", "status", "error", "fit_status", "backend", "log_evidence", "n_warnings", "warnings")
+#: Options of ``jrinfer fit`` that ``fit-many`` sets itself (per item) and a manifest cannot.
+_OWN_OPTIONS = {"out", "force", "json", "report", "progress", "kind", "backend", "data", "help", "debug"}
+_ITEM_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+# --------------------------------------------------------------------------- #
+# Distributed simulation
+# --------------------------------------------------------------------------- #
+def simulate_many(
+    params: Mapping,
+    *,
+    duration: float = 8.0,
+    dt: float = 1e-4,
+    segment: float = 2.0,
+    record_every: int = 10,
+    transient: float = 1.0,
+    noise: str = "white",
+    noise_on: str = "input",
+    initial_state: str = "equilibrium",
+    fmin: float = 0.0,
+    fmax: float | None = None,
+    root_seed: int = 0,
+    chunk_size: int = 64,
+    client=None,
+    progress: bool = True,
+    retries: int = 3,
+):
+    """Welch spectra of ``N`` Jansen-Rit simulations, chunked, locally or on a Dask client.
+
+    Parameter set ``n`` is simulated in chunk ``i = n // chunk_size`` with the
+    seed :func:`~jrinfer._chunks.chunk_seed` ``(root_seed, i)``, as one
+    vectorised batch per chunk (:meth:`JansenRit.simulated_psd`). The noise of
+    a set is a pure function of (chunk seed, position in the chunk, step), so
+    the result is bit-identical with any number of workers, any assignment of
+    chunks to workers and with ``client=None``. ``chunk_size`` is part of the
+    job's definition: changing it changes the seeds.
+
+    Parameters
+    ----------
+    params : mapping of str to array_like
+        Jansen-Rit parameters (names in :data:`jrinfer.PARAMETERS`): each a
+        1-D array of length ``N`` (one value per simulation) or a scalar
+        (the same for all). At least one must be 1-D.
+    duration, dt, segment, transient : float
+        Recorded time, integration step, Welch segment and discarded
+        transient, all in s.
+    record_every : int
+        Decimation of ``v`` before the Welch estimate (sampling rate
+        ``1 / (record_every dt)``).
+    noise, noise_on, initial_state : str
+        As in :class:`JansenRit` and :meth:`JansenRit.simulate`.
+    fmin, fmax : float
+        Keep the Welch bins with ``fmin <= f <= fmax`` (Hz; ``fmax=None``: up
+        to Nyquist). The cut is made on the worker, so only those bins are
+        sent back (8 bytes per bin and simulation).
+    root_seed : int
+        Root of the chunk seeds (``0 <= root_seed < 2**63``).
+    chunk_size : int
+        Parameter sets per chunk (per task).
+    client : dask.distributed.Client, optional
+        Run the chunks on this client; ``None`` runs them here.
+    progress : bool
+        Show a progress bar (one step per chunk).
+    retries : int
+        Retries of a chunk that raised (Dask only).
+
+    Returns
+    -------
+    jrinfer.SimulatedSpectrum
+        ``freqs`` ``(F,)`` in Hz, ``psd`` ``(N, F)`` in mV^2/Hz, ``diverged``
+        ``(N,)`` bool (non-finite simulations: their rows are NaN-free but not
+        meaningful) and ``n_segments``.
+
+    Raises
+    ------
+    ValueError
+        If ``params`` is empty, names an unknown parameter, mixes lengths or
+        holds non-finite values; if ``chunk_size`` is not a positive int.
+    """
+    import torch
+
+    from jrinfer import _checks
+    from jrinfer._chunks import chunk_seed, chunk_slices, map_chunks
+    from jrinfer._rng import seed_to_int
+    from jrinfer.model import PARAMETERS, SimulatedSpectrum
+
+    if not isinstance(params, Mapping) or not params:
+        raise ValueError(f"params: expected a non-empty mapping of parameter name to values, got {params!r}")
+    unknown = [k for k in params if k not in PARAMETERS]
+    if unknown:
+        raise ValueError(f"params: unknown parameter(s) {unknown}; known: {', '.join(PARAMETERS)}")
+    chunk_size = _checks.check_int("chunk_size", chunk_size, minimum=1)
+    root_seed = seed_to_int(root_seed)
+    fmin = _checks.check_scalar("fmin", fmin, positive=True, allow_zero=True)
+    fmax = None if fmax is None else _checks.check_scalar("fmax", fmax, positive=True)
+    if fmax is not None and fmax < fmin:
+        raise ValueError(f"fmax: expected fmax >= fmin = {fmin:g} Hz, got {fmax:g}")
+    values = {}
+    n = None
+    for name, v in params.items():
+        t = _checks.as_float_tensor(f"params[{name!r}]", v)
+        _checks.check_finite(f"params[{name!r}]", t)
+        if t.ndim > 1:
+            raise ValueError(f"params[{name!r}]: expected a scalar or a 1-D array, got shape {tuple(t.shape)}")
+        if t.ndim == 1:
+            if n is not None and t.shape[0] != n:
+                raise ValueError(f"params[{name!r}]: expected length {n} like the other parameters, got {t.shape[0]}")
+            n = t.shape[0]
+        values[name] = t.detach()
+    if n is None or n == 0:
+        raise ValueError("params: expected at least one 1-D array with at least one value (the parameter sets)")
+    values = {k: (v.expand(n) if v.ndim == 0 else v) for k, v in values.items()}
+    settings = {
+        "duration": duration, "dt": dt, "segment": segment, "record_every": record_every,
+        "transient": transient, "noise": noise, "noise_on": noise_on, "initial_state": initial_state,
+        "fmin": fmin, "fmax": fmax,
+    }
+    arguments = [
+        ({k: v[sl].clone() for k, v in values.items()}, chunk_seed(root_seed, i), settings)
+        for i, sl in enumerate(chunk_slices(n, chunk_size))
+    ]
+    parts = map_chunks(_simulate_chunk, arguments, client=client, progress=progress,
+                       desc="simulating", retries=retries)
+    freqs = parts[0][0]
+    return SimulatedSpectrum(
+        freqs, torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]), parts[0][3]
+    )
+
+
+def _simulate_chunk(params: dict, seed: int, settings: dict):
+    """One chunk of :func:`simulate_many`: ``(freqs, psd (B, F), diverged (B,), n_segments)``."""
+    import torch
+
+    from jrinfer.model import JansenRit
+
+    with torch.no_grad():
+        model = JansenRit(noise=settings["noise"], noise_on=settings["noise_on"], **params)
+        spec = model.simulated_psd(
+            settings["duration"], settings["dt"], segment=settings["segment"],
+            record_every=settings["record_every"], transient=settings["transient"], seed=seed,
+            initial_state=settings["initial_state"],
+        )
+    keep = spec.freqs >= settings["fmin"]
+    if settings["fmax"] is not None:
+        keep &= spec.freqs <= settings["fmax"]
+    return spec.freqs[keep], spec.psd[..., keep].contiguous(), spec.diverged, spec.n_segments
+
+
+# --------------------------------------------------------------------------- #
+# Dask client
+# --------------------------------------------------------------------------- #
+def dask_client(scheduler: str | None = None, *, n_workers: int | None = None):
+    """A ``dask.distributed.Client``: to ``scheduler`` if given, else to a new ``LocalCluster``.
+
+    The local cluster runs ``n_workers`` worker processes (default: the
+    number of CPU cores) with one thread each (torch is set to one thread in
+    every task), its dashboard on a free port (``client.dashboard_link``).
+    Close the client and then its cluster when done:
+    ``cluster = client.cluster; client.close(); cluster.close()``. Worker
+    processes are spawned, so a script must create the cluster under
+    ``if __name__ == "__main__":``; the workers import jrinfer from the same
+    ``sys.path`` (with a remote scheduler, install jrinfer on its workers).
+
+    Raises
+    ------
+    ImportError
+        Without ``dask.distributed`` (``pip install 'jrinfer[dask]'``).
+    ValueError
+        If ``n_workers`` is not a positive int.
+    """
+    from jrinfer import _checks
+    from jrinfer._optional import optional_import
+
+    distributed = optional_import("distributed", purpose="running on a Dask cluster")
+    if scheduler:
+        return distributed.Client(scheduler)
+    n = (os.cpu_count() or 1) if n_workers is None else _checks.check_int("n_workers", n_workers, minimum=1)
+    cluster = distributed.LocalCluster(
+        n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+        env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+    )
+    return distributed.Client(cluster)
+
+
+# --------------------------------------------------------------------------- #
+# Cohort fitting
+# --------------------------------------------------------------------------- #
+def read_manifest(path) -> list[dict]:
+    """Rows of a cohort manifest CSV as dicts (paths resolved against the manifest's folder).
+
+    The manifest has a header with a ``path`` column (one recording per row,
+    absolute or relative to the manifest) and optional columns: ``name`` (the
+    item's label), any option of ``jrinfer fit`` by its flag name
+    (``units``, ``picks``, ``fmin``, ``fmax``, ``tmin``, ``tmax``, ``condition``,
+    ``exclude``, ``segment``, ``free``, ``fix`` with ``NAME=VALUE;NAME=VALUE``,
+    ...), which override the command's defaults for that row. Every column
+    but ``path`` (options and others such as ``subject``, ``group``) is
+    copied to ``results.csv``. Empty cells mean "the default".
+
+    Raises
+    ------
+    ValueError
+        If the file is not a CSV with a ``path`` column or a row has no path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"manifest: no such file {str(path)!r}")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        if "path" not in header:
+            raise ValueError(f"manifest {path}: expected a CSV header with a 'path' column, got {header}")
+        rows = []
+        for k, raw in enumerate(reader, start=2):
+            row = {(key or "").strip(): (val or "").strip() for key, val in raw.items() if key is not None}
+            if not row.get("path"):
+                raise ValueError(f"manifest {path}, line {k}: empty 'path'")
+            for key in ("path", "prior"):  # files named in the manifest: relative to it
+                if row.get(key):
+                    p = Path(row[key]).expanduser()
+                    row[key] = str(p if p.is_absolute() else (path.parent / p))
+            rows.append({key: val for key, val in row.items() if val != ""})
+    if not rows:
+        raise ValueError(f"manifest {path}: no rows (expected one recording per line under the header)")
+    return rows
+
+
+def fit_many(
+    items,
+    backend="laplace",
+    *,
+    client=None,
+    out=None,
+    kind: str | None = None,
+    options: Mapping | None = None,
+    per_channel: bool = False,
+    seed: int = 0,
+    resume: bool = True,
+    retry_errors: bool = False,
+    retries: int = 2,
+    progress: bool = True,
+) -> list[dict]:
+    """Fit a cohort: one task per recording (file) or per :class:`InverseProblem`, locally or on Dask.
+
+    Parameters
+    ----------
+    items : str, os.PathLike or sequence
+        A manifest CSV (see :func:`read_manifest`), or a sequence whose
+        elements are all file paths, manifest-style dicts (``{"path": ...,
+        "units": ..., ...}``) or all :class:`~jrinfer.InverseProblem` s. The
+        same file may appear several times (each row is its own item).
+    backend : str or backend object
+        Files: ``"laplace"``, ``"nuts"`` or ``"smc"`` (as ``jrinfer fit
+        --backend``). Problems: one of those names or a backend object with
+        ``fit(problem) -> Posterior`` (e.g. ``VariationalLaplace(max_iter=64)``);
+        it must pickle to reach Dask workers.
+    client : dask.distributed.Client, optional
+        Run the items on this client (see :func:`dask_client`); ``None`` fits
+        them one after the other in this process.
+    out : str or os.PathLike, optional
+        Output folder: ``out/<item>/`` per item (``summary.json``,
+        ``posterior.nc``, ``fit.png`` for files, ``log.txt``, ``result.json``)
+        and ``out/results.csv``. Required for files; optional for problems
+        (without it the posteriors come back in memory).
+    kind : {"spectrum", "evoked"}, optional
+        Files: what they hold (as ``jrinfer fit --kind``). Required for files.
+    options : mapping, optional
+        Files: ``jrinfer fit`` options for every item by flag name
+        (``{"units": "uV^2/Hz", "fmin": 2.0, "picks": "O1,O2", "fix": ["A=3.25"]}``);
+        a manifest's columns override them per row.
+    per_channel : bool
+        Files: one item per channel of each row's picks (``picks="O1,O2"``
+        gives items ``<row>-<name>-O1`` and ``<row>-<name>-O2``) instead of
+        one fit of the row's channels (averaged, as ``jrinfer fit`` does).
+    seed : int
+        Problems: seed of each backend's draws (files: ``options["seed"]``).
+    resume : bool
+        Skip items whose folder under ``out`` exists already (finished, ok or
+        error); delete an item's folder to fit it again. With ``False``, such
+        folders are an error (nothing is overwritten). One run per ``out`` at
+        a time.
+    retry_errors : bool
+        With ``resume``, fit the items recorded as errors again (their
+        folders are replaced), e.g. after fixing a file.
+    retries : int
+        Dask: retries of a task that raised outside the fit (item errors are
+        recorded, not raised).
+    progress : bool
+        Show a progress bar over the items.
+
+    Returns
+    -------
+    list of dict
+        One row per item, in input order, with the columns of
+        ``results.csv``: ``item``, ``path``, ``status`` (``"ok"`` or
+        ``"error"``), ``error`` (the message), ``fit_status`` (the posterior's
+        status), ``backend``, ``log_evidence``, ``n_warnings``, ``warnings``,
+        ``<parameter>_mean``/``<parameter>_sd``, ``fit_<measure>`` (fit quality),
+        ``diag_<name>`` (scalar backend diagnostics: free energy, R-hat, ESS,
+        ...) and the manifest's extra columns. Without ``out``, each row also
+        holds ``"posterior"`` (a :class:`~jrinfer.Posterior`, or ``None`` for
+        an error).
+
+    Raises
+    ------
+    ValueError
+        For an empty or mixed ``items``, a file cohort without ``out`` or
+        ``kind``, an unknown option or an option value ``jrinfer fit``
+        refuses (a bad value in one manifest row is that row's error
+        instead), an unknown backend name, or finished items in ``out`` with
+        ``resume=False``.
+    """
+    from jrinfer import _checks
+    from jrinfer.problem import InverseProblem
+
+    _checks.check_bool("resume", resume)
+    _checks.check_bool("retry_errors", retry_errors)
+    _checks.check_bool("per_channel", per_channel)
+    _checks.check_bool("progress", progress)
+    retries = _checks.check_int("retries", retries, minimum=0)
+    if isinstance(items, (str, os.PathLike)):
+        items = read_manifest(items)
+    if not isinstance(items, Sequence) or isinstance(items, (str, bytes)) or len(items) == 0:
+        raise ValueError(f"items: expected a manifest path or a non-empty sequence of files or problems, got {items!r}")
+    n_problems = sum(isinstance(it, InverseProblem) for it in items)
+    if 0 < n_problems < len(items):
+        raise ValueError("items: expected all InverseProblems or all files, got a mix")
+    if n_problems:
+        specs = _problem_specs(items, backend, seed)
+    else:
+        specs = _file_specs(items, backend, kind, options or {}, per_channel=per_channel)
+        if out is None:
+            raise ValueError("out: an output folder is needed to fit files (each item writes its outputs there)")
+    out = None if out is None else Path(out)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        _remove_partials(out)
+    rows: dict[str, dict] = {}
+    todo = []
+    for spec in specs:
+        done = _read_result(out / spec["id"]) if out is not None else None
+        if done is not None and retry_errors and resume and done.get("status") != "ok":
+            shutil.rmtree(out / spec["id"])
+            done = None
+        if done is not None:
+            rows[spec["id"]] = done
+        else:
+            todo.append(spec)
+    if rows and not resume:
+        raise ValueError(f"out: {out} holds finished items ({', '.join(list(rows)[:3])}, ...); pass resume=True to "
+                         "keep them, or delete their folders to fit them again")
+    for row in _run(todo, out, client=client, progress=progress, retries=retries):
+        rows[row["item"]] = row
+    if out is not None:  # the folders are the truth (a task reported lost may have finished its folder)
+        for spec in todo:
+            done = _read_result(out / spec["id"])
+            if done is not None:
+                rows[spec["id"]] = done
+    ordered = [rows[s["id"]] for s in specs]
+    if out is not None:
+        write_results_csv(out / "results.csv", ordered)
+        _remove_partials(out)
+    return ordered
+
+
+def _run(specs: list[dict], out: Path | None, *, client, progress: bool, retries: int):
+    """Yield the result rows of ``specs`` as they finish (locally or on ``client``)."""
+    from tqdm.auto import tqdm
+
+    out_s = None if out is None else str(out)
+    bar = tqdm(total=len(specs), desc="fitting", unit="item", disable=not progress or not specs)
+    try:
+        if client is None:
+            for spec in specs:
+                yield fit_item(spec, out_s)
+                bar.update(1)
+            return
+        from jrinfer._chunks import task_key
+
+        distributed = __import__("distributed")
+        futures = {
+            client.submit(fit_item, spec, out_s, key=task_key(f"jrinfer-fit-{spec['id']}", fit_item, (spec, out_s), 0),
+                          pure=True, retries=retries): spec
+            for spec in specs
+        }
+        finished = False
+        try:
+            for future in distributed.as_completed(futures):
+                spec = futures[future]
+                try:
+                    row = future.result()
+                except Exception as err:  # the task itself failed (e.g. KilledWorker): not written, so resumable
+                    row = _error_row(spec, f"task failed on the cluster ({type(err).__name__}: {err}); "
+                                           "run again to resume")
+                    if out is None:
+                        row["posterior"] = None
+                bar.update(1)
+                yield row
+            finished = True
+        finally:
+            if not finished:  # interrupted: stop the items still pending
+                try:
+                    client.cancel([f for f in futures if not f.done()])
+                except Exception:  # the client or cluster is gone already
+                    pass
+            futures.clear()
+    finally:
+        bar.close()
+
+
+def fit_item(spec: dict, out: str | None) -> dict:
+    """Fit one cohort item into ``out/<id>`` (atomically) and return its results row.
+
+    A top-level task of plain arguments (``spec`` from :func:`fit_many`).
+    Idempotent: if the item's folder exists (another attempt finished it),
+    its row is returned and nothing is written. Errors of the fit are caught
+    and recorded (``status = "error"``).
+    """
+    from jrinfer._chunks import single_thread_in_worker
+
+    single_thread_in_worker()
+    final = None if out is None else Path(out) / spec["id"]
+    if final is not None:
+        done = _read_result(final)
+        if done is not None:
+            return done
+        tmp = Path(out) / f".partial-{spec['id']}-{secrets.token_hex(4)}"
+        tmp.mkdir()
+    else:
+        tmp = None
+    log = io.StringIO()
+    posterior = None
+    try:
+        with redirect_stdout(log), redirect_stderr(log), _local_dask_scheduler():
+            if spec.get("invalid"):
+                raise ValueError(spec["invalid"])
+            if "argv" in spec:
+                summary = _fit_file(spec, tmp)
+            else:
+                posterior, summary = _fit_problem(spec, tmp)
+        row = _summary_row(spec, summary)
+    except Exception as err:  # one item's failure is recorded, the cohort goes on
+        if _cluster_failure(err):  # not the item's fault: leave no folder, so Dask's retry or a rerun fits it
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        row = _error_row(spec, msg)
+    if tmp is None:
+        return {**row, "posterior": posterior}
+    from jrinfer._io import write_text
+
+    write_text(tmp / "log.txt", log.getvalue())
+    write_text(tmp / "result.json", json.dumps(row, indent=1, default=_json_default))
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another attempt of this task finished first: keep its folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        done = _read_result(final)
+        if done is None:
+            raise
+        return done
+    return row
+
+
+def _local_dask_scheduler():
+    """Inside a fit, dask (if loaded) computes in-process: xarray then writes posterior.nc under a thread
+    lock instead of a ``distributed.Lock`` on the scheduler (a round trip per file, and a failure when
+    the cluster goes down). Each item writes its own files, so no cross-process lock is needed."""
+    import contextlib
+    import sys
+
+    if "dask" not in sys.modules:
+        return contextlib.nullcontext()
+    import dask
+
+    return dask.config.set(scheduler="synchronous")
+
+
+def _cluster_failure(err: BaseException) -> bool:
+    """True for errors of the Dask machinery rather than of the fit (e.g. the worker is shutting down).
+
+    xarray takes a ``distributed.Lock`` to write netCDF on a worker, so a
+    closing cluster can surface inside the fit.
+    """
+    module = type(err).__module__ or ""
+    if module.startswith(("distributed", "tornado")) or "ConnectionPool is closed" in str(err):
+        return True
+    import sys
+
+    if "distributed" not in sys.modules:
+        return False
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:
+        return False
+    return getattr(worker.status, "name", "running") != "running"
+
+
+def _fit_file(spec: dict, folder: Path) -> dict:
+    """``jrinfer fit`` of one file into ``folder``; returns its summary.json."""
+    from jrinfer import cli
+
+    args = cli.build_parser().parse_args(["fit", spec["path"], "--out", str(folder), *spec["argv"]])
+    try:
+        args.func(args)
+    except cli.UsageError as err:
+        raise ValueError(str(err)) from None
+    return json.loads((folder / "summary.json").read_text())
+
+
+def _fit_problem(spec: dict, folder: Path | None):
+    """Fit one InverseProblem with the spec's backend; write summary.json and posterior.nc into ``folder``."""
+    import warnings
+
+    backend = spec["backend"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # non-convergence is on the result
+        if isinstance(backend, str):
+            posterior = _backend_by_name(backend, spec["seed"]).fit(spec["problem"], **(
+                {"seed": spec["seed"]} if backend == "laplace" else {}))
+        else:
+            posterior = backend.fit(spec["problem"])
+    summary = posterior.summary()
+    if folder is not None:
+        from jrinfer._io import write_text
+
+        write_text(folder / "summary.json", json.dumps(summary, indent=2, default=_json_default))
+        posterior.to_netcdf(folder / "posterior.nc", overwrite=True)
+    return posterior, summary
+
+
+def _backend_by_name(name: str, seed: int):
+    if name == "laplace":
+        from jrinfer.backends.laplace import VariationalLaplace
+
+        return VariationalLaplace()
+    from jrinfer.backends.pymc import NUTS, SMC
+
+    return {"nuts": NUTS, "smc": SMC}[name](seed=seed)
+
+
+def _problem_specs(problems, backend, seed) -> list[dict]:
+    from jrinfer import _checks
+    from jrinfer._rng import seed_to_int
+
+    if isinstance(backend, str):
+        _checks.check_option("backend", backend, ("laplace", "nuts", "smc"))
+    elif not callable(getattr(backend, "fit", None)):
+        raise ValueError(f"backend: expected 'laplace', 'nuts', 'smc' or an object with fit(problem), got {backend!r}")
+    seed = seed_to_int(seed)
+    width = max(4, len(str(len(problems))))
+    return [
+        {"id": f"{i:0{width}d}", "path": "", "problem": p, "backend": backend, "seed": seed, "meta": {}}
+        for i, p in enumerate(problems, start=1)
+    ]
+
+
+def _file_specs(items, backend, kind, options: Mapping, per_channel: bool = False) -> list[dict]:
+    """Validated file items: id, resolved path, ``jrinfer fit`` arguments and extra columns.
+
+    With ``per_channel``, each row becomes one item per channel of its picks.
+    """
+    from jrinfer import _checks
+
+    if not isinstance(backend, str):
+        raise ValueError(f"backend: files are fitted through jrinfer fit; expected 'laplace', 'nuts' or 'smc', "
+                         f"got {backend!r}")
+    _checks.check_option("backend", backend, ("laplace", "nuts", "smc"))
+    if kind is None:
+        raise ValueError("kind: expected 'spectrum' or 'evoked' to fit files, got None")
+    _checks.check_option("kind", kind, ("spectrum", "evoked"))
+    actions = _fit_actions()
+    base = ["--kind", kind, "--backend", backend] + _option_argv(dict(options), actions, "options")
+    rows = [it if isinstance(it, Mapping) else {"path": it} for it in items]
+    width = max(4, len(str(len(rows))))
+    specs = []
+    for i, row in enumerate(rows, start=1):
+        if not isinstance(row.get("path"), (str, os.PathLike)) or not str(row.get("path")):
+            raise ValueError(f"items[{i - 1}]: expected a file path or a dict with a 'path', got {row!r}")
+        path = str(Path(row["path"]).expanduser().resolve())
+        label = _ITEM_NAME.sub("_", str(row.get("name") or Path(path).name.split(".")[0]))[:60] or "item"
+        per_item = {k: v for k, v in row.items() if _option_name(k) in actions}
+        meta = {k: v for k, v in row.items() if k != "path"}  # copied to results.csv
+        where = f"items[{i - 1}] ({path})"
+        if not per_channel:
+            argv = base + _option_argv(per_item, actions, where)
+            specs.append({"id": f"{i:0{width}d}-{label}", "path": path, "argv": argv, "meta": meta})
+            continue
+        picks = next((v for k, v in per_item.items() if actions[_option_name(k)].dest == "channels"), None)
+        if picks is None:
+            picks = next((v for k, v in options.items() if actions.get(_option_name(k)) is not None
+                          and actions[_option_name(k)].dest == "channels"), None)
+        channels = list(dict.fromkeys(c.strip() for c in str(picks or "").split(",") if c.strip()))
+        if not channels:
+            raise ValueError(f"per_channel (--per-channel): row {i} ({path}) has no channels to split; give picks "
+                             "(options['picks'], --picks or a picks column), e.g. O1,O2")
+        rest = {k: v for k, v in per_item.items() if actions[_option_name(k)].dest != "channels"}
+        for channel in channels:
+            argv = base + _option_argv({**rest, "picks": channel}, actions, where)
+            specs.append({"id": f"{i:0{width}d}-{label}-{_ITEM_NAME.sub('_', channel)[:30]}", "path": path,
+                          "argv": argv, "meta": {**meta, "channel": channel}})
+    # the arguments as jrinfer fit reads them: bad defaults stop the run before any task starts; a
+    # row's bad value is that row's error (recorded, the others go on)
+    from jrinfer import cli
+
+    parser = cli.build_parser()
+
+    def refused(argv):
+        err = io.StringIO()
+        try:
+            with redirect_stderr(err):
+                parser.parse_args(["fit", "DATA", "--out", "-", *argv])
+        except SystemExit:
+            last = err.getvalue().strip().splitlines()[-1:] or ["bad option"]
+            return last[0].split("error: ", 1)[-1]
+        return None
+
+    message = refused(base)
+    if message:
+        raise ValueError(f"options: {message}")
+    for spec in specs:
+        message = refused(spec["argv"])
+        if message:
+            spec["invalid"] = f"manifest row {spec['id']}: {message}"
+    return specs
+
+
+def _fit_actions(fit=None) -> dict:
+    """``jrinfer fit``'s options that a cohort may set, by name (flag without dashes, ``_`` for ``-``)."""
+    if fit is None:
+        from jrinfer import cli
+
+        fit = cli.build_parser()._subparsers._group_actions[0].choices["fit"]
+    out = {}
+    for action in fit._actions:
+        if not action.option_strings or action.dest in _OWN_OPTIONS:
+            continue
+        for name in [action.dest, *action.option_strings]:
+            out[_option_name(name)] = action
+    return out
+
+
+def fit_option_actions(fit=None) -> list:
+    """The argparse actions of ``jrinfer fit`` (parser ``fit``) that ``jrinfer fit-many`` takes as defaults."""
+    seen, out = set(), []
+    for action in _fit_actions(fit).values():
+        if id(action) not in seen:
+            seen.add(id(action))
+            out.append(action)
+    return out
+
+
+def _option_name(name: str) -> str:
+    return str(name).lstrip("-").replace("-", "_").lower()
+
+
+def _option_argv(values: Mapping, actions: dict, where: str) -> list[str]:
+    """``{"units": "uV^2/Hz", "fix": "A=3;B=20"}`` -> ``["--units", "uV^2/Hz", "--fix", "A=3", "--fix", "B=20"]``."""
+    argv: list[str] = []
+    for key, value in values.items():
+        action = actions.get(_option_name(key))
+        if action is None:
+            known = sorted({a.option_strings[-1].lstrip("-") for a in actions.values()})
+            raise ValueError(f"{where}: unknown option {key!r}; jrinfer fit options: {', '.join(known)}")
+        flag = action.option_strings[0]
+        if action.nargs == 0:  # store_true
+            truthy = value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "y")
+            if truthy:
+                argv.append(flag)
+        elif type(action).__name__ == "_AppendAction":
+            parts = value if isinstance(value, (list, tuple)) else [s for s in str(value).split(";") if s.strip()]
+            for part in parts:
+                argv += [flag, str(part).strip()]
+        elif value is not None:
+            if action.dest == "prior":  # workers may run elsewhere: an absolute path
+                value = Path(str(value)).expanduser().resolve()
+            argv += [flag, str(value)]
+    return argv
+
+
+def _summary_row(spec: dict, summary: dict) -> dict:
+    """One results.csv row from a fit's summary.json."""
+    row = {
+        "item": spec["id"],
+        "path": spec["path"],
+        "status": "ok",
+        "error": "",
+        "fit_status": summary.get("status"),
+        "backend": summary.get("backend"),
+        "log_evidence": summary.get("log_evidence"),
+        "n_warnings": len(summary.get("warnings") or []),
+        "warnings": " | ".join(summary.get("warnings") or []),
+    }
+    data = summary.get("data") or {}
+    if data.get("channels") is not None:  # jrinfer fit's record of what was fitted
+        row["channels"] = ",".join(map(str, data["channels"]))
+    row["data_units"] = summary.get("data_units")
+    for name, p in (summary.get("parameters") or {}).items():
+        row[f"{name}_mean"] = p.get("mean")
+        row[f"{name}_sd"] = p.get("sd")
+    for key, value in (summary.get("fit_quality") or {}).items():
+        if _is_scalar(value):
+            row[f"fit_{key}"] = value
+    for key, value in (summary.get("diagnostics") or {}).items():
+        if _is_scalar(value):
+            row[f"diag_{key}"] = value
+    row.update({k: v for k, v in spec["meta"].items() if k not in row})
+    return row
+
+
+def _error_row(spec: dict, message: str) -> dict:
+    row = {"item": spec["id"], "path": spec["path"], "status": "error", "error": message}
+    row.update({k: v for k, v in spec["meta"].items() if k not in row})
+    return row
+
+
+def _is_scalar(value) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _json_default(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def _read_result(folder: Path) -> dict | None:
+    """The row in ``folder/result.json``, or None if the item is not finished."""
+    try:
+        return json.loads((folder / "result.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _remove_partials(out: Path) -> None:
+    """Remove the ``.partial-*`` folders of attempts that died (no task of this run is writing them)."""
+    for p in out.glob(".partial-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def write_results_csv(path, rows: list[dict]) -> Path:
+    """``results.csv``: :data:`RESULT_COLUMNS` first, then every other key in order of first appearance."""
+    from jrinfer._io import write_text
+
+    columns = list(RESULT_COLUMNS)
+    for row in rows:
+        columns += [k for k in row if k not in columns and k != "posterior"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(row.get(k)) for k in columns})
+    return write_text(path, buf.getvalue())
+
+
+def _cell(v):
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else repr(v)
+    return v

@@ -1,0 +1,453 @@
+"""Scale-out on Dask (jrinfer.distributed, jrinfer._chunks): same results as the local loop, faults, resume.
+
+One module-scoped ``LocalCluster`` of 2 worker processes (1 thread each) is
+shared by every test that needs it; the fits are small variational Laplace
+fits of synthetic spectra (20 frequencies).
+"""
+
+import csv
+import json
+import math
+import operator
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from jrinfer import InverseProblem, SpectrumData, SpectrumObservation, fit_many, simulate_many
+from jrinfer._chunks import chunk_seed, map_chunks, task_key
+from jrinfer.backends.laplace import VariationalLaplace
+from jrinfer.cli import main
+
+F64 = torch.float64
+distributed = pytest.importorskip("distributed")
+
+
+# --------------------------------------------------------------------------- #
+# fixtures
+# --------------------------------------------------------------------------- #
+@pytest.fixture(scope="module")
+def client():
+    from jrinfer.distributed import dask_client
+
+    c = dask_client(n_workers=2)
+    c.wait_for_workers(2, timeout=120)
+    yield c
+    cluster = c.cluster
+    c.close()
+    cluster.close()
+
+
+def _synthetic(seed: int, p_mean: float = 60.0):
+    """A stable-regime JR spectrum (20 frequencies) with 1/f and floor, drawn from the observation model."""
+    freqs = torch.arange(2.0, 40.01, 2.0, dtype=F64)
+    obs = SpectrumObservation()
+    template = SpectrumData.from_arrays(freqs, torch.ones(1, freqs.numel(), dtype=F64), units="uV^2/Hz", n_segments=20)
+    truth = {
+        "p_mean": torch.tensor(p_mean, dtype=F64),
+        "p_std": torch.tensor(1.0, dtype=F64),
+        "gain": torch.tensor(3e-3, dtype=F64),
+        "ap_amplitude": torch.tensor(2.0, dtype=F64),
+        "ap_exponent": torch.tensor(1.2, dtype=F64),
+        "floor": torch.tensor(0.02, dtype=F64),
+        "log_precision": torch.tensor(math.log(20.0), dtype=F64),
+    }
+    y = obs.sample(obs.predict(truth, template), truth, template, torch.Generator().manual_seed(seed))
+    return freqs, y
+
+
+def _write_spectrum(path, seed, p_mean=60.0):
+    freqs, y = _synthetic(seed, p_mean)
+    np.savetxt(path, np.column_stack([freqs.numpy(), y[0].numpy()]), delimiter=",", header="freq,power", comments="")
+    return path
+
+
+def _problem(seed, p_mean=60.0):
+    freqs, y = _synthetic(seed, p_mean)
+    return InverseProblem(SpectrumObservation(), None, SpectrumData.from_arrays(freqs, y, units="uV^2/Hz", n_segments=20))
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# --------------------------------------------------------------------------- #
+# map_chunks and simulate_many
+# --------------------------------------------------------------------------- #
+def test_workers_import_this_checkout(client):
+    import jrinfer
+
+    files = client.run(lambda: __import__("jrinfer").__file__)
+    assert set(files.values()) == {jrinfer.__file__}
+
+
+def test_map_chunks_on_dask_keeps_chunk_order(client):
+    args = [(k, 3) for k in range(7)]
+    assert map_chunks(operator.pow, args, client=client, progress=False) == [k**3 for k in range(7)]
+
+
+def test_map_chunks_passes_on_a_chunk_error(client):
+    with pytest.raises(ZeroDivisionError):
+        map_chunks(operator.truediv, [(1, 1), (1, 0), (2, 1)], client=client, progress=False, retries=0)
+
+
+def test_task_keys_are_deterministic_and_content_based():
+    a = task_key("x", operator.add, (torch.arange(4.0), 1), 0)
+    assert a == task_key("x", operator.add, (torch.arange(4.0), 1), 0)
+    assert a != task_key("x", operator.add, (torch.arange(4.0) + 1, 1), 0)
+    with pytest.raises(ValueError, match="retries"):
+        map_chunks(operator.add, [(1, 2)], retries=-1)
+
+
+def _draws(n):
+    g = torch.Generator().manual_seed(11)
+    return {
+        "p_mean": 60.0 + 80.0 * torch.rand(n, generator=g, dtype=F64),
+        "C": 100.0 + 60.0 * torch.rand(n, generator=g, dtype=F64),
+        "p_std": 30.0,
+    }
+
+
+SIM = dict(duration=2.0, transient=0.5, segment=1.0, chunk_size=4, root_seed=5, progress=False)
+
+
+@pytest.fixture(scope="module")
+def local_training_set():
+    return simulate_many(_draws(10), **SIM)
+
+
+def test_simulate_many_chunks_are_seeded_from_the_root_seed(local_training_set):
+    """Chunk i is the model's own simulation of its parameter sets with chunk_seed(root, i)."""
+    from jrinfer import JansenRit
+
+    params = _draws(10)
+    ref = JansenRit(p_mean=params["p_mean"][4:8], C=params["C"][4:8], p_std=30.0).simulated_psd(
+        2.0, 1e-4, segment=1.0, record_every=10, transient=0.5, seed=chunk_seed(5, 1), initial_state="equilibrium"
+    )
+    assert torch.equal(local_training_set.psd[4:8], ref.psd)
+    assert local_training_set.psd.shape == (10, ref.freqs.numel())
+    assert not bool(local_training_set.diverged.any())
+    # the band cut made on the workers is the full result's band
+    band = simulate_many(_draws(10), fmin=2.0, fmax=40.0, **SIM)
+    keep = (local_training_set.freqs >= 2.0) & (local_training_set.freqs <= 40.0)
+    assert torch.equal(band.freqs, local_training_set.freqs[keep]) and band.freqs.numel() == 39
+    assert torch.equal(band.psd, local_training_set.psd[:, keep])
+    # another root seed gives another training set
+    other = simulate_many(_draws(10), **{**SIM, "root_seed": 6})
+    assert not torch.equal(other.psd, local_training_set.psd)
+
+
+def test_simulate_many_bit_identical_with_2_and_1_workers(client, local_training_set):
+    import dask
+
+    with distributed.get_task_stream(client) as stream:
+        two = simulate_many(_draws(10), client=client, **SIM)
+    assert torch.equal(two.psd, local_training_set.psd)
+    assert torch.equal(two.diverged, local_training_set.diverged)
+    assert len(stream.data) == 3  # 10 sets in chunks of 4
+    # every chunk on one worker (annotations reach client.submit)
+    first = sorted(client.scheduler_info()["workers"])[0]
+    with distributed.get_task_stream(client) as stream, dask.annotate(workers=[first], allow_other_workers=False):
+        one = simulate_many(_draws(10), client=client, **SIM)
+    assert {t["worker"] for t in stream.data} == {first}
+    assert torch.equal(one.psd, local_training_set.psd)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({}, "params"),
+        ({"p_mean": [60.0, 70.0], "C": [1.0, 2.0, 3.0]}, "length"),
+        ({"nope": [1.0]}, "unknown"),
+        ({"p_mean": 60.0}, "1-D"),
+        ({"p_mean": [60.0, float("nan")]}, "p_mean"),
+        ({"p_mean": [60.0], "fmax": 1.0, "fmin": 2.0}, "fmax"),
+        ({"p_mean": [60.0], "chunk_size": 0}, "chunk_size"),
+    ],
+)
+def test_simulate_many_refuses_bad_parameters(params, match):
+    params = dict(params)
+    options = {k: params.pop(k) for k in ("fmin", "fmax", "chunk_size") if k in params}
+    with pytest.raises(ValueError, match=match):
+        simulate_many(params, progress=False, **options)
+
+
+# --------------------------------------------------------------------------- #
+# cohort fitting
+# --------------------------------------------------------------------------- #
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Two synthetic spectra, a two-line CSV and a manifest listing the first file twice."""
+    d = tmp_path_factory.mktemp("cohort")
+    _write_spectrum(d / "a.csv", seed=1)
+    _write_spectrum(d / "b.csv", seed=2, p_mean=90.0)
+    (d / "bad.csv").write_text("freq,power\n2,1\n")
+    (d / "manifest.csv").write_text("path,subject\na.csv,s1\nb.csv,s2\nbad.csv,s3\na.csv,s1\n")
+    return d
+
+
+FIT_OPTS = ["--kind", "spectrum", "--units", "uV^2/Hz"]
+
+
+def _params(row):
+    return {k[: -len("_mean")]: float(v) for k, v in row.items() if k.endswith("_mean")}
+
+
+def test_fit_many_cli_on_a_scheduler_matches_the_local_loop(client, cohort, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["fit-many", str(cohort / "manifest.csv"), *FIT_OPTS, "--out", str(out),
+                 "--scheduler", client.scheduler.address, "--no-progress"])
+    assert code == 1  # one item failed
+    rows = _rows(out / "results.csv")
+    assert [r["item"] for r in rows] == ["0001-a", "0002-b", "0003-bad", "0004-a"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "error", "ok"]
+    assert [r["subject"] for r in rows] == ["s1", "s2", "s3", "s1"]
+    assert rows[0]["channels"] == "power" and rows[0]["data_units"] == "uV^2/Hz"
+    assert "at least 12 frequencies" in rows[2]["error"] and rows[0]["error"] == ""
+    assert "0003-bad: error: DATA" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["0001-a", "0002-b", "0003-bad", "0004-a", "fit-many.json",
+                                                     "results.csv"]
+    for item in ("0001-a", "0002-b", "0004-a"):
+        assert {"summary.json", "posterior.nc", "result.json", "log.txt"} <= {p.name for p in (out / item).iterdir()}
+    # the local loop: jrinfer fit of each file in this process
+    for row, name in ((rows[0], "a"), (rows[1], "b"), (rows[3], "a")):
+        assert main(["fit", str(cohort / f"{name}.csv"), *FIT_OPTS, "--out", str(tmp_path / f"local-{row['item']}")]) == 0
+        local = json.loads((tmp_path / f"local-{row['item']}" / "summary.json").read_text())
+        for p, est in local["parameters"].items():
+            assert float(row[f"{p}_mean"]) == pytest.approx(est["mean"], rel=1e-9, abs=1e-12), (row["item"], p)
+            assert float(row[f"{p}_sd"]) == pytest.approx(est["sd"], rel=1e-9, abs=1e-12), (row["item"], p)
+        assert float(row["log_evidence"]) == pytest.approx(local["log_evidence"], rel=1e-9)
+        assert row["fit_status"] == local["status"]
+    assert _params(rows[0]) != _params(rows[1])  # two different recordings, two different fits
+
+    # resume: delete one item, leave a dead attempt behind; only that item is fitted again (here, no Dask)
+    before = {i: (out / i / "result.json").stat().st_mtime_ns for i in ("0001-a", "0003-bad", "0004-a")}
+    import shutil
+
+    shutil.rmtree(out / "0002-b")
+    (out / ".partial-0002-b-deadbeef").mkdir()
+    assert main(["fit-many", str(cohort / "manifest.csv"), *FIT_OPTS, "--out", str(out), "--workers", "0",
+                 "--no-progress"]) == 1
+    assert {i: (out / i / "result.json").stat().st_mtime_ns for i in before} == before
+    again = _rows(out / "results.csv")
+    assert [r["item"] for r in again] == [r["item"] for r in rows]
+    assert _params(again[1]) == pytest.approx(_params(rows[1]), rel=1e-9)
+    assert not list(out.glob(".partial-*"))
+    # another fit option into the same folder is refused
+    assert main(["fit-many", str(cohort / "manifest.csv"), *FIT_OPTS, "--fmin", "4", "--out", str(out),
+                 "--workers", "0"]) == 2
+    assert "other --kind/--backend/fit options" in capsys.readouterr().err
+
+
+def test_fit_many_problems_on_the_cluster_match_the_local_loop(client):
+    problems = [_problem(3), _problem(4, p_mean=100.0)]
+    rows = fit_many(problems, VariationalLaplace(max_iter=64), client=client, progress=False)
+    assert [r["item"] for r in rows] == ["0001", "0002"] and all(r["status"] == "ok" for r in rows)
+    for row, problem in zip(rows, problems):
+        local = VariationalLaplace(max_iter=64).fit(problem)
+        np.testing.assert_allclose(row["posterior"].mean, local.mean, rtol=1e-9)
+        np.testing.assert_allclose(row["posterior"].sd, local.sd, rtol=1e-9)
+        assert row["A_mean"] == pytest.approx(float(local.mean[local.names.index("A")]), rel=1e-9)
+        assert row["diag_free_energy"] == pytest.approx(local.diagnostics["free_energy"], rel=1e-9)
+
+
+@pytest.mark.slow
+def test_killed_worker_during_a_cohort_loses_and_duplicates_nothing(client, cohort, tmp_path):
+    out = tmp_path / "killed"
+    files = [cohort / "a.csv", cohort / "b.csv", cohort / "a.csv", cohort / "b.csv"]
+    result = {}
+
+    def run():
+        try:
+            result["rows"] = fit_many(files, "laplace", client=client, out=out, kind="spectrum",
+                                      options={"units": "uV^2/Hz"}, progress=False)
+        except BaseException as err:  # pragma: no cover - surfaced below
+            result["error"] = err
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    victim, deadline = None, time.monotonic() + 120
+    while victim is None and time.monotonic() < deadline:
+        busy = {w: ts for w, ts in client.processing().items() if any("jrinfer-fit" in str(t) for t in ts)}
+        if busy and list(out.glob(".partial-*")):
+            time.sleep(1.0)  # the fit is under way in that worker
+            busy = {w: ts for w, ts in client.processing().items() if any("jrinfer-fit" in str(t) for t in ts)}
+            victim = sorted(busy)[0] if busy else None
+        else:
+            time.sleep(0.1)
+    assert victim is not None, "no fit task seen running"
+    try:
+        client.run(os._exit, 1, workers=[victim], on_error="ignore")
+    except Exception:  # the connection to the dying worker may break first
+        pass
+    thread.join(timeout=300)
+    assert not thread.is_alive() and "error" not in result
+    rows = _rows(out / "results.csv")
+    assert [r["item"] for r in rows] == ["0001-a", "0002-b", "0003-a", "0004-b"]
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+    assert sorted(p.name for p in out.iterdir()) == ["0001-a", "0002-b", "0003-a", "0004-b", "results.csv"]
+    assert _params(rows[0]) == pytest.approx(_params(rows[2]), rel=1e-9)
+    assert _params(rows[1]) == pytest.approx(_params(rows[3]), rel=1e-9)
+    assert victim not in client.scheduler_info()["workers"]  # it did die (the nanny started a new one)
+
+
+def test_fit_item_is_idempotent(cohort, tmp_path):
+    from jrinfer.distributed import _file_specs, fit_item
+
+    (spec,) = _file_specs([cohort / "bad.csv"], "laplace", "spectrum", {"units": "uV^2/Hz"})
+    first = fit_item(spec, str(tmp_path))
+    stamp = (tmp_path / spec["id"] / "result.json").stat().st_mtime_ns
+    assert first["status"] == "error" and "at least 12" in first["error"]
+    assert fit_item(spec, str(tmp_path)) == first  # a retried task returns the finished folder's row
+    assert (tmp_path / spec["id"] / "result.json").stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [spec["id"]]
+
+
+def test_a_bad_value_in_one_manifest_row_is_that_rows_error(cohort, tmp_path):
+    from jrinfer.distributed import _file_specs, fit_item
+
+    specs = _file_specs([{"path": cohort / "bad.csv", "fmin": "low"}, cohort / "bad.csv"], "laplace", "spectrum", {})
+    rows = [fit_item(s, str(tmp_path)) for s in specs]
+    assert "--fmin: invalid float value: 'low'" in rows[0]["error"]
+    assert "at least 12" in rows[1]["error"]
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda d: fit_many([], out=d), "items"),
+        (lambda d: fit_many([d / "a.csv", _problem(1)], out=d, kind="spectrum"), "mix"),
+        (lambda d: fit_many([d / "a.csv"], kind="spectrum"), "out"),
+        (lambda d: fit_many([d / "a.csv"], out=d), "kind"),
+        (lambda d: fit_many([d / "a.csv"], out=d, kind="spectrum", options={"fmn": 3}), "unknown option 'fmn'"),
+        (lambda d: fit_many([d / "a.csv"], out=d, kind="spectrum", options={"fmin": "low"}), "--fmin"),
+        (lambda d: fit_many([d / "a.csv"], "npe", out=d, kind="spectrum"), "backend"),
+        (lambda d: fit_many([_problem(1)], object()), "backend"),
+        (lambda d: fit_many(d / "a.csv", out=d, kind="spectrum"), "'path' column"),
+    ],
+)
+def test_fit_many_refuses_bad_input(cohort, tmp_path, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(cohort)
+
+
+def test_fit_many_cli_errors_are_one_line(cohort, tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("user file")
+    assert main(["fit-many", str(cohort / "manifest.csv"), *FIT_OPTS, "--out", str(tmp_path), "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jrinfer fit-many: error: --out") and "--force" in err and "\n" not in err
+    assert main(["fit-many", str(cohort / "nope.csv"), *FIT_OPTS, "--out", str(tmp_path / "o"), "--workers", "0"]) == 2
+    assert "MANIFEST" in capsys.readouterr().err
+    assert main(["fit-many", str(cohort / "manifest.csv"), *FIT_OPTS, "--out", str(tmp_path / "o"),
+                 "--workers", "-1"]) == 2
+    assert "--workers" in capsys.readouterr().err
+
+
+def test_fit_many_help_lists_fit_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit-many", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--scheduler", "--workers", "--units", "--picks", "--fmin", "--fix"):
+        assert flag in text
+
+
+def test_fit_many_without_resume_refuses_finished_items(cohort, tmp_path):
+    fit_many([cohort / "bad.csv"], out=tmp_path, kind="spectrum", progress=False)
+    with pytest.raises(ValueError, match="resume=True"):
+        fit_many([cohort / "bad.csv"], out=tmp_path, kind="spectrum", resume=False, progress=False)
+    rows = fit_many([cohort / "bad.csv"], out=tmp_path, kind="spectrum", progress=False)  # resumed: nothing to do
+    assert [r["status"] for r in rows] == ["error"] and len(_rows(tmp_path / "results.csv")) == 1
+
+
+@pytest.mark.slow
+def test_a_whole_cluster_going_down_resumes_from_what_was_written(cohort, tmp_path):
+    """The cluster dies mid-run: finished items stay, lost ones are reported (not written) and a rerun fits them."""
+    from jrinfer.distributed import dask_client
+
+    out = tmp_path / "restart"
+    files = [cohort / "a.csv", cohort / "b.csv", cohort / "a.csv"]
+    own = dask_client(n_workers=1)  # items one after the other: the later ones are surely lost
+    result = {}
+
+    def run():
+        result["rows"] = fit_many(files, client=own, out=out, kind="spectrum", options={"units": "uV^2/Hz"},
+                                  progress=False)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not list(out.glob("0*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    own.cluster.close()  # every worker and the scheduler go away
+    thread.join(timeout=120)
+    own.close()
+    assert not thread.is_alive()
+    lost = [r for r in result["rows"] if r["status"] == "error"]
+    assert lost and all("task failed on the cluster" in r["error"] for r in lost)
+    written = {p.name for p in out.glob("0*")}
+    assert written and not {r["item"] for r in lost} & written  # a lost item leaves no folder behind
+    assert all(_read(out / i)["status"] == "ok" for i in written)
+    # the rerun (no Dask this time) fits exactly the lost items
+    stamps = {i: (out / i / "result.json").stat().st_mtime_ns for i in written}
+    rows = fit_many(files, out=out, kind="spectrum", options={"units": "uV^2/Hz"}, progress=False)
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert {i: (out / i / "result.json").stat().st_mtime_ns for i in written} == stamps
+    assert sorted(p.name for p in out.iterdir()) == ["0001-a", "0002-b", "0003-a", "results.csv"]
+
+
+def _read(folder):
+    return json.loads((folder / "result.json").read_text())
+
+
+def test_retry_errors_fits_a_fixed_file_again(cohort, tmp_path):
+    bad = tmp_path / "x.csv"
+    bad.write_text("freq,power\n2,1\n")
+    (row,) = fit_many([bad], out=tmp_path / "o", kind="spectrum", options={"units": "uV^2/Hz"}, progress=False)
+    assert row["status"] == "error"
+    _write_spectrum(bad, seed=1)  # the file is fixed
+    (row,) = fit_many([bad], out=tmp_path / "o", kind="spectrum", options={"units": "uV^2/Hz"}, progress=False)
+    assert row["status"] == "error"  # resume keeps the recorded error ...
+    (row,) = fit_many([bad], out=tmp_path / "o", kind="spectrum", options={"units": "uV^2/Hz"}, retry_errors=True,
+                      progress=False)
+    assert row["status"] == "ok" and row["fit_status"] == "converged"  # ... until asked to retry it
+
+
+def test_results_rows_carry_sampler_diagnostics_and_the_manifest_columns():
+    """A NUTS-style summary: scalar diagnostics become diag_* columns, per-parameter tables stay in summary.json."""
+    from jrinfer.distributed import _summary_row
+
+    summary = {
+        "backend": "nuts", "status": "converged", "warnings": ["w1", "w2"], "log_evidence": None,
+        "parameters": {"A": {"mean": 3.2, "sd": 0.1}},
+        "fit_quality": {"r2_log_power": 0.9, "per_channel": {"x": 1}},
+        "diagnostics": {"rhat": {"A": 1.001}, "rhat_max": 1.001, "ess_bulk_min": 812.0, "divergences": 0},
+        "data": {"channels": ["O1", "O2"]}, "data_units": "uV^2/Hz",
+    }
+    row = _summary_row({"id": "0001-x", "path": "/x.edf", "meta": {"subject": "s1", "status": "spoof"}}, summary)
+    assert row["status"] == "ok" and row["fit_status"] == "converged" and row["n_warnings"] == 2
+    assert (row["A_mean"], row["A_sd"]) == (3.2, 0.1)
+    assert (row["diag_rhat_max"], row["diag_ess_bulk_min"], row["diag_divergences"]) == (1.001, 812.0, 0)
+    assert "diag_rhat" not in row and "fit_per_channel" not in row and row["fit_r2_log_power"] == 0.9
+    assert row["channels"] == "O1,O2" and row["subject"] == "s1"  # a manifest column never overwrites a result
+
+
+def test_per_channel_items(cohort, tmp_path):
+    freqs, y1 = _synthetic(5)
+    _, y2 = _synthetic(6, p_mean=90.0)
+    np.savetxt(tmp_path / "two.csv", np.column_stack([freqs.numpy(), y1[0].numpy(), y2[0].numpy()]), delimiter=",",
+               header="freq,O1,O2", comments="")
+    (tmp_path / "m.csv").write_text('path,picks\ntwo.csv,"O1,O2"\n')
+    code = main(["fit-many", str(tmp_path / "m.csv"), *FIT_OPTS, "--per-channel", "--out", str(tmp_path / "o"),
+                 "--workers", "0", "--no-progress"])
+    assert code == 0
+    rows = _rows(tmp_path / "o" / "results.csv")
+    assert [(r["item"], r["channel"], r["channels"], r["status"]) for r in rows] == [
+        ("0001-two-O1", "O1", "O1", "ok"), ("0001-two-O2", "O2", "O2", "ok")]
+    assert _params(rows[0]) != _params(rows[1])
+    with pytest.raises(ValueError, match="per_channel"):
+        fit_many([cohort / "a.csv"], out=tmp_path / "p", kind="spectrum", per_channel=True, progress=False)
