@@ -253,6 +253,10 @@ def _load_data(args):
     """
     import warnings
 
+    if isinstance(args.data, list):  # fit's DATA...: one file, or one data set per condition
+        if len(args.data) > 1 or getattr(args, "conditions", None):
+            return _load_conditions(args)
+        args.data = args.data[0]
     path = Path(args.data)
     if not path.exists():
         raise UsageError(f"DATA {args.data}: no such file")
@@ -401,6 +405,108 @@ def _merge_prior(spec: dict, update: dict) -> dict:
     return {"distributions": dists, "fixed": fixed, "units": units}
 
 
+# ------------------------------------------------ condition effects (several DATA)
+def _data_paths(args) -> list[str]:
+    return list(args.data) if isinstance(args.data, list) else [args.data]
+
+
+def _data_files(args):
+    """summary.json's data file(s): a path, or ``{condition: path}`` for a fit of several conditions."""
+    files = [str(Path(p).resolve()) for p in _data_paths(args)]
+    return files[0] if len(files) == 1 else dict(zip(_condition_names(args), files))
+
+
+def _data_hashes(args):
+    """SHA-256 of each DATA file (``jrinfer compare`` checks that fits saw the same data)."""
+    from jrinfer._io import file_sha256
+
+    hashes = [file_sha256(p) for p in _data_paths(args)]
+    return hashes[0] if len(hashes) == 1 else dict(zip(_condition_names(args), hashes))
+
+
+def _data_title(args) -> str:
+    return " vs ".join(Path(p).name for p in _data_paths(args))
+
+
+def _condition_names(args) -> list[str]:
+    paths = _data_paths(args)
+    if not args.conditions:
+        raise UsageError(
+            f"{len(paths)} DATA files need --conditions naming each (e.g. --conditions rest,task) and --vary "
+            "naming the parameters that may differ between them"
+        )
+    names = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    if len(names) != len(paths):
+        raise UsageError(f"--conditions names {len(names)} condition(s) but {len(paths)} DATA file(s) were given")
+    return names
+
+
+def _load_conditions(args):
+    """One data set per DATA file, named by --conditions (same reading options for all)."""
+    import copy
+
+    from jrinfer.conditions import ConditionData
+
+    names = _condition_names(args)
+    datasets = {}
+    for name, path in zip(names, args.data):
+        one = copy.copy(args)
+        one.data = path
+        print(f"jrinfer {args.command}: condition {name}: {path}", file=sys.stderr)
+        datasets[name] = _load_data(one)
+    try:
+        return ConditionData(datasets)
+    except ValueError as err:
+        raise UsageError(f"--conditions: {err}") from None
+
+
+def _reference_data(data):
+    """The data the single-condition default prior is built on (the first condition's)."""
+    from jrinfer.conditions import ConditionData
+
+    return data[data.conditions[0]] if isinstance(data, ConditionData) else data
+
+
+def _with_conditions(args, obs, spec: dict, data):
+    """For several DATA: the joint observation over conditions and its prior (differences for --vary)."""
+    from jrinfer.conditions import ConditionData, ConditionObservation
+
+    if not isinstance(data, ConditionData):
+        if getattr(args, "vary", None):
+            raise UsageError("--vary needs two or more DATA files and --conditions (one name per file)")
+        return obs, spec
+    if not args.vary:
+        raise UsageError("--conditions needs --vary: the parameters that may differ between conditions (e.g. --vary a,b)")
+    vary = [v.strip() for v in args.vary.split(",") if v.strip()]
+    try:
+        joint = ConditionObservation(obs, data.conditions, vary)
+        joint.check_data(data)
+        spec = joint.joint_prior(spec, data)
+    except ValueError as err:
+        raise UsageError(_cli_words(str(err).splitlines()[0]).replace("vary:", "--vary:")) from None
+    if args.prior:  # explicit delta_* priors in --prior replace the derived ones
+        spec = _merge_prior(spec, _read_prior_file(args.prior))
+    return joint, spec
+
+
+def _condition_summary(summary: dict, posterior, problem) -> list[str]:
+    """Add ``condition_effects`` to summary.json for a fit of several conditions; the lines to print."""
+    from jrinfer.conditions import ConditionObservation, condition_effects, format_effects
+
+    obs = problem.observation
+    if not isinstance(obs, ConditionObservation):
+        return []
+    effects = condition_effects(posterior, problem)
+    summary["condition_effects"] = {
+        "reference": obs.reference,
+        "conditions": list(obs.conditions),
+        "method": "log BF: Bayesian model reduction of 'no difference' (delta = 0) from the full posterior "
+        "(Friston & Penny 2011); P(difference) with equal prior odds",
+        "effects": effects,
+    }
+    return format_effects(effects, obs.reference)
+
+
 def _cmd_fit(args) -> int:
     import torch  # noqa: F401  (torch is a core dependency; imported here to keep --help fast)
 
@@ -421,11 +527,12 @@ def _cmd_fit(args) -> int:
     else:
         obs = EvokedObservation()
     free = tuple(s.strip() for s in args.free.split(",")) if args.free else None
-    spec = obs.default_prior(data, free=free)
+    spec = obs.default_prior(_reference_data(data), free=free)
     if args.prior:
         spec = _merge_prior(spec, _read_prior_file(args.prior))
     if args.fix:
         spec = _merge_prior(spec, {"fixed": _parse_assignments(args.fix, "--fix")})
+    obs, spec = _with_conditions(args, obs, spec, data)
     problem = InverseProblem(obs, spec, data)
     prior = problem.prior
     from jrinfer.backends.laplace import VariationalLaplace
@@ -451,7 +558,8 @@ def _cmd_fit(args) -> int:
     summary["n_iter"] = posterior.diagnostics.get("n_iter")
     observed = problem.observed()
     summary["data"] = {
-        "file": str(Path(args.data).resolve()),
+        "file": _data_files(args),
+        "sha256": _data_hashes(args),
         "kind": args.kind,
         "channels": list(observed.channels),
         "units": observed.units,
@@ -465,6 +573,7 @@ def _cmd_fit(args) -> int:
     from jrinfer.identifiability import headline
 
     summary["identifiability"] = headline(posterior, prior)
+    effects = _condition_summary(summary, posterior, problem)
     out.mkdir(parents=True, exist_ok=True)
     from jrinfer._io import write_text
 
@@ -474,7 +583,7 @@ def _cmd_fit(args) -> int:
     try:
         from jrinfer.plotting import plot_fit
 
-        plot_fit(posterior, out / "fit.png", title=f"{Path(args.data).name}: {posterior.backend} ({posterior.status})")
+        plot_fit(posterior, out / "fit.png", title=f"{_data_title(args)}: {posterior.backend} ({posterior.status})")
         plotted = True
     except ImportError:
         pass
@@ -484,6 +593,8 @@ def _cmd_fit(args) -> int:
     else:
         print(posterior)
         print(f"  {summary['identifiability']} (see jrinfer identifiability for the structural trade-offs)")
+        for line in effects:
+            print(line)
         print(f"wrote {out}/summary.json, posterior.nc{', fit.png' if plotted else ''}{', report.html' if report else ''}")
     if args.json:  # the printed summary shows them otherwise
         for w in posterior.warnings:
@@ -641,7 +752,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_spectrum)
 
     p = sub.add_parser("fit", help="fit the JR model to a spectrum or evoked response; writes summary.json, posterior.nc")
-    p.add_argument("data", metavar="DATA", help="CSV (freq,power[,...] or time,value[,...]) or an EEG file MNE reads")
+    p.add_argument(
+        "data", metavar="DATA", nargs="+",
+        help="CSV (freq,power[,...] or time,value[,...]) or an EEG file MNE reads; several files with --conditions "
+        "to fit them jointly",
+    )
+    p.add_argument(
+        "--conditions", default=None, metavar="NAME,NAME[,...]",
+        help="one name per DATA file (the first is the reference), e.g. rest,task: fit the conditions jointly with "
+        "the --vary parameters allowed to differ",
+    )
+    p.add_argument(
+        "--vary", default=None, metavar="NAME[,NAME...]",
+        help="with --conditions: parameters that may differ between conditions (log-ratio differences; additive "
+        "for v0, input_latency, baseline); each is reported with its interval and log Bayes factor",
+    )
     p.add_argument("--kind", required=True, choices=["spectrum", "evoked"], help="what DATA holds / what to fit")
     p.add_argument(
         "--backend", default="laplace", choices=["laplace", "nuts", "smc", "npe"], help="inference backend"

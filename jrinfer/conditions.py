@@ -34,8 +34,14 @@ condition's value range as freely as a separate fit of that condition would,
 and no more; the reduced model says the two are equal. With the default
 ``sd_log = 0.2`` of the JR constants this is ``sd = 0.28``: a task/rest ratio
 within 0.63-1.59 with 90 % prior probability. Bayes factors depend on this
-width (Lindley's paradox): a wider prior favours "no difference" more; give
-explicit ``delta_*`` priors (``--prior``) to change it.
+width (Lindley's paradox): a wider prior favours "no difference" more. For
+that reason log-scale differences are capped at ``sd = 0.5`` (:data:`MAX_LOG_SD`:
+a ratio within 0.44-2.3 with 90 % prior probability): a deliberately vague
+prior on a scale (the spectral ``gain``, ``sd_log = 1.5``, which only has to
+reach the recording's unknown absolute scale) says nothing about how much a
+condition can change it, and an uncapped ``sqrt(2) * 1.5`` would make "no
+difference" win against any modest change. Give explicit ``delta_*`` priors
+(``--prior``) to change these choices.
 """
 
 from __future__ import annotations
@@ -51,13 +57,15 @@ import torch
 from jrinfer import _checks
 from jrinfer.observation import FitQuality, GaussianTarget, Observation, ObservedData, Prediction
 
-__all__ = ["ConditionData", "ConditionObservation", "condition_effects", "ADDITIVE"]
+__all__ = ["ConditionData", "ConditionObservation", "condition_effects", "ADDITIVE", "MAX_LOG_SD"]
 
 #: Parameters whose differences are additive (locations, not scales); every other varied parameter is
 #: modulated on a log scale.
 ADDITIVE = frozenset({"v0", "input_latency", "baseline", "log_precision"})
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 _SQRT2 = math.sqrt(2.0)
+#: Largest prior sd of a log-scale difference (module notes).
+MAX_LOG_SD = 0.5
 
 
 def _check_condition_names(names) -> tuple[str, ...]:
@@ -432,7 +440,8 @@ class ConditionObservation(Observation):
         for that condition's data (e.g. the noise level of its own
         recording), or the reference's distribution. Each difference gets
         ``Normal(0, sqrt(2) s)`` with ``s`` the prior sd of the varied
-        parameter in its unconstrained coordinate (module notes). Entries
+        parameter in its unconstrained coordinate, at most
+        :data:`MAX_LOG_SD` for log ratios (module notes). Entries
         already in ``spec`` are kept.
 
         Raises
@@ -464,6 +473,8 @@ class ConditionObservation(Observation):
                     f"(it is {'fixed' if v in fixed else 'not in the prior'})"
                 )
             sd = _SQRT2 * _unconstrained_sd(v, dists[v], mode)
+            if mode == "log":
+                sd = min(sd, MAX_LOG_SD)
             for c in self.others:
                 key = self.delta_name(v, c)
                 if key not in dists and key not in fixed:
