@@ -1,4 +1,4 @@
-"""Command line interface: ``jrinfer fixed-points | simulate | spectrum | fit | report | identifiability | demo``.
+"""Command line interface: ``jrinfer fixed-points | simulate | spectrum | fit | report | compare | identifiability | demo``.
 
 Every command exits with status 2 and a one-line message on stderr when its
 input is bad (``--debug`` shows the traceback instead).
@@ -460,6 +460,17 @@ def _load_conditions(args):
         raise UsageError(f"--conditions: {err}") from None
 
 
+def _observed_hash(observed) -> str:
+    """SHA-256 of the values actually fitted and their axis (float64 bytes): equal only for the same data."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for x in (observed.values, observed.coord_values):
+        h.update(x.detach().cpu().double().contiguous().numpy().tobytes())
+    h.update(json.dumps([observed.coord, list(observed.channels), observed.units]).encode())
+    return h.hexdigest()
+
+
 def _reference_data(data):
     """The data the single-condition default prior is built on (the first condition's)."""
     from jrinfer.conditions import ConditionData
@@ -560,6 +571,7 @@ def _cmd_fit(args) -> int:
     summary["data"] = {
         "file": _data_files(args),
         "sha256": _data_hashes(args),
+        "observed_sha256": _observed_hash(observed),
         "kind": args.kind,
         "channels": list(observed.channels),
         "units": observed.units,
@@ -633,6 +645,84 @@ def _cmd_report(args) -> int:
         print(json.dumps({"report": str(path)}))
     else:
         print(f"wrote {path}")
+    return 0
+
+
+def _read_fit_summary(path: str) -> dict:
+    d = Path(path)
+    if not d.is_dir():
+        raise UsageError(f"DIR {path}: no such directory")
+    f = d / "summary.json"
+    if not f.is_file():
+        raise UsageError(f"DIR {path}: no summary.json in it; give --out folders of 'jrinfer fit'")
+    try:
+        s = json.loads(f.read_text())
+    except ValueError as err:
+        raise UsageError(f"DIR {path}: summary.json is not valid JSON ({err})") from None
+    if not isinstance(s, dict) or "parameters" not in s:
+        raise UsageError(f"DIR {path}: summary.json is not the summary of a 'jrinfer fit'")
+    return s
+
+
+def _data_identity(s: dict):
+    """What identifies the data a fit saw: the hash of the fitted values, else file hash(es) and points."""
+    data = s.get("data") or {}
+    if data.get("observed_sha256"):
+        return ("observed", data["observed_sha256"])
+    if data.get("sha256"):
+        return ("file", json.dumps(data["sha256"], sort_keys=True), data.get("n_points"),
+                json.dumps(data.get("channels")), data.get("units"))
+    return None
+
+
+def _cmd_compare(args) -> int:
+    from jrinfer.comparison import model_probabilities
+
+    if len(args.dirs) < 2:
+        raise UsageError("compare needs at least two DIR (the --out folders of fits of the same data)")
+    summaries = [_read_fit_summary(d) for d in args.dirs]
+    rows = []
+    for d, s in zip(args.dirs, summaries):
+        F = s.get("log_evidence")
+        if F is None or not math.isfinite(float(F)):
+            raise UsageError(
+                f"DIR {d}: the fit has no log evidence (backend {s.get('backend')}); refit with --backend laplace "
+                "(free energy) or --backend smc (SMC estimate) to compare models"
+            )
+        ident = _data_identity(s)
+        if ident is None:
+            raise UsageError(
+                f"DIR {d}: summary.json does not record which data were fitted (no data hash; fitted by an older "
+                "jrinfer?); refit it to compare"
+            )
+        rows.append({"dir": d, "backend": s.get("backend"), "status": s.get("status"), "free_energy": float(F),
+                     "n_free": len(s.get("parameters") or {}), "data": ident})
+    first = rows[0]["data"]
+    for r in rows[1:]:
+        if r["data"] != first:
+            raise UsageError(
+                f"DIR {r['dir']} fitted other data than DIR {rows[0]['dir']} (different file, channels, range or "
+                "units): log evidences are comparable only for fits of the same data"
+            )
+    F = [r["free_energy"] for r in rows]
+    probs = model_probabilities(F).tolist()
+    best = max(F)
+    table = []
+    for r, p in zip(rows, probs):
+        table.append({"dir": r["dir"], "backend": r["backend"], "status": r["status"], "n_free": r["n_free"],
+                      "log_evidence": r["free_energy"], "delta_to_best": r["free_energy"] - best,
+                      "probability": p, "best": r["free_energy"] == best})
+    if args.json:
+        print(json.dumps({"models": table, "note": "log evidence in nats (free energy for laplace, SMC estimate "
+                          "for smc); probability: posterior model probability with equal prior odds"}))
+        return 0
+    width = max(len(r["dir"]) for r in table)
+    print(f"{'fit':<{width}s}  {'backend':<8s} {'free':>4s}  {'log evidence':>13s}  {'dF to best':>10s}  {'P(model)':>8s}")
+    for r in table:
+        flag = "" if r["status"] == "converged" else f"  ({r['status']})"
+        print(f"{r['dir']:<{width}s}  {str(r['backend']):<8s} {r['n_free']:>4d}  {r['log_evidence']:>13.2f}  "
+              f"{r['delta_to_best']:>10.2f}  {r['probability']:>8.3f}{'  best' if r['best'] else ''}{flag}")
+    print("log evidence in nats; dF > 3 (about 20:1) is strong evidence (Kass & Raftery 1995)")
     return 0
 
 
@@ -874,6 +964,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     p.add_argument("--json", action="store_true", help="print report.json on stdout")
     p.set_defaults(func=_cmd_identifiability)
+
+    p = sub.add_parser(
+        "compare", help="log evidences (free energies) of fits of the same data side by side, with model probabilities"
+    )
+    p.add_argument("dirs", metavar="DIR", nargs="+", help="--out folders of 'jrinfer fit' (laplace or smc)")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("demo", help="the README's main job on the bundled example")
     p.add_argument("--out", default="jrinfer-demo", help="output directory (default ./jrinfer-demo)")
