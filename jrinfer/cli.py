@@ -303,6 +303,8 @@ def _read_data(args, path: Path):
             data = data.select(channels=channels, fmin=args.fmin, fmax=args.fmax)
             if channels is not None:
                 data.metadata["channels_used"] = list(data.channel_names)
+        elif _is_trials_table(path):
+            data = _read_trials_table(args, path, channels)
         else:
             data = EvokedData.from_csv(path, units=args.units)
             if channels is not None:
@@ -314,6 +316,8 @@ def _read_data(args, path: Path):
         except ImportError:
             raise UsageError("reading EEG files needs MNE: pip install 'jrinfer[eeg]'") from None
         mne.set_log_level("ERROR")
+        if args.kind == "evoked" and (getattr(args, "event_id", None) is not None or _is_continuous(mne, path)):
+            return _finish_data(args, _epochs_from_raw(args, mne, path, channels))
         try:
             if args.kind == "spectrum":
                 kw = {"infer_types": True} if name.endswith(_TYPED_LABEL_SUFFIXES) else {}
@@ -340,6 +344,13 @@ def _read_data(args, path: Path):
         raise UsageError(
             f"DATA {args.data}: unknown file type; expected .csv or an EEG file MNE reads ({', '.join(_EEG_SUFFIXES)})"
         )
+    return _finish_data(args, data)
+
+
+def _finish_data(args, data):
+    """Refuse too few points; average the channels unless --no-average."""
+    from jrinfer.data import MIN_FIT_FREQS
+
     n = data.n_freqs if args.kind == "spectrum" else data.n_times
     if n < MIN_FIT_FREQS:
         what = "frequencies" if args.kind == "spectrum" else "time samples"
@@ -351,6 +362,99 @@ def _read_data(args, path: Path):
     if data.n_channels > 1 and not args.no_average:
         data = data.mean_over_channels(name="mean(" + ",".join(data.channel_names) + ")")
     return data
+
+
+# ------------------------------------------------ ERPs from continuous recordings and trial tables
+def _is_trials_table(path: Path) -> bool:
+    """A long-format single-trial CSV (columns Label/Epoch/Trial, Condition, Time, channels...)."""
+    with open(path, newline="") as fh:
+        header = {h.strip().lower() for h in fh.readline().split(",")}
+    return {"condition", "time"} <= header and bool(header & {"label", "epoch", "trial"})
+
+
+def _read_trials_table(args, path: Path, channels):
+    from jrinfer.data import EvokedData
+
+    condition = args.event_id if getattr(args, "event_id", None) is not None else args.condition
+    if channels is not None:
+        with open(path, newline="") as fh:
+            header = [h.strip() for h in fh.readline().split(",")]
+        names = [h for h in header if h.lower() not in ("label", "epoch", "trial", "condition", "time")]
+        channels = [_match_channel(c, names) for c in channels]
+    try:
+        return EvokedData.from_trials_table(path, condition, picks=channels, tmin=args.tmin, tmax=args.tmax,
+                                            units=args.units or "uV")
+    except ValueError as err:
+        msg = str(err).splitlines()[0]
+        if msg.startswith("condition"):
+            msg = "--event-id" + msg[len("condition"):]
+        raise UsageError(f"DATA {args.data}: {msg}") from None
+
+
+def _is_continuous(mne, path: Path) -> bool:
+    """True when DATA is a continuous recording (not a file of averaged evoked responses)."""
+    name = path.name.lower()
+    if name.endswith((".fif", ".fif.gz")) and ("-ave." in name or "_ave." in name):
+        return False
+    try:
+        if mne.read_evokeds(path, verbose="error"):  # a raw FIF reads as an empty list
+            return False
+    except Exception:  # not an evoked file: is it raw?
+        pass
+    try:
+        mne.io.read_raw(path, preload=False, verbose="error")
+        return True
+    except Exception:  # MNE raises many types for unreadable files; the evoked reader reports it
+        return False
+
+
+def _parse_baseline(text):
+    if text is None:
+        return (None, 0.0)
+    if text.strip().lower() == "none":
+        return None
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return tuple(None if p.strip() == "" else float(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"--baseline expects START,END in s (e.g. --baseline=-0.1,0) or none; got {text!r}") from None
+
+
+def _epochs_from_raw(args, mne, path: Path, channels):
+    """--kind evoked from a continuous recording: epochs around --event-id, averaged by MNE."""
+    from jrinfer.data import EvokedData
+
+    kw = {"infer_types": True} if path.name.lower().endswith(_TYPED_LABEL_SUFFIXES) else {}
+    try:
+        raw = mne.io.read_raw(path, preload=True, verbose="error", **kw)
+    except Exception as err:  # MNE raises many types for unreadable files
+        raise UsageError(f"DATA {args.data}: not readable as EEG by MNE ({type(err).__name__}: {err})") from None
+    events = getattr(args, "events", None) or "annotations"
+    if args.event_id is None:
+        found = sorted(set(raw.annotations.description)) if len(raw.annotations) else []
+        stims = [raw.ch_names[i] for i in mne.pick_types(raw.info, stim=True)]
+        raise UsageError(
+            f"DATA {args.data} is a continuous recording: average epochs around events with --event-id NAME_OR_CODE "
+            f"(annotations: {', '.join(found) or 'none'}; stim channels for --events: {', '.join(stims) or 'none'})"
+        )
+    event_id = args.event_id
+    if events != "annotations" or (event_id.isdigit() and event_id not in set(raw.annotations.description)):
+        event_id = int(event_id) if event_id.lstrip("-").isdigit() else event_id
+    if channels is not None:
+        channels = [_match_channel(c, raw.ch_names) for c in channels]
+    tmin = -0.1 if args.tmin is None else args.tmin
+    tmax = 0.5 if args.tmax is None else args.tmax
+    try:
+        return EvokedData.from_raw_events(
+            raw, event_id, events=events, tmin=tmin, tmax=tmax, baseline=_parse_baseline(args.baseline),
+            reject=args.reject, picks=channels, units=args.units or "uV",
+        )
+    except ValueError as err:
+        msg = _cli_words(str(err).splitlines()[0])
+        msg = msg.replace("event_id ", "--event-id ").replace("events=", "--events ").replace("reject", "--reject")
+        raise UsageError(f"DATA {args.data}: {msg}") from None
 
 
 def _match_channel(name: str, available: list[str]) -> str:
@@ -578,6 +682,7 @@ def _cmd_fit(args) -> int:
         "n_points": int(observed.values.shape[-1]),
         "channels_used": data.metadata.get("channels_used"),
         "channels_dropped": data.metadata.get("channels_dropped"),
+        "epochs": data.metadata.get("epochs"),
     }
     summary["prior"] = prior.to_dict()
     summary["prior_validity"] = problem.prior_validity(1000, seed=args.seed)
@@ -901,6 +1006,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n-segments", type=int, default=None, help="number of Welch segments behind a CSV spectrum")
     p.add_argument("--condition", default=None, help="evoked FIF: which condition (default the first)")
+    p.add_argument(
+        "--events", default=None, metavar="annotations|STIM_CHANNEL",
+        help="evoked from a continuous recording: where the events are (default annotations)",
+    )
+    p.add_argument(
+        "--event-id", default=None, metavar="NAME_OR_CODE",
+        help="evoked from a continuous recording: the annotation or trigger code to epoch around; for a single-trial "
+        "table (CSV with Label, Condition, Time): the condition, or a tag such as audio for audio/left+audio/right",
+    )
+    p.add_argument(
+        "--baseline", default=None, metavar="START,END",
+        help="evoked from a continuous recording: baseline in s (default: epoch start to 0; write --baseline=-0.1,0; "
+        "'none' for no correction)",
+    )
+    p.add_argument(
+        "--reject", type=float, default=None, metavar="PEAK_TO_PEAK",
+        help="evoked from a continuous recording: drop epochs whose EEG peak-to-peak exceeds this (in --units, "
+        "default uV); the count rejected goes to summary.json",
+    )
     p.add_argument("--method", default="transfer", choices=["transfer", "simulation"], help="spectral model")
     p.add_argument("--free", default=None, help="comma-separated JR parameters to fit (default A,B,a,b,C,p_mean)")
     p.add_argument(
