@@ -344,6 +344,7 @@ class ConditionObservation(Observation):
 
     def predict(self, params: dict, data) -> Prediction:
         """Predictions of every condition, channels stacked: shape ``(*batch, sum C, P)``."""
+        self.per_condition(data)  # resolve the default per-condition parameters from the data
         values, valids, reasons_by = [], [], []
         for c, n in zip(self.conditions, self._n_channels(data)):
             pred = self.base.predict(self.condition_parameters(params, c), data[c])

@@ -186,3 +186,37 @@ def test_eegmat_rest_vs_arithmetic(tmp_path, capsys):
         e = s["condition_effects"]["effects"][name]["task"]
         assert e["lower"] < e["mean"] < e["upper"] and 0 < e["p_difference"] < 1
         assert e["ratio_lower"] > 0.5 and e["ratio_upper"] < 2.0  # informed: far narrower than the prior's 0.44-2.3
+
+
+def test_evoked_conditions_channel_resolved_predictions():
+    """ERPs predict per channel (``(*batch, C, T)``): the joint observation keeps that layout."""
+    from jrinfer import EvokedData, EvokedObservation
+
+    times = torch.arange(-0.05, 0.3, 0.002, dtype=F64)
+    base = EvokedObservation()
+    template = EvokedData.from_arrays(times, torch.ones(2, times.numel(), dtype=F64), ["Fz", "Cz"])
+    truth = {k: torch.tensor(v, dtype=F64) for k, v in dict(
+        A=3.25, B=22.0, a=100.0, b=50.0, C=135.0, p_mean=60.0, e0=2.5, r=0.56, v0=6.0, input_amplitude=0.03,
+        input_latency=0.02, input_width=0.005, gain=1.0, baseline=0.0, log_precision=2.0).items()}
+    gen = torch.Generator().manual_seed(0)
+    ys = {}
+    for c, lat in (("early", 0.02), ("late", 0.05)):
+        p = {**truth, "input_latency": torch.tensor(lat, dtype=F64)}
+        ys[c] = EvokedData.from_arrays(times, base.sample(base.predict(p, template), p, template, gen), ["Fz", "Cz"])
+    data = ConditionData(ys)
+    obs = ConditionObservation(base, ("early", "late"), vary=("input_latency",))
+    problem = InverseProblem(obs, None, data)
+    assert "delta_input_latency_late" in problem.names and obs.vary["input_latency"] == "additive"
+    theta = problem.prior.sample(3, seed=2)
+    pred = problem.predict(theta)
+    assert pred.value.shape == (3, 4, times.numel())
+    params = problem.parameters(theta)
+    expected = 0
+    for c in ("early", "late"):
+        pc = obs.condition_parameters(params, c)
+        expected = expected + base.log_likelihood(base.predict(pc, data[c]), pc, data[c])
+    torch.testing.assert_close(problem.log_likelihood(theta), expected)
+    pc = obs.condition_parameters(params, "late")
+    torch.testing.assert_close(pc["input_latency"], params["input_latency"] + params["delta_input_latency_late"])
+    assert problem.simulate(theta, seed=0).shape == (3, 4, times.numel())
+    assert obs.gaussian_target(data).transform(pred.value).shape == (3, 4, times.numel())
