@@ -1267,6 +1267,67 @@ def _raw_segment_count(raw, n_per_seg: int, n_overlap: int) -> int:
     return max(total, 1)
 
 
+_TRIALS_CACHE: dict = {}
+
+
+def _read_trials_csv(path: Path):
+    """A long-format single-trial CSV: (channel names, times (T,), condition per trial (n,), values (n, C, T)).
+
+    Columns ``Label`` (or ``Epoch``/``Trial``), ``Condition``, ``Time`` in any
+    order, the rest channels; a trial is a (label, condition) pair. Values are
+    returned in the table's own units. The last file read is cached (keyed by
+    path, size and modification time).
+    """
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key in _TRIALS_CACHE:
+        return _TRIALS_CACHE[key]
+    where = f"path {str(path)!r}"
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise ValueError(f"{where}: empty file") from None
+        rows = list(reader)
+    col = {h.lower(): i for i, h in enumerate(header)}
+    trial_col = next((col[k] for k in ("label", "epoch", "trial") if k in col), None)
+    if trial_col is None or "condition" not in col or "time" not in col:
+        raise ValueError(
+            f"{where}: a trials table needs the columns Label (or Epoch/Trial), Condition and Time; got {header[:6]}"
+        )
+    cond_col, time_col = col["condition"], col["time"]
+    ch_cols = [i for i in range(len(header)) if i not in (trial_col, cond_col, time_col)]
+    if not ch_cols or not rows:
+        raise ValueError(f"{where}: no channel columns or no rows besides the header")
+    try:
+        values = np.array([[float(r[i]) for i in ch_cols] for r in rows], dtype=np.float64)
+        times_all = np.array([float(r[time_col]) for r in rows], dtype=np.float64)
+    except (ValueError, IndexError) as err:
+        raise ValueError(f"{where}: non-numeric or missing value ({err})") from None
+    if not np.isfinite(values).all():
+        raise ValueError(f"{where}: values must be finite")
+    order: dict = {}
+    trial_of = np.array([order.setdefault((r[trial_col], r[cond_col]), len(order)) for r in rows])
+    counts = np.bincount(trial_of)
+    if counts.min() != counts.max():
+        raise ValueError(f"{where}: trials have unequal numbers of samples ({counts.min()}-{counts.max()})")
+    n_trials, n_times = len(order), int(counts[0])
+    sort = np.lexsort((times_all, trial_of))
+    data = values[sort].reshape(n_trials, n_times, len(ch_cols)).transpose(0, 2, 1)
+    times = times_all[sort].reshape(n_trials, n_times)
+    if not np.allclose(times, times[0], rtol=0, atol=1e-6):
+        raise ValueError(f"{where}: trials are sampled at different times")
+    t = times[0].copy()
+    dt = np.diff(t)
+    if n_times < 2 or not (dt > 0).all() or np.ptp(dt) > 1e-3 * dt.mean():
+        raise ValueError(f"{where}: the Time column is not uniformly sampled within a trial")
+    out = (tuple(header[i] for i in ch_cols), t, np.array([c for (_, c) in order]), np.ascontiguousarray(data))
+    _TRIALS_CACHE.clear()
+    _TRIALS_CACHE[key] = out
+    return out
+
+
 # ================================================================ EvokedData
 @dataclass(frozen=True, eq=False)
 class EvokedData:
@@ -1648,55 +1709,15 @@ class EvokedData:
         table_units = _normalise_units("table_units", table_units, AMPLITUDE_UNITS)
         units = _normalise_units("units", units, AMPLITUDE_UNITS)
         path = Path(path)
-        with open(path, newline="") as fh:
-            reader = csv.reader(fh)
-            try:
-                header = [h.strip() for h in next(reader)]
-            except StopIteration:
-                raise ValueError(f"path {str(path)!r}: empty file") from None
-            rows = list(reader)
-        col = {h.lower(): i for i, h in enumerate(header)}
-        trial_col = next((col[k] for k in ("label", "epoch", "trial") if k in col), None)
-        if trial_col is None or "condition" not in col or "time" not in col:
-            raise ValueError(
-                f"path {str(path)!r}: a trials table needs the columns Label (or Epoch/Trial), Condition and Time; "
-                f"got {header[:6]}"
-            )
-        cond_col, time_col = col["condition"], col["time"]
-        ch_cols = [i for i in range(len(header)) if i not in (trial_col, cond_col, time_col)]
-        if not ch_cols:
-            raise ValueError(f"path {str(path)!r}: no channel columns besides Label, Condition and Time")
-        try:
-            values = np.array([[float(r[i]) for i in ch_cols] for r in rows], dtype=np.float64)
-            times_all = np.array([float(r[time_col]) for r in rows], dtype=np.float64)
-        except (ValueError, IndexError) as err:
-            raise ValueError(f"path {str(path)!r}: non-numeric or missing value ({err})") from None
-        keys = [(r[trial_col], r[cond_col]) for r in rows]
-        order: dict = {}
-        for k in keys:
-            order.setdefault(k, len(order))
-        trial_of = np.array([order[k] for k in keys])
-        counts = np.bincount(trial_of)
-        if counts.min() != counts.max():
-            raise ValueError(f"path {str(path)!r}: trials have unequal numbers of samples ({counts.min()}-{counts.max()})")
-        n_trials, n_times = len(order), int(counts[0])
-        sort = np.lexsort((times_all, trial_of))
-        data = values[sort].reshape(n_trials, n_times, len(ch_cols)).transpose(0, 2, 1)
-        times = times_all[sort].reshape(n_trials, n_times)
-        if not np.allclose(times, times[0], rtol=0, atol=1e-6):
-            raise ValueError(f"path {str(path)!r}: trials are sampled at different times")
-        t = times[0]
-        dt = np.diff(t)
-        if not (dt > 0).all() or np.ptp(dt) > 1e-3 * dt.mean():
-            raise ValueError(f"path {str(path)!r}: the Time column is not uniformly sampled within a trial")
-        conditions = [c for (_, c) in order]
-        names = sorted(set(conditions))
+        ch_names, t, conditions, data = _read_trials_csv(path)
+        n_trials = len(conditions)
+        names = sorted(set(conditions.tolist()))
         event_id = {c: i + 1 for i, c in enumerate(names)}
         if condition is None and len(names) > 1:
             raise ValueError(f"condition must name one of the table's conditions {names} (or a tag such as "
                              f"{names[0].split('/')[0]!r})")
-        info = mne.create_info([header[i] for i in ch_cols], 1.0 / float(dt.mean()), ch_types="eeg")
-        ev = np.column_stack([np.arange(n_trials) * (n_times + 1), np.zeros(n_trials, int),
+        info = mne.create_info(list(ch_names), 1.0 / float(np.diff(t).mean()), ch_types="eeg")
+        ev = np.column_stack([np.arange(n_trials) * (t.size + 1), np.zeros(n_trials, int),
                               [event_id[c] for c in conditions]])
         epochs = mne.EpochsArray(data * AMPLITUDE_UNITS[table_units], info, events=ev, tmin=float(t[0]), event_id=event_id,
                                  baseline=None, verbose="error")
