@@ -220,3 +220,19 @@ def test_evoked_conditions_channel_resolved_predictions():
     torch.testing.assert_close(pc["input_latency"], params["input_latency"] + params["delta_input_latency_late"])
     assert problem.simulate(theta, seed=0).shape == (3, 4, times.numel())
     assert obs.gaussian_target(data).transform(pred.value).shape == (3, 4, times.numel())
+
+
+def test_pymc_backends_see_the_joint_density(data):
+    """NUTS/SMC consume the joint problem unchanged: the PyMC model's density and gradient are the problem's."""
+    pytest.importorskip("pymc")
+    from jrinfer.backends.pymc import problem_to_pymc
+
+    obs = ConditionObservation(SpectrumObservation(), ("rest", "task"), vary=("a",))
+    problem = InverseProblem(obs, obs.default_prior(data, free=("a", "p_mean")), data)
+    model = problem_to_pymc(problem)
+    logp, dlogp = model.compile_logp(), model.compile_dlogp()
+    z = problem.prior.to_unconstrained(problem.prior.median()) + 0.02 * torch.arange(problem.n_params, dtype=F64)
+    point = {f"{n}_z": z[i].numpy() for i, n in enumerate(problem.names)}
+    value, grad = problem.log_joint_and_grad(z)
+    assert float(logp(point)) == pytest.approx(float(value), abs=1e-9, rel=0)
+    np.testing.assert_allclose(dlogp(point), grad.numpy(), rtol=1e-9, atol=1e-9)
