@@ -100,8 +100,9 @@ class ConditionData:
     ----------
     conditions : tuple of str
     metadata : dict
-        ``warnings`` of every data set, prefixed with its condition, and
-        ``conditions``: each data set's own metadata.
+        ``warnings`` of every data set, prefixed with its condition;
+        ``conditions``: each data set's own metadata; ``channels_used`` when
+        every condition used the same channels.
     """
 
     datasets: Mapping
@@ -120,6 +121,9 @@ class ConditionData:
             f"{c}: {w}" for c, d in self.datasets.items() for w in getattr(d, "metadata", {}).get("warnings", [])
         ]
         md["conditions"] = {c: dict(getattr(d, "metadata", {})) for c, d in self.datasets.items()}
+        used = [getattr(d, "metadata", {}).get("channels_used") for d in self.datasets.values()]
+        if used[0] is not None and all(u == used[0] for u in used):
+            md["channels_used"] = list(used[0])  # the same channels in every condition
         object.__setattr__(self, "metadata", md)
         object.__setattr__(self, "_names", names)
 
@@ -563,7 +567,8 @@ def condition_effects(posterior, problem, *, interval: float = 0.90) -> dict:
     ------
     ValueError
         The problem's observation is not a :class:`ConditionObservation`, or
-        a difference is fixed rather than free.
+        a difference is missing from the fit (a difference held fixed is
+        reported as ``{"parameter", "scale", "fixed": value}``).
     """
     from jrinfer.comparison import bayesian_model_reduction
 
@@ -583,8 +588,11 @@ def condition_effects(posterior, problem, *, interval: float = 0.90) -> dict:
     for v, mode in obs.vary.items():
         for c in obs.others:
             key = obs.delta_name(v, c)
+            if key not in names and key in prior.fixed:  # held fixed by the user: nothing to infer
+                out.setdefault(v, {})[c] = {"parameter": key, "scale": mode, "fixed": float(prior.fixed[key])}
+                continue
             if key not in names:
-                raise ValueError(f"the difference {key!r} is not a free parameter of this fit")
+                raise ValueError(f"the difference {key!r} is not a parameter of this fit")
             i = names.index(key)
             x = draws[:, i]
             if gaussian:
@@ -635,6 +643,9 @@ def format_effects(effects: dict, reference: str) -> list[str]:
     lines = [f"  condition effects (against {reference}; log BF > 0 favours a difference):"]
     for v, per in effects.items():
         for c, e in per.items():
+            if "fixed" in e:
+                lines.append(f"    {v:>14s}: {c} difference held fixed at {e['fixed']:g} ({e['parameter']})")
+                continue
             pct = round(100 * e["interval"])
             if e["scale"] == "log":
                 what = (

@@ -225,6 +225,10 @@ def _condition_effects(summary) -> str:
     rows, pct = [], 90
     for name, per in (ce.get("effects") or {}).items():
         for cond, e in per.items():
+            if "fixed" in e:
+                rows.append(f'<tr><th class="l">{_e(name)}</th><td class="l">{_e(cond)}</td>'
+                            f'<td colspan="5" class="l">held fixed at {_num(e["fixed"])}</td></tr>')
+                continue
             pct = round(100 * float(e.get("interval", 0.9)))
             if e.get("scale") == "log":
                 ratio = f"{_num(e['ratio'], 3)} [{_num(e['ratio_lower'], 3)}, {_num(e['ratio_upper'], 3)}]"

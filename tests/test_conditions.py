@@ -236,3 +236,21 @@ def test_pymc_backends_see_the_joint_density(data):
     value, grad = problem.log_joint_and_grad(z)
     assert float(logp(point)) == pytest.approx(float(value), abs=1e-9, rel=0)
     np.testing.assert_allclose(dlogp(point), grad.numpy(), rtol=1e-9, atol=1e-9)
+
+
+def test_a_difference_held_fixed_is_reported_as_fixed(data):
+    from jrinfer.conditions import format_effects
+    from jrinfer.posterior import Posterior
+
+    obs = ConditionObservation(SpectrumObservation(), ("rest", "task"), vary=("a", "b"))
+    spec = obs.default_prior(data, free=("a", "b", "p_mean"))
+    del spec["distributions"]["delta_b_task"]
+    spec["fixed"]["delta_b_task"] = 0.0
+    problem = InverseProblem(obs, spec, data)
+    assert "delta_b_task" not in problem.names
+    draws = problem.prior.sample(500, seed=0).numpy()[None]
+    eff = condition_effects(Posterior(names=problem.names, draws=draws, backend="test"), problem)
+    assert eff["b"]["task"] == {"parameter": "delta_b_task", "scale": "log", "fixed": 0.0}
+    # prior draws as "posterior": no information, so the evidence is about even
+    assert abs(eff["a"]["task"]["log_bayes_factor"]) < 0.2
+    assert any("held fixed at 0" in line for line in format_effects(eff, "rest"))
