@@ -612,14 +612,22 @@ def _condition_summary(summary: dict, posterior, problem) -> list[str]:
     if not isinstance(obs, ConditionObservation):
         return []
     effects = condition_effects(posterior, problem)
+    warns = []
+    k = posterior.diagnostics.get("pareto_k")
+    if k is not None and k > 0.7:
+        warns.append(
+            f"the Gaussian posterior is not reliable here (Pareto k-hat {k:.2f}): the log Bayes factors inherit its "
+            "error; to check one, refit without that parameter in --vary and compare the two fits (jrinfer compare)"
+        )
     summary["condition_effects"] = {
         "reference": obs.reference,
         "conditions": list(obs.conditions),
         "method": "log BF: Bayesian model reduction of 'no difference' (delta = 0) from the full posterior "
         "(Friston & Penny 2011); P(difference) with equal prior odds",
         "effects": effects,
+        "warnings": warns,
     }
-    return format_effects(effects, obs.reference)
+    return format_effects(effects, obs.reference) + [f"    WARNING: {w}" for w in warns]
 
 
 def _cmd_fit(args) -> int:

@@ -245,7 +245,8 @@ def _condition_effects(summary) -> str:
     note = (f'<div class="note">Differences from the reference condition <b>{_e(ref)}</b>: log ratios for scale '
             "parameters (ratio = exp), plain differences for locations. log BF &gt; 0 favours a difference; "
             f"{_e(ce.get('method', ''))}.</div>")
-    return "<table>" + head + "".join(rows) + "</table>" + note
+    warns = "".join(f'<div class="note">Warning: {_e(w)}</div>' for w in ce.get("warnings") or [])
+    return "<table>" + head + "".join(rows) + "</table>" + note + warns
 
 
 def _parameter_table(posterior, truth: dict | None = None) -> str:

@@ -64,12 +64,21 @@ def test_joint_likelihood_is_the_sum_of_the_conditions(data):
     assert target.transform(pred.value).shape == (4, 2, FREQS.numel())
 
 
-def test_difference_found_and_no_difference_found(data):
+def _vl_fit(data, vary):
     from jrinfer.backends.laplace import VariationalLaplace
 
-    obs = ConditionObservation(SpectrumObservation(), ("rest", "task"), vary=("a", "b"))
+    obs = ConditionObservation(SpectrumObservation(), ("rest", "task"), vary=vary)
     problem = InverseProblem(obs, obs.default_prior(data, free=("B", "a", "b", "p_mean")), data)
-    post = VariationalLaplace().fit(problem, seed=0, n_predictive=50)
+    return problem, VariationalLaplace().fit(problem, seed=0, n_predictive=50)
+
+
+@pytest.fixture(scope="module")
+def full_fit(data):
+    return _vl_fit(data, ("a", "b"))
+
+
+def test_difference_found_and_no_difference_found(data, full_fit):
+    problem, post = full_fit
     assert post.converged
     eff = condition_effects(post, problem)
     a, b = eff["a"]["task"], eff["b"]["task"]
@@ -81,6 +90,21 @@ def test_difference_found_and_no_difference_found(data):
     assert abs(b["mean"]) < 3.5 * b["sd"], b
     # per-condition fit quality and the peak moves with a
     assert post.fit_quality["r2_log_power_rest"] > 0.95 and post.fit_quality["r2_log_power_task"] > 0.95
+
+
+@pytest.mark.slow
+def test_bmr_and_refitted_reduced_models_agree_in_direction(data, full_fit):
+    """Evidence by BMR from the full fit and by refitting the reduced models point the same way.
+
+    Measured (seed 0): b: BMR -2.4 nats, refit F(a,b) - F(a) = -8.1; a: BMR +147, refit +359. The magnitudes
+    differ (the Laplace k-hat of the full fit is 0.95: its Gaussian is not exact); the conclusions agree.
+    """
+    problem, post = full_fit
+    eff = condition_effects(post, problem)
+    F_a = _vl_fit(data, ("a",))[1].log_evidence  # b reduced to no difference
+    F_b = _vl_fit(data, ("b",))[1].log_evidence  # a reduced to no difference
+    assert eff["b"]["task"]["log_bayes_factor"] < 0 and post.log_evidence - F_a < 0
+    assert eff["a"]["task"]["log_bayes_factor"] > 5 and post.log_evidence - F_b > 5
 
 
 def test_bmr_evidence_matches_savage_dickey_from_draws(data):
@@ -142,6 +166,8 @@ def test_cli_conditions_summary_and_report(data, tmp_path, capsys):
     s = json.loads((out / "summary.json").read_text())
     ce = s["condition_effects"]
     assert ce["reference"] == "rest" and ce["conditions"] == ["rest", "task"]
+    k = s["diagnostics"].get("pareto_k")
+    assert bool(ce["warnings"]) == (k is not None and k > 0.7)  # BFs flagged when the Gaussian is unreliable
     a, b = ce["effects"]["a"]["task"], ce["effects"]["b"]["task"]
     assert a["log_bayes_factor"] > 5 and b["log_bayes_factor"] < 0
     assert set(s["data"]["file"]) == {"rest", "task"} and len(s["data"]["sha256"]["task"]) == 64
