@@ -517,7 +517,7 @@ def _data_paths(args) -> list[str]:
 def _data_files(args):
     """summary.json's data file(s): a path, or ``{condition: path}`` for a fit of several conditions."""
     files = [str(Path(p).resolve()) for p in _data_paths(args)]
-    return files[0] if len(files) == 1 else dict(zip(_condition_names(args), files))
+    return files[0] if len(files) == 1 else dict(zip(_condition_names(args), files))  # one file: every condition
 
 
 def _data_hashes(args):
@@ -540,9 +540,18 @@ def _condition_names(args) -> list[str]:
             "naming the parameters that may differ between them"
         )
     names = [c.strip() for c in args.conditions.split(",") if c.strip()]
-    if len(names) != len(paths):
-        raise UsageError(f"--conditions names {len(names)} condition(s) but {len(paths)} DATA file(s) were given")
+    if len(names) != len(paths) and not (len(paths) == 1 and len(_event_ids(args)) == len(names) > 1):
+        raise UsageError(
+            f"--conditions names {len(names)} condition(s) but {len(paths)} DATA file(s) were given (one file holding "
+            "every condition needs one --event-id per condition, e.g. --event-id audio,visual)"
+        )
     return names
+
+
+def _event_ids(args) -> list[str]:
+    """--event-id split at commas (one per condition when fitting conditions from one recording)."""
+    text = getattr(args, "event_id", None)
+    return [e.strip() for e in text.split(",") if e.strip()] if text else []
 
 
 def _load_conditions(args):
@@ -552,11 +561,18 @@ def _load_conditions(args):
     from jrinfer.conditions import ConditionData
 
     names = _condition_names(args)
+    paths = list(args.data) if len(args.data) == len(names) else list(args.data) * len(names)
+    ids = _event_ids(args)
+    if len(ids) > 1 and len(ids) != len(names):
+        raise UsageError(f"--event-id lists {len(ids)} events for {len(names)} --conditions; give one per condition")
     datasets = {}
-    for name, path in zip(names, args.data):
+    for k, (name, path) in enumerate(zip(names, paths)):
         one = copy.copy(args)
         one.data = path
-        print(f"jrinfer {args.command}: condition {name}: {path}", file=sys.stderr)
+        if len(ids) > 1:
+            one.event_id = ids[k]
+        print(f"jrinfer {args.command}: condition {name}: {path}" + (f" ({ids[k]})" if len(ids) > 1 else ""),
+              file=sys.stderr)
         datasets[name] = _load_data(one)
     try:
         return ConditionData(datasets)
@@ -1021,7 +1037,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--event-id", default=None, metavar="NAME_OR_CODE",
         help="evoked from a continuous recording: the annotation or trigger code to epoch around; for a single-trial "
-        "table (CSV with Label, Condition, Time): the condition, or a tag such as audio for audio/left+audio/right",
+        "table (CSV with Label, Condition, Time): the condition, or a tag such as audio for audio/left+audio/right; "
+        "with --conditions and one DATA file, one per condition (e.g. audio,visual)",
     )
     p.add_argument(
         "--baseline", default=None, metavar="START,END",

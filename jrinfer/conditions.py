@@ -102,7 +102,8 @@ class ConditionData:
     metadata : dict
         ``warnings`` of every data set, prefixed with its condition;
         ``conditions``: each data set's own metadata; ``channels_used`` when
-        every condition used the same channels.
+        every condition used the same channels; ``epochs`` (per condition)
+        when the data were averaged from epochs.
     """
 
     datasets: Mapping
@@ -121,6 +122,9 @@ class ConditionData:
             f"{c}: {w}" for c, d in self.datasets.items() for w in getattr(d, "metadata", {}).get("warnings", [])
         ]
         md["conditions"] = {c: dict(getattr(d, "metadata", {})) for c, d in self.datasets.items()}
+        epochs = {c: getattr(d, "metadata", {}).get("epochs") for c, d in self.datasets.items()}
+        if any(e is not None for e in epochs.values()):
+            md["epochs"] = epochs  # per condition: events, epochs averaged and rejected
         used = [getattr(d, "metadata", {}).get("channels_used") for d in self.datasets.values()]
         if used[0] is not None and all(u == used[0] for u in used):
             md["channels_used"] = list(used[0])  # the same channels in every condition

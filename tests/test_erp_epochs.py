@@ -125,3 +125,26 @@ def test_cli_fits_auditory_n100_and_visual_erp_from_the_table(tmp_path, capsys):
     v = res["visual"]["fit_quality"]
     assert v["explained_variance"] > 0.5  # fitted, not flat
     assert abs(v["peak_latency_model_s"] - v["peak_latency_data_s"]) <= 0.02
+
+
+@pytest.mark.slow
+def test_cli_conditions_from_one_table(tmp_path, capsys):
+    """Left- vs right-ear tones from one table: the N100 comes earlier for right-ear tones (data: 100 vs 87 ms)."""
+    table = _table()
+    out = tmp_path / "lr"
+    code = main(["fit", table, "--kind", "evoked", "--conditions", "left,right", "--event-id", "audio/left,audio/right",
+                 "--vary", "input_latency", "--out", str(out)])
+    printed, err = capsys.readouterr()
+    assert code == 0, err
+    s = json.loads((out / "summary.json").read_text())
+    assert s["data"]["epochs"]["left"]["n_averaged"] == 72 and s["data"]["epochs"]["right"]["n_averaged"] == 73
+    q = s["fit_quality"]
+    shift = q["peak_latency_data_s_right"] - q["peak_latency_data_s_left"]
+    assert shift == pytest.approx(-0.0133, abs=0.002)
+    e = s["condition_effects"]["effects"]["input_latency"]["right"]
+    assert e["scale"] == "additive" and e["upper"] < 0 and abs(e["mean"] - shift) < 0.01
+    assert e["log_bayes_factor"] > 1
+    # one file needs one --event-id per condition
+    assert main(["fit", table, "--kind", "evoked", "--conditions", "left,right", "--event-id", "audio",
+                 "--vary", "gain", "--out", str(tmp_path / "x")]) == 2
+    assert "one --event-id per condition" in capsys.readouterr().err
