@@ -1115,7 +1115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_identifiability)
 
     p = sub.add_parser(
-        "compare", help="log evidences (free energies) of fits of the same data side by side, with model probabilities"
+        "compare", help="log evidences (free energies) of fits of the same data side by side, with model probabilities",
+        description="Log evidences (free energies) of fits of the same data side by side: difference to the best and "
+        "posterior model probabilities (equal prior odds). Fits of other data, or without a log evidence (NUTS), "
+        "are refused.",
     )
     p.add_argument("dirs", metavar="DIR", nargs="+", help="--out folders of 'jrinfer fit' (laplace or smc)")
     p.add_argument("--json", action="store_true", help="print the table as JSON")

@@ -73,3 +73,9 @@ def test_compare_table_json_and_refusals(tmp_path, capsys):
     assert "no log evidence (backend nuts)" in err and "--backend smc" in err
     assert main(["compare", fits["full"], str(tmp_path / "missing")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_compare_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "--help"])
+    assert exc.value.code == 0 and "Log evidences" in " ".join(capsys.readouterr().out.split())
