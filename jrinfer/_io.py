@@ -87,3 +87,14 @@ def write_csv(path, header: Sequence[str], columns) -> Path:
     with atomic_path(path) as tmp:
         np.savetxt(tmp, data, delimiter=",", header=",".join(header), comments="", fmt="%.10g")
     return path
+
+
+def file_sha256(path) -> str:
+    """SHA-256 hex digest of a file's bytes (read in 1 MiB blocks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

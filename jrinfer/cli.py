@@ -1,4 +1,4 @@
-"""Command line interface: ``jrinfer fixed-points | simulate | spectrum | fit | report | identifiability | demo``,
+"""Command line interface: ``jrinfer fixed-points | simulate | spectrum | fit | report | compare | identifiability | demo``,
 and ``jrinfer fit-many`` (a cohort, :mod:`jrinfer.distributed`).
 
 Every command exits with status 2 and a one-line message on stderr when its
@@ -254,6 +254,10 @@ def _load_data(args):
     """
     import warnings
 
+    if isinstance(args.data, list):  # fit's DATA...: one file, or one data set per condition
+        if len(args.data) > 1 or getattr(args, "conditions", None):
+            return _load_conditions(args)
+        args.data = args.data[0]
     path = Path(args.data)
     if not path.exists():
         raise UsageError(f"DATA {args.data}: no such file")
@@ -300,6 +304,8 @@ def _read_data(args, path: Path):
             data = data.select(channels=channels, fmin=args.fmin, fmax=args.fmax)
             if channels is not None:
                 data.metadata["channels_used"] = list(data.channel_names)
+        elif _is_trials_table(path):
+            data = _read_trials_table(args, path, channels)
         else:
             data = EvokedData.from_csv(path, units=args.units)
             if channels is not None:
@@ -311,6 +317,8 @@ def _read_data(args, path: Path):
         except ImportError:
             raise UsageError("reading EEG files needs MNE: pip install 'jrinfer[eeg]'") from None
         mne.set_log_level("ERROR")
+        if args.kind == "evoked" and (getattr(args, "event_id", None) is not None or _is_continuous(mne, path)):
+            return _finish_data(args, _epochs_from_raw(args, mne, path, channels))
         try:
             if args.kind == "spectrum":
                 kw = {"infer_types": True} if name.endswith(_TYPED_LABEL_SUFFIXES) else {}
@@ -337,6 +345,13 @@ def _read_data(args, path: Path):
         raise UsageError(
             f"DATA {args.data}: unknown file type; expected .csv or an EEG file MNE reads ({', '.join(_EEG_SUFFIXES)})"
         )
+    return _finish_data(args, data)
+
+
+def _finish_data(args, data):
+    """Refuse too few points; average the channels unless --no-average."""
+    from jrinfer.data import MIN_FIT_FREQS
+
     n = data.n_freqs if args.kind == "spectrum" else data.n_times
     if n < MIN_FIT_FREQS:
         what = "frequencies" if args.kind == "spectrum" else "time samples"
@@ -348,6 +363,99 @@ def _read_data(args, path: Path):
     if data.n_channels > 1 and not args.no_average:
         data = data.mean_over_channels(name="mean(" + ",".join(data.channel_names) + ")")
     return data
+
+
+# ------------------------------------------------ ERPs from continuous recordings and trial tables
+def _is_trials_table(path: Path) -> bool:
+    """A long-format single-trial CSV (columns Label/Epoch/Trial, Condition, Time, channels...)."""
+    with open(path, newline="") as fh:
+        header = {h.strip().lower() for h in fh.readline().split(",")}
+    return {"condition", "time"} <= header and bool(header & {"label", "epoch", "trial"})
+
+
+def _read_trials_table(args, path: Path, channels):
+    from jrinfer.data import EvokedData
+
+    condition = args.event_id if getattr(args, "event_id", None) is not None else args.condition
+    if channels is not None:
+        with open(path, newline="") as fh:
+            header = [h.strip() for h in fh.readline().split(",")]
+        names = [h for h in header if h.lower() not in ("label", "epoch", "trial", "condition", "time")]
+        channels = [_match_channel(c, names) for c in channels]
+    try:
+        return EvokedData.from_trials_table(path, condition, picks=channels, tmin=args.tmin, tmax=args.tmax,
+                                            units=args.units or "uV")
+    except ValueError as err:
+        msg = str(err).splitlines()[0]
+        if msg.startswith("condition"):
+            msg = "--event-id" + msg[len("condition"):]
+        raise UsageError(f"DATA {args.data}: {msg}") from None
+
+
+def _is_continuous(mne, path: Path) -> bool:
+    """True when DATA is a continuous recording (not a file of averaged evoked responses)."""
+    name = path.name.lower()
+    if name.endswith((".fif", ".fif.gz")) and ("-ave." in name or "_ave." in name):
+        return False
+    try:
+        if mne.read_evokeds(path, verbose="error"):  # a raw FIF reads as an empty list
+            return False
+    except Exception:  # not an evoked file: is it raw?
+        pass
+    try:
+        mne.io.read_raw(path, preload=False, verbose="error")
+        return True
+    except Exception:  # MNE raises many types for unreadable files; the evoked reader reports it
+        return False
+
+
+def _parse_baseline(text):
+    if text is None:
+        return (None, 0.0)
+    if text.strip().lower() == "none":
+        return None
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return tuple(None if p.strip() == "" else float(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"--baseline expects START,END in s (e.g. --baseline=-0.1,0) or none; got {text!r}") from None
+
+
+def _epochs_from_raw(args, mne, path: Path, channels):
+    """--kind evoked from a continuous recording: epochs around --event-id, averaged by MNE."""
+    from jrinfer.data import EvokedData
+
+    kw = {"infer_types": True} if path.name.lower().endswith(_TYPED_LABEL_SUFFIXES) else {}
+    try:
+        raw = mne.io.read_raw(path, preload=True, verbose="error", **kw)
+    except Exception as err:  # MNE raises many types for unreadable files
+        raise UsageError(f"DATA {args.data}: not readable as EEG by MNE ({type(err).__name__}: {err})") from None
+    events = getattr(args, "events", None) or "annotations"
+    if args.event_id is None:
+        found = sorted(set(raw.annotations.description)) if len(raw.annotations) else []
+        stims = [raw.ch_names[i] for i in mne.pick_types(raw.info, stim=True)]
+        raise UsageError(
+            f"DATA {args.data} is a continuous recording: average epochs around events with --event-id NAME_OR_CODE "
+            f"(annotations: {', '.join(found) or 'none'}; stim channels for --events: {', '.join(stims) or 'none'})"
+        )
+    event_id = args.event_id
+    if events != "annotations" or (event_id.isdigit() and event_id not in set(raw.annotations.description)):
+        event_id = int(event_id) if event_id.lstrip("-").isdigit() else event_id
+    if channels is not None:
+        channels = [_match_channel(c, raw.ch_names) for c in channels]
+    tmin = -0.1 if args.tmin is None else args.tmin
+    tmax = 0.5 if args.tmax is None else args.tmax
+    try:
+        return EvokedData.from_raw_events(
+            raw, event_id, events=events, tmin=tmin, tmax=tmax, baseline=_parse_baseline(args.baseline),
+            reject=args.reject, picks=channels, units=args.units or "uV",
+        )
+    except ValueError as err:
+        msg = _cli_words(str(err).splitlines()[0])
+        msg = msg.replace("event_id ", "--event-id ").replace("events=", "--events ").replace("reject", "--reject")
+        raise UsageError(f"DATA {args.data}: {msg}") from None
 
 
 def _match_channel(name: str, available: list[str]) -> str:
@@ -402,6 +510,143 @@ def _merge_prior(spec: dict, update: dict) -> dict:
     return {"distributions": dists, "fixed": fixed, "units": units}
 
 
+# ------------------------------------------------ condition effects (several DATA)
+def _data_paths(args) -> list[str]:
+    return list(args.data) if isinstance(args.data, list) else [args.data]
+
+
+def _data_files(args):
+    """summary.json's data file(s): a path, or ``{condition: path}`` for a fit of several conditions."""
+    files = [str(Path(p).resolve()) for p in _data_paths(args)]
+    return files[0] if len(files) == 1 else dict(zip(_condition_names(args), files))  # one file: every condition
+
+
+def _data_hashes(args):
+    """SHA-256 of each DATA file (``jrinfer compare`` checks that fits saw the same data)."""
+    from jrinfer._io import file_sha256
+
+    hashes = [file_sha256(p) for p in _data_paths(args)]
+    return hashes[0] if len(hashes) == 1 else dict(zip(_condition_names(args), hashes))
+
+
+def _data_title(args) -> str:
+    return " vs ".join(Path(p).name for p in _data_paths(args))
+
+
+def _condition_names(args) -> list[str]:
+    paths = _data_paths(args)
+    if not args.conditions:
+        raise UsageError(
+            f"{len(paths)} DATA files need --conditions naming each (e.g. --conditions rest,task) and --vary "
+            "naming the parameters that may differ between them"
+        )
+    names = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    if len(names) != len(paths) and not (len(paths) == 1 and len(_event_ids(args)) == len(names) > 1):
+        raise UsageError(
+            f"--conditions names {len(names)} condition(s) but {len(paths)} DATA file(s) were given (one file holding "
+            "every condition needs one --event-id per condition, e.g. --event-id audio,visual)"
+        )
+    return names
+
+
+def _event_ids(args) -> list[str]:
+    """--event-id split at commas (one per condition when fitting conditions from one recording)."""
+    text = getattr(args, "event_id", None)
+    return [e.strip() for e in text.split(",") if e.strip()] if text else []
+
+
+def _load_conditions(args):
+    """One data set per DATA file, named by --conditions (same reading options for all)."""
+    import copy
+
+    from jrinfer.conditions import ConditionData
+
+    names = _condition_names(args)
+    paths = list(args.data) if len(args.data) == len(names) else list(args.data) * len(names)
+    ids = _event_ids(args)
+    if len(ids) > 1 and len(ids) != len(names):
+        raise UsageError(f"--event-id lists {len(ids)} events for {len(names)} --conditions; give one per condition")
+    datasets = {}
+    for k, (name, path) in enumerate(zip(names, paths)):
+        one = copy.copy(args)
+        one.data = path
+        if len(ids) > 1:
+            one.event_id = ids[k]
+        print(f"jrinfer {args.command}: condition {name}: {path}" + (f" ({ids[k]})" if len(ids) > 1 else ""),
+              file=sys.stderr)
+        datasets[name] = _load_data(one)
+    try:
+        return ConditionData(datasets)
+    except ValueError as err:
+        raise UsageError(f"--conditions: {err}") from None
+
+
+def _observed_hash(observed) -> str:
+    """SHA-256 of the values actually fitted and their axis (float64 bytes): equal only for the same data."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for x in (observed.values, observed.coord_values):
+        h.update(x.detach().cpu().double().contiguous().numpy().tobytes())
+    h.update(json.dumps([observed.coord, list(observed.channels), observed.units]).encode())
+    return h.hexdigest()
+
+
+def _reference_data(data):
+    """The data the single-condition default prior is built on (the first condition's)."""
+    from jrinfer.conditions import ConditionData
+
+    return data[data.conditions[0]] if isinstance(data, ConditionData) else data
+
+
+def _with_conditions(args, obs, spec: dict, data):
+    """For several DATA: the joint observation over conditions and its prior (differences for --vary)."""
+    from jrinfer.conditions import ConditionData, ConditionObservation
+
+    if not isinstance(data, ConditionData):
+        if getattr(args, "vary", None):
+            raise UsageError("--vary needs two or more DATA files and --conditions (one name per file)")
+        return obs, spec
+    if not args.vary:
+        raise UsageError("--conditions needs --vary: the parameters that may differ between conditions (e.g. --vary a,b)")
+    vary = [v.strip() for v in args.vary.split(",") if v.strip()]
+    try:
+        joint = ConditionObservation(obs, data.conditions, vary)
+        joint.check_data(data)
+        spec = joint.joint_prior(spec, data)
+    except ValueError as err:
+        raise UsageError(_cli_words(str(err).splitlines()[0]).replace("vary:", "--vary:")) from None
+    if args.prior:  # explicit delta_* priors in --prior replace the derived ones
+        spec = _merge_prior(spec, _read_prior_file(args.prior))
+    return joint, spec
+
+
+def _condition_summary(summary: dict, posterior, problem) -> list[str]:
+    """Add ``condition_effects`` to summary.json for a fit of several conditions; the lines to print."""
+    from jrinfer.conditions import ConditionObservation, condition_effects, format_effects
+
+    obs = problem.observation
+    if not isinstance(obs, ConditionObservation):
+        return []
+    effects = condition_effects(posterior, problem)
+    warns = []
+    k = posterior.diagnostics.get("pareto_k")
+    if k is not None and k > 0.7:
+        warns.append(
+            f"the Gaussian posterior is not reliable here (Pareto k-hat {k:.2f}): the log Bayes factors inherit its "
+            "error; to check one, refit without that parameter in --vary and compare the two fits (jrinfer compare)"
+        )
+    summary["condition_effects"] = {
+        "reference": obs.reference,
+        "conditions": list(obs.conditions),
+        "method": "log BF: Bayesian model reduction of 'no difference' (delta = 0) from the full posterior "
+        "(Friston & Penny 2011); P(difference) with equal prior odds",
+        "effects": effects,
+        "warnings": warns,
+    }
+    return format_effects(effects, obs.reference) + [f"    WARNING: {w}" for w in warns]
+
+
 def _cmd_fit(args) -> int:
     import torch  # noqa: F401  (torch is a core dependency; imported here to keep --help fast)
 
@@ -422,11 +667,12 @@ def _cmd_fit(args) -> int:
     else:
         obs = EvokedObservation()
     free = tuple(s.strip() for s in args.free.split(",")) if args.free else None
-    spec = obs.default_prior(data, free=free)
+    spec = obs.default_prior(_reference_data(data), free=free)
     if args.prior:
         spec = _merge_prior(spec, _read_prior_file(args.prior))
     if args.fix:
         spec = _merge_prior(spec, {"fixed": _parse_assignments(args.fix, "--fix")})
+    obs, spec = _with_conditions(args, obs, spec, data)
     problem = InverseProblem(obs, spec, data)
     prior = problem.prior
     from jrinfer.backends.laplace import VariationalLaplace
@@ -452,13 +698,16 @@ def _cmd_fit(args) -> int:
     summary["n_iter"] = posterior.diagnostics.get("n_iter")
     observed = problem.observed()
     summary["data"] = {
-        "file": str(Path(args.data).resolve()),
+        "file": _data_files(args),
+        "sha256": _data_hashes(args),
+        "observed_sha256": _observed_hash(observed),
         "kind": args.kind,
         "channels": list(observed.channels),
         "units": observed.units,
         "n_points": int(observed.values.shape[-1]),
         "channels_used": data.metadata.get("channels_used"),
         "channels_dropped": data.metadata.get("channels_dropped"),
+        "epochs": data.metadata.get("epochs"),
     }
     summary["prior"] = prior.to_dict()
     summary["prior_validity"] = problem.prior_validity(1000, seed=args.seed)
@@ -466,6 +715,7 @@ def _cmd_fit(args) -> int:
     from jrinfer.identifiability import headline
 
     summary["identifiability"] = headline(posterior, prior)
+    effects = _condition_summary(summary, posterior, problem)
     out.mkdir(parents=True, exist_ok=True)
     from jrinfer._io import write_text
 
@@ -475,7 +725,7 @@ def _cmd_fit(args) -> int:
     try:
         from jrinfer.plotting import plot_fit
 
-        plot_fit(posterior, out / "fit.png", title=f"{Path(args.data).name}: {posterior.backend} ({posterior.status})")
+        plot_fit(posterior, out / "fit.png", title=f"{_data_title(args)}: {posterior.backend} ({posterior.status})")
         plotted = True
     except ImportError:
         pass
@@ -485,6 +735,8 @@ def _cmd_fit(args) -> int:
     else:
         print(posterior)
         print(f"  {summary['identifiability']} (see jrinfer identifiability for the structural trade-offs)")
+        for line in effects:
+            print(line)
         print(f"wrote {out}/summary.json, posterior.nc{', fit.png' if plotted else ''}{', report.html' if report else ''}")
     if args.json:  # the printed summary shows them otherwise
         for w in posterior.warnings:
@@ -523,6 +775,84 @@ def _cmd_report(args) -> int:
         print(json.dumps({"report": str(path)}))
     else:
         print(f"wrote {path}")
+    return 0
+
+
+def _read_fit_summary(path: str) -> dict:
+    d = Path(path)
+    if not d.is_dir():
+        raise UsageError(f"DIR {path}: no such directory")
+    f = d / "summary.json"
+    if not f.is_file():
+        raise UsageError(f"DIR {path}: no summary.json in it; give --out folders of 'jrinfer fit'")
+    try:
+        s = json.loads(f.read_text())
+    except ValueError as err:
+        raise UsageError(f"DIR {path}: summary.json is not valid JSON ({err})") from None
+    if not isinstance(s, dict) or "parameters" not in s:
+        raise UsageError(f"DIR {path}: summary.json is not the summary of a 'jrinfer fit'")
+    return s
+
+
+def _data_identity(s: dict):
+    """What identifies the data a fit saw: the hash of the fitted values, else file hash(es) and points."""
+    data = s.get("data") or {}
+    if data.get("observed_sha256"):
+        return ("observed", data["observed_sha256"])
+    if data.get("sha256"):
+        return ("file", json.dumps(data["sha256"], sort_keys=True), data.get("n_points"),
+                json.dumps(data.get("channels")), data.get("units"))
+    return None
+
+
+def _cmd_compare(args) -> int:
+    from jrinfer.comparison import model_probabilities
+
+    if len(args.dirs) < 2:
+        raise UsageError("compare needs at least two DIR (the --out folders of fits of the same data)")
+    summaries = [_read_fit_summary(d) for d in args.dirs]
+    rows = []
+    for d, s in zip(args.dirs, summaries):
+        F = s.get("log_evidence")
+        if F is None or not math.isfinite(float(F)):
+            raise UsageError(
+                f"DIR {d}: the fit has no log evidence (backend {s.get('backend')}); refit with --backend laplace "
+                "(free energy) or --backend smc (SMC estimate) to compare models"
+            )
+        ident = _data_identity(s)
+        if ident is None:
+            raise UsageError(
+                f"DIR {d}: summary.json does not record which data were fitted (no data hash; fitted by an older "
+                "jrinfer?); refit it to compare"
+            )
+        rows.append({"dir": d, "backend": s.get("backend"), "status": s.get("status"), "free_energy": float(F),
+                     "n_free": len(s.get("parameters") or {}), "data": ident})
+    first = rows[0]["data"]
+    for r in rows[1:]:
+        if r["data"] != first:
+            raise UsageError(
+                f"DIR {r['dir']} fitted other data than DIR {rows[0]['dir']} (different file, channels, range or "
+                "units): log evidences are comparable only for fits of the same data"
+            )
+    F = [r["free_energy"] for r in rows]
+    probs = model_probabilities(F).tolist()
+    best = max(F)
+    table = []
+    for r, p in zip(rows, probs):
+        table.append({"dir": r["dir"], "backend": r["backend"], "status": r["status"], "n_free": r["n_free"],
+                      "log_evidence": r["free_energy"], "delta_to_best": r["free_energy"] - best,
+                      "probability": p, "best": r["free_energy"] == best})
+    if args.json:
+        print(json.dumps({"models": table, "note": "log evidence in nats (free energy for laplace, SMC estimate "
+                          "for smc); probability: posterior model probability with equal prior odds"}))
+        return 0
+    width = max(len(r["dir"]) for r in table)
+    print(f"{'fit':<{width}s}  {'backend':<8s} {'free':>4s}  {'log evidence':>13s}  {'dF to best':>10s}  {'P(model)':>8s}")
+    for r in table:
+        flag = "" if r["status"] == "converged" else f"  ({r['status']})"
+        print(f"{r['dir']:<{width}s}  {str(r['backend']):<8s} {r['n_free']:>4d}  {r['log_evidence']:>13.2f}  "
+              f"{r['delta_to_best']:>10.2f}  {r['probability']:>8.3f}{'  best' if r['best'] else ''}{flag}")
+    print("log evidence in nats; dF > 3 (about 20:1) is strong evidence (Kass & Raftery 1995)")
     return 0
 
 
@@ -707,7 +1037,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_spectrum)
 
     p = sub.add_parser("fit", help="fit the JR model to a spectrum or evoked response; writes summary.json, posterior.nc")
-    p.add_argument("data", metavar="DATA", help="CSV (freq,power[,...] or time,value[,...]) or an EEG file MNE reads")
+    p.add_argument(
+        "data", metavar="DATA", nargs="+",
+        help="CSV (freq,power[,...] or time,value[,...]) or an EEG file MNE reads; several files with --conditions "
+        "to fit them jointly",
+    )
+    p.add_argument(
+        "--conditions", default=None, metavar="NAME,NAME[,...]",
+        help="one name per DATA file (the first is the reference), e.g. rest,task: fit the conditions jointly with "
+        "the --vary parameters allowed to differ",
+    )
+    p.add_argument(
+        "--vary", default=None, metavar="NAME[,NAME...]",
+        help="with --conditions: parameters that may differ between conditions (log-ratio differences; additive "
+        "for v0, input_latency, baseline); each is reported with its interval and log Bayes factor",
+    )
     p.add_argument("--kind", required=True, choices=["spectrum", "evoked"], help="what DATA holds / what to fit")
     p.add_argument(
         "--backend", default="laplace", choices=["laplace", "nuts", "smc", "npe"], help="inference backend"
@@ -752,6 +1096,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n-segments", type=int, default=None, help="number of Welch segments behind a CSV spectrum")
     p.add_argument("--condition", default=None, help="evoked FIF: which condition (default the first)")
+    p.add_argument(
+        "--events", default=None, metavar="annotations|STIM_CHANNEL",
+        help="evoked from a continuous recording: where the events are (default annotations)",
+    )
+    p.add_argument(
+        "--event-id", default=None, metavar="NAME_OR_CODE",
+        help="evoked from a continuous recording: the annotation or trigger code to epoch around; for a single-trial "
+        "table (CSV with Label, Condition, Time): the condition, or a tag such as audio for audio/left+audio/right; "
+        "with --conditions and one DATA file, one per condition (e.g. audio,visual)",
+    )
+    p.add_argument(
+        "--baseline", default=None, metavar="START,END",
+        help="evoked from a continuous recording: baseline in s (default: epoch start to 0; write --baseline=-0.1,0; "
+        "'none' for no correction)",
+    )
+    p.add_argument(
+        "--reject", type=float, default=None, metavar="PEAK_TO_PEAK",
+        help="evoked from a continuous recording: drop epochs whose EEG peak-to-peak exceeds this (in --units, "
+        "default uV); the count rejected goes to summary.json",
+    )
     p.add_argument("--method", default="transfer", choices=["transfer", "simulation"], help="spectral model")
     p.add_argument("--free", default=None, help="comma-separated JR parameters to fit (default A,B,a,b,C,p_mean)")
     p.add_argument(
@@ -815,6 +1179,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     p.add_argument("--json", action="store_true", help="print report.json on stdout")
     p.set_defaults(func=_cmd_identifiability)
+
+    p = sub.add_parser(
+        "compare", help="log evidences (free energies) of fits of the same data side by side, with model probabilities",
+        description="Log evidences (free energies) of fits of the same data side by side: difference to the best and "
+        "posterior model probabilities (equal prior odds). Fits of other data, or without a log evidence (NUTS), "
+        "are refused.",
+    )
+    p.add_argument("dirs", metavar="DIR", nargs="+", help="--out folders of 'jrinfer fit' (laplace or smc)")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.set_defaults(func=_cmd_compare)
 
     _add_fit_many_parser(sub)
 

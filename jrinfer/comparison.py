@@ -14,7 +14,7 @@ import torch
 from jrinfer import _checks
 from jrinfer._linalg import _SPD, _check_psd, _check_spd, _check_vector
 
-__all__ = ["bayesian_model_reduction", "log_bayes_factor"]
+__all__ = ["bayesian_model_reduction", "log_bayes_factor", "model_probabilities"]
 
 _DTYPE = torch.float64
 
@@ -119,3 +119,32 @@ def _log_evidence(x):
         if value is not None:
             return value
     return x
+
+
+def model_probabilities(log_evidences) -> torch.Tensor:
+    """Posterior model probabilities from log evidences under equal prior model probabilities.
+
+    ``p_i = exp(F_i) / sum_j exp(F_j)`` (a softmax, computed stably), e.g.
+    over the free energies of fits of several models to the *same data*
+    (Penny et al. 2004, "Comparing dynamic causal models", NeuroImage
+    22:1157).
+
+    Parameters
+    ----------
+    log_evidences : array_like
+        Shape ``(n_models,)``, finite, in nats.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(n_models,)``, summing to one.
+
+    Raises
+    ------
+    ValueError
+        Not a non-empty 1-D array of finite numbers.
+    """
+    F = _checks.as_float_tensor("log_evidences", log_evidences)
+    if F.dim() != 1 or F.numel() == 0 or not bool(torch.isfinite(F).all()):
+        raise ValueError(f"log_evidences must be a non-empty 1-D array of finite numbers, got {F.tolist()!r}")
+    return torch.softmax(F, 0)

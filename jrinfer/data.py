@@ -1267,6 +1267,67 @@ def _raw_segment_count(raw, n_per_seg: int, n_overlap: int) -> int:
     return max(total, 1)
 
 
+_TRIALS_CACHE: dict = {}
+
+
+def _read_trials_csv(path: Path):
+    """A long-format single-trial CSV: (channel names, times (T,), condition per trial (n,), values (n, C, T)).
+
+    Columns ``Label`` (or ``Epoch``/``Trial``), ``Condition``, ``Time`` in any
+    order, the rest channels; a trial is a (label, condition) pair. Values are
+    returned in the table's own units. The last file read is cached (keyed by
+    path, size and modification time).
+    """
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key in _TRIALS_CACHE:
+        return _TRIALS_CACHE[key]
+    where = f"path {str(path)!r}"
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise ValueError(f"{where}: empty file") from None
+        rows = list(reader)
+    col = {h.lower(): i for i, h in enumerate(header)}
+    trial_col = next((col[k] for k in ("label", "epoch", "trial") if k in col), None)
+    if trial_col is None or "condition" not in col or "time" not in col:
+        raise ValueError(
+            f"{where}: a trials table needs the columns Label (or Epoch/Trial), Condition and Time; got {header[:6]}"
+        )
+    cond_col, time_col = col["condition"], col["time"]
+    ch_cols = [i for i in range(len(header)) if i not in (trial_col, cond_col, time_col)]
+    if not ch_cols or not rows:
+        raise ValueError(f"{where}: no channel columns or no rows besides the header")
+    try:
+        values = np.array([[float(r[i]) for i in ch_cols] for r in rows], dtype=np.float64)
+        times_all = np.array([float(r[time_col]) for r in rows], dtype=np.float64)
+    except (ValueError, IndexError) as err:
+        raise ValueError(f"{where}: non-numeric or missing value ({err})") from None
+    if not np.isfinite(values).all():
+        raise ValueError(f"{where}: values must be finite")
+    order: dict = {}
+    trial_of = np.array([order.setdefault((r[trial_col], r[cond_col]), len(order)) for r in rows])
+    counts = np.bincount(trial_of)
+    if counts.min() != counts.max():
+        raise ValueError(f"{where}: trials have unequal numbers of samples ({counts.min()}-{counts.max()})")
+    n_trials, n_times = len(order), int(counts[0])
+    sort = np.lexsort((times_all, trial_of))
+    data = values[sort].reshape(n_trials, n_times, len(ch_cols)).transpose(0, 2, 1)
+    times = times_all[sort].reshape(n_trials, n_times)
+    if not np.allclose(times, times[0], rtol=0, atol=1e-6):
+        raise ValueError(f"{where}: trials are sampled at different times")
+    t = times[0].copy()
+    dt = np.diff(t)
+    if n_times < 2 or not (dt > 0).all() or np.ptp(dt) > 1e-3 * dt.mean():
+        raise ValueError(f"{where}: the Time column is not uniformly sampled within a trial")
+    out = (tuple(header[i] for i in ch_cols), t, np.array([c for (_, c) in order]), np.ascontiguousarray(data))
+    _TRIALS_CACHE.clear()
+    _TRIALS_CACHE[key] = out
+    return out
+
+
 # ================================================================ EvokedData
 @dataclass(frozen=True, eq=False)
 class EvokedData:
@@ -1414,6 +1475,257 @@ class EvokedData:
             raise ValueError(f"evoked: {err}") from None
         _evoked_plausibility(out.metadata, out.values, out.units, "evoked")
         return out
+
+    @classmethod
+    def from_epochs(cls, epochs, picks=None, tmin=None, tmax=None, units: str = "uV", condition=None) -> "EvokedData":
+        """Average ``mne.Epochs`` (MNE's ``Epochs.average``) into an ERP.
+
+        Parameters
+        ----------
+        epochs : mne.Epochs or mne.EpochsArray
+            Already baseline-corrected and cleaned as wanted (bad epochs
+            dropped: :meth:`from_raw_events` does both).
+        picks : str or list of str, optional
+            Channel names; default all good EEG channels.
+        tmin, tmax : float, optional
+            Inclusive time window in s of the result.
+        units : {"V", "mV", "uV"}
+        condition : str, optional
+            Select epochs by event name first (MNE's tag matching: ``"audio"``
+            selects ``"audio/left"`` and ``"audio/right"``).
+
+        Returns
+        -------
+        EvokedData
+            With ``n_averaged`` the number of epochs averaged and
+            ``metadata["epochs"]`` (``n_averaged``, ``event_id``, ``condition``).
+
+        Raises
+        ------
+        ValueError
+            Not Epochs, an unknown ``condition``, or no epoch left.
+        """
+        mne = optional_import("mne", purpose=_MNE_FOR)
+        if not isinstance(epochs, mne.BaseEpochs):
+            raise ValueError(f"epochs must be mne.Epochs; got {type(epochs).__name__}")
+        if condition is not None:
+            try:
+                epochs = epochs[condition]
+            except KeyError:
+                raise ValueError(
+                    f"condition {condition!r} matches no event; the epochs have {sorted(epochs.event_id)}"
+                ) from None
+        n = len(epochs)
+        if n == 0:
+            raise ValueError("epochs: no epoch left to average (all rejected, or no event of that kind)")
+        evoked = epochs.average(picks="all")
+        out = cls.from_mne(evoked, picks=picks, tmin=tmin, tmax=tmax, units=units)
+        md = dict(out.metadata)
+        ep = dict(md.get("epochs") or {})
+        ep.update(n_averaged=n, event_id={str(k): int(v) for k, v in epochs.event_id.items()}, condition=condition)
+        md["epochs"] = ep
+        return cls(out.times, out.values, out.channel_names, out.units, n, md)
+
+    @classmethod
+    def from_raw_events(
+        cls,
+        raw,
+        event_id,
+        *,
+        events="annotations",
+        tmin: float = -0.1,
+        tmax: float = 0.5,
+        baseline=(None, 0.0),
+        reject=None,
+        picks=None,
+        units: str = "uV",
+    ) -> "EvokedData":
+        """Epoch a continuous recording around events and average (``mne.Epochs``), rejecting bad epochs.
+
+        Parameters
+        ----------
+        raw : mne.io.Raw
+            Continuous recording (preloaded or not).
+        event_id : str or int
+            Which events: an annotation description (``events="annotations"``)
+            or an integer trigger code (either source; a digit string counts
+            as a code on a stim channel).
+        events : "annotations" or str
+            Where the events come from: the recording's annotations
+            (:func:`mne.events_from_annotations`), or the name of a stim
+            channel (:func:`mne.find_events`).
+        tmin, tmax : float
+            Epoch window in s around each event.
+        baseline : (float or None, float or None) or None
+            Baseline interval in s passed to ``mne.Epochs`` (``None``: no
+            baseline correction).
+        reject : float or dict, optional
+            Peak-to-peak rejection: a dict in MNE's form (``{"eeg": 150e-6}``,
+            volts) or a number, the EEG threshold in ``units``.
+        picks : str or list of str, optional
+            Channels to average; default all good EEG channels.
+        units : {"V", "mV", "uV"}
+
+        Returns
+        -------
+        EvokedData
+            ``metadata["epochs"]``: ``n_events``, ``n_averaged``, ``n_rejected``,
+            ``rejected`` (reason -> count), ``event_id``, ``events_from``,
+            ``tmin``, ``tmax``, ``baseline``, ``reject``.
+
+        Raises
+        ------
+        ValueError
+            Unknown event (naming the available ones), no stim channel of that
+            name, a bad window or baseline, or every epoch rejected.
+        """
+        mne = optional_import("mne", purpose=_MNE_FOR)
+        if not isinstance(raw, mne.io.BaseRaw):
+            raise ValueError(f"raw must be a continuous mne.io.Raw recording; got {type(raw).__name__}")
+        units = _normalise_units("units", units, AMPLITUDE_UNITS)
+        tmin = _checks.check_scalar("tmin", tmin)
+        tmax = _checks.check_scalar("tmax", tmax)
+        if not tmax > tmin:
+            raise ValueError(f"tmax must be greater than tmin; got tmin={tmin:g}, tmax={tmax:g}")
+        if not isinstance(events, str) or not events:
+            raise ValueError(f"events must be 'annotations' or a stim channel name; got {events!r}")
+        if events == "annotations":
+            if not len(raw.annotations):
+                raise ValueError("events='annotations': the recording has no annotations; name a stim channel instead")
+            ev, mapping = mne.events_from_annotations(raw, verbose="error")
+            if isinstance(event_id, str) and event_id in mapping:
+                chosen = {event_id: int(mapping[event_id])}
+            elif not isinstance(event_id, str) and int(event_id) in mapping.values():
+                name = next(k for k, v in mapping.items() if v == int(event_id))
+                chosen = {name: int(event_id)}
+            else:
+                raise ValueError(
+                    f"event_id {event_id!r} is not among the recording's annotations {sorted(mapping)}"
+                )
+        else:
+            if events not in raw.ch_names:
+                stims = [raw.ch_names[i] for i in mne.pick_types(raw.info, stim=True)]
+                raise ValueError(f"events {events!r} is not a channel of the recording; stim channels: {stims}")
+            ev = mne.find_events(raw, stim_channel=events, shortest_event=1, verbose="error")
+            try:
+                code = int(event_id)
+            except (TypeError, ValueError):
+                raise ValueError(f"event_id must be an integer trigger code for events={events!r}; got {event_id!r}") from None
+            codes = sorted({int(c) for c in ev[:, 2]})
+            if code not in codes:
+                raise ValueError(f"event_id {code} does not occur on {events!r}; codes found: {codes}")
+            chosen = {str(code): code}
+        if baseline is not None:
+            try:
+                b0, b1 = baseline
+            except (TypeError, ValueError):
+                raise ValueError(f"baseline must be (start, end) in s or None; got {baseline!r}") from None
+            if b0 is not None and b0 < tmin - 1e-9 or b1 is not None and b1 > tmax + 1e-9:
+                raise ValueError(f"baseline {baseline!r} must lie within the epoch tmin={tmin:g} to tmax={tmax:g} s")
+        if reject is not None and not isinstance(reject, Mapping):
+            thr = _checks.check_scalar("reject", reject, positive=True)
+            reject = {"eeg": float(_convert(torch.tensor(thr, dtype=torch.float64), units, "V", AMPLITUDE_UNITS))}
+        md: dict = {}
+        idx = _mne_picks("picks", picks, raw.info, md)
+        epochs = mne.Epochs(
+            raw, ev, event_id=chosen, tmin=tmin, tmax=tmax, baseline=baseline, reject=reject, picks=idx,
+            preload=True, reject_by_annotation=True, on_missing="ignore", verbose="error",
+        )
+        n_events = int(sum(int(c) in chosen.values() for c in ev[:, 2]))
+        rejected: dict = {}
+        for log in epochs.drop_log:
+            for reason in log:
+                rejected[reason] = rejected.get(reason, 0) + 1
+        n_kept = len(epochs)
+        info = {
+            "n_events": n_events,
+            "n_averaged": n_kept,
+            "n_rejected": n_events - n_kept,
+            "rejected": rejected,
+            "event_id": chosen,
+            "events_from": events,
+            "tmin": tmin,
+            "tmax": tmax,
+            "baseline": None if baseline is None else list(baseline),
+            "reject": None if reject is None else {k: float(v) for k, v in reject.items()},
+        }
+        if n_kept == 0:
+            raise ValueError(
+                f"every one of the {n_events} epochs was rejected ({rejected}); raise or drop the reject threshold"
+            )
+        names = [raw.ch_names[i] for i in idx]
+        out = cls.from_epochs(epochs, picks=names, units=units)
+        md2 = dict(out.metadata)
+        md2["epochs"] = {**info, **{k: v for k, v in md2.get("epochs", {}).items() if k not in info}}
+        for key in ("channels_used", "channels_dropped"):
+            if key in md:
+                md2[key] = md[key]
+        md2["warnings"] = list(md.get("warnings", [])) + list(md2.get("warnings", []))
+        if n_kept < max(1, n_events) * 0.5:
+            _dc.warn(md2, f"{n_events - n_kept} of {n_events} epochs rejected ({rejected}): the average rests on {n_kept}")
+        return cls(out.times, out.values, out.channel_names, out.units, n_kept, md2)
+
+    @classmethod
+    def from_trials_table(
+        cls,
+        path,
+        condition=None,
+        *,
+        picks=None,
+        tmin=None,
+        tmax=None,
+        table_units: str = "V",
+        units: str = "uV",
+    ) -> "EvokedData":
+        """Average a long-format single-trial table (one row per trial and time sample) per condition.
+
+        The table is a CSV with columns ``Label`` (or ``Epoch``/``Trial``: the
+        trial id), ``Condition``, ``Time`` (s) and one column per channel in
+        ``table_units`` (e.g. the MNE-sample auditory/visual table shipped in
+        neurokit2's source). The trials become ``mne.EpochsArray`` (one event
+        name per condition) and are averaged by :meth:`from_epochs`.
+
+        Parameters
+        ----------
+        path : str or Path
+        condition : str, optional
+            Condition to average (MNE tag matching: ``"audio"`` takes
+            ``"audio/left"`` and ``"audio/right"``); required when the table
+            holds more than one.
+        picks : str or list of str, optional
+            Channels; default all.
+        tmin, tmax : float, optional
+            Inclusive time window in s.
+        table_units, units : {"V", "mV", "uV"}
+            Units of the table's values and of the result.
+
+        Raises
+        ------
+        ValueError
+            Missing columns, trials of unequal length or times, a condition
+            not in the table, non-numeric values.
+        """
+        mne = optional_import("mne", purpose=_MNE_FOR)
+        table_units = _normalise_units("table_units", table_units, AMPLITUDE_UNITS)
+        units = _normalise_units("units", units, AMPLITUDE_UNITS)
+        path = Path(path)
+        ch_names, t, conditions, data = _read_trials_csv(path)
+        n_trials = len(conditions)
+        names = sorted(set(conditions.tolist()))
+        event_id = {c: i + 1 for i, c in enumerate(names)}
+        if condition is None and len(names) > 1:
+            raise ValueError(f"condition must name one of the table's conditions {names} (or a tag such as "
+                             f"{names[0].split('/')[0]!r})")
+        info = mne.create_info(list(ch_names), 1.0 / float(np.diff(t).mean()), ch_types="eeg")
+        ev = np.column_stack([np.arange(n_trials) * (t.size + 1), np.zeros(n_trials, int),
+                              [event_id[c] for c in conditions]])
+        epochs = mne.EpochsArray(data * AMPLITUDE_UNITS[table_units], info, events=ev, tmin=float(t[0]), event_id=event_id,
+                                 baseline=None, verbose="error")
+        out = cls.from_epochs(epochs, picks=picks, tmin=tmin, tmax=tmax, units=units, condition=condition)
+        md = dict(out.metadata)
+        md["source"] = str(path)
+        md["epochs"] = {**md.get("epochs", {}), "n_trials_in_table": n_trials, "conditions_in_table": names}
+        return cls(out.times, out.values, out.channel_names, out.units, out.n_averaged, md)
 
     @property
     def n_channels(self) -> int:

@@ -475,39 +475,13 @@ _ERP_GROUPS = {
     "all": _ERP_CONDITIONS,
     **{c: (c,) for c in _ERP_CONDITIONS},
 }
-_ERP_CACHE: dict[tuple[str, int, int], tuple] = {}
 
 
 def _read_erp_table(path: Path):
-    """(channel names, times (T,), condition per epoch, data (n_epochs, n_channels, T)) in V, cached."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
-    if key in _ERP_CACHE:
-        return _ERP_CACHE[key]
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        header = next(reader)
-        if header[:3] != ["Label", "Condition", "Time"] or len(header) < 4:
-            raise ValueError(f"{str(path)!r}: expected the columns Label, Condition, Time, <channels>; got {header}")
-        epochs: dict[str, tuple[str, list[float], list[list[float]]]] = {}
-        for line in reader:
-            label, cond, t, *vals = line
-            ep = epochs.setdefault(label, (cond, [], []))
-            if ep[0] != cond:
-                raise ValueError(f"{str(path)!r}: epoch {label!r} has rows of two conditions ({ep[0]!r}, {cond!r})")
-            ep[1].append(float(t))
-            ep[2].append([float(v) for v in vals])
-    times = np.asarray(next(iter(epochs.values()))[1])
-    conds, data = [], []
-    for label, (cond, t, v) in epochs.items():
-        if len(t) != times.size or not np.allclose(t, times, rtol=0, atol=1e-9):
-            raise ValueError(f"{str(path)!r}: epoch {label!r} does not share the time grid of the first epoch")
-        conds.append(cond)
-        data.append(np.asarray(v).T)
-    out = (tuple(header[3:]), times, np.asarray(conds), np.stack(data))
-    _ERP_CACHE.clear()
-    _ERP_CACHE[key] = out
-    return out
+    """(channel names, times (T,), condition per epoch, data (n_epochs, n_channels, T)) in V (the table's units)."""
+    from jrinfer.data import _read_trials_csv
+
+    return _read_trials_csv(path)
 
 
 def fetch_mne_sample_erp(

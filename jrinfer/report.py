@@ -173,7 +173,10 @@ def _data_section(posterior, summary) -> str:
     def row(k, v):
         rows.append(f'<tr><th class="l">{_e(k)}</th><td class="l">{v}</td></tr>')
 
-    if data.get("file"):
+    if isinstance(data.get("file"), dict):  # a fit of several conditions
+        for cond, path in data["file"].items():
+            row(f"file ({cond})", f"<code>{_e(path)}</code>")
+    elif data.get("file"):
         row("file", f"<code>{_e(data['file'])}</code>")
     kind = data.get("kind") or ("spectrum" if obs.get("coord") == "freq" else "evoked" if obs else None)
     if kind:
@@ -213,6 +216,37 @@ def _data_section(posterior, summary) -> str:
     if isinstance(pv, dict) and pv.get("invalid_fraction") is not None:
         row("prior draws the model cannot evaluate", f"{100 * float(pv['invalid_fraction']):.1f} %")
     return "<table>" + "".join(rows) + "</table>"
+
+
+def _condition_effects(summary) -> str:
+    """Table of summary.json's ``condition_effects`` (differences, intervals, ratios, log Bayes factors)."""
+    ce = summary["condition_effects"]
+    ref = ce.get("reference", "reference")
+    rows, pct = [], 90
+    for name, per in (ce.get("effects") or {}).items():
+        for cond, e in per.items():
+            if "fixed" in e:
+                rows.append(f'<tr><th class="l">{_e(name)}</th><td class="l">{_e(cond)}</td>'
+                            f'<td colspan="5" class="l">held fixed at {_num(e["fixed"])}</td></tr>')
+                continue
+            pct = round(100 * float(e.get("interval", 0.9)))
+            if e.get("scale") == "log":
+                ratio = f"{_num(e['ratio'], 3)} [{_num(e['ratio_lower'], 3)}, {_num(e['ratio_upper'], 3)}]"
+            else:
+                ratio = "—"
+            rows.append(
+                f'<tr><th class="l">{_e(name)}</th><td class="l">{_e(cond)}</td>'
+                f"<td>{_num(e['mean'], 3)} [{_num(e['lower'], 3)}, {_num(e['upper'], 3)}]</td><td>{ratio}</td>"
+                f"<td>{float(e['log_bayes_factor']):+.2f}</td><td>{float(e['p_difference']):.2f}</td>"
+                f'<td class="l">{_e(e.get("evidence", ""))}</td></tr>'
+            )
+    head = (f'<tr><th class="l">parameter</th><th class="l">condition</th><th>difference ({pct} %)</th>'
+            f"<th>ratio to {_e(ref)}</th><th>log BF</th><th>P(difference)</th><th class=\"l\">reading</th></tr>")
+    note = (f'<div class="note">Differences from the reference condition <b>{_e(ref)}</b>: log ratios for scale '
+            "parameters (ratio = exp), plain differences for locations. log BF &gt; 0 favours a difference; "
+            f"{_e(ce.get('method', ''))}.</div>")
+    warns = "".join(f'<div class="note">Warning: {_e(w)}</div>' for w in ce.get("warnings") or [])
+    return "<table>" + head + "".join(rows) + "</table>" + note + warns
 
 
 def _parameter_table(posterior, truth: dict | None = None) -> str:
@@ -392,7 +426,11 @@ def report_html(posterior, summary: dict | None = None, *, title: str | None = N
 
     summary = summary or {}
     file = (summary.get("data") or {}).get("file")
-    title = title or (f"Fit of {Path(file).name}" if file else "jrinfer fit")
+    if isinstance(file, dict):
+        file = " vs ".join(Path(f).name for f in file.values())
+    elif file:
+        file = Path(file).name
+    title = title or (f"Fit of {file}" if file else "jrinfer fit")
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     figs = _figures(posterior)
     fig_html = "".join(f'<figure><img alt="{_e(cap[:60])}" src="{uri}"><figcaption>{_e(cap)}</figcaption></figure>'
@@ -414,6 +452,7 @@ def report_html(posterior, summary: dict | None = None, *, title: str | None = N
         _verdict(posterior, summary),
         _headline_metrics(posterior, summary),
         "<h2>Data and settings</h2>", _data_section(posterior, summary),
+        "<h2>Condition effects</h2>" + _condition_effects(summary) if summary.get("condition_effects") else "",
         "<h2>Parameters</h2>", _parameter_table(posterior, truth),
         "<h2>What the data constrain</h2>", _correlations(posterior),
         "<h2>Fit quality</h2>", _quality_table(posterior),

@@ -29,6 +29,7 @@ FORBIDDEN = {
     "problem": _HIGH - {"problem"},
     "posterior": {"problem", "observation", "model", "prior", "data", "datasets"} | (_HIGH - {"posterior"}),
     "comparison": {"backends", "plotting", "cli", "observation", "model"},
+    "conditions": {"backends", "plotting", "cli", "identifiability", "distributed", "problem", "posterior", "prior"},
 }
 
 

@@ -78,8 +78,18 @@ def test_identifiability(tmp_path):
     assert (tmp_path / "ident_eigenvectors.png").is_file()
 
 
+@pytest.mark.slow
+def test_fit_evoked_response(tmp_path):
+    from conftest import require_recordings
+
+    require_recordings("mne_sample_erp_neurokit2/data.csv")
+    text = execute_notebook("fit_evoked_response.ipynb", tmp_path)
+    assert "small settings" in text and "auditory N100 of the data: -6.05 µV at 93 ms" in text
+    _assert_pngs(tmp_path, ["erp_single_trials.png", "erp_fits.png"])
+
+
 def test_every_notebook_is_tested():
-    tested = {"model_tour.ipynb", "fit_resting_spectrum.ipynb", "identifiability.ipynb"}
+    tested = {"model_tour.ipynb", "fit_resting_spectrum.ipynb", "identifiability.ipynb", "fit_evoked_response.ipynb"}
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} <= tested | _TESTED_ELSEWHERE
     assert not list(NOTEBOOKS.glob("*.py")), "worked examples are notebooks (.ipynb), not scripts"
 

@@ -1,0 +1,664 @@
+"""Condition effects: one model fitted jointly to several recordings, chosen parameters differing.
+
+This is the DCM idea of condition-specific ("B matrix") effects (Kiebel, David &
+Friston 2006, "Dynamic causal modelling of evoked responses in EEG/MEG with
+lead field parameterization", NeuroImage 30:1273; David et al. 2006, NeuroImage
+30:1255) written as an :class:`~jrinfer.observation.Observation`, so that
+:class:`~jrinfer.InverseProblem` and every backend fit it unchanged:
+
+* :class:`ConditionData` holds one data set (spectrum or ERP) per condition,
+  all on the same frequency or time grid;
+* :class:`ConditionObservation` wraps the observation of one condition. Every
+  parameter is shared by the conditions except (i) the noise parameters
+  (``log_precision``), which each condition has its own of (recordings differ in
+  length and so in estimator noise) and (ii) the parameters in ``vary``, which
+  in condition ``c`` (not the first, the reference) are modulated by a
+  difference ``delta_<name>_<c>``:
+  ``theta_c = theta_ref * exp(delta)`` (log scale, for positive or
+  sign-carrying scale parameters: ``delta`` is a log ratio) or
+  ``theta_c = theta_ref + delta`` (additive, for locations such as ``v0``,
+  latencies and baselines);
+* :func:`condition_effects` reports each difference with its posterior interval
+  and its evidence: Bayesian model reduction (Friston & Penny 2011; Friston et
+  al. 2016, "Bayesian model reduction and empirical Bayes for group (DCM)
+  studies", NeuroImage 128:413) of the reduced model "no difference"
+  (``delta = 0``) from the full posterior, without refitting.
+
+Prior of a difference
+---------------------
+``delta ~ Normal(0, sqrt(2) s)`` where ``s`` is the prior standard deviation of
+the parameter itself in its unconstrained coordinate (``sd_log`` of a
+log-normal, ``sd`` of a normal): the distribution of the difference of two
+independent draws from the parameter's prior. The full model thus lets each
+condition's value range as freely as a separate fit of that condition would,
+and no more; the reduced model says the two are equal. With the default
+``sd_log = 0.2`` of the JR constants this is ``sd = 0.28``: a task/rest ratio
+within 0.63-1.59 with 90 % prior probability. Bayes factors depend on this
+width (Lindley's paradox): a wider prior favours "no difference" more. For
+that reason log-scale differences are capped at ``sd = 0.5`` (:data:`MAX_LOG_SD`:
+a ratio within 0.44-2.3 with 90 % prior probability): a deliberately vague
+prior on a scale (the spectral ``gain``, ``sd_log = 1.5``, which only has to
+reach the recording's unknown absolute scale) says nothing about how much a
+condition can change it, and an uncapped ``sqrt(2) * 1.5`` would make "no
+difference" win against any modest change. Give explicit ``delta_*`` priors
+(``--prior``) to change these choices.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from jrinfer import _checks
+from jrinfer.observation import FitQuality, GaussianTarget, Observation, ObservedData, Prediction
+
+__all__ = ["ConditionData", "ConditionObservation", "condition_effects", "ADDITIVE", "MAX_LOG_SD"]
+
+#: Parameters whose differences are additive (locations, not scales); every other varied parameter is
+#: modulated on a log scale.
+ADDITIVE = frozenset({"v0", "input_latency", "baseline", "log_precision"})
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
+_SQRT2 = math.sqrt(2.0)
+#: Largest prior sd of a log-scale difference (module notes).
+MAX_LOG_SD = 0.5
+
+
+def _check_condition_names(names) -> tuple[str, ...]:
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise ValueError(f"conditions must be a sequence of names such as ('rest', 'task'), got {names!r}")
+    names = tuple(names)
+    if len(names) < 2:
+        raise ValueError(f"conditions must name at least two conditions, got {names!r}")
+    bad = [n for n in names if not isinstance(n, str) or not _NAME.match(n)]
+    if bad:
+        raise ValueError(
+            f"condition names must be letters and digits starting with a letter (e.g. rest, task2), got {bad!r}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"condition names must be unique, got {names!r}")
+    return names
+
+
+@dataclass(frozen=True)
+class ConditionData:
+    """One data set per condition, fitted jointly (see :class:`ConditionObservation`).
+
+    Parameters
+    ----------
+    datasets : mapping of str to data
+        Condition name -> data container (e.g. :class:`~jrinfer.SpectrumData`),
+        in order; the first condition is the reference. Names are letters and
+        digits (they become parts of parameter names). All data sets must be
+        of one type and on the same grid (checked by the observation).
+
+    Attributes
+    ----------
+    conditions : tuple of str
+    metadata : dict
+        ``warnings`` of every data set, prefixed with its condition;
+        ``conditions``: each data set's own metadata; ``channels_used`` when
+        every condition used the same channels; ``epochs`` (per condition)
+        when the data were averaged from epochs.
+    """
+
+    datasets: Mapping
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.datasets, Mapping):
+            raise ValueError(f"datasets must be a mapping condition -> data, got {type(self.datasets).__name__}")
+        names = _check_condition_names(list(self.datasets))
+        types = {type(d).__name__ for d in self.datasets.values()}
+        if len(types) != 1:
+            raise ValueError(f"datasets must all be of one type, got {sorted(types)}")
+        object.__setattr__(self, "datasets", dict(self.datasets))
+        md = dict(self.metadata)
+        md["warnings"] = [
+            f"{c}: {w}" for c, d in self.datasets.items() for w in getattr(d, "metadata", {}).get("warnings", [])
+        ]
+        md["conditions"] = {c: dict(getattr(d, "metadata", {})) for c, d in self.datasets.items()}
+        epochs = {c: getattr(d, "metadata", {}).get("epochs") for c, d in self.datasets.items()}
+        if any(e is not None for e in epochs.values()):
+            md["epochs"] = epochs  # per condition: events, epochs averaged and rejected
+        used = [getattr(d, "metadata", {}).get("channels_used") for d in self.datasets.values()]
+        if used[0] is not None and all(u == used[0] for u in used):
+            md["channels_used"] = list(used[0])  # the same channels in every condition
+        object.__setattr__(self, "metadata", md)
+        object.__setattr__(self, "_names", names)
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        return self._names
+
+    def __getitem__(self, condition: str):
+        return self.datasets[condition]
+
+    def __repr__(self) -> str:
+        return f"ConditionData({', '.join(f'{c}={d!r}' for c, d in self.datasets.items())})"
+
+
+class ConditionObservation(Observation):
+    """Several conditions explained by one observation model with condition-specific parameters.
+
+    Parameters
+    ----------
+    base : Observation
+        The observation of a single condition (e.g.
+        :class:`~jrinfer.SpectrumObservation`); it must accept predictions of
+        shape ``(*batch, P)`` or ``(*batch, C, P)`` as it produced them.
+    conditions : sequence of str
+        Condition names in the order of the data; the first is the reference.
+    vary : sequence of str or mapping of str to {"log", "additive"}
+        Parameters (JR constants or observation parameters) that may differ
+        between conditions; a sequence takes ``"additive"`` for
+        :data:`ADDITIVE` names and ``"log"`` otherwise.
+    per_condition : sequence of str, optional
+        Parameters every condition has its own value of (not differences:
+        separate parameters ``<name>_<condition>`` for the non-reference
+        conditions). Default: the base observation's noise parameters
+        (:meth:`~jrinfer.observation.Observation.gaussian_target`), or none
+        when its likelihood is not Gaussian.
+
+    Notes
+    -----
+    Parameters: the base observation's (for the reference condition, shared
+    by all), ``<p>_<c>`` for each ``per_condition`` parameter ``p`` and
+    non-reference condition ``c``, and ``delta_<v>_<c>`` for each varied
+    ``v``. The data are the conditions' channels stacked, named
+    ``<condition>:<channel>``. The log-likelihood is the sum over conditions
+    (conditions are independent given the parameters). Prior of the
+    differences: see the module notes.
+
+    Raises
+    ------
+    ValueError
+        ``base`` is not an Observation; bad or repeated condition names;
+        ``vary`` names a parameter the base does not accept, or one also in
+        ``per_condition``; an unknown modulation.
+    """
+
+    data_type = ConditionData
+
+    def __init__(self, base: Observation, conditions, vary, per_condition=None):
+        if not isinstance(base, Observation) or isinstance(base, ConditionObservation):
+            raise ValueError(f"base must be a single-condition jrinfer Observation, got {type(base).__name__}")
+        self.base = base
+        self.conditions = _check_condition_names(conditions)
+        if isinstance(vary, Mapping):
+            vary = dict(vary)
+        elif isinstance(vary, str) or not isinstance(vary, Sequence):
+            raise ValueError(f"vary must be a sequence of parameter names such as ('a', 'b'), got {vary!r}")
+        else:
+            vary = {v: ("additive" if v in ADDITIVE else "log") for v in vary}
+        if not vary:
+            raise ValueError("vary must name at least one parameter that may differ between conditions, got none")
+        for name, mode in vary.items():
+            _checks.check_option(f"vary[{name!r}]", mode, ("log", "additive"))
+        known = set(base.accepted_parameters())
+        unknown = [v for v in vary if v not in known]
+        if unknown:
+            raise ValueError(f"vary names parameter(s) {unknown} that {base!r} does not use; known: {sorted(known)}")
+        self.vary = vary
+        self._per_condition = None if per_condition is None else tuple(per_condition)
+        both = sorted(set(vary) & set(self._per_condition or ()))
+        if both:
+            raise ValueError(f"parameter(s) {both} are in both vary and per_condition; choose one")
+        self._shared: dict = {}
+
+    def __repr__(self) -> str:
+        vary = ", ".join(f"{k}:{m}" for k, m in self.vary.items())
+        return f"ConditionObservation({self.base!r}, conditions={list(self.conditions)}, vary=[{vary}])"
+
+    # ------------------------------------------------------------ names
+    @property
+    def reference(self) -> str:
+        """The reference condition (the first): its parameters are the shared ones."""
+        return self.conditions[0]
+
+    @property
+    def others(self) -> tuple[str, ...]:
+        return self.conditions[1:]
+
+    def delta_name(self, name: str, condition: str) -> str:
+        """Parameter name of the difference of ``name`` in ``condition`` from the reference."""
+        return f"delta_{name}_{condition}"
+
+    def per_condition(self, data=None) -> tuple[str, ...]:
+        """Parameters each condition has its own value of (default: the base's noise parameters).
+
+        The default is resolved from the data the first time they are seen
+        (:meth:`check_data`); before that it is empty.
+        """
+        if self._per_condition is None and data is not None:
+            try:
+                noise = self.base.gaussian_target(data[self.reference]).noise_parameters
+                self._per_condition = tuple(n for n in noise if n not in self.vary)
+            except ValueError:  # not a Gaussian likelihood: no noise parameters to duplicate
+                self._per_condition = ()
+        return self._per_condition or ()
+
+    def _extra_names(self, data=None) -> list[str]:
+        own = [f"{p}_{c}" for p in self.per_condition(data) for c in self.others]
+        return own + [self.delta_name(v, c) for v in self.vary for c in self.others]
+
+    def _ref(self, data):
+        return None if data is None else data[self.reference]
+
+    def parameter_names(self, data=None) -> tuple[str, ...]:
+        return tuple(self.base.parameter_names(self._ref(data))) + tuple(self._extra_names(data))
+
+    def model_parameter_names(self) -> tuple[str, ...]:
+        return tuple(self.base.model_parameter_names())
+
+    def required_parameters(self, data=None) -> tuple[str, ...]:
+        return tuple(self.base.required_parameters(self._ref(data))) + tuple(self._extra_names(data))
+
+    def parameter_units(self, data=None) -> dict[str, str]:
+        units = dict(self.base.parameter_units(self._ref(data)))
+        for p in self.per_condition(data):
+            for c in self.others:
+                units[f"{p}_{c}"] = units.get(p, "")
+        for v, mode in self.vary.items():
+            for c in self.others:
+                units[self.delta_name(v, c)] = "log ratio" if mode == "log" else units.get(v, "")
+        return units
+
+    # ------------------------------------------------------------- data
+    def check_data(self, data) -> None:
+        super().check_data(data)
+        self.per_condition(data)
+        if data.conditions != self.conditions:
+            raise ValueError(
+                f"data has conditions {list(data.conditions)} but the observation expects {list(self.conditions)}"
+            )
+        ref = None
+        for c in self.conditions:
+            self.base.check_data(data[c])
+            obs = self.base.observed_data(data[c])
+            if ref is None:
+                ref = obs
+                continue
+            same = obs.coord_values.shape == ref.coord_values.shape and bool(
+                torch.allclose(obs.coord_values, ref.coord_values, rtol=1e-9, atol=1e-12)
+            )
+            if not same:
+                raise ValueError(
+                    f"every condition must be on the same {ref.coord} grid: {self.reference} has "
+                    f"{ref.coord_values.numel()} points {float(ref.coord_values[0]):g}-{float(ref.coord_values[-1]):g} "
+                    f"{ref.coord_units}, {c} has {obs.coord_values.numel()} points "
+                    f"{float(obs.coord_values[0]):g}-{float(obs.coord_values[-1]):g} {obs.coord_units} "
+                    "(use the same fmin/fmax and Welch segment, or tmin/tmax and sampling rate)"
+                )
+            if obs.units != ref.units:
+                raise ValueError(f"every condition must be in the same units: {self.reference} {ref.units}, {c} {obs.units}")
+
+    def observed_data(self, data) -> ObservedData:
+        parts = [self.base.observed_data(data[c]) for c in self.conditions]
+        ref = parts[0]
+        channels = tuple(f"{c}:{ch}" for c, p in zip(self.conditions, parts) for ch in p.channels)
+        values = torch.cat([p.values for p in parts], 0)
+        return ObservedData(values, ref.coord, ref.coord_values, ref.coord_units, channels, ref.units)
+
+    def _n_channels(self, data) -> list[int]:
+        return [int(self.base.observed_data(data[c]).values.shape[0]) for c in self.conditions]
+
+    # ------------------------------------------------------- parameters
+    def condition_parameters(self, params: dict, condition: str) -> dict:
+        """The base observation's parameters in ``condition`` (shared, own and modulated values)."""
+        extra = set(self._extra_names())
+        out = {k: v for k, v in params.items() if k not in extra and not k.startswith("delta_")}
+        if condition == self.reference:
+            return out
+        for p in self.per_condition():
+            key = f"{p}_{condition}"
+            if key in params:
+                out[p] = params[key]
+        for v, mode in self.vary.items():
+            d = params.get(self.delta_name(v, condition))
+            if d is None:
+                continue
+            if v not in out:
+                raise ValueError(f"the varied parameter {v!r} needs a value (free or fixed) for the reference condition")
+            base = torch.as_tensor(out[v], dtype=torch.float64)
+            d = torch.as_tensor(d, dtype=torch.float64)
+            out[v] = base * torch.exp(d) if mode == "log" else base + d
+        return out
+
+    # ------------------------------------------------------- prediction
+    def _split(self, value: torch.Tensor, data) -> list[torch.Tensor]:
+        """The joint ``(*batch, sum C, P)`` value as the base's per-condition values."""
+        out, start = [], 0
+        for c, n in zip(self.conditions, self._n_channels(data)):
+            part = value[..., start : start + n, :]
+            start += n
+            if self._layout(c):
+                part = part[..., 0, :]
+            out.append(part)
+        return out
+
+    def _layout(self, condition: str) -> bool:
+        try:
+            return self._shared[condition]
+        except KeyError:
+            raise ValueError(
+                "ConditionObservation: a prediction value must come from this observation's predict "
+                "(call predict first)"
+            ) from None
+
+    def predict(self, params: dict, data) -> Prediction:
+        """Predictions of every condition, channels stacked: shape ``(*batch, sum C, P)``."""
+        self.per_condition(data)  # resolve the default per-condition parameters from the data
+        values, valids, reasons_by = [], [], []
+        for c, n in zip(self.conditions, self._n_channels(data)):
+            pred = self.base.predict(self.condition_parameters(params, c), data[c])
+            shared = pred.value.dim() == pred.valid.dim() + 1
+            self._shared[c] = shared
+            v = pred.value.unsqueeze(-2) if shared else pred.value
+            values.append(v.expand(*v.shape[:-2], n, v.shape[-1]))
+            valids.append(pred.valid)
+            reasons_by.append(iter(pred.reasons))
+        shape = torch.broadcast_shapes(*(v.shape[:-2] for v in values), *(v.shape for v in valids))
+        values = [v.expand(*shape, *v.shape[-2:]) for v in values]
+        valids = [torch.broadcast_to(v, shape) for v in valids]
+        valid = torch.stack(valids, 0).all(0)
+        reasons: list[str] = []
+        if not bool(valid.all()):
+            flags = [v.reshape(-1).tolist() for v in valids]
+            for entry in zip(*flags):
+                if all(entry):
+                    continue
+                why = []
+                for c, ok, it in zip(self.conditions, entry, reasons_by):
+                    if not ok:
+                        why.append(f"{c}: {next(it, 'invalid')}")
+                reasons.append("; ".join(why))
+        return Prediction(torch.cat(values, -2), valid, reasons)
+
+    def _parts(self, prediction: Prediction, data):
+        return [Prediction(v, prediction.valid, []) for v in self._split(prediction.value, data)]
+
+    def pointwise_log_likelihood(self, prediction: Prediction, params: dict, data) -> torch.Tensor:
+        out = []
+        for c, part in zip(self.conditions, self._parts(prediction, data)):
+            out.append(self.base.pointwise_log_likelihood(part, self.condition_parameters(params, c), data[c]))
+        shape = torch.broadcast_shapes(*(o.shape[:-2] for o in out))
+        return torch.cat([o.expand(*shape, *o.shape[-2:]) for o in out], -2)
+
+    def sample(self, prediction: Prediction, params: dict, data, generator: torch.Generator) -> torch.Tensor:
+        out = []
+        for c, part in zip(self.conditions, self._parts(prediction, data)):
+            out.append(self.base.sample(part, self.condition_parameters(params, c), data[c], generator))
+        shape = torch.broadcast_shapes(*(o.shape[:-2] for o in out))
+        return torch.cat([o.expand(*shape, *o.shape[-2:]) for o in out], -2)
+
+    def gaussian_target(self, data) -> GaussianTarget:
+        """The conditions' targets stacked; one precision component per condition's noise parameter."""
+        targets = [self.base.gaussian_target(data[c]) for c in self.conditions]
+        own = set(self.per_condition(data))
+        names: list[str] = []
+        for c, t in zip(self.conditions, targets):
+            for n in t.noise_parameters:
+                key = f"{n}_{c}" if (n in own and c != self.reference) else n
+                if key not in names:
+                    names.append(key)
+        sizes = [t.y.numel() for t in targets]
+        total = sum(sizes)
+        comps = torch.zeros((len(names), total), dtype=torch.float64)
+        start = 0
+        for c, t, size in zip(self.conditions, targets, sizes):
+            for i, n in enumerate(t.noise_parameters):
+                key = f"{n}_{c}" if (n in own and c != self.reference) else n
+                comps[names.index(key), start : start + size] += t.precision_components[i]
+            start += size
+        n_ch = [int(t.y.shape[0]) for t in targets]
+
+        def transform(value: torch.Tensor) -> torch.Tensor:
+            parts = [t.transform(v) for t, v in zip(targets, self._split(value, data))]
+            parts = [p.expand(*p.shape[:-2], n, p.shape[-1]) for p, n in zip(parts, n_ch)]
+            shape = torch.broadcast_shapes(*(p.shape[:-2] for p in parts))
+            return torch.cat([p.expand(*shape, *p.shape[-2:]) for p in parts], -2)
+
+        return GaussianTarget(torch.cat([t.y for t in targets], 0), transform, tuple(names), comps, targets[0].space)
+
+    def features(self, values: torch.Tensor, data) -> torch.Tensor:
+        """The conditions' features concatenated, shape ``(*batch, sum of n_features)``."""
+        out, start = [], 0
+        for c, n in zip(self.conditions, self._n_channels(data)):
+            out.append(self.base.features(values[..., start : start + n, :], data[c]))
+            start += n
+        return torch.cat(out, -1)
+
+    # ------------------------------------------------------------ prior
+    def default_prior(self, data, *, free=None) -> dict:
+        """The base's default prior for the reference condition, plus per-condition and difference priors.
+
+        See :meth:`joint_prior`.
+        """
+        self.check_data(data)
+        return self.joint_prior(self.base.default_prior(data[self.reference], free=free), data)
+
+    def joint_prior(self, spec: dict, data) -> dict:
+        """Extend a single-condition prior spec (reference condition) to the joint problem.
+
+        Per-condition parameters take the base observation's default prior
+        for that condition's data (e.g. the noise level of its own
+        recording), or the reference's distribution. Each difference gets
+        ``Normal(0, sqrt(2) s)`` with ``s`` the prior sd of the varied
+        parameter in its unconstrained coordinate, at most
+        :data:`MAX_LOG_SD` for log ratios (module notes). Entries
+        already in ``spec`` are kept.
+
+        Raises
+        ------
+        ValueError
+            A varied parameter has no distribution in ``spec`` (it is fixed
+            or missing), or a log-scale difference of a parameter with a
+            uniform prior reaching zero.
+        """
+        dists = dict(spec.get("distributions", {}))
+        fixed = dict(spec.get("fixed", {}))
+        units = dict(spec.get("units", {}))
+        all_units = self.parameter_units(data)
+        for p in self.per_condition(data):
+            for c in self.others:
+                key = f"{p}_{c}"
+                if key in dists or key in fixed:
+                    continue
+                if p in fixed:
+                    fixed[key] = fixed[p]
+                elif p in dists:
+                    own = self.base.default_prior(data[c]).get("distributions", {}).get(p)
+                    dists[key] = dict(own if own is not None else dists[p])
+                units[key] = all_units.get(key, "")
+        for v, mode in self.vary.items():
+            if v not in dists:
+                raise ValueError(
+                    f"vary: {v!r} must be a free parameter of the prior to differ between conditions "
+                    f"(it is {'fixed' if v in fixed else 'not in the prior'})"
+                )
+            sd = _SQRT2 * _unconstrained_sd(v, dists[v], mode)
+            if mode == "log":
+                sd = min(sd, MAX_LOG_SD)
+            for c in self.others:
+                key = self.delta_name(v, c)
+                if key not in dists and key not in fixed:
+                    dists[key] = {"dist": "normal", "mean": 0.0, "sd": float(sd)}
+                units[key] = all_units.get(key, "")
+        return {"distributions": dists, "fixed": fixed, "units": units}
+
+    # ---------------------------------------------------------- quality
+    def goodness_of_fit(self, data, predicted: torch.Tensor, params: dict | None = None) -> FitQuality:
+        """The base's fit quality per condition: metrics ``<metric>_<condition>``, warnings prefixed."""
+        metrics: dict = {}
+        warns: list = []
+        for c, part in zip(self.conditions, self._split(predicted, data)):
+            p = None if params is None else self.condition_parameters(params, c)
+            fq = self.base.goodness_of_fit(data[c], part, p)
+            metrics.update({f"{k}_{c}": v for k, v in fq.metrics.items()})
+            warns.extend(f"{c}: {w}" for w in fq.warnings)
+        return FitQuality(metrics, warns)
+
+
+def _unconstrained_sd(name: str, d: dict, mode: str) -> float:
+    kind = d.get("dist")
+    if kind == "lognormal" and mode == "log":
+        return float(d["sd_log"])
+    if kind == "normal" and mode == "additive":
+        return float(d["sd"])
+    if kind == "normal" and mode == "log":
+        # a scale parameter with a normal prior (e.g. an evoked gain of either sign): its coefficient of variation
+        return min(1.0, float(d["sd"]) / max(abs(float(d["mean"])), 1e-300)) if d["mean"] != 0 else 0.5
+    if kind == "lognormal" and mode == "additive":
+        return float(d["median"]) * float(d["sd_log"])
+    if kind == "uniform":
+        lo, hi = float(d["low"]), float(d["high"])
+        if mode == "log":
+            if lo <= 0:
+                raise ValueError(
+                    f"vary: a log-scale difference of {name!r} needs a prior on positive values; its uniform prior "
+                    f"reaches {lo:g} (give delta_{name}_<condition> a prior with --prior)"
+                )
+            return math.log(hi / lo) / math.sqrt(12.0)
+        return (hi - lo) / math.sqrt(12.0)
+    raise ValueError(f"vary: cannot derive a difference prior from the prior of {name!r}: {d!r}")
+
+
+def condition_effects(posterior, problem, *, interval: float = 0.90) -> dict:
+    """Each condition difference with its posterior interval and its evidence.
+
+    Parameters
+    ----------
+    posterior : Posterior
+        A fit of ``problem`` (any backend).
+    problem : InverseProblem
+        With a :class:`ConditionObservation`.
+    interval : float
+        Central posterior probability of the reported interval (default 0.90).
+
+    Returns
+    -------
+    dict
+        ``{"<name>": {"<condition>": {...}}}`` per varied parameter and
+        non-reference condition, with ``parameter`` (the ``delta_*`` name),
+        ``scale`` (``"log"``: a log ratio, or ``"additive"``), ``mean``,
+        ``sd``, ``lower``, ``upper`` (interval of the difference), ``ratio``,
+        ``ratio_lower``, ``ratio_upper`` (``exp`` of the log ratio; ``None``
+        for additive ones), ``reference_mean`` (posterior mean of the
+        parameter in the reference condition, when free),
+        ``log_bayes_factor`` (nats, "difference" against "no difference":
+        ``-ΔF`` of Bayesian model reduction to ``delta = 0``),
+        ``p_difference`` (posterior probability of a difference with equal
+        prior odds, ``1 / (1 + exp(ΔF))``), ``evidence`` (Kass & Raftery's
+        words) and ``bmr_from`` (``"gaussian posterior"`` when the backend
+        gave one, else ``"gaussian fitted to the draws"``).
+
+    Notes
+    -----
+    The differences have independent normal priors, so reducing one of them
+    to zero changes the evidence by the Savage-Dickey ratio of its marginal:
+    Bayesian model reduction (:func:`jrinfer.comparison.bayesian_model_reduction`,
+    Friston & Penny 2011) of the one-dimensional marginal gives the same
+    answer as of the full Gaussian. For sampling backends the marginal is
+    the Gaussian with the draws' mean and variance (exact when the
+    posterior is Gaussian).
+
+    Raises
+    ------
+    ValueError
+        The problem's observation is not a :class:`ConditionObservation`, or
+        a difference is missing from the fit (a difference held fixed is
+        reported as ``{"parameter", "scale", "fixed": value}``).
+    """
+    from jrinfer.comparison import bayesian_model_reduction
+
+    obs = problem.observation
+    if not isinstance(obs, ConditionObservation):
+        raise ValueError(f"condition_effects needs a problem with a ConditionObservation, got {type(obs).__name__}")
+    interval = _checks.check_scalar("interval", interval, positive=True)
+    if not interval < 1:
+        raise ValueError(f"interval must be in (0, 1), got {interval}")
+    names = list(posterior.names)
+    draws = np.asarray(posterior.draws, dtype=float).reshape(-1, len(names))
+    prior = problem.prior
+    prior_mean, prior_cov = prior.gaussian_unconstrained()
+    gaussian = posterior.mean_unconstrained is not None and posterior.cov_unconstrained is not None
+    lo_q, hi_q = 0.5 - interval / 2, 0.5 + interval / 2
+    out: dict = {}
+    for v, mode in obs.vary.items():
+        for c in obs.others:
+            key = obs.delta_name(v, c)
+            if key not in names and key in prior.fixed:  # held fixed by the user: nothing to infer
+                out.setdefault(v, {})[c] = {"parameter": key, "scale": mode, "fixed": float(prior.fixed[key])}
+                continue
+            if key not in names:
+                raise ValueError(f"the difference {key!r} is not a parameter of this fit")
+            i = names.index(key)
+            x = draws[:, i]
+            if gaussian:
+                m = float(posterior.mean_unconstrained[i])
+                var = float(posterior.cov_unconstrained[i, i])
+            else:
+                m, var = float(x.mean()), float(x.var(ddof=1))
+            pm, pv = float(prior_mean[i]), float(prior_cov[i, i])
+            var = min(var, pv * (1 - 1e-9))  # a posterior no wider than its prior (sampling noise)
+            _, _, dF = bayesian_model_reduction(
+                torch.tensor([m]), torch.tensor([[var]]), torch.tensor([pm]), torch.tensor([[pv]]),
+                torch.tensor([0.0]), torch.zeros(1, 1, dtype=torch.float64),
+            )
+            lo, hi = float(np.quantile(x, lo_q)), float(np.quantile(x, hi_q))
+            log_bf = -float(dF)
+            ref = names.index(v) if v in names else None
+            out.setdefault(v, {})[c] = {
+                "parameter": key,
+                "scale": mode,
+                "mean": float(x.mean()),
+                "sd": float(x.std(ddof=1)) if x.size > 1 else 0.0,
+                "lower": lo,
+                "upper": hi,
+                "interval": interval,
+                "ratio": float(np.exp(np.median(x))) if mode == "log" else None,
+                "ratio_lower": float(np.exp(lo)) if mode == "log" else None,
+                "ratio_upper": float(np.exp(hi)) if mode == "log" else None,
+                "reference_mean": None if ref is None else float(draws[:, ref].mean()),
+                "log_bayes_factor": log_bf,
+                "p_difference": float(1.0 / (1.0 + math.exp(-log_bf))) if abs(log_bf) < 700 else float(log_bf > 0),
+                "evidence": _words(log_bf),
+                "bmr_from": "gaussian posterior" if gaussian else "gaussian fitted to the draws",
+            }
+    return out
+
+
+def _words(log_bf: float) -> str:
+    """Kass & Raftery (1995) reading of a log Bayes factor (nats) for a difference."""
+    a = abs(log_bf)
+    if a < 1:
+        return "inconclusive"
+    strength = "positive" if a < 3 else "strong" if a < 5 else "very strong"
+    return f"{strength} evidence for {'a difference' if log_bf > 0 else 'no difference'}"
+
+
+def format_effects(effects: dict, reference: str) -> list[str]:
+    """Lines of text for the printed summary of :func:`condition_effects`."""
+    lines = [f"  condition effects (against {reference}; log BF > 0 favours a difference):"]
+    for v, per in effects.items():
+        for c, e in per.items():
+            if "fixed" in e:
+                lines.append(f"    {v:>14s}: {c} difference held fixed at {e['fixed']:g} ({e['parameter']})")
+                continue
+            pct = round(100 * e["interval"])
+            if e["scale"] == "log":
+                what = (
+                    f"{c}/{reference} ratio {e['ratio']:.3g} [{e['ratio_lower']:.3g}, {e['ratio_upper']:.3g}] ({pct} %)"
+                )
+            else:
+                what = f"{c}-{reference} difference {e['mean']:+.3g} [{e['lower']:+.3g}, {e['upper']:+.3g}] ({pct} %)"
+            lines.append(
+                f"    {v:>14s}: {what}, log BF {e['log_bayes_factor']:+.2f}, "
+                f"P(difference) {e['p_difference']:.2f} ({e['evidence']})"
+            )
+    return lines

@@ -1,0 +1,81 @@
+"""``jrinfer compare``: log evidences of fits of the same data side by side."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from jrinfer.cli import main
+from jrinfer.comparison import model_probabilities
+
+
+def test_model_probabilities_softmax():
+    p = model_probabilities([0.0, math.log(3.0)])
+    torch.testing.assert_close(p, torch.tensor([0.25, 0.75], dtype=torch.float64))
+    # stable for large free energies
+    assert model_probabilities([-1e4, -1e4 + 2.0]).sum().item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="log_evidences"):
+        model_probabilities([0.0, float("nan")])
+
+
+def _spectrum_csv(path, a, seed):
+    from jrinfer import SpectrumData, SpectrumObservation
+
+    f = torch.arange(2.0, 40.01, 0.25, dtype=torch.float64)
+    obs = SpectrumObservation()
+    tmpl = SpectrumData.from_arrays(f, torch.ones(1, f.numel(), dtype=torch.float64), metadata={"seg_length_s": 4.0})
+    p = dict(A=3.25, B=22.0, a=a, b=50.0, C=135.0, p_mean=70.0, p_std=22.0, e0=2.5, r=0.56, v0=6.0, gain=30.0,
+             ap_amplitude=5.0, ap_exponent=1.0, floor=0.01, log_precision=math.log(100.0))
+    p = {k: torch.tensor(v, dtype=torch.float64) for k, v in p.items()}
+    y = obs.sample(obs.predict(p, tmpl), p, tmpl, torch.Generator().manual_seed(seed))[0]
+    path.write_text("freq,power [uV^2/Hz]\n" + "".join(f"{x!r},{v!r}\n" for x, v in zip(f.tolist(), y.tolist())))
+    return str(path)
+
+
+def test_compare_table_json_and_refusals(tmp_path, capsys):
+    data = _spectrum_csv(tmp_path / "s.csv", 100.0, 0)
+    other = _spectrum_csv(tmp_path / "o.csv", 110.0, 1)
+    fits = {}
+    for name, path, free in [("full", data, "B,a,b,p_mean"), ("small", data, "a,p_mean"), ("other", other, "a,p_mean"),
+                             ("narrow", data, "a,p_mean")]:
+        extra = ["--fmax", "30"] if name == "narrow" else []
+        fits[name] = str(tmp_path / name)
+        assert main(["fit", path, "--kind", "spectrum", "--free", free, "--out", fits[name], *extra]) == 0
+    capsys.readouterr()
+    assert main(["compare", fits["full"], fits["small"], "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    F = {m["dir"]: m["log_evidence"] for m in res["models"]}
+    summaries = {k: json.loads((tmp_path / k / "summary.json").read_text()) for k in ("full", "small")}
+    assert F[fits["full"]] == pytest.approx(summaries["full"]["log_evidence"])
+    best = max(F.values())
+    for m in res["models"]:
+        assert m["delta_to_best"] == pytest.approx(m["log_evidence"] - best)
+        assert m["best"] == (m["log_evidence"] == best)
+    expected = torch.softmax(torch.tensor(list(F.values()), dtype=torch.float64), 0).tolist()
+    assert [m["probability"] for m in res["models"]] == pytest.approx(expected)
+    # text table
+    assert main(["compare", fits["full"], fits["small"]]) == 0
+    out = capsys.readouterr().out
+    assert "P(model)" in out and "best" in out
+    # other data (another file, or the same file in another frequency window): refused
+    assert main(["compare", fits["full"], fits["other"]]) == 2
+    assert "other data" in capsys.readouterr().err
+    assert main(["compare", fits["small"], fits["narrow"]]) == 2
+    assert "other data" in capsys.readouterr().err
+    # a fit without a log evidence (e.g. NUTS): refused, naming the backends that give one
+    s = json.loads((tmp_path / "small" / "summary.json").read_text())
+    s["log_evidence"], s["backend"] = None, "nuts"
+    (tmp_path / "nuts").mkdir()
+    (tmp_path / "nuts" / "summary.json").write_text(json.dumps(s))
+    assert main(["compare", fits["full"], str(tmp_path / "nuts")]) == 2
+    err = capsys.readouterr().err
+    assert "no log evidence (backend nuts)" in err and "--backend smc" in err
+    assert main(["compare", fits["full"], str(tmp_path / "missing")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+
+
+def test_compare_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "--help"])
+    assert exc.value.code == 0 and "Log evidences" in " ".join(capsys.readouterr().out.split())
