@@ -85,6 +85,7 @@ def _op_classes():
             self.problem = problem
             self.problem_id = id(problem)
             self.with_grad = bool(with_grad)
+            self.fused = problem.has_fast_path
             self.n_calls = 0
             self.n_failed = 0
             self.first_error = None
@@ -107,17 +108,15 @@ def _op_classes():
             problem = self.problem
             if z.shape != (problem.n_params,):
                 raise ValueError(f"z must have shape ({problem.n_params},), got {z.shape}")
-            zt = torch.from_numpy(np.array(z, dtype=np.float64, copy=True)).requires_grad_(self.with_grad)
+            zt = torch.from_numpy(np.array(z, dtype=np.float64, copy=True))
             value, grad = -math.inf, np.zeros(problem.n_params)
             try:
-                if self.with_grad:
-                    ll = problem.log_likelihood(problem.prior.from_unconstrained(zt))
-                    v = float(ll.detach())
-                    if math.isfinite(v):
-                        (g,) = torch.autograd.grad(ll, zt)
-                        g = g.numpy()
-                        if np.isfinite(g).all():
-                            value, grad = v, g
+                if self.with_grad or self.fused:
+                    # the observation's fused value + gradient where it has one, else autograd
+                    ll, g = problem.log_likelihood_and_grad(zt)
+                    v, g = float(ll), g.numpy()
+                    if math.isfinite(v) and np.isfinite(g).all():
+                        value, grad = v, g
                 else:
                     with torch.no_grad():
                         v = float(problem.log_likelihood(problem.prior.from_unconstrained(zt)))
@@ -244,6 +243,53 @@ def problem_to_pymc(problem, *, with_grad: bool = True):
     return model
 
 
+def _laplace_start(problem, chains: int, seed: int):
+    """Starting points and an initial dense mass matrix from the variational Laplace Gaussian.
+
+    The JR posteriors are strongly correlated (gains and time constants trade
+    off), so NUTS with PyMC's default diagonal adaptation from jittered prior
+    points takes tiny steps at the maximum tree depth. Starting from the
+    Laplace mean with its covariance as the (still adapted) mass matrix puts
+    the sampler in the typical set with a well-scaled metric. Returns
+    ``(mean, cov, inits)`` (NumPy; one start per chain drawn from the
+    Gaussian, shrunk by half, where the log joint is finite) or None when the
+    Laplace fit gives no usable Gaussian (the caller then falls back to
+    PyMC's jitter+adapt_diag).
+    """
+    import warnings as _w
+
+    from jrinfer.backends._vl_engine import LaplaceEngine, fit_problem
+
+    try:
+        with _w.catch_warnings():
+            _w.simplefilter("ignore")
+            _, mean, cov = fit_problem(LaplaceEngine(), problem)
+    except Exception:  # a failed Laplace fit only costs the better start
+        return None
+    cov = 0.5 * (cov + cov.T)
+    if not (torch.isfinite(mean).all() and torch.isfinite(cov).all()):
+        return None
+    evals, evecs = torch.linalg.eigh(cov)
+    if not float(evals.max()) > 0:
+        return None
+    evals = evals.clamp_min(1e-10 * float(evals.max()))
+    cov = (evecs * evals) @ evecs.T
+    root = evecs * evals.sqrt()
+    if not math.isfinite(float(problem.log_joint_unconstrained(mean))):
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    inits = []
+    for _ in range(chains):
+        z = mean
+        for _ in range(20):
+            cand = mean + 0.5 * root @ torch.randn(mean.numel(), generator=gen, dtype=torch.float64)
+            if math.isfinite(float(problem.log_joint_unconstrained(cand))):
+                z = cand
+                break
+        inits.append(z.numpy().copy())
+    return mean.numpy().copy(), cov.numpy().copy(), inits
+
+
 def _z_draws(problem, idata) -> np.ndarray:
     """Unconstrained draws ``(chains, draws, n_params)`` from an InferenceData posterior."""
     post = idata.posterior
@@ -337,7 +383,10 @@ class NUTS:
         cores: int = 1,
         progress: bool = False,
         max_treedepth: int = 10,
+        init: str = "laplace",
     ):
+        _checks.check_option("init", init, ("laplace", "jitter"))
+        self.init = init
         self.chains = _checks.check_int("chains", chains, minimum=1)
         self.tune = _checks.check_int("tune", tune, minimum=0)
         self.draws = _checks.check_int("draws", draws, minimum=1)
@@ -388,9 +437,20 @@ class NUTS:
         import warnings as _w
 
         t0 = time.perf_counter()
+        start = _laplace_start(problem, self.chains, self.seed) if self.init == "laplace" else None
         with model, _w.catch_warnings():
             _w.simplefilter("ignore", UserWarning)  # PyMC's own convergence notes: we report our own
-            step = pm.NUTS(target_accept=self.target_accept, max_treedepth=self.max_treedepth)
+            kw = {}
+            if start is not None:
+                from pymc.step_methods.hmc.quadpotential import QuadPotentialFullAdapt
+
+                mean, cov, inits = start
+                n = problem.n_params
+                kw["potential"] = QuadPotentialFullAdapt(n, mean, cov, initial_weight=10 * n)
+                sample_kw = {"initvals": [{f"{name}_z": z[i] for i, name in enumerate(problem.names)} for z in inits]}
+            else:
+                sample_kw = {}
+            step = pm.NUTS(target_accept=self.target_accept, max_treedepth=self.max_treedepth, **kw)
             idata = pm.sample(
                 draws=self.draws,
                 tune=self.tune,
@@ -401,6 +461,7 @@ class NUTS:
                 progressbar=self.progress,
                 compute_convergence_checks=False,
                 return_inferencedata=True,
+                **sample_kw,
             )
         seconds = time.perf_counter() - t0
         z = _z_draws(problem, idata)
@@ -421,7 +482,10 @@ class NUTS:
         diag["loglike_failures"] = op.n_failed
         if op.first_error:
             diag["loglike_first_error"] = op.first_error
+        diag["init"] = "laplace" if start is not None else "jitter+adapt_diag"
+        diag["fused_loglike"] = bool(op.fused)
         diag["settings"] = {
+            "init": self.init,
             "chains": self.chains,
             "tune": self.tune,
             "draws": self.draws,
