@@ -1,9 +1,12 @@
 """MCMC through PyMC: the log-likelihood Op at one point, and a full NUTS run.
 
-Problem: a single-channel JR spectrum (2-40 Hz in 0.5 Hz steps, 77
-frequencies; transfer method, default prior: 6 JR constants + 1/f, floor and
-a log precision, 11 free parameters), simulated from the observation itself
-in the stable regime (the contract suite's problem, p_mean = 60).
+Problem (``--problem``): ``contract``, a single-channel JR spectrum (2-40 Hz
+in 0.5 Hz steps, 77 frequencies; transfer method, default prior: 6 JR
+constants + 1/f, floor and a log precision, 11 free parameters), simulated
+from the observation itself in the stable regime (the contract suite's
+problem, p_mean = 60); or ``near-gaussian``, the 6-parameter spectrum of the
+NUTS-vs-VL test (a, b, gain, 1/f, log precision; p_mean 45 fixed; 100
+segments).
 
 Times
 
@@ -42,6 +45,9 @@ def main() -> None:
     ap.add_argument("--tune", type=int, default=1000)
     ap.add_argument("--draws", type=int, default=1000)
     ap.add_argument("--skip-nuts", action="store_true")
+    ap.add_argument("--problem", default="contract", choices=["contract", "near-gaussian"],
+                    help="contract: the contract suite's 11-parameter spectrum; near-gaussian: the 6-parameter "
+                    "spectrum of the NUTS-vs-VL test (tests/test_pymc.py)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -53,7 +59,13 @@ def main() -> None:
 
     print(f"jrinfer {jrinfer.__file__}; pymc {pymc.__version__}; torch {torch.__version__}")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()}")
-    problem = _spectrum_problem()
+    if args.problem == "contract":
+        problem = _spectrum_problem()
+    else:
+        from test_pymc import _near_gaussian_jr_problem
+
+        problem = _near_gaussian_jr_problem()
+    print(f"problem {args.problem}: {problem.n_params} free parameters, fused path {problem.has_fast_path}")
     z = (problem.prior.to_unconstrained(problem.prior.median()) + 0.003 * torch.arange(problem.n_params)).numpy()
     op = loglike_op(problem)
     for _ in range(10):

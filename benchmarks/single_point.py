@@ -5,7 +5,9 @@ default ``SpectrumObservation`` with the transfer method and its default
 prior; needs ``JRINFER_DATA``). Times, as medians over ``--repeats`` calls:
 
 * ``InverseProblem.log_joint_and_grad`` at the prior mean (unconstrained), a
-  single parameter set, and per set in a batch of 64;
+  single parameter set, and per set in a batch of 64, on the observation's
+  fused NumPy path and on the generic autograd path, alternated (paired);
+* the PyMC Op (log-likelihood + gradient) at a single parameter set;
 * the model's part alone: ``JansenRit(...).linear_psd`` forward + backward at
   the same parameters, cold and with a caller-owned ``EquilibriumCache`` (warm
   start of Newton from the previous call's equilibrium), moving the
@@ -55,15 +57,32 @@ def main(argv=None) -> None:
     obs = SpectrumObservation()
     problem = InverseProblem(obs, obs.default_prior(data), data)
     z0 = problem.prior.gaussian_unconstrained()[0]  # the prior median, a stable equilibrium
+    fast = problem._fast() if hasattr(problem, "_fast") else None
     print(f"problem: {len(problem.names)} parameters, {data.freqs.numel()} frequencies")
     step = 1e-3 * torch.randn(args.repeats + 1, z0.numel(), generator=torch.Generator().manual_seed(0),
                               dtype=torch.float64)
-    problem.log_joint_and_grad(z0)
-    t_one = median_time(lambda i: problem.log_joint_and_grad(z0 + step[i]), args.repeats)
     zb = z0 + 1e-3 * torch.randn(64, z0.numel(), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    t_b = median_time(lambda i: problem.log_joint_and_grad(zb), max(5, args.repeats // 20)) / 64
-    print(f"log_joint_and_grad, one set          {t_one * 1e3:8.3f} ms")
-    print(f"log_joint_and_grad, per set of 64     {t_b * 1e3:8.3f} ms")
+    fused = getattr(problem, "has_fast_path", False)
+    for rnd in range(2):  # fused and generic paths alternated, twice: paired on the same load
+        for path in ("fused", "autograd") if fused else ("autograd",):
+            if fused:
+                problem._fast_cache = fast if path == "fused" else None
+            problem.log_joint_and_grad(z0)
+            t_one = median_time(lambda i: problem.log_joint_and_grad(z0 + step[i]), args.repeats)
+            t_b = median_time(lambda i: problem.log_joint_and_grad(zb), max(5, args.repeats // 20)) / 64
+            print(f"[{rnd}] log_joint_and_grad ({path:8s}), one set      {t_one * 1e3:8.3f} ms")
+            print(f"[{rnd}] log_joint_and_grad ({path:8s}), per set of 64 {t_b * 1e3:8.3f} ms")
+        if fused:
+            problem._fast_cache = fast
+    try:
+        from jrinfer.backends.pymc import loglike_op
+
+        op = loglike_op(problem)
+        zn = z0.numpy()
+        t_op = median_time(lambda i: op.evaluate(zn + step[i].numpy()), args.repeats)
+        print(f"PyMC Op (log-likelihood + gradient), one set  {t_op * 1e3:8.3f} ms")
+    except ImportError:
+        pass
 
     theta0 = problem.prior.from_unconstrained(z0)
     params = problem.parameters(theta0)
@@ -95,6 +114,16 @@ def main(argv=None) -> None:
         fd = (problem.log_joint_unconstrained(z0 + e) - problem.log_joint_unconstrained(z0 - e)) / (2 * h)
         worst = max(worst, abs(float(fd) - float(g[i])) / float(g.abs().max()))
     print(f"gradient vs central differences: max error {worst:.1e} (relative to the largest component)")
+    if fast is not None:
+        problem._fast_cache = None
+        zs = z0 + 1e-2 * torch.randn(8, z0.numel(), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        v2, g2 = problem.log_joint_and_grad(zs)
+        problem._fast_cache = fast
+        v1, g1 = problem.log_joint_and_grad(zs)
+        ok = torch.isfinite(v2)
+        err = ((g1 - g2).abs().amax(-1) / g2.abs().amax(-1))[ok].max()
+        print(f"fused vs autograd at {int(ok.sum())} sets: value rel. error {float(((v1 - v2) / v2)[ok].abs().max()):.1e}, "
+              f"gradient {float(err):.1e} (relative to the largest component)")
 
 
 if __name__ == "__main__":

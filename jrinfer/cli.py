@@ -434,16 +434,21 @@ def _cmd_fit(args) -> int:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # non-convergence is reported in summary.json
+        # progress bars: on for the samplers (and Laplace on a terminal) unless --no-progress
+        progress = args.progress if args.progress is not None else args.backend != "laplace" or sys.stderr.isatty()
         if args.backend == "nuts":  # PyMC backends: R-hat, ESS, divergences land in summary["diagnostics"]
             from jrinfer.backends.pymc import NUTS
 
-            posterior = NUTS(seed=args.seed, progress=args.progress).fit(problem)
+            try:
+                posterior = NUTS(seed=args.seed, progress=progress).fit(problem)
+            except KeyboardInterrupt as err:  # Ctrl-C during tuning: nothing to keep
+                raise RuntimeError(str(err) or "interrupted") from None
         elif args.backend == "smc":
             from jrinfer.backends.pymc import SMC
 
-            posterior = SMC(seed=args.seed, progress=args.progress).fit(problem)
+            posterior = SMC(seed=args.seed, progress=progress).fit(problem)
         else:
-            posterior = VariationalLaplace(progress=args.progress, max_iter=args.max_iter).fit(
+            posterior = VariationalLaplace(progress=progress, max_iter=args.max_iter).fit(
                 problem, seed=args.seed, resample=args.resample
             )
     summary = posterior.summary()
@@ -475,7 +480,13 @@ def _cmd_fit(args) -> int:
         from jrinfer.plotting import plot_fit
 
         plot_fit(posterior, out / "fit.png", title=f"{Path(args.data).name}: {posterior.backend} ({posterior.status})")
-        plotted = True
+        plotted = "fit.png"
+        if args.backend in ("nuts", "smc"):  # the samplers' chains and pairs
+            from jrinfer.plotting import plot_pair, plot_trace
+
+            plot_trace(posterior, out / "trace.png")
+            plot_pair(posterior, out / "pair.png")
+            plotted = "fit.png, trace.png, pair.png"
     except ImportError:
         pass
     report = _write_fit_report(out, args.force) if args.report else None
@@ -484,7 +495,7 @@ def _cmd_fit(args) -> int:
     else:
         print(posterior)
         print(f"  {summary['identifiability']} (see jrinfer identifiability for the structural trade-offs)")
-        print(f"wrote {out}/summary.json, posterior.nc{', fit.png' if plotted else ''}{', report.html' if report else ''}")
+        print(f"wrote {out}/summary.json, posterior.nc{', ' + plotted if plotted else ''}{', report.html' if report else ''}")
     if args.json:  # the printed summary shows them otherwise
         for w in posterior.warnings:
             print(f"jrinfer fit: warning: {w}", file=sys.stderr)
@@ -700,7 +711,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-iter", type=int, default=128, help="maximum variational Laplace iterations")
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior draws")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars on stderr (default: on for nuts and smc, for laplace when stderr is a terminal)",
+    )
     p.add_argument("--json", action="store_true", help="print summary.json on stdout")
     p.add_argument(
         "--resample",

@@ -243,6 +243,46 @@ def problem_to_pymc(problem, *, with_grad: bool = True):
     return model
 
 
+class _Interruptible:
+    """Ctrl-C during sampling keeps what was sampled.
+
+    PyMC stops a chain on ``KeyboardInterrupt`` and keeps its draws, but in
+    sequential sampling it then starts the next chain; here the first
+    interruption also stops every later chain (through PyMC's ``callback``)
+    and is recorded in ``interrupted`` so that the fit reports it.
+    """
+
+    def __init__(self, stop_after: int | None = None):
+        self.interrupted = False
+        self.stop_after = stop_after
+        self._previous = None
+
+    def callback(self, trace=None, draw=None):
+        if self.stop_after is not None and len(trace) >= self.stop_after:
+            self.interrupted = True
+        if self.interrupted:
+            raise KeyboardInterrupt
+
+    def _handler(self, signum, frame):
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
 def _laplace_start(problem, chains: int, seed: int):
     """Starting points and an initial dense mass matrix from the variational Laplace Gaussian.
 
@@ -356,9 +396,25 @@ class NUTS:
         Processes for chains (``1``: sequential, in this process).
     progress : bool
         Show PyMC's progress bar.
+    max_treedepth : int
+        Maximum tree depth of NUTS (``2**max_treedepth`` leapfrog steps at most).
+    init : {"laplace", "jitter"}
+        ``"laplace"`` (default): start the chains from the variational Laplace
+        Gaussian (draws shrunk by half, where the log joint is finite) with
+        its covariance as the initial dense mass matrix, adapted further
+        during tuning (PyMC's ``QuadPotentialFullAdapt``). The JR posteriors
+        are strongly correlated, and from PyMC's default (``"jitter"``:
+        jittered prior centre, diagonal mass matrix) the sampler takes tiny
+        steps at the maximum tree depth. Falls back to ``"jitter"`` when the
+        Laplace fit gives no usable Gaussian (``diagnostics["init"]`` says
+        which was used).
 
     Notes
     -----
+    Ctrl-C during sampling stops every chain and keeps what was drawn after
+    tuning: ``diagnostics["interrupted"]`` is True and a warning says how much
+    was kept (an interruption during tuning raises ``KeyboardInterrupt``).
+
     Diagnostics (``Posterior.diagnostics``): ``rhat`` and ``rhat_max``,
     ``ess_bulk``/``ess_tail`` and their minima, ``divergences``,
     ``tree_depth_saturated`` (fraction of draws at the maximum tree depth),
@@ -398,6 +454,8 @@ class NUTS:
         self.cores = _checks.check_int("cores", cores, minimum=1)
         self.progress = _checks.check_bool("progress", progress)
         self.max_treedepth = _checks.check_int("max_treedepth", max_treedepth, minimum=1)
+
+    _stop_after = None  # tests: simulate Ctrl-C after this many iterations of the first chain
 
     def __repr__(self) -> str:
         return (
@@ -451,18 +509,27 @@ class NUTS:
             else:
                 sample_kw = {}
             step = pm.NUTS(target_accept=self.target_accept, max_treedepth=self.max_treedepth, **kw)
-            idata = pm.sample(
-                draws=self.draws,
-                tune=self.tune,
-                chains=self.chains,
-                cores=self.cores,
-                step=step,
-                random_seed=self.seed,
-                progressbar=self.progress,
-                compute_convergence_checks=False,
-                return_inferencedata=True,
-                **sample_kw,
-            )
+            with _Interruptible(self._stop_after) as stop:
+                try:
+                    idata = pm.sample(
+                        draws=self.draws,
+                        tune=self.tune,
+                        chains=self.chains,
+                        cores=self.cores,
+                        step=step,
+                        random_seed=self.seed,
+                        progressbar=self.progress,
+                        compute_convergence_checks=False,
+                        return_inferencedata=True,
+                        callback=stop.callback if self.cores == 1 else None,
+                        **sample_kw,
+                    )
+                except ValueError as err:
+                    if stop.interrupted and "Not enough samples" in str(err):
+                        raise KeyboardInterrupt(
+                            f"NUTS interrupted during tuning ({self.tune} tune iterations per chain): no draws to keep"
+                        ) from None
+                    raise
         seconds = time.perf_counter() - t0
         z = _z_draws(problem, idata)
         theta = problem.prior.from_unconstrained(torch.from_numpy(z)).numpy()
@@ -492,6 +559,14 @@ class NUTS:
             "target_accept": self.target_accept,
             "seed": self.seed,
         }
+        kept = int(z.shape[1])
+        diag["interrupted"] = bool(stop.interrupted)
+        if stop.interrupted or kept < self.draws:
+            diag["interrupted"] = True
+            warns.append(
+                f"sampling was interrupted: kept {kept} of {self.draws} draws per chain in {z.shape[0]} of "
+                f"{self.chains} chain(s) (what was sampled before the interruption; diagnostics are of that part)"
+            )
         if n_div:
             warns.append(
                 f"{n_div} divergent transition(s) after tuning: the sampler missed part of the posterior; raise "
