@@ -401,6 +401,12 @@ def _merge_prior(spec: dict, update: dict) -> dict:
     return {"distributions": dists, "fixed": fixed, "units": units}
 
 
+def _sampler_budget(args, *extra: str) -> dict:
+    """``--chains/--draws[/--tune]`` given on the command line, as sampler keyword arguments."""
+    names = ("chains", "draws", *extra)
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
 def _cmd_fit(args) -> int:
     import torch  # noqa: F401  (torch is a core dependency; imported here to keep --help fast)
 
@@ -440,13 +446,13 @@ def _cmd_fit(args) -> int:
             from jrinfer.backends.pymc import NUTS
 
             try:
-                posterior = NUTS(seed=args.seed, progress=progress).fit(problem)
+                posterior = NUTS(seed=args.seed, progress=progress, **_sampler_budget(args, "tune")).fit(problem)
             except KeyboardInterrupt as err:  # Ctrl-C during tuning: nothing to keep
                 raise RuntimeError(str(err) or "interrupted") from None
         elif args.backend == "smc":
             from jrinfer.backends.pymc import SMC
 
-            posterior = SMC(seed=args.seed, progress=progress).fit(problem)
+            posterior = SMC(seed=args.seed, progress=progress, **_sampler_budget(args)).fit(problem)
         else:
             posterior = VariationalLaplace(progress=progress, max_iter=args.max_iter).fit(
                 problem, seed=args.seed, resample=args.resample
@@ -717,6 +723,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="progress bars on stderr (default: on for nuts and smc, for laplace when stderr is a terminal)",
     )
+    p.add_argument("--chains", type=int, default=None, help="nuts, smc: independent chains (default 4)")
+    p.add_argument("--tune", type=int, default=None, help="nuts: tuning iterations per chain (default 1000)")
+    p.add_argument("--draws", type=int, default=None,
+                   help="nuts: kept draws per chain (default 1000); smc: particles per chain (default 2000)")
     p.add_argument("--json", action="store_true", help="print summary.json on stdout")
     p.add_argument(
         "--resample",
