@@ -355,6 +355,11 @@ class InverseProblem:
             raise ValueError(f"z must be finite, got {int((~np.isfinite(zn)).sum())} NaN or infinite value(s)")
         return zn.shape, zn.reshape(-1, self.n_params)
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_fast_cache", None)  # NumPy closures, rebuilt on first use (e.g. in PyMC's worker processes)
+        return state
+
     def _fast(self):
         """``(loglike(theta), prior(z))`` NumPy callables, or None when the observation offers no fused path."""
         if not hasattr(self, "_fast_cache"):

@@ -143,3 +143,16 @@ def test_generic_path_where_no_fused_one():
     v, g = problem.log_joint_and_grad(z0)
     v2, g2 = _generic(problem, z0)
     assert float(v) == pytest.approx(float(v2), rel=1e-12) and torch.allclose(g, g2)
+
+
+def test_pickled_problem_rebuilds_its_fused_path():
+    import pickle
+
+    obs = SpectrumObservation()
+    problem = InverseProblem(obs, None, _data(obs))
+    z0 = problem.prior.gaussian_unconstrained()[0]
+    v, g = problem.log_joint_and_grad(z0)  # builds the fused path (NumPy closures) on first use
+    again = pickle.loads(pickle.dumps(problem))  # e.g. PyMC's worker processes (cores > 1)
+    assert again.has_fast_path
+    v2, g2 = again.log_joint_and_grad(z0)
+    assert float(v2) == float(v) and torch.equal(g2, g)
