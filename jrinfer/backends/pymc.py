@@ -1,8 +1,10 @@
 """MCMC backends through PyMC: NUTS and SMC on any :class:`~jrinfer.InverseProblem`.
 
-The problem's log-likelihood is evaluated by the torch model inside a PyTensor
-``Op`` (float64, no casting) whose gradient is a vector-Jacobian product from
-torch autograd; the prior is mirrored as PyMC distributions on the prior's own
+The problem's log-likelihood is evaluated inside a PyTensor ``Op`` (float64,
+no casting) through :meth:`InverseProblem.log_likelihood_and_grad`: the
+observation's fused NumPy value + gradient where it offers one (transfer-method
+spectra: hand-derived derivatives, checked against autograd), else the torch
+model with a vector-Jacobian product from autograd; the prior is mirrored as PyMC distributions on the prior's own
 unconstrained coordinates ``z``, so the model's log density is exactly
 :meth:`InverseProblem.log_joint_unconstrained` (checked in the tests to 1e-10):
 
