@@ -315,3 +315,31 @@ def test_nuts_agrees_with_vl_on_a_near_gaussian_jr_spectrum():
     assert np.all(np.abs(z.mean(0) - mean) < 0.2 * sd), (z.mean(0) - mean) / sd
     assert np.all(np.abs(z.std(0) / sd - 1) < 0.2), z.std(0) / sd
     assert post.fit_quality["r2_log_power"] > 0.9
+
+
+# ---------------------------------------------------------------- command line
+@pytest.mark.slow
+def test_cli_fit_nuts_writes_diagnostics_and_plots(tmp_path, capsys):
+    import json
+
+    from jrinfer.cli import main
+
+    problem = _jr_problem()
+    d = problem.data
+    csv = tmp_path / "spectrum.csv"
+    np.savetxt(csv, np.c_[d.freqs.numpy(), d.power[0].numpy()], delimiter=",", header="freq,power [uV^2/Hz]",
+               comments="")
+    out = tmp_path / "fit"
+    code = main(["fit", str(csv), "--kind", "spectrum", "--backend", "nuts", "--chains", "2", "--tune", "15",
+                                            "--draws", "10", "--n-segments", "20", "--no-progress", "--out", str(out)])
+    _, err = capsys.readouterr()
+    assert code in (0, 1)  # 1: diagnostics warn (a budget this small does not converge), said in summary.json
+    assert "Sampling" not in err and "━" not in err  # --no-progress: no PyMC bar
+    summary = json.loads((out / "summary.json").read_text())
+    diag = summary["diagnostics"]
+    assert {"rhat_max", "ess_bulk_min", "ess_tail_min", "divergences", "tree_depth_saturated", "interrupted"} <= set(diag)
+    assert diag["settings"]["chains"] == 2 and diag["settings"]["draws"] == 10 and diag["fused_loglike"] is True
+    for name in ("trace.png", "pair.png", "fit.png", "posterior.nc"):
+        assert (out / name).stat().st_size > 1000, name
+    bad = main(["fit", str(csv), "--kind", "spectrum", "--backend", "nuts", "--chains", "0", "--out", str(tmp_path / "x")])
+    assert bad == 2 and "chains" in capsys.readouterr().err
