@@ -331,7 +331,7 @@ def test_cli_fit_nuts_writes_diagnostics_and_plots(tmp_path, capsys):
                comments="")
     out = tmp_path / "fit"
     code = main(["fit", str(csv), "--kind", "spectrum", "--backend", "nuts", "--chains", "2", "--tune", "15",
-                                            "--draws", "10", "--n-segments", "20", "--no-progress", "--out", str(out)])
+                 "--draws", "10", "--n-segments", "20", "--no-progress", "--out", str(out)])
     _, err = capsys.readouterr()
     assert code in (0, 1)  # 1: diagnostics warn (a budget this small does not converge), said in summary.json
     assert "Sampling" not in err and "━" not in err  # --no-progress: no PyMC bar
