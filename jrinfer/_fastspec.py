@@ -229,10 +229,11 @@ class SpectralLogLikelihood:
             p[k] = ratio * col["C"]
         # 1. equilibrium (values), warm-started
         guess = self.guess if self.guess is not None and self.guess.shape == (nb,) else None
-        pd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in p.items()}
-        gt = None if guess is None else torch.from_numpy(guess)
-        eq = _model._selected_equilibrium_numpy(pd, torch.Size((nb,)), 256, "upper", gt)
-        if eq is None:
+        pn = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in p.items()}
+        eq = _model._selected_equilibrium_numpy(pn, torch.Size((nb,)), 256, "upper", guess)
+        if eq is None:  # a possible close pair of roots: the full torch search
+            pd = {k: torch.from_numpy(v) for k, v in pn.items()}
+            gt = None if guess is None else torch.from_numpy(guess)
             eq = _model._fixed_points(pd, torch.Size((nb,)), 256, which="upper", initial_guess=gt)
         y0v = eq.state[..., 0].numpy().copy()
         self.guess = y0v.copy()
@@ -275,12 +276,14 @@ class SpectralLogLikelihood:
         kE, kI = u1 * aa, u2 * bb
         g0aa = g0 * aa
 
-        def poly(s, a, b, g0aa, kE, kI, aa):
+        def poly(s, a, b, g0aa, kE, kI, aa, only_q=False):
             """Q(s), Q'(s) of JansenRit.dominant_mode and the input numerator N(s) (Duals or arrays)."""
             sa, sb = s + a, s + b
             sa2, sb2 = sa * sa, sb * sb
             sa4 = sa2 * sa2
             q = sa4 * sb2 - g0aa * (kE * sb2 - kI * sa2)
+            if only_q:
+                return q, None, None
             dq = 4.0 * (sa2 * sa) * sb2 + 2.0 * sa4 * sb - 2.0 * g0aa * (kE * sb - kI * sa)
             return q, dq, aa * sa2 * sb2
 
@@ -288,7 +291,7 @@ class SpectralLogLikelihood:
         duals = (a, b, g0aa, kE, kI, aa)
         q0, dq0, _ = poly(lam0, *vals)
         lamv = lam0 - q0 / dq0
-        q_t = poly(lamv, *duals)[0].t  # explicit partials of Q at the refined root
+        q_t = poly(lamv, *duals, only_q=True)[0].t  # explicit partials of Q at the refined root
         dq_v = poly(lamv, *vals)[1]
         lam = _Dual(lamv, -q_t / dq_v)  # implicit function theorem
         _, dq_l, n_l = poly(lam, *duals)

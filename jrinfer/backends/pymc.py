@@ -496,8 +496,10 @@ class NUTS:
         model = problem_to_pymc(problem, with_grad=True)
         import warnings as _w
 
-        t0 = time.perf_counter()
+        t_init = time.perf_counter()
         start = _laplace_start(problem, self.chains, self.seed) if self.init == "laplace" else None
+        t0 = time.perf_counter()
+        init_seconds = t0 - t_init
         with model, _w.catch_warnings():
             _w.simplefilter("ignore", UserWarning)  # PyMC's own convergence notes: we report our own
             kw = {}
@@ -552,6 +554,7 @@ class NUTS:
         if op.first_error:
             diag["loglike_first_error"] = op.first_error
         diag["init"] = "laplace" if start is not None else "jitter+adapt_diag"
+        diag["init_time_s"] = init_seconds
         diag["fused_loglike"] = bool(op.fused)
         diag["settings"] = {
             "init": self.init,
