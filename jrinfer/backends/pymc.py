@@ -429,7 +429,8 @@ class NUTS:
     ``ess_bulk``/``ess_tail`` and their minima, ``divergences``,
     ``tree_depth_saturated`` (fraction of draws at the maximum tree depth),
     ``sampling_time_s``, ``ess_per_second`` (minimum bulk ESS per second of
-    sampling), ``loglike_failures`` (evaluations that gave ``-inf``). A fit
+    sampling), ``loglike_failures`` (evaluations that gave ``-inf``; None
+    with ``cores > 1``, where they happen in PyMC's worker processes). A fit
     warns when R-hat > 1.01, ESS < 100 per chain, any divergence, or tree-
     depth saturation; ``status`` is then ``"warning"``, else ``"converged"``.
 
@@ -557,8 +558,9 @@ class NUTS:
         diag["tree_depth_saturated"] = saturated
         diag["max_treedepth"] = self.max_treedepth
         op = model.jrinfer_op
-        diag["loglike_evaluations"] = op.n_calls
-        diag["loglike_failures"] = op.n_failed
+        counted = self.cores == 1  # with cores > 1 the Op runs (and counts) in PyMC's worker processes
+        diag["loglike_evaluations"] = op.n_calls if counted else None
+        diag["loglike_failures"] = op.n_failed if counted else None
         if op.first_error:
             diag["loglike_first_error"] = op.first_error
         diag["init"] = "laplace" if start is not None else "jitter+adapt_diag"
