@@ -1,9 +1,12 @@
 """MCMC through PyMC: the log-likelihood Op at one point, and a full NUTS run.
 
-Problem: a single-channel JR spectrum (2-40 Hz in 0.5 Hz steps, 77
-frequencies; transfer method, default prior: 6 JR constants + 1/f, floor and
-a log precision, 11 free parameters), simulated from the observation itself
-in the stable regime (the contract suite's problem, p_mean = 60).
+Problem (``--problem``): ``contract``, a single-channel JR spectrum (2-40 Hz
+in 0.5 Hz steps, 77 frequencies; transfer method, default prior: 6 JR
+constants + 1/f, floor and a log precision, 11 free parameters), simulated
+from the observation itself in the stable regime (the contract suite's
+problem, p_mean = 60); or ``near-gaussian``, the 6-parameter spectrum of the
+NUTS-vs-VL test (a, b, gain, 1/f, log precision; p_mean 45 fixed; 100
+segments).
 
 Times
 
@@ -42,6 +45,9 @@ def main() -> None:
     ap.add_argument("--tune", type=int, default=1000)
     ap.add_argument("--draws", type=int, default=1000)
     ap.add_argument("--skip-nuts", action="store_true")
+    ap.add_argument("--problem", default="contract", choices=["contract", "near-gaussian"],
+                    help="contract: the contract suite's 11-parameter spectrum; near-gaussian: the 6-parameter "
+                    "spectrum of the NUTS-vs-VL test (tests/test_pymc.py)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -53,7 +59,13 @@ def main() -> None:
 
     print(f"jrinfer {jrinfer.__file__}; pymc {pymc.__version__}; torch {torch.__version__}")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()}")
-    problem = _spectrum_problem()
+    if args.problem == "contract":
+        problem = _spectrum_problem()
+    else:
+        from test_pymc import _near_gaussian_jr_problem
+
+        problem = _near_gaussian_jr_problem()
+    print(f"problem {args.problem}: {problem.n_params} free parameters, fused path {problem.has_fast_path}")
     z = (problem.prior.to_unconstrained(problem.prior.median()) + 0.003 * torch.arange(problem.n_params)).numpy()
     op = loglike_op(problem)
     for _ in range(10):
@@ -80,16 +92,17 @@ def main() -> None:
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         post = NUTS(chains=args.chains, tune=args.tune, draws=args.draws, seed=0).fit(problem, n_predictive=100)
-        total = time.perf_counter() - t0
+        total, cpu = time.perf_counter() - t0, time.process_time() - c0
     d = post.diagnostics
     n_leap = None
     if "tree_depth" in post.sample_stats:
         n_leap = int((2 ** post.sample_stats["tree_depth"] - 1).sum())
     print(
         f"NUTS {args.chains} x ({args.tune} + {args.draws}): sampling {d['sampling_time_s']:.1f} s "
-        f"(fit() total {total:.1f} s incl. compile and assembly); ESS bulk min {d['ess_bulk_min']:.0f}, "
+        f"(fit() total {total:.1f} s incl. Laplace start, compile and assembly; CPU time of this process {cpu:.1f} s, "
+        f"load {os.getloadavg()[0]:.1f}); ESS bulk min {d['ess_bulk_min']:.0f}, "
         f"tail min {d['ess_tail_min']:.0f}; ESS/s {d['ess_per_second']:.2f}; R-hat max {d.get('rhat_max', float('nan')):.4f}; "
         f"divergences {d['divergences']}; tree depth saturated {d['tree_depth_saturated']:.3f}; "
         f"log-likelihood evaluations {d['loglike_evaluations']} ({d['loglike_failures']} -inf); "

@@ -5,7 +5,9 @@ default ``SpectrumObservation`` with the transfer method and its default
 prior; needs ``JRINFER_DATA``). Times, as medians over ``--repeats`` calls:
 
 * ``InverseProblem.log_joint_and_grad`` at the prior mean (unconstrained), a
-  single parameter set, and per set in a batch of 64;
+  single parameter set, and per set in a batch of 64, on the observation's
+  fused NumPy path and on the generic autograd path, alternated (paired);
+* the PyMC Op (log-likelihood + gradient) at a single parameter set;
 * the model's part alone: ``JansenRit(...).linear_psd`` forward + backward at
   the same parameters, cold and with a caller-owned ``EquilibriumCache`` (warm
   start of Newton from the previous call's equilibrium), moving the
@@ -21,6 +23,7 @@ Run: ``python benchmarks/single_point.py [--repeats 200] [--threads 1]``
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -33,10 +36,12 @@ from jrinfer import InverseProblem, JansenRit, SpectrumObservation
 
 def median_time(fn, repeats: int) -> float:
     times = []
+    c0 = time.process_time()
     for i in range(repeats):
         t0 = time.perf_counter()
         fn(i)
         times.append(time.perf_counter() - t0)
+    median_time.cpu = (time.process_time() - c0) / repeats  # CPU time per call: less sensitive to other load
     return statistics.median(times)
 
 
@@ -48,22 +53,42 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"jrinfer from {jrinfer.__file__}")
+    print(f"jrinfer from {jrinfer.__file__}; load average {os.getloadavg()}")
     print(f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"{platform.processor() or platform.machine()}")
     data = jrinfer.datasets.eegmat_spectrum(subject=0, channels=("O1", "O2")).mean_over_channels()
     obs = SpectrumObservation()
     problem = InverseProblem(obs, obs.default_prior(data), data)
     z0 = problem.prior.gaussian_unconstrained()[0]  # the prior median, a stable equilibrium
+    fast = problem._fast() if hasattr(problem, "_fast") else None
     print(f"problem: {len(problem.names)} parameters, {data.freqs.numel()} frequencies")
     step = 1e-3 * torch.randn(args.repeats + 1, z0.numel(), generator=torch.Generator().manual_seed(0),
                               dtype=torch.float64)
-    problem.log_joint_and_grad(z0)
-    t_one = median_time(lambda i: problem.log_joint_and_grad(z0 + step[i]), args.repeats)
     zb = z0 + 1e-3 * torch.randn(64, z0.numel(), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    t_b = median_time(lambda i: problem.log_joint_and_grad(zb), max(5, args.repeats // 20)) / 64
-    print(f"log_joint_and_grad, one set          {t_one * 1e3:8.3f} ms")
-    print(f"log_joint_and_grad, per set of 64     {t_b * 1e3:8.3f} ms")
+    fused = getattr(problem, "has_fast_path", False)
+    for rnd in range(2):  # fused and generic paths alternated, twice: paired on the same load
+        for path in ("fused", "autograd") if fused else ("autograd",):
+            if fused:
+                problem._fast_cache = fast if path == "fused" else None
+            problem.log_joint_and_grad(z0)
+            t_one = median_time(lambda i: problem.log_joint_and_grad(z0 + step[i]), args.repeats)
+            cpu_one = median_time.cpu
+            t_b = median_time(lambda i: problem.log_joint_and_grad(zb), max(5, args.repeats // 20)) / 64
+            print(f"[{rnd}] log_joint_and_grad ({path:8s}), one set      {t_one * 1e3:8.3f} ms "
+                  f"(CPU time {cpu_one * 1e3:.3f} ms per call)")
+            print(f"[{rnd}] log_joint_and_grad ({path:8s}), per set of 64 {t_b * 1e3:8.3f} ms")
+        if fused:
+            problem._fast_cache = fast
+    try:
+        from jrinfer.backends.pymc import loglike_op
+
+        op = loglike_op(problem)
+        zn = z0.numpy()
+        t_op = median_time(lambda i: op.evaluate(zn + step[i].numpy()), args.repeats)
+        print(f"PyMC Op (log-likelihood + gradient), one set  {t_op * 1e3:8.3f} ms "
+              f"(CPU time {median_time.cpu * 1e3:.3f} ms per call)")
+    except ImportError:
+        pass
 
     theta0 = problem.prior.from_unconstrained(z0)
     params = problem.parameters(theta0)
@@ -95,6 +120,16 @@ def main(argv=None) -> None:
         fd = (problem.log_joint_unconstrained(z0 + e) - problem.log_joint_unconstrained(z0 - e)) / (2 * h)
         worst = max(worst, abs(float(fd) - float(g[i])) / float(g.abs().max()))
     print(f"gradient vs central differences: max error {worst:.1e} (relative to the largest component)")
+    if fast is not None:
+        problem._fast_cache = None
+        zs = z0 + 1e-2 * torch.randn(8, z0.numel(), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        v2, g2 = problem.log_joint_and_grad(zs)
+        problem._fast_cache = fast
+        v1, g1 = problem.log_joint_and_grad(zs)
+        ok = torch.isfinite(v2)
+        err = ((g1 - g2).abs().amax(-1) / g2.abs().amax(-1))[ok].max()
+        print(f"fused vs autograd at {int(ok.sum())} sets: value rel. error {float(((v1 - v2) / v2)[ok].abs().max()):.1e}, "
+              f"gradient {float(err):.1e} (relative to the largest component)")
 
 
 if __name__ == "__main__":

@@ -647,6 +647,12 @@ def _condition_summary(summary: dict, posterior, problem) -> list[str]:
     return format_effects(effects, obs.reference) + [f"    WARNING: {w}" for w in warns]
 
 
+def _sampler_budget(args, *extra: str) -> dict:
+    """``--chains/--draws[/--tune]`` given on the command line, as sampler keyword arguments."""
+    names = ("chains", "draws", *extra)
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
 def _cmd_fit(args) -> int:
     import torch  # noqa: F401  (torch is a core dependency; imported here to keep --help fast)
 
@@ -681,16 +687,21 @@ def _cmd_fit(args) -> int:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # non-convergence is reported in summary.json
+        # progress bars: on for the samplers (and Laplace on a terminal) unless --no-progress
+        progress = args.progress if args.progress is not None else args.backend != "laplace" or sys.stderr.isatty()
         if args.backend == "nuts":  # PyMC backends: R-hat, ESS, divergences land in summary["diagnostics"]
             from jrinfer.backends.pymc import NUTS
 
-            posterior = NUTS(seed=args.seed, progress=args.progress).fit(problem)
+            try:
+                posterior = NUTS(seed=args.seed, progress=progress, **_sampler_budget(args, "tune")).fit(problem)
+            except KeyboardInterrupt as err:  # Ctrl-C during tuning: nothing to keep
+                raise RuntimeError(str(err) or "interrupted") from None
         elif args.backend == "smc":
             from jrinfer.backends.pymc import SMC
 
-            posterior = SMC(seed=args.seed, progress=args.progress).fit(problem)
+            posterior = SMC(seed=args.seed, progress=progress, **_sampler_budget(args)).fit(problem)
         else:
-            posterior = VariationalLaplace(progress=args.progress, max_iter=args.max_iter).fit(
+            posterior = VariationalLaplace(progress=progress, max_iter=args.max_iter).fit(
                 problem, seed=args.seed, resample=args.resample
             )
     summary = posterior.summary()
@@ -726,7 +737,13 @@ def _cmd_fit(args) -> int:
         from jrinfer.plotting import plot_fit
 
         plot_fit(posterior, out / "fit.png", title=f"{_data_title(args)}: {posterior.backend} ({posterior.status})")
-        plotted = True
+        plotted = "fit.png"
+        if args.backend in ("nuts", "smc"):  # the samplers' chains and pairs
+            from jrinfer.plotting import plot_pair, plot_trace
+
+            plot_trace(posterior, out / "trace.png")
+            plot_pair(posterior, out / "pair.png")
+            plotted = "fit.png, trace.png, pair.png"
     except ImportError:
         pass
     report = _write_fit_report(out, args.force) if args.report else None
@@ -737,7 +754,7 @@ def _cmd_fit(args) -> int:
         print(f"  {summary['identifiability']} (see jrinfer identifiability for the structural trade-offs)")
         for line in effects:
             print(line)
-        print(f"wrote {out}/summary.json, posterior.nc{', fit.png' if plotted else ''}{', report.html' if report else ''}")
+        print(f"wrote {out}/summary.json, posterior.nc{', ' + plotted if plotted else ''}{', report.html' if report else ''}")
     if args.json:  # the printed summary shows them otherwise
         for w in posterior.warnings:
             print(f"jrinfer fit: warning: {w}", file=sys.stderr)
@@ -1130,7 +1147,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-iter", type=int, default=128, help="maximum variational Laplace iterations")
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior draws")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars on stderr (default: on for nuts and smc, for laplace when stderr is a terminal)",
+    )
+    p.add_argument("--chains", type=int, default=None, help="nuts, smc: independent chains (default 4)")
+    p.add_argument("--tune", type=int, default=None, help="nuts: tuning iterations per chain (default 1000)")
+    p.add_argument("--draws", type=int, default=None,
+                   help="nuts: kept draws per chain (default 1000); smc: particles per chain (default 2000)")
     p.add_argument("--json", action="store_true", help="print summary.json on stdout")
     p.add_argument(
         "--resample",

@@ -1538,7 +1538,12 @@ def _selected_equilibrium_numpy(pd, shape, grid_size, which, guess):
 
 def _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess):
     nb = max(1, math.prod(shape))
-    p = {k: np.ascontiguousarray(np.broadcast_to(v.cpu().numpy(), tuple(shape)).reshape(nb)) for k, v in pd.items()}
+    p = {
+        k: v if isinstance(v, np.ndarray) and v.shape == (nb,)  # NumPy callers (jrinfer._fastspec): no conversion
+        else np.ascontiguousarray(np.broadcast_to(np.asarray(v.cpu().numpy() if torch.is_tensor(v) else v),
+                                                  tuple(shape)).reshape(nb))
+        for k, v in pd.items()
+    }
     y_max = 2.0 * p["e0"] * p["A"] / p["a"]
     grid = y_max[:, None] * np.linspace(0.0, 1.0, grid_size)
     pc = {k: v[:, None] for k, v in p.items()}
@@ -1568,7 +1573,7 @@ def _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess):
     lo, hi = grid[rows, k_sel], grid[rows, k_sel + 1]
     x = 0.5 * (lo + hi)
     if guess is not None:
-        gs = guess.cpu().numpy().reshape(nb)
+        gs = (guess.cpu().numpy() if torch.is_tensor(guess) else np.asarray(guess)).reshape(nb)
         x = np.where((gs > np.minimum(lo, hi)) & (gs < np.maximum(lo, hi)), gs, x)
     tol = 4 * np.finfo(np.float64).eps * y_max
     ke, ki = p["A"] / p["a"], p["B"] / p["b"]

@@ -349,6 +349,20 @@ class Observation(abc.ABC):
         ll = self.pointwise_log_likelihood(prediction, params, data).sum((-2, -1))
         return torch.where(prediction.valid, ll, torch.full_like(ll, -math.inf))
 
+    def log_likelihood_function(self, data, names: tuple[str, ...], fixed: dict):
+        """Optional fused log-likelihood with its gradient, for samplers (default: none).
+
+        An observation may return a callable ``f(theta)`` taking a NumPy
+        float64 array ``(nb, len(names))`` of free parameters in natural units
+        (``fixed`` holds the others) and returning ``(ll, grad)`` of shapes
+        ``(nb,)`` and ``(nb, len(names))``: exactly ``log_likelihood`` of
+        ``predict`` and its gradient, with ``-inf`` and a zero gradient where
+        the prediction is invalid. ``None`` (the default) means "use the
+        generic torch path"; :class:`~jrinfer.InverseProblem` falls back to
+        autograd then.
+        """
+        return None
+
     @abc.abstractmethod
     def sample(self, prediction: Prediction, params: dict, data, generator: torch.Generator) -> torch.Tensor:
         """Noisy data drawn from the likelihood, shape ``(*batch, n_channels, n_points)``."""
@@ -739,6 +753,23 @@ class SpectrumObservation(_JansenRitObservation):
         k = self._segments(data)
         ll = k * math.log(k) - math.lgamma(k) + (k - 1) * torch.log(y) - k * torch.log(pred) - k * y / pred
         return torch.broadcast_to(ll, prediction.value.shape[:-1] + y.shape)
+
+    def log_likelihood_function(self, data, names: tuple[str, ...], fixed: dict):
+        """Fused NumPy log-likelihood + gradient for ``method="transfer"`` (see the base class).
+
+        Offered for ``noise_on="input"`` and priors over the JR constants
+        (``C1..C4`` derived from ``C``) and this observation's parameters;
+        ``None`` otherwise. Matches the torch path to 1e-10 (values) and 1e-8
+        (gradients against autograd) in ``tests/test_fastspec.py``.
+        """
+        if self.method != "transfer" or self.noise_on != "input":
+            return None
+        known = {"A", "B", "a", "b", "C", "e0", "v0", "r", "p_mean", "p_std", *self.required_parameters(data)}
+        if not set(names) | set(fixed) <= known:
+            return None
+        from jrinfer._fastspec import SpectralLogLikelihood
+
+        return SpectralLogLikelihood(self, data, names, fixed)
 
     def _segments(self, data) -> float:
         if data.n_segments is None:

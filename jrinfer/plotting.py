@@ -18,6 +18,7 @@ __all__ = [
     "plot_evoked_fit",
     "plot_marginals",
     "plot_pair",
+    "plot_trace",
     "plot_bifurcation",
     "pretty_units",
 ]
@@ -423,6 +424,51 @@ def plot_pair(posterior, path=None, *, names=None, max_params: int = 4, title: s
         a.xaxis.set_major_locator(MaxNLocator(4))
         a.tick_params(axis="x", labelrotation=30)
     fig.suptitle(title or "Posterior pairs (the strongest correlations)")
+    fig.tight_layout()
+    if path is not None:
+        _save(fig, path)
+    return fig
+
+
+def plot_trace(posterior, path=None, *, names=None, title: str | None = None):
+    """Trace plot of a sampler's chains: per parameter, the draws of every chain and their densities.
+
+    Parameters
+    ----------
+    posterior : Posterior
+        A fit with draws of shape ``(chains, draws, n)`` (NUTS, SMC; works for
+        any backend).
+    path : str or Path, optional
+        Where to save the figure.
+    names : sequence of str, optional
+        Parameters to show (default all).
+    title : str, optional
+        Figure title (default: the backend and the R-hat maximum when known).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One row per parameter: left the marginal density per chain, right
+        the chains' draws against the iteration.
+    """
+    az = optional_import("arviz", purpose="trace plots")
+    names = list(posterior.names if names is None else names)
+    unknown = [n for n in names if n not in posterior.names]
+    if unknown:
+        raise ValueError(f"names: {unknown} are not parameters of this posterior ({list(posterior.names)})")
+    k = len(names)
+    fig = _figure(figsize=(9.0, 1.6 * k + 0.8))
+    axes = fig.subplots(k, 2, squeeze=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        az.plot_trace(posterior.to_arviz(), var_names=names, axes=axes, compact=False)
+    for i, n in enumerate(names):
+        axes[i, 0].set_title(_with_units(n, posterior.units.get(n)), fontsize=9)
+        axes[i, 1].set_title("")
+    rhat = posterior.diagnostics.get("rhat_max")
+    fig.suptitle(title or f"{posterior.backend}: chains" + (f" (R-hat max {rhat:.3f})" if rhat is not None else ""))
     fig.tight_layout()
     if path is not None:
         _save(fig, path)

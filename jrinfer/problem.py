@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from jrinfer import _checks
@@ -291,11 +292,81 @@ class InverseProblem:
         return self.prior.log_prob_unconstrained(z) + self.log_likelihood(theta)
 
     def log_joint_and_grad(self, z) -> tuple[torch.Tensor, torch.Tensor]:
-        """Value and gradient of :meth:`log_joint_unconstrained` (autograd), for a batch of ``z``."""
+        """Value and gradient of :meth:`log_joint_unconstrained` for a batch of ``z`` ``(..., n_params)``.
+
+        Uses the observation's fused log-likelihood where it offers one
+        (:meth:`~jrinfer.observation.Observation.log_likelihood_function`;
+        the transfer-method spectrum does) with the prior in closed form, else
+        autograd through the generic path. Shapes ``(...)`` and ``(..., n)``.
+        """
+        fast = self._fast()
+        if fast is not None:
+            shape, zn = self._z_numpy(z)
+            lp, glp, theta, jac = fast[1](zn)
+            ll, gll = fast[0](theta)
+            value = lp + ll
+            with np.errstate(invalid="ignore"):
+                grad = np.where(np.isfinite(value)[:, None], glp + gll * jac, 0.0)  # zero where -inf
+            return torch.from_numpy(value.reshape(shape[:-1])), torch.from_numpy(grad.reshape(shape))
         z = _checks.as_float_tensor("z", z).detach().requires_grad_(True)
         value = self.log_joint_unconstrained(z)
         (grad,) = torch.autograd.grad(value.sum(), z)
         return value.detach(), grad
+
+    def log_likelihood_and_grad(self, z) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-likelihood at unconstrained ``z`` ``(..., n_params)`` and its gradient in ``z``.
+
+        The fused path of :meth:`log_joint_and_grad` where available, else
+        autograd. ``-inf`` where the model is invalid (the gradient is then
+        zero on the fused path and undefined on the generic one).
+        """
+        fast = self._fast()
+        if fast is not None:
+            shape, zn = self._z_numpy(z)
+            _, _, theta, jac = fast[1](zn)
+            ll, gll = fast[0](theta)
+            with np.errstate(invalid="ignore"):
+                grad = np.where(np.isfinite(ll)[:, None], gll * jac, 0.0)
+            return torch.from_numpy(ll.reshape(shape[:-1])), torch.from_numpy(grad.reshape(shape))
+        z = _checks.as_float_tensor("z", z).detach().requires_grad_(True)
+        value = self.log_likelihood(self.prior.from_unconstrained(z))
+        if not bool(torch.isfinite(value).all()):
+            grad = torch.zeros_like(z)
+            ok = torch.isfinite(value)
+            if bool(ok.any()):
+                (g,) = torch.autograd.grad(torch.where(ok, value, 0.0).sum(), z)
+                grad = torch.where(ok.unsqueeze(-1), g, grad)
+            return value.detach(), grad
+        (grad,) = torch.autograd.grad(value.sum(), z)
+        return value.detach(), grad
+
+    @property
+    def has_fast_path(self) -> bool:
+        """Whether :meth:`log_joint_and_grad` runs the observation's fused path (else autograd)."""
+        return self._fast() is not None
+
+    def _z_numpy(self, z):
+        zn = np.asarray(z.detach().numpy() if isinstance(z, torch.Tensor) else z, dtype=np.float64)
+        if zn.ndim == 0 or zn.shape[-1] != self.n_params:
+            raise ValueError(
+                f"z must have a last axis of length {self.n_params} ({', '.join(self.names)}), got shape {zn.shape}"
+            )
+        if not np.isfinite(zn).all():
+            raise ValueError(f"z must be finite, got {int((~np.isfinite(zn)).sum())} NaN or infinite value(s)")
+        return zn.shape, zn.reshape(-1, self.n_params)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_fast_cache", None)  # NumPy closures, rebuilt on first use (e.g. in PyMC's worker processes)
+        return state
+
+    def _fast(self):
+        """``(loglike(theta), prior(z))`` NumPy callables, or None when the observation offers no fused path."""
+        if not hasattr(self, "_fast_cache"):
+            ll = self.observation.log_likelihood_function(self.data, self.names, dict(self.prior.fixed))
+            pr = _numpy_prior(self.prior) if ll is not None else None
+            self._fast_cache = (ll, pr) if pr is not None else None
+        return self._fast_cache
 
     def simulate(self, theta, *, seed: int | torch.Generator | None = None) -> torch.Tensor:
         """Noisy synthetic data for parameter sets ``theta``: shape ``(*batch, C, P)``.
@@ -406,3 +477,45 @@ class InverseProblem:
             hyper_names=hyper_names,
             estimate_hyper=all(free_hyper),
         )
+
+
+def _numpy_prior(prior: Prior):
+    """The prior's transform and log density in NumPy: ``z (nb, n) -> (log p(z), grad, theta, dtheta/dz)``.
+
+    Closed forms of :class:`~jrinfer.prior.LogNormal` (``theta = exp z``),
+    :class:`~jrinfer.prior.Normal` (identity) and :class:`~jrinfer.prior.Uniform`
+    (scaled logistic, standard-logistic density of ``z``), the same as
+    ``Prior.from_unconstrained`` and ``Prior.log_prob_unconstrained``; None if
+    another distribution is used.
+    """
+    from jrinfer.prior import LogNormal, Normal, Uniform
+
+    kind, mu, sd, low, width = [], [], [], [], []
+    for d in prior.distributions.values():
+        if isinstance(d, LogNormal):
+            kind.append(0), mu.append(math.log(d.median)), sd.append(d.sd_log), low.append(0.0), width.append(1.0)
+        elif isinstance(d, Normal):
+            kind.append(1), mu.append(d.mean), sd.append(d.sd), low.append(0.0), width.append(1.0)
+        elif isinstance(d, Uniform):
+            kind.append(2), mu.append(0.0), sd.append(1.0), low.append(d.low), width.append(d.high - d.low)
+        else:
+            return None
+    kind = np.array(kind)
+    is_ln, is_u = kind == 0, kind == 2
+    mu, sd, low, width = (np.array(x, dtype=np.float64) for x in (mu, sd, low, width))
+    const = -(np.log(sd) + 0.5 * math.log(2 * math.pi))
+
+    def transform(z):
+        with np.errstate(over="ignore"):
+            sz, snz = 1.0 / (1.0 + np.exp(-z)), 1.0 / (1.0 + np.exp(z))
+            ez = np.exp(np.where(is_ln, z, 0.0))
+        uni = np.where(z <= 0, low + width * sz, low + width - width * snz)
+        theta = np.where(is_ln, ez, np.where(is_u, uni, z))
+        jac = np.where(is_ln, ez, np.where(is_u, width * sz * snz, 1.0))
+        r = (z - mu) / sd
+        softplus = np.logaddexp(0.0, z) + np.logaddexp(0.0, -z)
+        lp = np.where(is_u, -softplus, const - 0.5 * r * r).sum(-1)
+        glp = np.where(is_u, snz - sz, -r / sd)
+        return lp, glp, theta, jac
+
+    return transform

@@ -881,3 +881,40 @@ class LaplaceEngine:
         )
         return result
 
+
+def fit_problem(engine: LaplaceEngine, problem) -> tuple[LaplaceResult, torch.Tensor, torch.Tensor]:
+    """Fit an :class:`~jrinfer.InverseProblem` through its Gaussian form; the Gaussian in the problem's ``z``.
+
+    Shared by the Laplace backend (its posterior) and the samplers (their
+    starting points and mass matrix).
+
+    Returns
+    -------
+    result : LaplaceResult
+    mean, cov : torch.Tensor
+        ``(n_params,)`` and ``(n_params, n_params)`` over every free parameter
+        of the problem in its unconstrained coordinates (``problem.names``
+        order); the noise log precisions get their ``hyper_mean`` and the
+        diagonal of ``hyper_cov``.
+    """
+    form = problem.gaussian_form()
+    if not form.estimate_hyper and engine.estimate_hyper:
+        engine = type(engine)(**{**engine._options(), "estimate_hyper": False})
+    k = form.precision_components.shape[0]
+    hyper_cov = form.hyper_cov if form.estimate_hyper else torch.eye(k, dtype=_DTYPE)
+    res = engine.fit_function(
+        form.f, form.y, form.prior_mean, form.prior_cov, form.hyper_mean, hyper_cov, form.precision_components
+    )
+    names = problem.names
+    n = len(names)
+    mean = torch.zeros(n, dtype=_DTYPE)
+    cov = torch.zeros(n, n, dtype=_DTYPE)
+    idx = torch.tensor([names.index(name) for name in form.names], dtype=torch.long)
+    mean[idx] = res.mean
+    cov[idx[:, None], idx[None, :]] = res.cov
+    for i, name in enumerate(form.hyper_names):
+        if name in names:
+            j = names.index(name)
+            mean[j] = res.hyper_mean[i]
+            cov[j, j] = res.hyper_cov[i, i]
+    return res, mean, cov

@@ -20,7 +20,7 @@ import torch
 
 from jrinfer._optional import optional_import
 from jrinfer._rng import generator
-from jrinfer.backends._vl_engine import _DTYPE, LaplaceConvergenceError, LaplaceEngine, LaplaceResult
+from jrinfer.backends._vl_engine import _DTYPE, LaplaceConvergenceError, LaplaceEngine, LaplaceResult, fit_problem
 
 __all__ = ["LaplaceConvergenceError", "LaplaceResult", "VariationalLaplace"]
 
@@ -106,27 +106,8 @@ class VariationalLaplace(LaplaceEngine):
         n_predictive = _checks.check_int("n_predictive", n_predictive, minimum=0)
         seed = _checks.check_int("seed", seed, minimum=0)
         resample = _checks.check_bool("resample", resample)
-        form = problem.gaussian_form()
-        engine = self
-        if not form.estimate_hyper and self.estimate_hyper:
-            engine = type(self)(**{**self._options(), "estimate_hyper": False})
-        k = form.precision_components.shape[0]
-        hyper_cov = form.hyper_cov if form.estimate_hyper else torch.eye(k, dtype=_DTYPE)
-        res = engine.fit_function(
-            form.f, form.y, form.prior_mean, form.prior_cov, form.hyper_mean, hyper_cov, form.precision_components
-        )
-        names = problem.names
-        n = len(names)
-        mean = torch.zeros(n, dtype=_DTYPE)
-        cov = torch.zeros(n, n, dtype=_DTYPE)
-        theta_idx = [names.index(name) for name in form.names]
-        mean[theta_idx] = res.mean
-        cov[np.ix_(theta_idx, theta_idx)] = res.cov
-        for i, name in enumerate(form.hyper_names):
-            if name in names:
-                j = names.index(name)
-                mean[j] = res.hyper_mean[i]
-                cov[j, j] = res.hyper_cov[i, i]
+        res, mean, cov = fit_problem(self, problem)
+        n = problem.n_params
         gen = generator(seed)
         eps = torch.randn(n_draws, n, generator=gen, dtype=_DTYPE)
         evals, evecs = torch.linalg.eigh(0.5 * (cov + cov.T))

@@ -1,8 +1,10 @@
 """MCMC backends through PyMC: NUTS and SMC on any :class:`~jrinfer.InverseProblem`.
 
-The problem's log-likelihood is evaluated by the torch model inside a PyTensor
-``Op`` (float64, no casting) whose gradient is a vector-Jacobian product from
-torch autograd; the prior is mirrored as PyMC distributions on the prior's own
+The problem's log-likelihood is evaluated inside a PyTensor ``Op`` (float64,
+no casting) through :meth:`InverseProblem.log_likelihood_and_grad`: the
+observation's fused NumPy value + gradient where it offers one (transfer-method
+spectra: hand-derived derivatives, checked against autograd), else the torch
+model with a vector-Jacobian product from autograd; the prior is mirrored as PyMC distributions on the prior's own
 unconstrained coordinates ``z``, so the model's log density is exactly
 :meth:`InverseProblem.log_joint_unconstrained` (checked in the tests to 1e-10):
 
@@ -85,6 +87,7 @@ def _op_classes():
             self.problem = problem
             self.problem_id = id(problem)
             self.with_grad = bool(with_grad)
+            self.fused = problem.has_fast_path
             self.n_calls = 0
             self.n_failed = 0
             self.first_error = None
@@ -107,17 +110,15 @@ def _op_classes():
             problem = self.problem
             if z.shape != (problem.n_params,):
                 raise ValueError(f"z must have shape ({problem.n_params},), got {z.shape}")
-            zt = torch.from_numpy(np.array(z, dtype=np.float64, copy=True)).requires_grad_(self.with_grad)
+            zt = torch.from_numpy(np.array(z, dtype=np.float64, copy=True))
             value, grad = -math.inf, np.zeros(problem.n_params)
             try:
-                if self.with_grad:
-                    ll = problem.log_likelihood(problem.prior.from_unconstrained(zt))
-                    v = float(ll.detach())
-                    if math.isfinite(v):
-                        (g,) = torch.autograd.grad(ll, zt)
-                        g = g.numpy()
-                        if np.isfinite(g).all():
-                            value, grad = v, g
+                if self.with_grad or self.fused:
+                    # the observation's fused value + gradient where it has one, else autograd
+                    ll, g = problem.log_likelihood_and_grad(zt)
+                    v, g = float(ll), g.numpy()
+                    if math.isfinite(v) and np.isfinite(g).all():
+                        value, grad = v, g
                 else:
                     with torch.no_grad():
                         v = float(problem.log_likelihood(problem.prior.from_unconstrained(zt)))
@@ -244,6 +245,93 @@ def problem_to_pymc(problem, *, with_grad: bool = True):
     return model
 
 
+class _Interruptible:
+    """Ctrl-C during sampling keeps what was sampled.
+
+    PyMC stops a chain on ``KeyboardInterrupt`` and keeps its draws, but in
+    sequential sampling it then starts the next chain; here the first
+    interruption also stops every later chain (through PyMC's ``callback``)
+    and is recorded in ``interrupted`` so that the fit reports it.
+    """
+
+    def __init__(self, stop_after: int | None = None):
+        self.interrupted = False
+        self.stop_after = stop_after
+        self._previous = None
+
+    def callback(self, trace=None, draw=None):
+        if self.stop_after is not None and len(trace) >= self.stop_after:
+            self.interrupted = True
+        if self.interrupted:
+            raise KeyboardInterrupt
+
+    def _handler(self, signum, frame):
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def _laplace_start(problem, chains: int, seed: int):
+    """Starting points and an initial dense mass matrix from the variational Laplace Gaussian.
+
+    The JR posteriors are strongly correlated (gains and time constants trade
+    off), so NUTS with PyMC's default diagonal adaptation from jittered prior
+    points takes tiny steps at the maximum tree depth. Starting from the
+    Laplace mean with its covariance as the (still adapted) mass matrix puts
+    the sampler in the typical set with a well-scaled metric. Returns
+    ``(mean, cov, inits)`` (NumPy; one start per chain drawn from the
+    Gaussian, shrunk by half, where the log joint is finite) or None when the
+    Laplace fit gives no usable Gaussian (the caller then falls back to
+    PyMC's jitter+adapt_diag).
+    """
+    import warnings as _w
+
+    from jrinfer.backends._vl_engine import LaplaceEngine, fit_problem
+
+    try:
+        with _w.catch_warnings():
+            _w.simplefilter("ignore")
+            _, mean, cov = fit_problem(LaplaceEngine(), problem)
+    except Exception:  # a failed Laplace fit only costs the better start
+        return None
+    cov = 0.5 * (cov + cov.T)
+    if not (torch.isfinite(mean).all() and torch.isfinite(cov).all()):
+        return None
+    evals, evecs = torch.linalg.eigh(cov)
+    if not float(evals.max()) > 0:
+        return None
+    evals = evals.clamp_min(1e-10 * float(evals.max()))
+    cov = (evecs * evals) @ evecs.T
+    root = evecs * evals.sqrt()
+    if not math.isfinite(float(problem.log_joint_unconstrained(mean))):
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    inits = []
+    for _ in range(chains):
+        z = mean
+        for _ in range(20):
+            cand = mean + 0.5 * root @ torch.randn(mean.numel(), generator=gen, dtype=torch.float64)
+            if math.isfinite(float(problem.log_joint_unconstrained(cand))):
+                z = cand
+                break
+        inits.append(z.numpy().copy())
+    return mean.numpy().copy(), cov.numpy().copy(), inits
+
+
 def _z_draws(problem, idata) -> np.ndarray:
     """Unconstrained draws ``(chains, draws, n_params)`` from an InferenceData posterior."""
     post = idata.posterior
@@ -310,14 +398,39 @@ class NUTS:
         Processes for chains (``1``: sequential, in this process).
     progress : bool
         Show PyMC's progress bar.
+    max_treedepth : int
+        Maximum tree depth of NUTS (``2**max_treedepth`` leapfrog steps at most).
+    init : {"laplace", "jitter"}
+        ``"laplace"`` (default): start the chains from the variational Laplace
+        Gaussian (draws shrunk by half, where the log joint is finite) with
+        its covariance as the initial dense mass matrix, adapted further
+        during tuning (PyMC's ``QuadPotentialFullAdapt``). The JR posteriors
+        are strongly correlated, and from PyMC's default (``"jitter"``:
+        jittered prior centre, diagonal mass matrix) the sampler takes tiny
+        steps at the maximum tree depth. Falls back to ``"jitter"`` when the
+        Laplace fit gives no usable Gaussian (``diagnostics["init"]`` says
+        which was used).
 
     Notes
     -----
+    Posteriors cut by the Hopf boundary (transfer method; a sharp alpha
+    peak) are sampled in the prior's coordinates: evaluations past the
+    boundary are ``-inf`` (counted in ``loglike_failures``, zero gradient,
+    never NaN) and NUTS reports them as divergences. No reparametrisation
+    that moves the boundary to infinity is implemented yet (on a JR 1995
+    spectrum at p_mean = 70: 65 divergences in 2 x 300 draws, R-hat 1.04;
+    ``benchmarks/RESULTS.md``); use SMC or treat such fits' tails with care.
+
+    Ctrl-C during sampling stops every chain and keeps what was drawn after
+    tuning: ``diagnostics["interrupted"]`` is True and a warning says how much
+    was kept (an interruption during tuning raises ``KeyboardInterrupt``).
+
     Diagnostics (``Posterior.diagnostics``): ``rhat`` and ``rhat_max``,
     ``ess_bulk``/``ess_tail`` and their minima, ``divergences``,
     ``tree_depth_saturated`` (fraction of draws at the maximum tree depth),
     ``sampling_time_s``, ``ess_per_second`` (minimum bulk ESS per second of
-    sampling), ``loglike_failures`` (evaluations that gave ``-inf``). A fit
+    sampling), ``loglike_failures`` (evaluations that gave ``-inf``; None
+    with ``cores > 1``, where they happen in PyMC's worker processes). A fit
     warns when R-hat > 1.01, ESS < 100 per chain, any divergence, or tree-
     depth saturation; ``status`` is then ``"warning"``, else ``"converged"``.
 
@@ -337,7 +450,10 @@ class NUTS:
         cores: int = 1,
         progress: bool = False,
         max_treedepth: int = 10,
+        init: str = "laplace",
     ):
+        _checks.check_option("init", init, ("laplace", "jitter"))
+        self.init = init
         self.chains = _checks.check_int("chains", chains, minimum=1)
         self.tune = _checks.check_int("tune", tune, minimum=0)
         self.draws = _checks.check_int("draws", draws, minimum=1)
@@ -349,6 +465,8 @@ class NUTS:
         self.cores = _checks.check_int("cores", cores, minimum=1)
         self.progress = _checks.check_bool("progress", progress)
         self.max_treedepth = _checks.check_int("max_treedepth", max_treedepth, minimum=1)
+
+    _stop_after = None  # tests: simulate Ctrl-C after this many iterations of the first chain
 
     def __repr__(self) -> str:
         return (
@@ -387,21 +505,44 @@ class NUTS:
         model = problem_to_pymc(problem, with_grad=True)
         import warnings as _w
 
+        t_init = time.perf_counter()
+        start = _laplace_start(problem, self.chains, self.seed) if self.init == "laplace" else None
         t0 = time.perf_counter()
+        init_seconds = t0 - t_init
         with model, _w.catch_warnings():
             _w.simplefilter("ignore", UserWarning)  # PyMC's own convergence notes: we report our own
-            step = pm.NUTS(target_accept=self.target_accept, max_treedepth=self.max_treedepth)
-            idata = pm.sample(
-                draws=self.draws,
-                tune=self.tune,
-                chains=self.chains,
-                cores=self.cores,
-                step=step,
-                random_seed=self.seed,
-                progressbar=self.progress,
-                compute_convergence_checks=False,
-                return_inferencedata=True,
-            )
+            kw = {}
+            if start is not None:
+                from pymc.step_methods.hmc.quadpotential import QuadPotentialFullAdapt
+
+                mean, cov, inits = start
+                n = problem.n_params
+                kw["potential"] = QuadPotentialFullAdapt(n, mean, cov, initial_weight=10 * n)
+                sample_kw = {"initvals": [{f"{name}_z": z[i] for i, name in enumerate(problem.names)} for z in inits]}
+            else:
+                sample_kw = {}
+            step = pm.NUTS(target_accept=self.target_accept, max_treedepth=self.max_treedepth, **kw)
+            with _Interruptible(self._stop_after) as stop:
+                try:
+                    idata = pm.sample(
+                        draws=self.draws,
+                        tune=self.tune,
+                        chains=self.chains,
+                        cores=self.cores,
+                        step=step,
+                        random_seed=self.seed,
+                        progressbar=self.progress,
+                        compute_convergence_checks=False,
+                        return_inferencedata=True,
+                        callback=stop.callback if self.cores == 1 else None,
+                        **sample_kw,
+                    )
+                except ValueError as err:
+                    if stop.interrupted and "Not enough samples" in str(err):
+                        raise KeyboardInterrupt(
+                            f"NUTS interrupted during tuning ({self.tune} tune iterations per chain): no draws to keep"
+                        ) from None
+                    raise
         seconds = time.perf_counter() - t0
         z = _z_draws(problem, idata)
         theta = problem.prior.from_unconstrained(torch.from_numpy(z)).numpy()
@@ -417,17 +558,30 @@ class NUTS:
         diag["tree_depth_saturated"] = saturated
         diag["max_treedepth"] = self.max_treedepth
         op = model.jrinfer_op
-        diag["loglike_evaluations"] = op.n_calls
-        diag["loglike_failures"] = op.n_failed
+        counted = self.cores == 1  # with cores > 1 the Op runs (and counts) in PyMC's worker processes
+        diag["loglike_evaluations"] = op.n_calls if counted else None
+        diag["loglike_failures"] = op.n_failed if counted else None
         if op.first_error:
             diag["loglike_first_error"] = op.first_error
+        diag["init"] = "laplace" if start is not None else "jitter+adapt_diag"
+        diag["init_time_s"] = init_seconds
+        diag["fused_loglike"] = bool(op.fused)
         diag["settings"] = {
+            "init": self.init,
             "chains": self.chains,
             "tune": self.tune,
             "draws": self.draws,
             "target_accept": self.target_accept,
             "seed": self.seed,
         }
+        kept = int(z.shape[1])
+        diag["interrupted"] = bool(stop.interrupted)
+        if stop.interrupted or kept < self.draws:
+            diag["interrupted"] = True
+            warns.append(
+                f"sampling was interrupted: kept {kept} of {self.draws} draws per chain in {z.shape[0]} of "
+                f"{self.chains} chain(s) (what was sampled before the interruption; diagnostics are of that part)"
+            )
         if n_div:
             warns.append(
                 f"{n_div} divergent transition(s) after tuning: the sampler missed part of the posterior; raise "

@@ -1,0 +1,158 @@
+"""The fused NumPy log-likelihood + gradient of transfer-method spectra against the generic torch path."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from jrinfer import InverseProblem, Prior, SpectrumData, SpectrumObservation
+
+F64 = torch.float64
+
+
+def _data(obs, n_segments=20, df=0.5):
+    freqs = torch.arange(2.0, 40.01, df, dtype=F64)
+    template = SpectrumData.from_arrays(freqs, torch.ones(2, freqs.numel(), dtype=F64), units="uV^2/Hz",
+                                        n_segments=n_segments)
+    truth = {
+        "p_mean": torch.tensor(60.0, dtype=F64),
+        "p_std": torch.tensor(1.0, dtype=F64),
+        "gain": torch.tensor(3e-3, dtype=F64),
+        "ap_amplitude": torch.tensor(2.0, dtype=F64),
+        "ap_exponent": torch.tensor(1.2, dtype=F64),
+        "floor": torch.tensor(0.02, dtype=F64),
+        "log_precision": torch.tensor(math.log(20.0), dtype=F64),
+    }
+    pred = obs.predict(truth, template)
+    y = SpectrumObservation().sample(pred, truth, template, torch.Generator().manual_seed(5))
+    return SpectrumData.from_arrays(freqs, y, units="uV^2/Hz", n_segments=n_segments)
+
+
+def _generic(problem, z):
+    """Value and autograd gradient through the generic torch path (what the fused path replaces)."""
+    z = z.clone().requires_grad_(True)
+    value = problem.log_joint_unconstrained(z)
+    ok = torch.isfinite(value)
+    (g,) = torch.autograd.grad(torch.where(ok, value, 0.0).sum(), z)
+    return value.detach(), g
+
+
+def _points(problem, n=24, seed=1):
+    z0 = problem.prior.gaussian_unconstrained()[0]
+    zs = problem.prior.to_unconstrained(problem.prior.sample(n, seed=seed))
+    return torch.cat([z0[None], zs])
+
+
+CONFIGS = [
+    {},
+    {"window": None},
+    {"window": "boxcar"},
+    {"likelihood": "whittle"},
+    {"aperiodic": False, "floor": False},
+    {"noise": "jr1995_gaussian"},
+]
+
+
+@pytest.mark.parametrize("kw", CONFIGS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "default")
+def test_fused_matches_autograd(kw):
+    obs = SpectrumObservation(**kw)
+    data = _data(obs)
+    problem = InverseProblem(obs, None, data)
+    assert problem.has_fast_path
+    z = _points(problem)
+    v, g = problem.log_joint_and_grad(z)
+    v2, g2 = _generic(problem, z)
+    fin = torch.isfinite(v2)
+    # the default prior reaches past the Hopf point: both paths agree on which draws are invalid
+    assert torch.equal(torch.isfinite(v), fin) and int(fin.sum()) >= 5
+    assert torch.isneginf(v[~fin]).all() and (g[~fin] == 0).all()
+    np.testing.assert_allclose(v[fin], v2[fin], rtol=1e-10)
+    scale = g2[fin].abs().amax(-1, keepdim=True)
+    assert float(((g[fin] - g2[fin]).abs() / scale).max()) < 1e-8
+    # the likelihood alone (what the PyMC Op calls)
+    ll, gll = problem.log_likelihood_and_grad(z[fin])
+    np.testing.assert_allclose(ll, problem.log_likelihood(problem.prior.from_unconstrained(z[fin])), rtol=1e-10)
+
+
+def test_more_free_parameters_and_a_uniform_prior():
+    obs = SpectrumObservation()
+    data = _data(obs)
+    spec = obs.default_prior(data, free=("A", "B", "a", "b", "C", "e0", "v0", "r", "p_mean"))
+    spec["distributions"]["p_mean"] = {"dist": "uniform", "low": 40.0, "high": 88.0}
+    spec["fixed"].pop("p_std")
+    spec["distributions"]["p_std"] = {"dist": "lognormal", "median": 1.0, "sd_log": 0.5}
+    problem = InverseProblem(obs, Prior.from_dict(spec), data)
+    assert problem.has_fast_path
+    z = _points(problem, n=16, seed=4)
+    v, g = problem.log_joint_and_grad(z)
+    v2, g2 = _generic(problem, z)
+    fin = torch.isfinite(v2)
+    assert torch.equal(torch.isfinite(v), fin) and int(fin.sum()) >= 4
+    np.testing.assert_allclose(v[fin], v2[fin], rtol=1e-10)
+    assert float(((g[fin] - g2[fin]).abs() / g2[fin].abs().amax(-1, keepdim=True)).max()) < 1e-8
+
+
+def test_gradient_against_finite_differences_and_batches():
+    obs = SpectrumObservation()
+    problem = InverseProblem(obs, None, _data(obs))
+    z0 = problem.prior.gaussian_unconstrained()[0]
+    v, g = problem.log_joint_and_grad(z0)
+    assert v.shape == () and g.shape == z0.shape
+    h = 1e-5
+    eye = torch.eye(z0.numel(), dtype=F64) * h
+    vp, _ = problem.log_joint_and_grad(z0 + eye)
+    vm, _ = problem.log_joint_and_grad(z0 - eye)
+    fd = (vp - vm) / (2 * h)
+    assert float((fd - g).abs().max() / g.abs().max()) < 1e-6
+    # a batch gives what each row gives alone, whatever the warm start left by the previous call
+    z = _points(problem, n=6, seed=2)
+    vb, gb = problem.log_joint_and_grad(z.reshape(7, 1, -1))
+    assert vb.shape == (7, 1) and gb.shape == (7, 1, z.shape[-1])
+    for i in (6, 0, 3):
+        vi, gi = problem.log_joint_and_grad(z[i])
+        if math.isfinite(float(vi)):
+            np.testing.assert_allclose(vb[i, 0], vi, rtol=1e-12)
+            np.testing.assert_allclose(gb[i, 0], gi, rtol=1e-9, atol=1e-9 * float(gi.abs().max()))
+        else:
+            assert math.isinf(float(vb[i, 0]))
+
+
+def test_invalid_sets_are_minus_inf_never_nan():
+    obs = SpectrumObservation()
+    problem = InverseProblem(obs, None, _data(obs))
+    z0 = problem.prior.gaussian_unconstrained()[0].clone()
+    bad = z0.clone()
+    bad[problem.names.index("p_mean")] = math.log(150.0)  # past the first Hopf point
+    huge = z0.clone()
+    huge[problem.names.index("a")] = 800.0  # exp overflows to inf
+    ll, g = problem.log_likelihood_and_grad(torch.stack([z0, bad, huge]))
+    assert math.isfinite(float(ll[0])) and torch.isneginf(ll[1:]).all()
+    assert torch.isfinite(g).all() and (g[1:] == 0).all()
+    with pytest.raises(ValueError, match="z must be finite"):
+        problem.log_joint_and_grad(torch.full_like(z0, math.nan))
+    with pytest.raises(ValueError, match="last axis"):
+        problem.log_joint_and_grad(z0[:3])
+
+
+def test_generic_path_where_no_fused_one():
+    obs = SpectrumObservation(noise_on="all")
+    problem = InverseProblem(obs, None, _data(SpectrumObservation()))
+    assert not problem.has_fast_path
+    z0 = problem.prior.gaussian_unconstrained()[0]
+    v, g = problem.log_joint_and_grad(z0)
+    v2, g2 = _generic(problem, z0)
+    assert float(v) == pytest.approx(float(v2), rel=1e-12) and torch.allclose(g, g2)
+
+
+def test_pickled_problem_rebuilds_its_fused_path():
+    import pickle
+
+    obs = SpectrumObservation()
+    problem = InverseProblem(obs, None, _data(obs))
+    z0 = problem.prior.gaussian_unconstrained()[0]
+    v, g = problem.log_joint_and_grad(z0)  # builds the fused path (NumPy closures) on first use
+    again = pickle.loads(pickle.dumps(problem))  # e.g. PyMC's worker processes (cores > 1)
+    assert again.has_fast_path
+    v2, g2 = again.log_joint_and_grad(z0)
+    assert float(v2) == float(v) and torch.equal(g2, g)
