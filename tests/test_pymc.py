@@ -343,3 +343,14 @@ def test_cli_fit_nuts_writes_diagnostics_and_plots(tmp_path, capsys):
         assert (out / name).stat().st_size > 1000, name
     bad = main(["fit", str(csv), "--kind", "spectrum", "--backend", "nuts", "--chains", "0", "--out", str(tmp_path / "x")])
     assert bad == 2 and "chains" in capsys.readouterr().err
+
+
+def test_smc_log_marginal_likelihood_is_read_from_either_stage_layout():
+    """PyMC keeps one value per tempering stage: a NaN-padded float array, or per-chain lists when chains differ."""
+    from jrinfer.backends.pymc import _final_stage
+
+    padded = np.array([[-5.0, -3.0, np.nan], [-4.0, np.nan, np.nan]])
+    ragged = np.empty((2, 1), dtype=object)
+    ragged[0, 0], ragged[1, 0] = [-5.0, -3.0], [-4.0]
+    for values in (padded, ragged):
+        np.testing.assert_array_equal(_final_stage(values), [-3.0, -4.0])

@@ -747,11 +747,21 @@ class SMC:
 
 
 def _final_stage(values) -> np.ndarray:
-    """Per-chain log marginal likelihood from PyMC's sample_stats ``(chain, stage)``, NaN-padded: the last finite."""
-    rows = np.asarray(values, dtype=object).reshape(np.shape(values)[0], -1)
+    """Per-chain log marginal likelihood from PyMC's sample_stats ``(chain, ...)``: the last finite stage.
+
+    PyMC stores one value per tempering stage, NaN-padded, as floats or (when
+    chains took different numbers of stages) as per-chain lists in an object
+    array; both are flattened per chain.
+    """
+
+    def flat(v):
+        if isinstance(v, (list, tuple, np.ndarray)):
+            return [x for item in v for x in flat(item)]
+        return [float(v)]
+
     out = []
-    for row in rows:
-        r = np.array([float(v) for v in row], dtype=float)
-        r = r[~np.isnan(r)]
+    for chain in np.asarray(values, dtype=object).reshape(np.shape(values)[0], -1):
+        r = np.array(flat(list(chain)), dtype=float)
+        r = r[np.isfinite(r)]
         out.append(r[-1] if r.size else -math.inf)
     return np.array(out, dtype=float)
