@@ -717,8 +717,7 @@ class SMC:
         )
         betas = idata.sample_stats["beta"].values if "beta" in idata.sample_stats else None
         if betas is not None:
-            b = np.asarray(betas, dtype=object).reshape(np.shape(betas)[0], -1)
-            diag["n_stages"] = [int(sum(not np.isnan(float(v)) for v in row)) for row in b]
+            diag["n_stages"] = [int(r.size) for r in _stages(betas)]
         op = model.jrinfer_op
         diag["loglike_evaluations"] = op.n_calls
         diag["loglike_failures"] = op.n_failed
@@ -746,12 +745,12 @@ class SMC:
         )
 
 
-def _final_stage(values) -> np.ndarray:
-    """Per-chain log marginal likelihood from PyMC's sample_stats ``(chain, ...)``: the last finite stage.
+def _stages(values) -> list[np.ndarray]:
+    """Per-chain values of PyMC's SMC sample_stats ``(chain, ...)``, one per tempering stage, NaN dropped.
 
-    PyMC stores one value per tempering stage, NaN-padded, as floats or (when
-    chains took different numbers of stages) as per-chain lists in an object
-    array; both are flattened per chain.
+    PyMC stores them NaN-padded as floats or, when chains took different
+    numbers of stages, as per-chain lists in an object array; both are
+    flattened per chain.
     """
 
     def flat(v):
@@ -759,9 +758,18 @@ def _final_stage(values) -> np.ndarray:
             return [x for item in v for x in flat(item)]
         return [float(v)]
 
+    chains = np.asarray(values, dtype=object).reshape(np.shape(values)[0], -1)
     out = []
-    for chain in np.asarray(values, dtype=object).reshape(np.shape(values)[0], -1):
+    for chain in chains:
         r = np.array(flat(list(chain)), dtype=float)
+        out.append(r[~np.isnan(r)])
+    return out
+
+
+def _final_stage(values) -> np.ndarray:
+    """Per-chain log marginal likelihood: the last finite stage (``-inf`` if none)."""
+    out = []
+    for r in _stages(values):
         r = r[np.isfinite(r)]
         out.append(r[-1] if r.size else -math.inf)
     return np.array(out, dtype=float)
