@@ -350,7 +350,7 @@ def test_smc_log_marginal_likelihood_is_read_from_either_stage_layout():
     from jrinfer.backends.pymc import _final_stage
 
     padded = np.array([[-5.0, -3.0, np.nan], [-4.0, np.nan, np.nan]])
-    ragged = np.empty((2, 1), dtype=object)
-    ragged[0, 0], ragged[1, 0] = [-5.0, -3.0], [-4.0]
+    ragged = np.empty((1, 2), dtype=object)  # as ArviZ lays out PyMC's per-chain lists
+    ragged[0, 0], ragged[0, 1] = [-5.0, -3.0], [-4.0]
     for values in (padded, ragged):
         np.testing.assert_array_equal(_final_stage(values), [-3.0, -4.0])

@@ -748,9 +748,9 @@ class SMC:
 def _stages(values) -> list[np.ndarray]:
     """Per-chain values of PyMC's SMC sample_stats ``(chain, ...)``, one per tempering stage, NaN dropped.
 
-    PyMC stores them NaN-padded as floats or, when chains took different
-    numbers of stages, as per-chain lists in an object array; both are
-    flattened per chain.
+    PyMC stores them ``(chain, stage)``, NaN-padded, or, when chains took
+    different numbers of stages, as one list per chain, which ArviZ lays out
+    as ``(1, n_chains)``; both are read per chain.
     """
 
     def flat(v):
@@ -758,7 +758,13 @@ def _stages(values) -> list[np.ndarray]:
             return [x for item in v for x in flat(item)]
         return [float(v)]
 
-    chains = np.asarray(values, dtype=object).reshape(np.shape(values)[0], -1)
+    arr = np.asarray(values, dtype=object)
+    if arr.ndim == 2 and arr.shape[0] == 1 and all(isinstance(v, (list, tuple, np.ndarray)) for v in arr[0]):
+        # chains with different numbers of stages: PyMC stores one list per chain, which ArviZ puts
+        # along the draw axis of a single "chain" -- shape (1, n_chains)
+        chains = [[v] for v in arr[0]]
+    else:
+        chains = arr.reshape(arr.shape[0], -1)
     out = []
     for chain in chains:
         r = np.array(flat(list(chain)), dtype=float)
