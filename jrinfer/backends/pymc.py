@@ -367,9 +367,11 @@ def _convergence(problem, z: np.ndarray, seconds: float) -> tuple[dict, list[str
     ess_min = ESS_MIN_PER_CHAIN * n_chains
     low = min(diag["ess_bulk_min"], diag["ess_tail_min"])
     if not low >= ess_min:
+        below = [f"{kind} ESS min {diag[f'ess_{kind}_min']:.0f}" for kind in ("bulk", "tail")
+                 if not diag[f"ess_{kind}_min"] >= ess_min]
         warns.append(
-            f"too few effective draws: ESS min (bulk {diag['ess_bulk_min']:.0f}, tail {diag['ess_tail_min']:.0f}) "
-            f"< {ess_min} ({ESS_MIN_PER_CHAIN} per chain); draw more or increase tune"
+            f"too few effective draws: {' and '.join(below)} < {ess_min} ({ESS_MIN_PER_CHAIN} per chain); "
+            "draw more or increase tune"
         )
     return diag, warns
 
