@@ -22,7 +22,7 @@ from jrinfer.model import (
 )
 from jrinfer.observation import EvokedObservation, Observation, SpectrumObservation
 from jrinfer.posterior import Posterior
-from jrinfer.prior import LogNormal, Normal, Prior, Uniform
+from jrinfer.prior import LogNormal, LogUniform, Normal, Prior, Uniform
 from jrinfer.problem import InverseProblem, jansen_rit_prior
 from jrinfer.spectral import WelchPSD, welch_psd
 
@@ -39,6 +39,7 @@ __all__ = [
     "JansenRit",
     "LinearSpectrum",
     "LogNormal",
+    "LogUniform",
     "Normal",
     "Observation",
     "Posterior",
