@@ -23,6 +23,7 @@ the prior module: DESIGN.md section 3).
 from __future__ import annotations
 
 import abc
+import copy
 import math
 from collections.abc import Callable
 from typing import ClassVar, NamedTuple
@@ -382,6 +383,17 @@ class Observation(abc.ABC):
         unless the subclass says otherwise.
         """
 
+    def with_seed(self, seed: int) -> "Observation":
+        """This observation with its internal simulation noise drawn from ``seed``.
+
+        Simulation-based inference gives every chunk of training simulations
+        its own seed, so that no two training draws share a noise realisation.
+        The default returns ``self``: an observation whose prediction is
+        deterministic has no seed to change.
+        """
+        _checks.check_int("seed", seed, minimum=0)
+        return self
+
     # --------------------------------------------------------- quality
     def goodness_of_fit(self, data, predicted: torch.Tensor, params: dict | None = None) -> FitQuality:
         """How well a noise-free prediction fits the data.
@@ -556,6 +568,15 @@ class SpectrumObservation(_JansenRitObservation):
     def parameter_names(self, data=None) -> tuple[str, ...]:
         """Every observation parameter this model knows (besides the JR constants)."""
         return tuple(self.PARAMETERS)
+
+    def with_seed(self, seed: int) -> "SpectrumObservation":
+        """A copy whose ``method="simulation"`` noise comes from ``seed`` (``self`` for the transfer method)."""
+        seed = _checks.check_int("seed", seed, minimum=0)
+        if self.method != "simulation" or seed == self.seed:
+            return self
+        other = copy.copy(self)  # shares the window cache, which depends on the data grid only
+        other.seed = seed
+        return other
 
     def required_parameters(self, data=None) -> tuple[str, ...]:
         """Observation parameters this configuration uses."""
