@@ -22,7 +22,7 @@ from jrinfer.model import (
 )
 from jrinfer.observation import EvokedObservation, Observation, SpectrumObservation
 from jrinfer.posterior import Posterior
-from jrinfer.prior import LogNormal, Normal, Prior, Uniform
+from jrinfer.prior import LogNormal, LogUniform, Normal, Prior, Uniform
 from jrinfer.problem import InverseProblem, jansen_rit_prior
 from jrinfer.distributed import fit_many, simulate_many
 from jrinfer.spectral import WelchPSD, welch_psd
@@ -40,6 +40,7 @@ __all__ = [
     "JansenRit",
     "LinearSpectrum",
     "LogNormal",
+    "LogUniform",
     "Normal",
     "Observation",
     "Posterior",

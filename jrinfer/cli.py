@@ -1,4 +1,4 @@
-"""Command line interface: ``jrinfer fixed-points | simulate | spectrum | fit | report | compare | identifiability | demo``,
+"""Command line interface: ``jrinfer fixed-points | simulate | spectrum | fit | train-npe | report | compare | identifiability | demo``,
 and ``jrinfer fit-many`` (a cohort, :mod:`jrinfer.distributed`).
 
 Every command exits with status 2 and a one-line message on stderr when its
@@ -642,23 +642,14 @@ def _sampler_budget(args, *extra: str) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def _cmd_fit(args) -> int:
-    import torch  # noqa: F401  (torch is a core dependency; imported here to keep --help fast)
-
+def _fit_problem(args, data):
+    """The problem of ``data`` (default prior with --free, --prior, --fix; conditions) and its posterior from
+    --backend laplace|nuts|smc."""
     from jrinfer.observation import EvokedObservation, SpectrumObservation
     from jrinfer.problem import InverseProblem
 
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise UsageError(f"--out {args.out}: directory is not empty; pass --force to overwrite its files")
-    if args.backend not in ("laplace", "nuts", "smc"):
-        raise UsageError(
-            f"--backend {args.backend} is not available in this version yet; use --backend laplace, nuts or smc"
-            " (variational Laplace, or MCMC through PyMC)"
-        )
-    data = _load_data(args)
     if args.kind == "spectrum":
-        obs = SpectrumObservation(method=args.method)
+        obs = SpectrumObservation(method=args.method or "transfer")
     else:
         obs = EvokedObservation()
     free = tuple(s.strip() for s in args.free.split(",")) if args.free else None
@@ -669,7 +660,6 @@ def _cmd_fit(args) -> int:
         spec = _merge_prior(spec, {"fixed": _parse_assignments(args.fix, "--fix")})
     obs, spec = _with_conditions(args, obs, spec, data)
     problem = InverseProblem(obs, spec, data)
-    prior = problem.prior
     from jrinfer.backends.laplace import VariationalLaplace
 
     import warnings
@@ -693,6 +683,111 @@ def _cmd_fit(args) -> int:
             posterior = VariationalLaplace(progress=progress, max_iter=args.max_iter).fit(
                 problem, seed=args.seed, resample=args.resample
             )
+    return problem, posterior
+
+
+def _npe_estimator(args):
+    """The trained estimator of ``--backend npe --estimator DIR`` (None for other backends).
+
+    Options fixed at training time are refused; for EEG files the Welch
+    segment and the frequency window default to the estimator's grid (and a
+    CSV is cropped to it), so that the data land on the grid it was trained on.
+    """
+    if args.backend != "npe":
+        if args.estimator is not None or args.resample_grid:
+            raise UsageError("--estimator and --resample-grid apply to --backend npe")
+        return None
+    if args.estimator is None:
+        raise UsageError("--backend npe needs --estimator DIR, a trained estimator (make one with jrinfer train-npe "
+                         "--kind spectrum --out DIR)")
+    fixed = [flag for flag, given in (("--prior", args.prior), ("--fix", args.fix), ("--free", args.free),
+                                      ("--method", args.method)) if given]
+    if args.conditions or args.vary or len(_data_paths(args)) > 1:
+        raise UsageError("--backend npe conditions one recording at a time; fit conditions jointly (--conditions, "
+                         "--vary) with --backend laplace, nuts or smc, or run --backend npe once per recording")
+    if fixed:
+        raise UsageError(f"{', '.join(fixed)}: the prior, free parameters and spectral method of --backend npe were "
+                         "fixed when the estimator was trained (see its metadata.json); train another one with "
+                         "jrinfer train-npe")
+    from jrinfer._optional import optional_import
+
+    try:
+        optional_import("sbi", purpose="--backend npe")
+    except ImportError as err:
+        raise UsageError(str(err)) from None
+    from jrinfer.backends.npe import AmortizedPosterior
+
+    if not Path(args.estimator).is_dir():
+        raise UsageError(f"--estimator {args.estimator}: no such directory")
+    try:
+        estimator = AmortizedPosterior.load(args.estimator)
+    except ValueError as err:
+        raise UsageError(f"--estimator {str(err).splitlines()[0]}") from None
+    template = estimator.problem.observed()
+    kind = "spectrum" if template.coord == "freq" else "evoked"
+    if kind != args.kind:
+        raise UsageError(f"--estimator {args.estimator} was trained on {kind} data; this is --kind {args.kind}")
+    grid = template.coord_values
+    if kind == "spectrum":
+        if args.fmin is None:
+            args.fmin = float(grid[0])
+        if args.fmax is None:
+            args.fmax = float(grid[-1])
+        seg = estimator.problem.data.metadata.get("seg_length_s")
+        if args.segment is None and seg is not None and not all(p.lower().endswith(".csv") for p in _data_paths(args)):
+            args.segment = float(seg)
+    return estimator
+
+
+def _npe_summary(estimator_dir: str, posterior) -> dict:
+    """The NPE block of summary.json: estimator, calibration verdict, regimes and training failures."""
+    d = posterior.diagnostics
+    t = d["training"]
+    cal = d.get("calibration")
+    mix = d.get("regime_mix")
+    regime = ""
+    if mix:
+        regime = "; posterior regimes " + ", ".join(f"{k} {100 * v['fraction']:.0f} %" for k, v in mix.items()
+                                                    if v["fraction"] > 0)
+    return {
+        "estimator": str(Path(estimator_dir).resolve()),
+        "calibration": None if cal is None else cal["verdict"],
+        "calibrated": None if cal is None else cal["calibrated"],
+        "regime": d.get("regime"),
+        "regime_mix": mix,
+        "training_simulations": t["n_simulations"],
+        "training_failures": t["failures"],
+        "training_regime_mix": t.get("regime_mix"),
+        "out_of_distribution": d.get("out_of_distribution", {}).get("outside"),
+        "headline": (f"{t['n_valid']} of {t['n_simulations']} training simulations valid; calibration: "
+                     f"{'not run' if cal is None else cal['verdict']}{regime}"),
+    }
+
+
+def _fit_npe(args, estimator, data):
+    """Condition the estimator on ``data``; the problem it built and the posterior."""
+    try:
+        problem = estimator.problem_for(data, resample=args.resample_grid)
+        posterior = estimator.condition(data, seed=args.seed, resample=args.resample_grid)
+    except ValueError as err:
+        raise UsageError(_cli_words(str(err).splitlines()[0])) from None
+    return problem, posterior
+
+
+
+def _cmd_fit(args) -> int:
+    import torch  # noqa: F401  (torch is a core dependency; imported here to keep --help fast)
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise UsageError(f"--out {args.out}: directory is not empty; pass --force to overwrite its files")
+    estimator = _npe_estimator(args)
+    data = _load_data(args)
+    if estimator is not None:
+        problem, posterior = _fit_npe(args, estimator, data)
+    else:
+        problem, posterior = _fit_problem(args, data)
+    obs, prior = problem.observation, problem.prior
     summary = posterior.summary()
     summary["free_energy"] = posterior.log_evidence
     summary["n_iter"] = posterior.diagnostics.get("n_iter")
@@ -712,7 +807,13 @@ def _cmd_fit(args) -> int:
         "epochs": data.metadata.get("epochs"),
     }
     summary["prior"] = prior.to_dict()
-    summary["prior_validity"] = problem.prior_validity(1000, seed=args.seed)
+    if estimator is None:
+        summary["prior_validity"] = problem.prior_validity(1000, seed=args.seed)
+    else:  # the training simulations already tell how much of the prior box the observation can predict
+        summary["npe"] = _npe_summary(args.estimator, posterior)
+        t = estimator.training
+        summary["prior_validity"] = {"n_samples": t["n_simulations"], "invalid_fraction": t["failed_fraction"],
+                                     "reasons": [f["reason"] for f in t["failures"][:3]]}
     summary["observation"] = repr(obs)
     from jrinfer.identifiability import headline
 
@@ -742,6 +843,8 @@ def _cmd_fit(args) -> int:
         print(json.dumps(summary, default=float))
     else:
         print(posterior)
+        if "npe" in summary:
+            print(f"  NPE: {summary['npe']['headline']}")
         print(f"  {summary['identifiability']} (see jrinfer identifiability for the structural trade-offs)")
         for line in effects:
             print(line)
@@ -862,6 +965,124 @@ def _cmd_compare(args) -> int:
               f"{r['delta_to_best']:>10.2f}  {r['probability']:>8.3f}{'  best' if r['best'] else ''}{flag}")
     print("log evidence in nats; dF > 3 (about 20:1) is strong evidence (Kass & Raftery 1995)")
     return 0
+
+
+#: JR parameters an NPE estimator infers by default (the gain, 1/f, floor and noise precision always).
+NPE_DEFAULT_FREE = "a,b,p_mean"
+#: Noise of the external input held fixed in simulated spectra for NPE (pulses/s/sqrt(Hz)): below
+#: about 0.7, noise rarely kicks the model from its upper equilibrium to the lower one in a 35 s run
+#: (JR 1995 constants, p = 40-85), so the stable regime keeps its damped alpha resonance.
+NPE_SIMULATION_P_STD = 0.5
+#: Prior of the extra log-power noise's log precision for NPE: N(log 25, 1), a box of noise sd
+#: 0.06-0.6 (a Welch estimate of K segments has sd about 1/sqrt(K): 0.19 for K = 29).
+NPE_LOG_PRECISION = {"dist": "normal", "mean": math.log(25.0), "sd": 1.0}
+
+
+def _npe_training_problem(args):
+    """The problem train-npe simulates: the grid in uV^2/Hz at a reference EEG scale, the default prior edited.
+
+    The reference spectrum 20/f uV^2/Hz centres the default gain, 1/f and
+    floor priors (their boxes span about 1.5-2 decades either way, so
+    recordings of any usual amplitude lie inside; data in other units are
+    converted when conditioned). For simulated spectra the input noise is
+    fixed at :data:`NPE_SIMULATION_P_STD` and the gain prior is centred
+    between the gains that give the reference power in the stable regime
+    (p_mean = 70) and on the limit cycle (p_mean = 220), whose neural power
+    differs by orders of magnitude.
+    """
+    import torch
+
+    from jrinfer.data import SpectrumData
+    from jrinfer.observation import SpectrumObservation
+    from jrinfer.problem import InverseProblem
+
+    if not (args.fmin > 0 and args.fmax > args.fmin and args.df > 0):
+        raise UsageError(f"need 0 < fmin < fmax and df > 0, got fmin={args.fmin}, fmax={args.fmax}, df={args.df}")
+    n = int(math.floor((args.fmax - args.fmin) / args.df + 1e-9)) + 1
+    freqs = args.fmin + args.df * torch.arange(n, dtype=torch.float64)
+    template = SpectrumData.from_arrays(
+        freqs, 20.0 / freqs, units="uV^2/Hz",
+        metadata={"seg_length_s": 1.0 / args.df, "reference": "20/f uV^2/Hz: the scale the default prior is centred on"},
+    )
+    obs = SpectrumObservation(method=args.method)
+    free = tuple(s.strip() for s in args.free.split(",")) if args.free else None
+    spec = obs.default_prior(template, free=free)
+    spec["distributions"]["log_precision"] = dict(NPE_LOG_PRECISION)
+    if args.method == "simulation" and "p_std" in spec["fixed"]:
+        spec["fixed"]["p_std"] = NPE_SIMULATION_P_STD
+        from jrinfer.model import PARAMETERS
+
+        # free JR constants at their JR 1995 defaults, the medians of their priors
+        centre = {k: torch.tensor(float(v), dtype=torch.float64) for k, v in spec["fixed"].items() if k in PARAMETERS}
+        gains = []
+        for p in (70.0, 220.0):
+            neural = obs.neural_psd({**centre, "p_mean": torch.tensor(p, dtype=torch.float64)}, freqs)
+            gains.append(math.sqrt(float(torch.trapezoid(template.power[0], freqs))
+                                   / float(1e6 * torch.trapezoid(neural.value, freqs))))
+        spec["distributions"]["gain"] = {**spec["distributions"]["gain"], "median": math.sqrt(gains[0] * gains[1])}
+    if args.prior:
+        spec = _merge_prior(spec, _read_prior_file(args.prior))
+    if args.fix:
+        spec = _merge_prior(spec, {"fixed": _parse_assignments(args.fix, "--fix")})
+    return InverseProblem(obs, spec, template)
+
+
+def _cmd_train_npe(args) -> int:
+    from jrinfer._optional import optional_import
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise UsageError(f"--out {args.out}: directory is not empty; pass --force to overwrite its files")
+    try:
+        optional_import("sbi", purpose="jrinfer train-npe")
+    except ImportError as err:
+        raise UsageError(str(err)) from None
+    from jrinfer.backends.npe import NPE
+
+    problem = _npe_training_problem(args)
+    npe = NPE(
+        n_simulations=args.simulations, chunk_size=args.chunk_size, seed=args.seed, density_estimator=args.flow,
+        hidden_features=args.hidden_features, num_transforms=args.transforms,
+        embedding=None if args.embedding == "none" else args.embedding, max_epochs=args.max_epochs,
+        calibration_simulations=args.calibrate, progress=not args.no_progress,
+    )
+    estimator = npe.train(problem)
+    estimator.save(out, overwrite=args.force)
+    plotted = False
+    if estimator.calibration:
+        try:
+            from jrinfer.plotting import plot_npe_calibration
+
+            plot_npe_calibration(estimator.calibration, out / "calibration.png")
+            plotted = True
+        except ImportError:
+            pass
+    t = estimator.training
+    cal = estimator.calibration
+    report = {
+        "estimator": str(out.resolve()),
+        "observation": repr(problem.observation),
+        "parameters": list(estimator.names),
+        "prior_box": estimator.prior.to_dict(),
+        "training": t,
+        "calibration": None if cal is None else {k: v for k, v in cal.items() if k not in ("ranks", "ecp", "alpha")},
+    }
+    if args.json:
+        print(json.dumps(report, default=float))
+    else:
+        print(estimator)
+        print(f"  simulations: {t['n_valid']} of {t['n_simulations']} valid in {t['simulation_seconds']:.0f} s "
+              f"({t['simulations_per_second']:.0f}/s); training {t['training_seconds']:.0f} s, {t['epochs']} epochs"
+              f"{'' if t['converged'] else ' (stopped at --max-epochs before converging)'}")
+        for f in t["failures"][:5]:
+            print(f"  failed: {f['n']} x {f['reason']}")
+        if t.get("regime_mix"):
+            print("  regimes of the training draws: "
+                  + ", ".join(f"{k} {100 * v['fraction']:.0f} %" for k, v in t["regime_mix"].items()))
+        print(f"  calibration: {'not run (--calibrate 0)' if cal is None else cal['verdict']}")
+        print(f"wrote {out}/estimator.pt, metadata.json{', calibration.png' if plotted else ''}")
+    return 0 if t["converged"] and (cal is None or cal["calibrated"]) else 1
+
 
 
 def _cmd_demo(args) -> int:
@@ -1124,7 +1345,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="evoked from a continuous recording: drop epochs whose EEG peak-to-peak exceeds this (in --units, "
         "default uV); the count rejected goes to summary.json",
     )
-    p.add_argument("--method", default="transfer", choices=["transfer", "simulation"], help="spectral model")
+    p.add_argument("--method", default=None, choices=["transfer", "simulation"],
+                   help="spectral model (default transfer; npe: fixed by the estimator)")
     p.add_argument("--free", default=None, help="comma-separated JR parameters to fit (default A,B,a,b,C,p_mean)")
     p.add_argument(
         "--prior",
@@ -1156,7 +1378,45 @@ def build_parser() -> argparse.ArgumentParser:
         "when the Gaussian's k-hat is high)",
     )
     p.add_argument("--report", action="store_true", help="also write --out/report.html (as 'jrinfer report' does)")
+    p.add_argument("--estimator", default=None, metavar="DIR",
+                   help="npe: a trained estimator (jrinfer train-npe --out DIR); EEG files get its grid by default")
+    p.add_argument("--resample-grid", action="store_true",
+                   help="npe: interpolate a spectrum on another frequency grid onto the estimator's (default: refuse)")
     p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser(
+        "train-npe",
+        help="simulate and train an amortized neural posterior estimator (sbi); writes DIR/estimator.pt, metadata.json",
+    )
+    p.add_argument("--kind", required=True, choices=["spectrum"], help="what the estimator will fit")
+    p.add_argument("--method", default="simulation", choices=["transfer", "simulation"],
+                   help="spectral model of the simulations: simulation (every regime, the default) or transfer "
+                   "(stable regime only; oscillatory draws fail and are left out)")
+    p.add_argument("--simulations", type=int, default=10_000, help="training simulations (default 10000)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--fmin", type=float, default=2.0, help="frequency grid: lowest frequency in Hz (default 2)")
+    p.add_argument("--fmax", type=float, default=40.0, help="frequency grid: highest frequency in Hz (default 40)")
+    p.add_argument("--df", type=float, default=0.5,
+                   help="frequency grid: step in Hz (default 0.5, i.e. Welch segments of 1/df = 2 s)")
+    p.add_argument("--free", default=NPE_DEFAULT_FREE,
+                   help=f"comma-separated JR parameters to infer (default {NPE_DEFAULT_FREE}: with A, B, C free too, "
+                   "the regime boundaries move with them and a spectrum informs the estimator far less per simulation)")
+    p.add_argument("--prior", default=None, metavar="FILE", help="JSON or TOML prior replacing default entries")
+    p.add_argument("--fix", action="append", metavar="NAME=VALUE", help="hold a parameter fixed (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulations and the training (default 0)")
+    p.add_argument("--chunk-size", type=int, default=500, help="simulations per chunk (part of the seeding; default 500)")
+    p.add_argument("--flow", default="maf", choices=["maf", "nsf"], help="normalising flow (default maf)")
+    p.add_argument("--hidden-features", type=int, default=50, help="flow width (default 50)")
+    p.add_argument("--transforms", type=int, default=5, help="flow transforms (default 5)")
+    p.add_argument("--embedding", default="none", choices=["none", "mlp"],
+                   help="features straight into the flow, or through a small trained MLP (default none)")
+    p.add_argument("--max-epochs", type=int, default=300, help="training epochs at most (default 300)")
+    p.add_argument("--calibrate", type=int, default=200, metavar="N",
+                   help="held-out simulations for SBC and TARP after training (default 200; 0 skips)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--json", action="store_true", help="print the training report as JSON")
+    p.set_defaults(func=_cmd_train_npe)
 
     p = sub.add_parser(
         "report", help="a self-contained HTML page of a fit folder (summary.json, posterior.nc): DIR/report.html"

@@ -57,6 +57,7 @@ __all__ = [
     "MAX_SPECTRUM_FREQS",
     "MAX_SPECTRUM_FREQ_HZ",
     "MIN_FIT_FREQS",
+    "data_from_dict",
 ]
 
 #: Accepted power units and their size in V^2/Hz.
@@ -1130,6 +1131,44 @@ class SpectrumData:
         md["averaged_channels"] = list(self.channel_names)
         return SpectrumData(self.freqs, self.power.mean(0, keepdim=True), (name,), self.units, self.n_segments, md)
 
+    def to_dict(self) -> dict:
+        """The data as plain JSON-ready values (:func:`data_from_dict` reads them back).
+
+        Metadata entries that are not plain numbers, strings or booleans
+        (warnings, nested records) are left out.
+        """
+        return {"type": "SpectrumData", "freqs": self.freqs.tolist(), "values": self.power.tolist(),
+                "channel_names": list(self.channel_names), "units": self.units, "n_segments": self.n_segments,
+                "metadata": _plain_metadata(self.metadata)}
+
+    def interpolate(self, freqs) -> "SpectrumData":
+        """The spectrum on another frequency grid: log-power interpolated linearly (no extrapolation).
+
+        Parameters
+        ----------
+        freqs : array_like, shape (n_freqs_new,)
+            Increasing frequencies in Hz inside ``[freqs[0], freqs[-1]]`` of this spectrum.
+
+        Raises
+        ------
+        ValueError
+            If ``freqs`` reach outside this spectrum's frequency range.
+        """
+        grid = _check_axis("freqs", freqs, "Hz", nonnegative=True)
+        f = self.freqs
+        lo, hi = float(grid[0]), float(grid[-1])
+        if float(f[0]) > lo + 1e-9 or float(f[-1]) < hi - 1e-9:
+            raise ValueError(f"freqs: the data cover {float(f[0]):g}-{float(f[-1]):g} Hz, the new grid {lo:g}-{hi:g} "
+                             "Hz; interpolation does not extrapolate")
+        logp = np.stack([np.interp(grid.numpy(), f.numpy(), row) for row in torch.log(self.power).numpy()])
+        md = _dc.copy_metadata(self.metadata)
+        md["resampled_from"] = f"{float(f[0]):g}-{float(f[-1]):g} Hz, {f.numel()} frequencies"
+        md["warnings"] = list(md.get("warnings", [])) + [
+            f"spectrum interpolated (log-power, linear) from {f.numel()} frequencies onto {grid.numel()}"
+        ]
+        return SpectrumData(grid, torch.exp(torch.from_numpy(logp)), self.channel_names, self.units,
+                            self.n_segments, md)
+
     def to_units(self, units: str) -> "SpectrumData":
         """A copy with ``power`` in ``units`` (1 V^2 = 1e6 mV^2 = 1e12 µV^2)."""
         units = _normalise_units("units", units, POWER_UNITS)
@@ -1777,6 +1816,12 @@ class EvokedData:
         md["averaged_channels"] = list(self.channel_names)
         return EvokedData(self.times, self.values.mean(0, keepdim=True), (name,), self.units, self.n_averaged, md)
 
+    def to_dict(self) -> dict:
+        """The data as plain JSON-ready values (:func:`data_from_dict` reads them back)."""
+        return {"type": "EvokedData", "times": self.times.tolist(), "values": self.values.tolist(),
+                "channel_names": list(self.channel_names), "units": self.units, "n_averaged": self.n_averaged,
+                "metadata": _plain_metadata(self.metadata)}
+
     def to_units(self, units: str) -> "EvokedData":
         """A copy with ``values`` in ``units`` (1 V = 1e3 mV = 1e6 µV)."""
         units = _normalise_units("units", units, AMPLITUDE_UNITS)
@@ -1795,3 +1840,25 @@ class EvokedData:
         md = dict(self.metadata)
         md["baseline_s"] = [float(self.times[mask][0]), float(self.times[mask][-1])]
         return EvokedData(self.times, values, self.channel_names, self.units, self.n_averaged, md)
+
+
+def _plain_metadata(metadata: Mapping) -> dict:
+    return {k: v for k, v in metadata.items() if isinstance(v, (int, float, str, bool)) and k != "warnings"}
+
+
+def data_from_dict(d: Mapping):
+    """:class:`SpectrumData` or :class:`EvokedData` from the output of their ``to_dict()``.
+
+    Raises
+    ------
+    ValueError
+        If ``d["type"]`` names neither.
+    """
+    kind = d.get("type") if isinstance(d, Mapping) else None
+    if kind == "SpectrumData":
+        return SpectrumData.from_arrays(d["freqs"], d["values"], d["channel_names"], d["units"], d["n_segments"],
+                                        d["metadata"])
+    if kind == "EvokedData":
+        return EvokedData.from_arrays(d["times"], d["values"], d["channel_names"], d["units"], d["n_averaged"],
+                                      d["metadata"])
+    raise ValueError(f"d: expected a dict with type 'SpectrumData' or 'EvokedData', got type {kind!r}")

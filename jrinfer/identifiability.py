@@ -232,7 +232,7 @@ def _label(weights: Mapping[str, float], coords: Mapping[str, str] | None = None
         if abs(w) < 0.5 * 10.0 ** (-digits):
             continue
         c = (coords or {}).get(name, "log")
-        var = f"ln {name}" if c == "log" else (f"logit {name}" if c == "logit" else name)
+        var = {"log": f"ln {name}", "logit": f"logit {name}", "logit-log": f"logit ln {name}"}.get(c, name)
         sign = "-" if w < 0 else "+"
         parts.append(f"{sign} {abs(w):.{digits}f} {var}")
     s = " ".join(parts)
@@ -343,7 +343,7 @@ class _Target:
 
 def _coordinate_kind(dist) -> str:
     kind = getattr(dist, "_kind", type(dist).__name__.lower())
-    return {"lognormal": "log", "normal": "identity", "uniform": "logit"}.get(kind, kind)
+    return {"lognormal": "log", "normal": "identity", "uniform": "logit", "loguniform": "logit-log"}.get(kind, kind)
 
 
 def _theta_vector(problem, theta) -> torch.Tensor:
@@ -459,7 +459,7 @@ class LocalAnalysis:
         The ``n`` parameters analysed.
     coordinates : tuple of str
         Coordinate of each (``"log"`` for log-normal priors, ``"identity"``,
-        ``"logit"``); directions are weights on these.
+        ``"logit"``, ``"logit-log"`` for log-uniform priors); directions are weights on these.
     z : numpy.ndarray
         The point, ``(n,)`` unconstrained.
     fisher : numpy.ndarray
@@ -959,7 +959,7 @@ class Profile:
     ----------
     name : str
     coordinate : str
-        ``"log"``, ``"identity"`` or ``"logit"``.
+        ``"log"``, ``"identity"``, ``"logit"`` or ``"logit-log"``.
     z : numpy.ndarray
         Grid in unconstrained coordinates, ``(P,)`` ascending.
     values : numpy.ndarray

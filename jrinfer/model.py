@@ -40,7 +40,11 @@ __all__ = [
     "PulseInput",
     "PARAMETERS",
     "EquilibriumCache",
+    "REGIMES",
 ]
+
+#: Dynamical regimes of Jansen-Rit parameter sets, in the code order of :meth:`JansenRit.regimes`.
+REGIMES = ("stable", "limit_cycle", "lower_branch")
 
 
 @dataclass(frozen=True)
@@ -417,6 +421,27 @@ class JansenRit:
         return _jacobian(self._params, state)
 
     # -------------------------------------------------------------- equilibria
+    def regimes(self) -> torch.Tensor:
+        """Dynamical regime of every parameter set, from its fixed points.
+
+        Returns
+        -------
+        torch.Tensor
+            int64 codes, shape ``batch``, indexing :data:`REGIMES`: 0 ``stable``
+            (the upper equilibrium is stable: a noise-driven, damped resonance),
+            1 ``limit_cycle`` (no stable equilibrium: the model oscillates), 2
+            ``lower_branch`` (upper equilibrium unstable, lower one stable: the
+            low-activity branch, which coexists with the limit cycle between the
+            first Hopf point and the fold, p = 89.83-113.59 pulses/s with the JR
+            1995 constants; Grimbert & Faugeras 2006).
+        """
+        with torch.no_grad():
+            fp = self.fixed_points()
+            upper, lower = fp.upper(), fp.lower()
+            lower_stable = lower.stable & (fp.count > 1)
+            code = torch.where(upper.stable, 0, torch.where(lower_stable, 2, 1))
+        return code.to(torch.int64)
+
     def fixed_points(self, *, grid_size: int = 256, initial_guess=None) -> FixedPoints:
         """All equilibria of every parameter set, with stability.
 

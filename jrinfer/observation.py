@@ -23,6 +23,7 @@ the prior module: DESIGN.md section 3).
 from __future__ import annotations
 
 import abc
+import copy
 import math
 from collections.abc import Callable
 from typing import ClassVar, NamedTuple
@@ -31,6 +32,7 @@ import torch
 
 from jrinfer import _checks
 from jrinfer.model import PARAMETERS as MODEL_PARAMETERS
+from jrinfer.model import REGIMES as MODEL_REGIMES
 from jrinfer.model import JansenRit, PulseInput
 
 from jrinfer.data import EvokedData, SpectrumData
@@ -43,6 +45,7 @@ __all__ = [
     "GaussianTarget",
     "ObservedData",
     "FitQuality",
+    "observation_from_settings",
 ]
 
 _POWER_UNIT_PER_MV2 = {"V^2/Hz": 1e-6, "mV^2/Hz": 1.0, "uV^2/Hz": 1e6}
@@ -399,6 +402,55 @@ class Observation(abc.ABC):
         unless the subclass says otherwise.
         """
 
+    #: Names of the dynamical regimes :meth:`regimes` codes (empty: the observation has none).
+    REGIMES: ClassVar[tuple[str, ...]] = ()
+
+    def regimes(self, params: dict) -> torch.Tensor | None:
+        """Dynamical regime of each parameter set, int64 codes into :attr:`REGIMES` (shape ``batch``).
+
+        The default returns ``None``: the generative model has no regimes to tell apart.
+        """
+        return None
+
+    def settings(self) -> dict:
+        """``{"module", "class", "settings"}``: the class and its constructor arguments, JSON-ready.
+
+        :func:`observation_from_settings` rebuilds it. Every ``__init__``
+        argument must be kept as an attribute of the same name.
+
+        Raises
+        ------
+        ValueError
+            If a constructor argument is not kept as an attribute.
+        TypeError
+            If a setting is not JSON-serialisable.
+        """
+        import inspect
+        import json
+
+        cls = type(self)
+        out = {}
+        for name, p in inspect.signature(cls.__init__).parameters.items():
+            if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            if not hasattr(self, name):
+                raise ValueError(f"{cls.__name__} does not keep its setting {name!r} as an attribute: it cannot be saved")
+            value = getattr(self, name)
+            out[name] = value.tolist() if isinstance(value, torch.Tensor) else value
+        json.dumps(out)  # raises TypeError early for an unsaveable setting
+        return {"module": cls.__module__, "class": cls.__qualname__, "settings": out}
+
+    def with_seed(self, seed: int) -> "Observation":
+        """This observation with its internal simulation noise drawn from ``seed``.
+
+        Simulation-based inference gives every chunk of training simulations
+        its own seed, so that no two training draws share a noise realisation.
+        The default returns ``self``: an observation whose prediction is
+        deterministic has no seed to change.
+        """
+        _checks.check_int("seed", seed, minimum=0)
+        return self
+
     # --------------------------------------------------------- quality
     def goodness_of_fit(self, data, predicted: torch.Tensor, params: dict | None = None) -> FitQuality:
         """How well a noise-free prediction fits the data.
@@ -431,8 +483,16 @@ class _JansenRitObservation(Observation):
     #: Observation parameters (besides the JR constants) with descriptions.
     PARAMETERS: ClassVar[dict] = {}
 
+    REGIMES: ClassVar[tuple[str, ...]] = MODEL_REGIMES
+
     def model_parameter_names(self) -> tuple[str, ...]:
         return tuple(MODEL_PARAMETERS)
+
+    def regimes(self, params: dict) -> torch.Tensor:
+        """Regime of each parameter set (:meth:`JansenRit.regimes`); observation parameters are ignored."""
+        model = {k: torch.as_tensor(v, dtype=torch.float64).detach() for k, v in params.items()
+                 if k in MODEL_PARAMETERS}
+        return JansenRit(**model).regimes()
 
     def _model_units(self) -> dict[str, str]:
         return {k: v.unit for k, v in MODEL_PARAMETERS.items()}
@@ -573,6 +633,15 @@ class SpectrumObservation(_JansenRitObservation):
     def parameter_names(self, data=None) -> tuple[str, ...]:
         """Every observation parameter this model knows (besides the JR constants)."""
         return tuple(self.PARAMETERS)
+
+    def with_seed(self, seed: int) -> "SpectrumObservation":
+        """A copy whose ``method="simulation"`` noise comes from ``seed`` (``self`` for the transfer method)."""
+        seed = _checks.check_int("seed", seed, minimum=0)
+        if self.method != "simulation" or seed == self.seed:
+            return self
+        other = copy.copy(self)  # shares the window cache, which depends on the data grid only
+        other.seed = seed
+        return other
 
     def required_parameters(self, data=None) -> tuple[str, ...]:
         """Observation parameters this configuration uses."""
@@ -1331,3 +1400,41 @@ class EvokedObservation(_JansenRitObservation):
         dists["log_precision"] = _normal(-math.log(noise_var), 2.0)
         units = self.parameter_units(data)
         return {"distributions": dists, "fixed": fixed, "units": {k: units[k] for k in (*dists, *fixed)}}
+
+
+def observation_from_settings(spec: dict, observation: Observation | None = None) -> Observation:
+    """Rebuild an observation from :meth:`Observation.settings`, or check a given one against them.
+
+    Parameters
+    ----------
+    spec : dict
+        What :meth:`Observation.settings` returned.
+    observation : Observation, optional
+        For classes outside :mod:`jrinfer.observation`: the observation,
+        checked to have the saved class and settings.
+
+    Raises
+    ------
+    ValueError
+        If ``observation`` differs from the saved class or settings, or the
+        saved class is not one of jrinfer's and none was given.
+    """
+    if observation is not None:
+        given = observation.settings()
+        if given["class"] != spec["class"] or given["module"] != spec["module"]:
+            raise ValueError(f"observation: saved with {spec['module']}.{spec['class']}, "
+                             f"got {given['module']}.{given['class']}")
+        saved, got = spec["settings"], given["settings"]
+        diff = [f"{k}: saved {saved.get(k)!r}, given {got.get(k)!r}" for k in sorted(set(saved) | set(got))
+                if saved.get(k) != got.get(k)]
+        if diff:
+            raise ValueError(f"observation: saved with other observation settings ({'; '.join(diff)}); pass the "
+                             "observation it was saved with")
+        return observation
+    cls = globals().get(spec["class"]) if spec["module"] == __name__ else None
+    if cls is None or not (isinstance(cls, type) and issubclass(cls, Observation)):
+        raise ValueError(
+            f"saved with the observation {spec['module']}.{spec['class']}, which is not rebuilt by name (only "
+            "jrinfer.observation classes are): pass it, built with the saved settings"
+        )
+    return cls(**spec["settings"])

@@ -20,6 +20,7 @@ __all__ = [
     "plot_pair",
     "plot_trace",
     "plot_bifurcation",
+    "plot_npe_calibration",
     "pretty_units",
 ]
 
@@ -532,5 +533,76 @@ def plot_bifurcation(p, v, stable, *, hopf=(), fold=(), ax=None, path=None, titl
     ax.legend(fontsize=8, loc="best")
     if path is not None:
         fig.tight_layout()
+        _save(fig, path)
+    return fig
+
+
+def plot_npe_calibration(calibration: dict, path=None, *, title: str | None = None):
+    """SBC rank histograms per parameter and expected coverage of an NPE estimator.
+
+    Parameters
+    ----------
+    calibration : dict
+        :meth:`jrinfer.backends.npe.AmortizedPosterior.calibrate`'s result
+        (``names``, ``ranks``, ``n_posterior_samples``, ``ecp``, ``alpha``,
+        ``coverage``, ``verdict``).
+    path : str or Path, optional
+        Where to save the figure.
+    title : str, optional
+        Figure title (default: the verdict).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One rank histogram per parameter (with the 99 % band of a uniform
+        histogram's counts) and a coverage panel: TARP's expected coverage
+        against the credibility level, the marginal coverage of the central
+        credible intervals averaged over parameters, and the diagonal where a
+        calibrated posterior lies.
+    """
+    from scipy import stats
+
+    names = list(calibration["names"])
+    ranks = np.asarray(calibration["ranks"], dtype=float)
+    n, k = ranks.shape
+    n_post = int(calibration["n_posterior_samples"])
+    n_bins = int(max(5, min(20, n // 10)))
+    cols = min(4, k + 1)
+    rows = int(np.ceil((k + 1) / cols))
+    fig = _figure(figsize=(3.0 * cols, 2.4 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    lo, hi = stats.binom.ppf([0.005, 0.995], n, 1.0 / n_bins)
+    edges = np.linspace(0, n_post + 1, n_bins + 1)
+    pvals = calibration.get("sbc_ks_pvalues", {})
+    for i, name in enumerate(names):
+        ax = axes[i]
+        ax.axhspan(lo, hi, color="0.85", lw=0)
+        ax.hist(ranks[:, i], bins=edges, color="tab:blue", alpha=0.8)
+        ax.axhline(n / n_bins, color="0.4", lw=0.8)
+        p = pvals.get(name)
+        ax.set_title(name + ("" if p is None else f"  (KS p = {p:.2g})"), fontsize=9)
+        ax.set_yticks([])
+        ax.set_xlabel("rank", fontsize=8)
+    ax = axes[k]
+    ax.plot([0, 1], [0, 1], color="0.4", lw=0.8, ls="--", label="nominal")
+    if calibration.get("alpha") and calibration.get("ecp"):
+        ax.plot(calibration["alpha"], calibration["ecp"], color="tab:orange",
+                label=f"TARP (atc {calibration.get('tarp_atc', float('nan')):.2f})")
+    cov = calibration.get("coverage") or {}
+    if cov:
+        q = np.array([float(level) for level in cov])
+        c = np.array([v["mean"] for v in cov.values()])
+        se = np.array([v["standard_error"] for v in cov.values()])
+        ax.errorbar(q, c, yerr=3 * se, fmt="o", color="tab:blue", ms=4, label="marginal (mean, ±3 SE)")
+    ax.set_xlabel("credibility level", fontsize=8)
+    ax.set_ylabel("coverage", fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title("expected coverage", fontsize=9)
+    for ax in axes[k + 1:]:
+        ax.set_visible(False)
+    fig.suptitle(title or calibration.get("verdict", "NPE calibration"), fontsize=9, wrap=True)
+    if path is not None:
         _save(fig, path)
     return fig

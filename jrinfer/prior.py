@@ -14,15 +14,20 @@ natural units (mV, 1/s, pulses/s, ...). Every backend uses the same object:
 - every backend turns ``theta`` into model arguments with
   :meth:`Prior.as_dict`.
 
-Three distributions are available:
+Four distributions are available:
 
-=========================  ===========================  ==========================
+=========================  ===========================  ==============================================
 distribution               support                      unconstrained ``z``
-=========================  ===========================  ==========================
+=========================  ===========================  ==============================================
 ``LogNormal(median, sd)``  ``theta > 0``                ``log theta``
 ``Normal(mean, sd)``       real line                    ``theta``
 ``Uniform(low, high)``     ``low <= theta <= high``     ``logit((theta-low)/(high-low))``
-=========================  ===========================  ==========================
+``LogUniform(low, high)``  ``0 < low <= theta <= high`` ``logit(log(theta/low)/log(high/low))``
+=========================  ===========================  ==============================================
+
+``Uniform`` and ``LogUniform`` are the bounded boxes that simulation-based
+inference needs (``LogUniform`` for positive scales spanning decades, such as
+an output gain).
 
 :func:`jrinfer.jansen_rit_prior` builds the default priors for the Jansen-Rit
 constants (this module knows nothing of the model: units of parameters come
@@ -58,6 +63,7 @@ __all__ = [
     "LogNormal",
     "Normal",
     "Uniform",
+    "LogUniform",
     "Prior",
     "TorchPrior",
     "distribution_from_dict",
@@ -492,10 +498,109 @@ class Uniform(Distribution):
         return {"dist": "uniform", "low": self.low, "high": self.high}
 
 
+@dataclass(frozen=True)
+class LogUniform(Distribution):
+    """Log-uniform distribution on ``[low, high]``: ``log theta ~ Uniform(log low, log high)``.
+
+    Parameters
+    ----------
+    low, high : float
+        Bounds in natural units, finite, ``0 < low < high``.
+
+    Notes
+    -----
+    The bounded box for a positive scale that spans decades (an output gain,
+    a noise floor): every decade inside the box gets the same mass, where a
+    :class:`Uniform` would put almost all of it in the top decade. Density
+    ``1 / (theta log(high / low))``. Unconstrained transform
+    ``z = logit(log(theta / low) / log(high / low))``, under which ``z``
+    follows the standard logistic distribution (as for :class:`Uniform`);
+    ``log |d theta / d z| = log theta + log log(high / low) + log s(z) + log s(-z)``.
+    :meth:`unconstrained_moments` returns the standard logistic's ``(0, pi^2 / 3)``.
+    """
+
+    low: float
+    high: float
+
+    _kind = "loguniform"
+
+    def __post_init__(self):
+        low = _checks.check_scalar("low", self.low, positive=True)
+        high = _checks.check_scalar("high", self.high, positive=True)
+        if not high > low:
+            raise ValueError(f"high must be > low (= {low!r}), got high={high!r}")
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
+
+    @property
+    def _log_low(self) -> float:
+        return math.log(self.low)
+
+    @property
+    def _log_width(self) -> float:
+        return math.log(self.high) - math.log(self.low)
+
+    def log_prob(self, theta) -> torch.Tensor:
+        x = _tensor("theta", theta)
+        inside = (x >= self.low) & (x <= self.high)
+        safe = torch.where(inside, x, torch.full_like(x, self.low))
+        lp = -torch.log(safe) - math.log(self._log_width)
+        return torch.where(inside, lp, torch.full_like(lp, -math.inf))
+
+    def to_unconstrained(self, theta) -> torch.Tensor:
+        x = _tensor("theta", theta)
+        self._check_in_support("theta", x)
+        lx = torch.log(x)
+        return torch.log(lx - self._log_low) - torch.log(math.log(self.high) - lx)
+
+    def from_unconstrained(self, z) -> torch.Tensor:
+        z = _tensor("z", z, allow_inf=False)
+        from_low = self._log_low + self._log_width * torch.sigmoid(z)
+        from_high = math.log(self.high) - self._log_width * torch.sigmoid(-z)
+        return torch.exp(torch.where(z <= 0, from_low, from_high))
+
+    def log_abs_det_jacobian(self, z) -> torch.Tensor:
+        z = _tensor("z", z, allow_inf=False)
+        return torch.log(self.from_unconstrained(z)) + math.log(self._log_width) + F.logsigmoid(z) + F.logsigmoid(-z)
+
+    def log_prob_unconstrained(self, z) -> torch.Tensor:
+        z = _tensor("z", z, allow_inf=False)
+        return F.logsigmoid(z) + F.logsigmoid(-z)  # standard logistic density
+
+    def _sample(self, n, g):
+        return torch.exp(self._log_low + self._log_width * torch.rand(n, generator=g, dtype=F64))
+
+    def _quantile(self, q):
+        return math.exp(self._log_low + q * self._log_width)
+
+    @property
+    def mean(self) -> float:
+        """Mean ``(high - low) / log(high / low)`` in natural units."""
+        return (self.high - self.low) / self._log_width
+
+    @property
+    def std(self) -> float:
+        """Standard deviation in natural units (from ``E[theta^2] = (high^2 - low^2) / (2 log(high / low))``)."""
+        second = (self.high**2 - self.low**2) / (2.0 * self._log_width)
+        return math.sqrt(max(second - self.mean**2, 0.0))
+
+    @property
+    def support(self) -> tuple[float, float]:
+        return (self.low, self.high)
+
+    def unconstrained_moments(self) -> tuple[float, float]:
+        """``(0, pi^2 / 3)``: moments of the standard logistic (moment-matched, not exact)."""
+        return (0.0, math.pi**2 / 3.0)
+
+    def to_dict(self) -> dict:
+        return {"dist": "loguniform", "low": self.low, "high": self.high}
+
+
 _DISTRIBUTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
     "lognormal": (LogNormal, ("median", "sd_log")),
     "normal": (Normal, ("mean", "sd")),
     "uniform": (Uniform, ("low", "high")),
+    "loguniform": (LogUniform, ("low", "high")),
 }
 
 
@@ -505,7 +610,7 @@ def distribution_from_dict(d: Mapping, *, name: str = "d") -> Distribution:
     Parameters
     ----------
     d : mapping
-        ``{"dist": "lognormal" | "normal" | "uniform", <its fields>}``.
+        ``{"dist": "lognormal" | "normal" | "uniform" | "loguniform", <its fields>}``.
     name : str
         How ``d`` is named in error messages.
 
@@ -904,7 +1009,7 @@ def _check_name(where: str, name) -> None:
         raise ValueError(f"{where} keys must be non-empty parameter names (str), got {name!r}")
 
 # ====================================================== torch.distributions
-_KIND_CODE = {"lognormal": 0, "normal": 1, "uniform": 2}
+_KIND_CODE = {"lognormal": 0, "normal": 1, "uniform": 2, "loguniform": 3}
 
 
 class _PriorBox(torch.distributions.constraints.Constraint):
@@ -933,7 +1038,11 @@ class _PriorBox(torch.distributions.constraints.Constraint):
 
 
 class _PriorTransform(torch.distributions.transforms.Transform):
-    """Elementwise unconstrained -> natural map of a :class:`Prior` (same as ``Prior.from_unconstrained``)."""
+    """Elementwise unconstrained -> natural map of a :class:`Prior` (same as ``Prior.from_unconstrained``).
+
+    Bounded kinds (Uniform, LogUniform) map ``z`` through a scaled logistic,
+    LogUniform in log space: ``theta = exp(log low + log(high / low) sigmoid(z))``.
+    """
 
     domain = torch.distributions.constraints.real
     bijective = True
@@ -953,26 +1062,39 @@ class _PriorTransform(torch.distributions.transforms.Transform):
     def __hash__(self):
         return hash((type(self), id(self.box)))
 
-    def _call(self, z):
+    def _logistic_box(self):
+        """``(low, width, is_log)`` of the scaled logistic of the bounded kinds (0 and 1 elsewhere)."""
         b = self.box
-        width = b.upper_bound - b.lower_bound
-        low = torch.where(b.kind == 2, b.lower_bound, torch.zeros_like(b.lower_bound))
-        width = torch.where(b.kind == 2, width, torch.ones_like(width))
-        return torch.where(b.kind == 0, torch.exp(z), torch.where(b.kind == 1, z, low + width * torch.sigmoid(z)))
+        is_log = b.kind == 3
+        bounded = (b.kind == 2) | is_log
+        one = torch.ones_like(b.lower_bound)
+        lo = torch.where(is_log, torch.log(torch.where(is_log, b.lower_bound, one)), b.lower_bound)
+        hi = torch.where(is_log, torch.log(torch.where(is_log, b.upper_bound, one)), b.upper_bound)
+        low = torch.where(bounded, lo, torch.zeros_like(lo))
+        width = torch.where(bounded, hi - lo, one)
+        return low, width, is_log
+
+    def _call(self, z):
+        kind = self.box.kind
+        low, width, is_log = self._logistic_box()
+        s = low + width * torch.sigmoid(z)
+        bounded = torch.where(is_log, torch.exp(s), s)
+        return torch.where(kind == 0, torch.exp(z), torch.where(kind == 1, z, bounded))
 
     def _inverse(self, x):
-        b = self.box
-        width = torch.where(b.kind == 2, b.upper_bound - b.lower_bound, torch.ones_like(b.upper_bound))
-        low = torch.where(b.kind == 2, b.lower_bound, torch.zeros_like(b.lower_bound))
-        u = ((x - low) / width).clamp(0.0, 1.0)
-        pos = torch.where(b.kind == 0, x, torch.ones_like(x))
-        return torch.where(b.kind == 0, torch.log(pos), torch.where(b.kind == 1, x, torch.logit(u)))
+        kind = self.box.kind
+        low, width, is_log = self._logistic_box()
+        pos = torch.where((kind == 0) | is_log, x, torch.ones_like(x))
+        u = ((torch.where(is_log, torch.log(pos), x) - low) / width).clamp(0.0, 1.0)
+        return torch.where(kind == 0, torch.log(pos), torch.where(kind == 1, x, torch.logit(u)))
 
     def log_abs_det_jacobian(self, z, x):
-        b = self.box
-        width = torch.where(b.kind == 2, b.upper_bound - b.lower_bound, torch.ones_like(b.upper_bound))
-        uni = torch.log(width) + F.logsigmoid(z) + F.logsigmoid(-z)
-        return torch.where(b.kind == 0, z, torch.where(b.kind == 1, torch.zeros_like(z), uni))
+        kind = self.box.kind
+        _, width, is_log = self._logistic_box()
+        bounded = torch.log(width) + F.logsigmoid(z) + F.logsigmoid(-z)
+        pos = torch.where(is_log, x, torch.ones_like(x))
+        bounded = bounded + torch.where(is_log, torch.log(pos), torch.zeros_like(z))
+        return torch.where(kind == 0, z, torch.where(kind == 1, torch.zeros_like(z), bounded))
 
 
 torch.distributions.constraint_registry.biject_to.register(_PriorBox)(lambda c: _PriorTransform(c))
@@ -1010,9 +1132,11 @@ class TorchPrior(torch.distributions.Distribution):
         self.names = prior.names
         self._kind = torch.tensor([_KIND_CODE[d._kind] for d in dists])
         low, high = prior.bounds()
-        # draws: exp(loc + scale eps) (LogNormal), loc + scale eps (Normal), loc + scale u (Uniform)
+        # draws: exp(loc + scale eps) (LogNormal), loc + scale eps (Normal), loc + scale u (Uniform),
+        # exp(loc + scale u) (LogUniform)
         loc_scale = {"lognormal": lambda d: (d._mu, d.sd_log), "normal": lambda d: (d.mean, d.sd),
-                     "uniform": lambda d: (d.low, d.high - d.low)}
+                     "uniform": lambda d: (d.low, d.high - d.low),
+                     "loguniform": lambda d: (d._log_low, d._log_width)}
         ls = [loc_scale[d._kind](d) for d in dists]
         self._loc = torch.tensor([a for a, _ in ls], dtype=F64)
         self._scale = torch.tensor([b for _, b in ls], dtype=F64)
@@ -1042,8 +1166,11 @@ class TorchPrior(torch.distributions.Distribution):
             eps = torch.randn(shape, dtype=F64)
             u = torch.rand(shape, dtype=F64)
             gauss = self._loc + self._scale * eps
+            box = self._loc + self._scale * u
             return torch.where(
-                self._kind == 0, torch.exp(gauss), torch.where(self._kind == 1, gauss, self._loc + self._scale * u)
+                self._kind == 0,
+                torch.exp(gauss),
+                torch.where(self._kind == 1, gauss, torch.where(self._kind == 3, torch.exp(box), box)),
             )
 
     def log_prob(self, value) -> torch.Tensor:

@@ -229,6 +229,40 @@ class InverseProblem:
     def __repr__(self) -> str:
         return f"InverseProblem({self.observation!r}, {self.n_params} free parameters {list(self.names)}, data={self.data!r})"
 
+    def to_dict(self) -> dict:
+        """Observation settings, prior and data as plain JSON-ready values (:meth:`from_dict` reads them back).
+
+        Raises
+        ------
+        ValueError, TypeError
+            If the observation's settings or the data cannot be written as JSON.
+        """
+        if not callable(getattr(self.data, "to_dict", None)):
+            raise ValueError(f"data: {type(self.data).__name__} has no to_dict(); it cannot be saved as JSON")
+        return {"observation": self.observation.settings(), "prior": self.prior.to_dict(),
+                "data": self.data.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict, *, observation=None) -> "InverseProblem":
+        """The problem saved by :meth:`to_dict`.
+
+        Parameters
+        ----------
+        d : dict
+            ``{"observation", "prior", "data"}`` as :meth:`to_dict` wrote them.
+        observation : Observation, optional
+            For observation classes outside :mod:`jrinfer.observation`: the
+            observation, checked against the saved settings.
+        """
+        from jrinfer.data import data_from_dict
+        from jrinfer.observation import observation_from_settings
+
+        return cls(observation_from_settings(d["observation"], observation), d["prior"], data_from_dict(d["data"]))
+
+    def regimes(self, theta) -> torch.Tensor | None:
+        """Dynamical regime of each parameter set (codes into ``observation.REGIMES``), or None if it has none."""
+        return self.observation.regimes(self.parameters(theta))
+
     def with_data(self, data) -> "InverseProblem":
         """Same observation and prior with other data (validated again)."""
         return InverseProblem(self.observation, self.prior, data)

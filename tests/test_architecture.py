@@ -68,3 +68,11 @@ def test_backends_do_not_import_each_other_or_plotting():
                 other = node.module.split(".")[2]
                 assert other == path.stem or other not in names, f"{path.name} imports backend {other}"
         assert "plotting" not in jrinfer_imports(path), path.name
+
+
+def test_backends_see_only_the_problem():
+    """DESIGN.md section 3: a backend consumes an InverseProblem (and mirrors the Prior's distributions); the
+    model, the observations and the data containers reach it only through the problem's interface."""
+    for path in (PKG / "backends").glob("*.py"):
+        bad = jrinfer_imports(path) & {"model", "observation", "data", "datasets", "conditions"}
+        assert not bad, f"jrinfer/backends/{path.name} imports {sorted(bad)}"

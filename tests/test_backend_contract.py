@@ -45,6 +45,20 @@ BAD_INPUT = {
         (lambda p: VariationalLaplace().fit(p, resample="yes"), "resample"),
         (lambda p: VariationalLaplace(max_iter=0), "max_iter"),
     ],
+    # NPE's fitted contract runs in test_npe.py on its own estimator: at a CI budget (a few thousand
+    # simulations) the amortized flow does not resolve this 11-parameter problem, whose sharp alpha peak
+    # sits next to the stability boundary where the transfer method's simulations stop (R^2 of log-power
+    # about 0.7, peak missed, and the fit says so in its warnings).
+    "npe": [
+        (lambda p: _npe_cls()(seed=-1), "seed"),
+        (lambda p: _npe_cls()(n_simulations=10), "n_simulations"),
+        (lambda p: _npe_cls()(density_estimator="gan"), "density_estimator"),
+        (lambda p: _npe_cls()(box_quantiles=(0.5, 0.2)), "box_quantiles"),
+        (lambda p: _npe_cls()(progress="yes"), "progress"),
+        (lambda p: _npe_cls()().fit(p, n_draws=1), "n_draws"),
+        (lambda p: _npe_cls()().fit(p, n_predictive=-3), "n_predictive"),
+        (lambda p: _npe_cls()().fit("spectrum.csv"), "problem"),
+    ],
     "nuts": [
         (lambda p: _nuts_cls()(seed=-1), "seed"),
         (lambda p: _nuts_cls()(draws=0), "draws"),
@@ -54,6 +68,12 @@ BAD_INPUT = {
         (lambda p: _nuts_cls()(progress="yes"), "progress"),
     ],
 }
+
+
+def _npe_cls():
+    from jrinfer.backends.npe import NPE
+
+    return NPE
 
 
 def _nuts_cls():
@@ -203,6 +223,8 @@ def test_netcdf_round_trip(fitted, tmp_path):
 def test_bad_inputs_name_the_argument(backend, problem):
     if backend == "nuts":
         pytest.importorskip("pymc")
+    if backend == "npe":
+        pytest.importorskip("sbi")
     for call, name in BAD_INPUT[backend]:
         with pytest.raises(ValueError, match=name):
             call(problem)

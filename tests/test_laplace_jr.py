@@ -196,7 +196,7 @@ def test_cli_fit_writes_summary_posterior_and_plot(tmp_path, capsys):
         ("1,2\n2,3\n", [], "header"),
         ("freq,power\n1,2\n2,nan\n", [], "power"),
         (None, [], "no such file"),
-        ("freq,power\n1,2\n2,3\n", ["--backend", "npe"], "not available"),
+        ("freq,power\n1,2\n2,3\n", ["--backend", "npe"], "needs --estimator"),
         ("freq,power\n1,2\n2,3\n", ["--channels", "Oz"], "Oz"),
         ("freq,power\n1,2\n2,3\n3,4\n", ["--fmin", "10", "--fmax", "20"], "empty"),
     ],

@@ -10,7 +10,7 @@ import torch
 
 from jrinfer import JansenRit, PARAMETERS
 from jrinfer import jansen_rit_prior
-from jrinfer.prior import LogNormal, Normal, Prior, Uniform, distribution_from_dict
+from jrinfer.prior import LogNormal, LogUniform, Normal, Prior, Uniform, distribution_from_dict
 
 F64 = torch.float64
 
@@ -20,6 +20,7 @@ DISTS = {
     "normal": Normal(6.0, 0.5),
     "uniform": Uniform(2.0, 5.0),
     "uniform_neg": Uniform(-7.0, 0.5),
+    "loguniform": LogUniform(0.02, 500.0),
 }
 IDS = list(DISTS)
 
@@ -29,13 +30,15 @@ def scipy_dist(d):
         return scipy.stats.lognorm(s=d.sd_log, scale=d.median)
     if isinstance(d, Normal):
         return scipy.stats.norm(loc=d.mean, scale=d.sd)
+    if isinstance(d, LogUniform):
+        return scipy.stats.loguniform(d.low, d.high)
     return scipy.stats.uniform(loc=d.low, scale=d.high - d.low)
 
 
 def z_grid(d, n=40001):
     """A z grid wide enough that the density outside it is < 1e-15 of the total."""
     m, v = d.unconstrained_moments()
-    half = 40.0 if isinstance(d, Uniform) else 12.0 * math.sqrt(v)  # logistic tail e^-40, Gaussian 12 sd
+    half = 40.0 if isinstance(d, (Uniform, LogUniform)) else 12.0 * math.sqrt(v)  # logistic tail e^-40, Gaussian 12 sd
     return torch.linspace(m - half, m + half, n, dtype=F64)
 
 
@@ -74,7 +77,7 @@ def test_transform_round_trip_including_extreme_z(key):
     assert ((th > lo) & (th < hi)).all()
     back = d.to_unconstrained(th)
     assert torch.isfinite(back).all()
-    if isinstance(d, Uniform):
+    if isinstance(d, (Uniform, LogUniform)):
         # At |z| = 30, theta - bound = width * 9e-14 is stored with the ulp of the bound
         # (~1e-15 for |bound| <= 8), a relative error up to ~1e-2 in that gap -> |dz| <~ 1e-2.
         torch.testing.assert_close(back, z, rtol=0, atol=2e-2)
@@ -380,7 +383,8 @@ def test_bad_calls_raise_named_value_errors():
 # ------------------------------------------------------ torch.distributions
 def mixed_prior():
     return Prior(
-        {"A": LogNormal(3.25, 0.2), "gain": Normal(-1.0, 2.0), "p_mean": Uniform(40.0, 85.0), "b": LogNormal(50.0, 0.5)},
+        {"A": LogNormal(3.25, 0.2), "gain": Normal(-1.0, 2.0), "p_mean": Uniform(40.0, 85.0), "b": LogNormal(50.0, 0.5),
+         "floor": LogUniform(0.01, 10.0)},
         fixed={"B": 22.0},
     )
 
@@ -409,7 +413,7 @@ def test_to_torch_sample_moments():
         torch.manual_seed(0)
         x = d.sample((200_000,))
         again = d.sample((2, 3))
-    assert x.shape == (200_000, 4) and x.dtype == torch.float64 and again.shape == (2, 3, 4)
+    assert x.shape == (200_000, 5) and x.dtype == torch.float64 and again.shape == (2, 3, 5)
     se = prior.std() / math.sqrt(x.shape[0])
     assert ((x.mean(0) - prior.mean()).abs() < 5 * se).all(), (x.mean(0), prior.mean())
     assert torch.allclose(x.std(0), prior.std(), rtol=0.02)
@@ -418,7 +422,8 @@ def test_to_torch_sample_moments():
     for i, dist in enumerate(prior.distributions.values()):
         cdf = {"lognormal": lambda v, q=dist: scipy.stats.lognorm.cdf(v, q.sd_log, scale=q.median),
                "normal": lambda v, q=dist: scipy.stats.norm.cdf(v, q.mean, q.sd),
-               "uniform": lambda v, q=dist: scipy.stats.uniform.cdf(v, q.low, q.high - q.low)}[dist._kind]
+               "uniform": lambda v, q=dist: scipy.stats.uniform.cdf(v, q.low, q.high - q.low),
+               "loguniform": lambda v, q=dist: scipy.stats.loguniform.cdf(v, q.low, q.high)}[dist._kind]
         assert scipy.stats.kstest(x[:20_000, i].numpy(), cdf).pvalue > 1e-3
 
 

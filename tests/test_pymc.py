@@ -124,8 +124,15 @@ def _jr_problem():
 
 
 # ----------------------------------------------------------------- the Op
-def test_model_density_is_the_problems_log_joint():
+@pytest.mark.parametrize("box", [False, True])
+def test_model_density_is_the_problems_log_joint(box):
     problem = _jr_problem()
+    if box:  # bounded priors (what NPE trains on): log-uniform gain and floor, uniform log precision
+        from jrinfer.prior import LogUniform, Uniform
+
+        prior = problem.prior.free(gain=LogUniform(1e-4, 0.1), floor=LogUniform(1e-3, 1.0),
+                                   log_precision=Uniform(0.0, 6.0))
+        problem = InverseProblem(problem.observation, prior, problem.data)
     model = problem_to_pymc(problem)
     logp, dlogp = model.compile_logp(), model.compile_dlogp()
     z = problem.prior.to_unconstrained(problem.prior.median()) + 0.03 * torch.arange(problem.n_params, dtype=F64) / 10

@@ -14,11 +14,12 @@ jrinfer prior  PyMC variable ``<name>_z`` (no transform)  natural value (Determi
 LogNormal      ``Normal(log median, sd_log)``              ``exp(z)``
 Normal         ``Normal(mean, sd)``                         ``z``
 Uniform        ``Logistic(0, 1)``                           ``low + (high - low) sigmoid(z)``
+LogUniform     ``Logistic(0, 1)``                           ``low (high / low) ** sigmoid(z)``
 ============  =======================================  ===========================
 
 These are the densities of ``z`` implied by each prior and its transform
-(log-normal -> normal in log space; uniform -> standard logistic in logit
-space), so no Jacobian term is needed and PyMC samples ``z`` directly; draws
+(log-normal -> normal in log space; uniform and log-uniform -> standard logistic
+in logit space), so no Jacobian term is needed and PyMC samples ``z`` directly; draws
 are reported in natural units through ``prior.from_unconstrained``.
 
 ``import jrinfer`` does not import PyMC: this submodule imports it lazily
@@ -213,7 +214,7 @@ def problem_to_pymc(problem, *, with_grad: bool = True):
         ``problem`` is not an InverseProblem; a prior distribution has no
         PyMC mirror.
     """
-    from jrinfer.prior import LogNormal, Normal, Uniform
+    from jrinfer.prior import LogNormal, LogUniform, Normal, Uniform
 
     pm = _pymc()
     import pytensor.tensor as pt
@@ -236,6 +237,9 @@ def problem_to_pymc(problem, *, with_grad: bool = True):
             elif isinstance(d, Uniform):
                 z = pm.Logistic(f"{name}_z", mu=f64(0.0), s=f64(1.0))
                 pm.Deterministic(name, f64(d.low) + f64(d.high - d.low) * pt.sigmoid(z))
+            elif isinstance(d, LogUniform):
+                z = pm.Logistic(f"{name}_z", mu=f64(0.0), s=f64(1.0))
+                pm.Deterministic(name, pt.exp(f64(math.log(d.low)) + f64(math.log(d.high / d.low)) * pt.sigmoid(z)))
             else:
                 raise ValueError(f"problem.prior's {name!r} has a distribution with no PyMC mirror: {d!r}")
             zs.append(z)
