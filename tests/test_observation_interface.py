@@ -141,3 +141,61 @@ def test_too_few_points_for_the_free_parameters():
     one = data.select(fmin=10.0, fmax=10.0)
     with pytest.raises(ValueError, match="needs more points than parameters"):
         InverseProblem(DampedOscillatorSpectrum(), None, one)
+
+
+# ------------------------------------------------ saving a problem as JSON (what NPE estimators store)
+def test_problem_to_dict_round_trip_through_json():
+    import json
+
+    from jrinfer import EvokedData, EvokedObservation, InverseProblem, SpectrumData, SpectrumObservation
+
+    freqs = torch.arange(2.0, 20.01, 0.5, dtype=torch.float64)
+    spec = SpectrumData.from_arrays(freqs, 20.0 / freqs, units="uV^2/Hz", n_segments=12,
+                                    metadata={"seg_length_s": 2.0, "warnings": ["dropped"]})
+    times = torch.arange(-0.1, 0.3, 0.002, dtype=torch.float64)
+    evo = EvokedData.from_arrays(times, torch.sin(20 * times)[None], units="uV", n_averaged=40)
+    for obs, data in [(SpectrumObservation(method="transfer", floor=False), spec), (EvokedObservation(), evo)]:
+        problem = InverseProblem(obs, obs.default_prior(data), data)
+        back = InverseProblem.from_dict(json.loads(json.dumps(problem.to_dict())))
+        assert type(back.observation) is type(obs) and back.observation.settings() == obs.settings()
+        assert back.prior == problem.prior and back.names == problem.names
+        a, b = problem.observed(), back.observed()
+        assert torch.equal(a.values, b.values) and torch.equal(a.coord_values, b.coord_values) and a.units == b.units
+    assert "warnings" not in spec.to_dict()["metadata"] and spec.to_dict()["metadata"]["seg_length_s"] == 2.0
+    # a given observation is checked against the saved settings
+    saved = InverseProblem(SpectrumObservation(floor=False), None, spec).to_dict()
+    saved["prior"] = SpectrumObservation(floor=False).default_prior(spec)
+    with pytest.raises(ValueError, match="floor"):
+        InverseProblem.from_dict(saved, observation=SpectrumObservation(floor=True))
+    with pytest.raises(ValueError, match="type"):
+        from jrinfer.data import data_from_dict
+
+        data_from_dict({"type": "Raw"})
+
+
+def test_spectrum_interpolate_is_linear_in_log_power_and_refuses_to_extrapolate():
+    from jrinfer import SpectrumData
+
+    freqs = torch.arange(2.0, 20.01, 1.0, dtype=torch.float64)
+    power = torch.exp(-0.1 * freqs)[None] * torch.tensor([[1.0], [3.0]], dtype=torch.float64)  # exact in log space
+    data = SpectrumData.from_arrays(freqs, power, ["O1", "O2"], units="uV^2/Hz", n_segments=9)
+    grid = torch.arange(2.0, 20.01, 0.25, dtype=torch.float64)
+    fine = data.interpolate(grid)
+    assert torch.allclose(fine.power, torch.exp(-0.1 * grid)[None] * torch.tensor([[1.0], [3.0]], dtype=torch.float64),
+                          rtol=1e-12)
+    assert fine.channel_names == ("O1", "O2") and fine.n_segments == 9 and "interpolated" in fine.metadata["warnings"][-1]
+    with pytest.raises(ValueError, match="does not extrapolate"):
+        data.interpolate(torch.arange(1.0, 10.0, 0.5, dtype=torch.float64))
+
+
+def test_regimes_through_the_problem():
+    from jrinfer import InverseProblem, SpectrumData, SpectrumObservation
+    from jrinfer.model import REGIMES
+
+    freqs = torch.arange(2.0, 20.01, 0.5, dtype=torch.float64)
+    data = SpectrumData.from_arrays(freqs, 20.0 / freqs, units="uV^2/Hz")
+    obs = SpectrumObservation(method="simulation")
+    problem = InverseProblem(obs, obs.default_prior(data, free=("p_mean",)), data)
+    theta = problem.prior.median().repeat(3, 1)
+    theta[:, problem.names.index("p_mean")] = torch.tensor([60.0, 100.0, 220.0], dtype=torch.float64)
+    assert [REGIMES[c] for c in problem.regimes(theta).tolist()] == ["stable", "lower_branch", "limit_cycle"]
