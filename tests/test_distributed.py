@@ -157,6 +157,22 @@ def test_simulate_many_bit_identical_with_2_and_1_workers(client, local_training
     assert torch.equal(one.psd, local_training_set.psd)
 
 
+def test_npe_training_set_on_dask_equals_the_local_one(client):
+    """NPE's training simulations (simulated spectra, every regime) are the same on the cluster as in-process."""
+    pytest.importorskip("sbi")
+    from jrinfer.backends.npe import simulate_training_set
+
+    freqs = torch.arange(2.0, 40.01, 0.5, dtype=F64)
+    template = SpectrumData.from_arrays(freqs, 20.0 / freqs, units="uV^2/Hz", metadata={"seg_length_s": 2.0})
+    obs = SpectrumObservation(method="simulation")
+    problem = InverseProblem(obs, obs.default_prior(template, free=("a", "b", "p_mean")), template)
+    local = simulate_training_set(problem, 24, seed=5, chunk_size=8, progress=False)
+    remote = simulate_training_set(problem, 24, seed=5, chunk_size=8, client=client, progress=False)
+    assert torch.equal(local.theta, remote.theta) and torch.equal(local.valid, remote.valid)
+    assert torch.equal(local.x.nan_to_num(), remote.x.nan_to_num()) and torch.equal(local.regime, remote.regime)
+    assert local.reasons == remote.reasons and int(local.valid.sum()) > 12
+
+
 @pytest.mark.parametrize(
     "params, match",
     [
