@@ -218,8 +218,16 @@ def _data_section(posterior, summary) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
+def _disagreement(effect: dict) -> str:
+    """The effect's note when its interval and log Bayes factor point different ways, else ``""``."""
+    agreement = effect.get("agreement") or ""
+    return f'<br><span class="tag a">{_e(agreement)}</span>' if agreement.startswith("differ") else ""
+
+
 def _condition_effects(summary) -> str:
     """Table of summary.json's ``condition_effects`` (differences, intervals, ratios, log Bayes factors)."""
+    from jrinfer.conditions import INTERVAL_VS_BF
+
     ce = summary["condition_effects"]
     ref = ce.get("reference", "reference")
     rows, pct = [], 90
@@ -238,13 +246,14 @@ def _condition_effects(summary) -> str:
                 f'<tr><th class="l">{_e(name)}</th><td class="l">{_e(cond)}</td>'
                 f"<td>{_num(e['mean'], 3)} [{_num(e['lower'], 3)}, {_num(e['upper'], 3)}]</td><td>{ratio}</td>"
                 f"<td>{float(e['log_bayes_factor']):+.2f}</td><td>{float(e['p_difference']):.2f}</td>"
-                f'<td class="l">{_e(e.get("evidence", ""))}</td></tr>'
+                f'<td class="l">{_e(e.get("evidence", ""))}{_disagreement(e)}</td></tr>'
             )
     head = (f'<tr><th class="l">parameter</th><th class="l">condition</th><th>difference ({pct} %)</th>'
             f"<th>ratio to {_e(ref)}</th><th>log BF</th><th>P(difference)</th><th class=\"l\">reading</th></tr>")
     note = (f'<div class="note">Differences from the reference condition <b>{_e(ref)}</b>: log ratios for scale '
             "parameters (ratio = exp), plain differences for locations. log BF &gt; 0 favours a difference; "
-            f"{_e(ce.get('method', ''))}.</div>")
+            f"{_e(ce.get('method', ''))}.</div>"
+            f'<div class="note"><b>Interval vs log BF:</b> {_e(INTERVAL_VS_BF)}.</div>')
     warns = "".join(f'<div class="note">Warning: {_e(w)}</div>' for w in ce.get("warnings") or [])
     return "<table>" + head + "".join(rows) + "</table>" + note + warns
 
