@@ -235,7 +235,8 @@ def _prior_invalid(posterior, summary) -> str | None:
         frac, n = float(pv["invalid_fraction"]), pv.get("n_samples")
     elif (posterior.diagnostics or {}).get("prior_invalid_fraction") is not None:
         frac = float(posterior.diagnostics["prior_invalid_fraction"])
-        n = None if posterior.prior_draws is None else int(posterior.prior_draws.reshape(-1, len(posterior.names)).shape[0])
+        prior_draws = posterior.prior_draws
+        n = None if prior_draws is None else int(prior_draws.reshape(-1, len(posterior.names)).shape[0])
     else:
         return None
     of = f" of {n} prior draws" if n else " of the prior draws"
@@ -403,7 +404,8 @@ def _diagnostics(posterior, summary) -> str:
         if isinstance(v, (int, float, str, bool)) or v is None:
             row(k, _num(v))
         elif isinstance(v, dict):
-            row(k, _e("; ".join(f"{kk} = {vv:.4g}" if isinstance(vv, float) else f"{kk} = {vv}" for kk, vv in v.items())))
+            row(k, _e("; ".join(f"{kk} = {vv:.4g}" if isinstance(vv, float) else f"{kk} = {vv}"
+                                for kk, vv in v.items())))
         else:
             row(k, f"<code>{_e(json.dumps(v, default=str))}</code>")
     out = sampler + "<table>" + "".join(rows) + "</table>"
