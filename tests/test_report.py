@@ -195,6 +195,9 @@ def test_report_labels_quality_keys_shows_one_prior_invalid_figure_and_a_sampler
     assert ">3<" in div and "fail" in div
     assert "draws at the maximum tree depth (10)" in page and '{"A": 1.002' not in page
     assert "tune = 200" in page
+    # without summary.json's count, the backend's own is the one figure shown
+    page = report_html(nuts, {})
+    assert page.count("prior draws the model cannot evaluate") == 1 and "12.0 % of 200 prior draws" in page
 
 
 def test_report_explains_interval_against_bayes_factor():
