@@ -6,9 +6,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.jrinfer-installed
 PYTEST_ARGS ?=
-# Real recordings are read from this cache (never committed); next to the
-# checkout in this workplace, so `make demo` also fits a real EEG spectrum.
-export JRINFER_DATA ?= $(wildcard $(abspath ..)/shared/data)
+# Real recordings are read from this cache (never committed): JRINFER_DATA if
+# set, else ../shared/data next to the checkout when it exists (as in CI, so
+# `make demo` also fits a real EEG spectrum), else the user cache ~/jrinfer_data.
+SHARED_DATA := $(wildcard $(abspath $(dir $(lastword $(MAKEFILE_LIST)))..)/shared/data)
+export JRINFER_DATA ?= $(if $(SHARED_DATA),$(SHARED_DATA),$(HOME)/jrinfer_data)
 
 .PHONY: demo test bench notebooks install clean
 

@@ -588,6 +588,20 @@ def _reference_data(data):
     return data[data.conditions[0]] if isinstance(data, ConditionData) else data
 
 
+def _fixable(args, obs, data) -> list[str]:
+    """Names ``--fix`` accepts: the observation's parameters (with the condition parameters for several DATA)."""
+    from jrinfer.conditions import ConditionData, ConditionObservation
+
+    names = list(obs.accepted_parameters(_reference_data(data)))
+    if isinstance(data, ConditionData) and getattr(args, "vary", None):
+        try:
+            joint = ConditionObservation(obs, data.conditions, [v.strip() for v in args.vary.split(",") if v.strip()])
+            names += [n for n in joint.accepted_parameters(data) if n not in names]
+        except ValueError:  # a bad --vary is reported, in CLI words, by _with_conditions
+            pass
+    return names
+
+
 def _with_conditions(args, obs, spec: dict, data):
     """For several DATA: the joint observation over conditions and its prior (differences for --vary)."""
     from jrinfer.conditions import ConditionData, ConditionObservation
@@ -657,7 +671,7 @@ def _fit_problem(args, data):
     if args.prior:
         spec = _merge_prior(spec, _read_prior_file(args.prior))
     if args.fix:
-        spec = _merge_prior(spec, {"fixed": _parse_assignments(args.fix, "--fix")})
+        spec = _merge_prior(spec, {"fixed": _parse_assignments(args.fix, "--fix", known=_fixable(args, obs, data))})
     obs, spec = _with_conditions(args, obs, spec, data)
     problem = InverseProblem(obs, spec, data)
     from jrinfer.backends.laplace import VariationalLaplace
@@ -1218,12 +1232,38 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, ``jrinfer <cmd>: error: ...`` (no usage block), exit status 2."""
+
+    def error(self, message):  # argparse's own: usage block, then the message
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _flag_words(parser, command: str, msg: str) -> str:
+    """Name ``command``'s flags in a message that names their values.
+
+    ``"dt must be > 0"`` -> ``"--dt must be > 0"``, ``"got fmin=-3"`` -> ``"got --fmin -3"``.
+    """
+    import re
+
+    sub = getattr(parser, "commands", {}).get(command)
+    if sub is None:
+        return msg
+    flags = {a.dest: max(a.option_strings, key=len) for a in sub._actions if a.option_strings}  # noqa: SLF001
+    m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)\b", msg)
+    if m and m.group(1) in flags:
+        msg = flags[m.group(1)] + msg[m.end():]
+    return re.sub(r"(?<![-\w])([A-Za-z_][A-Za-z0-9_]*)=(?=[-+0-9.])",
+                  lambda k: f"{flags[k.group(1)]} " if k.group(1) in flags else k.group(0), msg)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jrinfer", description="Bayesian inversion of the Jansen-Rit neural mass model (units: s, mV, pulses/s)."
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.commands = sub.choices
 
     p = sub.add_parser("fixed-points", help="every equilibrium with its eigenvalues and stability")
     _add_model_args(p)
@@ -1524,6 +1564,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        msg = _flag_words(parser, args.command, msg)  # name the flag where the message names its value
         print(f"jrinfer {args.command}: error: {msg}", file=sys.stderr)
         return 2
 

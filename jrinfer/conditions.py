@@ -57,7 +57,7 @@ import torch
 from jrinfer import _checks
 from jrinfer.observation import FitQuality, GaussianTarget, Observation, ObservedData, Prediction
 
-__all__ = ["ConditionData", "ConditionObservation", "condition_effects", "ADDITIVE", "MAX_LOG_SD"]
+__all__ = ["ConditionData", "ConditionObservation", "condition_effects", "ADDITIVE", "MAX_LOG_SD", "INTERVAL_VS_BF"]
 
 #: Parameters whose differences are additive (locations, not scales); every other varied parameter is
 #: modulated on a log scale.
@@ -554,7 +554,9 @@ def condition_effects(posterior, problem, *, interval: float = 0.90) -> dict:
         ``-ΔF`` of Bayesian model reduction to ``delta = 0``),
         ``p_difference`` (posterior probability of a difference with equal
         prior odds, ``1 / (1 + exp(ΔF))``), ``evidence`` (Kass & Raftery's
-        words) and ``bmr_from`` (``"gaussian posterior"`` when the backend
+        words), ``agreement`` (one sentence saying how the interval and the
+        log Bayes factor relate for this difference: :data:`INTERVAL_VS_BF`)
+        and ``bmr_from`` (``"gaussian posterior"`` when the backend
         gave one, else ``"gaussian fitted to the draws"``).
 
     Notes
@@ -628,9 +630,40 @@ def condition_effects(posterior, problem, *, interval: float = 0.90) -> dict:
                 "log_bayes_factor": log_bf,
                 "p_difference": float(1.0 / (1.0 + math.exp(-log_bf))) if abs(log_bf) < 700 else float(log_bf > 0),
                 "evidence": _words(log_bf),
+                "agreement": _agreement(lo, hi, log_bf),
                 "bmr_from": "gaussian posterior" if gaussian else "gaussian fitted to the draws",
             }
     return out
+
+
+#: One line on how the interval of a difference and its log Bayes factor relate (printed and in the report).
+INTERVAL_VS_BF = (
+    "the interval says where the difference lies if there is one; the log BF weighs 'a difference' against 'none' "
+    "and charges for the width of the difference's prior (Savage-Dickey: log BF = log prior density at 0 - log "
+    "posterior density at 0), so an interval that excludes 0 (ratio 1) with |log BF| < 1 is a shift small for "
+    "its prior: suggestive, not established"
+)
+
+
+def _agreement(lower: float, upper: float, log_bf: float) -> str:
+    """How the interval ``[lower, upper]`` of a difference and its log Bayes factor (nats) relate, in words.
+
+    "No difference" is 0 (a ratio of 1 for log-scale differences).
+    """
+    excludes = lower > 0.0 or upper < 0.0
+    if excludes and log_bf >= 1.0:
+        return "agree: the interval excludes no difference and the evidence favours a difference"
+    if not excludes and log_bf <= -1.0:
+        return "agree: the interval contains no difference and the evidence favours none"
+    if excludes:
+        return (
+            "differ: the interval excludes no difference but the evidence is "
+            + ("weak" if log_bf > -1.0 else "for no difference")
+            + " (a shift small for the width of its prior): suggestive, not established"
+        )
+    if log_bf >= 1.0:
+        return "differ: the evidence favours a difference but the interval contains none: its size is uncertain"
+    return "agree: neither the interval (contains no difference) nor the evidence (|log BF| < 1) establishes one"
 
 
 def _words(log_bf: float) -> str:
@@ -644,7 +677,10 @@ def _words(log_bf: float) -> str:
 
 def format_effects(effects: dict, reference: str) -> list[str]:
     """Lines of text for the printed summary of :func:`condition_effects`."""
-    lines = [f"  condition effects (against {reference}; log BF > 0 favours a difference):"]
+    lines = [
+        f"  condition effects (against {reference}; log BF > 0 favours a difference):",
+        f"    (interval vs log BF: {INTERVAL_VS_BF})",
+    ]
     for v, per in effects.items():
         for c, e in per.items():
             if "fixed" in e:
@@ -661,4 +697,6 @@ def format_effects(effects: dict, reference: str) -> list[str]:
                 f"    {v:>14s}: {what}, log BF {e['log_bayes_factor']:+.2f}, "
                 f"P(difference) {e['p_difference']:.2f} ({e['evidence']})"
             )
+            if e.get("agreement", "").startswith("differ"):
+                lines.append(f"    {'':>14s}  interval and log BF {e['agreement']}")
     return lines

@@ -52,7 +52,8 @@ _POWER_UNIT_PER_MV2 = {"V^2/Hz": 1e-6, "mV^2/Hz": 1.0, "uV^2/Hz": 1e6}
 _VOLT_UNIT_PER_MV = {"V": 1e-3, "mV": 1.0, "uV": 1e3}
 
 #: Thresholds of the fit-quality warnings (documented in :meth:`Observation.goodness_of_fit`).
-R2_WARN = 0.8
+#: R² below 0.9 is a misfit: the acceptance criterion of a spectrum's log-power shape (issue 11).
+R2_WARN = 0.9
 PEAK_SHIFT_WARN_HZ = 1.0
 EXPLAINED_VARIANCE_WARN = 0.5
 ALPHA_BAND_HZ = (6.0, 14.0)
@@ -472,7 +473,7 @@ class Observation(abc.ABC):
         warns = []
         if not r2 >= R2_WARN:
             warns.append(
-                f"poor fit: R^2 of {target.space} = {r2:.2f} (< {R2_WARN}); try a wider prior or another model"
+                f"poor fit: R^2 of {target.space} = {r2:.3f} (< {R2_WARN}); try a wider prior or another model"
             )
         return FitQuality({"r2": r2, "space": target.space}, warns)
 
@@ -903,7 +904,7 @@ class SpectrumObservation(_JansenRitObservation):
         warns = []
         if not r2 >= R2_WARN:
             warns.append(
-                f"poor fit: R^2 of log-power = {r2:.2f} (< {R2_WARN}); the data may come from the oscillatory "
+                f"poor fit: R^2 of log-power = {r2:.3f} (< {R2_WARN}); the data may come from the oscillatory "
                 "regime (try method='simulation' / --method simulation), need a wider prior (--prior), or hold "
                 "frequencies the model does not describe (try another --fmin/--fmax)"
             )
@@ -1228,7 +1229,9 @@ class EvokedObservation(_JansenRitObservation):
         absolute deflection after time 0 (after the first sample when the
         epoch starts later) on the channel where the data's is largest.
         Warns when the explained variance is below
-        :data:`EXPLAINED_VARIANCE_WARN` or the peaks are more than 20 ms apart.
+        :data:`EXPLAINED_VARIANCE_WARN` or the peaks are more than 20 ms apart,
+        when the data end far from their pre-stimulus level, and when the
+        fitted ``input_latency`` is negative (the input precedes time zero).
         """
         y = data.values
         yhat = torch.broadcast_to(predicted.detach(), y.shape)
@@ -1269,6 +1272,15 @@ class EvokedObservation(_JansenRitObservation):
                     f"{data.channel_names[c]}: the response does not return to rest (a slow drift, a sustained "
                     "potential or an epoch that ends too early); the evoked model returns to rest, so detrend, "
                     "baseline-correct or extend the epoch (--tmax)"
+                )
+        if params is not None and "input_latency" in params:
+            latency = float(torch.as_tensor(params["input_latency"], dtype=torch.float64).reshape(-1)[0])
+            if latency < 0.0:
+                warns.append(
+                    f"fitted input_latency = {1e3 * latency:.0f} ms is negative: the model's input pulse starts "
+                    "before time zero (the stimulus), i.e. the input precedes the event; check the event timing "
+                    "(trigger delays), the baseline window, or whether the fit used the pulse's rising flank to "
+                    "shape an early component (narrow the input_latency prior with --prior)"
                 )
         if params is not None and "log_precision" in params:
             sd = float(torch.exp(-0.5 * torch.as_tensor(params["log_precision"], dtype=torch.float64)))

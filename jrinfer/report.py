@@ -212,14 +212,41 @@ def _data_section(posterior, summary) -> str:
         units = summary.get("fixed_units") or posterior.units
         row("fixed parameters", _e(", ".join(
             f"{k} = {_num(v)} {pretty_units(units.get(k, ''))}".rstrip() for k, v in fixed.items())))
+    invalid = _prior_invalid(posterior, summary)
+    if invalid is not None:
+        row("prior draws the model cannot evaluate", invalid)
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def _disagreement(effect: dict) -> str:
+    """The effect's note when its interval and log Bayes factor point different ways, else ``""``."""
+    agreement = effect.get("agreement") or ""
+    return f'<br><span class="tag a">{_e(agreement)}</span>' if agreement.startswith("differ") else ""
+
+
+def _prior_invalid(posterior, summary) -> str | None:
+    """The one figure of prior draws outside the model's valid regime, labelled with its sample size.
+
+    ``summary.json``'s ``prior_validity`` (1000 draws) when present, else the
+    backend's ``prior_invalid_fraction`` (its prior-predictive draws).
+    """
     pv = summary.get("prior_validity")
     if isinstance(pv, dict) and pv.get("invalid_fraction") is not None:
-        row("prior draws the model cannot evaluate", f"{100 * float(pv['invalid_fraction']):.1f} %")
-    return "<table>" + "".join(rows) + "</table>"
+        frac, n = float(pv["invalid_fraction"]), pv.get("n_samples")
+    elif (posterior.diagnostics or {}).get("prior_invalid_fraction") is not None:
+        frac = float(posterior.diagnostics["prior_invalid_fraction"])
+        prior_draws = posterior.prior_draws
+        n = None if prior_draws is None else int(prior_draws.reshape(-1, len(posterior.names)).shape[0])
+    else:
+        return None
+    of = f" of {n} prior draws" if n else " of the prior draws"
+    return f"{100 * frac:.1f} %{of} (outside the model's valid regime, e.g. an unstable equilibrium)"
 
 
 def _condition_effects(summary) -> str:
     """Table of summary.json's ``condition_effects`` (differences, intervals, ratios, log Bayes factors)."""
+    from jrinfer.conditions import INTERVAL_VS_BF
+
     ce = summary["condition_effects"]
     ref = ce.get("reference", "reference")
     rows, pct = [], 90
@@ -238,13 +265,14 @@ def _condition_effects(summary) -> str:
                 f'<tr><th class="l">{_e(name)}</th><td class="l">{_e(cond)}</td>'
                 f"<td>{_num(e['mean'], 3)} [{_num(e['lower'], 3)}, {_num(e['upper'], 3)}]</td><td>{ratio}</td>"
                 f"<td>{float(e['log_bayes_factor']):+.2f}</td><td>{float(e['p_difference']):.2f}</td>"
-                f'<td class="l">{_e(e.get("evidence", ""))}</td></tr>'
+                f'<td class="l">{_e(e.get("evidence", ""))}{_disagreement(e)}</td></tr>'
             )
     head = (f'<tr><th class="l">parameter</th><th class="l">condition</th><th>difference ({pct} %)</th>'
             f"<th>ratio to {_e(ref)}</th><th>log BF</th><th>P(difference)</th><th class=\"l\">reading</th></tr>")
     note = (f'<div class="note">Differences from the reference condition <b>{_e(ref)}</b>: log ratios for scale '
             "parameters (ratio = exp), plain differences for locations. log BF &gt; 0 favours a difference; "
-            f"{_e(ce.get('method', ''))}.</div>")
+            f"{_e(ce.get('method', ''))}.</div>"
+            f'<div class="note"><b>Interval vs log BF:</b> {_e(INTERVAL_VS_BF)}.</div>')
     warns = "".join(f'<div class="note">Warning: {_e(w)}</div>' for w in ce.get("warnings") or [])
     return "<table>" + head + "".join(rows) + "</table>" + note + warns
 
@@ -279,12 +307,59 @@ def _parameter_table(posterior, truth: dict | None = None) -> str:
     return "<table>" + head + "".join(rows) + "</table>" + note
 
 
-def _quality_table(posterior) -> str:
+#: Human labels of the fit-quality keys: (label, what it means; ``{units}`` is the data's units).
+_QUALITY_LABELS = {
+    "r2_log_power": ("R² of log-power", "1 − residual / total variance of the log spectrum; misfit below 0.9"),
+    "peak_frequency_data_hz": ("alpha peak of the data (Hz)", "largest power in 6–14 Hz"),
+    "peak_frequency_model_hz": ("alpha peak of the fit (Hz)", "largest predicted power in 6–14 Hz"),
+    "peak_shift_hz": ("peak shift, fit − data (Hz)", "within ±0.5 Hz reproduces the peak"),
+    "residual_sd_log_power": ("noise sd of log-power", "exp(−log_precision / 2): the fitted scatter of "
+                                                       "log-power about the model"),
+    "residual_sd": ("noise sd ({units})", "exp(−log_precision / 2): the fitted scatter about the model"),
+    "standardised_residual_max_abs": ("largest |residual| / noise sd", "above about 3.5 a point the model misses"),
+    "fraction_beyond_3sd": ("fraction of points beyond 3 noise sd", "0.003 expected for Gaussian noise"),
+    "harmonic_excess_log_power": ("excess log-power at twice the alpha peak",
+                                  "data − fit within ±1 Hz of 2 × the data's peak (natural log); above 3 noise sd: "
+                                  "a harmonic, the mark of a limit cycle"),
+    "explained_variance": ("explained variance", "1 − residual / total sum of squares of the waveforms"),
+    "peak_latency_data_s": ("main peak of the data (s)", "largest deflection after time 0"),
+    "peak_latency_model_s": ("main peak of the fit (s)", "on the same channel"),
+    "peak_channel": ("peak channel", "where the data's main peak is largest"),
+    "end_offset_from_baseline": ("end offset from baseline ({units})",
+                                 "mean of the last 10 % of the epoch − pre-stimulus mean; the model returns to rest"),
+    "r2": ("R²", "in the space of the likelihood"),
+    "space": ("space of R²", ""),
+}
+
+
+def _quality_label(key: str, conditions=(), units: str = "") -> tuple[str, str]:
+    """``(label, meaning)`` of a fit-quality key (``<key>_<condition>`` for fits of several conditions)."""
+    from jrinfer.plotting import pretty_units
+
+    base, cond = key, None
+    for c in conditions:
+        if key.endswith(f"_{c}") and key[: -len(c) - 1] in _QUALITY_LABELS:
+            base, cond = key[: -len(c) - 1], c
+    label, meaning = _QUALITY_LABELS.get(base, (key, ""))
+    label = label.replace("{units}", pretty_units(units) or "data units")
+    return (f"{label}, {cond}" if cond else label), meaning
+
+
+def _quality_table(posterior, summary=None) -> str:
     q = posterior.fit_quality
     if not q:
         return "<p class='note'>No fit-quality metrics recorded.</p>"
-    rows = "".join(f"<tr><th class='l'>{_e(k)}</th><td>{_num(v)}</td></tr>" for k, v in q.items())
-    return "<table>" + rows + "</table>"
+    conditions = ((summary or {}).get("condition_effects") or {}).get("conditions") or ()
+    units = (posterior.observed or {}).get("units") or ""
+    rows = []
+    for k, v in q.items():
+        if isinstance(v, dict):  # e.g. per-channel tables
+            v = "; ".join(f"{kk}: {_num(vv) if not isinstance(vv, dict) else _e(vv)}" for kk, vv in v.items())
+        label, meaning = _quality_label(k, conditions, units)
+        value = _e(v) if isinstance(v, str) else _num(v)
+        rows.append(f"<tr><th class='l' title='{_e(k)}'>{_e(label)}</th><td>{value}</td>"
+                    f"<td class='l note'>{_e(meaning)} <code>{_e(k)}</code></td></tr>")
+    return "<table>" + "".join(rows) + "</table>"
 
 
 def _diagnostics(posterior, summary) -> str:
@@ -323,15 +398,75 @@ def _diagnostics(posterior, summary) -> str:
             text += f" ({100 * float(inv['fraction']):.1f} %)"
         reasons = inv.get("reasons") or []
         row("invalid predictive draws", text, _e(reasons[0]) if reasons else "")
-    for k, v in d.items():  # every other backend's scalars (R-hat, ESS, divergences, ...)
+    d.pop("prior_invalid_fraction", None)  # shown once, under "Data and settings"
+    sampler = _sampler_table(posterior, d)  # pops what it shows
+    for k, v in d.items():  # every other backend's scalars and settings
         if isinstance(v, (int, float, str, bool)) or v is None:
             row(k, _num(v))
+        elif isinstance(v, dict):
+            row(k, _e("; ".join(f"{kk} = {vv:.4g}" if isinstance(vv, float) else f"{kk} = {vv}"
+                                for kk, vv in v.items())))
         else:
-            row(k, f"<code>{_e(json.dumps(v, default=str)[:300])}</code>")
-    out = "<table>" + "".join(rows) + "</table>"
+            row(k, f"<code>{_e(json.dumps(v, default=str))}</code>")
+    out = sampler + "<table>" + "".join(rows) + "</table>"
     if trace:
         out += f"<p class='note'>Free-energy trace over iterations: {_e(', '.join(_num(t, 6) for t in trace))}</p>"
     return out
+
+
+def _pass(ok: bool) -> str:
+    return '<span class="tag g">pass</span>' if ok else '<span class="tag">fail</span>'
+
+
+def _sampler_table(posterior, d: dict) -> str:
+    """MCMC diagnostics as tables with their thresholds and pass/fail (pops the keys it shows from ``d``).
+
+    Per parameter: R-hat (≤ :data:`~jrinfer.backends.pymc.RHAT_MAX`), bulk and tail ESS (≥
+    :data:`~jrinfer.backends.pymc.ESS_MIN_PER_CHAIN` per chain); overall: divergences (none), draws at
+    the maximum tree depth (≤ 1 %). Empty for backends without them.
+    """
+    rhat, ess_b, ess_t = d.get("rhat"), d.get("ess_bulk"), d.get("ess_tail")
+    if not any(isinstance(x, dict) for x in (rhat, ess_b, ess_t)):
+        return ""
+    from jrinfer.backends.pymc import ESS_MIN_PER_CHAIN, RHAT_MAX  # PyMC itself is imported lazily there
+
+    n_chains = int(d.get("n_chains") or posterior.draws.shape[0])
+    ess_min = ESS_MIN_PER_CHAIN * n_chains
+    rhat, ess_b, ess_t = rhat or {}, ess_b or {}, ess_t or {}
+    for k in ("rhat", "ess_bulk", "ess_tail", "rhat_max", "ess_bulk_min", "ess_tail_min"):
+        d.pop(k, None)
+
+    def cell(value, ok):
+        if value is None:
+            return "<td>—</td>"
+        return f"<td>{_num(value, 4)} {_pass(ok)}</td>"
+
+    rows = []
+    for name in posterior.names:
+        r, b, t = rhat.get(name), ess_b.get(name), ess_t.get(name)
+        rows.append(f"<tr><th class='l'>{_e(name)}</th>"
+                    + cell(r, r is not None and r <= RHAT_MAX)
+                    + cell(None if b is None else round(b), b is not None and b >= ess_min)
+                    + cell(None if t is None else round(t), t is not None and t >= ess_min) + "</tr>")
+    head = (f"<tr><th class='l'>parameter</th><th>R-hat (≤ {RHAT_MAX:g})</th><th>bulk ESS (≥ {ess_min})</th>"
+            f"<th>tail ESS (≥ {ess_min})</th></tr>")
+    overall = []
+    if "divergences" in d:
+        n_div = int(d.pop("divergences"))
+        overall.append(("divergent transitions after tuning", str(n_div), "0", n_div == 0))
+    if "tree_depth_saturated" in d:
+        sat = float(d.pop("tree_depth_saturated"))
+        depth = d.pop("max_treedepth", None)
+        label = "draws at the maximum tree depth" + (f" ({depth})" if depth is not None else "")
+        overall.append((label, f"{100 * sat:.1f} %", "≤ 1 %", sat <= 0.01))
+    body = "".join(f"<tr><th class='l'>{_e(k)}</th><td>{v}</td><td>{_e(th)}</td><td>{_pass(ok)}</td></tr>"
+                   for k, v, th, ok in overall)
+    table2 = ("<table><tr><th class='l'>sampler check</th><th>value</th><th>threshold</th><th></th></tr>"
+              + body + "</table>") if overall else ""
+    note = (f"<p class='note'>Convergence of {n_chains} chain(s) (Vehtari et al. 2021): R-hat compares the chains "
+            f"(≤ {RHAT_MAX:g}: they agree), ESS counts effectively independent draws ({ESS_MIN_PER_CHAIN} per "
+            "chain), in the prior's unconstrained coordinates.</p>")
+    return "<table>" + head + "".join(rows) + "</table>" + table2 + note
 
 
 def _correlations(posterior) -> str:
@@ -455,7 +590,7 @@ def report_html(posterior, summary: dict | None = None, *, title: str | None = N
         "<h2>Condition effects</h2>" + _condition_effects(summary) if summary.get("condition_effects") else "",
         "<h2>Parameters</h2>", _parameter_table(posterior, truth),
         "<h2>What the data constrain</h2>", _correlations(posterior),
-        "<h2>Fit quality</h2>", _quality_table(posterior),
+        "<h2>Fit quality</h2>", _quality_table(posterior, summary),
         "<h2>Backend diagnostics</h2>", _diagnostics(posterior, summary),
         "<h2>Plots</h2>", fig_html,
         extra,

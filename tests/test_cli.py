@@ -90,10 +90,18 @@ def test_spectrum_transfer_refuses_oscillatory_regime(capsys):
         (["fixed-points", "--set", "A=nan"], "finite"),
         (["simulate", "--dt", "0"], "dt must be > 0"),
         (["spectrum", "--fmin", "10", "--fmax", "5"], "fmin < fmax"),
+        (["simulate", "--dt", "0"], "jrinfer simulate: error: --dt must be > 0"),  # the flag, not the Python name
+        (["spectrum", "--fmin", "-3"], "got --fmin -3.0, --fmax 40.0"),
+        # argparse's own errors: one line too, no usage block
+        (["simulate", "--duration", "abc"], "jrinfer simulate: error: argument --duration: invalid float value"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, args, match):
-    code, out, err = run(capsys, *args)
+    try:
+        code, out, err = run(capsys, *args)
+    except SystemExit as stop:  # argparse exits itself on parse errors
+        out, err = capsys.readouterr()
+        code = stop.code
     assert code == 2
     assert match in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -164,3 +172,16 @@ def test_fit_with_p_mean_not_free_holds_it_in_the_stable_regime(tmp_path, capsys
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["prior"]["fixed"]["p_mean"] == 60.0 and "p_mean" not in summary["parameters"]
 
+
+
+def test_fix_names_unknown_parameters_as_such(tmp_path, capsys):
+    """--fix Q=3 blames --fix and lists the parameters it knows (not the prior)."""
+    csv = tmp_path / "s.csv"
+    freqs = np.arange(2.0, 30.01, 0.5)
+    csv.write_text("freq,power\n" + "\n".join(f"{f},{1.0 / f}" for f in freqs))
+    code, _, err = run(capsys, "fit", str(csv), "--kind", "spectrum", "--units", "uV^2/Hz", "--fix", "Q=3",
+                       "--out", str(tmp_path / "o"))
+    assert code == 2 and "--fix: unknown parameter 'Q'; known: A, B, a, b, C" in err, err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "prior" not in errors[0] and "usage" not in err
+    assert not (tmp_path / "o").exists()

@@ -280,3 +280,29 @@ def test_a_difference_held_fixed_is_reported_as_fixed(data):
     # prior draws as "posterior": no information, so the evidence is about even
     assert abs(eff["a"]["task"]["log_bayes_factor"]) < 0.2
     assert any("held fixed at 0" in line for line in format_effects(eff, "rest"))
+
+
+@pytest.mark.parametrize("mean, sd, reading", [(0.3, 0.05, "agree"), (0.18, 0.1, "differ")])
+def test_interval_and_bayes_factor_relation_is_explained(data, mean, sd, reading):
+    """An interval that excludes 0 with a weak log BF (a shift small for its prior) is said to be so, in one line.
+
+    Savage-Dickey with prior sd s0 = sqrt(2) 0.2: log BF = z^2/2 - log(s0/sd); mean 0.18, sd 0.1 gives a 90 %
+    interval [0.016, 0.344] (excludes 0) and log BF 0.58 (< 1, weak).
+    """
+    from jrinfer.conditions import INTERVAL_VS_BF, format_effects
+    from jrinfer.posterior import Posterior
+
+    obs = ConditionObservation(SpectrumObservation(), ("rest", "task"), vary=("a",))
+    problem = InverseProblem(obs, obs.default_prior(data, free=("a", "p_mean")), data)
+    n = problem.n_params
+    z = np.zeros(n) + 0.05 * np.random.default_rng(1).standard_normal((40000, n))
+    z[:, problem.names.index("delta_a_task")] = mean + sd * np.random.default_rng(2).standard_normal(40000)
+    draws = problem.prior.from_unconstrained(torch.tensor(z)).numpy()
+    e = condition_effects(Posterior(names=problem.names, draws=draws[None], backend="test"), problem)["a"]["task"]
+    s0 = math.sqrt(2) * 0.2
+    assert e["log_bayes_factor"] == pytest.approx((mean / sd) ** 2 / 2 - math.log(s0 / sd), abs=0.05)
+    assert e["lower"] > 0  # the interval excludes no difference in both cases
+    assert e["agreement"].startswith(reading), e["agreement"]
+    lines = format_effects({"a": {"task": e}}, "rest")
+    assert any(INTERVAL_VS_BF in line for line in lines)
+    assert any("suggestive, not established" in line for line in lines[2:]) == (reading == "differ"), lines

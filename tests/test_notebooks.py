@@ -64,8 +64,11 @@ def test_fit_resting_spectrum(tmp_path):
     from conftest import require_recordings
 
     require_recordings("eegmat/Subject00_1.edf")
-    execute_notebook("fit_resting_spectrum.ipynb", tmp_path)
-    _assert_pngs(tmp_path, ["02_correlations.png", "02_pairs.png", "02_fit.png", "02_residuals.png"])
+    require_recordings("eegmat/Subject00_2.edf")
+    text = execute_notebook("fit_resting_spectrum.ipynb", tmp_path)
+    assert "small settings" in text and "condition effects (against rest" in text
+    _assert_pngs(tmp_path, ["02_correlations.png", "02_pairs.png", "02_fit.png", "02_residuals.png",
+                            "02_nuts_trace.png", "02_nuts_pairs.png", "02_predictive_backends.png"])
 
 
 @pytest.mark.slow

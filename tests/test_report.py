@@ -162,3 +162,56 @@ def test_fit_report_flag_writes_the_page(tmp_path, capsys):
     assert "report.html" in stdout
     page = (out / "report.html").read_text(encoding="utf-8")
     assert check_self_contained(page) >= 3 and "synthetic_spectrum.csv" in page
+
+
+def test_report_labels_quality_keys_shows_one_prior_invalid_figure_and_a_sampler_table(tmp_path):
+    """Fit-quality keys get human labels; the prior-invalid fraction appears once; NUTS diagnostics are a table."""
+    import dataclasses
+
+    from jrinfer.backends.pymc import RHAT_MAX
+    from jrinfer.report import report_html
+
+    post = _posterior()
+    names = post.names
+    diag = {"rhat": {n: 1.002 for n in names} | {"a": 1.03}, "ess_bulk": {n: 900.0 for n in names},
+            "ess_tail": {n: 700.0 for n in names} | {"gain": 150.0}, "rhat_max": 1.03, "ess_bulk_min": 900.0,
+            "ess_tail_min": 150.0, "n_chains": 2, "divergences": 3, "tree_depth_saturated": 0.0, "max_treedepth": 10,
+            "prior_invalid_fraction": 0.12, "settings": {"chains": 2, "tune": 200, "draws": 200}}
+    nuts = dataclasses.replace(post, backend="nuts", diagnostics=diag, log_evidence=None,
+                               fit_quality={**post.fit_quality, "harmonic_excess_log_power": 1.3})
+    page = report_html(nuts, {"prior_validity": {"n_samples": 1000, "invalid_fraction": 0.081, "reasons": []}})
+    # one prior-invalid figure, labelled with its sample size; the backend's own count is not shown beside it
+    assert page.count("prior draws the model cannot evaluate") == 1 and "8.1 % of 1000 prior draws" in page
+    assert "prior_invalid_fraction" not in page and "12.0 %" not in page
+    # raw keys come with a label and their meaning
+    assert "excess log-power at twice the alpha peak" in page and "R² of log-power" in page
+    # sampler diagnostics: per-parameter rows with thresholds and pass/fail, not truncated JSON
+    assert f"R-hat (≤ {RHAT_MAX:g})" in page and "bulk ESS (≥ 200)" in page and "tail ESS (≥ 200)" in page
+    row_a = page[page.index("<th class='l'>a</th>"):].split("</tr>")[0]
+    assert "1.03" in row_a and "fail" in row_a
+    row_gain = page[page.index("<th class='l'>gain</th>"):].split("</tr>")[0]
+    assert "150" in row_gain and "fail" in row_gain and row_gain.count("pass") == 2
+    div = page[page.index("divergent transitions after tuning"):].split("</tr>")[0]
+    assert ">3<" in div and "fail" in div
+    assert "draws at the maximum tree depth (10)" in page and '{"A": 1.002' not in page
+    assert "tune = 200" in page
+    # without summary.json's count, the backend's own is the one figure shown
+    page = report_html(nuts, {})
+    assert page.count("prior draws the model cannot evaluate") == 1 and "12.0 % of 200 prior draws" in page
+
+
+def test_report_explains_interval_against_bayes_factor():
+    from jrinfer.conditions import INTERVAL_VS_BF
+    from jrinfer.report import report_html
+
+    e = {"parameter": "delta_a_task", "scale": "log", "mean": 0.18, "sd": 0.1, "lower": 0.016, "upper": 0.344,
+         "interval": 0.9, "ratio": 1.2, "ratio_lower": 1.02, "ratio_upper": 1.41, "log_bayes_factor": 0.58,
+         "p_difference": 0.64, "evidence": "inconclusive",
+         "agreement": "differ: the interval excludes no difference but the evidence is weak"}
+    summary = {"condition_effects": {"reference": "rest", "conditions": ["rest", "task"], "method": "BMR",
+                                     "effects": {"a": {"task": e}}}}
+    page = report_html(_posterior(), summary)
+    import html
+
+    assert html.escape(INTERVAL_VS_BF) in page
+    assert "differ: the interval excludes no difference" in page
