@@ -84,7 +84,7 @@ def test_eegmat_rest_alpha_peak_and_shape(subject, backend):
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,
     reason="2 x (200 tune + 200 draws), seed 0, measured on subjects 0/3/5: R-hat max 1.0095/1.034/1.024, "
     "min ESS bulk/tail 230/172, 64/34, 104/96, 1/4/4 divergences; the library's thresholds (R-hat <= 1.01, "
     "ESS >= 100 per chain, no divergence) need longer chains than the CI budget (2 x (300 + 300): still 1.021/"
