@@ -742,7 +742,7 @@ class JansenRit:
 
         bracket = None
         if guess is not None and math.isfinite(guess) and lo < guess < hi:
-            h = 0.01 * (hi - lo) / grid_size
+            h = 1e-3 * max(abs(guess), 1.0)
             pts = np.clip(np.array([guess - h, guess + h]), lo, hi)
             s = sigma(pts)
             if s[0] < 0 <= s[1]:
@@ -757,25 +757,28 @@ class JansenRit:
                 return torch.tensor(math.inf, dtype=torch.float64)
             k = int(up[0])
             bracket = (grid[k - 1], grid[k], s[k - 1], s[k])
+        # safeguarded secant (Illinois) inside the bracket: sigma is close to linear in p near the root
         a, b, sa, sb = bracket
-        p = a - sa * (b - a) / (sb - sa)
-        for _ in range(50):  # safeguarded Newton (derivative from a paired evaluation)
-            dp = 1e-6 * max(abs(p), 1.0)
-            sp, sq = sigma(np.array([p, p + dp]))
+        xtol = 1e-8 * max(abs(a), abs(b), 1.0)
+        p, side = a - sa * (b - a) / (sb - sa), 0
+        for _ in range(60):
+            sp = float(sigma(np.array([p]))[0])
             if sp < 0:
                 a, sa = p, sp
+                if side == -1:
+                    sb *= 0.5
+                side = -1
             else:
                 b, sb = p, sp
-            slope = (sq - sp) / dp
-            step = -sp / slope if slope > 0 else math.nan
-            new = p + step
-            if not (a < new < b):
-                new = a - sa * (b - a) / (sb - sa)  # regula falsi inside the bracket
-            # 1e-9: the differentiable Newton step below squares the remaining error
-            if abs(new - p) <= 1e-9 * max(abs(p), 1.0) or b - a <= 1e-9 * max(abs(p), 1.0):
-                p = new
+                if side == 1:
+                    sa *= 0.5
+                side = 1
+            new = a - sa * (b - a) / (sb - sa)
+            if abs(new - p) <= xtol or b - a <= xtol or sp == 0.0:
+                p = new if a <= new <= b else p
                 break
             p = new
+        # (the differentiable Newton step below squares the remaining error)
         params = {k: v for k, v in self._params.items() if k != "p_mean"}
         p_leaf = torch.tensor(float(p), dtype=torch.float64, requires_grad=True)
         with torch.enable_grad():

@@ -363,6 +363,21 @@ class Observation(abc.ABC):
         """
         return None
 
+    def stability_boundary(self, data):
+        """Optional: a parameter whose valid range ends at a boundary that moves with the others (default: none).
+
+        An observation whose prediction stops existing past such a boundary
+        (``-inf`` likelihood) may return ``(name, bound)``: ``name`` the
+        parameter bounded above and ``bound(params, search_range)`` a
+        differentiable scalar tensor, the upper end of ``name``'s valid
+        range for one parameter set ``params`` (``{name: scalar tensor}``,
+        ``name``'s own entry ignored), searched in ``search_range``; ``+inf``
+        where there is no boundary there and ``-inf`` where none of the range
+        is valid. Samplers may use it to reparametrise so that the boundary
+        sits at infinity (``jrinfer.backends.pymc``). ``None``: no such boundary.
+        """
+        return None
+
     @abc.abstractmethod
     def sample(self, prediction: Prediction, params: dict, data, generator: torch.Generator) -> torch.Tensor:
         """Noisy data drawn from the likelihood, shape ``(*batch, n_channels, n_points)``."""
@@ -770,6 +785,25 @@ class SpectrumObservation(_JansenRitObservation):
         from jrinfer._fastspec import SpectralLogLikelihood
 
         return SpectralLogLikelihood(self, data, names, fixed)
+
+    def stability_boundary(self, data):
+        """``("p_mean", bound)`` for ``method="transfer"``: the first Hopf point of the upper branch.
+
+        The linearised spectrum exists while the upper equilibrium is stable,
+        i.e. for ``p_mean`` below :meth:`jrinfer.JansenRit.hopf_p_mean` of the
+        other parameters (see the base class). ``None`` for the simulation method.
+        """
+        if self.method != "transfer":
+            return None
+
+        def bound(params: dict, search_range) -> torch.Tensor:
+            model_params, _ = _split(params, self.parameter_names(data))
+            model_params = {k: v for k, v in model_params.items() if k != "p_mean"}
+            model = JansenRit(noise=self.noise, noise_on=self.noise_on, **model_params)
+            return model.hopf_p_mean(search_range, guess=bound.guess)
+
+        bound.guess = None  # callers may store the last boundary here (a warm start only)
+        return "p_mean", bound
 
     def _segments(self, data) -> float:
         if data.n_segments is None:

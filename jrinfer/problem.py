@@ -340,6 +340,22 @@ class InverseProblem:
         (grad,) = torch.autograd.grad(value.sum(), z)
         return value.detach(), grad
 
+    def stability_boundary(self) -> "StabilityBoundary | None":
+        """The observation's moving upper bound on a free parameter, or None.
+
+        Under the transfer method the spectrum exists only below the first
+        Hopf point ``p_H(theta)`` of the upper branch (a function of the
+        other parameters); with ``p_mean`` free this returns a
+        :class:`StabilityBoundary` that evaluates ``p_H`` and its gradient at
+        unconstrained ``z`` (for samplers that reparametrise so that the
+        boundary sits at infinity). None when the observation has no such
+        boundary or the bounded parameter is fixed.
+        """
+        found = self.observation.stability_boundary(self.data)
+        if found is None or found[0] not in self.names:
+            return None
+        return StabilityBoundary(self, *found)
+
     @property
     def has_fast_path(self) -> bool:
         """Whether :meth:`log_joint_and_grad` runs the observation's fused path (else autograd)."""
@@ -519,3 +535,56 @@ def _numpy_prior(prior: Prior):
         return lp, glp, theta, jac
 
     return transform
+
+
+class StabilityBoundary:
+    """Upper end ``b(theta)`` of a free parameter's valid range, from :meth:`InverseProblem.stability_boundary`.
+
+    Attributes
+    ----------
+    name : str
+        The bounded parameter (``"p_mean"`` under the transfer method).
+    index : int
+        Its position in ``problem.names``.
+    search_range : (float, float)
+        Where the boundary is looked for: the prior's central ``1 - 2e-6``
+        interval of the parameter. Beyond it the bound is ``+inf`` (no
+        boundary inside the prior's range: nothing is cut).
+    """
+
+    def __init__(self, problem: InverseProblem, name: str, bound):
+        self.problem = problem
+        self.name = name
+        self.index = problem.names.index(name)
+        self.distribution = problem.prior.distributions[name]
+        self.search_range = (self.distribution.quantile(1e-6), self.distribution.quantile(1.0 - 1e-6))
+        self._bound = bound
+        self.n_calls = 0
+
+    def __repr__(self) -> str:
+        lo, hi = self.search_range
+        return f"StabilityBoundary({self.name!r}, search_range=({lo:g}, {hi:g}))"
+
+    def __call__(self, z) -> tuple[float, np.ndarray]:
+        """``(b, db/dz)`` at one unconstrained ``z`` ``(n_params,)``: natural units, gradient ``(n_params,)``.
+
+        ``b`` is ``+inf`` (no boundary in ``search_range``) or ``-inf`` (no
+        valid value there) with a zero gradient; the bounded parameter's own
+        entry of ``z`` is ignored (its gradient entry is 0).
+        """
+        self.n_calls += 1
+        zt = torch.tensor(np.asarray(z, dtype=np.float64), dtype=torch.float64)
+        if zt.shape != (self.problem.n_params,):
+            raise ValueError(f"z must have shape ({self.problem.n_params},), got {tuple(zt.shape)}")
+        zt.requires_grad_(True)
+        with torch.enable_grad():
+            params = self.problem.parameters(self.problem.prior.from_unconstrained(zt))
+            b = self._bound(params, self.search_range)
+            value = float(b.detach())
+            if math.isfinite(value) and b.requires_grad:
+                (grad,) = torch.autograd.grad(b, zt)
+                grad = grad.numpy().copy()
+                self._bound.guess = value
+            else:
+                grad = np.zeros(self.problem.n_params)
+        return value, grad

@@ -148,7 +148,90 @@ def _op_classes():
         def infer_shape(self, fgraph, node, input_shapes):
             return [()] + ([input_shapes[0]] if self.with_grad else [])
 
-    return TorchLogLike
+    class BoundaryOp(Op):
+        """``Z_b(z)``: the stability boundary of one parameter in its prior's unconstrained coordinate.
+
+        Input ``z`` ``(n_params,)`` (the bounded parameter's own entry is
+        ignored); outputs ``Z_b`` (float64 scalar, clipped to ``[-Z_CLIP,
+        Z_CLIP]``; ``Z_CLIP`` where there is no boundary in the prior's range)
+        and its gradient ``(n_params,)``.
+        """
+
+        __props__ = ("boundary_id",)
+
+        def __init__(self, boundary):
+            self.boundary = boundary
+            self.boundary_id = id(boundary)
+            self.n_calls = 0
+            self.seconds = 0.0
+
+        def make_node(self, z):
+            z = pt.as_tensor_variable(z)
+            return Apply(self, [z], [pt.dscalar(), pt.dvector()])
+
+        def evaluate(self, z: np.ndarray) -> tuple[float, np.ndarray]:
+            t0 = time.perf_counter()
+            self.n_calls += 1
+            try:
+                value, grad = _boundary_unconstrained(self.boundary, np.asarray(z, dtype=np.float64))
+            except Exception:  # a failed search: no reparametrisation at this point (the likelihood still guards)
+                value, grad = _Z_CLIP, np.zeros(np.shape(z)[0])
+            self.seconds += time.perf_counter() - t0
+            return value, grad
+
+        def perform(self, node, inputs, output_storage):
+            value, grad = self.evaluate(inputs[0])
+            output_storage[0][0] = np.asarray(value, dtype=np.float64)
+            output_storage[1][0] = np.asarray(grad, dtype=np.float64)
+
+        def grad(self, inputs, output_grads):
+            _, g = self(inputs[0])
+            return [output_grads[0] * g]
+
+        def infer_shape(self, fgraph, node, input_shapes):
+            return [(), input_shapes[0]]
+
+    return TorchLogLike, BoundaryOp
+
+
+#: Where the boundary in unconstrained coordinates is clipped (``+Z_CLIP``: no boundary; softmin is then the identity).
+_Z_CLIP = 700.0
+
+
+def _boundary_unconstrained(boundary, z: np.ndarray) -> tuple[float, np.ndarray]:
+    """The boundary ``b(theta)`` of ``boundary.name`` mapped by its prior's transform: ``(Z_b, dZ_b/dz)``."""
+    b, db = boundary(z)
+    if b == math.inf:
+        return _Z_CLIP, np.zeros_like(db)
+    if b == -math.inf:
+        return -_Z_CLIP, np.zeros_like(db)
+    d = boundary.distribution
+    lo, hi = d.support
+    if b >= hi:
+        return _Z_CLIP, np.zeros_like(db)
+    if b <= lo:
+        return -_Z_CLIP, np.zeros_like(db)
+    bt = torch.tensor(b, dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        zb = d.to_unconstrained(bt)
+        (dzb,) = torch.autograd.grad(zb, bt)
+    value = float(zb)
+    if not abs(value) < _Z_CLIP:
+        return math.copysign(_Z_CLIP, value), np.zeros_like(db)
+    return value, float(dzb) * db
+
+
+def _softmin(w, zb):
+    """``-log(exp(-w) + exp(-zb))``: ``w`` far below ``zb``, ``zb - exp(zb - w)`` near it (PyTensor or NumPy)."""
+    import pytensor.tensor as pt
+
+    lib = pt if not isinstance(w, (float, np.floating, np.ndarray)) else np
+    return lib.minimum(w, zb) - lib.log1p(lib.exp(-abs(w - zb)))
+
+
+def _softmin_inverse(z: float, zb: float) -> float:
+    """``w`` with ``_softmin(w, zb) = z`` (``z < zb``)."""
+    return -(-z + math.log(-math.expm1(z - zb)))
 
 
 def loglike_op(problem, *, with_grad: bool = True):
@@ -176,7 +259,7 @@ def loglike_op(problem, *, with_grad: bool = True):
         ``problem`` is not an InverseProblem.
     """
     _check_problem(problem)
-    return _op_classes()(problem, with_grad=_checks.check_bool("with_grad", with_grad))
+    return _op_classes()[0](problem, with_grad=_checks.check_bool("with_grad", with_grad))
 
 
 def _check_problem(problem):
@@ -187,7 +270,7 @@ def _check_problem(problem):
     return problem
 
 
-def problem_to_pymc(problem, *, with_grad: bool = True):
+def problem_to_pymc(problem, *, with_grad: bool = True, boundary: str | None = None):
     """A PyMC model of ``problem``: mirrored priors on ``z`` plus the torch log-likelihood.
 
     Parameters
@@ -196,6 +279,26 @@ def problem_to_pymc(problem, *, with_grad: bool = True):
     with_grad : bool
         Build the gradient into the likelihood Op (needed by NUTS; SMC
         builds without it).
+    boundary : {None, "hopf"}
+        ``"hopf"``: sample the parameter bounded by the problem's stability
+        boundary (:meth:`InverseProblem.stability_boundary`; ``p_mean`` under
+        the transfer method, bounded by the first Hopf point ``p_H(theta)``
+        of the other parameters) in a coordinate in which the boundary sits
+        at infinity. With ``z`` the prior's unconstrained coordinate of
+        ``p_mean`` and ``Z_H = to_unconstrained(p_H(theta))``, the free
+        variable is ``w`` (``p_mean_w``, flat) with
+        ``z = softmin(w, Z_H) = -log(exp(-w) + exp(-Z_H))``: the identity
+        far below the boundary, ``Z_H - exp(Z_H - w)`` near it, so that
+        ``w -> inf`` approaches the boundary (the log distance to it). The
+        density of ``w`` is the prior's density of ``z`` times
+        ``dz/dw = sigmoid(Z_H - w)``, so the prior in natural units is
+        unchanged on the stable side; prior mass past the boundary (where
+        the likelihood is ``-inf``) is dropped. Where the upper branch has no
+        Hopf point in the prior's central ``1 - 2e-6`` interval
+        (always stable there) or lies past the prior's upper bound,
+        ``Z_H = +700`` and the map is the identity (nothing is cut); where
+        the branch is unstable over the whole interval, ``Z_H = -700`` (no
+        valid ``p_mean``). ``ValueError`` if the problem offers no boundary.
 
     Returns
     -------
@@ -219,29 +322,66 @@ def problem_to_pymc(problem, *, with_grad: bool = True):
     import pytensor.tensor as pt
 
     _check_problem(problem)
+    if boundary not in (None, "hopf"):
+        raise ValueError(f"boundary must be None or 'hopf', got {boundary!r}")
+    sb = None
+    if boundary == "hopf":
+        sb = problem.stability_boundary()
+        if sb is None:
+            raise ValueError(
+                "boundary='hopf' needs a problem whose observation has a stability boundary on a free parameter "
+                "(a transfer-method spectrum with p_mean free); this one has none: use boundary=None"
+            )
     op = loglike_op(problem, with_grad=with_grad)
+    bop = _op_classes()[1](sb) if sb is not None else None
     with pm.Model() as model:
         zs = []
 
         def f64(x):  # PyTensor would make exactly representable Python floats float32 constants
             return pt.constant(np.float64(x), dtype="float64")
 
-        for name, d in problem.prior.distributions.items():
+        def mirror(name, d, rv_name):
             if isinstance(d, LogNormal):
-                z = pm.Normal(f"{name}_z", mu=f64(math.log(d.median)), sigma=f64(d.sd_log))
+                return pm.Normal, {"mu": f64(math.log(d.median)), "sigma": f64(d.sd_log)}
+            if isinstance(d, Normal):
+                return pm.Normal, {"mu": f64(d.mean), "sigma": f64(d.sd)}
+            if isinstance(d, Uniform):
+                return pm.Logistic, {"mu": f64(0.0), "s": f64(1.0)}
+            raise ValueError(f"problem.prior's {name!r} has a distribution with no PyMC mirror: {d!r}")
+
+        bounded = {}
+        for name, d in problem.prior.distributions.items():
+            cls, kw = mirror(name, d, f"{name}_z")
+            if sb is not None and name == sb.name:
+                w = pm.Flat(f"{name}_w")
+                z = None  # filled in once the others exist (the boundary depends on them)
+                bounded = {"name": name, "w": w, "cls": cls, "kw": kw, "d": d}
+            else:
+                z = cls(f"{name}_z", **kw)
+            zs.append(z)
+        if sb is not None:
+            i = sb.index
+            others = pt.stack([f64(0.0) if k == i else zk for k, zk in enumerate(zs)]).astype("float64")
+            zb = bop(others)[0]
+            w = bounded["w"]
+            z = pm.Deterministic(f"{bounded['name']}_z", _softmin(w, zb))
+            # prior density of z at softmin(w, Z_H) times dz/dw = sigmoid(Z_H - w)
+            log_jac = -pt.softplus(w - zb)
+            pm.Potential(
+                f"{bounded['name']}_prior", pm.logp(bounded["cls"].dist(**bounded["kw"]), z) + log_jac
+            )
+            zs[i] = z
+        for (name, d), z in zip(problem.prior.distributions.items(), zs):
+            if isinstance(d, LogNormal):
                 pm.Deterministic(name, pt.exp(z))
             elif isinstance(d, Normal):
-                z = pm.Normal(f"{name}_z", mu=f64(d.mean), sigma=f64(d.sd))
                 pm.Deterministic(name, z)
-            elif isinstance(d, Uniform):
-                z = pm.Logistic(f"{name}_z", mu=f64(0.0), s=f64(1.0))
-                pm.Deterministic(name, f64(d.low) + f64(d.high - d.low) * pt.sigmoid(z))
             else:
-                raise ValueError(f"problem.prior's {name!r} has a distribution with no PyMC mirror: {d!r}")
-            zs.append(z)
+                pm.Deterministic(name, f64(d.low) + f64(d.high - d.low) * pt.sigmoid(z))
         out = op(pt.stack(zs).astype("float64"))
         pm.Potential("loglike", out[0] if isinstance(out, (list, tuple)) else out)
     model.jrinfer_op = op
+    model.jrinfer_boundary = bop
     return model
 
 
@@ -330,6 +470,39 @@ def _laplace_start(problem, chains: int, seed: int):
                 break
         inits.append(z.numpy().copy())
     return mean.numpy().copy(), cov.numpy().copy(), inits
+
+
+def _to_w(bop, start):
+    """The Laplace start in the boundary coordinate ``w`` (see :func:`problem_to_pymc`), or None.
+
+    Each start ``z`` keeps its other coordinates; the bounded one becomes
+    ``w = softmin^-1(z, Z_H)``. The mass matrix's row and column of that
+    coordinate are scaled by ``dw/dz`` at the mean (its dependence on the
+    other coordinates is left to the adaptation). None when the mean lies
+    past the boundary (PyMC's jitter start is used then).
+    """
+    mean, cov, inits = start
+    i = bop.boundary.index
+
+    def convert(z):
+        zb, _ = bop.evaluate(z)
+        if not z[i] < zb:
+            return None, None
+        out = z.copy()
+        out[i] = _softmin_inverse(float(z[i]), zb)
+        return out, 1.0 + math.exp(out[i] - zb)  # dw/dz = 1 / sigmoid(Z_H - w)
+
+    mean_w, scale = convert(mean)
+    if mean_w is None:
+        return None
+    cov = cov.copy()
+    cov[i, :] *= scale
+    cov[:, i] *= scale
+    inits_w = []
+    for z in inits:
+        zw, _ = convert(z)
+        inits_w.append(zw if zw is not None else mean_w)
+    return mean_w, cov, inits_w
 
 
 def _z_draws(problem, idata) -> np.ndarray:
@@ -451,8 +624,12 @@ class NUTS:
         progress: bool = False,
         max_treedepth: int = 10,
         init: str = "laplace",
+        boundary: str | None = None,
     ):
         _checks.check_option("init", init, ("laplace", "jitter"))
+        if boundary not in (None, "hopf"):
+            raise ValueError(f"boundary must be None or 'hopf', got {boundary!r}")
+        self.boundary = boundary
         self.init = init
         self.chains = _checks.check_int("chains", chains, minimum=1)
         self.tune = _checks.check_int("tune", tune, minimum=0)
@@ -502,11 +679,18 @@ class NUTS:
         _check_problem(problem)
         n_predictive = _checks.check_int("n_predictive", n_predictive, minimum=0)
         pm = _pymc()
-        model = problem_to_pymc(problem, with_grad=True)
+        model = problem_to_pymc(problem, with_grad=True, boundary=self.boundary)
+        bop = model.jrinfer_boundary
         import warnings as _w
 
         t_init = time.perf_counter()
         start = _laplace_start(problem, self.chains, self.seed) if self.init == "laplace" else None
+        free_names = [f"{name}_z" for name in problem.names]
+        if bop is not None:
+            i = bop.boundary.index
+            free_names[i] = f"{problem.names[i]}_w"
+            if start is not None:
+                start = _to_w(bop, start)
         t0 = time.perf_counter()
         init_seconds = t0 - t_init
         with model, _w.catch_warnings():
@@ -518,7 +702,7 @@ class NUTS:
                 mean, cov, inits = start
                 n = problem.n_params
                 kw["potential"] = QuadPotentialFullAdapt(n, mean, cov, initial_weight=10 * n)
-                sample_kw = {"initvals": [{f"{name}_z": z[i] for i, name in enumerate(problem.names)} for z in inits]}
+                sample_kw = {"initvals": [{v: z[k] for k, v in enumerate(free_names)} for z in inits]}
             else:
                 sample_kw = {}
             step = pm.NUTS(target_accept=self.target_accept, max_treedepth=self.max_treedepth, **kw)
@@ -564,6 +748,11 @@ class NUTS:
         if op.first_error:
             diag["loglike_first_error"] = op.first_error
         diag["init"] = "laplace" if start is not None else "jitter+adapt_diag"
+        diag["boundary"] = self.boundary
+        if bop is not None:
+            diag["boundary_parameter"] = bop.boundary.name
+            diag["boundary_evaluations"] = bop.n_calls if counted else None
+            diag["boundary_time_s"] = bop.seconds if counted else None
         diag["init_time_s"] = init_seconds
         diag["fused_loglike"] = bool(op.fused)
         diag["settings"] = {
@@ -573,6 +762,7 @@ class NUTS:
             "draws": self.draws,
             "target_accept": self.target_accept,
             "seed": self.seed,
+            "boundary": self.boundary,
         }
         kept = int(z.shape[1])
         diag["interrupted"] = bool(stop.interrupted)
