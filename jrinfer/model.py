@@ -730,14 +730,21 @@ class JansenRit:
 
         base_np = {k: float(v) for k, v in base.items()}
 
+        last = {}
+
         def sigma(p: np.ndarray) -> np.ndarray:  # largest real part of the upper equilibrium's eigenvalues
             n = p.shape[0]
+            if n == 1 and "y0" in last:  # continuation along the upper branch from the last root
+                s1 = _upper_sigma_continued(base_np, float(p[0]), last["y0"])
+                if s1 is not None:
+                    return np.array([s1])
             pd = {k: np.full(n, v) for k, v in base_np.items()}
             pd["p_mean"] = np.ascontiguousarray(p, dtype=np.float64)
             eq = _selected_equilibrium_numpy(pd, torch.Size((n,)), 256, "upper", None)
             if eq is None:  # a fold candidate: the full (torch) search
                 m = JansenRit(noise=self.noise, noise_on=self.noise_on, **base, p_mean=torch.from_numpy(pd["p_mean"]))
                 eq = m._equilibrium("upper")
+            last["y0"] = float(eq.state[..., -1, 0]) if n > 1 else float(eq.state.reshape(-1, 6)[0, 0])
             return eq.eigenvalues.real.max(-1).values.numpy()
 
         bracket = None
@@ -1731,6 +1738,45 @@ def _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess):
         torch.ones(out, dtype=torch.bool),
         t(change.sum(1)).reshape(out),
     )
+
+
+def _upper_sigma_continued(pf: dict, p_mean: float, y0: float) -> float | None:
+    """Largest real part of the eigenvalues at the equilibrium continued from ``y0`` (plain Newton), or None.
+
+    For :meth:`JansenRit.hopf_p_mean`'s refinement, where successive ``p_mean``
+    are close and the upper branch is far from a fold: Newton on the scalar
+    equilibrium equation from the last root; None (use the full search) when
+    it does not converge in 20 steps or the root leaves ``(0, 2 e0 A / a)``.
+    """
+    p = dict(pf)
+    p["p_mean"] = p_mean
+    y_max = 2.0 * p["e0"] * p["A"] / p["a"]
+    ke, ki = p["A"] / p["a"], p["B"] / p["b"]
+    x = y0
+    with np.errstate(over="ignore"):
+        for _ in range(20):
+            g, v = _np_residual(x, p)
+            dv = ke * p["C2"] * p["C1"] * _np_slope(p["C1"] * x, p) - ki * p["C4"] * p["C3"] * _np_slope(p["C3"] * x, p)
+            step = g / (ke * _np_slope(v, p) * dv - 1.0)
+            x = x - step
+            if not 0.0 < x < y_max or not math.isfinite(x):
+                return None
+            if abs(step) <= 4 * np.finfo(np.float64).eps * y_max:
+                break
+        else:
+            return None
+        _, v = _np_residual(x, p)
+        e0, v0, r = p["e0"], p["v0"], p["r"]
+        y1 = ke * (p["p_mean"] + p["C2"] * 2.0 * e0 * _np_sigmoid(r * (p["C1"] * x - v0)))
+        y2 = ki * p["C4"] * 2.0 * e0 * _np_sigmoid(r * (p["C3"] * x - v0))
+        a, b, Aa, Bb = p["a"], p["b"], p["A"] * p["a"], p["B"] * p["b"]
+        jac = np.zeros((6, 6))
+        jac[0, 3] = jac[1, 4] = jac[2, 5] = 1.0
+        g0 = _np_slope(y1 - y2, p)
+        jac[3, 0], jac[3, 1], jac[3, 2], jac[3, 3] = -a * a, Aa * g0, -Aa * g0, -2 * a
+        jac[4, 0], jac[4, 1], jac[4, 4] = Aa * p["C2"] * p["C1"] * _np_slope(p["C1"] * x, p), -a * a, -2 * a
+        jac[5, 0], jac[5, 2], jac[5, 5] = Bb * p["C4"] * p["C3"] * _np_slope(p["C3"] * x, p), -b * b, -2 * b
+    return float(np.linalg.eigvals(jac).real.max())
 
 
 def _native_available() -> bool:

@@ -343,3 +343,75 @@ def test_cli_fit_nuts_writes_diagnostics_and_plots(tmp_path, capsys):
         assert (out / name).stat().st_size > 1000, name
     bad = main(["fit", str(csv), "--kind", "spectrum", "--backend", "nuts", "--chains", "0", "--out", str(tmp_path / "x")])
     assert bad == 2 and "chains" in capsys.readouterr().err
+
+
+# ------------------------------------------------ posteriors cut by the Hopf boundary
+def _near_boundary_jr_problem(seed=3, n_segments=40):
+    """A sharp alpha peak (JR 1995 constants, p_mean 70, peak ~10 Hz, 0.25 Hz bins, 40 segments).
+
+    Free: a, b, C, p_mean (default prior), gain, 1/f amplitude and exponent, log precision. The
+    damping is barely seen through the window, so the posterior runs into the first Hopf point
+    p_H(a, b, C): about half of the Laplace Gaussian lies past it.
+    """
+    from jrinfer import Prior
+
+    freqs = torch.arange(2.0, 40.01, 0.25, dtype=F64)
+    obs = SpectrumObservation(floor=False)
+    template = SpectrumData.from_arrays(freqs, torch.ones(1, freqs.numel(), dtype=F64), units="uV^2/Hz",
+                                        n_segments=n_segments)
+    truth = {"p_mean": torch.tensor(70.0, dtype=F64), "p_std": torch.tensor(1.0, dtype=F64),
+             "gain": torch.tensor(3e-3, dtype=F64), "ap_amplitude": torch.tensor(2.0, dtype=F64),
+             "ap_exponent": torch.tensor(1.2, dtype=F64), "log_precision": torch.tensor(math.log(n_segments), dtype=F64)}
+    y = obs.sample(obs.predict(truth, template), truth, template, torch.Generator().manual_seed(seed))
+    data = SpectrumData.from_arrays(freqs, y, units="uV^2/Hz", n_segments=n_segments)
+    return InverseProblem(obs, Prior.from_dict(obs.default_prior(data, free=("a", "b", "C", "p_mean"))), data)
+
+
+def test_hopf_point_and_its_gradient_match_finite_differences():
+    from jrinfer import JansenRit
+
+    assert abs(float(JansenRit().hopf_p_mean((20.0, 300.0)).detach()) - 89.83) < 0.01  # Grimbert & Faugeras (2006)
+    assert float(JansenRit(A=2.0).hopf_p_mean((20.0, 300.0))) == math.inf  # always stable on the range
+    problem = _near_boundary_jr_problem()
+    sb = problem.stability_boundary()
+    assert sb.name == "p_mean" and sb.index == problem.names.index("p_mean")
+    z = problem.prior.to_unconstrained(problem.prior.median()).numpy() + 0.002
+    value, grad = sb(z)
+    assert 60.0 < value < 120.0 and grad[sb.index] == 0.0
+    h = 1e-5
+    for k in range(problem.n_params):
+        e = np.zeros(problem.n_params)
+        e[k] = h
+        fd = (sb(z + e)[0] - sb(z - e)[0]) / (2 * h)
+        assert abs(grad[k] - fd) <= 1e-5 * max(1.0, abs(fd)), (problem.names[k], grad[k], fd)
+    # no boundary offered: p_mean fixed, or the simulation method
+    fixed = InverseProblem(problem.observation, _near_gaussian_jr_problem().prior, problem.data)
+    assert fixed.stability_boundary() is None
+    with pytest.raises(ValueError, match="boundary='hopf' needs"):
+        problem_to_pymc(fixed, boundary="hopf")
+
+
+def test_hopf_reparametrised_density_is_log_joint_plus_log_jacobian():
+    from jrinfer.backends.pymc import _boundary_unconstrained, _softmin
+
+    problem = _near_boundary_jr_problem()
+    model = problem_to_pymc(problem, boundary="hopf")
+    assert "p_mean_w" in [v.name for v in model.free_RVs]
+    logp = model.compile_logp()
+    sb = problem.stability_boundary()
+    i = sb.index
+    z0 = problem.prior.to_unconstrained(problem.prior.median()).numpy()
+    zb, _ = _boundary_unconstrained(sb, z0)
+    assert math.log(40.0) < zb < math.log(150.0)
+    for w in (zb - 1.0, zb - 0.2, zb + 0.5, zb + 3.0):
+        point = {f"{n}_z": z0[k] for k, n in enumerate(problem.names) if k != i}
+        point["p_mean_w"] = w
+        z = z0.copy()
+        z[i] = _softmin(w, zb)
+        assert z[i] < zb
+        h = 1e-6
+        jac = (_softmin(w + h, zb) - _softmin(w - h, zb)) / (2 * h)  # dz/dw numerically
+        ref = float(problem.log_joint_unconstrained(torch.from_numpy(z))) + math.log(jac)
+        assert abs(float(logp(point)) - ref) < 1e-6 * max(1.0, abs(ref)), (w, float(logp(point)), ref)
+    # no Hopf point in the prior's range: the map is the identity
+    assert _softmin(1.3, 700.0) == 1.3
