@@ -472,37 +472,108 @@ def _laplace_start(problem, chains: int, seed: int):
     return mean.numpy().copy(), cov.numpy().copy(), inits
 
 
-def _to_w(bop, start):
+def _to_w(bop, start, seed: int, n_draws: int = 200):
     """The Laplace start in the boundary coordinate ``w`` (see :func:`problem_to_pymc`), or None.
 
     Each start ``z`` keeps its other coordinates; the bounded one becomes
-    ``w = softmin^-1(z, Z_H)``. The mass matrix's row and column of that
-    coordinate are scaled by ``dw/dz`` at the mean (its dependence on the
-    other coordinates is left to the adaptation). None when the mean lies
-    past the boundary (PyMC's jitter start is used then).
+    ``w = softmin^-1(z, Z_H)``. The initial mass matrix is the covariance of
+    ``n_draws`` Laplace draws mapped to ``w`` (those on the stable side, where
+    the map is defined): the Gaussian truncated at the boundary, seen in the
+    sampler's coordinates. None when fewer than ``4 n`` draws are stable
+    (PyMC's jitter start is used then).
     """
     mean, cov, inits = start
     i = bop.boundary.index
+    n = mean.shape[0]
 
     def convert(z):
         zb, _ = bop.evaluate(z)
         if not z[i] < zb:
-            return None, None
+            return None
         out = z.copy()
         out[i] = _softmin_inverse(float(z[i]), zb)
-        return out, 1.0 + math.exp(out[i] - zb)  # dw/dz = 1 / sigmoid(Z_H - w)
+        return out
 
-    mean_w, scale = convert(mean)
-    if mean_w is None:
+    rng = np.random.default_rng(seed)
+    evals, evecs = np.linalg.eigh(cov)
+    draws = mean + (rng.standard_normal((n_draws, n)) * np.sqrt(np.clip(evals, 0.0, None))) @ evecs.T
+    mapped = [w for w in (convert(z) for z in draws) if w is not None and np.isfinite(w).all()]
+    if len(mapped) < 4 * n:
         return None
-    cov = cov.copy()
-    cov[i, :] *= scale
-    cov[:, i] *= scale
+    mapped = np.array(mapped)
+    mean_w = mapped.mean(0)
+    cov_w = np.cov(mapped.T) + 1e-10 * np.eye(n) * np.trace(cov) / n
     inits_w = []
-    for z in inits:
-        zw, _ = convert(z)
-        inits_w.append(zw if zw is not None else mean_w)
-    return mean_w, cov, inits_w
+    for k, z in enumerate(inits):
+        zw = convert(z)
+        inits_w.append(zw if zw is not None else mapped[k % len(mapped)])
+    return mean_w, cov_w, inits_w
+
+
+def _laplace_in_w(model, start, chains: int, seed: int):
+    """Refine a start in the boundary coordinates: the mode of the model's density in ``w`` and its Laplace covariance.
+
+    The variational Laplace Gaussian is fitted in the prior's coordinates,
+    where the posterior is cut by the boundary; mapped to ``w`` it is a
+    poor metric (the mode and curvature differ). Here the model's own log
+    density (compiled ``logp_dlogp``, boundary map included) is maximised
+    from the mapped mean (L-BFGS), and the Hessian at the mode (central
+    differences of the gradient) gives the mass matrix. Returns the refined
+    ``(mean, cov, inits)``, or ``start`` unchanged when the optimisation
+    fails or the Hessian is not negative definite.
+    """
+    from scipy.optimize import minimize
+
+    mean, cov, inits = start
+    n = mean.shape[0]
+    f = model.logp_dlogp_function(ravel_inputs=True)
+    f.set_extra_values({})
+
+    def neg(x):
+        v, g = f(x)
+        v = float(v)
+        if not math.isfinite(v) or not np.isfinite(g).all():
+            return 1e300, np.zeros(n)
+        return -v, -np.asarray(g, dtype=np.float64)
+
+    root = np.linalg.cholesky(cov + 1e-12 * np.trace(cov) / n * np.eye(n))
+
+    def neg_white(u):  # whitened by the mapped Laplace covariance: a well-scaled problem for L-BFGS
+        v, g = neg(mean + root @ u)
+        return v, root.T @ g
+
+    try:
+        res = minimize(neg_white, np.zeros(n), jac=True, method="L-BFGS-B",
+                       options={"maxiter": 1000, "ftol": 1e-14, "gtol": 1e-8})
+    except Exception:
+        return start
+    mode = mean + root @ res.x
+    if not res.fun < neg(mean)[0] + 1e-9:
+        mode = mean
+    scale = np.sqrt(np.clip(np.diag(cov), 1e-12, None))
+    hess = np.zeros((n, n))
+    for k in range(n):
+        e = np.zeros(n)
+        e[k] = 1e-4 * scale[k]
+        hess[:, k] = (neg(mode + e)[1] - neg(mode - e)[1]) / (2 * e[k])
+    hess = 0.5 * (hess + hess.T)
+    if not np.isfinite(hess).all():
+        return start
+    evals, evecs = np.linalg.eigh(hess)
+    if not evals.min() > 0:
+        return start
+    cov_w = (evecs / evals) @ evecs.T
+    rng = np.random.default_rng(seed)
+    new_inits = []
+    for _ in range(chains):
+        z = mode
+        for _ in range(20):
+            cand = mode + 0.5 * (evecs / np.sqrt(evals)) @ rng.standard_normal(n)
+            if neg(cand)[0] < 1e299:
+                z = cand
+                break
+        new_inits.append(z.copy())
+    return mode.copy(), cov_w, new_inits
 
 
 def _z_draws(problem, idata) -> np.ndarray:
@@ -690,7 +761,9 @@ class NUTS:
             i = bop.boundary.index
             free_names[i] = f"{problem.names[i]}_w"
             if start is not None:
-                start = _to_w(bop, start)
+                start = _to_w(bop, start, self.seed)
+            if start is not None:
+                start = _laplace_in_w(model, start, self.chains, self.seed)
         t0 = time.perf_counter()
         init_seconds = t0 - t_init
         with model, _w.catch_warnings():
