@@ -346,6 +346,7 @@ def test_cli_fit_nuts_writes_diagnostics_and_plots(tmp_path, capsys):
 
 
 # ------------------------------------------------ posteriors cut by the Hopf boundary
+NB_TUNE, NB_DRAWS, NB_RHAT = 150, 150, 1.01  # the budget of the NUTS test (see benchmarks/RESULTS.md)
 def _near_boundary_jr_problem(seed=3, n_segments=40):
     """A sharp alpha peak (JR 1995 constants, p_mean 70, peak ~10 Hz, 0.25 Hz bins, 40 segments).
 
@@ -415,3 +416,34 @@ def test_hopf_reparametrised_density_is_log_joint_plus_log_jacobian():
         assert abs(float(logp(point)) - ref) < 1e-6 * max(1.0, abs(ref)), (w, float(logp(point)), ref)
     # no Hopf point in the prior's range: the map is the identity
     assert _softmin(1.3, 700.0) == 1.3
+
+
+@pytest.mark.slow
+def test_nuts_samples_a_posterior_cut_by_the_hopf_boundary():
+    from jrinfer.backends.laplace import VariationalLaplace
+
+    problem = _near_boundary_jr_problem()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vl = VariationalLaplace().fit(problem, n_draws=10, n_predictive=0)
+    # the Laplace Gaussian (prior coordinates) puts a large part of its mass past the boundary
+    rng = np.random.default_rng(0)
+    zg = rng.multivariate_normal(vl.mean_unconstrained, vl.cov_unconstrained, size=400)
+    ll_vl = problem.log_likelihood(problem.prior.from_unconstrained(torch.from_numpy(zg)))
+    vl_invalid = float((~torch.isfinite(ll_vl)).double().mean())
+    assert vl_invalid > 0.25, vl_invalid
+    post = NUTS(chains=2, tune=NB_TUNE, draws=NB_DRAWS, seed=1, boundary="hopf", max_treedepth=8).fit(
+        problem, n_predictive=20
+    )
+    d = post.diagnostics
+    assert d["boundary"] == "hopf" and d["boundary_parameter"] == "p_mean" and d["boundary_evaluations"] > 0
+    assert d["divergences"] == 0, d["divergences"]
+    assert d["rhat_max"] <= NB_RHAT, d["rhat_max"]
+    assert not np.isnan(post.draws).any()
+    theta = torch.from_numpy(post.draws.reshape(-1, problem.n_params))
+    assert bool(torch.isfinite(problem.log_likelihood(theta)).all())  # no NUTS draw past the boundary
+    # posterior predictive (noise-free, median over draws) reproduces the alpha peak
+    pred = problem.predict(theta[:: max(1, theta.shape[0] // 100)]).value[..., 0, :].median(0).values
+    freqs = problem.data.freqs
+    peak_data = float(freqs[problem.data.power[0].argmax()])
+    assert abs(float(freqs[pred.argmax()]) - peak_data) <= 0.25

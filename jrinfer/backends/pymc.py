@@ -644,6 +644,11 @@ class NUTS:
         Show PyMC's progress bar.
     max_treedepth : int
         Maximum tree depth of NUTS (``2**max_treedepth`` leapfrog steps at most).
+    boundary : {None, "hopf"}
+        ``"hopf"``: reparametrise ``p_mean`` so that the first Hopf point of
+        the upper branch sits at infinity (see Notes and
+        :func:`problem_to_pymc`); ``ValueError`` at ``fit`` if the problem
+        offers no stability boundary. Draws are reported in natural units.
     init : {"laplace", "jitter"}
         ``"laplace"`` (default): start the chains from the variational Laplace
         Gaussian (draws shrunk by half, where the log joint is finite) with
@@ -658,12 +663,20 @@ class NUTS:
     Notes
     -----
     Posteriors cut by the Hopf boundary (transfer method; a sharp alpha
-    peak) are sampled in the prior's coordinates: evaluations past the
-    boundary are ``-inf`` (counted in ``loglike_failures``, zero gradient,
-    never NaN) and NUTS reports them as divergences. No reparametrisation
-    that moves the boundary to infinity is implemented yet (on a JR 1995
-    spectrum at p_mean = 70: 65 divergences in 2 x 300 draws, R-hat 1.04;
-    ``benchmarks/RESULTS.md``); use SMC or treat such fits' tails with care.
+    peak): with the default ``boundary=None`` they are sampled in the prior's
+    coordinates; evaluations past the boundary are ``-inf`` (counted in
+    ``loglike_failures``, zero gradient, never NaN) and NUTS reports them as
+    divergences (on a JR 1995 spectrum at p_mean = 70: 65 divergences in 2 x
+    300 draws, R-hat 1.04; ``benchmarks/RESULTS.md``). ``boundary="hopf"``
+    samples ``p_mean`` in a coordinate in which the boundary is at infinity
+    (see :func:`problem_to_pymc`; the problem must offer
+    :meth:`~jrinfer.InverseProblem.stability_boundary`, i.e. a transfer-method
+    spectrum with ``p_mean`` free). The chains then start from the mode of the
+    reparametrised density (L-BFGS from the Laplace mean mapped to ``w``)
+    with the inverse Hessian there as the initial mass matrix (the Laplace
+    Gaussian of the prior's coordinates, half of it past the boundary, is a
+    poor metric in ``w``). Each gradient costs a Hopf search as well
+    (``diagnostics["boundary_evaluations"]``, ``["boundary_time_s"]``).
 
     Ctrl-C during sampling stops every chain and keeps what was drawn after
     tuning: ``diagnostics["interrupted"]`` is True and a warning says how much
