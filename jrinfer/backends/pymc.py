@@ -425,7 +425,7 @@ class _Interruptible:
         return False
 
 
-def _laplace_start(problem, chains: int, seed: int):
+def _laplace_start(problem, chains: int, seed: int, require_valid_mean: bool = True):
     """Starting points and an initial dense mass matrix from the variational Laplace Gaussian.
 
     The JR posteriors are strongly correlated (gains and time constants trade
@@ -457,8 +457,8 @@ def _laplace_start(problem, chains: int, seed: int):
     evals = evals.clamp_min(1e-10 * float(evals.max()))
     cov = (evecs * evals) @ evecs.T
     root = evecs * evals.sqrt()
-    if not math.isfinite(float(problem.log_joint_unconstrained(mean))):
-        return None
+    if require_valid_mean and not math.isfinite(float(problem.log_joint_unconstrained(mean))):
+        return None  # (with a boundary reparametrisation the mean may lie past it: _to_w maps valid draws)
     gen = torch.Generator().manual_seed(seed)
     inits = []
     for _ in range(chains):
@@ -560,8 +560,10 @@ def _laplace_in_w(model, start, chains: int, seed: int):
     if not np.isfinite(hess).all():
         return start
     evals, evecs = np.linalg.eigh(hess)
-    if not evals.min() > 0:
+    if not evals.max() > 0:
         return start
+    # a saddle or flat direction at the found point: |curvature| (floored) still gives a usable metric
+    evals = np.maximum(np.abs(evals), 1e-8 * evals.max())
     cov_w = (evecs / evals) @ evecs.T
     rng = np.random.default_rng(seed)
     new_inits = []
@@ -768,7 +770,11 @@ class NUTS:
         import warnings as _w
 
         t_init = time.perf_counter()
-        start = _laplace_start(problem, self.chains, self.seed) if self.init == "laplace" else None
+        start = (
+            _laplace_start(problem, self.chains, self.seed, require_valid_mean=bop is None)
+            if self.init == "laplace"
+            else None
+        )
         free_names = [f"{name}_z" for name in problem.names]
         if bop is not None:
             i = bop.boundary.index
