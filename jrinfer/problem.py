@@ -548,8 +548,10 @@ class StabilityBoundary:
         Its position in ``problem.names``.
     search_range : (float, float)
         Where the boundary is looked for: the prior's central ``1 - 2e-6``
-        interval of the parameter. Beyond it the bound is ``+inf`` (no
-        boundary inside the prior's range: nothing is cut).
+        interval ``(q_lo, q_hi)`` of the parameter widened to ``(s + 1e-3
+        (q_lo - s), q_hi + 2 (q_hi - q_lo))`` with ``s`` the support's lower
+        end (``q_lo - 10 (q_hi - q_lo)`` when unbounded). Above it the bound
+        is ``+inf`` (nothing is cut); below it ``-inf`` (no valid value).
     """
 
     def __init__(self, problem: InverseProblem, name: str, bound):
@@ -557,7 +559,12 @@ class StabilityBoundary:
         self.name = name
         self.index = problem.names.index(name)
         self.distribution = problem.prior.distributions[name]
-        self.search_range = (self.distribution.quantile(1e-6), self.distribution.quantile(1.0 - 1e-6))
+        lo, hi = self.distribution.quantile(1e-6), self.distribution.quantile(1.0 - 1e-6)
+        support_lo = self.distribution.support[0]
+        # wide: a boundary below the prior's bulk must still be found (else the valid set of the other
+        # parameters gets a hard edge), and one above it changes nothing
+        lo = support_lo + 1e-3 * (lo - support_lo) if math.isfinite(support_lo) else lo - 10.0 * (hi - lo)
+        self.search_range = (lo, hi + 2.0 * (hi - lo))
         self._bound = bound
         self.n_calls = 0
 
