@@ -734,8 +734,9 @@ class JansenRit:
 
         def sigma(p: np.ndarray) -> np.ndarray:  # largest real part of the upper equilibrium's eigenvalues
             n = p.shape[0]
-            if n == 1 and "y0" in last:  # continuation along the upper branch from the last root
-                s1 = _upper_sigma_continued(base_np, float(p[0]), last["y0"])
+            if n == 1 and "y0" in last:  # continuation along the upper branch from the nearest point evaluated
+                k = int(np.argmin(np.abs(last["p"] - p[0])))
+                s1 = _upper_sigma_continued(base_np, float(p[0]), float(last["y0"][k]))
                 if s1 is not None:
                     return np.array([s1])
             pd = {k: np.full(n, v) for k, v in base_np.items()}
@@ -744,7 +745,7 @@ class JansenRit:
             if eq is None:  # a fold candidate: the full (torch) search
                 m = JansenRit(noise=self.noise, noise_on=self.noise_on, **base, p_mean=torch.from_numpy(pd["p_mean"]))
                 eq = m._equilibrium("upper")
-            last["y0"] = float(eq.state[..., -1, 0]) if n > 1 else float(eq.state.reshape(-1, 6)[0, 0])
+            last["p"], last["y0"] = pd["p_mean"].copy(), eq.state.reshape(-1, 6)[:, 0].numpy().copy()
             return eq.eigenvalues.real.max(-1).values.numpy()
 
         bracket = None
@@ -763,7 +764,11 @@ class JansenRit:
             if up.size == 0:
                 return torch.tensor(math.inf, dtype=torch.float64)
             k = int(up[0])
-            bracket = (grid[k - 1], grid[k], s[k - 1], s[k])
+            fine = np.linspace(grid[k - 1], grid[k], grid_size)  # a finer bracket (and close continuation starts)
+            sf = sigma(fine)
+            kf = int(np.nonzero(sf >= 0)[0][0]) if (sf >= 0).any() else grid_size - 1
+            kf = max(kf, 1)
+            bracket = (fine[kf - 1], fine[kf], sf[kf - 1], sf[kf])
         # safeguarded secant (Illinois) inside the bracket: sigma is close to linear in p near the root
         a, b, sa, sb = bracket
         xtol = 1e-8 * max(abs(a), abs(b), 1.0)
