@@ -679,6 +679,10 @@ class NUTS:
     Gaussian of the prior's coordinates, half of it past the boundary, is a
     poor metric in ``w``). Each gradient costs a Hopf search as well
     (``diagnostics["boundary_evaluations"]``, ``["boundary_time_s"]``).
+    **Not sufficient yet**: where the upper branch is also unstable at low
+    ``p_mean`` (stable set ``(p_L, p_H)``) or for every ``p_mean``, walls
+    remain and NUTS still diverges on the near-boundary test spectrum
+    (``benchmarks/RESULTS.md``).
 
     Ctrl-C during sampling stops every chain and keeps what was drawn after
     tuning: ``diagnostics["interrupted"]`` is True and a warning says how much
