@@ -22,52 +22,17 @@ reported as skipped without Chromium), 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import base64
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from html.parser import HTMLParser
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's jrinfer, not an installed one
 
-PNG = b"\x89PNG\r\n\x1a\n"
-
-
-class _Resources(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.urls, self.imgs, self.scripts = [], [], 0
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        self.urls += [a[k] for k in ("src", "href") if k in a]
-        if tag == "img":
-            self.imgs.append(a.get("src", ""))
-        self.scripts += tag == "script"
-
-
-def self_contained_problems(text: str) -> list[str]:
-    """What would make the page load something from outside itself (empty when none)."""
-    p = _Resources()
-    p.feed(text)
-    problems = [f"remote resource {u}" for u in p.urls if re.match(r"\s*(https?:)?//", u, re.I)]
-    if p.scripts:
-        problems.append(f"{p.scripts} <script> element(s)")
-    if re.search(r"url\(|@import", text):
-        problems.append("CSS url() or @import")
-    if not p.imgs:
-        problems.append("no <img> at all")
-    for src in p.imgs:
-        head, _, payload = src.partition(",")
-        if head != "data:image/png;base64":
-            problems.append(f"<img> not a PNG data URI: {src[:60]}")
-        elif base64.b64decode(payload)[:8] != PNG:
-            problems.append("<img> data URI does not decode to a PNG")
-    return problems
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from selfcontained import self_contained_problems  # noqa: E402  (one check, shared with the tests)
 
 
 def _chromium() -> str | None:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jrinfer._io import write_csv, write_text
+from jrinfer._io import observed_sha256, write_csv, write_text
 from jrinfer.model import JansenRit
 from jrinfer.spectral import welch_psd
 
@@ -211,6 +211,7 @@ def _meta(problem, obs, data, file: str) -> dict:
             "channels": list(observed.channels),
             "units": observed.units,
             "n_points": int(observed.values.shape[-1]),
+            "observed_sha256": observed_sha256(observed),
             "channels_used": data.metadata.get("channels_used") or data.metadata.get("averaged_channels"),
             "channels_dropped": data.metadata.get("channels_dropped"),
         },

@@ -89,6 +89,21 @@ def write_csv(path, header: Sequence[str], columns) -> Path:
     return path
 
 
+def observed_sha256(observed) -> str:
+    """SHA-256 of the values a fit saw and their axis (``ObservedData``; float64 bytes, channels, units).
+
+    Equal only for the same data: ``jrinfer compare`` refuses fits whose hashes differ.
+    """
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for x in (observed.values, observed.coord_values):
+        h.update(x.detach().cpu().double().contiguous().numpy().tobytes())
+    h.update(json.dumps([observed.coord, list(observed.channels), observed.units]).encode())
+    return h.hexdigest()
+
+
 def file_sha256(path) -> str:
     """SHA-256 hex digest of a file's bytes (read in 1 MiB blocks)."""
     import hashlib

@@ -581,17 +581,6 @@ def _load_conditions(args):
         raise UsageError(f"--conditions: {err}") from None
 
 
-def _observed_hash(observed) -> str:
-    """SHA-256 of the values actually fitted and their axis (float64 bytes): equal only for the same data."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for x in (observed.values, observed.coord_values):
-        h.update(x.detach().cpu().double().contiguous().numpy().tobytes())
-    h.update(json.dumps([observed.coord, list(observed.channels), observed.units]).encode())
-    return h.hexdigest()
-
-
 def _reference_data(data):
     """The data the single-condition default prior is built on (the first condition's)."""
     from jrinfer.conditions import ConditionData
@@ -708,10 +697,12 @@ def _cmd_fit(args) -> int:
     summary["free_energy"] = posterior.log_evidence
     summary["n_iter"] = posterior.diagnostics.get("n_iter")
     observed = problem.observed()
+    from jrinfer._io import observed_sha256
+
     summary["data"] = {
         "file": _data_files(args),
         "sha256": _data_hashes(args),
-        "observed_sha256": _observed_hash(observed),
+        "observed_sha256": observed_sha256(observed),
         "kind": args.kind,
         "channels": list(observed.channels),
         "units": observed.units,

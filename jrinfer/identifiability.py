@@ -291,7 +291,9 @@ def _jacobian_forward(fb: Callable, Z: torch.Tensor) -> tuple[torch.Tensor, torc
     B, n = Z.shape
     primal = Z[:, None, :].expand(B, n, n).reshape(B * n, n).clone().requires_grad_(True)
     tangent = torch.eye(n, dtype=_F64).expand(B, n, n).reshape(B * n, n)
-    with fwAD.dual_level(), warnings.catch_warnings():
+    from jrinfer._threading import FORWARD_AD
+
+    with FORWARD_AD, fwAD.dual_level(), warnings.catch_warnings():
         # torch's first use of its forward-mode decompositions calls the deprecated
         # torch.jit.script internally; not actionable here
         warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=DeprecationWarning)

@@ -53,6 +53,9 @@ R2_WARN = 0.8
 PEAK_SHIFT_WARN_HZ = 1.0
 EXPLAINED_VARIANCE_WARN = 0.5
 ALPHA_BAND_HZ = (6.0, 14.0)
+#: p_mean (pulses/s) the transfer method's default prior holds fixed when p_mean is not free: stable,
+#: below the first Hopf point (89.83) with the JR 1995 constants.
+_TRANSFER_P_MEAN = 60.0
 #: Median of the default evoked input amplitude ``q``: a pulse peaking at about
 #: 23 pulses/s (``q n^n e^-n`` with ``n = 7``). With the JR 1995 constants at
 #: ``p_mean = 60`` a 5 ms pulse switches the model to its lower equilibrium from
@@ -921,7 +924,9 @@ class SpectrumObservation(_JansenRitObservation):
         ``p_mean`` in 40-85 pulses/s for ``method="transfer"`` so most mass
         sits below the first Hopf point; 40-300 for simulation). ``p_std`` is
         fixed at 1 for the transfer method (the gain absorbs the input scale
-        exactly).
+        exactly); so is ``p_mean`` at 60 pulses/s when it is not in ``free``
+        (JR 1995's 220 is on the limit cycle, where that method has no
+        spectrum).
 
         Observation parameters are scaled to the data so the same call works
         for V^2/Hz, mV^2/Hz or uV^2/Hz:
@@ -946,13 +951,21 @@ class SpectrumObservation(_JansenRitObservation):
         fixed = spec["fixed"]
         if self.method == "transfer" and "p_std" not in free:
             fixed["p_std"] = 1.0
+        if self.method == "transfer" and "p_mean" not in free:
+            # JR 1995's p_mean = 220 is on the limit cycle, where the transfer method has no spectrum
+            fixed["p_mean"] = _TRANSFER_P_MEAN
         centre = {n: _spec_centre(d) for n, d in spec["distributions"].items()}
         ref_params = {**{k: v for k, v in fixed.items() if k in MODEL_PARAMETERS}, **centre}
         neural = self.neural_psd({k: torch.tensor(v, dtype=torch.float64) for k, v in ref_params.items()}, data.freqs)
         u = _POWER_UNIT_PER_MV2[data.units]
         p = data.power.mean(0)
         if not bool(neural.valid):
-            raise ValueError("the default JR parameters are outside the valid regime for this observation")
+            values = ", ".join(f"{k}={v:g}" for k, v in ref_params.items() if k in ("A", "B", "a", "b", "C", "p_mean"))
+            raise ValueError(
+                f"the default prior's centre ({values}) is outside the valid regime of the {self.method} method "
+                f"({'; '.join(neural.reasons[:1]) or 'no stationary spectrum'}): free p_mean, or fix it below the "
+                "first Hopf point (e.g. p_mean=60)"
+            )
         gain0 = math.sqrt(float(torch.trapezoid(p, data.freqs) / torch.trapezoid(u * neural.value, data.freqs)))
         dists = spec["distributions"]
         dists["gain"] = _lognormal(gain0, 1.5)

@@ -379,7 +379,7 @@ def _figures(posterior) -> list[tuple[str, str]]:
         spectral = posterior.observed["coord"] == "freq"
         fig = plotting.plot_fit(posterior, title=f"{posterior.backend}: {posterior.status}")
         cap = ("Data (black) on log-power axes with the fit and the 90 % posterior predictive band; alpha band "
-               "shaded, data and model peaks marked (6–14 Hz). Below: standardised log-power residuals "
+               "(8–13 Hz) shaded, data and model peaks marked (searched in 6–14 Hz). Below: standardised log-power residuals "
                "(grey: ±2; red dots beyond ±3)." if spectral else
                "Evoked response: data (black), fit and the 90 % posterior predictive band, main peaks marked. "
                "Below: residual data − fit.")

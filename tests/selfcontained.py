@@ -22,6 +22,36 @@ class _Resources(HTMLParser):
         self.scripts += tag == "script"
 
 
+def _scan(text: str) -> tuple[list[str], int]:
+    """What would make the page load something from outside itself, and its number of ``<img>``."""
+    p = _Resources()
+    p.feed(text)
+    problems = [f"remote resource {u}" for u in p.urls if re.match(r"\s*(https?:)?//", u, re.I)]
+    if p.scripts:
+        problems.append(f"{p.scripts} <script> element(s)")
+    if re.search(r"url\(|@import", text):
+        problems.append("CSS url() or @import")
+    if not p.imgs:
+        problems.append("no <img> at all")
+    for src in p.imgs:
+        head, _, payload = src.partition(",")
+        if head != "data:image/png;base64":
+            problems.append(f"<img> not a PNG data URI: {src[:60]}")
+            continue
+        try:
+            ok = base64.b64decode(payload, validate=True)[:8] == PNG
+        except ValueError:
+            ok = False
+        if not ok:
+            problems.append("<img> data URI does not decode to a PNG")
+    return problems, len(p.imgs)
+
+
+def self_contained_problems(text: str) -> list[str]:
+    """What would make the page load something from outside itself (empty when none)."""
+    return _scan(text)[0]
+
+
 def check_self_contained(text: str) -> int:
     """Assert that an HTML page loads nothing from outside itself; return the number of embedded PNGs.
 
@@ -29,15 +59,6 @@ def check_self_contained(text: str) -> int:
     or ``@import`` in styles, and every ``<img>`` a ``data:image/png;base64``
     URI that decodes to a PNG.
     """
-    p = _Resources()
-    p.feed(text)
-    remote = [u for u in p.urls if re.match(r"\s*(https?:)?//", u, re.I)]
-    assert not remote, remote
-    assert p.scripts == 0
-    assert not re.search(r"url\(|@import", text)
-    assert p.imgs
-    for src in p.imgs:
-        head, _, payload = src.partition(",")
-        assert head == "data:image/png;base64", head[:40]
-        assert base64.b64decode(payload, validate=True)[:8] == PNG
-    return len(p.imgs)
+    problems, n_img = _scan(text)
+    assert not problems, problems
+    return n_img

@@ -141,6 +141,8 @@ def test_demo_runs_and_writes_outputs(tmp_path, capsys):
     else:
         assert "EEGMAT recording not in the data cache" in stdout
     assert not [q.name for q in out.rglob(".*")]  # no temporary files left behind
+    # the demo's fits can be set beside other fits of the same data (jrinfer compare checks this hash)
+    assert len(json.loads((out / "fit" / "summary.json").read_text())["data"]["observed_sha256"]) == 64
     header = (out / "bifurcation.csv").read_text().splitlines()[0]
     assert header == "p_mean,v,stable"
     fit = summary["fits"]["synthetic"]
@@ -149,3 +151,16 @@ def test_demo_runs_and_writes_outputs(tmp_path, capsys):
     # never overwrites without --force
     code, _, err = run(capsys, "demo", "--out", str(out))
     assert code == 2 and "--force" in err
+
+
+def test_fit_with_p_mean_not_free_holds_it_in_the_stable_regime(tmp_path, capsys):
+    """--free without p_mean: the transfer method's default prior fixes p_mean at 60 (JR 1995's 220 is on the limit cycle)."""
+    csv = tmp_path / "s.csv"
+    freqs = np.arange(2.0, 30.01, 0.5)
+    csv.write_text("freq,power\n" + "\n".join(f"{f},{1.0 / f + np.exp(-0.5 * ((f - 10) / 1.5) ** 2)}" for f in freqs))
+    code, _, err = run(capsys, "fit", str(csv), "--kind", "spectrum", "--units", "uV^2/Hz", "--free", "A,a,b,C",
+                       "--out", str(tmp_path / "o"), "--json")
+    assert code in (0, 1), err
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["prior"]["fixed"]["p_mean"] == 60.0 and "p_mean" not in summary["parameters"]
+

@@ -450,3 +450,14 @@ def test_nuts_samples_a_posterior_cut_by_the_hopf_boundary():
     freqs = problem.data.freqs
     peak_data = float(freqs[problem.data.power[0].argmax()])
     assert abs(float(freqs[pred.argmax()]) - peak_data) <= 0.25
+
+
+def test_smc_log_marginal_likelihood_is_read_from_either_stage_layout():
+    """PyMC keeps one value per tempering stage: a NaN-padded float array, or per-chain lists when chains differ."""
+    from jrinfer.backends.pymc import _final_stage
+
+    padded = np.array([[-5.0, -3.0, np.nan], [-4.0, np.nan, np.nan]])
+    ragged = np.empty((1, 2), dtype=object)  # as ArviZ lays out PyMC's per-chain lists
+    ragged[0, 0], ragged[0, 1] = [-5.0, -3.0], [-4.0]
+    for values in (padded, ragged):
+        np.testing.assert_array_equal(_final_stage(values), [-3.0, -4.0])

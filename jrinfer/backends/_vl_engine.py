@@ -86,6 +86,7 @@ Fisher information of a single precision component is ``m/2``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -356,8 +357,12 @@ class _Problem:
 
             jac = (jacfwd if name == "forward" else jacrev)(g, has_aux=True)
 
+            from jrinfer._threading import FORWARD_AD
+
+            lock = FORWARD_AD if name == "forward" else contextlib.nullcontext()
+
             def run(theta):
-                with warnings.catch_warnings():
+                with lock, warnings.catch_warnings():
                     # torch's first use of its forward-mode decompositions calls the
                     # deprecated torch.jit.script internally; not actionable here.
                     warnings.filterwarnings(

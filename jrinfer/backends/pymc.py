@@ -613,9 +613,11 @@ def _convergence(problem, z: np.ndarray, seconds: float) -> tuple[dict, list[str
     ess_min = ESS_MIN_PER_CHAIN * n_chains
     low = min(diag["ess_bulk_min"], diag["ess_tail_min"])
     if not low >= ess_min:
+        below = [f"{kind} ESS min {diag[f'ess_{kind}_min']:.0f}" for kind in ("bulk", "tail")
+                 if not diag[f"ess_{kind}_min"] >= ess_min]
         warns.append(
-            f"too few effective draws: ESS min (bulk {diag['ess_bulk_min']:.0f}, tail {diag['ess_tail_min']:.0f}) "
-            f"< {ess_min} ({ESS_MIN_PER_CHAIN} per chain); draw more or increase tune"
+            f"too few effective draws: {' and '.join(below)} < {ess_min} ({ESS_MIN_PER_CHAIN} per chain); "
+            "draw more or increase tune"
         )
     return diag, warns
 
@@ -1003,8 +1005,7 @@ class SMC:
         )
         betas = idata.sample_stats["beta"].values if "beta" in idata.sample_stats else None
         if betas is not None:
-            b = np.asarray(betas, dtype=object).reshape(np.shape(betas)[0], -1)
-            diag["n_stages"] = [int(sum(not np.isnan(float(v)) for v in row)) for row in b]
+            diag["n_stages"] = [int(r.size) for r in _stages(betas)]
         op = model.jrinfer_op
         diag["loglike_evaluations"] = op.n_calls
         diag["loglike_failures"] = op.n_failed
@@ -1032,12 +1033,37 @@ class SMC:
         )
 
 
-def _final_stage(values) -> np.ndarray:
-    """Per-chain log marginal likelihood from PyMC's sample_stats ``(chain, stage)``, NaN-padded: the last finite."""
-    rows = np.asarray(values, dtype=object).reshape(np.shape(values)[0], -1)
+def _stages(values) -> list[np.ndarray]:
+    """Per-chain values of PyMC's SMC sample_stats ``(chain, ...)``, one per tempering stage, NaN dropped.
+
+    PyMC stores them ``(chain, stage)``, NaN-padded, or, when chains took
+    different numbers of stages, as one list per chain, which ArviZ lays out
+    as ``(1, n_chains)``; both are read per chain.
+    """
+
+    def flat(v):
+        if isinstance(v, (list, tuple, np.ndarray)):
+            return [x for item in v for x in flat(item)]
+        return [float(v)]
+
+    arr = np.asarray(values, dtype=object)
+    if arr.ndim == 2 and arr.shape[0] == 1 and all(isinstance(v, (list, tuple, np.ndarray)) for v in arr[0]):
+        # chains with different numbers of stages: PyMC stores one list per chain, which ArviZ puts
+        # along the draw axis of a single "chain" -- shape (1, n_chains)
+        chains = [[v] for v in arr[0]]
+    else:
+        chains = arr.reshape(arr.shape[0], -1)
     out = []
-    for row in rows:
-        r = np.array([float(v) for v in row], dtype=float)
-        r = r[~np.isnan(r)]
+    for chain in chains:
+        r = np.array(flat(list(chain)), dtype=float)
+        out.append(r[~np.isnan(r)])
+    return out
+
+
+def _final_stage(values) -> np.ndarray:
+    """Per-chain log marginal likelihood: the last finite stage (``-inf`` if none)."""
+    out = []
+    for r in _stages(values):
+        r = r[np.isfinite(r)]
         out.append(r[-1] if r.size else -math.inf)
     return np.array(out, dtype=float)
