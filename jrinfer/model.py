@@ -729,25 +729,7 @@ class JansenRit:
         base = {k: v.detach() for k, v in self._params.items() if k != "p_mean"}
 
         base_np = {k: float(v) for k, v in base.items()}
-
-        last = {}
-
-        def sigma(p: np.ndarray) -> np.ndarray:  # largest real part of the upper equilibrium's eigenvalues
-            n = p.shape[0]
-            if n == 1 and "y0" in last:  # continuation along the upper branch from the nearest point evaluated
-                k = int(np.argmin(np.abs(last["p"] - p[0])))
-                s1 = _upper_sigma_continued(base_np, float(p[0]), float(last["y0"][k]))
-                if s1 is not None:
-                    return np.array([s1])
-            pd = {k: np.full(n, v) for k, v in base_np.items()}
-            pd["p_mean"] = np.ascontiguousarray(p, dtype=np.float64)
-            eq = _selected_equilibrium_numpy(pd, torch.Size((n,)), 256, "upper", None)
-            if eq is None:  # a fold candidate: the full (torch) search
-                m = JansenRit(noise=self.noise, noise_on=self.noise_on, **base, p_mean=torch.from_numpy(pd["p_mean"]))
-                eq = m._equilibrium("upper")
-            last["p"], last["y0"] = pd["p_mean"].copy(), eq.state.reshape(-1, 6)[:, 0].numpy().copy()
-            return eq.eigenvalues.real.max(-1).values.numpy()
-
+        sigma = self._upper_sigma(base, base_np)
         bracket = None
         if guess is not None and math.isfinite(guess) and lo < guess < hi:
             h = 1e-3 * max(abs(guess), 1.0)
@@ -763,34 +745,107 @@ class JansenRit:
             up = np.nonzero(s >= 0)[0]
             if up.size == 0:
                 return torch.tensor(math.inf, dtype=torch.float64)
-            k = int(up[0])
-            fine = np.linspace(grid[k - 1], grid[k], grid_size)  # a finer bracket (and close continuation starts)
-            sf = sigma(fine)
-            kf = int(np.nonzero(sf >= 0)[0][0]) if (sf >= 0).any() else grid_size - 1
-            kf = max(kf, 1)
-            bracket = (fine[kf - 1], fine[kf], sf[kf - 1], sf[kf])
-        # safeguarded secant (Illinois) inside the bracket: sigma is close to linear in p near the root
-        a, b, sa, sb = bracket
-        xtol = 1e-8 * max(abs(a), abs(b), 1.0)
-        p, side = a - sa * (b - a) / (sb - sa), 0
-        for _ in range(60):
-            sp = float(sigma(np.array([p]))[0])
-            if sp < 0:
-                a, sa = p, sp
-                if side == -1:
-                    sb *= 0.5
-                side = -1
-            else:
-                b, sb = p, sp
-                if side == 1:
-                    sa *= 0.5
-                side = 1
-            new = a - sa * (b - a) / (sb - sa)
-            if abs(new - p) <= xtol or b - a <= xtol or sp == 0.0:
-                p = new if a <= new <= b else p
-                break
-            p = new
-        # (the differentiable Newton step below squares the remaining error)
+            bracket = _fine_bracket(sigma, grid[int(up[0]) - 1], grid[int(up[0])], grid_size)
+        return self._differentiable_crossing(_refine_crossing(sigma, *bracket), base_np)
+
+    def stable_p_mean_interval(self, p_range, *, grid_size: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
+        """The lowest interval of ``p_mean`` in ``p_range`` on which the upper equilibrium is stable.
+
+        ``(p_L, p_H)``: the upper branch is stable for ``p_L < p_mean < p_H``
+        and unstable (or switches branch at a fold) just outside. Under the
+        transfer method the linearised spectrum exists only there. At the JR
+        1995 constants ``p_L`` is below any positive ``p_mean`` and ``p_H``
+        is the first Hopf point (:meth:`hopf_p_mean`); for other gains and
+        time constants the branch is also unstable at low ``p_mean``
+        (``p_L`` a second Hopf point), and near the tip of the stable region
+        the interval closes. Deterministic: the stability of the branch is
+        evaluated on a ``grid_size`` grid of ``p_range`` (no warm start; an
+        interval narrower than one grid step can be missed), each end
+        bracketed on a finer grid and refined by a safeguarded secant to
+        ~1e-8 relative, then one differentiable Newton step (the
+        implicit-function gradient in every other parameter, as in
+        :meth:`hopf_p_mean`).
+
+        Parameters
+        ----------
+        p_range : (float, float)
+            Search interval ``(low, high)`` of ``p_mean``, pulses/s.
+        grid_size : int
+            Grid points for bracketing (>= 4).
+
+        Returns
+        -------
+        (torch.Tensor, torch.Tensor)
+            Scalar float64 ``p_L`` and ``p_H``, pulses/s. ``p_L = -inf`` when
+            the branch is stable at ``p_range[0]``; ``p_H = +inf`` when it
+            stays stable up to ``p_range[1]``; ``(+inf, -inf)`` (an empty
+            interval) when it is unstable on the whole grid. Infinite ends
+            carry no gradient. Unbatched models only.
+        """
+        if self._batch_shape.numel() != 1 or len(self._batch_shape) > 0:
+            raise ValueError(
+                f"stable_p_mean_interval needs an unbatched model, got batch_shape {tuple(self._batch_shape)}"
+            )
+        lo, hi = (float(x) for x in p_range)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"p_range must be a finite (low, high) with low < high, got {p_range!r}")
+        if not isinstance(grid_size, int) or grid_size < 4:
+            raise ValueError(f"grid_size must be an int >= 4, got {grid_size!r}")
+        base = {k: v.detach() for k, v in self._params.items() if k != "p_mean"}
+        base_np = {k: float(v) for k, v in base.items()}
+        sigma = self._upper_sigma(base, base_np)
+        grid = np.linspace(lo, hi, grid_size)
+        s = sigma(grid)
+        stable = np.nonzero(s < 0)[0]
+        inf = torch.tensor(math.inf, dtype=torch.float64)
+        if stable.size == 0:
+            return inf, -inf
+        k = int(stable[0])
+        if k == 0:
+            p_lo = -inf
+        else:
+            p_lo = self._differentiable_crossing(
+                _refine_crossing(sigma, *_fine_bracket(sigma, grid[k], grid[k - 1], grid_size)), base_np
+            )
+        unstable = np.nonzero(s[k:] >= 0)[0]
+        if unstable.size == 0:
+            return p_lo, inf
+        j = k + int(unstable[0])
+        p_hi = self._differentiable_crossing(
+            _refine_crossing(sigma, *_fine_bracket(sigma, grid[j - 1], grid[j], grid_size)), base_np
+        )
+        return p_lo, p_hi
+
+    def _upper_sigma(self, base: dict, base_np: dict):
+        """``sigma(p)``: the largest real part of the upper equilibrium's eigenvalues at ``p_mean = p`` (NumPy).
+
+        A vector ``p`` is evaluated in one batch (grid bracketing); a single
+        point is continued along the upper branch from the nearest point of
+        the previous call (Newton on the equilibrium), falling back to the
+        full search.
+        """
+        last = {}
+
+        def sigma(p: np.ndarray) -> np.ndarray:
+            n = p.shape[0]
+            if n == 1 and "y0" in last:  # continuation along the upper branch from the nearest point evaluated
+                k = int(np.argmin(np.abs(last["p"] - p[0])))
+                s1 = _upper_sigma_continued(base_np, float(p[0]), float(last["y0"][k]))
+                if s1 is not None:
+                    return np.array([s1])
+            pd = {k: np.full(n, v) for k, v in base_np.items()}
+            pd["p_mean"] = np.ascontiguousarray(p, dtype=np.float64)
+            eq = _selected_equilibrium_numpy(pd, torch.Size((n,)), 256, "upper", None)
+            if eq is None:  # a fold candidate: the full (torch) search
+                m = JansenRit(noise=self.noise, noise_on=self.noise_on, **base, p_mean=torch.from_numpy(pd["p_mean"]))
+                eq = m._equilibrium("upper")
+            last["p"], last["y0"] = pd["p_mean"].copy(), eq.state.reshape(-1, 6)[:, 0].numpy().copy()
+            return eq.eigenvalues.real.max(-1).values.numpy()
+
+        return sigma
+
+    def _differentiable_crossing(self, p: float, base_np: dict) -> torch.Tensor:
+        """One Newton step on ``sigma`` from the root ``p``: its value, with the implicit-function gradient."""
         params = {k: v for k, v in self._params.items() if k != "p_mean"}
         p_leaf = torch.tensor(float(p), dtype=torch.float64, requires_grad=True)
         with torch.enable_grad():
@@ -1743,6 +1798,48 @@ def _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess):
         torch.ones(out, dtype=torch.bool),
         t(change.sum(1)).reshape(out),
     )
+
+
+def _fine_bracket(sigma, x_neg: float, x_pos: float, n: int) -> tuple[float, float, float, float]:
+    """A closer bracket ``(x_neg, x_pos, s_neg, s_pos)`` of a stability change between grid points.
+
+    ``sigma(x_neg) < 0 <= sigma(x_pos)`` (either order of ``x``); a finer
+    grid of ``n`` points between them (also close starts for the
+    continuation) gives the first change seen from ``x_neg``.
+    """
+    fine = np.linspace(x_neg, x_pos, n)
+    sf = sigma(fine)
+    k = int(np.nonzero(sf >= 0)[0][0]) if (sf >= 0).any() else n - 1
+    k = max(k, 1)
+    return fine[k - 1], fine[k], sf[k - 1], sf[k]
+
+
+def _refine_crossing(sigma, a: float, b: float, sa: float, sb: float) -> float:
+    """Safeguarded (Illinois) secant for ``sigma = 0`` with ``sigma(a) < 0 <= sigma(b)`` (either order).
+
+    ``sigma`` is close to linear in ``p_mean`` near a Hopf point; stops at
+    ~1e-8 relative (the caller's differentiable Newton step squares the error).
+    """
+    xtol = 1e-8 * max(abs(a), abs(b), 1.0)
+    p, side = a - sa * (b - a) / (sb - sa), 0
+    for _ in range(60):
+        sp = float(sigma(np.array([p]))[0])
+        if sp < 0:
+            a, sa = p, sp
+            if side == -1:
+                sb *= 0.5
+            side = -1
+        else:
+            b, sb = p, sp
+            if side == 1:
+                sa *= 0.5
+            side = 1
+        new = a - sa * (b - a) / (sb - sa)
+        if abs(new - p) <= xtol or abs(b - a) <= xtol or sp == 0.0:
+            p = new if min(a, b) <= new <= max(a, b) else p
+            break
+        p = new
+    return p
 
 
 def _upper_sigma_continued(pf: dict, p_mean: float, y0: float) -> float | None:
