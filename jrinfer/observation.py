@@ -369,15 +369,16 @@ class Observation(abc.ABC):
     def stability_boundary(self, data):
         """Optional: a parameter whose valid range ends at a boundary that moves with the others (default: none).
 
-        An observation whose prediction stops existing past such a boundary
+        An observation whose prediction stops existing outside such a range
         (``-inf`` likelihood) may return ``(name, bound)``: ``name`` the
-        parameter bounded above and ``bound(params, search_range)`` a
-        differentiable scalar tensor, the upper end of ``name``'s valid
-        range for one parameter set ``params`` (``{name: scalar tensor}``,
-        ``name``'s own entry ignored), searched in ``search_range``; ``+inf``
-        where there is no boundary there and ``-inf`` where none of the range
-        is valid. Samplers may use it to reparametrise so that the boundary
-        sits at infinity (``jrinfer.backends.pymc``). ``None``: no such boundary.
+        bounded parameter and ``bound(params, search_range)`` a pair of
+        differentiable scalar tensors ``(lo, hi)``, the valid interval of
+        ``name`` for one parameter set ``params`` (``{name: scalar tensor}``,
+        ``name``'s own entry ignored), searched in ``search_range``: ``lo =
+        -inf`` / ``hi = +inf`` where that end lies outside the range, ``(+inf,
+        -inf)`` where none of the range is valid. Samplers may use it to map
+        the parameter onto the interval, so that both ends sit at infinity
+        (``jrinfer.backends.pymc``). ``None``: no such boundary.
         """
         return None
 
@@ -790,11 +791,12 @@ class SpectrumObservation(_JansenRitObservation):
         return SpectralLogLikelihood(self, data, names, fixed)
 
     def stability_boundary(self, data):
-        """``("p_mean", bound)`` for ``method="transfer"``: the first Hopf point of the upper branch.
+        """``("p_mean", bound)`` for ``method="transfer"``: the stable interval of the upper branch.
 
         The linearised spectrum exists while the upper equilibrium is stable,
-        i.e. for ``p_mean`` below :meth:`jrinfer.JansenRit.hopf_p_mean` of the
-        other parameters (see the base class). ``None`` for the simulation method.
+        i.e. for ``p_mean`` in :meth:`jrinfer.JansenRit.stable_p_mean_interval`
+        of the other parameters (see the base class). ``None`` for the
+        simulation method.
         """
         if self.method != "transfer":
             return None
@@ -803,9 +805,8 @@ class SpectrumObservation(_JansenRitObservation):
             model_params, _ = _split(params, self.parameter_names(data))
             model_params = {k: v for k, v in model_params.items() if k != "p_mean"}
             model = JansenRit(noise=self.noise, noise_on=self.noise_on, **model_params)
-            return model.hopf_p_mean(search_range, guess=bound.guess)
+            return model.stable_p_mean_interval(search_range)
 
-        bound.guess = None  # callers may store the last boundary here (a warm start only)
         return "p_mean", bound
 
     def _segments(self, data) -> float:

@@ -368,23 +368,51 @@ def _near_boundary_jr_problem(seed=3, n_segments=40):
     return InverseProblem(obs, Prior.from_dict(obs.default_prior(data, free=("a", "b", "C", "p_mean"))), data)
 
 
-def test_hopf_point_and_its_gradient_match_finite_differences():
+def test_stable_interval_and_its_gradient_match_finite_differences():
     from jrinfer import JansenRit
 
     assert abs(float(JansenRit().hopf_p_mean((20.0, 300.0)).detach()) - 89.83) < 0.01  # Grimbert & Faugeras (2006)
     assert float(JansenRit(A=2.0).hopf_p_mean((20.0, 300.0))) == math.inf  # always stable on the range
+    lo, hi = JansenRit().stable_p_mean_interval((20.0, 300.0))
+    assert float(lo) == -math.inf and abs(float(hi.detach()) - 89.8291) < 1e-3  # the JR 1995 constants: no lower end
+    # faster excitation (and C, b as near the test posterior): the branch is also unstable at low p_mean
+    ab = dict(b=torch.tensor(50.38, dtype=F64), C=torch.tensor(134.6, dtype=F64))
+    a = torch.tensor(108.0, dtype=F64, requires_grad=True)
+    lo, hi = JansenRit(a=a, **ab).stable_p_mean_interval((5.0, 150.0))
+    assert 20.0 < float(lo) < 30.0 and float(hi) == math.inf
+    (g,) = torch.autograd.grad(lo, a)
+
+    def p_lo(av):
+        return float(JansenRit(a=torch.tensor(av, dtype=F64), **ab).stable_p_mean_interval((5.0, 150.0))[0])
+
+    fd = (p_lo(108.0 + 1e-4) - p_lo(108.0 - 1e-4)) / 2e-4
+    assert abs(float(g) - fd) < 1e-5 * abs(fd), (float(g), fd)
+    for av in (108.0 - 1e-4, 108.0 + 1e-4):  # both ends are zeros of the largest real part
+        m = JansenRit(a=torch.tensor(av, dtype=F64), **ab, p_mean=torch.tensor(p_lo(av), dtype=F64))
+        assert abs(float(m._equilibrium("upper").eigenvalues.real.max())) < 1e-6
+    lo, hi = JansenRit(a=torch.tensor(90.0, dtype=F64), **ab).stable_p_mean_interval((40.0, 150.0))
+    assert float(lo) == math.inf and float(hi) == -math.inf  # unstable on the whole range: an empty interval
+
     problem = _near_boundary_jr_problem()
     sb = problem.stability_boundary()
     assert sb.name == "p_mean" and sb.index == problem.names.index("p_mean")
     z = problem.prior.to_unconstrained(problem.prior.median()).numpy() + 0.002
-    value, grad = sb(z)
-    assert 60.0 < value < 120.0 and grad[sb.index] == 0.0
+    # move to where both ends lie inside the search range (along the posterior's a-C ridge)
+    z[[problem.names.index(n) for n in ("a", "b", "C")]] = np.log([107.2, 50.8, 142.7])
+    lo, hi, dlo, dhi = sb(z)
+    assert sb.search_range[0] < lo < hi < sb.search_range[1], (lo, hi)
+    assert dlo[sb.index] == 0.0 and dhi[sb.index] == 0.0
+    assert sb(z)[0] == lo and sb.n_calls == 1  # the same z: answered from the cache
     h = 1e-5
     for k in range(problem.n_params):
         e = np.zeros(problem.n_params)
         e[k] = h
-        fd = (sb(z + e)[0] - sb(z - e)[0]) / (2 * h)
-        assert abs(grad[k] - fd) <= 1e-5 * max(1.0, abs(fd)), (problem.names[k], grad[k], fd)
+        for end, grad in ((0, dlo), (1, dhi)):
+            fd = (sb(z + e)[end] - sb(z - e)[end]) / (2 * h)
+            assert abs(grad[k] - fd) <= 1e-5 * max(1.0, abs(fd)), (problem.names[k], end, grad[k], fd)
+    # deterministic: the result does not depend on what was evaluated before
+    fresh = problem.stability_boundary()
+    assert fresh(z)[:2] == sb(z)[:2] == (lo, hi)
     # no boundary offered: p_mean fixed, or the simulation method
     fixed = InverseProblem(problem.observation, _near_gaussian_jr_problem().prior, problem.data)
     assert fixed.stability_boundary() is None
@@ -393,29 +421,42 @@ def test_hopf_point_and_its_gradient_match_finite_differences():
 
 
 def test_hopf_reparametrised_density_is_log_joint_plus_log_jacobian():
-    from jrinfer.backends.pymc import _boundary_unconstrained, _softmin
+    from jrinfer.backends.pymc import _interval_unconstrained
 
     problem = _near_boundary_jr_problem()
     model = problem_to_pymc(problem, boundary="hopf")
     assert "p_mean_w" in [v.name for v in model.free_RVs]
     logp = model.compile_logp()
+    dlogp = model.compile_dlogp()
     sb = problem.stability_boundary()
     i = sb.index
     z0 = problem.prior.to_unconstrained(problem.prior.median()).numpy()
-    zb, _ = _boundary_unconstrained(sb, z0)
-    assert math.log(40.0) < zb < math.log(150.0)
-    for w in (zb - 1.0, zb - 0.2, zb + 0.5, zb + 3.0):
+    z0[[problem.names.index(n) for n in ("a", "b", "C")]] = np.log([107.2, 50.8, 142.7])
+    zl, zh, _, _ = _interval_unconstrained(sb, z0)
+    assert math.log(15.0) < zl < zh < math.log(200.0)
+    names = [v.name for v in model.value_vars]
+    for w in (-6.0, -1.0, 0.3, 2.0, 8.0):
         point = {f"{n}_z": z0[k] for k, n in enumerate(problem.names) if k != i}
         point["p_mean_w"] = w
         z = z0.copy()
-        z[i] = _softmin(w, zb)
-        assert z[i] < zb
+        z[i] = zl + (zh - zl) / (1.0 + math.exp(-w))
         h = 1e-6
-        jac = (_softmin(w + h, zb) - _softmin(w - h, zb)) / (2 * h)  # dz/dw numerically
+        jac = ((zh - zl) / (1.0 + math.exp(-(w + h))) - (zh - zl) / (1.0 + math.exp(-(w - h)))) / (2 * h)  # dz/dw
         ref = float(problem.log_joint_unconstrained(torch.from_numpy(z))) + math.log(jac)
         assert abs(float(logp(point)) - ref) < 1e-6 * max(1.0, abs(ref)), (w, float(logp(point)), ref)
-    # no Hopf point in the prior's range: the map is the identity
-    assert _softmin(1.3, 700.0) == 1.3
+    # the gradient of the whole reparametrised density (both ends' implicit gradients) against finite differences
+    point = {f"{n}_z": z0[k] for k, n in enumerate(problem.names) if k != i}
+    point["p_mean_w"] = 0.3
+    g = dict(zip(names, np.split(np.asarray(dlogp(point)), len(names))))
+    for name in names:
+        up, down = dict(point), dict(point)
+        up[name], down[name] = point[name] + 1e-5, point[name] - 1e-5
+        fd = (float(logp(up)) - float(logp(down))) / 2e-5
+        assert abs(float(g[name][0]) - fd) < 1e-4 * max(1.0, abs(fd)), (name, float(g[name][0]), fd)
+    # no valid p_mean for these (a, C): density -inf, never NaN, for every w
+    bad = dict(point)
+    bad["a_z"], bad["C_z"] = math.log(85.0), math.log(134.6)
+    assert float(logp(bad)) == -math.inf and not np.isnan(np.asarray(dlogp(bad))).any()
 
 
 @pytest.mark.slow

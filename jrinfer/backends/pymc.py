@@ -148,13 +148,13 @@ def _op_classes():
         def infer_shape(self, fgraph, node, input_shapes):
             return [()] + ([input_shapes[0]] if self.with_grad else [])
 
-    class BoundaryOp(Op):
-        """``Z_b(z)``: the stability boundary of one parameter in its prior's unconstrained coordinate.
+    class IntervalOp(Op):
+        """``(Z_L(z), Z_H(z))``: the bounded parameter's valid interval in its prior's unconstrained coordinate.
 
         Input ``z`` ``(n_params,)`` (the bounded parameter's own entry is
-        ignored); outputs ``Z_b`` (float64 scalar, clipped to ``[-Z_CLIP,
-        Z_CLIP]``; ``Z_CLIP`` where there is no boundary in the prior's range)
-        and its gradient ``(n_params,)``.
+        ignored); outputs ``Z_L``, ``Z_H`` (float64 scalars; ``Z_L = Z_H``
+        where no value is valid) and their gradients ``(n_params,)`` each
+        (see :func:`_interval_unconstrained`).
         """
 
         __props__ = ("boundary_id",)
@@ -163,75 +163,96 @@ def _op_classes():
             self.boundary = boundary
             self.boundary_id = id(boundary)
             self.n_calls = 0
+            self.n_empty = 0
             self.seconds = 0.0
+            self.first_error = None
 
         def make_node(self, z):
             z = pt.as_tensor_variable(z)
-            return Apply(self, [z], [pt.dscalar(), pt.dvector()])
+            return Apply(self, [z], [pt.dscalar(), pt.dscalar(), pt.dvector(), pt.dvector()])
 
-        def evaluate(self, z: np.ndarray) -> tuple[float, np.ndarray]:
+        def evaluate(self, z: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
             t0 = time.perf_counter()
             self.n_calls += 1
             try:
-                value, grad = _boundary_unconstrained(self.boundary, np.asarray(z, dtype=np.float64))
-            except Exception:  # a failed search: no reparametrisation at this point (the likelihood still guards)
-                value, grad = _Z_CLIP, np.zeros(np.shape(z)[0])
+                out = _interval_unconstrained(self.boundary, np.asarray(z, dtype=np.float64))
+            except Exception as err:  # a failed search: treated as no valid value here (density -inf), counted
+                if self.first_error is None:
+                    self.first_error = f"{type(err).__name__}: {err}"
+                zero = np.zeros(np.shape(z)[0])
+                out = (0.0, 0.0, zero, zero)
+            if not out[0] < out[1]:
+                self.n_empty += 1
             self.seconds += time.perf_counter() - t0
-            return value, grad
+            return out
 
         def perform(self, node, inputs, output_storage):
-            value, grad = self.evaluate(inputs[0])
-            output_storage[0][0] = np.asarray(value, dtype=np.float64)
-            output_storage[1][0] = np.asarray(grad, dtype=np.float64)
+            for k, value in enumerate(self.evaluate(inputs[0])):
+                output_storage[k][0] = np.asarray(value, dtype=np.float64)
 
         def grad(self, inputs, output_grads):
-            _, g = self(inputs[0])
-            return [output_grads[0] * g]
+            from pytensor.gradient import DisconnectedType
+
+            outs = self(inputs[0])
+            total = pt.zeros_like(inputs[0])
+            for k in (0, 1):
+                if not isinstance(output_grads[k].type, DisconnectedType):
+                    total = total + output_grads[k] * outs[k + 2]
+            return [total]
+
+        def connection_pattern(self, node):
+            return [[True, True, False, False]]
 
         def infer_shape(self, fgraph, node, input_shapes):
-            return [(), input_shapes[0]]
+            return [(), (), input_shapes[0], input_shapes[0]]
 
-    return TorchLogLike, BoundaryOp
-
-
-#: Where the boundary in unconstrained coordinates is clipped (``+Z_CLIP``: no boundary; softmin is then the identity).
-_Z_CLIP = 700.0
+    return TorchLogLike, IntervalOp
 
 
-def _boundary_unconstrained(boundary, z: np.ndarray) -> tuple[float, np.ndarray]:
-    """The boundary ``b(theta)`` of ``boundary.name`` mapped by its prior's transform: ``(Z_b, dZ_b/dz)``."""
-    b, db = boundary(z)
-    if b == math.inf:
-        return _Z_CLIP, np.zeros_like(db)
-    if b == -math.inf:
-        return -_Z_CLIP, np.zeros_like(db)
+def _interval_unconstrained(boundary, z: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """The valid interval of ``boundary.name`` in its prior's unconstrained coordinate.
+
+    ``(Z_L, Z_H, dZ_L/dz, dZ_H/dz)`` with ``Z = to_unconstrained(end)`` of
+    the ends from :class:`~jrinfer.problem.StabilityBoundary` (clipped to its
+    search range, the prior's central ``1 - 2e-10``); ``Z_L = Z_H`` (the
+    range's lower end, zero gradients) where no value is valid.
+    """
+    lo, hi, dlo, dhi = boundary(z)
     d = boundary.distribution
-    lo, hi = d.support
-    if b >= hi:
-        return _Z_CLIP, np.zeros_like(db)
-    if b <= lo:
-        return -_Z_CLIP, np.zeros_like(db)
-    bt = torch.tensor(b, dtype=torch.float64, requires_grad=True)
-    with torch.enable_grad():
-        zb = d.to_unconstrained(bt)
-        (dzb,) = torch.autograd.grad(zb, bt)
-    value = float(zb)
-    if not abs(value) < _Z_CLIP:
-        return math.copysign(_Z_CLIP, value), np.zeros_like(db)
-    return value, float(dzb) * db
+    if not lo < hi:
+        zl = float(d.to_unconstrained(torch.tensor(boundary.search_range[0], dtype=torch.float64)))
+        return zl, zl, np.zeros_like(dlo), np.zeros_like(dhi)
+    out = []
+    for b, db in ((lo, dlo), (hi, dhi)):
+        bt = torch.tensor(b, dtype=torch.float64, requires_grad=True)
+        with torch.enable_grad():
+            zb = d.to_unconstrained(bt)
+            (dzb,) = torch.autograd.grad(zb, bt)
+        out += [float(zb.detach()), float(dzb) * db]
+    return out[0], out[2], out[1], out[3]
 
 
-def _softmin(w, zb):
-    """``-log(exp(-w) + exp(-zb))``: ``w`` far below ``zb``, ``zb - exp(zb - w)`` near it (PyTensor or NumPy)."""
+def _interval_map(w, zl, zh):
+    """``z = Z_L + (Z_H - Z_L) sigmoid(w)`` and ``log dz/dw`` (PyTensor or NumPy); ``-inf`` where ``Z_H <= Z_L``."""
+    if isinstance(w, (float, np.floating, np.ndarray)):
+        width = zh - zl
+        s = 1.0 / (1.0 + np.exp(-w))
+        log_jac = np.log(width) - np.logaddexp(0.0, w) - np.logaddexp(0.0, -w) if width > 0 else -np.inf
+        return zl + width * s, log_jac
     import pytensor.tensor as pt
 
-    lib = pt if not isinstance(w, (float, np.floating, np.ndarray)) else np
-    return lib.minimum(w, zb) - lib.log1p(lib.exp(-abs(w - zb)))
+    width = zh - zl
+    ok = width > 0
+    safe = pt.switch(ok, width, 1.0)
+    z = zl + width * pt.sigmoid(w)
+    log_jac = pt.switch(ok, pt.log(safe) - pt.softplus(w) - pt.softplus(-w), -np.inf)
+    return z, log_jac
 
 
-def _softmin_inverse(z: float, zb: float) -> float:
-    """``w`` with ``_softmin(w, zb) = z`` (``z < zb``)."""
-    return -(-z + math.log(-math.expm1(z - zb)))
+def _interval_inverse(z: float, zl: float, zh: float) -> float:
+    """``w`` with ``_interval_map(w, zl, zh)[0] = z`` (``zl < z < zh``)."""
+    u = (z - zl) / (zh - zl)
+    return math.log(u) - math.log1p(-u)
 
 
 def loglike_op(problem, *, with_grad: bool = True):
@@ -362,14 +383,12 @@ def problem_to_pymc(problem, *, with_grad: bool = True, boundary: str | None = N
         if sb is not None:
             i = sb.index
             others = pt.stack([f64(0.0) if k == i else zk for k, zk in enumerate(zs)]).astype("float64")
-            zb = bop(others)[0]
+            zl, zh = bop(others)[:2]
             w = bounded["w"]
-            z = pm.Deterministic(f"{bounded['name']}_z", _softmin(w, zb))
-            # prior density of z at softmin(w, Z_H) times dz/dw = sigmoid(Z_H - w)
-            log_jac = -pt.softplus(w - zb)
-            pm.Potential(
-                f"{bounded['name']}_prior", pm.logp(bounded["cls"].dist(**bounded["kw"]), z) + log_jac
-            )
+            z, log_jac = _interval_map(w, zl, zh)
+            z = pm.Deterministic(f"{bounded['name']}_z", z)
+            # prior density of z at Z_L + (Z_H - Z_L) sigmoid(w) times dz/dw
+            pm.Potential(f"{bounded['name']}_prior", pm.logp(bounded["cls"].dist(**bounded["kw"]), z) + log_jac)
             zs[i] = z
         for (name, d), z in zip(problem.prior.distributions.items(), zs):
             if isinstance(d, LogNormal):
@@ -476,7 +495,7 @@ def _to_w(bop, start, seed: int, n_draws: int = 200):
     """The Laplace start in the boundary coordinate ``w`` (see :func:`problem_to_pymc`), or None.
 
     Each start ``z`` keeps its other coordinates; the bounded one becomes
-    ``w = softmin^-1(z, Z_H)``. The initial mass matrix is the covariance of
+    ``w = logit((z - Z_L) / (Z_H - Z_L))``. The initial mass matrix is the covariance of
     ``n_draws`` Laplace draws mapped to ``w`` (those on the stable side, where
     the map is defined): the Gaussian truncated at the boundary, seen in the
     sampler's coordinates. None when fewer than ``4 n`` draws are stable
@@ -487,11 +506,11 @@ def _to_w(bop, start, seed: int, n_draws: int = 200):
     n = mean.shape[0]
 
     def convert(z):
-        zb, _ = bop.evaluate(z)
-        if not z[i] < zb:
+        zl, zh, _, _ = bop.evaluate(z)
+        if not zl < z[i] < zh:
             return None
         out = z.copy()
-        out[i] = _softmin_inverse(float(z[i]), zb)
+        out[i] = _interval_inverse(float(z[i]), zl, zh)
         return out
 
     rng = np.random.default_rng(seed)
@@ -851,6 +870,9 @@ class NUTS:
             diag["boundary_parameter"] = bop.boundary.name
             diag["boundary_evaluations"] = bop.n_calls if counted else None
             diag["boundary_time_s"] = bop.seconds if counted else None
+            diag["boundary_empty"] = bop.n_empty if counted else None
+            if bop.first_error:
+                diag["boundary_first_error"] = bop.first_error
         diag["init_time_s"] = init_seconds
         diag["fused_loglike"] = bool(op.fused)
         diag["settings"] = {
