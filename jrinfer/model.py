@@ -801,19 +801,16 @@ class JansenRit:
         if stable.size == 0:
             return inf, -inf
         k = int(stable[0])
-        if k == 0:
-            p_lo = -inf
-        else:
-            p_lo = self._differentiable_crossing(
-                _refine_crossing(sigma, *_fine_bracket(sigma, grid[k], grid[k - 1], grid_size)), base_np
-            )
+        roots, fine = [], min(grid_size, 16)
+        if k > 0:
+            roots.append(_refine_crossing(sigma, *_fine_bracket(sigma, grid[k], grid[k - 1], fine)))
         unstable = np.nonzero(s[k:] >= 0)[0]
-        if unstable.size == 0:
-            return p_lo, inf
-        j = k + int(unstable[0])
-        p_hi = self._differentiable_crossing(
-            _refine_crossing(sigma, *_fine_bracket(sigma, grid[j - 1], grid[j], grid_size)), base_np
-        )
+        if unstable.size:
+            j = k + int(unstable[0])
+            roots.append(_refine_crossing(sigma, *_fine_bracket(sigma, grid[j - 1], grid[j], fine)))
+        ends = self._differentiable_crossing(np.array(roots), base_np) if roots else None
+        p_lo = ends[0] if k > 0 else -inf
+        p_hi = ends[-1] if unstable.size else inf
         return p_lo, p_hi
 
     def _upper_sigma(self, base: dict, base_np: dict):
@@ -844,18 +841,23 @@ class JansenRit:
 
         return sigma
 
-    def _differentiable_crossing(self, p: float, base_np: dict) -> torch.Tensor:
-        """One Newton step on ``sigma`` from the root ``p``: its value, with the implicit-function gradient."""
+    def _differentiable_crossing(self, p, base_np: dict) -> torch.Tensor:
+        """One Newton step on ``sigma`` from the root(s) ``p``: the value(s), with the implicit-function gradient.
+
+        ``p`` a float (scalar result) or a 1-D array of roots for the same
+        other parameters (one batched evaluation; result of the same shape).
+        """
         params = {k: v for k, v in self._params.items() if k != "p_mean"}
-        p_leaf = torch.tensor(float(p), dtype=torch.float64, requires_grad=True)
+        pn = np.atleast_1d(np.asarray(p, dtype=np.float64))
+        p_leaf = torch.tensor(pn if np.ndim(p) else float(p), dtype=torch.float64, requires_grad=True)
         with torch.enable_grad():
             m = JansenRit(noise=self.noise, noise_on=self.noise_on, **params, p_mean=p_leaf)
-            pd = {k: np.array([v]) for k, v in base_np.items()}
-            pd["p_mean"] = np.array([float(p)])
-            eq = _selected_equilibrium_numpy(pd, torch.Size(()), 256, "upper", None)
+            pd = {k: np.full(pn.size, v) for k, v in base_np.items()}
+            pd["p_mean"] = pn.copy()
+            eq = _selected_equilibrium_numpy(pd, p_leaf.shape, 256, "upper", None)
             eq = m.attach_gradient(eq if eq is not None else m._equilibrium("upper"))
             s = m.dominant_mode(eq)[0].real
-            (slope,) = torch.autograd.grad(s, p_leaf, retain_graph=True)
+            (slope,) = torch.autograd.grad(s.sum(), p_leaf, retain_graph=True)  # elementwise: the roots are independent
         return p_leaf.detach() - s / slope.detach()
 
     # -------------------------------------------------------------- simulation
