@@ -303,23 +303,23 @@ def problem_to_pymc(problem, *, with_grad: bool = True, boundary: str | None = N
     boundary : {None, "hopf"}
         ``"hopf"``: sample the parameter bounded by the problem's stability
         boundary (:meth:`InverseProblem.stability_boundary`; ``p_mean`` under
-        the transfer method, bounded by the first Hopf point ``p_H(theta)``
-        of the other parameters) in a coordinate in which the boundary sits
-        at infinity. With ``z`` the prior's unconstrained coordinate of
-        ``p_mean`` and ``Z_H = to_unconstrained(p_H(theta))``, the free
-        variable is ``w`` (``p_mean_w``, flat) with
-        ``z = softmin(w, Z_H) = -log(exp(-w) + exp(-Z_H))``: the identity
-        far below the boundary, ``Z_H - exp(Z_H - w)`` near it, so that
-        ``w -> inf`` approaches the boundary (the log distance to it). The
-        density of ``w`` is the prior's density of ``z`` times
-        ``dz/dw = sigmoid(Z_H - w)``, so the prior in natural units is
-        unchanged on the stable side; prior mass past the boundary (where
-        the likelihood is ``-inf``) is dropped. Where the upper branch has no
-        Hopf point in the prior's central ``1 - 2e-6`` interval
-        (always stable there) or lies past the prior's upper bound,
-        ``Z_H = +700`` and the map is the identity (nothing is cut); where
-        the branch is unstable over the whole interval, ``Z_H = -700`` (no
-        valid ``p_mean``). ``ValueError`` if the problem offers no boundary.
+        the transfer method, valid on the stable interval ``(p_L(theta),
+        p_H(theta))`` of the upper branch, functions of the other parameters)
+        in a coordinate in which both ends sit at infinity. With ``z`` the
+        prior's unconstrained coordinate of ``p_mean`` and ``Z_L``, ``Z_H`` the
+        interval's ends in it, the free variable is ``w`` (``p_mean_w``, flat)
+        with ``z = Z_L + (Z_H - Z_L) sigmoid(w)``; the density of ``w`` is the
+        prior's density of ``z`` times ``dz/dw = (Z_H - Z_L) sigmoid(w)
+        sigmoid(-w)``, so the prior in natural units is unchanged on the
+        stable interval, and prior mass outside it (where the likelihood is
+        ``-inf``) is dropped. The ends come from a deterministic search in the
+        prior's central ``1 - 2e-10`` range (an end outside it is the range's
+        end; :class:`~jrinfer.problem.StabilityBoundary`) with
+        implicit-function gradients. Where no ``p_mean`` in that range is
+        stable (``Z_H <= Z_L``) the density is ``-inf`` for every ``w`` (with
+        a finite gradient, never NaN): those walls lie in the other
+        parameters and this map does not remove them (see :class:`NUTS`).
+        ``ValueError`` if the problem offers no boundary.
 
     Returns
     -------
@@ -691,19 +691,23 @@ class NUTS:
     ``loglike_failures``, zero gradient, never NaN) and NUTS reports them as
     divergences (on a JR 1995 spectrum at p_mean = 70: 65 divergences in 2 x
     300 draws, R-hat 1.04; ``benchmarks/RESULTS.md``). ``boundary="hopf"``
-    samples ``p_mean`` in a coordinate in which the boundary is at infinity
-    (see :func:`problem_to_pymc`; the problem must offer
+    samples ``p_mean`` mapped onto its stable interval ``(p_L(theta),
+    p_H(theta))`` (both Hopf points of the upper branch), so that both ends
+    sit at infinity (see :func:`problem_to_pymc`; the problem must offer
     :meth:`~jrinfer.InverseProblem.stability_boundary`, i.e. a transfer-method
     spectrum with ``p_mean`` free). The chains then start from the mode of the
     reparametrised density (L-BFGS from the Laplace mean mapped to ``w``)
     with the inverse Hessian there as the initial mass matrix (the Laplace
     Gaussian of the prior's coordinates, half of it past the boundary, is a
-    poor metric in ``w``). Each gradient costs a Hopf search as well
-    (``diagnostics["boundary_evaluations"]``, ``["boundary_time_s"]``).
-    **Not sufficient yet**: where the upper branch is also unstable at low
-    ``p_mean`` (stable set ``(p_L, p_H)``) or for every ``p_mean``, walls
-    remain and NUTS still diverges on the near-boundary test spectrum
-    (``benchmarks/RESULTS.md``).
+    poor metric in ``w``). Each gradient costs an interval search as well
+    (~15-30 ms; ``diagnostics["boundary_evaluations"]``,
+    ``["boundary_time_s"]``, ``["boundary_empty"]``: evaluations where no
+    ``p_mean`` was stable). **Not sufficient yet**: where no ``p_mean`` is
+    stable (near the tip of the stable region in ``(a, b, C, p_mean)``, where
+    the interval closes) the density is ``-inf`` for every ``w``; these walls
+    lie in the other parameters, and on the near-boundary test spectrum the
+    posterior's mode is close to them: NUTS takes tiny steps at the maximum
+    tree depth and still meets them in tuning (``benchmarks/RESULTS.md``).
 
     Ctrl-C during sampling stops every chain and keeps what was drawn after
     tuning: ``diagnostics["interrupted"]`` is True and a warning says how much
