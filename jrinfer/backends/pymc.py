@@ -233,17 +233,12 @@ def _interval_unconstrained(boundary, z: np.ndarray) -> tuple[float, float, np.n
 
 
 def _interval_map(w, zl, zh):
-    """``z = Z_L + (Z_H - Z_L) sigmoid(w)`` and ``log dz/dw`` (PyTensor or NumPy); ``-inf`` where ``Z_H <= Z_L``."""
-    if isinstance(w, (float, np.floating, np.ndarray)):
-        width = zh - zl
-        s = 1.0 / (1.0 + np.exp(-w))
-        log_jac = np.log(width) - np.logaddexp(0.0, w) - np.logaddexp(0.0, -w) if width > 0 else -np.inf
-        return zl + width * s, log_jac
+    """``z = Z_L + (Z_H - Z_L) sigmoid(w)`` and ``log dz/dw`` (PyTensor); ``log dz/dw = -inf`` where ``Z_H <= Z_L``."""
     import pytensor.tensor as pt
 
     width = zh - zl
     ok = width > 0
-    safe = pt.switch(ok, width, 1.0)
+    safe = pt.switch(ok, width, 1.0)  # keeps the gradient finite where the interval is empty
     z = zl + width * pt.sigmoid(w)
     log_jac = pt.switch(ok, pt.log(safe) - pt.softplus(w) - pt.softplus(-w), -np.inf)
     return z, log_jac
