@@ -700,9 +700,10 @@ class NUTS:
     ``p_mean`` was stable). **Not sufficient yet**: where no ``p_mean`` is
     stable (near the tip of the stable region in ``(a, b, C, p_mean)``, where
     the interval closes) the density is ``-inf`` for every ``w``; these walls
-    lie in the other parameters, and on the near-boundary test spectrum the
-    posterior's mode is close to them: NUTS takes tiny steps at the maximum
-    tree depth and still meets them in tuning (``benchmarks/RESULTS.md``).
+    lie in the other parameters, which the map does not move. On the
+    near-boundary test spectrum they lie in the tails (NUTS met them only in
+    tuning), but the posterior is a thin curved ridge in ``(a, b, C)``: NUTS
+    takes tiny steps at the maximum tree depth (``benchmarks/RESULTS.md``).
 
     Ctrl-C during sampling stops every chain and keeps what was drawn after
     tuning: ``diagnostics["interrupted"]`` is True and a warning says how much
