@@ -97,7 +97,8 @@ def main() -> None:
 
         t0, c0 = time.perf_counter(), time.process_time()
         ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        post = NUTS(chains=args.chains, tune=args.tune, draws=args.draws, seed=0, cores=args.cores).fit(problem, n_predictive=100)
+        nuts = NUTS(chains=args.chains, tune=args.tune, draws=args.draws, seed=0, cores=args.cores)
+        post = nuts.fit(problem, n_predictive=100)
         total, cpu = time.perf_counter() - t0, time.process_time() - c0
         ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu_children = (ch1.ru_utime - ch0.ru_utime) + (ch1.ru_stime - ch0.ru_stime)
@@ -107,7 +108,8 @@ def main() -> None:
         n_leap = int((2 ** post.sample_stats["tree_depth"] - 1).sum())
     print(
         f"NUTS {args.chains} x ({args.tune} + {args.draws}), cores={args.cores}: sampling {d['sampling_time_s']:.1f} s "
-        f"(fit() total {total:.1f} s incl. Laplace start, compile and assembly; CPU time of this process {cpu:.1f} s and of PyMC's worker processes {cpu_children:.1f} s, "
+        f"(fit() total {total:.1f} s incl. Laplace start, compile and assembly; CPU time of this process "
+        f"{cpu:.1f} s and of PyMC's worker processes {cpu_children:.1f} s, "
         f"load {os.getloadavg()[0]:.1f}); ESS bulk min {d['ess_bulk_min']:.0f}, "
         f"tail min {d['ess_tail_min']:.0f}; ESS/s {d['ess_per_second']:.2f}; R-hat max {d.get('rhat_max', float('nan')):.4f}; "
         f"divergences {d['divergences']}; tree depth saturated {d['tree_depth_saturated']:.3f}; "

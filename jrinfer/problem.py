@@ -540,7 +540,7 @@ def _numpy_prior(prior: Prior):
 
 
 class StabilityBoundary:
-    """The valid interval ``(lo(theta), hi(theta))`` of a free parameter, from :meth:`InverseProblem.stability_boundary`.
+    """The valid interval ``(lo(theta), hi(theta))`` of a free parameter (:meth:`InverseProblem.stability_boundary`).
 
     Under the transfer method the bounded parameter is ``p_mean`` and the
     interval is the lowest one on which the upper equilibrium is stable
