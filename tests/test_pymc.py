@@ -462,11 +462,11 @@ def test_hopf_reparametrised_density_is_log_joint_plus_log_jacobian():
 @pytest.mark.slow
 @pytest.mark.xfail(
     run=False,
-    reason="issue 8 item 4 not met yet (benchmarks/RESULTS.md): with p_mean mapped onto both ends of its stable "
-    "interval, walls remain in (a, b, C) where no p_mean is stable (9 % of the w-space Laplace draws, in its "
-    "tails), and the posterior is a thin curved a-b-C ridge; measured 1 chain x (60 + 60): 6 divergences in "
-    "tuning, 0 after, but step size 0.012 and 97 % of draws at max tree depth 7, 352 s (~20 ms per gradient "
-    "for the interval search): this test's budget would take ~30 min, so it is not run",
+    reason="issue 8 item 4 not met yet (benchmarks/RESULTS.md): p_mean is mapped onto both ends of its stable "
+    "interval, but the interval closes a few percent of a away from the posterior's a-b-C ridge, a wall in "
+    "(a, b, C) that the map does not move; measured 1 chain x (150 + 60), seed 2: 4 divergences in tuning, 5 in "
+    "the draws, 210 s (12 ms per gradient for the interval search, 58 per draw): this test's budget would take "
+    "10-30 min, so it is not run",
 )
 def test_nuts_samples_a_posterior_cut_by_the_hopf_boundary():
     from jrinfer.backends.laplace import VariationalLaplace
