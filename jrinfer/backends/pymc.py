@@ -695,7 +695,7 @@ class NUTS:
     with the inverse Hessian there as the initial mass matrix (the Laplace
     Gaussian of the prior's coordinates, half of it past the boundary, is a
     poor metric in ``w``). Each gradient costs an interval search as well
-    (~15-30 ms; ``diagnostics["boundary_evaluations"]``,
+    (12-30 ms; ``diagnostics["boundary_evaluations"]``,
     ``["boundary_time_s"]``, ``["boundary_empty"]``: evaluations where no
     ``p_mean`` was stable). **Not sufficient yet**: where no ``p_mean`` is
     stable (near the tip of the stable region in ``(a, b, C, p_mean)``, where
