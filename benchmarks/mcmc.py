@@ -14,10 +14,10 @@ Times
   what PyMC's ``perform`` calls), median over ``--repeats`` calls;
 * the same through the compiled PyMC ``logp_dlogp`` function (priors + Op);
 * NUTS, ``--chains`` x (``--tune`` + ``--draws``), sequential chains
-  (``cores=1``): wall time of sampling (compilation excluded and reported
+  (``--cores 1``, default) or ``--cores`` worker processes: wall time of sampling (compilation excluded and reported
   apart), minimum bulk ESS per second, divergences, R-hat.
 
-Run: ``python benchmarks/mcmc.py [--threads 1] [--chains 4 --tune 1000 --draws 1000]``
+Run: ``python benchmarks/mcmc.py [--threads 1] [--chains 4 --tune 1000 --draws 1000] [--cores 2]``
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--tune", type=int, default=1000)
     ap.add_argument("--draws", type=int, default=1000)
+    ap.add_argument("--cores", type=int, default=1, help="processes for the chains (PyMC multiprocessing)")
     ap.add_argument("--skip-nuts", action="store_true")
     ap.add_argument("--problem", default="contract", choices=["contract", "near-gaussian"],
                     help="contract: the contract suite's 11-parameter spectrum; near-gaussian: the 6-parameter "
@@ -92,16 +93,23 @@ def main() -> None:
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
+        import resource
+
         t0, c0 = time.perf_counter(), time.process_time()
-        post = NUTS(chains=args.chains, tune=args.tune, draws=args.draws, seed=0).fit(problem, n_predictive=100)
+        ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        nuts = NUTS(chains=args.chains, tune=args.tune, draws=args.draws, seed=0, cores=args.cores)
+        post = nuts.fit(problem, n_predictive=100)
         total, cpu = time.perf_counter() - t0, time.process_time() - c0
+        ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_children = (ch1.ru_utime - ch0.ru_utime) + (ch1.ru_stime - ch0.ru_stime)
     d = post.diagnostics
     n_leap = None
     if "tree_depth" in post.sample_stats:
         n_leap = int((2 ** post.sample_stats["tree_depth"] - 1).sum())
     print(
-        f"NUTS {args.chains} x ({args.tune} + {args.draws}): sampling {d['sampling_time_s']:.1f} s "
-        f"(fit() total {total:.1f} s incl. Laplace start, compile and assembly; CPU time of this process {cpu:.1f} s, "
+        f"NUTS {args.chains} x ({args.tune} + {args.draws}), cores={args.cores}: sampling {d['sampling_time_s']:.1f} s "
+        f"(fit() total {total:.1f} s incl. Laplace start, compile and assembly; CPU time of this process "
+        f"{cpu:.1f} s and of PyMC's worker processes {cpu_children:.1f} s, "
         f"load {os.getloadavg()[0]:.1f}); ESS bulk min {d['ess_bulk_min']:.0f}, "
         f"tail min {d['ess_tail_min']:.0f}; ESS/s {d['ess_per_second']:.2f}; R-hat max {d.get('rhat_max', float('nan')):.4f}; "
         f"divergences {d['divergences']}; tree depth saturated {d['tree_depth_saturated']:.3f}; "

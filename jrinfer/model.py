@@ -708,6 +708,183 @@ class JansenRit:
         residue = torch.where(has, residue, torch.zeros_like(residue))
         return lam, residue
 
+    def hopf_p_mean(self, p_range=(0.0, 1000.0), *, grid_size: int = 32, guess: float | None = None) -> torch.Tensor:
+        """First Hopf point of the upper equilibrium branch in ``p_mean``, the other parameters held.
+
+        ``p_H`` is the smallest ``p_mean`` in ``p_range`` at which the upper
+        equilibrium loses stability (the least-damped complex pair crosses the
+        imaginary axis, ``sigma(p_H) = Re lambda = 0``): below it the
+        linearised spectrum exists, above it the model oscillates (89.83
+        pulses/s with the JR 1995 constants; Grimbert & Faugeras 2006). The
+        root is bracketed on a ``grid_size`` grid of ``p_range`` (or near
+        ``guess``, a previous ``p_H`` for nearby parameters) and refined by
+        Newton on ``sigma`` to ~1e-12 relative.
+
+        The result is differentiable in every other parameter (the model's
+        own ``p_mean`` is ignored): one Newton step ``p_H = p* - sigma(p*) /
+        (d sigma / dp)`` from the detached root carries the implicit-function
+        derivative ``d p_H / d theta = -(d sigma / d theta) / (d sigma / dp)``,
+        ``sigma`` through :meth:`dominant_mode` (itself implicit-function
+        derivatives of the eigenvalue and the equilibrium).
+
+        Parameters
+        ----------
+        p_range : (float, float)
+            Search interval ``(low, high)`` of ``p_mean``.
+        grid_size : int
+            Grid points for bracketing (>= 4).
+        guess : float, optional
+            Warm start; the result does not depend on it (falls back to the grid).
+
+        Returns
+        -------
+        torch.Tensor
+            Scalar float64 ``p_H``; ``+inf`` where the upper equilibrium is
+            stable on the whole ``p_range`` (no Hopf point there), ``-inf``
+            where it is already unstable at ``p_range[0]``. Infinite values
+            carry no gradient. Unbatched models only.
+        """
+        if self._batch_shape.numel() != 1 or len(self._batch_shape) > 0:
+            raise ValueError(f"hopf_p_mean needs an unbatched model, got batch_shape {tuple(self._batch_shape)}")
+        lo, hi = (float(x) for x in p_range)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"p_range must be a finite (low, high) with low < high, got {p_range!r}")
+        if not isinstance(grid_size, int) or grid_size < 4:
+            raise ValueError(f"grid_size must be an int >= 4, got {grid_size!r}")
+        base = {k: v.detach() for k, v in self._params.items() if k != "p_mean"}
+
+        base_np = {k: float(v) for k, v in base.items()}
+        sigma = self._upper_sigma(base, base_np)
+        bracket = None
+        if guess is not None and math.isfinite(guess) and lo < guess < hi:
+            h = 1e-3 * max(abs(guess), 1.0)
+            pts = np.clip(np.array([guess - h, guess + h]), lo, hi)
+            s = sigma(pts)
+            if s[0] < 0 <= s[1]:
+                bracket = (pts[0], pts[1], s[0], s[1])
+        if bracket is None:
+            grid = np.linspace(lo, hi, grid_size)
+            s = sigma(grid)
+            if not s[0] < 0:
+                return torch.tensor(-math.inf, dtype=torch.float64)
+            up = np.nonzero(s >= 0)[0]
+            if up.size == 0:
+                return torch.tensor(math.inf, dtype=torch.float64)
+            bracket = _fine_bracket(sigma, grid[int(up[0]) - 1], grid[int(up[0])], grid_size)
+        return self._differentiable_crossing(_refine_crossing(sigma, *bracket), base_np)
+
+    def stable_p_mean_interval(self, p_range, *, grid_size: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
+        """The lowest interval of ``p_mean`` in ``p_range`` on which the upper equilibrium is stable.
+
+        ``(p_L, p_H)``: the upper branch is stable for ``p_L < p_mean < p_H``
+        and unstable (or switches branch at a fold) just outside. Under the
+        transfer method the linearised spectrum exists only there. At the JR
+        1995 constants ``p_L`` is below any positive ``p_mean`` and ``p_H``
+        is the first Hopf point (:meth:`hopf_p_mean`); for other gains and
+        time constants the branch is also unstable at low ``p_mean``
+        (``p_L`` a second Hopf point), and near the tip of the stable region
+        the interval closes. Deterministic: the stability of the branch is
+        evaluated on a ``grid_size`` grid of ``p_range`` (no warm start; an
+        interval narrower than one grid step can be missed), each end
+        bracketed on a finer grid and refined by a safeguarded secant to
+        ~1e-8 relative, then one differentiable Newton step (the
+        implicit-function gradient in every other parameter, as in
+        :meth:`hopf_p_mean`).
+
+        Parameters
+        ----------
+        p_range : (float, float)
+            Search interval ``(low, high)`` of ``p_mean``, pulses/s.
+        grid_size : int
+            Grid points for bracketing (>= 4).
+
+        Returns
+        -------
+        (torch.Tensor, torch.Tensor)
+            Scalar float64 ``p_L`` and ``p_H``, pulses/s. ``p_L = -inf`` when
+            the branch is stable at ``p_range[0]``; ``p_H = +inf`` when it
+            stays stable up to ``p_range[1]``; ``(+inf, -inf)`` (an empty
+            interval) when it is unstable on the whole grid. Infinite ends
+            carry no gradient. Unbatched models only.
+        """
+        if self._batch_shape.numel() != 1 or len(self._batch_shape) > 0:
+            raise ValueError(
+                f"stable_p_mean_interval needs an unbatched model, got batch_shape {tuple(self._batch_shape)}"
+            )
+        lo, hi = (float(x) for x in p_range)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"p_range must be a finite (low, high) with low < high, got {p_range!r}")
+        if not isinstance(grid_size, int) or grid_size < 4:
+            raise ValueError(f"grid_size must be an int >= 4, got {grid_size!r}")
+        base = {k: v.detach() for k, v in self._params.items() if k != "p_mean"}
+        base_np = {k: float(v) for k, v in base.items()}
+        sigma = self._upper_sigma(base, base_np)
+        grid = np.linspace(lo, hi, grid_size)
+        s = sigma(grid)
+        stable = np.nonzero(s < 0)[0]
+        inf = torch.tensor(math.inf, dtype=torch.float64)
+        if stable.size == 0:
+            return inf, -inf
+        k = int(stable[0])
+        roots, fine = [], min(grid_size, 16)
+        if k > 0:
+            roots.append(_refine_crossing(sigma, *_fine_bracket(sigma, grid[k], grid[k - 1], fine)))
+        unstable = np.nonzero(s[k:] >= 0)[0]
+        if unstable.size:
+            j = k + int(unstable[0])
+            roots.append(_refine_crossing(sigma, *_fine_bracket(sigma, grid[j - 1], grid[j], fine)))
+        ends = self._differentiable_crossing(np.array(roots), base_np) if roots else None
+        p_lo = ends[0] if k > 0 else -inf
+        p_hi = ends[-1] if unstable.size else inf
+        return p_lo, p_hi
+
+    def _upper_sigma(self, base: dict, base_np: dict):
+        """``sigma(p)``: the largest real part of the upper equilibrium's eigenvalues at ``p_mean = p`` (NumPy).
+
+        A vector ``p`` is evaluated in one batch (grid bracketing); a single
+        point is continued along the upper branch from the nearest point of
+        the previous call (Newton on the equilibrium), falling back to the
+        full search.
+        """
+        last = {}
+
+        def sigma(p: np.ndarray) -> np.ndarray:
+            n = p.shape[0]
+            if n == 1 and "y0" in last:  # continuation along the upper branch from the nearest point evaluated
+                k = int(np.argmin(np.abs(last["p"] - p[0])))
+                s1 = _upper_sigma_continued(base_np, float(p[0]), float(last["y0"][k]))
+                if s1 is not None:
+                    return np.array([s1])
+            pd = {k: np.full(n, v) for k, v in base_np.items()}
+            pd["p_mean"] = np.ascontiguousarray(p, dtype=np.float64)
+            eq = _selected_equilibrium_numpy(pd, torch.Size((n,)), 256, "upper", None)
+            if eq is None:  # a fold candidate: the full (torch) search
+                m = JansenRit(noise=self.noise, noise_on=self.noise_on, **base, p_mean=torch.from_numpy(pd["p_mean"]))
+                eq = m._equilibrium("upper")
+            last["p"], last["y0"] = pd["p_mean"].copy(), eq.state.reshape(-1, 6)[:, 0].numpy().copy()
+            return eq.eigenvalues.real.max(-1).values.numpy()
+
+        return sigma
+
+    def _differentiable_crossing(self, p, base_np: dict) -> torch.Tensor:
+        """One Newton step on ``sigma`` from the root(s) ``p``: the value(s), with the implicit-function gradient.
+
+        ``p`` a float (scalar result) or a 1-D array of roots for the same
+        other parameters (one batched evaluation; result of the same shape).
+        """
+        params = {k: v for k, v in self._params.items() if k != "p_mean"}
+        pn = np.atleast_1d(np.asarray(p, dtype=np.float64))
+        p_leaf = torch.tensor(pn if np.ndim(p) else float(p), dtype=torch.float64, requires_grad=True)
+        with torch.enable_grad():
+            m = JansenRit(noise=self.noise, noise_on=self.noise_on, **params, p_mean=p_leaf)
+            pd = {k: np.full(pn.size, v) for k, v in base_np.items()}
+            pd["p_mean"] = pn.copy()
+            eq = _selected_equilibrium_numpy(pd, p_leaf.shape, 256, "upper", None)
+            eq = m.attach_gradient(eq if eq is not None else m._equilibrium("upper"))
+            s = m.dominant_mode(eq)[0].real
+            (slope,) = torch.autograd.grad(s.sum(), p_leaf, retain_graph=True)  # elementwise: the roots are independent
+        return p_leaf.detach() - s / slope.detach()
+
     # -------------------------------------------------------------- simulation
     def simulate(
         self,
@@ -1648,6 +1825,87 @@ def _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess):
         torch.ones(out, dtype=torch.bool),
         t(change.sum(1)).reshape(out),
     )
+
+
+def _fine_bracket(sigma, x_neg: float, x_pos: float, n: int) -> tuple[float, float, float, float]:
+    """A closer bracket ``(x_neg, x_pos, s_neg, s_pos)`` of a stability change between grid points.
+
+    ``sigma(x_neg) < 0 <= sigma(x_pos)`` (either order of ``x``); a finer
+    grid of ``n`` points between them (also close starts for the
+    continuation) gives the first change seen from ``x_neg``.
+    """
+    fine = np.linspace(x_neg, x_pos, n)
+    sf = sigma(fine)
+    k = int(np.nonzero(sf >= 0)[0][0]) if (sf >= 0).any() else n - 1
+    k = max(k, 1)
+    return fine[k - 1], fine[k], sf[k - 1], sf[k]
+
+
+def _refine_crossing(sigma, a: float, b: float, sa: float, sb: float) -> float:
+    """Safeguarded (Illinois) secant for ``sigma = 0`` with ``sigma(a) < 0 <= sigma(b)`` (either order).
+
+    ``sigma`` is close to linear in ``p_mean`` near a Hopf point; stops at
+    ~1e-8 relative (the caller's differentiable Newton step squares the error).
+    """
+    xtol = 1e-8 * max(abs(a), abs(b), 1.0)
+    p, side = a - sa * (b - a) / (sb - sa), 0
+    for _ in range(60):
+        sp = float(sigma(np.array([p]))[0])
+        if sp < 0:
+            a, sa = p, sp
+            if side == -1:
+                sb *= 0.5
+            side = -1
+        else:
+            b, sb = p, sp
+            if side == 1:
+                sa *= 0.5
+            side = 1
+        new = a - sa * (b - a) / (sb - sa)
+        if abs(new - p) <= xtol or abs(b - a) <= xtol or sp == 0.0:
+            p = new if min(a, b) <= new <= max(a, b) else p
+            break
+        p = new
+    return p
+
+
+def _upper_sigma_continued(pf: dict, p_mean: float, y0: float) -> float | None:
+    """Largest real part of the eigenvalues at the equilibrium continued from ``y0`` (plain Newton), or None.
+
+    For :meth:`JansenRit.hopf_p_mean`'s refinement, where successive ``p_mean``
+    are close and the upper branch is far from a fold: Newton on the scalar
+    equilibrium equation from the last root; None (use the full search) when
+    it does not converge in 20 steps or the root leaves ``(0, 2 e0 A / a)``.
+    """
+    p = dict(pf)
+    p["p_mean"] = p_mean
+    y_max = 2.0 * p["e0"] * p["A"] / p["a"]
+    ke, ki = p["A"] / p["a"], p["B"] / p["b"]
+    x = y0
+    with np.errstate(over="ignore"):
+        for _ in range(20):
+            g, v = _np_residual(x, p)
+            dv = ke * p["C2"] * p["C1"] * _np_slope(p["C1"] * x, p) - ki * p["C4"] * p["C3"] * _np_slope(p["C3"] * x, p)
+            step = g / (ke * _np_slope(v, p) * dv - 1.0)
+            x = x - step
+            if not 0.0 < x < y_max or not math.isfinite(x):
+                return None
+            if abs(step) <= 4 * np.finfo(np.float64).eps * y_max:
+                break
+        else:
+            return None
+        _, v = _np_residual(x, p)
+        e0, v0, r = p["e0"], p["v0"], p["r"]
+        y1 = ke * (p["p_mean"] + p["C2"] * 2.0 * e0 * _np_sigmoid(r * (p["C1"] * x - v0)))
+        y2 = ki * p["C4"] * 2.0 * e0 * _np_sigmoid(r * (p["C3"] * x - v0))
+        a, b, Aa, Bb = p["a"], p["b"], p["A"] * p["a"], p["B"] * p["b"]
+        jac = np.zeros((6, 6))
+        jac[0, 3] = jac[1, 4] = jac[2, 5] = 1.0
+        g0 = _np_slope(y1 - y2, p)
+        jac[3, 0], jac[3, 1], jac[3, 2], jac[3, 3] = -a * a, Aa * g0, -Aa * g0, -2 * a
+        jac[4, 0], jac[4, 1], jac[4, 4] = Aa * p["C2"] * p["C1"] * _np_slope(p["C1"] * x, p), -a * a, -2 * a
+        jac[5, 0], jac[5, 2], jac[5, 5] = Bb * p["C4"] * p["C3"] * _np_slope(p["C3"] * x, p), -b * b, -2 * b
+    return float(np.linalg.eigvals(jac).real.max())
 
 
 def _native_available() -> bool:

@@ -370,6 +370,22 @@ class Observation(abc.ABC):
         """
         return None
 
+    def stability_boundary(self, data):
+        """Optional: a parameter whose valid range ends at a boundary that moves with the others (default: none).
+
+        An observation whose prediction stops existing outside such a range
+        (``-inf`` likelihood) may return ``(name, bound)``: ``name`` the
+        bounded parameter and ``bound(params, search_range)`` a pair of
+        differentiable scalar tensors ``(lo, hi)``, the valid interval of
+        ``name`` for one parameter set ``params`` (``{name: scalar tensor}``,
+        ``name``'s own entry ignored), searched in ``search_range``: ``lo =
+        -inf`` / ``hi = +inf`` where that end lies outside the range, ``(+inf,
+        -inf)`` where none of the range is valid. Samplers may use it to map
+        the parameter onto the interval, so that both ends sit at infinity
+        (``jrinfer.backends.pymc``). ``None``: no such boundary.
+        """
+        return None
+
     @abc.abstractmethod
     def sample(self, prediction: Prediction, params: dict, data, generator: torch.Generator) -> torch.Tensor:
         """Noisy data drawn from the likelihood, shape ``(*batch, n_channels, n_points)``."""
@@ -843,6 +859,25 @@ class SpectrumObservation(_JansenRitObservation):
         from jrinfer._fastspec import SpectralLogLikelihood
 
         return SpectralLogLikelihood(self, data, names, fixed)
+
+    def stability_boundary(self, data):
+        """``("p_mean", bound)`` for ``method="transfer"``: the stable interval of the upper branch.
+
+        The linearised spectrum exists while the upper equilibrium is stable,
+        i.e. for ``p_mean`` in :meth:`jrinfer.JansenRit.stable_p_mean_interval`
+        of the other parameters (see the base class). ``None`` for the
+        simulation method.
+        """
+        if self.method != "transfer":
+            return None
+
+        def bound(params: dict, search_range) -> torch.Tensor:
+            model_params, _ = _split(params, self.parameter_names(data))
+            model_params = {k: v for k, v in model_params.items() if k != "p_mean"}
+            model = JansenRit(noise=self.noise, noise_on=self.noise_on, **model_params)
+            return model.stable_p_mean_interval(search_range)
+
+        return "p_mean", bound
 
     def _segments(self, data) -> float:
         if data.n_segments is None:

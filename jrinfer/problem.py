@@ -374,6 +374,24 @@ class InverseProblem:
         (grad,) = torch.autograd.grad(value.sum(), z)
         return value.detach(), grad
 
+    def stability_boundary(self) -> "StabilityBoundary | None":
+        """The observation's moving valid interval of a free parameter, or None.
+
+        Under the transfer method the spectrum exists only where the upper
+        equilibrium is stable: for ``p_mean`` in ``(p_L(theta), p_H(theta))``,
+        functions of the other parameters (``p_L`` below any positive
+        ``p_mean`` at the JR 1995 constants, ``p_H`` the first Hopf point).
+        With ``p_mean`` free this returns a :class:`StabilityBoundary` that
+        evaluates both ends and their gradients at unconstrained ``z`` (for
+        samplers that map the parameter onto the interval, so that its ends
+        sit at infinity). None when the observation has no such boundary or
+        the bounded parameter is fixed.
+        """
+        found = self.observation.stability_boundary(self.data)
+        if found is None or found[0] not in self.names:
+            return None
+        return StabilityBoundary(self, *found)
+
     @property
     def has_fast_path(self) -> bool:
         """Whether :meth:`log_joint_and_grad` runs the observation's fused path (else autograd)."""
@@ -553,3 +571,87 @@ def _numpy_prior(prior: Prior):
         return lp, glp, theta, jac
 
     return transform
+
+
+class StabilityBoundary:
+    """The valid interval ``(lo(theta), hi(theta))`` of a free parameter (:meth:`InverseProblem.stability_boundary`).
+
+    Under the transfer method the bounded parameter is ``p_mean`` and the
+    interval is the lowest one on which the upper equilibrium is stable
+    (:meth:`jrinfer.JansenRit.stable_p_mean_interval`), searched in the
+    prior's central ``1 - 2e-10`` range: a Hopf point outside that range is
+    replaced by the range's end (prior mass beyond it, below 1e-10, is
+    dropped by samplers that map onto the interval).
+
+    Attributes
+    ----------
+    name : str
+        The bounded parameter (``"p_mean"`` under the transfer method).
+    index : int
+        Its position in ``problem.names``.
+    search_range : (float, float)
+        The prior's ``1e-10`` and ``1 - 1e-10`` quantiles of the parameter,
+        natural units.
+    n_calls : int
+        Evaluations (a repeated ``z`` is answered from a one-point cache).
+    """
+
+    #: Prior tail probability left out of the search range on each side.
+    TAIL = 1e-10
+
+    def __init__(self, problem: InverseProblem, name: str, bound):
+        self.problem = problem
+        self.name = name
+        self.index = problem.names.index(name)
+        self.distribution = problem.prior.distributions[name]
+        self.search_range = (self.distribution.quantile(self.TAIL), self.distribution.quantile(1.0 - self.TAIL))
+        self._bound = bound
+        self._last = None
+        self.n_calls = 0
+
+    def __repr__(self) -> str:
+        lo, hi = self.search_range
+        return f"StabilityBoundary({self.name!r}, search_range=({lo:g}, {hi:g}))"
+
+    def __call__(self, z) -> tuple[float, float, np.ndarray, np.ndarray]:
+        """``(lo, hi, dlo/dz, dhi/dz)`` at one unconstrained ``z`` ``(n_params,)``.
+
+        ``lo`` and ``hi`` (natural units) are the ends of the valid interval
+        within ``search_range`` (an end outside the range is the range's end,
+        with a zero gradient); ``lo >= hi`` (``(+inf, -inf)``) when no value
+        in the range is valid. Gradients ``(n_params,)``; the bounded
+        parameter's own entry of ``z`` is ignored (its gradient entry is 0).
+        Deterministic: the same ``z`` gives the same result whatever was
+        evaluated before.
+        """
+        zn = np.array(z, dtype=np.float64)
+        if zn.shape != (self.problem.n_params,):
+            raise ValueError(f"z must have shape ({self.problem.n_params},), got {zn.shape}")
+        zn[self.index] = 0.0
+        key = zn.tobytes()
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        self.n_calls += 1
+        zt = torch.from_numpy(zn.copy()).requires_grad_(True)
+        r_lo, r_hi = self.search_range
+        n = self.problem.n_params
+        with torch.enable_grad():
+            params = self.problem.parameters(self.problem.prior.from_unconstrained(zt))
+            lo_t, hi_t = self._bound(params, self.search_range)
+            lo, hi = float(lo_t.detach()), float(hi_t.detach())
+            if not lo < hi:
+                out = (math.inf, -math.inf, np.zeros(n), np.zeros(n))
+            else:
+                ends = []
+                for t, v, clip in ((lo_t, lo, r_lo), (hi_t, hi, r_hi)):
+                    inside = math.isfinite(v) and r_lo < v < r_hi
+                    if inside and t.requires_grad:
+                        (g,) = torch.autograd.grad(t, zt, retain_graph=True)
+                        ends.append((v, g.numpy().copy()))
+                    else:
+                        ends.append((v if inside else clip, np.zeros(n)))
+                (lo, glo), (hi, ghi) = ends
+                lo, hi = max(lo, r_lo), min(hi, r_hi)
+                out = (lo, hi, glo, ghi) if lo < hi else (math.inf, -math.inf, np.zeros(n), np.zeros(n))
+        self._last = (key, out)
+        return out

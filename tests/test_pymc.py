@@ -352,6 +352,159 @@ def test_cli_fit_nuts_writes_diagnostics_and_plots(tmp_path, capsys):
     assert bad == 2 and "chains" in capsys.readouterr().err
 
 
+# ------------------------------------------------ posteriors cut by the Hopf boundary
+NB_TUNE, NB_DRAWS, NB_RHAT = 150, 150, 1.01  # the budget of the NUTS test (see benchmarks/RESULTS.md)
+def _near_boundary_jr_problem(seed=3, n_segments=40):
+    """A sharp alpha peak (JR 1995 constants, p_mean 70, peak ~10 Hz, 0.25 Hz bins, 40 segments).
+
+    Free: a, b, C, p_mean (default prior), gain, 1/f amplitude and exponent, log precision. The
+    damping is barely seen through the window, so the posterior runs into the first Hopf point
+    p_H(a, b, C): about half of the Laplace Gaussian lies past it.
+    """
+    from jrinfer import Prior
+
+    freqs = torch.arange(2.0, 40.01, 0.25, dtype=F64)
+    obs = SpectrumObservation(floor=False)
+    template = SpectrumData.from_arrays(freqs, torch.ones(1, freqs.numel(), dtype=F64), units="uV^2/Hz",
+                                        n_segments=n_segments)
+    truth = {"p_mean": torch.tensor(70.0, dtype=F64), "p_std": torch.tensor(1.0, dtype=F64),
+             "gain": torch.tensor(3e-3, dtype=F64), "ap_amplitude": torch.tensor(2.0, dtype=F64),
+             "ap_exponent": torch.tensor(1.2, dtype=F64), "log_precision": torch.tensor(math.log(n_segments), dtype=F64)}
+    y = obs.sample(obs.predict(truth, template), truth, template, torch.Generator().manual_seed(seed))
+    data = SpectrumData.from_arrays(freqs, y, units="uV^2/Hz", n_segments=n_segments)
+    return InverseProblem(obs, Prior.from_dict(obs.default_prior(data, free=("a", "b", "C", "p_mean"))), data)
+
+
+def test_stable_interval_and_its_gradient_match_finite_differences():
+    from jrinfer import JansenRit
+
+    assert abs(float(JansenRit().hopf_p_mean((20.0, 300.0)).detach()) - 89.83) < 0.01  # Grimbert & Faugeras (2006)
+    assert float(JansenRit(A=2.0).hopf_p_mean((20.0, 300.0))) == math.inf  # always stable on the range
+    lo, hi = JansenRit().stable_p_mean_interval((20.0, 300.0))
+    assert float(lo) == -math.inf and abs(float(hi.detach()) - 89.8291) < 1e-3  # the JR 1995 constants: no lower end
+    # faster excitation (and C, b as near the test posterior): the branch is also unstable at low p_mean
+    ab = dict(b=torch.tensor(50.38, dtype=F64), C=torch.tensor(134.6, dtype=F64))
+    a = torch.tensor(108.0, dtype=F64, requires_grad=True)
+    lo, hi = JansenRit(a=a, **ab).stable_p_mean_interval((5.0, 150.0))
+    assert 20.0 < float(lo) < 30.0 and float(hi) == math.inf
+    (g,) = torch.autograd.grad(lo, a)
+
+    def p_lo(av):
+        return float(JansenRit(a=torch.tensor(av, dtype=F64), **ab).stable_p_mean_interval((5.0, 150.0))[0])
+
+    fd = (p_lo(108.0 + 1e-4) - p_lo(108.0 - 1e-4)) / 2e-4
+    assert abs(float(g) - fd) < 1e-5 * abs(fd), (float(g), fd)
+    for av in (108.0 - 1e-4, 108.0 + 1e-4):  # both ends are zeros of the largest real part
+        m = JansenRit(a=torch.tensor(av, dtype=F64), **ab, p_mean=torch.tensor(p_lo(av), dtype=F64))
+        assert abs(float(m._equilibrium("upper").eigenvalues.real.max())) < 1e-6
+    lo, hi = JansenRit(a=torch.tensor(90.0, dtype=F64), **ab).stable_p_mean_interval((40.0, 150.0))
+    assert float(lo) == math.inf and float(hi) == -math.inf  # unstable on the whole range: an empty interval
+
+    problem = _near_boundary_jr_problem()
+    sb = problem.stability_boundary()
+    assert sb.name == "p_mean" and sb.index == problem.names.index("p_mean")
+    z = problem.prior.to_unconstrained(problem.prior.median()).numpy() + 0.002
+    # move to where both ends lie inside the search range (along the posterior's a-C ridge)
+    z[[problem.names.index(n) for n in ("a", "b", "C")]] = np.log([107.2, 50.8, 142.7])
+    lo, hi, dlo, dhi = sb(z)
+    assert sb.search_range[0] < lo < hi < sb.search_range[1], (lo, hi)
+    assert dlo[sb.index] == 0.0 and dhi[sb.index] == 0.0
+    assert sb(z)[0] == lo and sb.n_calls == 1  # the same z: answered from the cache
+    h = 1e-5
+    for k in range(problem.n_params):
+        e = np.zeros(problem.n_params)
+        e[k] = h
+        for end, grad in ((0, dlo), (1, dhi)):
+            fd = (sb(z + e)[end] - sb(z - e)[end]) / (2 * h)
+            assert abs(grad[k] - fd) <= 1e-5 * max(1.0, abs(fd)), (problem.names[k], end, grad[k], fd)
+    # deterministic: the result does not depend on what was evaluated before
+    fresh = problem.stability_boundary()
+    assert fresh(z)[:2] == sb(z)[:2] == (lo, hi)
+    # no boundary offered: p_mean fixed, or the simulation method
+    fixed = InverseProblem(problem.observation, _near_gaussian_jr_problem().prior, problem.data)
+    assert fixed.stability_boundary() is None
+    with pytest.raises(ValueError, match="boundary='hopf' needs"):
+        problem_to_pymc(fixed, boundary="hopf")
+
+
+def test_hopf_reparametrised_density_is_log_joint_plus_log_jacobian():
+    from jrinfer.backends.pymc import _interval_unconstrained
+
+    problem = _near_boundary_jr_problem()
+    model = problem_to_pymc(problem, boundary="hopf")
+    assert "p_mean_w" in [v.name for v in model.free_RVs]
+    logp = model.compile_logp()
+    dlogp = model.compile_dlogp()
+    sb = problem.stability_boundary()
+    i = sb.index
+    z0 = problem.prior.to_unconstrained(problem.prior.median()).numpy()
+    z0[[problem.names.index(n) for n in ("a", "b", "C")]] = np.log([107.2, 50.8, 142.7])
+    zl, zh, _, _ = _interval_unconstrained(sb, z0)
+    assert math.log(15.0) < zl < zh < math.log(200.0)
+    names = [v.name for v in model.value_vars]
+    for w in (-6.0, -1.0, 0.3, 2.0, 8.0):
+        point = {f"{n}_z": z0[k] for k, n in enumerate(problem.names) if k != i}
+        point["p_mean_w"] = w
+        z = z0.copy()
+        z[i] = zl + (zh - zl) / (1.0 + math.exp(-w))
+        h = 1e-6
+        jac = ((zh - zl) / (1.0 + math.exp(-(w + h))) - (zh - zl) / (1.0 + math.exp(-(w - h)))) / (2 * h)  # dz/dw
+        ref = float(problem.log_joint_unconstrained(torch.from_numpy(z))) + math.log(jac)
+        assert abs(float(logp(point)) - ref) < 1e-6 * max(1.0, abs(ref)), (w, float(logp(point)), ref)
+    # the gradient of the whole reparametrised density (both ends' implicit gradients) against finite differences
+    point = {f"{n}_z": z0[k] for k, n in enumerate(problem.names) if k != i}
+    point["p_mean_w"] = 0.3
+    g = dict(zip(names, np.split(np.asarray(dlogp(point)), len(names))))
+    for name in names:
+        up, down = dict(point), dict(point)
+        up[name], down[name] = point[name] + 1e-5, point[name] - 1e-5
+        fd = (float(logp(up)) - float(logp(down))) / 2e-5
+        assert abs(float(g[name][0]) - fd) < 1e-4 * max(1.0, abs(fd)), (name, float(g[name][0]), fd)
+    # no valid p_mean for these (a, C): density -inf, never NaN, for every w
+    bad = dict(point)
+    bad["a_z"], bad["C_z"] = math.log(85.0), math.log(134.6)
+    assert float(logp(bad)) == -math.inf and not np.isnan(np.asarray(dlogp(bad))).any()
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    run=False,
+    reason="issue 8 item 4 not met yet (benchmarks/RESULTS.md): p_mean is mapped onto both ends of its stable "
+    "interval, but the interval closes a few percent of a away from the posterior's a-b-C ridge, a wall in "
+    "(a, b, C) that the map does not move; measured 1 chain x (150 + 60), seed 2: 4 divergences in tuning, 5 in "
+    "the draws, 210 s (12 ms per gradient for the interval search, 58 per draw): this test's budget would take "
+    "10-30 min, so it is not run",
+)
+def test_nuts_samples_a_posterior_cut_by_the_hopf_boundary():
+    from jrinfer.backends.laplace import VariationalLaplace
+
+    problem = _near_boundary_jr_problem()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vl = VariationalLaplace().fit(problem, n_draws=10, n_predictive=0)
+    # the Laplace Gaussian (prior coordinates) puts a large part of its mass past the boundary
+    rng = np.random.default_rng(0)
+    zg = rng.multivariate_normal(vl.mean_unconstrained, vl.cov_unconstrained, size=400)
+    ll_vl = problem.log_likelihood(problem.prior.from_unconstrained(torch.from_numpy(zg)))
+    vl_invalid = float((~torch.isfinite(ll_vl)).double().mean())
+    assert vl_invalid > 0.25, vl_invalid
+    post = NUTS(chains=2, tune=NB_TUNE, draws=NB_DRAWS, seed=1, boundary="hopf", max_treedepth=8).fit(
+        problem, n_predictive=20
+    )
+    d = post.diagnostics
+    assert d["boundary"] == "hopf" and d["boundary_parameter"] == "p_mean" and d["boundary_evaluations"] > 0
+    assert d["divergences"] == 0, d["divergences"]
+    assert d["rhat_max"] <= NB_RHAT, d["rhat_max"]
+    assert not np.isnan(post.draws).any()
+    theta = torch.from_numpy(post.draws.reshape(-1, problem.n_params))
+    assert bool(torch.isfinite(problem.log_likelihood(theta)).all())  # no NUTS draw past the boundary
+    # posterior predictive (noise-free, median over draws) reproduces the alpha peak
+    pred = problem.predict(theta[:: max(1, theta.shape[0] // 100)]).value[..., 0, :].median(0).values
+    freqs = problem.data.freqs
+    peak_data = float(freqs[problem.data.power[0].argmax()])
+    assert abs(float(freqs[pred.argmax()]) - peak_data) <= 0.25
+
+
 def test_smc_log_marginal_likelihood_is_read_from_either_stage_layout():
     """PyMC keeps one value per tempering stage: a NaN-padded float array, or per-chain lists when chains differ."""
     from jrinfer.backends.pymc import _final_stage

@@ -149,7 +149,106 @@ def _op_classes():
         def infer_shape(self, fgraph, node, input_shapes):
             return [()] + ([input_shapes[0]] if self.with_grad else [])
 
-    return TorchLogLike
+    class IntervalOp(Op):
+        """``(Z_L(z), Z_H(z))``: the bounded parameter's valid interval in its prior's unconstrained coordinate.
+
+        Input ``z`` ``(n_params,)`` (the bounded parameter's own entry is
+        ignored); outputs ``Z_L``, ``Z_H`` (float64 scalars; ``Z_L = Z_H``
+        where no value is valid) and their gradients ``(n_params,)`` each
+        (see :func:`_interval_unconstrained`).
+        """
+
+        __props__ = ("boundary_id",)
+
+        def __init__(self, boundary):
+            self.boundary = boundary
+            self.boundary_id = id(boundary)
+            self.n_calls = 0
+            self.n_empty = 0
+            self.seconds = 0.0
+            self.first_error = None
+
+        def make_node(self, z):
+            z = pt.as_tensor_variable(z)
+            return Apply(self, [z], [pt.dscalar(), pt.dscalar(), pt.dvector(), pt.dvector()])
+
+        def evaluate(self, z: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
+            t0 = time.perf_counter()
+            self.n_calls += 1
+            try:
+                out = _interval_unconstrained(self.boundary, np.asarray(z, dtype=np.float64))
+            except Exception as err:  # a failed search: treated as no valid value here (density -inf), counted
+                if self.first_error is None:
+                    self.first_error = f"{type(err).__name__}: {err}"
+                zero = np.zeros(np.shape(z)[0])
+                out = (0.0, 0.0, zero, zero)
+            if not out[0] < out[1]:
+                self.n_empty += 1
+            self.seconds += time.perf_counter() - t0
+            return out
+
+        def perform(self, node, inputs, output_storage):
+            for k, value in enumerate(self.evaluate(inputs[0])):
+                output_storage[k][0] = np.asarray(value, dtype=np.float64)
+
+        def grad(self, inputs, output_grads):
+            from pytensor.gradient import DisconnectedType
+
+            outs = self(inputs[0])
+            total = pt.zeros_like(inputs[0])
+            for k in (0, 1):
+                if not isinstance(output_grads[k].type, DisconnectedType):
+                    total = total + output_grads[k] * outs[k + 2]
+            return [total]
+
+        def connection_pattern(self, node):
+            return [[True, True, False, False]]
+
+        def infer_shape(self, fgraph, node, input_shapes):
+            return [(), (), input_shapes[0], input_shapes[0]]
+
+    return TorchLogLike, IntervalOp
+
+
+def _interval_unconstrained(boundary, z: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """The valid interval of ``boundary.name`` in its prior's unconstrained coordinate.
+
+    ``(Z_L, Z_H, dZ_L/dz, dZ_H/dz)`` with ``Z = to_unconstrained(end)`` of
+    the ends from :class:`~jrinfer.problem.StabilityBoundary` (clipped to its
+    search range, the prior's central ``1 - 2e-10``); ``Z_L = Z_H`` (the
+    range's lower end, zero gradients) where no value is valid.
+    """
+    lo, hi, dlo, dhi = boundary(z)
+    d = boundary.distribution
+    if not lo < hi:
+        zl = float(d.to_unconstrained(torch.tensor(boundary.search_range[0], dtype=torch.float64)))
+        return zl, zl, np.zeros_like(dlo), np.zeros_like(dhi)
+    out = []
+    for b, db in ((lo, dlo), (hi, dhi)):
+        bt = torch.tensor(b, dtype=torch.float64, requires_grad=True)
+        with torch.enable_grad():
+            zb = d.to_unconstrained(bt)
+            (dzb,) = torch.autograd.grad(zb, bt)
+        out += [float(zb.detach()), float(dzb) * db]
+    return out[0], out[2], out[1], out[3]
+
+
+def _interval_map(w, zl, zh):
+    """``z = Z_L + (Z_H - Z_L) sigmoid(w)`` and ``log dz/dw`` (PyTensor); ``log dz/dw = -inf`` where ``Z_H <= Z_L``."""
+    import pytensor.tensor as pt
+
+    width = zh - zl
+    ok = width > 0
+    safe = pt.switch(ok, width, 1.0)  # keeps the gradient finite where the interval is empty
+    z = zl + width * pt.sigmoid(w)
+    log_jac = pt.switch(ok, pt.log(safe) - pt.softplus(w) - pt.softplus(-w), -np.inf)
+    return z, log_jac
+
+
+def _interval_inverse(z: float, zl: float, zh: float) -> float:
+    """``w`` with ``_interval_map(w, zl, zh)[0] = z`` (``zl < z < zh``)."""
+    u = (z - zl) / (zh - zl)
+    return math.log(u) - math.log1p(-u)
 
 
 def loglike_op(problem, *, with_grad: bool = True):
@@ -177,7 +276,7 @@ def loglike_op(problem, *, with_grad: bool = True):
         ``problem`` is not an InverseProblem.
     """
     _check_problem(problem)
-    return _op_classes()(problem, with_grad=_checks.check_bool("with_grad", with_grad))
+    return _op_classes()[0](problem, with_grad=_checks.check_bool("with_grad", with_grad))
 
 
 def _check_problem(problem):
@@ -188,7 +287,7 @@ def _check_problem(problem):
     return problem
 
 
-def problem_to_pymc(problem, *, with_grad: bool = True):
+def problem_to_pymc(problem, *, with_grad: bool = True, boundary: str | None = None):
     """A PyMC model of ``problem``: mirrored priors on ``z`` plus the torch log-likelihood.
 
     Parameters
@@ -197,6 +296,26 @@ def problem_to_pymc(problem, *, with_grad: bool = True):
     with_grad : bool
         Build the gradient into the likelihood Op (needed by NUTS; SMC
         builds without it).
+    boundary : {None, "hopf"}
+        ``"hopf"``: sample the parameter bounded by the problem's stability
+        boundary (:meth:`InverseProblem.stability_boundary`; ``p_mean`` under
+        the transfer method, valid on the stable interval ``(p_L(theta),
+        p_H(theta))`` of the upper branch, functions of the other parameters)
+        in a coordinate in which both ends sit at infinity. With ``z`` the
+        prior's unconstrained coordinate of ``p_mean`` and ``Z_L``, ``Z_H`` the
+        interval's ends in it, the free variable is ``w`` (``p_mean_w``, flat)
+        with ``z = Z_L + (Z_H - Z_L) sigmoid(w)``; the density of ``w`` is the
+        prior's density of ``z`` times ``dz/dw = (Z_H - Z_L) sigmoid(w)
+        sigmoid(-w)``, so the prior in natural units is unchanged on the
+        stable interval, and prior mass outside it (where the likelihood is
+        ``-inf``) is dropped. The ends come from a deterministic search in the
+        prior's central ``1 - 2e-10`` range (an end outside it is the range's
+        end; :class:`~jrinfer.problem.StabilityBoundary`) with
+        implicit-function gradients. Where no ``p_mean`` in that range is
+        stable (``Z_H <= Z_L``) the density is ``-inf`` for every ``w`` (with
+        a finite gradient, never NaN): those walls lie in the other
+        parameters and this map does not remove them (see :class:`NUTS`).
+        ``ValueError`` if the problem offers no boundary.
 
     Returns
     -------
@@ -220,32 +339,66 @@ def problem_to_pymc(problem, *, with_grad: bool = True):
     import pytensor.tensor as pt
 
     _check_problem(problem)
+    if boundary not in (None, "hopf"):
+        raise ValueError(f"boundary must be None or 'hopf', got {boundary!r}")
+    sb = None
+    if boundary == "hopf":
+        sb = problem.stability_boundary()
+        if sb is None:
+            raise ValueError(
+                "boundary='hopf' needs a problem whose observation has a stability boundary on a free parameter "
+                "(a transfer-method spectrum with p_mean free); this one has none: use boundary=None"
+            )
     op = loglike_op(problem, with_grad=with_grad)
+    bop = _op_classes()[1](sb) if sb is not None else None
     with pm.Model() as model:
         zs = []
 
         def f64(x):  # PyTensor would make exactly representable Python floats float32 constants
             return pt.constant(np.float64(x), dtype="float64")
 
-        for name, d in problem.prior.distributions.items():
+        def mirror(name, d, rv_name):
             if isinstance(d, LogNormal):
-                z = pm.Normal(f"{name}_z", mu=f64(math.log(d.median)), sigma=f64(d.sd_log))
+                return pm.Normal, {"mu": f64(math.log(d.median)), "sigma": f64(d.sd_log)}
+            if isinstance(d, Normal):
+                return pm.Normal, {"mu": f64(d.mean), "sigma": f64(d.sd)}
+            if isinstance(d, (Uniform, LogUniform)):
+                return pm.Logistic, {"mu": f64(0.0), "s": f64(1.0)}
+            raise ValueError(f"problem.prior's {name!r} has a distribution with no PyMC mirror: {d!r}")
+
+        bounded = {}
+        for name, d in problem.prior.distributions.items():
+            cls, kw = mirror(name, d, f"{name}_z")
+            if sb is not None and name == sb.name:
+                w = pm.Flat(f"{name}_w")
+                z = None  # filled in once the others exist (the boundary depends on them)
+                bounded = {"name": name, "w": w, "cls": cls, "kw": kw, "d": d}
+            else:
+                z = cls(f"{name}_z", **kw)
+            zs.append(z)
+        if sb is not None:
+            i = sb.index
+            others = pt.stack([f64(0.0) if k == i else zk for k, zk in enumerate(zs)]).astype("float64")
+            zl, zh = bop(others)[:2]
+            w = bounded["w"]
+            z, log_jac = _interval_map(w, zl, zh)
+            z = pm.Deterministic(f"{bounded['name']}_z", z)
+            # prior density of z at Z_L + (Z_H - Z_L) sigmoid(w) times dz/dw
+            pm.Potential(f"{bounded['name']}_prior", pm.logp(bounded["cls"].dist(**bounded["kw"]), z) + log_jac)
+            zs[i] = z
+        for (name, d), z in zip(problem.prior.distributions.items(), zs):
+            if isinstance(d, LogNormal):
                 pm.Deterministic(name, pt.exp(z))
             elif isinstance(d, Normal):
-                z = pm.Normal(f"{name}_z", mu=f64(d.mean), sigma=f64(d.sd))
                 pm.Deterministic(name, z)
-            elif isinstance(d, Uniform):
-                z = pm.Logistic(f"{name}_z", mu=f64(0.0), s=f64(1.0))
-                pm.Deterministic(name, f64(d.low) + f64(d.high - d.low) * pt.sigmoid(z))
             elif isinstance(d, LogUniform):
-                z = pm.Logistic(f"{name}_z", mu=f64(0.0), s=f64(1.0))
                 pm.Deterministic(name, pt.exp(f64(math.log(d.low)) + f64(math.log(d.high / d.low)) * pt.sigmoid(z)))
             else:
-                raise ValueError(f"problem.prior's {name!r} has a distribution with no PyMC mirror: {d!r}")
-            zs.append(z)
+                pm.Deterministic(name, f64(d.low) + f64(d.high - d.low) * pt.sigmoid(z))
         out = op(pt.stack(zs).astype("float64"))
         pm.Potential("loglike", out[0] if isinstance(out, (list, tuple)) else out)
     model.jrinfer_op = op
+    model.jrinfer_boundary = bop
     return model
 
 
@@ -289,7 +442,7 @@ class _Interruptible:
         return False
 
 
-def _laplace_start(problem, chains: int, seed: int):
+def _laplace_start(problem, chains: int, seed: int, require_valid_mean: bool = True):
     """Starting points and an initial dense mass matrix from the variational Laplace Gaussian.
 
     The JR posteriors are strongly correlated (gains and time constants trade
@@ -321,8 +474,8 @@ def _laplace_start(problem, chains: int, seed: int):
     evals = evals.clamp_min(1e-10 * float(evals.max()))
     cov = (evecs * evals) @ evecs.T
     root = evecs * evals.sqrt()
-    if not math.isfinite(float(problem.log_joint_unconstrained(mean))):
-        return None
+    if require_valid_mean and not math.isfinite(float(problem.log_joint_unconstrained(mean))):
+        return None  # (with a boundary reparametrisation the mean may lie past it: _to_w maps valid draws)
     gen = torch.Generator().manual_seed(seed)
     inits = []
     for _ in range(chains):
@@ -334,6 +487,112 @@ def _laplace_start(problem, chains: int, seed: int):
                 break
         inits.append(z.numpy().copy())
     return mean.numpy().copy(), cov.numpy().copy(), inits
+
+
+def _to_w(bop, start, seed: int, n_draws: int = 200):
+    """The Laplace start in the boundary coordinate ``w`` (see :func:`problem_to_pymc`), or None.
+
+    Each start ``z`` keeps its other coordinates; the bounded one becomes
+    ``w = logit((z - Z_L) / (Z_H - Z_L))``. The initial mass matrix is the covariance of
+    ``n_draws`` Laplace draws mapped to ``w`` (those on the stable side, where
+    the map is defined): the Gaussian truncated at the boundary, seen in the
+    sampler's coordinates. None when fewer than ``4 n`` draws are stable
+    (PyMC's jitter start is used then).
+    """
+    mean, cov, inits = start
+    i = bop.boundary.index
+    n = mean.shape[0]
+
+    def convert(z):
+        zl, zh, _, _ = bop.evaluate(z)
+        if not zl < z[i] < zh:
+            return None
+        out = z.copy()
+        out[i] = _interval_inverse(float(z[i]), zl, zh)
+        return out
+
+    rng = np.random.default_rng(seed)
+    evals, evecs = np.linalg.eigh(cov)
+    draws = mean + (rng.standard_normal((n_draws, n)) * np.sqrt(np.clip(evals, 0.0, None))) @ evecs.T
+    mapped = [w for w in (convert(z) for z in draws) if w is not None and np.isfinite(w).all()]
+    if len(mapped) < 4 * n:
+        return None
+    mapped = np.array(mapped)
+    mean_w = mapped.mean(0)
+    cov_w = np.cov(mapped.T) + 1e-10 * np.eye(n) * np.trace(cov) / n
+    inits_w = []
+    for k, z in enumerate(inits):
+        zw = convert(z)
+        inits_w.append(zw if zw is not None else mapped[k % len(mapped)])
+    return mean_w, cov_w, inits_w
+
+
+def _laplace_in_w(model, start, chains: int, seed: int):
+    """Refine a start in the boundary coordinates: the mode of the model's density in ``w`` and its Laplace covariance.
+
+    The variational Laplace Gaussian is fitted in the prior's coordinates,
+    where the posterior is cut by the boundary; mapped to ``w`` it is a
+    poor metric (the mode and curvature differ). Here the model's own log
+    density (compiled ``logp_dlogp``, boundary map included) is maximised
+    from the mapped mean (L-BFGS), and the Hessian at the mode (central
+    differences of the gradient) gives the mass matrix. Returns the refined
+    ``(mean, cov, inits)``, or ``start`` unchanged when the optimisation
+    fails or the Hessian is not negative definite.
+    """
+    from scipy.optimize import minimize
+
+    mean, cov, inits = start
+    n = mean.shape[0]
+    f = model.logp_dlogp_function(ravel_inputs=True)
+    f.set_extra_values({})
+
+    def neg(x):
+        v, g = f(x)
+        v = float(v)
+        if not math.isfinite(v) or not np.isfinite(g).all():
+            return 1e300, np.zeros(n)
+        return -v, -np.asarray(g, dtype=np.float64)
+
+    root = np.linalg.cholesky(cov + 1e-12 * np.trace(cov) / n * np.eye(n))
+
+    def neg_white(u):  # whitened by the mapped Laplace covariance: a well-scaled problem for L-BFGS
+        v, g = neg(mean + root @ u)
+        return v, root.T @ g
+
+    try:
+        res = minimize(neg_white, np.zeros(n), jac=True, method="L-BFGS-B",
+                       options={"maxiter": 1000, "ftol": 1e-14, "gtol": 1e-8})
+    except Exception:
+        return start
+    mode = mean + root @ res.x
+    if not res.fun < neg(mean)[0] + 1e-9:
+        mode = mean
+    scale = np.sqrt(np.clip(np.diag(cov), 1e-12, None))
+    hess = np.zeros((n, n))
+    for k in range(n):
+        e = np.zeros(n)
+        e[k] = 1e-4 * scale[k]
+        hess[:, k] = (neg(mode + e)[1] - neg(mode - e)[1]) / (2 * e[k])
+    hess = 0.5 * (hess + hess.T)
+    if not np.isfinite(hess).all():
+        return start
+    evals, evecs = np.linalg.eigh(hess)
+    if not evals.max() > 0:
+        return start
+    # a saddle or flat direction at the found point: |curvature| (floored) still gives a usable metric
+    evals = np.maximum(np.abs(evals), 1e-8 * evals.max())
+    cov_w = (evecs / evals) @ evecs.T
+    rng = np.random.default_rng(seed)
+    new_inits = []
+    for _ in range(chains):
+        z = mode
+        for _ in range(20):
+            cand = mode + 0.5 * (evecs / np.sqrt(evals)) @ rng.standard_normal(n)
+            if neg(cand)[0] < 1e299:
+                z = cand
+                break
+        new_inits.append(z.copy())
+    return mode.copy(), cov_w, new_inits
 
 
 def _z_draws(problem, idata) -> np.ndarray:
@@ -406,6 +665,11 @@ class NUTS:
         Show PyMC's progress bar.
     max_treedepth : int
         Maximum tree depth of NUTS (``2**max_treedepth`` leapfrog steps at most).
+    boundary : {None, "hopf"}
+        ``"hopf"``: reparametrise ``p_mean`` so that the first Hopf point of
+        the upper branch sits at infinity (see Notes and
+        :func:`problem_to_pymc`); ``ValueError`` at ``fit`` if the problem
+        offers no stability boundary. Draws are reported in natural units.
     init : {"laplace", "jitter"}
         ``"laplace"`` (default): start the chains from the variational Laplace
         Gaussian (draws shrunk by half, where the log joint is finite) with
@@ -420,12 +684,29 @@ class NUTS:
     Notes
     -----
     Posteriors cut by the Hopf boundary (transfer method; a sharp alpha
-    peak) are sampled in the prior's coordinates: evaluations past the
-    boundary are ``-inf`` (counted in ``loglike_failures``, zero gradient,
-    never NaN) and NUTS reports them as divergences. No reparametrisation
-    that moves the boundary to infinity is implemented yet (on a JR 1995
-    spectrum at p_mean = 70: 65 divergences in 2 x 300 draws, R-hat 1.04;
-    ``benchmarks/RESULTS.md``); use SMC or treat such fits' tails with care.
+    peak): with the default ``boundary=None`` they are sampled in the prior's
+    coordinates; evaluations past the boundary are ``-inf`` (counted in
+    ``loglike_failures``, zero gradient, never NaN) and NUTS reports them as
+    divergences (on a JR 1995 spectrum at p_mean = 70: 65 divergences in 2 x
+    300 draws, R-hat 1.04; ``benchmarks/RESULTS.md``). ``boundary="hopf"``
+    samples ``p_mean`` mapped onto its stable interval ``(p_L(theta),
+    p_H(theta))`` (both Hopf points of the upper branch), so that both ends
+    sit at infinity (see :func:`problem_to_pymc`; the problem must offer
+    :meth:`~jrinfer.InverseProblem.stability_boundary`, i.e. a transfer-method
+    spectrum with ``p_mean`` free). The chains then start from the mode of the
+    reparametrised density (L-BFGS from the Laplace mean mapped to ``w``)
+    with the inverse Hessian there as the initial mass matrix (the Laplace
+    Gaussian of the prior's coordinates, half of it past the boundary, is a
+    poor metric in ``w``). Each gradient costs an interval search as well
+    (12-30 ms; ``diagnostics["boundary_evaluations"]``,
+    ``["boundary_time_s"]``, ``["boundary_empty"]``: evaluations where no
+    ``p_mean`` was stable). **Not sufficient yet**: where no ``p_mean`` is
+    stable (near the tip of the stable region in ``(a, b, C, p_mean)``, where
+    the interval closes) the density is ``-inf`` for every ``w``; these walls
+    lie in the other parameters, which the map does not move. On the
+    near-boundary test spectrum the interval closes a few percent of ``a``
+    away from the posterior's thin ``(a, b, C)`` ridge, and NUTS still
+    diverges there (5 of 60 draws in a measured chain; ``benchmarks/RESULTS.md``).
 
     Ctrl-C during sampling stops every chain and keeps what was drawn after
     tuning: ``diagnostics["interrupted"]`` is True and a warning says how much
@@ -457,8 +738,12 @@ class NUTS:
         progress: bool = False,
         max_treedepth: int = 10,
         init: str = "laplace",
+        boundary: str | None = None,
     ):
         _checks.check_option("init", init, ("laplace", "jitter"))
+        if boundary not in (None, "hopf"):
+            raise ValueError(f"boundary must be None or 'hopf', got {boundary!r}")
+        self.boundary = boundary
         self.init = init
         self.chains = _checks.check_int("chains", chains, minimum=1)
         self.tune = _checks.check_int("tune", tune, minimum=0)
@@ -508,11 +793,24 @@ class NUTS:
         _check_problem(problem)
         n_predictive = _checks.check_int("n_predictive", n_predictive, minimum=0)
         pm = _pymc()
-        model = problem_to_pymc(problem, with_grad=True)
+        model = problem_to_pymc(problem, with_grad=True, boundary=self.boundary)
+        bop = model.jrinfer_boundary
         import warnings as _w
 
         t_init = time.perf_counter()
-        start = _laplace_start(problem, self.chains, self.seed) if self.init == "laplace" else None
+        start = (
+            _laplace_start(problem, self.chains, self.seed, require_valid_mean=bop is None)
+            if self.init == "laplace"
+            else None
+        )
+        free_names = [f"{name}_z" for name in problem.names]
+        if bop is not None:
+            i = bop.boundary.index
+            free_names[i] = f"{problem.names[i]}_w"
+            if start is not None:
+                start = _to_w(bop, start, self.seed)
+            if start is not None:
+                start = _laplace_in_w(model, start, self.chains, self.seed)
         t0 = time.perf_counter()
         init_seconds = t0 - t_init
         with model, _w.catch_warnings():
@@ -524,7 +822,7 @@ class NUTS:
                 mean, cov, inits = start
                 n = problem.n_params
                 kw["potential"] = QuadPotentialFullAdapt(n, mean, cov, initial_weight=10 * n)
-                sample_kw = {"initvals": [{f"{name}_z": z[i] for i, name in enumerate(problem.names)} for z in inits]}
+                sample_kw = {"initvals": [{v: z[k] for k, v in enumerate(free_names)} for z in inits]}
             else:
                 sample_kw = {}
             step = pm.NUTS(target_accept=self.target_accept, max_treedepth=self.max_treedepth, **kw)
@@ -570,6 +868,14 @@ class NUTS:
         if op.first_error:
             diag["loglike_first_error"] = op.first_error
         diag["init"] = "laplace" if start is not None else "jitter+adapt_diag"
+        diag["boundary"] = self.boundary
+        if bop is not None:
+            diag["boundary_parameter"] = bop.boundary.name
+            diag["boundary_evaluations"] = bop.n_calls if counted else None
+            diag["boundary_time_s"] = bop.seconds if counted else None
+            diag["boundary_empty"] = bop.n_empty if counted else None
+            if bop.first_error:
+                diag["boundary_first_error"] = bop.first_error
         diag["init_time_s"] = init_seconds
         diag["fused_loglike"] = bool(op.fused)
         diag["settings"] = {
@@ -579,6 +885,7 @@ class NUTS:
             "draws": self.draws,
             "target_accept": self.target_accept,
             "seed": self.seed,
+            "boundary": self.boundary,
         }
         kept = int(z.shape[1])
         diag["interrupted"] = bool(stop.interrupted)
