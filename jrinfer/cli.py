@@ -1532,7 +1532,8 @@ def _add_fit_many_parser(sub) -> None:
     )
     p.add_argument("manifest", metavar="MANIFEST", help="CSV with a 'path' column (paths relative to the manifest)")
     p.add_argument("--kind", required=True, choices=["spectrum", "evoked"], help="what the files hold")
-    p.add_argument("--backend", default="laplace", choices=["laplace", "nuts", "smc"], help="inference backend")
+    p.add_argument("--backend", default="laplace", choices=["laplace", "nuts", "smc", "npe"],
+                   help="inference backend (npe: with --estimator DIR, one trained estimator conditioned on every item)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (resumed if it holds a run)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="address of a running Dask scheduler (tcp://host:8786); default: a local cluster")

@@ -291,8 +291,8 @@ def fit_many(
         "units": ..., ...}``) or all :class:`~jrinfer.InverseProblem` s. The
         same file may appear several times (each row is its own item).
     backend : str or backend object
-        Files: ``"laplace"``, ``"nuts"`` or ``"smc"`` (as ``jrinfer fit
-        --backend``). Problems: one of those names or a backend object with
+        Files: ``"laplace"``, ``"nuts"``, ``"smc"`` or ``"npe"`` (as ``jrinfer fit
+        --backend``; npe with ``options={"--estimator": DIR}``). Problems: one of those names or a backend object with
         ``fit(problem) -> Posterior`` (e.g. ``VariationalLaplace(max_iter=64)``);
         it must pickle to reach Dask workers.
     client : dask.distributed.Client, optional
@@ -607,9 +607,9 @@ def _file_specs(items, backend, kind, options: Mapping, per_channel: bool = Fals
     from jrinfer import _checks
 
     if not isinstance(backend, str):
-        raise ValueError(f"backend: files are fitted through jrinfer fit; expected 'laplace', 'nuts' or 'smc', "
+        raise ValueError(f"backend: files are fitted through jrinfer fit; expected 'laplace', 'nuts', 'smc' or 'npe', "
                          f"got {backend!r}")
-    _checks.check_option("backend", backend, ("laplace", "nuts", "smc"))
+    _checks.check_option("backend", backend, ("laplace", "nuts", "smc", "npe"))
     if kind is None:
         raise ValueError("kind: expected 'spectrum' or 'evoked' to fit files, got None")
     _checks.check_option("kind", kind, ("spectrum", "evoked"))
@@ -716,7 +716,7 @@ def _option_argv(values: Mapping, actions: dict, where: str) -> list[str]:
             for part in parts:
                 argv += [flag, str(part).strip()]
         elif value is not None:
-            if action.dest == "prior":  # workers may run elsewhere: an absolute path
+            if action.dest in ("prior", "estimator"):  # workers may run elsewhere: an absolute path
                 value = Path(str(value)).expanduser().resolve()
             argv += [flag, str(value)]
     return argv

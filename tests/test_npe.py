@@ -452,6 +452,33 @@ def test_cli_fit_with_a_trained_estimator(npe_spectrum_estimator, tmp_path, caps
     assert code == 2 and "metadata.json" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_fit_many_conditions_one_estimator_on_every_item(npe_spectrum_estimator, tmp_path, capsys):
+    """A cohort through one trained estimator: jrinfer fit-many --backend npe --estimator DIR."""
+    from jrinfer.cli import main
+
+    path, est = npe_spectrum_estimator
+    rows = ["path,subject"]
+    for k, p in enumerate((70.0, 220.0)):
+        data, _ = _jr_spectrum(est, p, seed=200 + k)
+        _write_csv(tmp_path / f"s{k}.csv", data)
+        rows.append(f"s{k}.csv,sub{k}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "cohort"
+    code = main(["fit-many", str(tmp_path / "manifest.csv"), "--kind", "spectrum", "--backend", "npe",
+                 "--estimator", str(path), "--workers", "0", "--out", str(out), "--no-progress", "--json"])
+    assert code == 0, capsys.readouterr().err
+    import csv
+
+    with open(out / "results.csv", newline="") as fh:
+        results = list(csv.DictReader(fh))
+    assert [r["status"] for r in results] == ["ok", "ok"] and [r["subject"] for r in results] == ["sub0", "sub1"]
+    for folder in out.iterdir():
+        if folder.is_dir():
+            summary = json.loads((folder / "summary.json").read_text())
+            assert summary["backend"] == "npe" and summary["npe"]["estimator"] == str(path.resolve())
+
+
 def test_cli_train_npe_bad_input(tmp_path, capsys):
     from jrinfer.cli import main
 
