@@ -615,6 +615,9 @@ def _file_specs(items, backend, kind, options: Mapping, per_channel: bool = Fals
     _checks.check_option("kind", kind, ("spectrum", "evoked"))
     actions = _fit_actions()
     base = ["--kind", kind, "--backend", backend] + _option_argv(dict(options), actions, "options")
+    if backend == "npe" and "--estimator" not in base:
+        raise ValueError("backend 'npe' needs a trained estimator: options={'estimator': DIR} (CLI: --estimator DIR, "
+                         "made by jrinfer train-npe)")
     rows = [it if isinstance(it, Mapping) else {"path": it} for it in items]
     width = max(4, len(str(len(rows))))
     specs = []
