@@ -12,14 +12,17 @@ torch autograd through the generic path to 1e-8), without an autograd graph:
   that saves iterations and never changes the result);
 * the linearised spectrum on the fine grid, the dominant pole pair, its exact
   windowed expectation and the window matrix, forward in NumPy;
-* the gradient in reverse mode through the frequency-sized arrays down to a
-  few scalars per parameter set (time constants, gains, sigmoid slopes, pole
-  and residue), then forward mode (12 tangent directions, :class:`_Dual`)
-  through the scalar chain: equilibrium (implicit function theorem), slopes,
-  pole (implicit function theorem on the characteristic polynomial) and
-  residue.
+* the gradient in reverse mode, by hand: through the frequency-sized arrays
+  down to a few scalars per parameter set (time constants, gains, sigmoid
+  slopes, pole and residue), then through the scalar chain: residue and pole
+  (implicit function theorem on the characteristic polynomial ``Q``),
+  sigmoid slopes and the equilibrium (implicit function theorem on its
+  residual ``G``).
 
-Everything is vectorised over a leading batch axis.
+One code path serves one parameter set and batches: the scalar chain runs on
+NumPy scalars for one set (no per-operation array overhead) and on arrays of
+shape ``(nb,)`` for a batch; the frequency-sized arrays are ``(G,)`` or
+``(nb, G)``. No Python loop over parameter sets.
 """
 
 from __future__ import annotations
@@ -31,104 +34,58 @@ import torch
 
 from jrinfer import model as _model
 
-# directions of the forward-mode tangents: the flat JR parameters
-_FLAT = _model._JR_FLAT  # A, B, a, b, C1, C2, C3, C4, e0, v0, r, p_mean
 _RATIOS = _model._CONNECTIVITY_RATIOS
+_MODEL_KEYS = ("A", "B", "a", "b", "C", "e0", "v0", "r", "p_mean", "p_std")
+_OBS_KEYS = ("gain", "ap_amplitude", "ap_exponent", "floor", "log_precision")
+_POSITIVE = ("A", "B", "a", "b", "C", "e0", "r", "p_std")
+_TWO_PI_I = 2j * math.pi
 
 
-class _Dual:
-    """Forward-mode number: value ``v`` (batch,) and tangents ``t`` (k, batch); real or complex."""
+def _col(x):
+    """A per-set value as a column against frequency arrays: ``(nb, 1)`` for a batch, itself for one set."""
+    return x[:, None] if isinstance(x, np.ndarray) else x
 
-    __slots__ = ("v", "t")
-    __array_ufunc__ = None  # ndarray (op) _Dual defers to _Dual's reflected operators
 
-    def __init__(self, v, t):
-        self.v = v
-        self.t = t
-
-    def __add__(self, o):
-        if isinstance(o, _Dual):
-            return _Dual(self.v + o.v, self.t + o.t)
-        return _Dual(self.v + o, self.t)
-
-    __radd__ = __add__
-
-    def __sub__(self, o):
-        if isinstance(o, _Dual):
-            return _Dual(self.v - o.v, self.t - o.t)
-        return _Dual(self.v - o, self.t)
-
-    def __rsub__(self, o):
-        return _Dual(o - self.v, -self.t)
-
-    def __neg__(self):
-        return _Dual(-self.v, -self.t)
-
-    def __mul__(self, o):
-        if isinstance(o, _Dual):
-            return _Dual(self.v * o.v, self.t * o.v + self.v * o.t)
-        return _Dual(self.v * o, self.t * o)
-
-    __rmul__ = __mul__
-
-    def __truediv__(self, o):
-        if isinstance(o, _Dual):
-            q = self.v / o.v
-            return _Dual(q, (self.t - q * o.t) / o.v)
-        return _Dual(self.v / o, self.t / o)
-
-    def __rtruediv__(self, o):
-        q = o / self.v
-        return _Dual(q, -q * self.t / self.v)
-
-    def __pow__(self, n: int):
-        vn1 = self.v ** (n - 1)
-        return _Dual(vn1 * self.v, (n * vn1) * self.t)
+def _pick(cond, x, y):
+    """``np.where`` that keeps scalars scalar (one parameter set)."""
+    if isinstance(cond, (bool, np.bool_)):
+        return x if cond else y
+    return np.where(cond, x, y)
 
 
 def _sig(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _dsig(x: _Dual) -> _Dual:
-    s = _sig(x.v)
-    return _Dual(s, (s * (1.0 - s)) * x.t)
-
-
-def _series(beta, em1, shift: int, terms: int = 8):
-    """``(e^beta - sum_{n<shift} beta^n/n!) / beta^shift`` (shift 1..3), series near 0 (as spectral._series_or_direct)."""
-    small = np.abs(beta) < 0.1
-    bs = np.where(small, beta, 0.0)
-    bd = np.where(small, 1.0, beta)
-    acc = np.full_like(bs, 1.0 / math.factorial(terms - 1 + shift))
-    for n in range(terms - 2, -1, -1):
-        acc = acc * bs + 1.0 / math.factorial(n + shift)
-    if shift == 1:
-        direct = em1 / bd
-    elif shift == 2:
-        direct = (em1 - bd) / (bd * bd)
-    else:
-        direct = (em1 - bd - 0.5 * bd * bd) / (bd * bd * bd)
-    return np.where(small, acc, direct)
+def _series_small(beta, terms: int = 8):
+    """``E_k(beta) = (e^beta - sum_{n<k} beta^n/n!) / beta^k`` for k = 1, 2 and ``2 E_3``, by their series (|beta| < 0.1)."""
+    out = []
+    for shift in (1, 2, 3):
+        acc = np.full_like(beta, 1.0 / math.factorial(terms - 1 + shift))
+        for n in range(terms - 2, -1, -1):
+            acc = acc * beta + 1.0 / math.factorial(n + shift)
+        out.append(acc)
+    return out[0], out[1], 2.0 * out[2]
 
 
 def _lag_integral(z, seg: float, window: str):
-    """``I(z)`` of :func:`jrinfer.spectral._lag_integral` and its derivative ``I'(z)``."""
+    """``I(z)`` of :func:`jrinfer.spectral._lag_integral` and its derivative ``I'(z)``, any shape."""
     zeta = z * seg
-    em1 = np.expm1(zeta)
+    em1 = np.expm1(zeta)  # e^(zeta +- 2 pi i) - 1 is the same number
+    beta = zeta[None] if window == "boxcar" else np.stack([zeta, zeta + _TWO_PI_I, zeta - _TWO_PI_I])
+    ib = 1.0 / beta
+    e0 = em1 * ib  # E_1
+    e1 = (e0 - 1.0) * ib  # E_2
+    e2 = (2.0 * e1 - 1.0) * ib  # 2 E_3
+    small = np.abs(beta) < 0.1  # cancellation: the series there (as spectral._series_or_direct)
+    if small.any():
+        e0[small], e1[small], e2[small] = _series_small(beta[small])
     if window == "boxcar":
-        e1 = _series(zeta, em1, 2)
-        e2 = 2.0 * _series(zeta, em1, 3)
-        return seg * e1, seg * seg * (e1 - e2)
-    tp = 2j * math.pi
-    beta = np.stack([zeta, zeta + tp, zeta - tp])
-    e1 = _series(beta, em1, 2)
-    e2 = 2.0 * _series(beta, em1, 3)
-    e0 = _series(beta[1:], em1, 1)
-    d1 = e1 - e2  # E1'
-    d0 = e0 - e1[1:]  # E0'
-    h = (2.0 / 3.0) * e1[0] + (e1[1] + e1[2]) / 6.0 + (e0[0] - e0[1]) / (2.0 * tp)
-    dh = (2.0 / 3.0) * d1[0] + (d1[1] + d1[2]) / 6.0 + (d0[0] - d0[1]) / (2.0 * tp)
+        return seg * e1[0], seg * seg * (e1[0] - e2[0])
+    d1 = e1 - e2  # E_2'
+    d0 = e0 - e1  # E_1'
+    h = (2.0 / 3.0) * e1[0] + (e1[1] + e1[2]) / 6.0 + (e0[1] - e0[2]) / (2.0 * _TWO_PI_I)
+    dh = (2.0 / 3.0) * d1[0] + (d1[1] + d1[2]) / 6.0 + (d0[1] - d0[2]) / (2.0 * _TWO_PI_I)
     return seg * h, seg * seg * dh
 
 
@@ -155,8 +112,15 @@ class SpectralLogLikelihood:
     def __init__(self, observation, data, names, fixed):
         obs = observation
         self.names = tuple(names)
-        self.index = {n: i for i, n in enumerate(self.names)}
-        self.fixed = {k: float(v) for k, v in fixed.items()}
+        # every parameter the computation reads, in one vector: fixed/default values, free ones filled per call
+        self.keys = _MODEL_KEYS + tuple(k for k in _OBS_KEYS if k in set(names) | set(fixed)
+                                        or k in obs.required_parameters(data))
+        fixed = {k: float(v) for k, v in fixed.items()}
+        self.base = np.array([fixed.get(k, float(_model.PARAMETERS[k].default) if k in _model.PARAMETERS
+                                        else math.nan) for k in self.keys])
+        self.free = np.array([self.keys.index(n) for n in self.names], dtype=np.intp)
+        self.positive = np.array([self.keys.index(k) for k in _POSITIVE], dtype=np.intp)
+        self.i_v0, self.i_pm = self.keys.index("v0"), self.keys.index("p_mean")
         self.freqs = data.freqs.detach().numpy().astype(np.float64)
         from jrinfer.observation import _POWER_UNIT_PER_MV2
 
@@ -166,18 +130,20 @@ class SpectralLogLikelihood:
             wm = obs._window_matrix(data.freqs, seg)
             self.fine = wm.fine_freqs.numpy().astype(np.float64)
             self.weights = np.ascontiguousarray(wm.weights.numpy())  # (F, G)
+            self.weights_t = np.ascontiguousarray(self.weights.T)  # (G, F)
             self.seg, self.window = float(wm.seg_length), wm.window
-            s_data = 2j * math.pi * self.freqs
-            self.s_data = s_data
+            self.s_data = _TWO_PI_I * self.freqs
+            self.s_pm = np.concatenate([-self.s_data, self.s_data])  # lambda - s, lambda + s in one array
         else:
             self.fine = self.freqs
             self.weights = None
-        self.w_fine = 2.0 * math.pi * self.fine
+        self.s = 1j * 2.0 * math.pi * self.fine  # (G,)
         self.dt = None if obs.noise == "white" else float(obs.dt)
         self.aperiodic, self.floor = obs.aperiodic, obs.floor
         self.likelihood = obs.likelihood
         power = data.power.detach().numpy().astype(np.float64)  # (C, F)
         self.y = power
+        self.y_sum = power.sum(0)
         self.logy = np.log(power)
         self.n_channels = power.shape[0]
         self.f_safe = np.maximum(self.freqs, 1e-3)
@@ -190,29 +156,20 @@ class SpectralLogLikelihood:
             ).sum()
         self.guess = None  # warm start: the last equilibrium's y0, shape (nb,)
 
-    # ------------------------------------------------------------------ helpers
-    def _column(self, theta, name):
-        if name in self.index:
-            return theta[:, self.index[name]]
-        if name in self.fixed:
-            return np.full(theta.shape[0], self.fixed[name])
-        return np.full(theta.shape[0], float(_model.PARAMETERS[name].default))
-
     def __call__(self, theta: np.ndarray):
         theta = np.asarray(theta, dtype=np.float64)
         nb, n = theta.shape
         ll = np.full(nb, -math.inf)
         grad = np.zeros((nb, n))
-        col = {k: self._column(theta, k) for k in ("A", "B", "a", "b", "C", "e0", "v0", "r", "p_mean", "p_std")}
-        positive = ("A", "B", "a", "b", "C", "e0", "r", "p_std")
-        ok = np.isfinite(theta).all(-1)
-        for k in positive:
-            ok &= col[k] > 0
-        ok &= np.isfinite(col["v0"]) & np.isfinite(col["p_mean"]) & (col["p_mean"] >= 0)
+        full = np.empty((nb, self.base.size))
+        full[:] = self.base
+        full[:, self.free] = theta
+        ok = np.isfinite(theta).all(-1) & (full[:, self.positive] > 0).all(-1)
+        ok &= np.isfinite(full[:, self.i_v0]) & (full[:, self.i_pm] >= 0)  # p_mean >= 0 is False for NaN
         if not ok.any():
             return ll, grad
         rows = np.nonzero(ok)[0]
-        sub = theta[rows] if rows.size < nb else theta
+        sub = full[rows] if rows.size < nb else full
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             v, g, valid = self._evaluate(sub)
         keep = valid & np.isfinite(v) & np.isfinite(g).all(-1)
@@ -221,190 +178,226 @@ class SpectralLogLikelihood:
         return ll, grad
 
     # ------------------------------------------------------------------ the work
-    def _evaluate(self, theta):
-        nb = theta.shape[0]
-        col = {k: self._column(theta, k) for k in ("A", "B", "a", "b", "C", "e0", "v0", "r", "p_mean", "p_std")}
-        p = {k: col[k] for k in ("A", "B", "a", "b", "e0", "v0", "r", "p_mean", "p_std")}
+    def _evaluate(self, full):
+        """``(ll (nb,), grad (nb, n_free), stable (nb,))`` for the full parameter vectors ``full`` ``(nb, K)``."""
+        nb = full.shape[0]
+        cols = dict(zip(self.keys, full.T))  # arrays (nb,)
+        pn = {k: cols[k] for k in ("A", "B", "a", "b", "e0", "v0", "r", "p_mean")}
         for k, ratio in _RATIOS.items():
-            p[k] = ratio * col["C"]
+            pn[k] = ratio * cols["C"]
         # 1. equilibrium (values), warm-started
         guess = self.guess if self.guess is not None and self.guess.shape == (nb,) else None
-        pn = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in p.items()}
-        eq = _model._selected_equilibrium_numpy(pn, torch.Size((nb,)), 256, "upper", guess)
+        eq = _model._selected_equilibrium_numpy(pn, (nb,), 256, "upper", guess, raw=True)
         if eq is None:  # a possible close pair of roots: the full torch search
-            pd = {k: torch.from_numpy(v) for k, v in pn.items()}
+            pd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in pn.items()}
             gt = None if guess is None else torch.from_numpy(guess)
-            eq = _model._fixed_points(pd, torch.Size((nb,)), 256, which="upper", initial_guess=gt)
-        y0v = eq.state[..., 0].numpy().copy()
-        self.guess = y0v.copy()
-        ev = eq.eigenvalues.numpy()
-        stable = eq.stable.numpy().copy()
-        # 2. scalar chain in forward mode (12 directions: _FLAT)
-        k = len(_FLAT)
-        eye = np.eye(k)
-        d = {name: _Dual(p[name], np.repeat(eye[i][:, None], nb, 1)) for i, name in enumerate(_FLAT)}
-        A, B, a, b = d["A"], d["B"], d["a"], d["b"]
-        C1, C2, C3, C4 = d["C1"], d["C2"], d["C3"], d["C4"]
-        e0, v0, r, pm = d["e0"], d["v0"], d["r"], d["p_mean"]
-        ke, ki = A / a, B / b
-        zero_t = np.zeros((k, nb))
-
-        def S(x):
-            return 2.0 * e0 * _dsig(r * (x - v0))
-
-        def slope(x):
-            q = _dsig(r * (x - v0))
-            return 2.0 * e0 * r * q * (1.0 - q)
-
-        # implicit function theorem for y0: G(y0; theta) = ke S(v(y0)) - y0 = 0
-        y0c = _Dual(y0v, zero_t)
-        vc = ke * (pm + C2 * S(C1 * y0c)) - ki * C4 * S(C3 * y0c)
-        G = ke * S(vc) - y0c
-        dv_dy0 = ke.v * C2.v * C1.v * slope(C1 * y0c).v - ki.v * C4.v * C3.v * slope(C3 * y0c).v
-        G_y0 = ke.v * slope(vc).v * dv_dy0 - 1.0
-        y0 = _Dual(y0v, -G.t / G_y0)
-        v = ke * (pm + C2 * S(C1 * y0)) - ki * C4 * S(C3 * y0)
-        g0, g1, g2 = slope(v), slope(C1 * y0), slope(C3 * y0)
-        u1, u2 = C1 * C2 * g1, C3 * C4 * g2
-        # 3. dominant pole and residue (as JansenRit.dominant_mode)
+            fp = _model._fixed_points(pd, torch.Size((nb,)), 256, which="upper", initial_guess=gt)
+            eq = fp.state[..., 0].numpy(), fp.eigenvalues.numpy(), fp.stable.numpy()
+        y0, ev, stable = eq
+        self.guess = y0.copy()
         osc = (ev.imag > 1e-9 * np.abs(ev)) & np.isfinite(ev.real)
-        score = np.where(osc, ev.real, -np.inf)
-        lam0 = ev[np.arange(nb), score.argmax(-1)]
+        lam0 = ev[np.arange(nb), np.where(osc, ev.real, -np.inf).argmax(-1)]
         has = osc.any(-1)
-        lam0 = np.where(has, lam0, -1.0 + 0j)
+        if nb == 1:  # one set: the scalar chain on NumPy scalars
+            p = dict(zip(self.keys, full[0]))
+            y0, lam0, has = y0[0], lam0[0], has[0]
+        else:
+            p = cols
+        out = self._chain(p, y0, lam0, has)
+        ll, bars = out
+        g = [bars.get(name, 0.0) for name in self.names]
+        grad = np.array([g]) if nb == 1 else np.stack([np.broadcast_to(x, (nb,)) for x in g], -1)
+        return np.reshape(ll, (nb,)), grad, stable
+
+    def _chain(self, p, y0, lam0, has):
+        """Forward and reverse pass for one set (NumPy scalars) or a batch (arrays ``(nb,)``)."""
+        A, B, a, b, C = p["A"], p["B"], p["a"], p["b"], p["C"]
+        e0, v0, r, pm = p["e0"], p["v0"], p["r"], p["p_mean"]
+        C1, C2, C3, C4 = (_RATIOS[k] * C for k in ("C1", "C2", "C3", "C4"))
+        # -- forward: slopes at the equilibrium (S: sigmoid, g: its slope, h: dg/dz)
+        ke, ki = A / a, B / b
+        z1, z2 = C1 * y0, C3 * y0
+        s1, s2 = _sig(r * (z1 - v0)), _sig(r * (z2 - v0))
+        S1, S2 = 2.0 * e0 * s1, 2.0 * e0 * s2
+        g1, g2 = S1 * r * (1.0 - s1), S2 * r * (1.0 - s2)
+        v = ke * (pm + C2 * S1) - ki * C4 * S2
+        s0 = _sig(r * (v - v0))
+        S0 = 2.0 * e0 * s0
+        g0 = S0 * r * (1.0 - s0)
+        h0, h1, h2 = g0 * r * (1.0 - 2.0 * s0), g1 * r * (1.0 - 2.0 * s1), g2 * r * (1.0 - 2.0 * s2)
+        u1, u2 = C1 * C2 * g1, C3 * C4 * g2
         aa, bb = A * a, B * b
-        kE, kI = u1 * aa, u2 * bb
-        g0aa = g0 * aa
-
-        def poly(s, a, b, g0aa, kE, kI, aa, only_q=False):
-            """Q(s), Q'(s) of JansenRit.dominant_mode and the input numerator N(s) (Duals or arrays)."""
-            sa, sb = s + a, s + b
-            sa2, sb2 = sa * sa, sb * sb
-            sa4 = sa2 * sa2
-            q = sa4 * sb2 - g0aa * (kE * sb2 - kI * sa2)
-            if only_q:
-                return q, None, None
-            dq = 4.0 * (sa2 * sa) * sb2 + 2.0 * sa4 * sb - 2.0 * g0aa * (kE * sb - kI * sa)
-            return q, dq, aa * sa2 * sb2
-
-        vals = (a.v, b.v, g0aa.v, kE.v, kI.v, aa.v)
-        duals = (a, b, g0aa, kE, kI, aa)
-        q0, dq0, _ = poly(lam0, *vals)
-        lamv = lam0 - q0 / dq0
-        q_t = poly(lamv, *duals, only_q=True)[0].t  # explicit partials of Q at the refined root
-        dq_v = poly(lamv, *vals)[1]
-        lam = _Dual(lamv, -q_t / dq_v)  # implicit function theorem
-        _, dq_l, n_l = poly(lam, *duals)
-        q_m, _, n_m = poly(-lam, *duals)
-        c1 = n_l * n_m / (dq_l * q_m)  # residue per unit intensity
-        use = has & (lamv.real < 0)
-        lam_v = np.where(use, lamv, -1.0 + 0j)
-        c1v = np.where(use, c1.v, 0.0)
-        c1t = np.where(use, c1.t, 0.0)
-        lamt = np.where(use, lam.t, 0.0)
-        sig2 = col["p_std"] ** 2 * (1.0 if self.dt is None else self.dt)
+        kE, kI, g0aa = u1 * aa, u2 * bb, g0 * aa
+        # -- dominant pole (one Newton step on Q from the eigenvalue) and residue (as JansenRit.dominant_mode)
+        lam0 = _pick(has, lam0, -1.0 + 0j)
+        al, be = lam0 + a, lam0 + b
+        al2, be2 = al * al, be * be
+        q0 = al2 * al2 * be2 - g0aa * (kE * be2 - kI * al2)
+        dq0 = 4.0 * al2 * al * be2 + 2.0 * al2 * al2 * be - 2.0 * g0aa * (kE * be - kI * al)
+        lam = lam0 - q0 / dq0
+        al, be, alm, bem = lam + a, lam + b, a - lam, b - lam  # s + a, s + b at s = lambda and s = -lambda
+        al2, be2, alm2, bem2 = al * al, be * be, alm * alm, bem * bem
+        al3, alm3 = al2 * al, alm2 * alm
+        al4, alm4 = al2 * al2, alm2 * alm2
+        dq_l = 4.0 * al3 * be2 + 2.0 * al4 * be - 2.0 * g0aa * (kE * be - kI * al)  # Q'(lambda)
+        ddq_l = 12.0 * al2 * be2 + 16.0 * al3 * be + 2.0 * al4 - 2.0 * g0aa * (kE - kI)  # Q''(lambda)
+        q_m = alm4 * bem2 - g0aa * (kE * bem2 - kI * alm2)  # Q(-lambda)
+        dq_m = 4.0 * alm3 * bem2 + 2.0 * alm4 * bem - 2.0 * g0aa * (kE * bem - kI * alm)  # Q'(-lambda)
+        c1 = aa * aa * al2 * be2 * alm2 * bem2 / (dq_l * q_m)  # N(l) N(-l) / (Q'(l) Q(-l)), N = aa (s+a)^2 (s+b)^2
+        use = has & (lam.real < 0)
+        lam_v = _pick(use, lam, -1.0 + 0j)
+        c1v = _pick(use, c1, 0.0)
+        sig2 = p["p_std"] ** 2 * (1.0 if self.dt is None else self.dt)
         cv = sig2 * c1v
-        # 4. linearised PSD on the fine grid
-        s = 1j * self.w_fine  # (G,)
-        av, bv = p["a"][:, None], p["b"][:, None]
-        sa, sb = s + av, s + bv
-        he = (p["A"] * p["a"])[:, None] / (sa * sa)
-        hi = (p["B"] * p["b"])[:, None] / (sb * sb)
-        K = u1.v[:, None] * he - u2.v[:, None] * hi
-        D = 1.0 - g0.v[:, None] * he * K
+        # -- linearised PSD on the fine grid
+        s = self.s
+        sa, sb = s + _col(a), s + _col(b)
+        he = _col(aa) / (sa * sa)
+        hi = _col(bb) / (sb * sb)
+        K = _col(u1) * he - _col(u2) * hi
+        g0c = _col(g0)
+        D = 1.0 - g0c * he * K
         he2 = he.real**2 + he.imag**2
         absD2 = D.real**2 + D.imag**2
         gain_fn = he2 / absD2
-        lin = 2.0 * sig2[:, None] * gain_fn
-        lam_c, c_c = lam_v[:, None], cv[:, None]
+        sig2c = _col(sig2)
+        lin = 2.0 * sig2c * gain_fn
         if self.weights is not None:
+            lam_c, c_c = _col(lam_v), _col(cv)
             xp = 1.0 / (s - lam_c) - 1.0 / (s + lam_c)
             rest = lin - 4.0 * (c_c * xp).real
-            sd = self.s_data
-            i_m, di_m = _lag_integral(lam_c - sd, self.seg, self.window)
-            i_p, di_p = _lag_integral(lam_c + sd, self.seg, self.window)
-            xw = i_m + i_p
-            neural = rest @ self.weights.T + 4.0 * (c_c * xw).real
+            i_pm, di_pm = _lag_integral(lam_c + self.s_pm, self.seg, self.window)
+            nf = self.freqs.size
+            xw = i_pm[..., :nf] + i_pm[..., nf:]
+            neural = rest @ self.weights_t + 4.0 * (c_c * xw).real
         else:
             neural = lin
-        # 5. observation and likelihood
-        gain = self._column(theta, "gain")[:, None]
-        power = gain**2 * self.u * neural
+        # -- observation and likelihood
+        bars = {}
+        gain = p["gain"]
+        gu = _col(gain * gain * self.u)
+        power = gu * neural
         if self.aperiodic:
-            ap = self._column(theta, "ap_amplitude")[:, None]
-            chi = self._column(theta, "ap_exponent")[:, None]
+            ap, chi = _col(p["ap_amplitude"]), _col(p["ap_exponent"])
             fpow = self.f_safe ** (-chi)
             power = power + ap * fpow
         if self.floor:
-            power = power + self._column(theta, "floor")[:, None]
+            power = power + _col(p["floor"])
         logp = np.log(power)
-        out = np.zeros((nb, theta.shape[1]))
         if self.likelihood == "gaussian":
-            lp = self._column(theta, "log_precision")
+            lp = p["log_precision"]
             prec = np.exp(lp)
-            res = self.logy[None] - logp[:, None, :]  # (nb, C, F)
+            res = self.logy - logp[..., None, :]  # (nb, C, F) or (C, F)
             ss = (res * res).sum((-2, -1))
             m = res.shape[-2] * res.shape[-1]
             ll = m * (0.5 * lp - 0.5 * math.log(2 * math.pi)) - 0.5 * prec * ss
-            dP = prec[:, None] * res.sum(-2) / power
-            self._add(out, "log_precision", 0.5 * m - 0.5 * prec * ss)
+            dP = _col(prec) * res.sum(-2) / power
+            bars["log_precision"] = 0.5 * m - 0.5 * prec * ss
         else:
             kk = self.k
-            ll = self.whittle_const - kk * self.n_channels * logp.sum(-1) - kk * (self.y.sum(0)[None] / power).sum(-1)
-            dP = -kk * self.n_channels / power + kk * self.y.sum(0)[None] / power**2
-        # reverse: observation parameters
-        self._add(out, "gain", (dP * 2.0 * gain * self.u * neural).sum(-1))
+            ratio = self.y_sum / power
+            ll = self.whittle_const - kk * self.n_channels * logp.sum(-1) - kk * ratio.sum(-1)
+            dP = (kk * ratio - kk * self.n_channels) / power
+        bars["gain"] = (dP * neural).sum(-1) * (2.0 * gain * self.u)
         if self.aperiodic:
-            self._add(out, "ap_amplitude", (dP * fpow).sum(-1))
-            self._add(out, "ap_exponent", -(dP * ap * fpow * self.log_f).sum(-1))
+            dPf = dP * fpow
+            bars["ap_amplitude"] = dPf.sum(-1)
+            bars["ap_exponent"] = -(dPf * self.log_f).sum(-1) * p["ap_amplitude"]
         if self.floor:
-            self._add(out, "floor", dP.sum(-1))
-        GN = dP * gain**2 * self.u  # cotangent of the neural PSD (nb, F)
-        # reverse: window and pole pair -> cotangents of lin, lambda, c (holomorphic: dL = Re(bar dz))
+            bars["floor"] = dP.sum(-1)
+        GN = dP * gu  # cotangent of the neural PSD
+        # -- reverse: window and pole pair -> cotangents of lin, lambda, c (holomorphic: dL = Re(bar dz))
         if self.weights is not None:
-            Glin = GN @ self.weights  # (nb, G)
+            Glin = GN @ self.weights  # (nb, G) or (G,)
             dxp = 1.0 / (s - lam_c) ** 2 + 1.0 / (s + lam_c) ** 2
+            nf = self.freqs.size
+            dxw = di_pm[..., :nf] + di_pm[..., nf:]
             bar_c = 4.0 * ((GN * xw).sum(-1) - (Glin * xp).sum(-1))
-            bar_lam = 4.0 * cv * ((GN * (di_m + di_p)).sum(-1) - (Glin * dxp).sum(-1))
+            bar_lam = 4.0 * cv * ((GN * dxw).sum(-1) - (Glin * dxp).sum(-1))
         else:
             Glin = GN
-            bar_c = np.zeros(nb, dtype=complex)
-            bar_lam = np.zeros(nb, dtype=complex)
-        bar_sig2 = (Glin * 2.0 * gain_fn).sum(-1) + (bar_c * c1v).real
-        Gg = Glin * 2.0 * sig2[:, None]
-        # reverse through |he|^2 / |D|^2 to the scalars A, a, B, b, u1, u2, g0
-        bar_he = (2.0 * Gg / absD2) * he.conj()
-        bar_D = (-2.0 * Gg * gain_fn / absD2) * D.conj()
-        g0c = g0.v[:, None]
-        bar_g0 = (bar_D * (-he * K)).real.sum(-1)
+            bar_c = bar_lam = 0.0
+        bar_sig2 = (Glin * gain_fn).sum(-1) * 2.0 + (bar_c * c1v).real
+        Gg = Glin * (2.0 * sig2c)
+        # -- reverse through |he|^2 / |D|^2 to the scalars aa, a, bb, b, u1, u2, g0
+        r_abs = Gg / absD2
+        bar_D = (-2.0 * r_abs * gain_fn) * D.conj()
         bar_K = bar_D * (-g0c * he)
-        bar_he = bar_he + bar_D * (-g0c * K) + bar_K * u1.v[:, None]
-        bar_hi = -bar_K * u2.v[:, None]
+        bar_he = (2.0 * r_abs) * he.conj() + bar_D * (-g0c * K) + bar_K * _col(u1)
+        bar_hi = -bar_K * _col(u2)
+        bar_g0 = -(bar_D * he * K).real.sum(-1)
         bar_u1 = (bar_K * he).real.sum(-1)
         bar_u2 = -(bar_K * hi).real.sum(-1)
-        t_he = (bar_he * he).real.sum(-1)
-        t_hi = (bar_hi * hi).real.sum(-1)
-        bar_A = t_he / p["A"]
-        bar_a = t_he / p["a"] - 2.0 * (bar_he * he / sa).real.sum(-1)
-        bar_B = t_hi / p["B"]
-        bar_b = t_hi / p["b"] - 2.0 * (bar_hi * hi / sb).real.sum(-1)
-        # forward tangents of those scalars -> the 12 flat parameters
-        g12 = (
-            bar_A * A.t + bar_a * a.t + bar_B * B.t + bar_b * b.t + bar_u1 * u1.t + bar_u2 * u2.t + bar_g0 * g0.t
-            + (bar_lam * lamt).real + (bar_c * sig2 * c1t).real
-        )  # (12, nb)
-        flat = dict(zip(_FLAT, g12))
-        self._add(out, "A", flat["A"])
-        self._add(out, "B", flat["B"])
-        self._add(out, "a", flat["a"])
-        self._add(out, "b", flat["b"])
-        self._add(out, "C", sum(_RATIOS[c] * flat[c] for c in _RATIOS))
-        for name in ("e0", "v0", "r", "p_mean"):
-            self._add(out, name, flat[name])
-        self._add(out, "p_std", bar_sig2 * 2.0 * sig2 / col["p_std"])
-        return ll, out, stable
-
-    def _add(self, out, name, value):
-        i = self.index.get(name)
-        if i is not None:
-            out[:, i] += value
+        he_bar_he, hi_bar_hi = bar_he * he, bar_hi * hi
+        t_he, t_hi = he_bar_he.real.sum(-1), hi_bar_hi.real.sum(-1)
+        bar_aa, bar_bb = t_he / aa, t_hi / bb
+        bar_a = -2.0 * (he_bar_he / sa).real.sum(-1)
+        bar_b = -2.0 * (hi_bar_hi / sb).real.sum(-1)
+        # -- reverse through the residue c1(lambda, coefficients) and the pole lambda(coefficients)
+        bar_c1 = _pick(use, bar_c * sig2, 0.0)
+        bar_lam = _pick(use, bar_lam, 0.0)
+        phi = bar_c1 * c1  # dL = Re(phi dlog c1)
+        bar_l = bar_lam + phi * (2.0 / al + 2.0 / be - 2.0 / alm - 2.0 / bem - ddq_l / dq_l + dq_m / q_m)
+        psi = bar_l / dq_l  # implicit function theorem: dlambda = -dQ / Q'(lambda)
+        w_d, w_q = phi / dq_l, phi / q_m  # weights of Q'(lambda)'s and Q(-lambda)'s partials in dlog c1
+        bar_a = bar_a + (phi * (2.0 / al + 2.0 / alm)
+                         - w_d * (12.0 * al2 * be2 + 8.0 * al3 * be + 2.0 * g0aa * kI)
+                         - w_q * (4.0 * alm3 * bem2 + 2.0 * g0aa * kI * alm)
+                         - psi * (4.0 * al3 * be2 + 2.0 * g0aa * kI * al)).real
+        bar_b = bar_b + (phi * (2.0 / be + 2.0 / bem)
+                         - w_d * (8.0 * al3 * be + 2.0 * al4 - 2.0 * g0aa * kE)
+                         - w_q * (2.0 * alm4 * bem - 2.0 * g0aa * kE * bem)
+                         - psi * (2.0 * al4 * be - 2.0 * g0aa * kE * be)).real
+        bar_aa = bar_aa + (2.0 * phi / aa).real
+        bar_g0aa = (w_d * 2.0 * (kE * be - kI * al) + w_q * (kE * bem2 - kI * alm2)
+                    + psi * (kE * be2 - kI * al2)).real
+        bar_kE = (g0aa * (w_d * 2.0 * be + w_q * bem2 + psi * be2)).real
+        bar_kI = -(g0aa * (w_d * 2.0 * al + w_q * alm2 + psi * al2)).real
+        # -- reverse through kE = u1 aa, kI = u2 bb, g0aa = g0 aa, aa = A a, bb = B b
+        bar_aa = bar_aa + bar_g0aa * g0 + bar_kE * u1
+        bar_bb = bar_bb + bar_kI * u2
+        bar_g0 = bar_g0 + bar_g0aa * aa
+        bar_u1 = bar_u1 + bar_kE * aa
+        bar_u2 = bar_u2 + bar_kI * bb
+        bar_A, bar_a = bar_aa * a, bar_a + bar_aa * A
+        bar_B, bar_b = bar_bb * b, bar_b + bar_bb * B
+        # -- u1 = C1 C2 g1, u2 = C3 C4 g2; g_i = slope at z_i (z0 = v, z1 = C1 y0, z2 = C3 y0)
+        bar_g1, bar_g2 = bar_u1 * C1 * C2, bar_u2 * C3 * C4
+        bar_C1 = bar_u1 * C2 * g1 + bar_g1 * h1 * y0
+        bar_C2 = bar_u1 * C1 * g1
+        bar_C3 = bar_u2 * C4 * g2 + bar_g2 * h2 * y0
+        bar_C4 = bar_u2 * C3 * g2
+        bar_v = bar_g0 * h0
+        bar_v0 = -(bar_v + bar_g1 * h1 + bar_g2 * h2)
+        bar_r = bar_g0 * (g0 + h0 * (v - v0)) + bar_g1 * (g1 + h1 * (z1 - v0)) + bar_g2 * (g2 + h2 * (z2 - v0))
+        bar_e0 = bar_g0 * g0 + bar_g1 * g1 + bar_g2 * g2
+        # -- equilibrium: G(y0; theta) = ke S(v(y0)) - y0 = 0, implicit function theorem
+        dv_dy0 = ke * C2 * C1 * g1 - ki * C4 * C3 * g2
+        bar_y0 = bar_v * dv_dy0 + bar_g1 * h1 * C1 + bar_g2 * h2 * C3
+        wG = bar_y0 / (1.0 - ke * g0 * dv_dy0)  # -bar_y0 / G_y0
+        bar_S0 = wG * ke
+        bar_ke = wG * S0
+        bar_v = bar_v + bar_S0 * g0
+        bar_v0 = bar_v0 - bar_S0 * g0
+        bar_r = bar_r + bar_S0 * g0 * (v - v0)
+        bar_e0 = bar_e0 + bar_S0 * S0
+        # v = ke (pm + C2 S1) - ki C4 S2 at fixed y0
+        bar_ke = bar_ke + bar_v * (pm + C2 * S1)
+        bar_ki = -bar_v * C4 * S2
+        bar_C2 = bar_C2 + bar_v * ke * S1
+        bar_C4 = bar_C4 - bar_v * ki * S2
+        bar_S1, bar_S2 = bar_v * ke * C2, -bar_v * ki * C4
+        bar_C1 = bar_C1 + bar_S1 * g1 * y0
+        bar_C3 = bar_C3 + bar_S2 * g2 * y0
+        bar_v0 = bar_v0 - bar_S1 * g1 - bar_S2 * g2
+        bar_r = (bar_r + bar_S1 * g1 * (z1 - v0) + bar_S2 * g2 * (z2 - v0)) / r
+        bar_e0 = (bar_e0 + bar_S1 * S1 + bar_S2 * S2) / e0
+        bars["A"] = bar_A + bar_ke / a
+        bars["a"] = bar_a - bar_ke * ke / a
+        bars["B"] = bar_B + bar_ki / b
+        bars["b"] = bar_b - bar_ki * ki / b
+        bars["C"] = (_RATIOS["C1"] * bar_C1 + _RATIOS["C2"] * bar_C2 + _RATIOS["C3"] * bar_C3
+                     + _RATIOS["C4"] * bar_C4)
+        bars["e0"], bars["v0"], bars["r"], bars["p_mean"] = bar_e0, bar_v0, bar_r, bar_v * ke
+        bars["p_std"] = bar_sig2 * 2.0 * sig2 / p["p_std"]
+        return ll, bars

@@ -19,6 +19,7 @@ model. Neural Comput 18:3052-3068.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -1523,20 +1524,27 @@ def _newton_scalar(lo: float, hi: float, x: float, tol: float, p: dict) -> float
     return x
 
 
-def _selected_equilibrium_numpy(pd, shape, grid_size, which, guess):
+def _selected_equilibrium_numpy(pd, shape, grid_size, which, guess, raw=False):
     """The upper or lower equilibrium with its eigenvalues, values only, in NumPy.
 
     The same algorithm as :func:`_fixed_points` with ``which`` (grid
     bracketing, fold candidates certified on a fine local grid, safeguarded
     Newton from ``guess`` or the bracket's middle), written for small batches
     where the per-operation cost of torch dominates (one parameter set:
-    ~10x cheaper). Returns None when a fold candidate needs the full search.
+    ~10x cheaper). Returns None when a fold candidate needs the full search;
+    with ``raw`` the NumPy arrays ``(y0, eigenvalues, stable)`` of shapes
+    ``(nb,)``, ``(nb, 6)``, ``(nb,)`` instead of :class:`FixedPoints`.
     """
     with np.errstate(over="ignore"):
-        return _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess)
+        return _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess, raw)
 
 
-def _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess):
+@functools.lru_cache(maxsize=8)
+def _unit_grid(n: int) -> np.ndarray:
+    return np.linspace(0.0, 1.0, n)
+
+
+def _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess, raw=False):
     nb = max(1, math.prod(shape))
     p = {
         k: v if isinstance(v, np.ndarray) and v.shape == (nb,)  # NumPy callers (jrinfer._fastspec): no conversion
@@ -1545,7 +1553,7 @@ def _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess):
         for k, v in pd.items()
     }
     y_max = 2.0 * p["e0"] * p["A"] / p["a"]
-    grid = y_max[:, None] * np.linspace(0.0, 1.0, grid_size)
+    grid = y_max[:, None] * _unit_grid(grid_size)
     pc = {k: v[:, None] for k, v in p.items()}
     g = _np_residual(grid, pc)[0]
     pos = g > 0
@@ -1558,7 +1566,7 @@ def _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess):
     if cb.size:
         j = ck + 1
         left, right = grid[cb, j - 1], grid[cb, j + 1]
-        xf = left[:, None] + (right - left)[:, None] * np.linspace(0.0, 1.0, 65)
+        xf = left[:, None] + (right - left)[:, None] * _unit_grid(65)
         gf = _np_residual(xf, {k: v[cb][:, None] for k, v in p.items()})[0]
         sg = np.where(pos[cb, j], 1.0, -1.0)[:, None] * gf
         d2 = np.abs(gf[:, 2:] - 2.0 * gf[:, 1:-1] + gf[:, :-2]).max(1)
@@ -1610,6 +1618,8 @@ def _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess):
     ev = np.linalg.eigvals(jac.reshape(nb, 6, 6))
     ev = np.take_along_axis(ev, np.argsort(-ev.real, axis=-1, kind="stable"), -1)
     stable = ev.real.max(-1) < 0
+    if raw:
+        return x, ev, stable
     zeros = np.zeros(nb)
     state = np.stack([x, y1, y2, zeros, zeros, zeros], -1)
     out = tuple(shape)
