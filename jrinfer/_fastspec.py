@@ -68,25 +68,49 @@ def _series_small(beta, terms: int = 8):
     return out[0], out[1], 2.0 * out[2]
 
 
+def _lag_weights():
+    """Rows ``h``, ``h'`` of the Hann lag integral as weights on ``E = [E_1, E_2, 2 E_3]`` at ``beta_0..2`` (9 rows)."""
+    q = 1.0 / (2.0 * _TWO_PI_I)  # 1 / (4 pi i)
+    w = np.zeros((2, 3, 3), dtype=complex)  # (h or h', kind E_1/E_2/2E_3, beta_j)
+    w[0, 1] = [2.0 / 3.0, 1.0 / 6.0, 1.0 / 6.0]  # h = 2/3 E_2(b0) + (E_2(b1) + E_2(b2))/6 + (E_1(b1) - E_1(b2))/(4 pi i)
+    w[0, 0, 1:] = [q, -q]
+    w[1, 1] = [2.0 / 3.0, 1.0 / 6.0 - q, 1.0 / 6.0 + q]  # h': E_2' = E_2 - 2 E_3, E_1' = E_1 - E_2
+    w[1, 2] = [-2.0 / 3.0, -1.0 / 6.0, -1.0 / 6.0]
+    w[1, 0, 1:] = [q, -q]
+    return w.reshape(2, 9)
+
+
+_HANN_WEIGHTS = _lag_weights()
+
+
 def _lag_integral(z, seg: float, window: str):
-    """``I(z)`` of :func:`jrinfer.spectral._lag_integral` and its derivative ``I'(z)``, any shape."""
+    """``I(z)`` of :func:`jrinfer.spectral._lag_integral` and its derivative ``I'(z)``, any shape.
+
+    With ``E_k(beta) = (e^beta - sum_{n<k} beta^n/n!) / beta^k``, ``zeta = z L``:
+    boxcar ``I = L E_2(zeta)``, Hann ``I = L [2/3 E_2(zeta) + (E_2(zeta + 2 pi i)
+    + E_2(zeta - 2 pi i))/6 + (E_1(zeta + 2 pi i) - E_1(zeta - 2 pi i))/(4 pi i)]``;
+    ``E_k' = E_k - k E_{k+1}``.
+    """
     zeta = z * seg
     em1 = np.expm1(zeta)  # e^(zeta +- 2 pi i) - 1 is the same number
     beta = zeta[None] if window == "boxcar" else np.stack([zeta, zeta + _TWO_PI_I, zeta - _TWO_PI_I])
     ib = 1.0 / beta
-    e0 = em1 * ib  # E_1
-    e1 = (e0 - 1.0) * ib  # E_2
-    e2 = (2.0 * e1 - 1.0) * ib  # 2 E_3
+    e = np.empty((3,) + beta.shape, dtype=complex)
+    np.multiply(em1, ib, out=e[0])  # E_1
+    np.multiply(e[0] - 1.0, ib, out=e[1])  # E_2
+    np.multiply(2.0 * e[1] - 1.0, ib, out=e[2])  # 2 E_3
     small = np.abs(beta) < 0.1  # cancellation: the series there (as spectral._series_or_direct)
     if small.any():
-        e0[small], e1[small], e2[small] = _series_small(beta[small])
+        e[0][small], e[1][small], e[2][small] = _series_small(beta[small])
     if window == "boxcar":
-        return seg * e1[0], seg * seg * (e1[0] - e2[0])
-    d1 = e1 - e2  # E_2'
-    d0 = e0 - e1  # E_1'
-    h = (2.0 / 3.0) * e1[0] + (e1[1] + e1[2]) / 6.0 + (e0[1] - e0[2]) / (2.0 * _TWO_PI_I)
-    dh = (2.0 / 3.0) * d1[0] + (d1[1] + d1[2]) / 6.0 + (d0[1] - d0[2]) / (2.0 * _TWO_PI_I)
-    return seg * h, seg * seg * dh
+        return seg * e[1, 0], seg * seg * (e[1, 0] - e[2, 0])
+    h = (_HANN_WEIGHTS @ e.reshape(9, -1)).reshape((2,) + zeta.shape)
+    return seg * h[0], seg * seg * h[1]
+
+
+def _dot(x, y):
+    """``sum(x * y, -1)``: a scalar for 1-D ``x`` (one set), ``(nb,)`` for ``(nb, n)``."""
+    return x @ y if x.ndim == 1 else np.einsum("...i,...i->...", x, y)
 
 
 class SpectralLogLikelihood:
@@ -138,6 +162,8 @@ class SpectralLogLikelihood:
             self.fine = self.freqs
             self.weights = None
         self.s = 1j * 2.0 * math.pi * self.fine  # (G,)
+        self.w2 = (2.0 * math.pi * self.fine) ** 2
+        self.s2 = -self.w2  # s^2 on the imaginary axis
         self.dt = None if obs.noise == "white" else float(obs.dt)
         self.aperiodic, self.floor = obs.aperiodic, obs.floor
         self.likelihood = obs.likelihood
@@ -249,25 +275,22 @@ class SpectralLogLikelihood:
         c1v = _pick(use, c1, 0.0)
         sig2 = p["p_std"] ** 2 * (1.0 if self.dt is None else self.dt)
         cv = sig2 * c1v
-        # -- linearised PSD on the fine grid
+        # -- linearised PSD on the fine grid: |H|^2 with H = N / Q, N = aa (s+a)^2 (s+b)^2 (= he / D)
         s = self.s
-        sa, sb = s + _col(a), s + _col(b)
-        he = _col(aa) / (sa * sa)
-        hi = _col(bb) / (sb * sb)
-        K = _col(u1) * he - _col(u2) * hi
-        g0c = _col(g0)
-        D = 1.0 - g0c * he * K
-        he2 = he.real**2 + he.imag**2
-        absD2 = D.real**2 + D.imag**2
-        gain_fn = he2 / absD2
+        al_s, be_s = s + _col(a), s + _col(b)
+        al_s2, be_s2 = al_s * al_s, be_s * be_s
+        al_s4 = al_s2 * al_s2
+        Q = al_s4 * be_s2 - _col(g0aa) * (_col(kE) * be_s2 - _col(kI) * al_s2)
+        H = (_col(aa) * al_s2) * be_s2 / Q
+        gain_fn = H.real**2 + H.imag**2
         sig2c = _col(sig2)
-        lin = 2.0 * sig2c * gain_fn
-        if self.weights is not None:
+        lin = (2.0 * sig2c) * gain_fn
+        nf = self.freqs.size
+        if self.weights is not None:  # pole pair: xp = 1/(s - l) - 1/(s + l) = 2 l / (s^2 - l^2)
             lam_c, c_c = _col(lam_v), _col(cv)
-            xp = 1.0 / (s - lam_c) - 1.0 / (s + lam_c)
-            rest = lin - 4.0 * (c_c * xp).real
+            inv = 1.0 / (self.s2 - lam_c * lam_c)
+            rest = lin - (8.0 * c_c * lam_c * inv).real
             i_pm, di_pm = _lag_integral(lam_c + self.s_pm, self.seg, self.window)
-            nf = self.freqs.size
             xw = i_pm[..., :nf] + i_pm[..., nf:]
             neural = rest @ self.weights_t + 4.0 * (c_c * xw).real
         else:
@@ -298,41 +321,40 @@ class SpectralLogLikelihood:
             ratio = self.y_sum / power
             ll = self.whittle_const - kk * self.n_channels * logp.sum(-1) - kk * ratio.sum(-1)
             dP = (kk * ratio - kk * self.n_channels) / power
-        bars["gain"] = (dP * neural).sum(-1) * (2.0 * gain * self.u)
+        bars["gain"] = _dot(dP, neural) * (2.0 * gain * self.u)
         if self.aperiodic:
             dPf = dP * fpow
             bars["ap_amplitude"] = dPf.sum(-1)
-            bars["ap_exponent"] = -(dPf * self.log_f).sum(-1) * p["ap_amplitude"]
+            bars["ap_exponent"] = -(dPf @ self.log_f) * p["ap_amplitude"]
         if self.floor:
             bars["floor"] = dP.sum(-1)
         GN = dP * gu  # cotangent of the neural PSD
         # -- reverse: window and pole pair -> cotangents of lin, lambda, c (holomorphic: dL = Re(bar dz))
         if self.weights is not None:
             Glin = GN @ self.weights  # (nb, G) or (G,)
-            dxp = 1.0 / (s - lam_c) ** 2 + 1.0 / (s + lam_c) ** 2
-            nf = self.freqs.size
             dxw = di_pm[..., :nf] + di_pm[..., nf:]
-            bar_c = 4.0 * ((GN * xw).sum(-1) - (Glin * xp).sum(-1))
-            bar_lam = 4.0 * cv * ((GN * dxw).sum(-1) - (Glin * dxp).sum(-1))
+            # d xp / d lambda = 1/(s - l)^2 + 1/(s + l)^2 = 2 (s^2 + l^2) / (s^2 - l^2)^2
+            bar_c = 4.0 * _dot(GN, xw) - 8.0 * lam_v * _dot(Glin, inv)
+            bar_lam = 4.0 * cv * (_dot(GN, dxw) - 2.0 * _dot(Glin, (self.s2 + lam_c * lam_c) * (inv * inv)))
         else:
             Glin = GN
             bar_c = bar_lam = 0.0
-        bar_sig2 = (Glin * gain_fn).sum(-1) * 2.0 + (bar_c * c1v).real
-        Gg = Glin * (2.0 * sig2c)
-        # -- reverse through |he|^2 / |D|^2 to the scalars aa, a, bb, b, u1, u2, g0
-        r_abs = Gg / absD2
-        bar_D = (-2.0 * r_abs * gain_fn) * D.conj()
-        bar_K = bar_D * (-g0c * he)
-        bar_he = (2.0 * r_abs) * he.conj() + bar_D * (-g0c * K) + bar_K * _col(u1)
-        bar_hi = -bar_K * _col(u2)
-        bar_g0 = -(bar_D * he * K).real.sum(-1)
-        bar_u1 = (bar_K * he).real.sum(-1)
-        bar_u2 = -(bar_K * hi).real.sum(-1)
-        he_bar_he, hi_bar_hi = bar_he * he, bar_hi * hi
-        t_he, t_hi = he_bar_he.real.sum(-1), hi_bar_hi.real.sum(-1)
-        bar_aa, bar_bb = t_he / aa, t_hi / bb
-        bar_a = -2.0 * (he_bar_he / sa).real.sum(-1)
-        bar_b = -2.0 * (hi_bar_hi / sb).real.sum(-1)
+        # -- reverse through |N/Q|^2 to the coefficients: d|H|^2 = 2 |H|^2 Re(dN/N - dQ/Q)
+        rho = Glin * gain_fn
+        bar_sig2 = 2.0 * rho.sum(-1) + (bar_c * c1v).real
+        rho = (4.0 * sig2c) * rho
+        wq = rho / Q
+        mom = np.matmul(np.stack([al_s2 * al_s * be_s2, al_s, al_s4 * be_s, be_s, be_s2, al_s2], -2),
+                        wq[..., None])[..., 0]  # sums of monomial * rho / Q
+        m_a3b2, m_a, m_a4b, m_b, m_b2, m_a2 = (mom[..., k] for k in range(6))
+        bar_aa = rho.sum(-1) / aa
+        bar_a = 2.0 * _dot(rho, _col(a) / (self.w2 + _col(a * a)))  # Re(1/(s+a)) = a / (w^2 + a^2)
+        bar_b = 2.0 * _dot(rho, _col(b) / (self.w2 + _col(b * b)))
+        bar_a = bar_a - (4.0 * m_a3b2 + 2.0 * g0aa * kI * m_a).real
+        bar_b = bar_b - (2.0 * m_a4b - 2.0 * g0aa * kE * m_b).real
+        bar_g0aa = (kE * m_b2 - kI * m_a2).real
+        bar_kE = (g0aa * m_b2).real
+        bar_kI = -(g0aa * m_a2).real
         # -- reverse through the residue c1(lambda, coefficients) and the pole lambda(coefficients)
         bar_c1 = _pick(use, bar_c * sig2, 0.0)
         bar_lam = _pick(use, bar_lam, 0.0)
@@ -349,16 +371,16 @@ class SpectralLogLikelihood:
                          - w_q * (2.0 * alm4 * bem - 2.0 * g0aa * kE * bem)
                          - psi * (2.0 * al4 * be - 2.0 * g0aa * kE * be)).real
         bar_aa = bar_aa + (2.0 * phi / aa).real
-        bar_g0aa = (w_d * 2.0 * (kE * be - kI * al) + w_q * (kE * bem2 - kI * alm2)
-                    + psi * (kE * be2 - kI * al2)).real
-        bar_kE = (g0aa * (w_d * 2.0 * be + w_q * bem2 + psi * be2)).real
-        bar_kI = -(g0aa * (w_d * 2.0 * al + w_q * alm2 + psi * al2)).real
+        bar_g0aa = bar_g0aa + (w_d * 2.0 * (kE * be - kI * al) + w_q * (kE * bem2 - kI * alm2)
+                               + psi * (kE * be2 - kI * al2)).real
+        bar_kE = bar_kE + (g0aa * (w_d * 2.0 * be + w_q * bem2 + psi * be2)).real
+        bar_kI = bar_kI - (g0aa * (w_d * 2.0 * al + w_q * alm2 + psi * al2)).real
         # -- reverse through kE = u1 aa, kI = u2 bb, g0aa = g0 aa, aa = A a, bb = B b
         bar_aa = bar_aa + bar_g0aa * g0 + bar_kE * u1
-        bar_bb = bar_bb + bar_kI * u2
-        bar_g0 = bar_g0 + bar_g0aa * aa
-        bar_u1 = bar_u1 + bar_kE * aa
-        bar_u2 = bar_u2 + bar_kI * bb
+        bar_bb = bar_kI * u2
+        bar_g0 = bar_g0aa * aa
+        bar_u1 = bar_kE * aa
+        bar_u2 = bar_kI * bb
         bar_A, bar_a = bar_aa * a, bar_a + bar_aa * A
         bar_B, bar_b = bar_bb * b, bar_b + bar_bb * B
         # -- u1 = C1 C2 g1, u2 = C3 C4 g2; g_i = slope at z_i (z0 = v, z1 = C1 y0, z2 = C3 y0)
