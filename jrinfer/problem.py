@@ -505,7 +505,14 @@ def _numpy_prior(prior: Prior):
     mu, sd, low, width = (np.array(x, dtype=np.float64) for x in (mu, sd, low, width))
     const = -(np.log(sd) + 0.5 * math.log(2 * math.pi))
 
+    any_u = bool(is_u.any())
+
     def transform(z):
+        if not any_u:  # log-normal and normal only: no logistic terms
+            with np.errstate(over="ignore"):
+                ez = np.exp(np.where(is_ln, z, 0.0))
+            r = (z - mu) / sd
+            return (const - 0.5 * r * r).sum(-1), -r / sd, np.where(is_ln, ez, z), np.where(is_ln, ez, 1.0)
         with np.errstate(over="ignore"):
             sz, snz = 1.0 / (1.0 + np.exp(-z)), 1.0 / (1.0 + np.exp(z))
             ez = np.exp(np.where(is_ln, z, 0.0))
