@@ -156,3 +156,93 @@ def test_pickled_problem_rebuilds_its_fused_path():
     assert again.has_fast_path
     v2, g2 = again.log_joint_and_grad(z0)
     assert float(v2) == float(v) and torch.equal(g2, g)
+
+
+# ---------------------------------------------------------------- warm-started equilibrium (one set)
+def _jr_params(p_mean, C=135.0):
+    from jrinfer import model as M
+
+    p = {k: float(M.PARAMETERS[k].default) for k in ("A", "B", "a", "b", "e0", "v0", "r")}
+    p["p_mean"] = float(p_mean)
+    for k, ratio in M._CONNECTIVITY_RATIOS.items():
+        p[k] = ratio * C
+    return p
+
+
+def _all_roots(p):
+    from jrinfer import model as M
+
+    fp = M._fixed_points({k: torch.tensor([v], dtype=F64) for k, v in p.items()}, torch.Size((1,)), 256)
+    return fp.state[0, : int(fp.count[0]), 0].numpy()  # y0 of every equilibrium, ascending v
+
+
+def test_warm_start_is_certified_only_on_the_upper_branch():
+    from jrinfer import model as M
+
+    p = _jr_params(0.0)  # three equilibria for the JR constants (p_mean in about [-41, 113])
+    roots = np.sort(_all_roots(p))
+    assert roots.size == 3
+    upper = M._warm_upper_root(p, roots[2] * (1 + 1e-3))
+    assert upper == pytest.approx(roots[2], rel=1e-12)
+    # Newton from the lower or middle root stays there: a root lies above, the bounds must refuse it
+    assert M._warm_upper_root(p, roots[0] * (1 + 1e-6)) is None
+    assert M._warm_upper_root(p, roots[1] * (1 + 1e-6)) is None
+    # outside (0, y_max) or not converging: refused
+    assert M._warm_upper_root(p, -1.0) is None
+    assert M._warm_upper_root(p, 1e9) is None
+
+
+@pytest.mark.parametrize("direction", [1, -1])
+def test_warm_start_follows_the_grid_search_across_folds(direction):
+    """Carry the warm start along a p_mean sweep through both folds: every step equals the grid search."""
+    from jrinfer import model as M
+
+    sweep = np.linspace(-70.0, 140.0, 85)[::direction]
+    guess, refused = None, 0
+    for pm in sweep:
+        p = {k: np.array([v]) for k, v in _jr_params(pm).items()}
+        y0, ev, stable = M._selected_equilibrium_numpy(p, (1,), 256, "upper", guess, raw=True)
+        y0g, evg, stableg = M._selected_equilibrium_numpy(p, (1,), 256, "upper", None, raw=True)
+        np.testing.assert_allclose(y0, y0g, rtol=1e-11)
+        np.testing.assert_allclose(np.sort_complex(ev[0]), np.sort_complex(evg[0]), rtol=1e-9, atol=1e-9)
+        assert stable[0] == stableg[0]
+        if guess is not None:
+            refused += M._warm_upper_root({k: float(v[0]) for k, v in p.items()}, float(guess[0])) is None
+        guess = y0
+    if direction == 1:
+        # going up, a new upper pair appears above the lower root at p_mean ~ -41: the warm start must be refused
+        assert refused >= 1
+
+
+def test_fused_single_point_walk_with_warm_start_and_fallback(monkeypatch):
+    """Single-point calls along a random walk (warm start), then a corrupted warm start: all equal autograd."""
+    from jrinfer import model as M
+
+    obs = SpectrumObservation()
+    problem = InverseProblem(obs, None, _data(obs))
+    z = problem.prior.gaussian_unconstrained()[0].clone()
+    steps = 0.005 * torch.randn(12, z.numel(), generator=torch.Generator().manual_seed(3), dtype=F64)
+    calls = {"warm": 0, "certified": 0}
+    real = M._warm_upper_root
+
+    def spy(p, guess):
+        calls["warm"] += 1
+        out = real(p, guess)
+        calls["certified"] += out is not None
+        return out
+
+    monkeypatch.setattr(M, "_warm_upper_root", spy)
+    fused, finite = problem._fast()[0], 0
+    for i in range(13):
+        if i == 8:  # a warm start on no branch at all: Newton lands elsewhere or fails, the grid decides
+            fused.guess = np.array([1e-3])
+        v, g = problem.log_joint_and_grad(z)
+        v2, g2 = _generic(problem, z)
+        if not math.isfinite(float(v2)):  # a step into the unstable region: the same verdict
+            assert torch.isneginf(v) and (g == 0).all()
+        else:
+            finite += 1
+            np.testing.assert_allclose(v, v2, rtol=1e-10)
+            assert float((g - g2).abs().max() / g2.abs().max()) < 1e-8
+        z = z + steps[i % 12]
+    assert finite >= 10 and calls["warm"] >= 10 and calls["certified"] >= 8
