@@ -113,6 +113,10 @@ def _dot(x, y):
     return x @ y if x.ndim == 1 else np.einsum("...i,...i->...", x, y)
 
 
+class _State:
+    """The forward pass's intermediate values (attributes), kept for the reverse passes."""
+
+
 class SpectralLogLikelihood:
     """Log-likelihood and its gradient in natural units for a transfer-method spectrum.
 
@@ -207,11 +211,20 @@ class SpectralLogLikelihood:
     def _evaluate(self, full):
         """``(ll (nb,), grad (nb, n_free), stable (nb,))`` for the full parameter vectors ``full`` ``(nb, K)``."""
         nb = full.shape[0]
+        p, y0, lam0, has, stable = self._equilibrium(full)
+        ll, bars = self._chain(p, y0, lam0, has)
+        g = [bars.get(name, 0.0) for name in self.names]
+        grad = np.array([g]) if nb == 1 else np.stack([np.broadcast_to(x, (nb,)) for x in g], -1)
+        return np.reshape(ll, (nb,)), grad, stable
+
+    def _equilibrium(self, full):
+        """Parameters (scalars for one set, else ``(nb,)`` arrays), upper equilibrium ``y0``, eigenvalue, stability."""
+        nb = full.shape[0]
         cols = dict(zip(self.keys, full.T))  # arrays (nb,)
         pn = {k: cols[k] for k in ("A", "B", "a", "b", "e0", "v0", "r", "p_mean")}
         for k, ratio in _RATIOS.items():
             pn[k] = ratio * cols["C"]
-        # 1. equilibrium (values), warm-started
+        # warm-started from the previous call's root
         guess = self.guess if self.guess is not None and self.guess.shape == (nb,) else None
         eq = _model._selected_equilibrium_numpy(pn, (nb,), 256, "upper", guess, raw=True)
         if eq is None:  # a possible close pair of roots: the full torch search
@@ -225,22 +238,113 @@ class SpectralLogLikelihood:
         lam0 = ev[np.arange(nb), np.where(osc, ev.real, -np.inf).argmax(-1)]
         has = osc.any(-1)
         if nb == 1:  # one set: the scalar chain on NumPy scalars
-            p = dict(zip(self.keys, full[0]))
-            y0, lam0, has = y0[0], lam0[0], has[0]
-        else:
-            p = cols
-        out = self._chain(p, y0, lam0, has)
-        ll, bars = out
-        g = [bars.get(name, 0.0) for name in self.names]
-        grad = np.array([g]) if nb == 1 else np.stack([np.broadcast_to(x, (nb,)) for x in g], -1)
-        return np.reshape(ll, (nb,)), grad, stable
+            return dict(zip(self.keys, full[0])), y0[0], lam0[0], has[0], stable
+        return cols, y0, lam0, has, stable
+
+    def transformed_prediction_and_jacobian(self, theta):
+        """Predicted log-power on the data grid and its Jacobian, for one parameter set.
+
+        What variational Laplace needs (the Gaussian target's space,
+        :meth:`SpectrumObservation.gaussian_target`), without autograd: the
+        neural PSD's derivatives with respect to eleven coefficients (the
+        polynomial coefficients ``a, b, aa, g0 aa, kE, kI``, real and
+        imaginary parts of the pole and of its residue, ``sigma^2``) in closed
+        form, times their Jacobian in the model parameters, which is the
+        gradient's reverse scalar chain run with eleven unit cotangents at
+        once.
+
+        Parameters
+        ----------
+        theta : numpy.ndarray
+            Free parameters in natural units, shape ``(n,)`` (``self.names``).
+
+        Returns
+        -------
+        value, jacobian : numpy.ndarray
+            ``log`` of the predicted power ``(F,)`` and ``d value / d theta``
+            ``(F, n)``; NaN (both) where the parameters are out of range or
+            the equilibrium is unstable.
+        """
+        theta = np.asarray(theta, dtype=np.float64)
+        if theta.shape != (len(self.names),):
+            raise ValueError(f"theta must have shape ({len(self.names)},) ({', '.join(self.names)}), "
+                             f"got {theta.shape}")
+        nf, n = self.freqs.size, theta.size
+        nan = (np.full(nf, math.nan), np.full((nf, n), math.nan))
+        full = self.base.copy()
+        full[self.free] = theta
+        if not (np.isfinite(theta).all() and (full[self.positive] > 0).all() and math.isfinite(full[self.i_v0])
+                and full[self.i_pm] >= 0):
+            return nan
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            p, y0, lam0, has, stable = self._equilibrium(full[None])
+            if not stable[0]:
+                return nan
+            f = self._forward(p, y0, lam0, has)
+            power, gu, fpow = self._observe(f, p)
+            # d lin / d (a, b, aa, g0aa, kE, kI): 4 sigma^2 |H|^2 Re(dN/N - dQ/Q); d lin / d sigma^2 = 2 |H|^2
+            al_s, be_s, al_s2, be_s2, iq = f.al_s, f.be_s, f.al_s2, f.be_s2, 1.0 / f.Q
+            g0aa, kE, kI = f.g0aa, f.kE, f.kI
+            t = np.stack([
+                2.0 / al_s - (4.0 * al_s2 * al_s * be_s2 + 2.0 * g0aa * kI * al_s) * iq,
+                2.0 / be_s - (2.0 * f.al_s4 * be_s - 2.0 * g0aa * kE * be_s) * iq,
+                np.broadcast_to(1.0 / f.aa, al_s.shape),
+                (kE * be_s2 - kI * al_s2) * iq,
+                g0aa * be_s2 * iq,
+                -g0aa * al_s2 * iq,
+            ]).real * (4.0 * f.sig2 * f.gain_fn)
+            d_lin = np.concatenate([t, np.zeros((4, t.shape[1])), (2.0 * f.gain_fn)[None]])  # (11, G)
+            if self.weights is not None:
+                lam, c, inv = f.lam_v, f.cv, f.inv
+                d_rl = -8.0 * c * (self.s2 + lam * lam) * inv * inv  # d rest / d lambda (holomorphic)
+                d_rc = -8.0 * lam * inv  # d rest / d c
+                d_lin[6], d_lin[7], d_lin[8], d_lin[9] = d_rl.real, -d_rl.imag, d_rc.real, -d_rc.imag
+                d_neural = d_lin @ self.weights_t  # (11, F)
+                d_wl, d_wc = 4.0 * c * f.dxw, 4.0 * f.xw  # d (4 Re(c xw)) / d lambda, d c (holomorphic)
+                d_neural[6] += d_wl.real
+                d_neural[7] -= d_wl.imag
+                d_neural[8] += d_wc.real
+                d_neural[9] -= d_wc.imag
+            else:
+                d_neural = d_lin
+            # Jacobian of the eleven coefficients in the model parameters: eleven unit cotangents
+            eye = np.eye(11)
+            bar_lam = eye[6] - 1j * eye[7]  # dL = Re(bar dz): 1 -> Re, -i -> Im
+            bar_c = eye[8] - 1j * eye[9]
+            dcoef = self._backward(f, p, tuple(eye[:6]), bar_lam, bar_c, eye[10])  # name -> (11,)
+            value = np.log(power)
+            scale = gu / power  # d log P / d neural
+            jac = np.zeros((nf, n))
+            for i, name in enumerate(self.names):
+                if name in dcoef:
+                    jac[:, i] = scale * (dcoef[name] @ d_neural)
+                elif name == "gain":
+                    jac[:, i] = 2.0 * p["gain"] * self.u * f.neural / power
+                elif name == "ap_amplitude":
+                    jac[:, i] = fpow / power
+                elif name == "ap_exponent":
+                    jac[:, i] = -p["ap_amplitude"] * fpow * self.log_f / power
+                elif name == "floor":
+                    jac[:, i] = 1.0 / power
+        if not (np.isfinite(value).all() and np.isfinite(jac).all()):
+            return nan
+        return value, jac
 
     def _chain(self, p, y0, lam0, has):
-        """Forward and reverse pass for one set (NumPy scalars) or a batch (arrays ``(nb,)``)."""
+        """Log-likelihood and its gradient (dict by parameter name) for one set (NumPy scalars) or a batch."""
+        fw = self._forward(p, y0, lam0, has)
+        ll, bars, GN = self._likelihood(fw, p)
+        bars.update(self._backward(fw, p, *self._freq_backward(fw, GN)))
+        return ll, bars
+
+    # -- forward ---------------------------------------------------------------
+    def _forward(self, p, y0, lam0, has):
+        """Everything the reverse passes need: scalar chain, pole pair and the neural PSD on the data grid."""
+        f = _State()
         A, B, a, b, C = p["A"], p["B"], p["a"], p["b"], p["C"]
         e0, v0, r, pm = p["e0"], p["v0"], p["r"], p["p_mean"]
         C1, C2, C3, C4 = (_RATIOS[k] * C for k in ("C1", "C2", "C3", "C4"))
-        # -- forward: slopes at the equilibrium (S: sigmoid, g: its slope, h: dg/dz)
+        # slopes at the equilibrium (S: sigmoid, g: its slope, h: dg/dz)
         ke, ki = A / a, B / b
         z1, z2 = C1 * y0, C3 * y0
         s1, s2 = _sig(r * (z1 - v0)), _sig(r * (z2 - v0))
@@ -254,7 +358,7 @@ class SpectralLogLikelihood:
         u1, u2 = C1 * C2 * g1, C3 * C4 * g2
         aa, bb = A * a, B * b
         kE, kI, g0aa = u1 * aa, u2 * bb, g0 * aa
-        # -- dominant pole (one Newton step on Q from the eigenvalue) and residue (as JansenRit.dominant_mode)
+        # dominant pole (one Newton step on Q from the eigenvalue) and residue (as JansenRit.dominant_mode)
         lam0 = _pick(has, lam0, -1.0 + 0j)
         al, be = lam0 + a, lam0 + b
         al2, be2 = al * al, be * be
@@ -275,7 +379,7 @@ class SpectralLogLikelihood:
         c1v = _pick(use, c1, 0.0)
         sig2 = p["p_std"] ** 2 * (1.0 if self.dt is None else self.dt)
         cv = sig2 * c1v
-        # -- linearised PSD on the fine grid: |H|^2 with H = N / Q, N = aa (s+a)^2 (s+b)^2 (= he / D)
+        # linearised PSD on the fine grid: |H|^2 with H = N / Q (= he / D of JansenRit.linear_psd)
         s = self.s
         al_s, be_s = s + _col(a), s + _col(b)
         al_s2, be_s2 = al_s * al_s, be_s * be_s
@@ -292,21 +396,37 @@ class SpectralLogLikelihood:
             rest = lin - (8.0 * c_c * lam_c * inv).real
             i_pm, di_pm = _lag_integral(lam_c + self.s_pm, self.seg, self.window)
             xw = i_pm[..., :nf] + i_pm[..., nf:]
-            neural = rest @ self.weights_t + 4.0 * (c_c * xw).real
+            f.neural = rest @ self.weights_t + 4.0 * (c_c * xw).real
+            f.inv, f.xw, f.dxw, f.lam_c = inv, xw, di_pm[..., :nf] + di_pm[..., nf:], lam_c
         else:
-            neural = lin
-        # -- observation and likelihood
-        bars = {}
-        gain = p["gain"]
-        gu = _col(gain * gain * self.u)
-        power = gu * neural
+            f.neural = lin
+        f.__dict__.update(
+            A=A, B=B, a=a, b=b, e0=e0, v0=v0, r=r, pm=pm, C1=C1, C2=C2, C3=C3, C4=C4, ke=ke, ki=ki, y0=y0,
+            z1=z1, z2=z2, S0=S0, S1=S1, S2=S2, g0=g0, g1=g1, g2=g2, h0=h0, h1=h1, h2=h2, v=v, u1=u1, u2=u2,
+            aa=aa, bb=bb, kE=kE, kI=kI, g0aa=g0aa, al=al, be=be, alm=alm, bem=bem, al2=al2, be2=be2, alm2=alm2,
+            bem2=bem2, al3=al3, alm3=alm3, al4=al4, alm4=alm4, dq_l=dq_l, ddq_l=ddq_l, q_m=q_m, dq_m=dq_m, c1=c1,
+            use=use, lam_v=lam_v, c1v=c1v, sig2=sig2, cv=cv, al_s=al_s, be_s=be_s, al_s2=al_s2, be_s2=be_s2,
+            al_s4=al_s4, Q=Q, gain_fn=gain_fn, sig2c=sig2c,
+        )
+        return f
+
+    def _observe(self, f, p):
+        """Predicted power on the data grid and what its derivatives need."""
+        gu = _col(p["gain"] * p["gain"] * self.u)
+        power = gu * f.neural
+        fpow = None
         if self.aperiodic:
-            ap, chi = _col(p["ap_amplitude"]), _col(p["ap_exponent"])
-            fpow = self.f_safe ** (-chi)
-            power = power + ap * fpow
+            fpow = self.f_safe ** (-_col(p["ap_exponent"]))
+            power = power + _col(p["ap_amplitude"]) * fpow
         if self.floor:
             power = power + _col(p["floor"])
+        return power, gu, fpow
+
+    def _likelihood(self, f, p):
+        """``(ll, bars of the observation parameters, cotangent of the neural PSD)``."""
+        power, gu, fpow = self._observe(f, p)
         logp = np.log(power)
+        bars = {}
         if self.likelihood == "gaussian":
             lp = p["log_precision"]
             prec = np.exp(lp)
@@ -321,45 +441,66 @@ class SpectralLogLikelihood:
             ratio = self.y_sum / power
             ll = self.whittle_const - kk * self.n_channels * logp.sum(-1) - kk * ratio.sum(-1)
             dP = (kk * ratio - kk * self.n_channels) / power
-        bars["gain"] = _dot(dP, neural) * (2.0 * gain * self.u)
+        bars["gain"] = _dot(dP, f.neural) * (2.0 * p["gain"] * self.u)
         if self.aperiodic:
             dPf = dP * fpow
             bars["ap_amplitude"] = dPf.sum(-1)
             bars["ap_exponent"] = -(dPf @ self.log_f) * p["ap_amplitude"]
         if self.floor:
             bars["floor"] = dP.sum(-1)
-        GN = dP * gu  # cotangent of the neural PSD
-        # -- reverse: window and pole pair -> cotangents of lin, lambda, c (holomorphic: dL = Re(bar dz))
+        return ll, bars, dP * gu
+
+    # -- reverse ---------------------------------------------------------------
+    def _freq_backward(self, f, GN):
+        """Cotangent ``GN`` of the neural PSD -> cotangents of the coefficients, lambda, c and sigma^2.
+
+        Returns ``(bar_k, bar_lam, bar_c, bar_sig2)``: ``bar_k`` over ``(a, b, aa, g0aa, kE, kI)`` (real),
+        ``bar_lam``, ``bar_c`` holomorphic (``dL = Re(bar dz)``).
+        """
         if self.weights is not None:
             Glin = GN @ self.weights  # (nb, G) or (G,)
-            dxw = di_pm[..., :nf] + di_pm[..., nf:]
+            lam_v, lam_c, inv = f.lam_v, f.lam_c, f.inv
             # d xp / d lambda = 1/(s - l)^2 + 1/(s + l)^2 = 2 (s^2 + l^2) / (s^2 - l^2)^2
-            bar_c = 4.0 * _dot(GN, xw) - 8.0 * lam_v * _dot(Glin, inv)
-            bar_lam = 4.0 * cv * (_dot(GN, dxw) - 2.0 * _dot(Glin, (self.s2 + lam_c * lam_c) * (inv * inv)))
+            bar_c = 4.0 * _dot(GN, f.xw) - 8.0 * lam_v * _dot(Glin, inv)
+            bar_lam = 4.0 * f.cv * (_dot(GN, f.dxw) - 2.0 * _dot(Glin, (self.s2 + lam_c * lam_c) * (inv * inv)))
         else:
             Glin = GN
             bar_c = bar_lam = 0.0
-        # -- reverse through |N/Q|^2 to the coefficients: d|H|^2 = 2 |H|^2 Re(dN/N - dQ/Q)
-        rho = Glin * gain_fn
-        bar_sig2 = 2.0 * rho.sum(-1) + (bar_c * c1v).real
-        rho = (4.0 * sig2c) * rho
-        wq = rho / Q
-        mom = np.matmul(np.stack([al_s2 * al_s * be_s2, al_s, al_s4 * be_s, be_s, be_s2, al_s2], -2),
+        # through |N/Q|^2: d|H|^2 = 2 |H|^2 Re(dN/N - dQ/Q)
+        rho = Glin * f.gain_fn
+        bar_sig2 = 2.0 * rho.sum(-1)
+        rho = (4.0 * f.sig2c) * rho
+        wq = rho / f.Q
+        al_s, be_s, al_s2, be_s2 = f.al_s, f.be_s, f.al_s2, f.be_s2
+        mom = np.matmul(np.stack([al_s2 * al_s * be_s2, al_s, f.al_s4 * be_s, be_s, be_s2, al_s2], -2),
                         wq[..., None])[..., 0]  # sums of monomial * rho / Q
         m_a3b2, m_a, m_a4b, m_b, m_b2, m_a2 = (mom[..., k] for k in range(6))
-        bar_aa = rho.sum(-1) / aa
-        bar_a = 2.0 * _dot(rho, _col(a) / (self.w2 + _col(a * a)))  # Re(1/(s+a)) = a / (w^2 + a^2)
-        bar_b = 2.0 * _dot(rho, _col(b) / (self.w2 + _col(b * b)))
-        bar_a = bar_a - (4.0 * m_a3b2 + 2.0 * g0aa * kI * m_a).real
-        bar_b = bar_b - (2.0 * m_a4b - 2.0 * g0aa * kE * m_b).real
-        bar_g0aa = (kE * m_b2 - kI * m_a2).real
-        bar_kE = (g0aa * m_b2).real
-        bar_kI = -(g0aa * m_a2).real
-        # -- reverse through the residue c1(lambda, coefficients) and the pole lambda(coefficients)
-        bar_c1 = _pick(use, bar_c * sig2, 0.0)
-        bar_lam = _pick(use, bar_lam, 0.0)
-        phi = bar_c1 * c1  # dL = Re(phi dlog c1)
-        bar_l = bar_lam + phi * (2.0 / al + 2.0 / be - 2.0 / alm - 2.0 / bem - ddq_l / dq_l + dq_m / q_m)
+        a, b, g0aa, kE, kI = f.a, f.b, f.g0aa, f.kE, f.kI
+        bar_k = (
+            2.0 * _dot(rho, _col(a) / (self.w2 + _col(a * a))) - (4.0 * m_a3b2 + 2.0 * g0aa * kI * m_a).real,
+            2.0 * _dot(rho, _col(b) / (self.w2 + _col(b * b))) - (2.0 * m_a4b - 2.0 * g0aa * kE * m_b).real,
+            rho.sum(-1) / f.aa,
+            (kE * m_b2 - kI * m_a2).real,
+            (g0aa * m_b2).real,
+            -(g0aa * m_a2).real,
+        )
+        return bar_k, bar_lam, bar_c, bar_sig2
+
+    def _backward(self, f, p, bar_k, bar_lam, bar_c, bar_sig2):
+        """Cotangents of the coefficients, lambda, c, sigma^2 -> the model parameters (dict by name)."""
+        A, B, a, b, e0, v0, r, pm = f.A, f.B, f.a, f.b, f.e0, f.v0, f.r, f.pm
+        C1, C2, C3, C4, ke, ki, y0 = f.C1, f.C2, f.C3, f.C4, f.ke, f.ki, f.y0
+        g0, g1, g2, h0, h1, h2, u1, u2 = f.g0, f.g1, f.g2, f.h0, f.h1, f.h2, f.u1, f.u2
+        aa, bb, kE, kI, g0aa, sig2 = f.aa, f.bb, f.kE, f.kI, f.g0aa, f.sig2
+        al, be, alm, bem, al2, be2, alm2, bem2 = f.al, f.be, f.alm, f.bem, f.al2, f.be2, f.alm2, f.bem2
+        al3, alm3, al4, alm4, dq_l, q_m = f.al3, f.alm3, f.al4, f.alm4, f.dq_l, f.q_m
+        bar_a, bar_b, bar_aa, bar_g0aa, bar_kE, bar_kI = bar_k
+        bar_sig2 = bar_sig2 + (bar_c * f.c1v).real  # c = sigma^2 c1
+        # residue c1(lambda, coefficients) and pole lambda(coefficients)
+        bar_c1 = _pick(f.use, bar_c * sig2, 0.0)
+        bar_lam = _pick(f.use, bar_lam, 0.0)
+        phi = bar_c1 * f.c1  # dL = Re(phi dlog c1)
+        bar_l = bar_lam + phi * (2.0 / al + 2.0 / be - 2.0 / alm - 2.0 / bem - f.ddq_l / dq_l + f.dq_m / q_m)
         psi = bar_l / dq_l  # implicit function theorem: dlambda = -dQ / Q'(lambda)
         w_d, w_q = phi / dq_l, phi / q_m  # weights of Q'(lambda)'s and Q(-lambda)'s partials in dlog c1
         bar_a = bar_a + (phi * (2.0 / al + 2.0 / alm)
@@ -375,7 +516,7 @@ class SpectralLogLikelihood:
                                + psi * (kE * be2 - kI * al2)).real
         bar_kE = bar_kE + (g0aa * (w_d * 2.0 * be + w_q * bem2 + psi * be2)).real
         bar_kI = bar_kI - (g0aa * (w_d * 2.0 * al + w_q * alm2 + psi * al2)).real
-        # -- reverse through kE = u1 aa, kI = u2 bb, g0aa = g0 aa, aa = A a, bb = B b
+        # kE = u1 aa, kI = u2 bb, g0aa = g0 aa, aa = A a, bb = B b
         bar_aa = bar_aa + bar_g0aa * g0 + bar_kE * u1
         bar_bb = bar_kI * u2
         bar_g0 = bar_g0aa * aa
@@ -383,7 +524,7 @@ class SpectralLogLikelihood:
         bar_u2 = bar_kI * bb
         bar_A, bar_a = bar_aa * a, bar_a + bar_aa * A
         bar_B, bar_b = bar_bb * b, bar_b + bar_bb * B
-        # -- u1 = C1 C2 g1, u2 = C3 C4 g2; g_i = slope at z_i (z0 = v, z1 = C1 y0, z2 = C3 y0)
+        # u1 = C1 C2 g1, u2 = C3 C4 g2; g_i = slope at z_i (z0 = v, z1 = C1 y0, z2 = C3 y0)
         bar_g1, bar_g2 = bar_u1 * C1 * C2, bar_u2 * C3 * C4
         bar_C1 = bar_u1 * C2 * g1 + bar_g1 * h1 * y0
         bar_C2 = bar_u1 * C1 * g1
@@ -391,19 +532,21 @@ class SpectralLogLikelihood:
         bar_C4 = bar_u2 * C3 * g2
         bar_v = bar_g0 * h0
         bar_v0 = -(bar_v + bar_g1 * h1 + bar_g2 * h2)
-        bar_r = bar_g0 * (g0 + h0 * (v - v0)) + bar_g1 * (g1 + h1 * (z1 - v0)) + bar_g2 * (g2 + h2 * (z2 - v0))
+        bar_r = (bar_g0 * (g0 + h0 * (f.v - v0)) + bar_g1 * (g1 + h1 * (f.z1 - v0))
+                 + bar_g2 * (g2 + h2 * (f.z2 - v0)))
         bar_e0 = bar_g0 * g0 + bar_g1 * g1 + bar_g2 * g2
-        # -- equilibrium: G(y0; theta) = ke S(v(y0)) - y0 = 0, implicit function theorem
+        # equilibrium: G(y0; theta) = ke S(v(y0)) - y0 = 0, implicit function theorem
         dv_dy0 = ke * C2 * C1 * g1 - ki * C4 * C3 * g2
         bar_y0 = bar_v * dv_dy0 + bar_g1 * h1 * C1 + bar_g2 * h2 * C3
         wG = bar_y0 / (1.0 - ke * g0 * dv_dy0)  # -bar_y0 / G_y0
         bar_S0 = wG * ke
-        bar_ke = wG * S0
+        bar_ke = wG * f.S0
         bar_v = bar_v + bar_S0 * g0
         bar_v0 = bar_v0 - bar_S0 * g0
-        bar_r = bar_r + bar_S0 * g0 * (v - v0)
-        bar_e0 = bar_e0 + bar_S0 * S0
+        bar_r = bar_r + bar_S0 * g0 * (f.v - v0)
+        bar_e0 = bar_e0 + bar_S0 * f.S0
         # v = ke (pm + C2 S1) - ki C4 S2 at fixed y0
+        S1, S2 = f.S1, f.S2
         bar_ke = bar_ke + bar_v * (pm + C2 * S1)
         bar_ki = -bar_v * C4 * S2
         bar_C2 = bar_C2 + bar_v * ke * S1
@@ -412,14 +555,15 @@ class SpectralLogLikelihood:
         bar_C1 = bar_C1 + bar_S1 * g1 * y0
         bar_C3 = bar_C3 + bar_S2 * g2 * y0
         bar_v0 = bar_v0 - bar_S1 * g1 - bar_S2 * g2
-        bar_r = (bar_r + bar_S1 * g1 * (z1 - v0) + bar_S2 * g2 * (z2 - v0)) / r
+        bar_r = (bar_r + bar_S1 * g1 * (f.z1 - v0) + bar_S2 * g2 * (f.z2 - v0)) / r
         bar_e0 = (bar_e0 + bar_S1 * S1 + bar_S2 * S2) / e0
-        bars["A"] = bar_A + bar_ke / a
-        bars["a"] = bar_a - bar_ke * ke / a
-        bars["B"] = bar_B + bar_ki / b
-        bars["b"] = bar_b - bar_ki * ki / b
-        bars["C"] = (_RATIOS["C1"] * bar_C1 + _RATIOS["C2"] * bar_C2 + _RATIOS["C3"] * bar_C3
-                     + _RATIOS["C4"] * bar_C4)
-        bars["e0"], bars["v0"], bars["r"], bars["p_mean"] = bar_e0, bar_v0, bar_r, bar_v * ke
-        bars["p_std"] = bar_sig2 * 2.0 * sig2 / p["p_std"]
-        return ll, bars
+        return {
+            "A": bar_A + bar_ke / a,
+            "a": bar_a - bar_ke * ke / a,
+            "B": bar_B + bar_ki / b,
+            "b": bar_b - bar_ki * ki / b,
+            "C": (_RATIOS["C1"] * bar_C1 + _RATIOS["C2"] * bar_C2 + _RATIOS["C3"] * bar_C3
+                  + _RATIOS["C4"] * bar_C4),
+            "e0": bar_e0, "v0": bar_v0, "r": bar_r, "p_mean": bar_v * ke,
+            "p_std": bar_sig2 * 2.0 * sig2 / p["p_std"],
+        }
