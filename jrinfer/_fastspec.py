@@ -7,22 +7,27 @@ problem composes it with the prior transform. It computes exactly what
 computes for ``method="transfer"`` (tests: values to 1e-10, gradients against
 torch autograd through the generic path to 1e-8), without an autograd graph:
 
-* the equilibrium by the NumPy bracketing + safeguarded Newton search of
-  :mod:`jrinfer.model`, started from the previous call's root (a warm start
-  that saves iterations and never changes the result);
-* the linearised spectrum on the fine grid, the dominant pole pair, its exact
-  windowed expectation and the window matrix, forward in NumPy;
+* the upper equilibrium by the NumPy search of :mod:`jrinfer.model`; for one
+  parameter set, Newton from the previous call's root, accepted only when
+  interval bounds prove that no root lies above it (else the grid search);
+* forward: the sigmoid slopes, the dominant pole (one Newton step on the
+  characteristic polynomial ``Q`` from the eigenvalue) and its residue, the
+  linearised PSD ``2 sigma^2 |N/Q|^2`` on the window's fine grid, the pole
+  pair's exact windowed expectation and the window matrix;
 * the gradient in reverse mode, by hand: through the frequency-sized arrays
-  down to a few scalars per parameter set (time constants, gains, sigmoid
-  slopes, pole and residue), then through the scalar chain: residue and pole
-  (implicit function theorem on the characteristic polynomial ``Q``),
-  sigmoid slopes and the equilibrium (implicit function theorem on its
-  residual ``G``).
+  down to the polynomial coefficients (six monomial moments of the
+  cotangent over ``Q``), the pole and the residue, then through the scalar
+  chain: residue and pole (implicit function theorem on ``Q``), sigmoid
+  slopes and the equilibrium (implicit function theorem on its residual).
 
 One code path serves one parameter set and batches: the scalar chain runs on
 NumPy scalars for one set (no per-operation array overhead) and on arrays of
 shape ``(nb,)`` for a batch; the frequency-sized arrays are ``(G,)`` or
 ``(nb, G)``. No Python loop over parameter sets.
+:meth:`SpectralLogLikelihood.transformed_prediction_and_jacobian` gives
+variational Laplace the predicted log-power and its Jacobian the same way
+(closed-form derivatives in the coefficients, times the scalar chain's
+Jacobian from the reverse pass run with one unit cotangent per coefficient).
 """
 
 from __future__ import annotations

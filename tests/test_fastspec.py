@@ -291,3 +291,18 @@ def test_variational_laplace_with_the_fused_jacobian_reaches_the_same_fit():
     # the backend takes the fused path by itself
     post = VariationalLaplace().fit(problem, n_draws=10, n_predictive=0)
     assert "supplied" in post.message and post.log_evidence == pytest.approx(ref.free_energy, abs=1e-6)
+
+
+@pytest.mark.parametrize("window", ["hann", "boxcar"])
+def test_lag_integral_and_its_derivative_including_the_series_branch(window):
+    from jrinfer import _fastspec, spectral
+
+    seg = 4.0
+    tp = 2j * math.pi / seg
+    z = np.array([-3.0 + 20j, -0.5 - 7j, 1e-3 + 2e-3j, -0.01 + 0j, tp + 0.004, -tp - 0.003j, 0.02 - tp, -40.0 + 60j])
+    i, di = _fastspec._lag_integral(z, seg, window)
+    ref = spectral._lag_integral(torch.from_numpy(z), seg, window).numpy()
+    np.testing.assert_allclose(i, ref, rtol=1e-12)
+    h = 1e-6
+    fd = (_fastspec._lag_integral(z + h, seg, window)[0] - _fastspec._lag_integral(z - h, seg, window)[0]) / (2 * h)
+    np.testing.assert_allclose(di, fd, rtol=1e-6, atol=1e-9 * np.abs(fd).max())
