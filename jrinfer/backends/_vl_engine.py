@@ -385,7 +385,7 @@ class _Problem:
         return run
 
     def value_and_jacobian(self, theta: torch.Tensor):
-        """f(theta) and its Jacobian (m, n) by automatic differentiation.
+        """f(theta) and its Jacobian (m, n): the supplied function, else automatic differentiation.
 
         The first call settles the strategy: with ``jacobian="auto"`` forward
         (``torch.func.jacfwd``) and reverse (``torch.func.jacrev``) mode are
@@ -713,8 +713,8 @@ class LaplaceEngine:
 
         prob = _Problem(f, y, prior_mean, prior_cov, prec, hyper_mean, hyper_cov, self.estimate_hyper, self.jacobian,
                         value_and_jacobian)
-        # Shape check with a plain call first (clear error before any autograd).
-        val0 = prob.value(init.clone())
+        # Shape check with a plain call first (clear error before any autograd); the supplied path's own value
+        val0 = prob.value_and_jacobian(init)[0] if prob.jacobian_used == "supplied" else prob.value(init.clone())
         if tuple(val0.shape) != (m,):
             raise ValueError(f"f returned shape {tuple(val0.shape)}, expected (m,) = ({m},) like y")
         return self._finish(self._run(prob, init, val0))
