@@ -63,7 +63,7 @@ def _sig(x):
 
 
 def _series_small(beta, terms: int = 8):
-    """``E_k(beta) = (e^beta - sum_{n<k} beta^n/n!) / beta^k`` for k = 1, 2 and ``2 E_3``, by their series (|beta| < 0.1)."""
+    """``E_k(beta) = (e^beta - sum_{n<k} beta^n/n!) / beta^k``, k = 1, 2, and ``2 E_3`` by their series (|beta| < 0.1)."""
     out = []
     for shift in (1, 2, 3):
         acc = np.full_like(beta, 1.0 / math.factorial(terms - 1 + shift))
@@ -77,7 +77,8 @@ def _lag_weights():
     """Rows ``h``, ``h'`` of the Hann lag integral as weights on ``E = [E_1, E_2, 2 E_3]`` at ``beta_0..2`` (9 rows)."""
     q = 1.0 / (2.0 * _TWO_PI_I)  # 1 / (4 pi i)
     w = np.zeros((2, 3, 3), dtype=complex)  # (h or h', kind E_1/E_2/2E_3, beta_j)
-    w[0, 1] = [2.0 / 3.0, 1.0 / 6.0, 1.0 / 6.0]  # h = 2/3 E_2(b0) + (E_2(b1) + E_2(b2))/6 + (E_1(b1) - E_1(b2))/(4 pi i)
+    # h = 2/3 E_2(b0) + (E_2(b1) + E_2(b2))/6 + (E_1(b1) - E_1(b2))/(4 pi i)
+    w[0, 1] = [2.0 / 3.0, 1.0 / 6.0, 1.0 / 6.0]
     w[0, 0, 1:] = [q, -q]
     w[1, 1] = [2.0 / 3.0, 1.0 / 6.0 - q, 1.0 / 6.0 + q]  # h': E_2' = E_2 - 2 E_3, E_1' = E_1 - E_2
     w[1, 2] = [-2.0 / 3.0, -1.0 / 6.0, -1.0 / 6.0]
