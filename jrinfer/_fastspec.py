@@ -63,7 +63,7 @@ def _sig(x):
 
 
 def _series_small(beta, terms: int = 8):
-    """``E_k(beta) = (e^beta - sum_{n<k} beta^n/n!) / beta^k``, k = 1, 2, and ``2 E_3`` by their series (|beta| < 0.1)."""
+    """``E_k(b) = (e^b - sum_{n<k} b^n/n!) / b^k``, k = 1, 2, and ``2 E_3`` by their series (|b| < 0.1)."""
     out = []
     for shift in (1, 2, 3):
         acc = np.full_like(beta, 1.0 / math.factorial(terms - 1 + shift))
