@@ -609,8 +609,11 @@ class LaplaceEngine:
         (forward mode has the lower operation count when ``n <= m``, but on
         CPU the per-operation overhead of vmapped forward mode often makes
         reverse mode faster for small problems). A mode that raises falls
-        back to "autograd". The strategy used is recorded in the result's
-        ``message``.
+        back to "autograd". Under "auto" a ``value_and_jacobian`` given to
+        :meth:`fit_function` (for an :class:`~jrinfer.InverseProblem`, its
+        observation's fused path where one exists: the transfer-method
+        spectrum) replaces automatic differentiation. The strategy used is
+        recorded in the result's ``message``.
 
     Non-convergence (``max_iter`` reached, non-finite ``f``, step control failing)
     is reported on the result (``status``, ``message``) and with a
