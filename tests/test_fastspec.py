@@ -306,3 +306,21 @@ def test_lag_integral_and_its_derivative_including_the_series_branch(window):
     h = 1e-6
     fd = (_fastspec._lag_integral(z + h, seg, window)[0] - _fastspec._lag_integral(z - h, seg, window)[0]) / (2 * h)
     np.testing.assert_allclose(di, fd, rtol=1e-6, atol=1e-9 * np.abs(fd).max())
+
+
+@pytest.mark.parametrize("kw", [{}, {"likelihood": "whittle", "window": "boxcar"}], ids=["default", "whittle,boxcar"])
+def test_a_batch_of_64_equals_its_sets_one_at_a_time(kw):
+    """The batched fused call (arrays over the batch) against 64 single-set calls (NumPy scalars, warm starts)."""
+    obs = SpectrumObservation(**kw)
+    problem = InverseProblem(obs, None, _data(obs))
+    z = _points(problem, n=63, seed=11)
+    vb, gb = problem.log_joint_and_grad(z)
+    singles = [problem.log_joint_and_grad(zi) for zi in z]
+    vs = torch.stack([v for v, _ in singles])
+    gs = torch.stack([g for _, g in singles])
+    fin = torch.isfinite(vs)
+    assert torch.equal(torch.isfinite(vb), fin) and 10 <= int(fin.sum()) < 64  # some draws past the Hopf point
+    np.testing.assert_allclose(vb[fin], vs[fin], rtol=1e-12)
+    scale = gs[fin].abs().amax(-1, keepdim=True)
+    assert float(((gb[fin] - gs[fin]).abs() / scale).max()) < 1e-10
+    assert (gb[~fin] == 0).all() and (gs[~fin] == 0).all()
