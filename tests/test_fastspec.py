@@ -324,3 +324,18 @@ def test_a_batch_of_64_equals_its_sets_one_at_a_time(kw):
     scale = gs[fin].abs().amax(-1, keepdim=True)
     assert float(((gb[fin] - gs[fin]).abs() / scale).max()) < 1e-10
     assert (gb[~fin] == 0).all() and (gs[~fin] == 0).all()
+
+
+def test_fused_jacobian_with_every_jr_constant_free_and_a_uniform_prior():
+    obs = SpectrumObservation()
+    data = _data(obs)
+    spec = obs.default_prior(data, free=("A", "B", "a", "b", "C", "e0", "v0", "r", "p_mean"))
+    spec["distributions"]["p_mean"] = {"dist": "uniform", "low": 40.0, "high": 88.0}
+    spec["fixed"].pop("p_std")
+    spec["distributions"]["p_std"] = {"dist": "lognormal", "median": 1.0, "sd_log": 0.5}
+    form = InverseProblem(obs, Prior.from_dict(spec), data).gaussian_form()
+    assert {"e0", "v0", "r", "p_std"} <= set(form.names)
+    v, J = form.value_and_jacobian(form.prior_mean)
+    J2 = torch.autograd.functional.jacobian(form.f, form.prior_mean)
+    np.testing.assert_allclose(v, form.f(form.prior_mean), rtol=1e-12)
+    assert float(((J - J2).abs().amax(0) / J2.abs().amax(0)).max()) < 1e-8
