@@ -306,6 +306,10 @@ def test_lag_integral_and_its_derivative_including_the_series_branch(window):
     h = 1e-6
     fd = (_fastspec._lag_integral(z + h, seg, window)[0] - _fastspec._lag_integral(z - h, seg, window)[0]) / (2 * h)
     np.testing.assert_allclose(di, fd, rtol=1e-6, atol=1e-9 * np.abs(fd).max())
+    # e^(zL) - 1 by one exponential (as the fused path passes it): the same where the series is not used
+    i2, di2 = _fastspec._lag_integral(z, seg, window, np.exp(z * seg) - 1.0)
+    np.testing.assert_allclose(i2, i, rtol=1e-11)
+    np.testing.assert_allclose(di2, di, rtol=1e-10)
 
 
 @pytest.mark.parametrize("kw", [{}, {"likelihood": "whittle", "window": "boxcar"}], ids=["default", "whittle,boxcar"])
