@@ -246,12 +246,14 @@ class SpectralLogLikelihood:
             eq = fp.state[..., 0].numpy(), fp.eigenvalues.numpy(), fp.stable.numpy()
         y0, ev, stable = eq
         self.guess = y0.copy()
+        # the least damped oscillatory eigenvalue (as JansenRit.dominant_mode)
+        if nb == 1:  # one set: the scalar chain on NumPy scalars
+            osc = [e for e in ev[0].tolist() if e.imag > 1e-9 * abs(e) and math.isfinite(e.real)]
+            lam0 = np.complex128(max(osc, key=lambda e: e.real) if osc else ev[0, 0])
+            return dict(zip(self.keys, full[0])), y0[0], lam0, bool(osc), stable
         osc = (ev.imag > 1e-9 * np.abs(ev)) & np.isfinite(ev.real)
         lam0 = ev[np.arange(nb), np.where(osc, ev.real, -np.inf).argmax(-1)]
-        has = osc.any(-1)
-        if nb == 1:  # one set: the scalar chain on NumPy scalars
-            return dict(zip(self.keys, full[0])), y0[0], lam0[0], has[0], stable
-        return cols, y0, lam0, has, stable
+        return cols, y0, lam0, osc.any(-1), stable
 
     def transformed_prediction_and_jacobian(self, theta):
         """Predicted log-power on the data grid and its Jacobian, for one parameter set.
