@@ -184,7 +184,6 @@ class SpectralLogLikelihood:
         self.aperiodic, self.floor = obs.aperiodic, obs.floor
         self.likelihood = obs.likelihood
         power = data.power.detach().numpy().astype(np.float64)  # (C, F)
-        self.y = power
         self.y_sum = power.sum(0)
         self.logy = np.log(power)
         self.n_channels = power.shape[0]
