@@ -8,7 +8,7 @@ prior; needs ``JRINFER_DATA``). Times, as medians over ``--repeats`` calls:
   moved by a small step every call as a sampler would), a single parameter
   set, and per set in a batch of 64, on the observation's fused NumPy path,
   on ``--baseline REF``'s fused path (``jrinfer/_fastspec.py`` at git
-  revision REF) and on the generic autograd path, in blocks of 25 calls per
+  revision REF, with this checkout's prior transform) and on the generic autograd path, in blocks of 25 calls per
   path in rotating order (paired on the same load, caches warm as in a
   sampler);
 * the PyMC Op (log-likelihood + gradient) at a single parameter set;
@@ -101,7 +101,7 @@ def main(argv=None) -> None:
         if fast is not None:
             problem._fast_cache = paths[path]
 
-    # every path once per repeat, in rotating order: paired on the same load
+    # paired on the same load: blocks of calls per path in rotating order (below)
     one = {k: [] for k in paths}
     batch = {k: [] for k in paths}
     names = list(paths)
