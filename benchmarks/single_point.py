@@ -4,9 +4,13 @@ The README's EEGMAT problem (subject 0, O1/O2 averaged, 153 frequencies,
 default ``SpectrumObservation`` with the transfer method and its default
 prior; needs ``JRINFER_DATA``). Times, as medians over ``--repeats`` calls:
 
-* ``InverseProblem.log_joint_and_grad`` at the prior mean (unconstrained), a
-  single parameter set, and per set in a batch of 64, on the observation's
-  fused NumPy path and on the generic autograd path, alternated (paired);
+* ``InverseProblem.log_joint_and_grad`` near the prior mean (unconstrained,
+  moved by a small step every call as a sampler would), a single parameter
+  set, and per set in a batch of 64, on the observation's fused NumPy path,
+  on ``--baseline REF``'s fused path (``jrinfer/_fastspec.py`` at git
+  revision REF, with this checkout's prior transform) and on the generic autograd path, in blocks of 25 calls per
+  path in rotating order (paired on the same load, caches warm as in a
+  sampler);
 * the PyMC Op (log-likelihood + gradient) at a single parameter set;
 * the model's part alone: ``JansenRit(...).linear_psd`` forward + backward at
   the same parameters, cold and with a caller-owned ``EquilibriumCache`` (warm
@@ -17,21 +21,40 @@ prior; needs ``JRINFER_DATA``). Times, as medians over ``--repeats`` calls:
 Prints the jrinfer location so that runs against another checkout (set
 ``PYTHONPATH``) can be paired with this one.
 
-Run: ``python benchmarks/single_point.py [--repeats 200] [--threads 1]``
+Run: ``python benchmarks/single_point.py [--repeats 200] [--threads 1] [--baseline 0de5bc9]``
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 import jrinfer
 from jrinfer import InverseProblem, JansenRit, SpectrumObservation
+
+
+def baseline_fastspec(ref: str):
+    """``jrinfer/_fastspec.py`` as of git revision ``ref``, imported under another name."""
+    root = Path(__file__).resolve().parents[1]
+    src = subprocess.run(["git", "-C", str(root), "show", f"{ref}:jrinfer/_fastspec.py"],
+                         check=True, capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "_fastspec_baseline.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("_fastspec_baseline", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def median_time(fn, repeats: int) -> float:
@@ -48,6 +71,8 @@ def median_time(fn, repeats: int) -> float:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--baseline", default=None,
+                    help="git revision whose jrinfer/_fastspec.py is timed alongside (paired), e.g. 0de5bc9")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's; 1 avoids contention on a shared machine)")
     args = ap.parse_args(argv)
@@ -65,20 +90,47 @@ def main(argv=None) -> None:
     step = 1e-3 * torch.randn(args.repeats + 1, z0.numel(), generator=torch.Generator().manual_seed(0),
                               dtype=torch.float64)
     zb = z0 + 1e-3 * torch.randn(64, z0.numel(), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    fused = getattr(problem, "has_fast_path", False)
-    for rnd in range(2):  # fused and generic paths alternated, twice: paired on the same load
-        for path in ("fused", "autograd") if fused else ("autograd",):
-            if fused:
-                problem._fast_cache = fast if path == "fused" else None
-            problem.log_joint_and_grad(z0)
-            t_one = median_time(lambda i: problem.log_joint_and_grad(z0 + step[i]), args.repeats)
-            cpu_one = median_time.cpu
-            t_b = median_time(lambda i: problem.log_joint_and_grad(zb), max(5, args.repeats // 20)) / 64
-            print(f"[{rnd}] log_joint_and_grad ({path:8s}), one set      {t_one * 1e3:8.3f} ms "
-                  f"(CPU time {cpu_one * 1e3:.3f} ms per call)")
-            print(f"[{rnd}] log_joint_and_grad ({path:8s}), per set of 64 {t_b * 1e3:8.3f} ms")
-        if fused:
-            problem._fast_cache = fast
+    paths = {"fused": fast} if fast is not None else {}
+    if fast is not None and args.baseline:
+        old = baseline_fastspec(args.baseline).SpectralLogLikelihood(obs, data, problem.names,
+                                                                      dict(problem.prior.fixed))
+        paths[f"fused@{args.baseline}"] = (old, fast[1])
+    paths["autograd"] = None
+
+    def use(path):
+        if fast is not None:
+            problem._fast_cache = paths[path]
+
+    # paired on the same load: blocks of calls per path in rotating order (below)
+    one = {k: [] for k in paths}
+    batch = {k: [] for k in paths}
+    names = list(paths)
+    c0 = {k: 0.0 for k in paths}
+    for k in names:
+        use(k)
+        problem.log_joint_and_grad(z0)
+    block = 25  # consecutive calls per path (a sampler's caches stay warm), blocks in rotating order
+    zs = [z0 + step[i] for i in range(args.repeats)]
+    for j, i0 in enumerate(range(0, args.repeats, block)):
+        for k in names[j % len(names):] + names[:j % len(names)]:
+            use(k)
+            c = time.process_time()
+            for i in range(i0, min(i0 + block, args.repeats)):
+                t0 = time.perf_counter()
+                problem.log_joint_and_grad(zs[i])
+                one[k].append(time.perf_counter() - t0)
+            c0[k] += time.process_time() - c
+    for i in range(max(5, args.repeats // 20)):
+        for k in names:
+            use(k)
+            t0 = time.perf_counter()
+            problem.log_joint_and_grad(zb)
+            batch[k].append((time.perf_counter() - t0) / 64)
+    for k in names:
+        print(f"log_joint_and_grad ({k:18s}) one set {statistics.median(one[k]) * 1e3:8.3f} ms "
+              f"(CPU time {c0[k] / args.repeats * 1e3:.3f} ms per call), per set of 64 "
+              f"{statistics.median(batch[k]) * 1e3:8.3f} ms")
+    use("fused" if fast is not None else "autograd")
     try:
         from jrinfer.backends.pymc import loglike_op
 

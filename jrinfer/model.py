@@ -19,6 +19,7 @@ model. Neural Comput 18:3052-3068.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -1725,20 +1726,131 @@ def _newton_scalar(lo: float, hi: float, x: float, tol: float, p: dict) -> float
     return x
 
 
-def _selected_equilibrium_numpy(pd, shape, grid_size, which, guess):
+def _selected_equilibrium_numpy(pd, shape, grid_size, which, guess, raw=False):
     """The upper or lower equilibrium with its eigenvalues, values only, in NumPy.
 
     The same algorithm as :func:`_fixed_points` with ``which`` (grid
     bracketing, fold candidates certified on a fine local grid, safeguarded
     Newton from ``guess`` or the bracket's middle), written for small batches
     where the per-operation cost of torch dominates (one parameter set:
-    ~10x cheaper). Returns None when a fold candidate needs the full search.
+    ~10x cheaper). Returns None when a fold candidate needs the full search;
+    with ``raw`` the NumPy arrays ``(y0, eigenvalues, stable)`` of shapes
+    ``(nb,)``, ``(nb, 6)``, ``(nb,)`` instead of :class:`FixedPoints`.
     """
     with np.errstate(over="ignore"):
-        return _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess)
+        return _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess, raw)
 
 
-def _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess):
+def _sigmoid_float(z: float) -> float:
+    if z >= 0.0:
+        return 1.0 / (1.0 + math.exp(-z))
+    ez = math.exp(z)
+    return ez / (1.0 + ez)
+
+
+def _warm_upper_root(p: dict, guess: float) -> float | None:
+    """The upper equilibrium's ``y0`` for one parameter set by Newton from ``guess``, certified without the grid.
+
+    Newton on ``G(y) = ke S(v(y)) - y`` from the previous call's root
+    (``p``: Python floats, ``C1..C4``, ``r``, ``e0`` > 0). The root ``x`` is
+    accepted only when interval bounds prove ``G < 0`` on ``(x, y_max]``, so
+    that ``x`` is the largest root, the one the grid search selects as
+    ``"upper"``: next to ``x`` the bound ``G' < 0`` on ``[x, u]``, beyond it
+    ``G(y) <= ke S(P(u) - Q(l)) - l < 0`` on pieces ``[l, u]`` (``v = P - Q``
+    with ``P``, ``Q`` increasing in ``y``). Returns None (the caller runs the
+    grid search) when Newton does not converge within 12 steps, leaves
+    ``[0, y_max]``, or the bounds fail (close to a fold, or a warm start that
+    lands on a lower branch).
+    """
+    sig = _sigmoid_float
+    e0, v0, r = p["e0"], p["v0"], p["r"]
+    ke, ki = p["A"] / p["a"], p["B"] / p["b"]
+    C1, C2, C3, C4, pm = p["C1"], p["C2"], p["C3"], p["C4"], p["p_mean"]
+    y_max = 2.0 * e0 * ke
+    tol = 4 * 2.220446049250313e-16 * y_max
+    x = guess
+    if not 0.0 < x < y_max:
+        return None
+    for _ in range(12):
+        s1, s3 = sig(r * (C1 * x - v0)), sig(r * (C3 * x - v0))
+        v = ke * (pm + C2 * 2.0 * e0 * s1) - ki * C4 * 2.0 * e0 * s3
+        s0 = sig(r * (v - v0))
+        dv = ke * C2 * C1 * 2.0 * e0 * r * s1 * (1.0 - s1) - ki * C4 * C3 * 2.0 * e0 * r * s3 * (1.0 - s3)
+        den = ke * 2.0 * e0 * r * s0 * (1.0 - s0) * dv - 1.0
+        if den == 0.0:
+            return None
+        step = (ke * 2.0 * e0 * s0 - x) / den
+        x -= step
+        if not 0.0 < x < y_max:  # also catches nan
+            return None
+        if abs(step) <= tol:
+            break
+    else:
+        return None
+    g_peak = 0.5 * e0 * r
+
+    def slope(z):
+        s = sig(r * (z - v0))
+        return 2.0 * e0 * r * s * (1.0 - s)
+
+    def slope_max(zl, zu):  # the slope is unimodal with its peak at v0
+        return g_peak if zl <= v0 <= zu else max(slope(zl), slope(zu))
+
+    def P(y):
+        return ke * (pm + C2 * 2.0 * e0 * sig(r * (C1 * y - v0)))
+
+    def Q(y):
+        return ki * C4 * 2.0 * e0 * sig(r * (C3 * y - v0))
+
+    # G' < 0 on [x, u]: G' = ke g(v) v' - 1, v' <= ke C2 C1 max g(C1 y) - ki C4 C3 min g(C3 y)
+    u, px, qx = y_max, P(x), Q(x)
+    for _ in range(40):
+        dv_max = ke * C2 * C1 * slope_max(C1 * x, C1 * u) - ki * C4 * C3 * min(slope(C3 * x), slope(C3 * u))
+        if dv_max <= 0.0 or ke * slope_max(px - Q(u), P(u) - qx) * dv_max < 1.0:
+            break
+        u = x + 0.5 * (u - x)
+    else:
+        return None
+    # G < 0 on [u, y_max] piece by piece (pieces double after a success, halve after a failure)
+    lo, width = u, y_max - u
+    for _ in range(200):
+        if lo >= y_max:
+            return x
+        hi = min(lo + width, y_max)
+        if ke * 2.0 * e0 * sig(r * (P(hi) - Q(lo) - v0)) < lo:
+            lo, width = hi, 2.0 * width
+        else:
+            width *= 0.5
+    return None
+
+
+def _raw_equilibrium_scalar(x: float, p: dict):
+    """``(y0, eigenvalues, stable)`` of :func:`_selected_equilibrium_numpy` (``raw``) at the root ``x``, one set."""
+    e0, v0, r = p["e0"], p["v0"], p["r"]
+    a, b, Aa, Bb = p["a"], p["b"], p["A"] * p["a"], p["B"] * p["b"]
+    z1, z3 = p["C1"] * x, p["C3"] * x
+    s1, s3 = _sigmoid_float(r * (z1 - v0)), _sigmoid_float(r * (z3 - v0))
+    y1 = p["A"] / a * (p["p_mean"] + p["C2"] * 2.0 * e0 * s1)
+    y2 = p["B"] / b * p["C4"] * 2.0 * e0 * s3
+    s0 = _sigmoid_float(r * (y1 - y2 - v0))
+    g0 = 2.0 * e0 * r * s0 * (1.0 - s0)
+    g1, g3 = 2.0 * e0 * r * s1 * (1.0 - s1), 2.0 * e0 * r * s3 * (1.0 - s3)
+    jac = np.array([[[0.0, 0.0, 0.0, 1.0, 0.0, 0.0],
+                     [0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+                     [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+                     [-a * a, Aa * g0, -Aa * g0, -2.0 * a, 0.0, 0.0],
+                     [Aa * p["C2"] * p["C1"] * g1, -a * a, 0.0, 0.0, -2.0 * a, 0.0],
+                     [Bb * p["C4"] * p["C3"] * g3, 0.0, -b * b, 0.0, 0.0, -2.0 * b]]])
+    ev = np.linalg.eigvals(jac)
+    return np.array([x]), ev, ev.real.max(-1) < 0
+
+
+@functools.lru_cache(maxsize=8)
+def _unit_grid(n: int) -> np.ndarray:
+    return np.linspace(0.0, 1.0, n)
+
+
+def _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess, raw=False):
     nb = max(1, math.prod(shape))
     p = {
         k: v if isinstance(v, np.ndarray) and v.shape == (nb,)  # NumPy callers (jrinfer._fastspec): no conversion
@@ -1746,8 +1858,13 @@ def _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess):
                                                   tuple(shape)).reshape(nb))
         for k, v in pd.items()
     }
+    if raw and nb == 1 and which == "upper" and guess is not None:  # warm start: Newton, grid only if uncertified
+        pf = {k: float(v[0]) for k, v in p.items()}
+        x = _warm_upper_root(pf, float(np.asarray(guess).reshape(-1)[0]))
+        if x is not None:
+            return _raw_equilibrium_scalar(x, pf)
     y_max = 2.0 * p["e0"] * p["A"] / p["a"]
-    grid = y_max[:, None] * np.linspace(0.0, 1.0, grid_size)
+    grid = y_max[:, None] * _unit_grid(grid_size)
     pc = {k: v[:, None] for k, v in p.items()}
     g = _np_residual(grid, pc)[0]
     pos = g > 0
@@ -1760,7 +1877,7 @@ def _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess):
     if cb.size:
         j = ck + 1
         left, right = grid[cb, j - 1], grid[cb, j + 1]
-        xf = left[:, None] + (right - left)[:, None] * np.linspace(0.0, 1.0, 65)
+        xf = left[:, None] + (right - left)[:, None] * _unit_grid(65)
         gf = _np_residual(xf, {k: v[cb][:, None] for k, v in p.items()})[0]
         sg = np.where(pos[cb, j], 1.0, -1.0)[:, None] * gf
         d2 = np.abs(gf[:, 2:] - 2.0 * gf[:, 1:-1] + gf[:, :-2]).max(1)
@@ -1812,6 +1929,8 @@ def _selected_equilibrium_numpy_impl(pd, shape, grid_size, which, guess):
     ev = np.linalg.eigvals(jac.reshape(nb, 6, 6))
     ev = np.take_along_axis(ev, np.argsort(-ev.real, axis=-1, kind="stable"), -1)
     stable = ev.real.max(-1) < 0
+    if raw:
+        return x, ev, stable
     zeros = np.zeros(nb)
     state = np.stack([x, y1, y2, zeros, zeros, zeros], -1)
     out = tuple(shape)

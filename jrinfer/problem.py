@@ -121,6 +121,10 @@ class GaussianForm:
         One name per precision component.
     estimate_hyper : bool
         False when the prior fixes every log precision.
+    value_and_jacobian : callable or None
+        ``z -> (f(z), df/dz)`` of shapes ``(m,)`` and ``(m, n)`` without
+        autograd, where the observation offers a fused path (the
+        transfer-method spectrum); NaN where ``f`` is. None otherwise.
     """
 
     f: Callable[[torch.Tensor], torch.Tensor]
@@ -133,6 +137,7 @@ class GaussianForm:
     precision_components: torch.Tensor
     hyper_names: tuple[str, ...]
     estimate_hyper: bool = True
+    value_and_jacobian: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 class InverseProblem:
@@ -517,7 +522,23 @@ class InverseProblem:
             value = torch.broadcast_to(target.transform(pred.value), (n_ch, n_pts)).reshape(-1)
             return torch.where(pred.valid, value, torch.full_like(value, math.nan))
 
+        value_and_jacobian = None
+        fast = self._fast()
+        fused = getattr(fast[0], "transformed_prediction_and_jacobian", None) if fast is not None else None
+        if fused is not None:
+            form_pos = np.array([self.names.index(n) for n in theta_names], dtype=np.intp)
+            z_full = np.array([h_mean[hyper_names.index(n)] if n in hyper_names else 0.0 for n in full_names])
+
+            def value_and_jacobian(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                zf = z_full.copy()
+                zf[form_pos] = z.detach().numpy()
+                _, _, theta, dtheta = fast[1](zf[None])
+                value, jac = fused(theta[0])  # (P,), (P, n_problem) in natural units
+                jac = jac[:, form_pos] * dtheta[0, form_pos]
+                return torch.from_numpy(np.tile(value, n_ch)), torch.from_numpy(np.tile(jac, (n_ch, 1)))
+
         return GaussianForm(
+            value_and_jacobian=value_and_jacobian,
             f=f,
             y=y,
             names=theta_names,
@@ -557,7 +578,14 @@ def _numpy_prior(prior: Prior):
     mu, sd, low, width = (np.array(x, dtype=np.float64) for x in (mu, sd, low, width))
     const = -(np.log(sd) + 0.5 * math.log(2 * math.pi))
 
+    any_u = bool(is_u.any())
+
     def transform(z):
+        if not any_u:  # log-normal and normal only: no logistic terms
+            with np.errstate(over="ignore"):
+                ez = np.exp(np.where(is_ln, z, 0.0))
+            r = (z - mu) / sd
+            return (const - 0.5 * r * r).sum(-1), -r / sd, np.where(is_ln, ez, z), np.where(is_ln, ez, 1.0)
         with np.errstate(over="ignore"):
             sz, snz = 1.0 / (1.0 + np.exp(-z)), 1.0 / (1.0 + np.exp(z))
             ez = np.exp(np.where(is_ln, z, 0.0))

@@ -298,7 +298,8 @@ def _precision_structure(precision_components, m: int):
 class _Problem:
     """Everything fixed during one fit, plus model evaluation."""
 
-    def __init__(self, f, y, prior_mean, prior_cov, prec, hyper_mean, hyper_cov, estimate_hyper, jacobian):
+    def __init__(self, f, y, prior_mean, prior_cov, prec, hyper_mean, hyper_cov, estimate_hyper, jacobian,
+                 value_and_jacobian=None):
         self.f, self.y = f, y
         self.m, self.n = y.shape[0], prior_mean.shape[0]
         self.prior_mean = prior_mean
@@ -317,6 +318,8 @@ class _Problem:
         self.jacobian_mode = jacobian
         self.jacobian_used = None
         self._jac = None
+        if value_and_jacobian is not None and jacobian == "auto":  # the caller's own (e.g. a fused NumPy path)
+            self._jac, self.jacobian_used = value_and_jacobian, "supplied"
         # One precision component (the common case: i.i.d. noise with one
         # unknown level): log|Π|, tr(PΠ⁻¹) and the Fisher information of λ are
         # closed-form scalars, and H(λ) = C⁻¹ + e^λ A has one generalised
@@ -382,7 +385,7 @@ class _Problem:
         return run
 
     def value_and_jacobian(self, theta: torch.Tensor):
-        """f(theta) and its Jacobian (m, n) by automatic differentiation.
+        """f(theta) and its Jacobian (m, n): the supplied function, else automatic differentiation.
 
         The first call settles the strategy: with ``jacobian="auto"`` forward
         (``torch.func.jacfwd``) and reverse (``torch.func.jacrev``) mode are
@@ -606,8 +609,11 @@ class LaplaceEngine:
         (forward mode has the lower operation count when ``n <= m``, but on
         CPU the per-operation overhead of vmapped forward mode often makes
         reverse mode faster for small problems). A mode that raises falls
-        back to "autograd". The strategy used is recorded in the result's
-        ``message``.
+        back to "autograd". Under "auto" a ``value_and_jacobian`` given to
+        :meth:`fit_function` (for an :class:`~jrinfer.InverseProblem`, its
+        observation's fused path where one exists: the transfer-method
+        spectrum) replaces automatic differentiation. The strategy used is
+        recorded in the result's ``message``.
 
     Non-convergence (``max_iter`` reached, non-finite ``f``, step control failing)
     is reported on the result (``status``, ``message``) and with a
@@ -657,6 +663,7 @@ class LaplaceEngine:
         hyper_cov=None,
         precision_components=None,
         init=None,
+        value_and_jacobian=None,
     ) -> LaplaceResult:
         """Fit ``y = f(θ) + ε`` and return a :class:`LaplaceResult`.
 
@@ -684,6 +691,10 @@ class LaplaceEngine:
             Default: one identity component (i.i.d. noise).
         init : tensor (n,), optional
             Starting parameters (default ``prior_mean``).
+        value_and_jacobian : callable, optional
+            ``θ -> (f(θ), ∂f/∂θ)`` of shapes ``(m,)`` and ``(m, n)``, used
+            instead of automatic differentiation when ``jacobian="auto"``
+            (e.g. :attr:`~jrinfer.problem.GaussianForm.value_and_jacobian`).
         """
         if not callable(f):
             raise TypeError(f"f must be callable, got {type(f).__name__}")
@@ -703,9 +714,10 @@ class LaplaceEngine:
         hyper_cov = _check_spd("hyper_cov", _checks.as_float_tensor("hyper_cov", hyper_cov), k, what)
         init = prior_mean.clone() if init is None else _check_vector("init", init, n, "prior_mean")
 
-        prob = _Problem(f, y, prior_mean, prior_cov, prec, hyper_mean, hyper_cov, self.estimate_hyper, self.jacobian)
-        # Shape check with a plain call first (clear error before any autograd).
-        val0 = prob.value(init.clone())
+        prob = _Problem(f, y, prior_mean, prior_cov, prec, hyper_mean, hyper_cov, self.estimate_hyper, self.jacobian,
+                        value_and_jacobian)
+        # Shape check with a plain call first (clear error before any autograd); the supplied path's own value
+        val0 = prob.value_and_jacobian(init)[0] if prob.jacobian_used == "supplied" else prob.value(init.clone())
         if tuple(val0.shape) != (m,):
             raise ValueError(f"f returned shape {tuple(val0.shape)}, expected (m,) = ({m},) like y")
         return self._finish(self._run(prob, init, val0))
@@ -908,7 +920,8 @@ def fit_problem(engine: LaplaceEngine, problem) -> tuple[LaplaceResult, torch.Te
     k = form.precision_components.shape[0]
     hyper_cov = form.hyper_cov if form.estimate_hyper else torch.eye(k, dtype=_DTYPE)
     res = engine.fit_function(
-        form.f, form.y, form.prior_mean, form.prior_cov, form.hyper_mean, hyper_cov, form.precision_components
+        form.f, form.y, form.prior_mean, form.prior_cov, form.hyper_mean, hyper_cov, form.precision_components,
+        value_and_jacobian=form.value_and_jacobian,
     )
     names = problem.names
     n = len(names)

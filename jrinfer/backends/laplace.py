@@ -125,7 +125,10 @@ class VariationalLaplace(LaplaceEngine):
         }
         warnings = []
         with torch.no_grad():
-            log_p = problem.log_joint_unconstrained(z)
+            if problem.has_fast_path and bool(torch.isfinite(z).all()):  # the fused path: same values, no torch graph
+                log_p = problem.log_joint_and_grad(z)[0]
+            else:
+                log_p = problem.log_joint_unconstrained(z)
         # log q(z) of the Gaussian, in the eigenbasis (robust to a singular covariance)
         keep = evals > evals.max() * 1e-12
         u = ((z - mean) @ evecs[:, keep]) / evals[keep].sqrt()
