@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/simulate.py
 	$(PY) benchmarks/vl_overhead.py --baseline 051a930 --threads 1
 	$(PY) benchmarks/laplace.py --threads 1
+	$(PY) benchmarks/laplace.py --threads 1 --problem canonical8
 	$(PY) benchmarks/single_point.py --threads 1
 	$(PY) benchmarks/evoked.py --threads 1
 	$(PY) benchmarks/simulation_fit.py
