@@ -887,11 +887,13 @@ class LaplaceEngine:
         return result
 
 
-def fit_problem(engine: LaplaceEngine, problem) -> tuple[LaplaceResult, torch.Tensor, torch.Tensor]:
+def fit_problem(engine: LaplaceEngine, problem, init=None) -> tuple[LaplaceResult, torch.Tensor, torch.Tensor]:
     """Fit an :class:`~jrinfer.InverseProblem` through its Gaussian form; the Gaussian in the problem's ``z``.
 
     Shared by the Laplace backend (its posterior) and the samplers (their
-    starting points and mass matrix).
+    starting points and mass matrix). ``init``: starting point over the
+    Gaussian form's ``names`` (default its prior mean); multi-start fits are
+    in :mod:`jrinfer.backends._multistart`.
 
     Returns
     -------
@@ -908,7 +910,8 @@ def fit_problem(engine: LaplaceEngine, problem) -> tuple[LaplaceResult, torch.Te
     k = form.precision_components.shape[0]
     hyper_cov = form.hyper_cov if form.estimate_hyper else torch.eye(k, dtype=_DTYPE)
     res = engine.fit_function(
-        form.f, form.y, form.prior_mean, form.prior_cov, form.hyper_mean, hyper_cov, form.precision_components
+        form.f, form.y, form.prior_mean, form.prior_cov, form.hyper_mean, hyper_cov, form.precision_components,
+        init=init,
     )
     names = problem.names
     n = len(names)
