@@ -20,7 +20,7 @@ import torch
 
 from jrinfer._optional import optional_import
 from jrinfer._rng import generator
-from jrinfer.backends._multistart import fit_problem_multistart
+from jrinfer.backends._multistart import DEFAULT_N_STARTS, fit_problem_multistart
 from jrinfer.backends._vl_engine import _DTYPE, LaplaceConvergenceError, LaplaceEngine, LaplaceResult
 
 __all__ = ["LaplaceConvergenceError", "LaplaceResult", "VariationalLaplace"]
@@ -43,7 +43,7 @@ class VariationalLaplace(LaplaceEngine):
         1,
     )
 
-    def __init__(self, *, n_starts: int = 4, **options):
+    def __init__(self, *, n_starts: int = DEFAULT_N_STARTS, **options):
         super().__init__(**options)
         from jrinfer import _checks
 
@@ -176,12 +176,13 @@ class VariationalLaplace(LaplaceEngine):
             diagnostics["importance_resampled"] = True
         if res.status != "converged":
             warnings.append(f"variational Laplace did not converge: {res.message}")
+        message = "; ".join([res.message, *multi["notes"]])
         return assemble_posterior(
             problem,
             theta.detach()[None],
             backend="laplace",
             status=res.status,
-            message=res.message,
+            message=message,
             log_evidence=res.free_energy,
             mean_unconstrained=mean.numpy(),
             cov_unconstrained=None if resample else cov.numpy(),
