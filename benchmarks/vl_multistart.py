@@ -7,7 +7,8 @@ fit is run with n_starts = 1, 2, 4, 8 (interleaved, same process) and the
 free energy, the posterior mean of (a, b), the wall time and the z-scores of
 the truth are recorded.
 
-Run: PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/vl_multistart.py [n_datasets]
+Run: PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/vl_multistart.py [n_datasets] [recovery]
+("recovery": jrinfer.identifiability.recovery_study with n_starts = 1 and 8 instead.)
 """
 
 import sys
@@ -34,6 +35,27 @@ spec["fixed"]["p_mean"] = 45.0
 base = InverseProblem(obs, Prior.from_dict(spec), tmpl)
 th = base.prior.sample(10 * N, seed=5)
 th = th[base.predict(th).valid.reshape(-1)][:N]
+
+if len(sys.argv) > 2 and sys.argv[2] == "recovery":
+    from jrinfer.identifiability import recovery_study
+
+    def fitter(ns):
+        def fit(problem):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return VariationalLaplace(n_starts=ns, max_iter=64).fit(problem, n_draws=2, n_predictive=0)
+        return fit
+
+    for ns in (1, 8):
+        st = recovery_study(base, N, seed=0, fit=fitter(ns))
+        cov = [st.summary[nm]["coverage_90"] for nm in st.names]
+        zsd = [st.summary[nm]["zscore_sd"] for nm in st.names]
+        print(f"recovery_study n_starts={ns}: {N} datasets, {st.seconds:.0f} s ({st.seconds / N:.2f} s/fit); "
+              f"90% coverage pooled {np.nanmean(cov):.2f}; per parameter "
+              + ", ".join(f"{nm} {c:.2f}" for nm, c in zip(st.names, cov))
+              + "; z-score SD " + ", ".join(f"{nm} {z:.1f}" for nm, z in zip(st.names, zsd)), flush=True)
+    sys.exit(0)
+
 g = torch.Generator().manual_seed(9)
 rows = []
 for i in range(th.shape[0]):

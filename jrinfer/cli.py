@@ -1369,7 +1369,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--starts", type=int, default=None, metavar="N",
         help="laplace: Gauss-Newton runs from the prior mean and the best distinct screened prior draws; the "
         "optimum with the highest free energy is kept, the others are listed in summary.json's "
-        "diagnostics.optima (default 4; 1: the prior mean only)",
+        "diagnostics.optima (default 8; 1: the prior mean only)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior draws")
     p.add_argument(

@@ -43,7 +43,7 @@ MULTIMODAL_NATS = 3.0
 #: Mahalanobis distance (posterior SDs of the best optimum) beyond which an optimum is a separate mode.
 MULTIMODAL_SD = 3.0
 #: Default Gauss-Newton runs (VariationalLaplace(n_starts=...), the samplers' Laplace start); see benchmarks/RESULTS.md.
-DEFAULT_N_STARTS = 4
+DEFAULT_N_STARTS = 8
 #: Candidate starts screened per Gauss-Newton run.
 SCREEN_PER_START = 64
 #: Two runs reached the same optimum when each mean is within this many posterior SDs of the other's.

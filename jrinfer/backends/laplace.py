@@ -29,7 +29,7 @@ __all__ = ["LaplaceConvergenceError", "LaplaceResult", "VariationalLaplace"]
 class VariationalLaplace(LaplaceEngine):
     __doc__ = LaplaceEngine.__doc__.replace(
         "    Non-convergence (",
-        """    n_starts : int, default 4
+        """    n_starts : int, default 8
         Gauss-Newton runs per :meth:`fit`: from the prior mean and from the
         best-scoring distinct points of a batched screen of ``64 * n_starts``
         quasi-random prior draws (log joint with the noise precision profiled
