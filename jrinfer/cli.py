@@ -1367,7 +1367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iter", type=int, default=128, help="maximum variational Laplace iterations")
     p.add_argument(
         "--starts", type=int, default=None, metavar="N",
-        help="laplace: Gauss-Newton runs from the prior mean and the best distinct screened prior draws; the "
+        help="laplace: at most N Gauss-Newton runs (from the prior mean and the best distinct screened prior draws; "
+        "three that agree end the search); the "
         "optimum with the highest free energy is kept, the others are listed in summary.json's "
         "diagnostics.optima (default 8; 1: the prior mean only)",
     )

@@ -104,13 +104,21 @@ def test_unimodal_problem_finds_one_optimum_and_does_not_warn():
     def f(t):
         return t[0] * x + t[1] * x**3
 
-    optima, info = ms.multistart(
-        lambda init: engine.fit_function(f, y, pm, pc, lam, hc, Q, init=init),
-        lambda z: z[:, :1] * x + z[:, 1:2] * x**3, y, pm, pc, lam, hc, Q, False, n_starts=5, seed=3,
-    )
+    def run(agree):
+        return ms.multistart(
+            lambda init: engine.fit_function(f, y, pm, pc, lam, hc, Q, init=init),
+            lambda z: z[:, :1] * x + z[:, 1:2] * x**3, y, pm, pc, lam, hc, Q, False, n_starts=5, seed=3,
+            agree=agree,
+        )
+
+    optima, info = run(agree=5)
     assert info["starts"].shape[0] == 5  # five distinct starts were run ...
     assert len(optima) == 1 and optima[0]["n_starts"] == 5  # ... and all reached the same optimum
     assert ms.multimodality(optima) == ([], [])
+    # by default the runs stop once the first three agree
+    early, info = run(agree=3)
+    assert info["starts"].shape[0] == 3 and len(early) == 1
+    assert torch.allclose(early[0]["result"].mean, optima[0]["result"].mean, atol=1e-6)
 
 
 def test_screen_score_is_the_profiled_log_joint():

@@ -18,7 +18,8 @@ truth, with nothing in the result to show it. This module
    that are at least one prior standard deviation (Mahalanobis) from every
    start already chosen, until ``n_starts`` runs;
 4. groups the converged runs into distinct optima and keeps the one with the
-   highest free energy ``F``.
+   highest free energy ``F``; the runs stop early when the first three all
+   reach one and the same optimum (a unimodal-looking posterior).
 
 A second optimum whose free energy is within :data:`MULTIMODAL_NATS` of the
 best and that lies more than :data:`MULTIMODAL_SD` posterior standard
@@ -240,6 +241,7 @@ def multistart(
     n_starts: int,
     seed: int,
     n_screen: int | None = None,
+    agree: int = 3,
 ) -> tuple[list[dict], dict]:
     """Run the engine from the prior mean and the best distinct screened starts; group the optima.
 
@@ -257,14 +259,19 @@ def multistart(
         Seed of the scrambled Sobol candidates.
     n_screen : int, optional
         Candidates screened (default ``SCREEN_PER_START * n_starts``).
+    agree : int
+        Stop early once this many runs all reached one and the same optimum
+        (a unimodal-looking posterior); set ``agree >= n_starts`` to always
+        run all ``n_starts``.
 
     Returns
     -------
     optima : list of dict
         From :func:`group_optima`.
     info : dict
-        ``n_screened``, ``starts`` (the ``(n_starts, n)`` initial points) and
-        ``screen_scores`` of the chosen starts.
+        ``n_screened``, ``starts`` (the ``(r, n)`` initial points of the
+        ``r <= n_starts`` runs made), ``screen_scores`` of those starts and
+        ``results`` (``(start index, LaplaceResult)`` per run).
     """
     if n_starts == 1:
         inits = prior_mean[None].clone()
@@ -282,8 +289,14 @@ def multistart(
             )
         idx = choose_starts(cand, all_scores, prior_cov, n_starts)
         inits, scores = cand[idx], all_scores[idx]
-    results = [(i, fit_one(inits[i].clone())) for i in range(inits.shape[0])]
-    optima = group_optima(results)
+    results = []
+    for i in range(inits.shape[0]):
+        results.append((i, fit_one(inits[i].clone())))
+        optima = group_optima(results)
+        # every run so far reached one and the same optimum: more starts are unlikely to find another
+        if len(results) >= agree and len(optima) == 1 and optima[0]["n_starts"] == len(results):
+            break
+    inits, scores = inits[: len(results)], scores[: len(results)]
     return optima, {"n_screened": n_screen, "starts": inits, "screen_scores": scores, "results": results}
 
 
@@ -295,7 +308,9 @@ def fit_problem_multistart(engine, problem, *, n_starts: int = 1, seed: int = 0)
     engine : LaplaceEngine
     problem : InverseProblem
     n_starts : int
-        Gauss-Newton runs (1: from the prior mean only, exactly ``fit_problem``).
+        At most this many Gauss-Newton runs (1: from the prior mean only,
+        exactly ``fit_problem``); fewer when the first three all reach one
+        optimum (see :func:`multistart`).
     seed : int
         Seed of the screened candidates.
 
@@ -309,7 +324,7 @@ def fit_problem_multistart(engine, problem, *, n_starts: int = 1, seed: int = 0)
     report : dict
         ``optima`` (JSON-ready list, best first: ``free_energy`` in nats,
         ``mean`` in natural units by parameter name, ``n_starts`` that reached
-        it, ``from_prior_mean``), ``n_starts``, ``n_screened``, ``warnings``
+        it, ``from_prior_mean``), ``n_starts`` (runs made), ``n_screened``, ``warnings``
         and ``notes`` (from :func:`multimodality`).
     """
     import warnings as _w

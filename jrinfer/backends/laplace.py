@@ -30,10 +30,11 @@ class VariationalLaplace(LaplaceEngine):
     __doc__ = LaplaceEngine.__doc__.replace(
         "    Non-convergence (",
         """    n_starts : int, default 8
-        Gauss-Newton runs per :meth:`fit`: from the prior mean and from the
-        best-scoring distinct points of a batched screen of ``64 * n_starts``
-        quasi-random prior draws (log joint with the noise precision profiled
-        out); the optimum with the highest free energy is kept, and the
+        Gauss-Newton runs per :meth:`fit` (at most; they stop after three
+        when those three reach the same optimum): from the prior mean and
+        from the best-scoring distinct points of a batched screen of
+        ``64 * n_starts`` quasi-random prior draws (log joint with the noise
+        precision profiled out); the optimum with the highest free energy is kept, and the
         optima found are reported (``diagnostics["optima"]``, a warning when
         the posterior is multimodal). 1 runs from the prior mean only. See
         :mod:`jrinfer.backends._multistart`; the default is justified by the
