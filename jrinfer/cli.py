@@ -694,7 +694,8 @@ def _fit_problem(args, data):
 
             posterior = SMC(seed=args.seed, progress=progress, **_sampler_budget(args)).fit(problem)
         else:
-            posterior = VariationalLaplace(progress=progress, max_iter=args.max_iter).fit(
+            starts = {} if args.starts is None else {"n_starts": args.starts}
+            posterior = VariationalLaplace(progress=progress, max_iter=args.max_iter, **starts).fit(
                 problem, seed=args.seed, resample=args.resample
             )
     return problem, posterior
@@ -795,6 +796,9 @@ def _cmd_fit(args) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise UsageError(f"--out {args.out}: directory is not empty; pass --force to overwrite its files")
+    if args.starts is not None and (args.backend != "laplace" or args.starts < 1):
+        raise UsageError(f"--starts N applies to --backend laplace, N >= 1; got --starts {args.starts} with "
+                         f"--backend {args.backend}")
     estimator = _npe_estimator(args)
     data = _load_data(args)
     if estimator is not None:
@@ -857,6 +861,8 @@ def _cmd_fit(args) -> int:
         print(json.dumps(summary, default=float))
     else:
         print(posterior)
+        for note in posterior.diagnostics.get("notes", []):
+            print(f"  note: {note}")
         if "npe" in summary:
             print(f"  NPE: {summary['npe']['headline']}")
         print(f"  {summary['identifiability']} (see jrinfer identifiability for the structural trade-offs)")
@@ -1399,6 +1405,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--fix", action="append", metavar="NAME=VALUE", help="hold any parameter (JR or observation, e.g. gain) fixed"
     )
     p.add_argument("--max-iter", type=int, default=128, help="maximum variational Laplace iterations")
+    p.add_argument(
+        "--starts", type=int, default=None, metavar="N",
+        help="laplace: at most N Gauss-Newton runs (from the prior mean and the best distinct screened prior draws; "
+        "three that agree end the search); the "
+        "optimum with the highest free energy is kept, the others are listed in summary.json's "
+        "diagnostics.optima (default 8; 1: the prior mean only)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior draws")
     p.add_argument(
         "--progress",

@@ -899,11 +899,13 @@ class LaplaceEngine:
         return result
 
 
-def fit_problem(engine: LaplaceEngine, problem) -> tuple[LaplaceResult, torch.Tensor, torch.Tensor]:
+def fit_problem(engine: LaplaceEngine, problem, init=None) -> tuple[LaplaceResult, torch.Tensor, torch.Tensor]:
     """Fit an :class:`~jrinfer.InverseProblem` through its Gaussian form; the Gaussian in the problem's ``z``.
 
     Shared by the Laplace backend (its posterior) and the samplers (their
-    starting points and mass matrix).
+    starting points and mass matrix). ``init``: starting point over the
+    Gaussian form's ``names`` (default its prior mean); multi-start fits are
+    in :mod:`jrinfer.backends._multistart`.
 
     Returns
     -------
@@ -921,7 +923,7 @@ def fit_problem(engine: LaplaceEngine, problem) -> tuple[LaplaceResult, torch.Te
     hyper_cov = form.hyper_cov if form.estimate_hyper else torch.eye(k, dtype=_DTYPE)
     res = engine.fit_function(
         form.f, form.y, form.prior_mean, form.prior_cov, form.hyper_mean, hyper_cov, form.precision_components,
-        value_and_jacobian=form.value_and_jacobian,
+        value_and_jacobian=form.value_and_jacobian, init=init,
     )
     names = problem.names
     n = len(names)

@@ -20,13 +20,38 @@ import torch
 
 from jrinfer._optional import optional_import
 from jrinfer._rng import generator
-from jrinfer.backends._vl_engine import _DTYPE, LaplaceConvergenceError, LaplaceEngine, LaplaceResult, fit_problem
+from jrinfer.backends._multistart import DEFAULT_N_STARTS, fit_problem_multistart
+from jrinfer.backends._vl_engine import _DTYPE, LaplaceConvergenceError, LaplaceEngine, LaplaceResult
 
 __all__ = ["LaplaceConvergenceError", "LaplaceResult", "VariationalLaplace"]
 
 
 class VariationalLaplace(LaplaceEngine):
-    __doc__ = LaplaceEngine.__doc__
+    __doc__ = LaplaceEngine.__doc__.replace(
+        "    Non-convergence (",
+        """    n_starts : int, default 8
+        Gauss-Newton runs per :meth:`fit` (at most; they stop after three
+        when those three reach the same optimum): from the prior mean and
+        from the best-scoring distinct points of a batched screen of
+        ``64 * n_starts`` quasi-random prior draws (log joint with the noise
+        precision profiled out); the optimum with the highest free energy is kept, and the
+        optima found are reported (``diagnostics["optima"]``, a warning when
+        the posterior is multimodal). 1 runs from the prior mean only. See
+        :mod:`jrinfer.backends._multistart`; the default is justified by the
+        measurements in ``benchmarks/RESULTS.md``.
+
+    Non-convergence (""",
+        1,
+    )
+
+    def __init__(self, *, n_starts: int = DEFAULT_N_STARTS, **options):
+        super().__init__(**options)
+        from jrinfer import _checks
+
+        self.n_starts = _checks.check_int("n_starts", n_starts, minimum=1)
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", n_starts={self.n_starts!r})"
 
     # ------------------------------------------------------------------ #
     def fit(
@@ -106,7 +131,7 @@ class VariationalLaplace(LaplaceEngine):
         n_predictive = _checks.check_int("n_predictive", n_predictive, minimum=0)
         seed = _checks.check_int("seed", seed, minimum=0)
         resample = _checks.check_bool("resample", resample)
-        res, mean, cov = fit_problem(self, problem)
+        res, mean, cov, multi = fit_problem_multistart(self, problem, n_starts=self.n_starts, seed=seed)
         n = problem.n_params
         gen = generator(seed)
         eps = torch.randn(n_draws, n, generator=gen, dtype=_DTYPE)
@@ -122,8 +147,13 @@ class VariationalLaplace(LaplaceEngine):
             "accuracy": res.accuracy,
             "complexity": res.complexity,
             "free_energy_trace": [float(x) for x in res.trace_free_energy],
+            "optima": multi["optima"],
+            "n_starts": multi["n_starts"],
+            "n_screened": multi["n_screened"],
         }
-        warnings = []
+        if multi["notes"]:
+            diagnostics["notes"] = multi["notes"]
+        warnings = list(multi["warnings"])
         with torch.no_grad():
             if problem.has_fast_path and bool(torch.isfinite(z).all()):  # the fused path: same values, no torch graph
                 log_p = problem.log_joint_and_grad(z)[0]
@@ -150,12 +180,13 @@ class VariationalLaplace(LaplaceEngine):
             diagnostics["importance_resampled"] = True
         if res.status != "converged":
             warnings.append(f"variational Laplace did not converge: {res.message}")
+        message = "; ".join([res.message, *multi["notes"]])
         return assemble_posterior(
             problem,
             theta.detach()[None],
             backend="laplace",
             status=res.status,
-            message=res.message,
+            message=message,
             log_evidence=res.free_energy,
             mean_unconstrained=mean.numpy(),
             cov_unconstrained=None if resample else cov.numpy(),

@@ -457,12 +457,14 @@ def _laplace_start(problem, chains: int, seed: int, require_valid_mean: bool = T
     """
     import warnings as _w
 
-    from jrinfer.backends._vl_engine import LaplaceEngine, fit_problem
+    from jrinfer.backends._multistart import DEFAULT_N_STARTS, fit_problem_multistart
+    from jrinfer.backends._vl_engine import LaplaceEngine
 
     try:
         with _w.catch_warnings():
             _w.simplefilter("ignore")
-            _, mean, cov = fit_problem(LaplaceEngine(), problem)
+            # the best of several Gauss-Newton optima (a start in a worse local optimum costs the chains' warm-up)
+            _, mean, cov, _ = fit_problem_multistart(LaplaceEngine(), problem, n_starts=DEFAULT_N_STARTS, seed=seed)
     except Exception:  # a failed Laplace fit only costs the better start
         return None
     cov = 0.5 * (cov + cov.T)

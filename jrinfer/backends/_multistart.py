@@ -1,0 +1,401 @@
+"""Multi-start variational Laplace: screen many starts in one batch, run Gauss-Newton from the best few.
+
+Gauss-Newton / Levenberg-Marquardt ascent (:mod:`jrinfer.backends._vl_engine`)
+finds the optimum of the free energy nearest its start. The Jansen-Rit
+posteriors have separated optima (e.g. the rate constants ``a, b`` trade
+off along ridges with more than one local maximum), so a fit from the prior
+mean alone can converge to an optimum several nats below the one holding the
+truth, with nothing in the result to show it. This module
+
+1. draws ``n_screen`` candidate starts from the prior in its unconstrained
+   coordinates (scrambled Sobol points through the normal quantile: a
+   space-filling, seeded sample), plus the prior mean;
+2. scores all of them in one batched evaluation of the log joint with the
+   noise log precisions profiled out (their maximum-likelihood value
+   ``log(m_k / r_k)`` for component ``k`` with ``m_k`` points and weighted
+   residual sum of squares ``r_k``) -- cheap, no derivatives;
+3. runs the engine from the prior mean and from the best-scoring candidates
+   that are at least one prior standard deviation (Mahalanobis) from every
+   start already chosen, until ``n_starts`` runs;
+4. groups the converged runs into distinct optima and keeps the one with the
+   highest free energy ``F``; the runs stop early when the first three all
+   reach one and the same optimum (a unimodal-looking posterior).
+
+A second optimum whose free energy is within :data:`MULTIMODAL_NATS` of the
+best and that lies more than :data:`MULTIMODAL_SD` posterior standard
+deviations away means the posterior is multimodal: the Laplace free energy of
+each optimum approximates the log of the posterior mass around it, so
+``F_best - F_2 < 3`` nats means the second mode holds more than about
+``1 / (1 + e^3) ~ 5 %`` of the mass -- more than the tails a 90 % interval
+leaves out -- and one Gaussian cannot describe it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+_DTYPE = torch.float64
+
+#: Free-energy gap (nats) below which a second optimum counts as a competing mode (mass ratio e^3 ~ 20).
+MULTIMODAL_NATS = 3.0
+#: Mahalanobis distance (posterior SDs of the best optimum) beyond which an optimum is a separate mode.
+MULTIMODAL_SD = 3.0
+#: Default Gauss-Newton runs (VariationalLaplace(n_starts=...), the samplers' Laplace start); see benchmarks/RESULTS.md.
+DEFAULT_N_STARTS = 8
+#: Candidate starts screened per Gauss-Newton run.
+SCREEN_PER_START = 64
+#: Two runs reached the same optimum when each mean is within this many posterior SDs of the other's.
+_SAME_OPTIMUM_SD = 1.0
+#: Chosen starts are at least this far apart (prior SDs, Mahalanobis).
+_MIN_START_SEPARATION = 1.0
+
+
+def sobol_normal(n: int, dim: int, seed: int) -> torch.Tensor:
+    """``(n, dim)`` standard-normal quasi-random points (scrambled Sobol through the normal quantile)."""
+    engine = torch.quasirandom.SobolEngine(dim, scramble=True, seed=seed)
+    u = engine.draw(n, dtype=_DTYPE)
+    u = u.clamp(1e-6, 1 - 1e-6)
+    return math.sqrt(2.0) * torch.special.erfinv(2.0 * u - 1.0)
+
+
+def profiled_score(
+    pred: torch.Tensor,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    prior_mean: torch.Tensor,
+    prior_cov: torch.Tensor,
+    hyper_mean: torch.Tensor,
+    hyper_cov: torch.Tensor,
+    precision_components: torch.Tensor,
+    estimate_hyper: bool,
+) -> torch.Tensor:
+    """Log joint of a batch of parameter sets with the log precisions profiled out (up to a constant).
+
+    Parameters
+    ----------
+    pred : torch.Tensor
+        ``(B, m)`` predictions ``f(z)`` (NaN where the model cannot predict).
+    z : torch.Tensor
+        ``(B, n)`` parameters.
+    y : torch.Tensor
+        ``(m,)`` data.
+    prior_mean, prior_cov : torch.Tensor
+        ``(n,)``, ``(n, n)``: Gaussian prior of ``z``.
+    hyper_mean, hyper_cov : torch.Tensor
+        ``(k,)``, ``(k, k)``: Gaussian prior of the log precisions ``λ``.
+    precision_components : torch.Tensor
+        ``(k, m)`` diagonals of ``Q_k`` (``Π = Σ exp(λ_k) Q_k``).
+    estimate_hyper : bool
+        False: ``λ`` is fixed at ``hyper_mean`` instead of profiled.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B,)``; ``-inf`` where the prediction is not finite.
+    """
+    e = y - pred
+    ok = torch.isfinite(e).all(-1)
+    e = torch.where(ok[:, None], e, torch.zeros_like(e))
+    Q = precision_components
+    r = (e * e) @ Q.T  # (B, k) weighted residual sums of squares
+    m_k = (Q > 0).sum(-1).to(_DTYPE)  # (k,)
+    if estimate_hyper:
+        lam = torch.log(m_k / r.clamp_min(1e-300))  # maximum-likelihood log precisions
+        d = lam - hyper_mean
+        hc = torch.linalg.cholesky(hyper_cov)
+        u = torch.linalg.solve_triangular(hc, d.T, upper=False)
+        log_hyper_prior = -0.5 * (u * u).sum(0)
+    else:
+        lam = hyper_mean.expand_as(r)
+        log_hyper_prior = torch.zeros(r.shape[0], dtype=_DTYPE)
+    loglik = (-0.5 * torch.exp(lam) * r + 0.5 * m_k * lam).sum(-1)
+    c = torch.linalg.cholesky(prior_cov)
+    u = torch.linalg.solve_triangular(c, (z - prior_mean).T, upper=False)
+    score = loglik + log_hyper_prior - 0.5 * (u * u).sum(0)
+    return torch.where(ok & torch.isfinite(score), score, torch.full_like(score, -math.inf))
+
+
+def choose_starts(
+    candidates: torch.Tensor, scores: torch.Tensor, prior_cov: torch.Tensor, n_starts: int
+) -> torch.Tensor:
+    """Indices of up to ``n_starts`` candidates: row 0 (the prior mean) first, then the best-scoring distinct ones.
+
+    A candidate is skipped when it lies within :data:`_MIN_START_SEPARATION`
+    prior standard deviations (Mahalanobis) of a start already chosen, or its
+    score is not finite.
+    """
+    c = torch.linalg.cholesky(prior_cov)
+    w = torch.linalg.solve_triangular(c, candidates.T, upper=False).T  # whitened, (M, n)
+    order = torch.argsort(scores, descending=True)
+    order = order[torch.isfinite(scores[order]) & (order != 0)]
+    chosen = [0]
+    # Greedy selection over the ranked list; distances to the chosen set are updated in one batch per pick.
+    dmin = torch.cdist(w, w[:1]).squeeze(-1)
+    for idx in order.tolist():
+        if len(chosen) >= n_starts:
+            break
+        if float(dmin[idx]) < _MIN_START_SEPARATION:
+            continue
+        chosen.append(idx)
+        dmin = torch.minimum(dmin, torch.cdist(w, w[idx : idx + 1]).squeeze(-1))
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+def group_optima(results: list) -> list[dict]:
+    """Group engine results into distinct optima, best free energy first.
+
+    Parameters
+    ----------
+    results : list of (int, LaplaceResult)
+        ``(start index, result)``; index 0 is the run from the prior mean.
+        Runs with a non-finite free energy are left out.
+
+    Returns
+    -------
+    list of dict
+        ``{"result", "free_energy", "n_starts", "starts"}`` (``starts``: the
+        start indices that reached it), sorted by decreasing free energy.
+        Two runs share an optimum when each mean is within
+        :data:`_SAME_OPTIMUM_SD` posterior standard deviations (Mahalanobis,
+        under its own covariance) of the other.
+    """
+    runs = sorted(
+        [(i, r) for i, r in results if math.isfinite(r.free_energy)], key=lambda ir: -ir[1].free_energy
+    )
+    optima: list[dict] = []
+    for i, r in runs:
+        for opt in optima:
+            o = opt["result"]
+            if _mahalanobis(r.mean, o.mean, o.cov) < _SAME_OPTIMUM_SD and _mahalanobis(
+                o.mean, r.mean, r.cov
+            ) < _SAME_OPTIMUM_SD:
+                opt["starts"].append(i)
+                opt["n_starts"] += 1
+                break
+        else:
+            optima.append({"result": r, "free_energy": r.free_energy, "n_starts": 1, "starts": [i]})
+    return optima
+
+
+def _mahalanobis(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> float:
+    """Distance of ``x`` from ``mean`` in SDs of ``cov`` (pseudo-inverse of a singular covariance)."""
+    d = x - mean
+    cov = 0.5 * (cov + cov.T)
+    evals, evecs = torch.linalg.eigh(cov)
+    keep = evals > evals.max() * 1e-12
+    u = (d @ evecs[:, keep]) / evals[keep].sqrt()
+    return float(torch.sqrt((u * u).sum()))
+
+
+def multimodality(optima: list[dict]) -> tuple[list[str], list[str]]:
+    """Warnings and notes about the optima found (``optima`` from :func:`group_optima`).
+
+    Returns ``(warnings, notes)``: a warning when a second optimum has free
+    energy within :data:`MULTIMODAL_NATS` of the best and lies more than
+    :data:`MULTIMODAL_SD` posterior SDs of the best away; a note when the best
+    optimum was not reached from the prior mean.
+    """
+    warns, notes = [], []
+    if not optima:
+        return warns, notes
+    best = optima[0]
+    for other in optima[1:]:
+        gap = best["free_energy"] - other["free_energy"]
+        dist = _mahalanobis(other["result"].mean, best["result"].mean, best["result"].cov)
+        if gap < MULTIMODAL_NATS and dist > MULTIMODAL_SD:
+            ratio = math.exp(-gap)
+            warns.append(
+                f"the posterior is multimodal: a second optimum {dist:.1f} posterior SDs away has free energy "
+                f"only {gap:.2f} nats below the best (posterior-mass ratio about {ratio:.2g}); variational "
+                "Laplace describes one mode only (see diagnostics['optima']); use SMC (backend smc) for the "
+                "whole posterior"
+            )
+            break
+    if 0 not in best["starts"]:
+        from_prior = [o for o in optima if 0 in o["starts"]]
+        if from_prior:
+            gap = best["free_energy"] - from_prior[0]["free_energy"]
+            notes.append(
+                f"the best optimum was not the one reached from the prior mean: the run from the prior mean "
+                f"stopped at a local optimum {gap:.2f} nats lower in free energy"
+            )
+        else:
+            notes.append("the best optimum was not the one reached from the prior mean (that run failed)")
+    return warns, notes
+
+
+def multistart(
+    fit_one: Callable[[torch.Tensor], object],
+    f_batch: Callable[[torch.Tensor], torch.Tensor],
+    y: torch.Tensor,
+    prior_mean: torch.Tensor,
+    prior_cov: torch.Tensor,
+    hyper_mean: torch.Tensor,
+    hyper_cov: torch.Tensor,
+    precision_components: torch.Tensor,
+    estimate_hyper: bool,
+    *,
+    n_starts: int,
+    seed: int,
+    n_screen: int | None = None,
+    agree: int = 3,
+) -> tuple[list[dict], dict]:
+    """Run the engine from the prior mean and the best distinct screened starts; group the optima.
+
+    Parameters
+    ----------
+    fit_one : callable
+        ``init (n,) -> LaplaceResult`` (one Gauss-Newton run).
+    f_batch : callable
+        ``(B, n) -> (B, m)`` batched model, NaN where it cannot predict.
+    y, prior_mean, prior_cov, hyper_mean, hyper_cov, precision_components, estimate_hyper
+        As in :class:`~jrinfer.problem.GaussianForm`.
+    n_starts : int
+        Gauss-Newton runs (1: the prior mean only, no screening).
+    seed : int
+        Seed of the scrambled Sobol candidates.
+    n_screen : int, optional
+        Candidates screened (default ``SCREEN_PER_START * n_starts``).
+    agree : int
+        Stop early once this many runs all reached one and the same optimum
+        (a unimodal-looking posterior); set ``agree >= n_starts`` to always
+        run all ``n_starts``.
+
+    Returns
+    -------
+    optima : list of dict
+        From :func:`group_optima`.
+    info : dict
+        ``n_screened``, ``starts`` (the ``(r, n)`` initial points of the
+        ``r <= n_starts`` runs made), ``screen_scores`` of those starts and
+        ``results`` (``(start index, LaplaceResult)`` per run).
+    """
+    if n_starts == 1:
+        inits = prior_mean[None].clone()
+        scores = torch.full((1,), math.nan, dtype=_DTYPE)
+        n_screen = 0
+    else:
+        n_screen = SCREEN_PER_START * n_starts if n_screen is None else n_screen
+        c = torch.linalg.cholesky(prior_cov)
+        cand = prior_mean + sobol_normal(n_screen, prior_mean.numel(), seed) @ c.T
+        cand = torch.cat([prior_mean[None], cand])
+        with torch.no_grad():
+            pred = f_batch(cand)
+            all_scores = profiled_score(
+                pred, cand, y, prior_mean, prior_cov, hyper_mean, hyper_cov, precision_components, estimate_hyper
+            )
+        idx = choose_starts(cand, all_scores, prior_cov, n_starts)
+        inits, scores = cand[idx], all_scores[idx]
+    results = []
+    for i in range(inits.shape[0]):
+        results.append((i, fit_one(inits[i].clone())))
+        optima = group_optima(results)
+        # every run so far reached one and the same optimum: more starts are unlikely to find another
+        if len(results) >= agree and len(optima) == 1 and optima[0]["n_starts"] == len(results):
+            break
+    inits, scores = inits[: len(results)], scores[: len(results)]
+    return optima, {"n_screened": n_screen, "starts": inits, "screen_scores": scores, "results": results}
+
+
+def fit_problem_multistart(engine, problem, *, n_starts: int = 1, seed: int = 0):
+    """Multi-start :func:`~jrinfer.backends._vl_engine.fit_problem`: the best optimum of an InverseProblem.
+
+    Parameters
+    ----------
+    engine : LaplaceEngine
+    problem : InverseProblem
+    n_starts : int
+        At most this many Gauss-Newton runs (1: from the prior mean only,
+        exactly ``fit_problem``); fewer when the first three all reach one
+        optimum (see :func:`multistart`).
+    seed : int
+        Seed of the screened candidates.
+
+    Returns
+    -------
+    result : LaplaceResult
+        Of the best optimum (highest free energy; the prior-mean run when
+        every run failed).
+    mean, cov : torch.Tensor
+        Its Gaussian over ``problem.names`` (as ``fit_problem``).
+    report : dict
+        ``optima`` (JSON-ready list, best first: ``free_energy`` in nats,
+        ``mean`` in natural units by parameter name, ``n_starts`` that reached
+        it, ``from_prior_mean``), ``n_starts`` (runs made), ``n_screened``, ``warnings``
+        and ``notes`` (from :func:`multimodality`).
+    """
+    import warnings as _w
+
+    from jrinfer.backends._vl_engine import LaplaceConvergenceError, fit_problem
+
+    raise_on_failure = engine.raise_on_failure
+    engine = type(engine)(**{**engine._options(), "raise_on_failure": False})
+    form = problem.gaussian_form()
+    target = problem.observation.gaussian_target(problem.data)
+    names = problem.names
+    positions = [form.names.index(nm) if nm in form.names else -1 for nm in names]
+    hyper_pos = {nm: i for i, nm in enumerate(form.hyper_names)}
+
+    def full_z(z: torch.Tensor) -> torch.Tensor:
+        """``(B, n_form)`` -> ``(B, n_params)`` with the log precisions at their prior mean."""
+        cols = [
+            z[:, i] if i >= 0 else torch.full((z.shape[0],), float(form.hyper_mean[hyper_pos[nm]]), dtype=_DTYPE)
+            for nm, i in zip(names, positions)
+        ]
+        return torch.stack(cols, -1)
+
+    n_ch, n_pts = target.y.shape
+
+    def f_batch(z: torch.Tensor) -> torch.Tensor:
+        theta = problem.prior.from_unconstrained(full_z(z))
+        pred = problem.predict(theta)
+        value = torch.broadcast_to(target.transform(pred.value), (z.shape[0], n_ch, n_pts)).reshape(z.shape[0], -1)
+        valid = pred.valid.reshape(z.shape[0], 1)
+        return torch.where(valid, value, torch.full_like(value, math.nan))
+
+    mapped = {}
+
+    def fit_one(init: torch.Tensor):
+        with _w.catch_warnings():  # only the kept optimum's non-convergence is reported (below)
+            _w.simplefilter("ignore", RuntimeWarning)
+            res, mean, cov = fit_problem(engine, problem, init=init)
+        mapped[id(res)] = (res, mean, cov)
+        return res
+
+    k = form.precision_components.shape[0]
+    hyper_cov = form.hyper_cov if form.estimate_hyper else torch.eye(k, dtype=_DTYPE)
+    optima, info = multistart(
+        fit_one, f_batch, form.y, form.prior_mean, form.prior_cov, form.hyper_mean, hyper_cov,
+        form.precision_components, form.estimate_hyper, n_starts=n_starts, seed=seed,
+    )
+    best = optima[0]["result"] if optima else info["results"][0][1]
+    res, mean, cov = mapped[id(best)]
+    if res.status != "converged":
+        if raise_on_failure:
+            raise LaplaceConvergenceError(res.message, res)
+        _w.warn(f"VariationalLaplace: {res.message}", RuntimeWarning, stacklevel=3)
+    warns, notes = multimodality(optima)
+    out = []
+    for opt in optima:
+        _, m, _ = mapped[id(opt["result"])]
+        theta = problem.prior.from_unconstrained(m)
+        out.append(
+            {
+                "free_energy": float(opt["free_energy"]),
+                "mean": {nm: float(theta[j]) for j, nm in enumerate(names)},
+                "n_starts": int(opt["n_starts"]),
+                "from_prior_mean": 0 in opt["starts"],
+                "status": opt["result"].status,
+            }
+        )
+    report = {
+        "optima": out,
+        "n_starts": int(info["starts"].shape[0]),
+        "n_screened": int(info["n_screened"]),
+        "warnings": warns,
+        "notes": notes,
+    }
+    return res, mean, cov, report
