@@ -43,6 +43,9 @@ _DTYPE = torch.float64
 MULTIMODAL_NATS = 3.0
 #: Mahalanobis distance (posterior SDs of the best optimum) beyond which an optimum is a separate mode.
 MULTIMODAL_SD = 3.0
+#: A better optimum than the prior mean's is noted when it is at least this much higher in free energy (nats);
+#: below it the runs ended on the same flat ridge, apart by the optimiser's tolerance.
+NOTE_NATS = 1.0
 #: Default Gauss-Newton runs (VariationalLaplace(n_starts=...), the samplers' Laplace start); see benchmarks/RESULTS.md.
 DEFAULT_N_STARTS = 8
 #: Candidate starts screened per Gauss-Newton run.
@@ -196,7 +199,7 @@ def multimodality(optima: list[dict]) -> tuple[list[str], list[str]]:
     Returns ``(warnings, notes)``: a warning when a second optimum has free
     energy within :data:`MULTIMODAL_NATS` of the best and lies more than
     :data:`MULTIMODAL_SD` posterior SDs of the best away; a note when the best
-    optimum was not reached from the prior mean.
+    optimum was not reached from the prior mean and is at least :data:`NOTE_NATS` higher in free energy.
     """
     warns, notes = [], []
     if not optima:
@@ -218,6 +221,8 @@ def multimodality(optima: list[dict]) -> tuple[list[str], list[str]]:
         from_prior = [o for o in optima if 0 in o["starts"]]
         if from_prior:
             gap = best["free_energy"] - from_prior[0]["free_energy"]
+            if gap < NOTE_NATS:
+                return warns, notes
             notes.append(
                 f"the best optimum was not the one reached from the prior mean: the run from the prior mean "
                 f"stopped at a local optimum {gap:.2f} nats lower in free energy"
