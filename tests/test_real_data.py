@@ -87,12 +87,10 @@ def test_eegmat_rest_alpha_peak_and_shape(subject, backend):
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=False,
-    reason="2 x (200 tune + 200 draws), seed 0, measured on subjects 0/3/5: R-hat max 1.0095/1.034/1.024, "
-    "min ESS bulk/tail 230/172, 64/34, 104/96, 1/4/4 divergences; the library's thresholds (R-hat <= 1.01, "
-    "ESS >= 100 per chain, no divergence) need longer chains than the CI budget (2 x (300 + 300): still 1.021/"
-    "1.025/1.040, 2/2/21 divergences; 2 x (500 + 500): 1.008/1.012/1.014, tail ESS 435/86/209, 7/9/8 "
-    "divergences); the Hopf boundary cuts these posteriors (NUTS notes), and the divergences did not fall "
-    "with longer chains",
+    reason="the library's thresholds (R-hat <= 1.01, ESS >= 100 per chain, no divergence) are not reached at the "
+    "test budget, 2 x (500 + 500): measured on subjects 0/3/5, R-hat 1.008/1.012/1.014, tail ESS 435/86/209, 7/9/8 "
+    "divergences (at 2 x (200 + 200): R-hat up to 1.24, 1-34 divergences); the Hopf boundary cuts these posteriors "
+    "(NUTS notes), and the divergences did not fall with longer chains",
 )
 @pytest.mark.parametrize("subject", _rest_subjects())
 def test_eegmat_rest_nuts_diagnostics(subject):
