@@ -937,12 +937,18 @@ class SpectrumObservation(_JansenRitObservation):
         r2 = _r2(y, yhat)
         metrics: dict = {"r2_log_power": r2}
         warns = []
+        simulated = getattr(self, "method", "transfer") == "simulation"
+        metrics["residual_rms_log_power"] = float((y - yhat).pow(2).mean().sqrt())
         if not r2 >= R2_WARN:
-            warns.append(
-                f"poor fit: R^2 of log-power = {r2:.3f} (< {R2_WARN}); the data may come from the oscillatory "
-                "regime (try method='simulation' / --method simulation), need a wider prior (--prior), or hold "
-                "frequencies the model does not describe (try another --fmin/--fmax)"
+            try_next = (
+                "the model may not describe these data (read the residuals), the prior may be too narrow (--prior), "
+                "or the frequency range may hold what the model does not describe (try another --fmin/--fmax)"
+                if simulated else
+                "the data may come from the oscillatory regime (try method='simulation' / --method simulation), "
+                "need a wider prior (--prior), or hold frequencies the model does not describe (try another "
+                "--fmin/--fmax)"
             )
+            warns.append(f"poor fit: R^2 of log-power = {r2:.3f} (< {R2_WARN}); {try_next}")
         band = (f >= ALPHA_BAND_HZ[0]) & (f <= ALPHA_BAND_HZ[1])
         if int(band.sum()) >= 3:
             fd = float(f[band][y[band].argmax()])
@@ -951,19 +957,20 @@ class SpectrumObservation(_JansenRitObservation):
             if abs(fp - fd) > PEAK_SHIFT_WARN_HZ:
                 warns.append(
                     f"alpha peak missed: data {fd:.2f} Hz, model {fp:.2f} Hz (off by more than "
-                    f"{PEAK_SHIFT_WARN_HZ:g} Hz); try a wider prior on the rate constants a, b, another "
-                    "frequency range, or method='simulation'"
+                    f"{PEAK_SHIFT_WARN_HZ:g} Hz); try a wider prior on the rate constants a, b"
+                    + (" or another frequency range" if simulated else ", another frequency range, or "
+                       "method='simulation'")
                 )
         if params is not None and "log_precision" in params:
             sd = float(torch.exp(-0.5 * torch.as_tensor(params["log_precision"], dtype=torch.float64)))
             z = (torch.log(data.power) - yhat) / sd
             metrics.update(
-                residual_sd_log_power=sd,
+                noise_sd_log_power=sd,
                 standardised_residual_max_abs=float(z.abs().max()),
                 fraction_beyond_3sd=float((z.abs() > 3).double().mean()),
             )
         else:
-            sd = float((y - yhat).pow(2).mean().sqrt())
+            sd = metrics["residual_rms_log_power"]
         # A harmonic of the alpha peak that the prediction lacks is the signature
         # of a limit cycle, which no linearised (damped, noise-driven) spectrum has.
         if "peak_frequency_data_hz" in metrics and sd > 0:
@@ -973,11 +980,18 @@ class SpectrumObservation(_JansenRitObservation):
                 excess = float((y[near] - yhat[near]).max())
                 metrics["harmonic_excess_log_power"] = excess
                 if excess > 3.0 * sd:
+                    what = (
+                        "the fitted simulations lack it: the posterior sits where the model is damped; a prior on "
+                        "p_mean that reaches the oscillatory regime (about 90-315 pulses/s with the JR 1995 "
+                        "constants) lets the model produce it"
+                        if simulated else
+                        "which the linearised spectrum cannot produce; use method='simulation' (--method "
+                        "simulation) or a simulation-based backend"
+                    )
                     warns.append(
                         f"the data have a peak near {f2:.1f} Hz, twice the alpha peak, that the prediction lacks "
                         f"(log-power excess {excess:.2f}, {excess / sd:.1f} residual SDs): a harmonic, the mark of "
-                        "a limit cycle (the oscillatory regime), which the linearised spectrum cannot produce; "
-                        "use method='simulation' (--method simulation) or a simulation-based backend"
+                        f"a limit cycle (the oscillatory regime); {what}"
                     )
         return FitQuality(metrics, warns)
 
@@ -1321,7 +1335,7 @@ class EvokedObservation(_JansenRitObservation):
             sd = float(torch.exp(-0.5 * torch.as_tensor(params["log_precision"], dtype=torch.float64)))
             z = (y - yhat) / sd
             metrics.update(
-                residual_sd=sd,
+                noise_sd=sd,
                 standardised_residual_max_abs=float(z.abs().max()),
                 fraction_beyond_3sd=float((z.abs() > 3).double().mean()),
             )

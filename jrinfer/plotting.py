@@ -146,7 +146,7 @@ def plot_spectrum_fit(posterior, path=None, *, title: str | None = None):
     peak frequencies), and draws the pointwise 5-95 % posterior predictive
     band. The lower panel shows standardised log-power residuals
     ``(log data - log fit) / sd`` with ``sd`` the fit's residual sd of
-    log-power (``fit_quality["residual_sd_log_power"]``, from the noise
+    log-power (``fit_quality["noise_sd_log_power"]``, from the noise
     precision; else the residuals' RMS) and the ±2 band.
 
     Parameters
@@ -170,7 +170,7 @@ def plot_spectrum_fit(posterior, path=None, *, title: str | None = None):
     fig = _figure(figsize=(6.4 * n_ch, 5.6))
     axes = fig.subplots(2, n_ch, squeeze=False, sharex="col", gridspec_kw={"height_ratios": [3, 1.2]})
     logres = np.log(y) - np.log(fit)
-    sd = posterior.fit_quality.get("residual_sd_log_power")
+    sd = posterior.fit_quality.get("noise_sd_log_power")
     if not sd or not np.isfinite(sd):
         sd = float(np.sqrt(np.mean(logres**2))) or 1.0
     for c in range(n_ch):

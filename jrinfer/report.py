@@ -313,9 +313,11 @@ _QUALITY_LABELS = {
     "peak_frequency_data_hz": ("alpha peak of the data (Hz)", "largest power in 6–14 Hz"),
     "peak_frequency_model_hz": ("alpha peak of the fit (Hz)", "largest predicted power in 6–14 Hz"),
     "peak_shift_hz": ("peak shift, fit − data (Hz)", "within ±0.5 Hz reproduces the peak"),
-    "residual_sd_log_power": ("noise sd of log-power", "exp(−log_precision / 2): the fitted scatter of "
-                                                       "log-power about the model"),
-    "residual_sd": ("noise sd ({units})", "exp(−log_precision / 2): the fitted scatter about the model"),
+    "noise_sd_log_power": ("noise sd of log-power", "exp(−log_precision / 2): the fitted scatter of "
+                                                    "log-power about the model"),
+    "residual_rms_log_power": ("residual RMS of log-power", "root mean square of data − fit (natural log); "
+                                                            "well above the noise sd: structured misfit"),
+    "noise_sd": ("noise sd ({units})", "exp(−log_precision / 2): the fitted scatter about the model"),
     "standardised_residual_max_abs": ("largest |residual| / noise sd", "above about 3.5 a point the model misses"),
     "fraction_beyond_3sd": ("fraction of points beyond 3 noise sd", "0.003 expected for Gaussian noise"),
     "harmonic_excess_log_power": ("excess log-power at twice the alpha peak",

@@ -46,7 +46,7 @@ def test_limit_cycle_spectrum_is_flagged_by_the_fit_quality():
     post = _fit(InverseProblem(SpectrumObservation(), None, data))
     # the linearised model has no harmonics: the 22 Hz peak stands far out of the residuals
     q = post.fit_quality
-    assert q["harmonic_excess_log_power"] > 3 * q["residual_sd_log_power"], q
+    assert q["harmonic_excess_log_power"] > 3 * q["noise_sd_log_power"], q
     assert any("harmonic" in w and "limit cycle" in w for w in post.warnings), post.warnings
     assert any("simulation" in w for w in post.warnings)  # says what to try
 
@@ -232,3 +232,25 @@ def test_negative_input_latency_is_explained(latency, said):
     assert bool(notes) == said, q.warnings
     if said:
         assert "-12 ms" in notes[0] and "before time zero" in notes[0] and "input precedes" in notes[0]
+
+
+def test_misfit_advice_depends_on_the_spectral_method():
+    """A simulation-method fit is not told to try the simulation method; the keys say what they measure."""
+    import torch
+
+    from jrinfer import SpectrumData, SpectrumObservation
+
+    freqs = torch.arange(2.0, 40.01, 0.5, dtype=torch.float64)
+    power = 20.0 / freqs * (1 + 30 * torch.exp(-0.5 * ((freqs - 10.0) / 0.7) ** 2) + 5 * torch.exp(-0.5 * ((freqs - 20.0) / 0.7) ** 2))
+    data = SpectrumData.from_arrays(freqs, power[None], units="uV^2/Hz", n_segments=30)
+    flat = 20.0 / freqs  # misses the peak and its harmonic
+    params = {"log_precision": torch.tensor(4.0, dtype=torch.float64)}
+    for method in ("transfer", "simulation"):
+        q = SpectrumObservation(method=method).goodness_of_fit(data, flat, params)
+        text = " ".join(q.warnings)
+        assert "poor fit" in text and "harmonic" in text, q.warnings
+        assert ("method='simulation'" in text) == (method == "transfer"), (method, q.warnings)
+        m = q.metrics
+        assert m["noise_sd_log_power"] == pytest.approx(float(torch.exp(torch.tensor(-2.0))))
+        resid = torch.log(power) - torch.log(flat)
+        assert m["residual_rms_log_power"] == pytest.approx(float(resid.pow(2).mean().sqrt()))

@@ -39,7 +39,7 @@ def _posterior(kind="spectrum", rng=None):
         observed = {"values": y[None], "coord": "freq", "coord_values": x, "coord_units": "Hz",
                     "channels": ["O1"], "units": "uV^2/Hz"}
         quality = {"r2_log_power": 0.41, "peak_frequency_data_hz": 10.5, "peak_frequency_model_hz": 10.0,
-                   "residual_sd_log_power": 0.2}
+                   "noise_sd_log_power": 0.2}
     else:
         x = np.arange(-0.1, 0.4, 0.004)
         fit = -5 * np.exp(-0.5 * ((x - 0.1) / 0.02) ** 2) * (x > 0)
