@@ -113,7 +113,7 @@ def _cmd_simulate(args) -> int:
         transient=args.transient,
     )
     if out is not None:
-        _write_csv(out, ["time", "v"], [sim.time, sim.v])
+        _write_csv(out, ["time", "v [mV]"], [sim.time, sim.v])  # units in the header: jrinfer fit reads them
     summary = {
         "n_samples": int(sim.v.shape[-1]),
         "sampling_rate_hz": sim.sampling_rate,
@@ -177,7 +177,7 @@ def _cmd_spectrum(args) -> int:
         psd = pred.value
         info["seed"] = args.seed
     if out is not None:
-        _write_csv(out, ["freq", "power"], [freqs, psd])
+        _write_csv(out, ["freq", "power [mV^2/Hz]"], [freqs, psd])  # units in the header: jrinfer fit reads them
     if args.json:
         print(json.dumps({**info, "freq": freqs.tolist(), "power": psd.tolist()}))
     elif out is None:
@@ -1288,7 +1288,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="integrator; auto = RK4 without noise (p_std=0), stochastic Heun with noise",
     )
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    p.add_argument("--out", default=None, help="CSV file to write (columns time,v)")
+    p.add_argument("--out", default=None, help="CSV file to write (columns time, v [mV])")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=_cmd_simulate)
 
@@ -1307,7 +1307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=60.0, help="simulated time in s for --method simulation")
     p.add_argument("--transient", type=float, default=2.0, help="discarded time in s for --method simulation")
     p.add_argument("--seed", type=int, default=0, help="noise seed for --method simulation")
-    p.add_argument("--out", default=None, help="CSV file to write (columns freq,power)")
+    p.add_argument("--out", default=None, help="CSV file to write (columns freq, power [mV^2/Hz])")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=_cmd_spectrum)
 

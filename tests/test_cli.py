@@ -43,7 +43,7 @@ def test_simulate_writes_time_v_csv_with_rk4_when_noiseless(tmp_path, capsys):
     info = json.loads(out)
     assert info["method"] == "rk4" and info["n_samples"] == 10000
     with open(path) as fh:
-        assert next(csv.reader(fh)) == ["time", "v"]
+        assert next(csv.reader(fh)) == ["time", "v [mV]"]
     data = np.loadtxt(path, delimiter=",", skiprows=1)
     assert data.shape == (10000, 2)
     assert data[1, 0] == pytest.approx(1e-4)
@@ -60,7 +60,10 @@ def test_spectrum_transfer_and_simulation(tmp_path, capsys):
     code, _, err = run(capsys, *args, "--out", str(path))
     assert code == 0, err
     with open(path) as fh:
-        assert next(csv.reader(fh)) == ["freq", "power"]
+        assert next(csv.reader(fh)) == ["freq", "power [mV^2/Hz]"]
+    from jrinfer import SpectrumData
+
+    assert SpectrumData.from_csv(path).units == "mV^2/Hz"  # jrinfer fit reads the units back
     lin = np.loadtxt(path, delimiter=",", skiprows=1)
     assert lin.shape == (77, 2) and lin[0, 0] == 2.0 and lin[-1, 0] == 40.0
     assert 9.0 < lin[lin[:, 1].argmax(), 0] < 11.0
