@@ -216,6 +216,9 @@ class Posterior:
         )
         if quality:
             lines.append(f"  fit: {quality}")
+        trust = self._trust_summary()
+        if trust:
+            lines.append(f"  trust: {trust}")
         lines.append(f"  {'parameter':>16s}  {'mean':>10s}  {'sd':>9s}  {'units':<12s} contraction")
         for n, m, s in zip(self.names, self.mean, self.sd):
             c = self.contraction.get(n)
@@ -224,6 +227,38 @@ class Posterior:
         for w in self.warnings:
             lines.append(f"  WARNING: {w}")
         return "\n".join(lines)
+
+    def _trust_summary(self) -> str:
+        """One line of the backend's own reliability figures found in ``diagnostics`` (empty if none)."""
+        d = self.diagnostics or {}
+        parts = []
+
+        def num(key):
+            v = d.get(key)
+            return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+        if num("pareto_k") is not None:
+            parts.append(f"Pareto k-hat {d['pareto_k']:.2f} (Gaussian vs true posterior; above 0.7 unreliable)")
+        if num("rhat_max") is not None:
+            parts.append(f"R-hat max {d['rhat_max']:.3f}")
+        if num("ess_bulk_min") is not None and num("ess_tail_min") is not None:
+            parts.append(f"ESS min bulk {d['ess_bulk_min']:.0f} / tail {d['ess_tail_min']:.0f}")
+        if num("divergences") is not None:
+            parts.append(f"{d['divergences']:.0f} divergences")
+        cal = d.get("calibration")
+        if isinstance(cal, dict) and cal.get("verdict"):
+            parts.append(f"calibration on simulations: {cal['verdict'].split(':')[0]}")
+        ood = d.get("out_of_distribution")
+        if isinstance(ood, dict) and ood.get("mahalanobis2") is not None:
+            parts.append(
+                f"distance of the data from the training simulations d² {ood['mahalanobis2']:.3g} (training median "
+                f"{ood.get('training_mahalanobis2_median', float('nan')):.3g}, max "
+                f"{ood.get('training_mahalanobis2_max', float('nan')):.3g})"
+            )
+        inv = d.get("invalid_draws")
+        if isinstance(inv, dict) and inv.get("fraction"):
+            parts.append(f"{100 * inv['fraction']:.0f} % of draws not predictable")
+        return "; ".join(parts)
 
     # ---------------------------------------------------------- ArviZ
     def to_arviz(self):
