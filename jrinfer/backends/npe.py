@@ -1136,12 +1136,15 @@ class NPE:
         from sbi.inference import NPE as _SbiNPE
 
         t0 = time.perf_counter()
-        # sbi prints its epoch counter on stdout: it goes to stderr (with the progress bars) or nowhere
-        shown = contextlib.redirect_stdout(sys.stderr if self.progress else io.StringIO())
+        # sbi rewrites its epoch counter on stdout hundreds of times: swallowed; one line before and after instead
+        if self.progress:
+            print(f"training the flow on {theta.shape[0]} simulations (stops when the validation loss has not "
+                  f"improved for {self.stop_after_epochs} epochs, at most {self.max_epochs}) ...", file=sys.stderr)
+        shown = contextlib.redirect_stdout(io.StringIO())
         with _seeded(chunk_seed(self.seed, _NETWORK_INDEX)), _one_thread(), shown, warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             inference = _SbiNPE(prior=coords.torch_prior, density_estimator=_flow_builder(architecture),
-                                show_progress_bars=self.progress, tracker=_NoTracker())
+                                show_progress_bars=False, tracker=_NoTracker())
             inference.append_simulations(theta, x)
             net = inference.train(
                 training_batch_size=self.training_batch_size,
@@ -1151,9 +1154,9 @@ class NPE:
                 max_num_epochs=self.max_epochs,
             )
         seconds = time.perf_counter() - t0
-        if self.progress:
-            print(file=sys.stderr)
         summary = inference._summary
+        if self.progress:
+            print(f"trained {int(inference.epoch)} epochs in {seconds:.0f} s", file=sys.stderr)
         epochs = int(inference.epoch)
         report.update(
             training_seconds=seconds,
