@@ -985,7 +985,7 @@ class SpectrumObservation(_JansenRitObservation):
                         "p_mean that reaches the oscillatory regime (about 90-315 pulses/s with the JR 1995 "
                         "constants) lets the model produce it"
                         if simulated else
-                        "which the linearised spectrum cannot produce; use method='simulation' (--method "
+                        "the linearised spectrum cannot produce it; use method='simulation' (--method "
                         "simulation) or a simulation-based backend"
                     )
                     warns.append(

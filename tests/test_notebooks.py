@@ -91,8 +91,18 @@ def test_fit_evoked_response(tmp_path):
     _assert_pngs(tmp_path, ["erp_single_trials.png", "erp_fits.png"])
 
 
+@pytest.mark.slow
+def test_compare_backends(tmp_path):
+    pytest.importorskip("pymc")
+    pytest.importorskip("sbi")
+    text = execute_notebook("compare_backends.ipynb", tmp_path)
+    assert "small settings" in text and "covers the truth:" in text
+    _assert_pngs(tmp_path, ["05_marginals.png", "05_predictive.png", "05_npe_calibration.png"])
+
+
 def test_every_notebook_is_tested():
-    tested = {"model_tour.ipynb", "fit_resting_spectrum.ipynb", "identifiability.ipynb", "fit_evoked_response.ipynb"}
+    tested = {"model_tour.ipynb", "fit_resting_spectrum.ipynb", "identifiability.ipynb", "fit_evoked_response.ipynb",
+              "compare_backends.ipynb"}
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} <= tested | _TESTED_ELSEWHERE
     assert not list(NOTEBOOKS.glob("*.py")), "worked examples are notebooks (.ipynb), not scripts"
 
