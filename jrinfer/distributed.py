@@ -337,7 +337,8 @@ def fit_many(
         ``"error"``), ``error`` (the message), ``fit_status`` (the posterior's
         status), ``backend``, ``log_evidence``, ``n_warnings``, ``warnings``,
         ``<parameter>_mean``/``<parameter>_sd``, ``fit_<measure>`` (fit quality),
-        ``diag_<name>`` (scalar backend diagnostics: free energy, R-hat, ESS,
+        ``npe_*`` (NPE: calibration verdict, regime, the data's distance from the
+        training simulations), ``diag_<name>`` (scalar backend diagnostics: free energy, R-hat, ESS,
         ...) and the manifest's extra columns. Without ``out``, each row also
         holds ``"posterior"`` (a :class:`~jrinfer.Posterior`, or ``None`` for
         an error).
@@ -751,6 +752,14 @@ def _summary_row(spec: dict, summary: dict) -> dict:
     for key, value in (summary.get("diagnostics") or {}).items():
         if _is_scalar(value):
             row[f"diag_{key}"] = value
+    npe = summary.get("npe") or {}  # how far an amortized posterior can be trusted for this item
+    for key in ("calibrated", "regime", "out_of_distribution"):
+        if key in npe:
+            row[f"npe_{key}"] = npe[key]
+    ood = (summary.get("diagnostics") or {}).get("out_of_distribution")
+    if isinstance(ood, dict) and _is_scalar(ood.get("mahalanobis2")):
+        row["npe_mahalanobis2"] = ood["mahalanobis2"]
+        row["npe_training_mahalanobis2_max"] = ood.get("training_mahalanobis2_max")
     row.update({k: v for k, v in spec["meta"].items() if k not in row})
     return row
 
