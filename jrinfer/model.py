@@ -709,6 +709,20 @@ class JansenRit:
         residue = torch.where(has, residue, torch.zeros_like(residue))
         return lam, residue
 
+    def _p_mean_search(self, caller: str, p_range, grid_size):
+        """Checked ``(lo, hi)``, the constants other than p_mean (torch and float) and the upper branch's
+        largest real part as a function of p_mean: what both searches along p_mean start from."""
+        if self._batch_shape.numel() != 1 or len(self._batch_shape) > 0:
+            raise ValueError(f"{caller} needs an unbatched model, got batch_shape {tuple(self._batch_shape)}")
+        lo, hi = (float(x) for x in p_range)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"p_range must be a finite (low, high) with low < high, got {p_range!r}")
+        if not isinstance(grid_size, int) or grid_size < 4:
+            raise ValueError(f"grid_size must be an int >= 4, got {grid_size!r}")
+        base = {k: v.detach() for k, v in self._params.items() if k != "p_mean"}
+        base_np = {k: float(v) for k, v in base.items()}
+        return lo, hi, base, base_np, self._upper_sigma(base, base_np)
+
     def hopf_p_mean(self, p_range=(0.0, 1000.0), *, grid_size: int = 32, guess: float | None = None) -> torch.Tensor:
         """First Hopf point of the upper equilibrium branch in ``p_mean``, the other parameters held.
 
@@ -745,17 +759,7 @@ class JansenRit:
             where it is already unstable at ``p_range[0]``. Infinite values
             carry no gradient. Unbatched models only.
         """
-        if self._batch_shape.numel() != 1 or len(self._batch_shape) > 0:
-            raise ValueError(f"hopf_p_mean needs an unbatched model, got batch_shape {tuple(self._batch_shape)}")
-        lo, hi = (float(x) for x in p_range)
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(f"p_range must be a finite (low, high) with low < high, got {p_range!r}")
-        if not isinstance(grid_size, int) or grid_size < 4:
-            raise ValueError(f"grid_size must be an int >= 4, got {grid_size!r}")
-        base = {k: v.detach() for k, v in self._params.items() if k != "p_mean"}
-
-        base_np = {k: float(v) for k, v in base.items()}
-        sigma = self._upper_sigma(base, base_np)
+        lo, hi, base, base_np, sigma = self._p_mean_search("hopf_p_mean", p_range, grid_size)
         bracket = None
         if guess is not None and math.isfinite(guess) and lo < guess < hi:
             h = 1e-3 * max(abs(guess), 1.0)
@@ -808,18 +812,7 @@ class JansenRit:
             interval) when it is unstable on the whole grid. Infinite ends
             carry no gradient. Unbatched models only.
         """
-        if self._batch_shape.numel() != 1 or len(self._batch_shape) > 0:
-            raise ValueError(
-                f"stable_p_mean_interval needs an unbatched model, got batch_shape {tuple(self._batch_shape)}"
-            )
-        lo, hi = (float(x) for x in p_range)
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(f"p_range must be a finite (low, high) with low < high, got {p_range!r}")
-        if not isinstance(grid_size, int) or grid_size < 4:
-            raise ValueError(f"grid_size must be an int >= 4, got {grid_size!r}")
-        base = {k: v.detach() for k, v in self._params.items() if k != "p_mean"}
-        base_np = {k: float(v) for k, v in base.items()}
-        sigma = self._upper_sigma(base, base_np)
+        lo, hi, base, base_np, sigma = self._p_mean_search("stable_p_mean_interval", p_range, grid_size)
         grid = np.linspace(lo, hi, grid_size)
         s = sigma(grid)
         stable = np.nonzero(s < 0)[0]
