@@ -2,7 +2,7 @@
 
 What issue 11 asks of each backend on real data: the fit reproduces the alpha peak frequency
 within 0.5 Hz (two bins of the 0.25 Hz Welch grid) and the log-power shape with R^2 >= 0.9,
-and says it converged. Subjects are discovered in the cache, so adding recordings widens the test.
+and says it converged (or, for the samplers, that its chains did not mix). Subjects are discovered in the cache, so adding recordings widens the test.
 """
 
 import functools
@@ -42,7 +42,20 @@ def _nuts(problem):
     return NUTS(**NUTS_BUDGET, seed=0, init="laplace").fit(problem)
 
 
-BACKENDS = {"laplace": _laplace, "nuts": _nuts}
+#: SMC's budget: 2 chains x 500 particles (PyMC's tempered SMC, independent Metropolis-Hastings mutations).
+#: Measured with three other jobs on the 2 cores (subjects 0 / 3 / 5): 88 / 103 / 106 s, 13-14 tempering
+#: stages, 66,500-83,000 likelihood evaluations, R-hat 1.008 / 1.005 / 1.008, peak 0.25 / -0.5 / -0.5 Hz off,
+#: R^2 0.907 / 0.957 / 0.945.
+SMC_BUDGET = {"chains": 2, "draws": 500}
+
+
+def _smc(problem):
+    from jrinfer.backends.pymc import SMC
+
+    return SMC(**SMC_BUDGET, seed=0).fit(problem)
+
+
+BACKENDS = {"laplace": _laplace, "nuts": _nuts, "smc": _smc}
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,6 +89,12 @@ def test_eegmat_rest_alpha_peak_and_shape(subject, backend):
         # seed 0 gave R-hat 1.62 with 98 divergences, seed 1 R-hat 1.004 with 6 (2 x (500 + 500)).
         assert mixed or (post.status != "converged"
                          and any("R-hat" in w or "divergent" in w for w in post.warnings)), (d, post.warnings)
+    elif backend == "smc":
+        # the particle populations of the chains agree (R-hat < 1.05), or the posterior says they do not
+        d = post.diagnostics
+        assert d["rhat_max"] < 1.05 or (post.status != "converged" and any("R-hat" in w for w in post.warnings)), (
+            d["rhat_max"], post.warnings)
+        assert post.log_evidence is not None and np.isfinite(post.log_evidence)
     else:
         assert post.status == "converged", (post.status, post.message)
     assert abs(q["peak_shift_hz"]) <= 0.5 + 1e-9, q
