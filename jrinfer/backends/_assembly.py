@@ -16,7 +16,12 @@ same way for every backend:
 - contraction per parameter against the prior, in unconstrained coordinates;
 - warnings: the observation's misfit warnings, invalid draws, uninformed
   parameters, data-preparation warnings (``data.metadata["warnings"]``), and the
-  backend's own.
+  backend's own;
+- the status: the backend's when its algorithm did not converge or failed its
+  own checks; else ``"warning"`` when the fit is a misfit or its Pareto k-hat is
+  above 0.7, ``"converged"`` otherwise (``status_message`` says why; the
+  backend's verdict stays in ``diagnostics["backend_status"]`` and
+  ``diagnostics["optimizer_converged"]``).
 """
 
 from __future__ import annotations
@@ -28,12 +33,38 @@ import torch
 
 from jrinfer import _checks
 from jrinfer._rng import generator
-from jrinfer.posterior import CONTRACTION_UNINFORMED, Posterior
+from jrinfer.posterior import CONTRACTION_UNINFORMED, PARETO_K_UNRELIABLE, Posterior, _is_misfit
 
-__all__ = ["assemble_posterior", "INVALID_FRACTION_WARN"]
+__all__ = ["assemble_posterior", "INVALID_FRACTION_WARN", "RULED_OUT_FRACTION_WARN"]
 
 #: Fraction of posterior draws with invalid predictions above which a fit warns.
 INVALID_FRACTION_WARN = 0.10
+#: Fraction of posterior draws ruled out by the data (:func:`_ruled_out`) above which a fit warns.
+RULED_OUT_FRACTION_WARN = 0.10
+#: Tail probability behind the "ruled out" threshold: a draw of the true posterior of a regular model has
+#: ``2 (max log-likelihood - its log-likelihood)`` about chi-square with k = n_params degrees of freedom (Wilks
+#: 1938), so a drop beyond the chi-square's 1 - 1e-6 quantile / 2 has no posterior mass worth the name.
+RULED_OUT_TAIL = 1e-6
+
+
+def _ruled_out(log_lik: np.ndarray, best: float, n_params: int) -> dict:
+    """Share of predictive draws whose log-likelihood lies implausibly far below the best fit's.
+
+    ``log_lik``: ``(n_chains, n_draws, C, P)`` pointwise; ``best``: the largest
+    total log-likelihood known (the point fit's or the best draw's), nats.
+    """
+    from scipy.stats import chi2
+
+    total = log_lik.reshape(-1, int(np.prod(log_lik.shape[2:]))).sum(-1)
+    threshold = 0.5 * float(chi2.isf(RULED_OUT_TAIL, n_params))
+    drop = best - total
+    return {
+        "fraction": float((drop > threshold).mean()),
+        "threshold_nats": threshold,
+        "median_drop_nats": float(np.median(drop)),
+        "note": "share of the posterior predictive draws whose log-likelihood is more than threshold_nats below the "
+        "best fit's (chi-square tail 1e-6 with n_params degrees of freedom): parameter sets the data rule out",
+    }
 
 
 def _thin(n_chains: int, n_draws: int, n_keep: int) -> np.ndarray:
@@ -52,6 +83,33 @@ def _unique(reasons: list[str], limit: int = 3) -> list[str]:
         if len(out) == limit:
             break
     return out
+
+
+def _fit_status(backend: str, status: str, message: str, diagnostics: dict, quality_warnings) -> tuple[str, str]:
+    """The posterior's ``(status, status_message)`` from the backend's verdict and the fit's quality.
+
+    One rule for every backend: a backend status other than ``"converged"``
+    stays; a converged fit becomes ``"warning"`` when its Pareto k-hat exceeds
+    :data:`~jrinfer.posterior.PARETO_K_UNRELIABLE` (the Gaussian approximation
+    is not to be trusted) or the goodness of fit reports a misfit (README: R²
+    of log-power below 0.9 or the alpha peak missed by more than 1 Hz; ERPs:
+    explained variance too low or the main peak missed).
+    """
+    reasons = []
+    if status != "converged":
+        reasons.append(f"{backend} reported {status!r}" + (f" ({message})" if message else ""))
+    k = diagnostics.get("pareto_k")
+    if isinstance(k, (int, float)) and not isinstance(k, bool) and (k > PARETO_K_UNRELIABLE or math.isnan(k)):
+        reasons.append(
+            f"Pareto k-hat {k:.2f} > {PARETO_K_UNRELIABLE}: the Gaussian approximation cannot be trusted"
+        )
+    reasons += [w.split(";")[0] for w in quality_warnings if _is_misfit(w)]
+    ruled = diagnostics.get("predictive_ruled_out") or {}
+    if ruled.get("fraction", 0.0) > RULED_OUT_FRACTION_WARN:
+        reasons.append(f"{100 * ruled['fraction']:.0f} % of the posterior draws are ruled out by the data")
+    if status != "converged":
+        return status, "; ".join(reasons)
+    return ("warning", "; ".join(reasons)) if reasons else ("converged", "")
 
 
 def assemble_posterior(
@@ -80,8 +138,16 @@ def assemble_posterior(
     draws : array_like
         Posterior draws in natural units, shape ``(n_chains, n_draws, n_params)``
         (last axis in ``problem.names`` order).
-    backend, status, message : str
+    backend : str
         As on :class:`~jrinfer.Posterior`.
+    status : str
+        The backend's verdict on its own algorithm: ``"converged"``, or a
+        failure code / ``"warning"`` when its checks failed. The posterior's
+        ``status`` is this, downgraded to ``"warning"`` for a misfit or a
+        Pareto k-hat (``diagnostics["pareto_k"]``) above 0.7
+        (:func:`_fit_status`).
+    message : str
+        The backend's description of its run.
     log_evidence : float, optional
     mean_unconstrained, cov_unconstrained : array_like, optional
         The backend's Gaussian in unconstrained coordinates; when given, the
@@ -170,11 +236,33 @@ def assemble_posterior(
         if fit_pred is None and valid_values is not None:
             fit_pred = valid_values.median(0).values
             point_params = problem.parameters(theta.reshape(-1, problem.n_params).median(0).values)
+        if log_lik is not None:
+            best = float(log_lik.reshape(log_lik.shape[0] * log_lik.shape[1], -1).sum(-1).max())
+            if fit_pred is not None and point is not None and point_params is not None:
+                ll_fit = obs.pointwise_log_likelihood(obs.predict(point_params, data), point_params, data)
+                best = max(best, float(ll_fit.sum()))
+            ruled = _ruled_out(log_lik, best, problem.n_params)
+            diagnostics["predictive_ruled_out"] = ruled
+            if ruled["fraction"] > RULED_OUT_FRACTION_WARN:
+                y_abs = float(observed.values.abs().max())
+                amp = float(np.quantile(np.abs(predictive).reshape(-1, predictive.shape[-1]).max(-1), 0.95))
+                ruled["predictive_max_abs_q95_over_data"] = amp / y_abs if y_abs > 0 else float("nan")
+                warns.append(
+                    f"predictive ruled out by the data: {100 * ruled['fraction']:.0f} % of the posterior draws "
+                    f"predict data whose log-likelihood is more than {ruled['threshold_nats']:.0f} nats below the "
+                    f"best fit's (median {ruled['median_drop_nats']:.3g} nats; the 95th percentile of their peak "
+                    f"is {ruled['predictive_max_abs_q95_over_data']:.3g} x the data's): the posterior these draws "
+                    "come from is not the one the data define (an approximation that fails, e.g. the Gaussian "
+                    "reaching unstable parameter sets), so the predictive band is wider than the data allow; use "
+                    "--resample (laplace) or a sampler (nuts, smc)"
+                )
         quality: dict = {}
+        quality_warnings: list[str] = []
         if fit_pred is not None:
             fq = obs.goodness_of_fit(data, fit_pred, point_params)
             quality = dict(fq.metrics)
-            warns.extend(fq.warnings)
+            quality_warnings = [str(w) for w in fq.warnings]
+            warns.extend(quality_warnings)
         else:
             warns.append("no posterior draw gives a valid prediction: the fit quality could not be assessed")
 
@@ -221,11 +309,15 @@ def assemble_posterior(
     fit = None
     if fit_pred is not None:
         fit = torch.broadcast_to(fit_pred, observed.values.shape).numpy()
+    final_status, status_message = _fit_status(backend, status, message, diagnostics, quality_warnings)
+    diagnostics["backend_status"] = status
+    diagnostics["optimizer_converged"] = status == "converged"
     return Posterior(
         names=problem.names,
         draws=theta.numpy(),
         backend=backend,
-        status=status,
+        status=final_status,
+        status_message=status_message,
         message=message,
         log_evidence=log_evidence,
         mean_unconstrained=None if mean_unconstrained is None else np.asarray(mean_unconstrained, dtype=float),
