@@ -631,12 +631,13 @@ def _with_conditions(args, obs, spec: dict, data):
 
 def _condition_summary(summary: dict, posterior, problem) -> list[str]:
     """Add ``condition_effects`` to summary.json for a fit of several conditions; the lines to print."""
-    from jrinfer.conditions import ConditionObservation, condition_effects, format_effects
+    from jrinfer.conditions import ConditionObservation, condition_effects, format_effects, no_difference
 
     obs = problem.observation
     if not isinstance(obs, ConditionObservation):
         return []
     effects = condition_effects(posterior, problem)
+    joint = no_difference(posterior, problem)
     warns = []
     k = posterior.diagnostics.get("pareto_k")
     if k is not None and k > 0.7:
@@ -649,10 +650,11 @@ def _condition_summary(summary: dict, posterior, problem) -> list[str]:
         "conditions": list(obs.conditions),
         "method": "log BF: Bayesian model reduction of 'no difference' (delta = 0) from the full posterior "
         "(Friston & Penny 2011); P(difference) with equal prior odds",
+        "no_difference": joint,
         "effects": effects,
         "warnings": warns,
     }
-    return format_effects(effects, obs.reference) + [f"    WARNING: {w}" for w in warns]
+    return format_effects(effects, obs.reference, joint) + [f"    WARNING: {w}" for w in warns]
 
 
 def _sampler_budget(args, *extra: str) -> dict:

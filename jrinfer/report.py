@@ -274,7 +274,14 @@ def _condition_effects(summary) -> str:
             f"{_e(ce.get('method', ''))}.</div>"
             f'<div class="note"><b>Interval vs log BF:</b> {_e(INTERVAL_VS_BF)}.</div>')
     warns = "".join(f'<div class="note">Warning: {_e(w)}</div>' for w in ce.get("warnings") or [])
-    return "<table>" + head + "".join(rows) + "</table>" + note + warns
+    joint = ce.get("no_difference")
+    first = ""
+    if joint:
+        first = (f'<p><b>No parameter differs between conditions</b> (all {len(joint["parameters"])} differences '
+                 f"reduced to 0 at once) against the full model: log BF {float(joint['log_bayes_factor']):+.2f} for "
+                 f"some difference, P(some difference) {float(joint['p_difference']):.2f} "
+                 f"({_e(joint.get('evidence', ''))}).</p>")
+    return first + "<table>" + head + "".join(rows) + "</table>" + note + warns
 
 
 def _parameter_table(posterior, truth: dict | None = None) -> str:
