@@ -209,14 +209,10 @@ def plot_spectrum_fit(posterior, path=None, *, title: str | None = None):
 
 
 def _band_label(posterior) -> str:
-    """Legend of the predictive band; says so when many of its draws are ruled out by the data."""
-    from jrinfer.backends._assembly import RULED_OUT_FRACTION_WARN
-
+    """Legend of the predictive band; says so when its draws are ruled out by the data (see the warnings)."""
     ruled = (posterior.diagnostics or {}).get("predictive_ruled_out") or {}
-    frac = ruled.get("fraction", 0.0)
-    if isinstance(frac, (int, float)) and frac > RULED_OUT_FRACTION_WARN:
-        return (f"posterior predictive 90 % ({100 * frac:.0f} % of its draws\nruled out by the data: "
-                "band too wide, see warnings)")
+    if ruled.get("ruled_out"):
+        return "posterior predictive 90 % (its typical draw is\nruled out by the data: band too wide, see warnings)"
     return "posterior predictive 90 %"
 
 

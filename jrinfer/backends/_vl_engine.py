@@ -600,7 +600,7 @@ def progress_line(message: str) -> None:
 
 
 class _Progress:
-    """Progress of one Gauss-Newton run: a tqdm bar, or a line at start, every PROGRESS_INTERVAL_S and at the end."""
+    """Progress of one Gauss-Newton run: a tqdm bar, or a line every PROGRESS_INTERVAL_S and one at the end."""
 
     def __init__(self, progress, total: int, desc: str, F: float):
         self.mode = progress_mode(progress)
@@ -612,8 +612,6 @@ class _Progress:
 
             self.bar = tqdm(total=total, desc=desc, unit="it")
             self.bar.set_postfix(F=f"{F:.4g}")
-        elif self.mode == "lines":
-            progress_line(f"{desc}: started (at most {total} iterations; F = {F:.6g})")
 
     def update(self, it: int, F: float, dF: float, nu: float) -> None:
         if self.bar is not None:
@@ -653,9 +651,9 @@ class LaplaceEngine:
         within one iteration.
     progress : bool or {"auto", "bar", "lines"}, default False
         Report progress on stderr: ``"bar"`` (or True) a tqdm bar with the
-        free energy; ``"lines"`` one line when a run starts, every
-        :data:`PROGRESS_INTERVAL_S` seconds (iteration, ``F``, elapsed time)
-        and when it ends, for logs, pipes and notebooks where a bar is not
+        free energy; ``"lines"`` one line every :data:`PROGRESS_INTERVAL_S`
+        seconds of a run (start, iteration, ``F``, elapsed time) and one when
+        it ends, for logs, pipes and notebooks where a bar is not
         redrawn; ``"auto"`` the bar when stderr is a terminal, else lines.
     raise_on_failure : bool, default False
         Raise :class:`LaplaceConvergenceError` (a ``RuntimeError``) instead of
