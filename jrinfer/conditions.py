@@ -582,8 +582,6 @@ def condition_effects(posterior, problem, *, interval: float = 0.90) -> dict:
         a difference is missing from the fit (a difference held fixed is
         reported as ``{"parameter", "scale", "fixed": value}``).
     """
-    from jrinfer.comparison import bayesian_model_reduction
-
     obs = problem.observation
     if not isinstance(obs, ConditionObservation):
         raise ValueError(f"condition_effects needs a problem with a ConditionObservation, got {type(obs).__name__}")
@@ -612,14 +610,9 @@ def condition_effects(posterior, problem, *, interval: float = 0.90) -> dict:
                 var = float(posterior.cov_unconstrained[i, i])
             else:
                 m, var = float(x.mean()), float(x.var(ddof=1))
-            pm, pv = float(prior_mean[i]), float(prior_cov[i, i])
-            var = min(var, pv * (1 - 1e-9))  # a posterior no wider than its prior (sampling noise)
-            _, _, dF = bayesian_model_reduction(
-                torch.tensor([m]), torch.tensor([[var]]), torch.tensor([pm]), torch.tensor([[pv]]),
-                torch.tensor([0.0]), torch.zeros(1, 1, dtype=torch.float64),
-            )
+            # shrunk to the prior where the draws' variance exceeds it (sampling noise)
+            log_bf = _reduce_to_zero([m], [[var]], [float(prior_mean[i])], [[float(prior_cov[i, i])]])
             lo, hi = float(np.quantile(x, lo_q)), float(np.quantile(x, hi_q))
-            log_bf = -float(dF)
             ref = names.index(v) if v in names else None
             out.setdefault(v, {})[c] = {
                 "parameter": key,
@@ -633,16 +626,14 @@ def condition_effects(posterior, problem, *, interval: float = 0.90) -> dict:
                 "ratio_lower": float(np.exp(lo)) if mode == "log" else None,
                 "ratio_upper": float(np.exp(hi)) if mode == "log" else None,
                 "reference_mean": None if ref is None else float(draws[:, ref].mean()),
-                "log_bayes_factor": log_bf,
-                "p_difference": float(1.0 / (1.0 + math.exp(-log_bf))) if abs(log_bf) < 700 else float(log_bf > 0),
-                "evidence": _words(log_bf),
+                **_bf_record(log_bf),
                 "agreement": _agreement(lo, hi, log_bf),
                 "bmr_from": "gaussian posterior" if gaussian else "gaussian fitted to the draws",
             }
     return out
 
 
-def reduce_to_zero(mean, cov, prior_mean, prior_cov) -> float:
+def _reduce_to_zero(mean, cov, prior_mean, prior_cov) -> float:
     """Log Bayes factor (nats) of the full model against the reduced model ``x = 0`` of a Gaussian block.
 
     ``mean (k,)``, ``cov (k, k)``: the (marginal) Gaussian posterior of the
@@ -688,7 +679,7 @@ def no_difference(posterior, problem) -> dict | None:
 
     Every free difference ``delta_<name>_<condition>`` is reduced to 0 at once
     by Bayesian model reduction of the full posterior (Friston & Penny 2011;
-    :func:`reduce_to_zero`), from the backend's Gaussian when it gave one,
+    ``_reduce_to_zero``), from the backend's Gaussian when it gave one,
     else from a Gaussian fitted to the draws (in the prior's unconstrained
     coordinates).
 
@@ -718,7 +709,7 @@ def no_difference(posterior, problem) -> dict | None:
         theta = torch.as_tensor(np.asarray(posterior.draws, dtype=float).reshape(-1, len(names)))
         z = problem.prior.to_unconstrained(theta).numpy()[:, idx]
         m, S = z.mean(0), np.atleast_2d(np.cov(z, rowvar=False))
-    log_bf = reduce_to_zero(m, S, prior_mean.numpy()[idx], prior_cov.numpy()[np.ix_(idx, idx)])
+    log_bf = _reduce_to_zero(m, S, prior_mean.numpy()[idx], prior_cov.numpy()[np.ix_(idx, idx)])
     return {
         "parameters": keys,
         **_bf_record(log_bf),

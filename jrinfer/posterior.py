@@ -64,7 +64,9 @@ class Posterior:
     status : str
         Whether the fit can be used as it stands: ``"converged"`` when the
         backend's algorithm converged, its own checks passed, the fit is not a
-        misfit (no ``poor fit`` / ``peak missed`` warning) and, for a Gaussian
+        misfit (no ``poor fit`` / ``peak missed`` warning), its typical
+        predictive draw is not ruled out by the data
+        (``diagnostics["predictive_ruled_out"]``) and, for a Gaussian
         approximation, Pareto k-hat is at most :data:`PARETO_K_UNRELIABLE`;
         ``"warning"`` when the algorithm converged but one of these fails; else
         the backend's failure code (``"max_iter"``, ``"failed"``,

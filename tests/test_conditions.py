@@ -316,7 +316,7 @@ def test_interval_and_bayes_factor_relation_is_explained(data, mean, sd, reading
 
 def test_joint_reduction_is_exact_for_a_linear_gaussian_model():
     """'No difference at all' by BMR equals the ratio of the two models' exact marginal likelihoods."""
-    from jrinfer.conditions import reduce_to_zero
+    from jrinfer.conditions import _reduce_to_zero
 
     rng = np.random.default_rng(3)
     n_obs, sigma = 40, 0.5
@@ -338,7 +338,7 @@ def test_joint_reduction_is_exact_for_a_linear_gaussian_model():
         exact = log_evidence(X, prior_mean, prior_cov, y) - log_evidence(X[:, :2], prior_mean[:2],
                                                                           prior_cov[:2, :2], y)
         d = slice(2, 4)
-        got = reduce_to_zero(mean[d], cov[d, d], prior_mean[d], prior_cov[d, d])
+        got = _reduce_to_zero(mean[d], cov[d, d], prior_mean[d], prior_cov[d, d])
         assert got == pytest.approx(exact, abs=1e-8)
         assert (got > 3) == (delta != [0.0, 0.0])  # strong evidence for a difference only when there is one
 

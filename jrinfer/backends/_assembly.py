@@ -18,8 +18,9 @@ same way for every backend:
   parameters, data-preparation warnings (``data.metadata["warnings"]``), and the
   backend's own;
 - the status: the backend's when its algorithm did not converge or failed its
-  own checks; else ``"warning"`` when the fit is a misfit or its Pareto k-hat is
-  above 0.7, ``"converged"`` otherwise (``status_message`` says why; the
+  own checks; else ``"warning"`` when the fit is a misfit, its Pareto k-hat is
+  above 0.7 or its typical predictive draw is ruled out by the data
+  (:func:`_ruled_out`), ``"converged"`` otherwise (``status_message`` says why; the
   backend's verdict stays in ``diagnostics["backend_status"]`` and
   ``diagnostics["optimizer_converged"]``).
 """
@@ -91,7 +92,8 @@ def _fit_status(backend: str, status: str, message: str, diagnostics: dict, qual
     :data:`~jrinfer.posterior.PARETO_K_UNRELIABLE` (the Gaussian approximation
     is not to be trusted) or the goodness of fit reports a misfit (README: R²
     of log-power below 0.9 or the alpha peak missed by more than 1 Hz; ERPs:
-    explained variance too low or the main peak missed).
+    explained variance too low or the main peak missed), or the median
+    predictive draw is ruled out by the data (:func:`_ruled_out`).
     """
     reasons = []
     if status != "converged":
@@ -145,8 +147,8 @@ def assemble_posterior(
         The backend's verdict on its own algorithm: ``"converged"``, or a
         failure code / ``"warning"`` when its checks failed. The posterior's
         ``status`` is this, downgraded to ``"warning"`` for a misfit or a
-        Pareto k-hat (``diagnostics["pareto_k"]``) above 0.7
-        (:func:`_fit_status`).
+        Pareto k-hat (``diagnostics["pareto_k"]``) above 0.7 or a predictive
+        the data rule out (:func:`_fit_status`).
     message : str
         The backend's description of its run.
     log_evidence : float, optional
