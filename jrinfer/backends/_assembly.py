@@ -42,14 +42,18 @@ __all__ = ["assemble_posterior", "INVALID_FRACTION_WARN"]
 INVALID_FRACTION_WARN = 0.10
 
 
-def _ruled_out(log_lik: np.ndarray, best: float) -> dict:
+def _ruled_out(log_lik: np.ndarray, best: float, n_params: int) -> dict:
     """How far below the best fit the posterior predictive draws' log-likelihoods lie.
 
     ``log_lik``: ``(n_chains, n_draws, C, P)`` pointwise; ``best``: the largest
     total log-likelihood known (the point fit's or the best draw's), nats.
-    ``ruled_out`` is True when the *median* draw is more than one nat per data
-    point below the best fit (its mean squared standardised residual larger
-    by 2 or more): the typical draw then predicts data the observed ones rule
+    ``ruled_out`` is True when the *median* draw is more than
+    ``max(n_points, 4 n_params)`` nats below the best fit: more than one nat
+    per data point (its mean squared standardised residual larger by 2 or
+    more) and more than eight times the median drop of draws from a correct
+    posterior of a regular model (``2 x drop`` about chi-square with
+    ``n_params`` degrees of freedom, median about ``n_params / 2``; Wilks
+    1938). The typical draw then predicts data the observed ones rule
     out, and the predictive band shows the approximation's failure rather than
     the posterior's uncertainty (a weakly identified but correct posterior
     keeps its draws near the best fit's likelihood: that is what makes it
@@ -58,11 +62,13 @@ def _ruled_out(log_lik: np.ndarray, best: float) -> dict:
     n_points = int(np.prod(log_lik.shape[2:]))
     drop = best - log_lik.reshape(-1, n_points).sum(-1)
     median = float(np.median(drop))
+    threshold = float(max(n_points, 4 * n_params))
     return {
         "median_drop_nats": median,
         "n_points": n_points,
-        "fraction_beyond_one_nat_per_point": float((drop > n_points).mean()),
-        "ruled_out": bool(median > n_points),
+        "threshold_nats": threshold,
+        "fraction_beyond_threshold": float((drop > threshold).mean()),
+        "ruled_out": bool(median > threshold),
     }
 
 
@@ -244,7 +250,7 @@ def assemble_posterior(
             if fit_pred is not None and point is not None and point_params is not None:
                 ll_fit = obs.pointwise_log_likelihood(obs.predict(point_params, data), point_params, data)
                 best = max(best, float(ll_fit.sum()))
-            ruled = _ruled_out(log_lik, best)
+            ruled = _ruled_out(log_lik, best, problem.n_params)
             diagnostics["predictive_ruled_out"] = ruled
             if ruled["ruled_out"]:
                 y_abs = float(observed.values.abs().max())
@@ -252,8 +258,8 @@ def assemble_posterior(
                 ruled["predictive_max_abs_q95_over_data"] = amp / y_abs if y_abs > 0 else float("nan")
                 warns.append(
                     f"predictive ruled out by the data: the median posterior draw's log-likelihood is "
-                    f"{ruled['median_drop_nats']:.3g} nats below the best fit's (more than one nat per data point, "
-                    f"{ruled['n_points']}; the 95th percentile of the draws' largest predicted |value| is "
+                    f"{ruled['median_drop_nats']:.3g} nats below the best fit's (more than {ruled['threshold_nats']:.0f}: "
+                    f"one per data point and four per parameter; the 95th percentile of the draws' largest predicted |value| is "
                     f"{ruled['predictive_max_abs_q95_over_data']:.3g} x the data's): these draws are not from the "
                     "posterior the data define (an approximation that fails, e.g. a Gaussian reaching parameter sets "
                     "near instability), so the predictive band is far wider than the data allow; use --resample "
