@@ -661,10 +661,15 @@ def _file_specs(items, backend, kind, options: Mapping, per_channel: bool = Fals
         err = io.StringIO()
         try:
             with redirect_stderr(err):
-                parser.parse_args(["fit", "DATA", "--out", "-", *argv])
+                args = parser.parse_args(["fit", "DATA", "--out", "-", *argv])
         except SystemExit:
             last = err.getvalue().strip().splitlines()[-1:] or ["bad option"]
             return last[0].split("error: ", 1)[-1]
+        if args.backend != "npe":  # --fix/--vary/--prior names, before any file is read
+            try:
+                cli._check_names_before_reading(args)
+            except cli.UsageError as bad:
+                return str(bad)
         return None
 
     message = refused(base)

@@ -142,3 +142,18 @@ def test_prior_file_names_checked_before_reading(tmp_path, capsys, monkeypatch):
         main(["fit", str(tmp_path / "x.csv"), str(tmp_path / "y.csv"), "--kind", "spectrum", "--conditions",
               "rest,task", "--vary", "a", "--fix", "delta_a_task=0.1", "--fix", "log_precision_task=3",
               "--fix", "gain=2", "--out", str(tmp_path / "o")])
+
+
+def test_fit_many_refuses_a_bad_fix_before_reading_or_starting(tmp_path, capsys, monkeypatch):
+    import jrinfer.cli as cli
+
+    monkeypatch.setattr(cli, "_load_data", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,fix\nnope.edf,\nnope2.edf,Qx=1\n")
+    code, _, err = run(capsys, "fit-many", manifest, "--kind", "spectrum", "--workers", "0", "--fix", "Z=1",
+                       "--out", tmp_path / "o")
+    assert code == 2 and "--fix: unknown parameter 'Z'" in err and not (tmp_path / "o").exists(), err
+    from jrinfer.distributed import _file_specs
+
+    specs = _file_specs([{"path": "a.edf"}, {"path": "b.edf", "fix": "Qx=1"}], "laplace", "spectrum", {})
+    assert "invalid" not in specs[0] and "--fix: unknown parameter 'Qx'" in specs[1]["invalid"]
