@@ -195,7 +195,8 @@ def test_linear_gaussian_posterior_matches_the_analytic_one():
     problem = _linear_problem()
     npe = NPE(n_simulations=3000, seed=2)
     post = npe.fit(problem, n_draws=1000, n_predictive=50, seed=5)
-    assert post.backend == "npe" and post.status == "converged" and post.names == ("b0", "b1")
+    # the training converged; the status warns of the generic R^2 < 0.9 misfit rule (R^2 0.37 of noisy data)
+    assert post.backend == "npe" and post.diagnostics["backend_status"] == "converged" and post.names == ("b0", "b1")
     mean, cov = _analytic_linear(problem)
     g = torch.Generator().manual_seed(11)
     exact = mean + torch.randn(1000, 2, dtype=F64, generator=g) @ torch.linalg.cholesky(cov).T
