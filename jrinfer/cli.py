@@ -687,8 +687,8 @@ def _check_names_before_reading(args) -> None:
         known = list(obs.accepted_parameters(None))
     except ValueError:  # names that depend on the data (per-channel gains): checked after reading
         return
-    conditions = [c.strip() for c in args.conditions.split(",") if c.strip()] if getattr(args, "conditions", None) else []
-    vary = [v.strip() for v in args.vary.split(",") if v.strip()] if getattr(args, "vary", None) else []
+    conditions = [c.strip() for c in (getattr(args, "conditions", None) or "").split(",") if c.strip()]
+    vary = [v.strip() for v in (getattr(args, "vary", None) or "").split(",") if v.strip()]
     for v in vary:
         if v not in known:
             _parse_assignments([f"{v}=0"], "--vary", known=known)  # the one-line refusal with a close-match hint

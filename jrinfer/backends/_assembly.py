@@ -258,8 +258,9 @@ def assemble_posterior(
                 ruled["predictive_max_abs_q95_over_data"] = amp / y_abs if y_abs > 0 else float("nan")
                 warns.append(
                     f"predictive ruled out by the data: the median posterior draw's log-likelihood is "
-                    f"{ruled['median_drop_nats']:.3g} nats below the best fit's (more than {ruled['threshold_nats']:.0f}: "
-                    f"one per data point and four per parameter; the 95th percentile of the draws' largest predicted |value| is "
+                    f"{ruled['median_drop_nats']:.3g} nats below the best fit's (more than "
+                    f"{ruled['threshold_nats']:.0f}: one per data point and four per parameter; the 95th percentile "
+                    "of the draws' largest predicted |value| is "
                     f"{ruled['predictive_max_abs_q95_over_data']:.3g} x the data's): these draws are not from the "
                     "posterior the data define (an approximation that fails, e.g. a Gaussian reaching parameter sets "
                     "near instability), so the predictive band is far wider than the data allow; use --resample "
