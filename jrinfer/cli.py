@@ -17,6 +17,11 @@ from pathlib import Path
 __all__ = ["main"]
 
 
+#: Exit status of ``jrinfer fit --strict`` / ``fit-many --strict`` for a completed fit whose status is not
+#: "converged" (a misfit or an untrustworthy approximation; without --strict such a fit exits 0).
+EXIT_STRICT = 3
+
+
 class UsageError(Exception):
     """Bad input from the command line (exit status 2)."""
 
@@ -626,12 +631,13 @@ def _with_conditions(args, obs, spec: dict, data):
 
 def _condition_summary(summary: dict, posterior, problem) -> list[str]:
     """Add ``condition_effects`` to summary.json for a fit of several conditions; the lines to print."""
-    from jrinfer.conditions import ConditionObservation, condition_effects, format_effects
+    from jrinfer.conditions import ConditionObservation, condition_effects, format_effects, no_difference
 
     obs = problem.observation
     if not isinstance(obs, ConditionObservation):
         return []
     effects = condition_effects(posterior, problem)
+    joint = no_difference(posterior, problem)
     warns = []
     k = posterior.diagnostics.get("pareto_k")
     if k is not None and k > 0.7:
@@ -644,10 +650,11 @@ def _condition_summary(summary: dict, posterior, problem) -> list[str]:
         "conditions": list(obs.conditions),
         "method": "log BF: Bayesian model reduction of 'no difference' (delta = 0) from the full posterior "
         "(Friston & Penny 2011); P(difference) with equal prior odds",
+        "no_difference": joint,
         "effects": effects,
         "warnings": warns,
     }
-    return format_effects(effects, obs.reference) + [f"    WARNING: {w}" for w in warns]
+    return format_effects(effects, obs.reference, joint) + [f"    WARNING: {w}" for w in warns]
 
 
 def _sampler_budget(args, *extra: str) -> dict:
@@ -656,16 +663,60 @@ def _sampler_budget(args, *extra: str) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
+def _observation(args):
+    """The single-condition observation of ``--kind`` (and ``--method``)."""
+    from jrinfer.observation import EvokedObservation, SpectrumObservation
+
+    if args.kind == "spectrum":
+        return SpectrumObservation(method=args.method or "transfer")
+    return EvokedObservation()
+
+
+def _check_names_before_reading(args) -> None:
+    """Refuse unknown names in ``--fix``, ``--vary`` and ``--prior`` before any DATA file is opened.
+
+    The names are checked against the observation kind's parameters (the JR
+    constants and the observation's own), and, with ``--conditions``, the
+    names the conditions add (``delta_<name>_<condition>``,
+    ``<name>_<condition>``); the full check against the data's parameters
+    follows once they are read. Values of ``--fix`` are checked too (numbers,
+    finite).
+    """
+    obs = _observation(args)
+    try:
+        known = list(obs.accepted_parameters(None))
+    except ValueError:  # names that depend on the data (per-channel gains): checked after reading
+        return
+    conditions = [c.strip() for c in (getattr(args, "conditions", None) or "").split(",") if c.strip()]
+    vary = [v.strip() for v in (getattr(args, "vary", None) or "").split(",") if v.strip()]
+    for v in vary:
+        if v not in known:
+            _parse_assignments([f"{v}=0"], "--vary", known=known)  # the one-line refusal with a close-match hint
+    extra = [f"delta_{v}_{c}" for v in vary for c in conditions[1:]]
+
+    def check(names, option):
+        for name in names:
+            base = name
+            if conditions and name not in extra:  # a condition's own copy of a parameter: <name>_<condition>
+                for c in conditions[1:]:
+                    if name.endswith(f"_{c}") and name[: -len(c) - 1] in known:
+                        base = name[: -len(c) - 1]
+            if base not in known and name not in extra:
+                _parse_assignments([f"{name}=0"], option, known=known + extra)
+
+    if args.fix:
+        check(_parse_assignments(args.fix, "--fix"), "--fix")
+    if args.prior:
+        spec = _read_prior_file(args.prior)
+        check([*spec.get("distributions", {}), *spec.get("fixed", {})], f"--prior {args.prior}")
+
+
 def _fit_problem(args, data):
     """The problem of ``data`` (default prior with --free, --prior, --fix; conditions) and its posterior from
     --backend laplace|nuts|smc."""
-    from jrinfer.observation import EvokedObservation, SpectrumObservation
     from jrinfer.problem import InverseProblem
 
-    if args.kind == "spectrum":
-        obs = SpectrumObservation(method=args.method or "transfer")
-    else:
-        obs = EvokedObservation()
+    obs = _observation(args)
     free = tuple(s.strip() for s in args.free.split(",")) if args.free else None
     spec = obs.default_prior(_reference_data(data), free=free)
     if args.prior:
@@ -680,8 +731,14 @@ def _fit_problem(args, data):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # non-convergence is reported in summary.json
-        # progress bars: on for the samplers (and Laplace on a terminal) unless --no-progress
-        progress = args.progress if args.progress is not None else args.backend != "laplace" or sys.stderr.isatty()
+        # progress: the samplers' bars unless --no-progress; Laplace: a bar on a terminal, one-line messages
+        # otherwise (logs, pipes, notebooks); --quiet silences both
+        if getattr(args, "quiet", False) or args.progress is False:
+            progress = False
+        elif args.backend == "laplace":
+            progress = "bar" if args.progress else "auto"
+        else:
+            progress = True
         if args.backend == "nuts":  # PyMC backends: R-hat, ESS, divergences land in summary["diagnostics"]
             from jrinfer.backends.pymc import NUTS
 
@@ -800,6 +857,8 @@ def _cmd_fit(args) -> int:
         raise UsageError(f"--starts N applies to --backend laplace, N >= 1; got --starts {args.starts} with "
                          f"--backend {args.backend}")
     estimator = _npe_estimator(args)
+    if estimator is None:
+        _check_names_before_reading(args)
     data = _load_data(args)
     if estimator is not None:
         problem, posterior = _fit_npe(args, estimator, data)
@@ -872,7 +931,12 @@ def _cmd_fit(args) -> int:
     if args.json:  # the printed summary shows them otherwise
         for w in posterior.warnings:
             print(f"jrinfer fit: warning: {w}", file=sys.stderr)
-    return 0 if posterior.converged else 1
+    if not posterior.converged:
+        return 1
+    if args.strict and posterior.status != "converged":
+        print(f"jrinfer fit: --strict: status {posterior.status}: {posterior.status_message}", file=sys.stderr)
+        return EXIT_STRICT
+    return 0
 
 
 def _write_fit_report(fit_dir: Path, force: bool, out: str | None = None) -> Path:
@@ -1211,14 +1275,19 @@ def _cmd_fit_many(args) -> int:
             if cluster is not None:
                 cluster.close()
     n_err = sum(r["status"] != "ok" for r in rows)
+    n_warn = sum(r["status"] == "ok" and r.get("fit_status") != "converged" for r in rows)
     if args.json:
-        print(json.dumps({"results": str(out / "results.csv"), "n_items": len(rows), "n_errors": n_err}))
+        print(json.dumps({"results": str(out / "results.csv"), "n_items": len(rows), "n_errors": n_err,
+                          "n_not_converged": n_warn}))
     else:
         for r in rows:
             if r["status"] != "ok":
                 print(f"jrinfer fit-many: {r['item']}: error: {r['error']}", file=sys.stderr)
-        print(f"fitted {len(rows)} items ({len(rows) - n_err} ok, {n_err} errors); wrote {out}/results.csv")
-    return 0 if n_err == 0 else 1
+        print(f"fitted {len(rows)} items ({len(rows) - n_err} ok, {n_err} errors; {n_warn} with a fit status other "
+              f"than converged, see fit_status in results.csv); wrote {out}/results.csv")
+    if n_err:
+        return 1
+    return EXIT_STRICT if args.strict and n_warn else 0
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -1417,7 +1486,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bars on stderr (default: on for nuts and smc, for laplace when stderr is a terminal)",
+        help="progress on stderr (default: bars for nuts and smc; for laplace a bar when stderr is a terminal, "
+        "else a line per start and every 10 s of iterations); --no-progress or --quiet: none",
     )
     p.add_argument("--chains", type=int, default=None, help="nuts, smc: independent chains (default 4)")
     p.add_argument("--tune", type=int, default=None, help="nuts: tuning iterations per chain (default 1000)")
@@ -1431,6 +1501,11 @@ def build_parser() -> argparse.ArgumentParser:
         "when the Gaussian's k-hat is high)",
     )
     p.add_argument("--report", action="store_true", help="also write --out/report.html (as 'jrinfer report' does)")
+    p.add_argument("--strict", action="store_true",
+                   help=f"exit with status {EXIT_STRICT} when the fit completed but its status is not 'converged' "
+                   "(a misfit, or Pareto k-hat > 0.7); without it such a fit exits 0 with its warnings")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress output (tqdm on a terminal, one-line progress messages otherwise)")
     p.add_argument("--estimator", default=None, metavar="DIR",
                    help="npe: a trained estimator (jrinfer train-npe --out DIR); EEG files get its grid by default")
     p.add_argument("--resample-grid", action="store_true",
@@ -1557,8 +1632,13 @@ def _add_fit_many_parser(sub) -> None:
     p.add_argument("--per-channel", action="store_true",
                    help="one item per channel of each row's --picks (or picks column) instead of their average")
     p.add_argument("--retry-errors", action="store_true", help="resuming: fit the items that ended in an error again")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help='print {"results": PATH, "n_items", "n_errors"} on stdout')
+    p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
+                   help="no progress bar (the items' fits are always quiet)")
+    p.add_argument("--strict", action="store_true",
+                   help=f"exit with status {EXIT_STRICT} when every row ran but some fit's status (results.csv "
+                   "fit_status) is not 'converged'")
+    p.add_argument("--json", action="store_true",
+                   help='print {"results": PATH, "n_items", "n_errors", "n_not_converged"} on stdout')
     group = p.add_argument_group("defaults for every item (options of jrinfer fit)")
     for action in fit_option_actions(sub.choices["fit"]):
         copy = argparse.Action.__new__(type(action))

@@ -22,7 +22,10 @@ lead field parameterization", NeuroImage 30:1273; David et al. 2006, NeuroImage
   and its evidence: Bayesian model reduction (Friston & Penny 2011; Friston et
   al. 2016, "Bayesian model reduction and empirical Bayes for group (DCM)
   studies", NeuroImage 128:413) of the reduced model "no difference"
-  (``delta = 0``) from the full posterior, without refitting.
+  (``delta = 0``) from the full posterior, without refitting;
+* :func:`no_difference` weighs the joint reduced model "no parameter differs
+  between conditions" (every ``delta = 0`` at once) against the full model
+  the same way.
 
 Prior of a difference
 ---------------------
@@ -57,7 +60,10 @@ import torch
 from jrinfer import _checks
 from jrinfer.observation import FitQuality, GaussianTarget, Observation, ObservedData, Prediction
 
-__all__ = ["ConditionData", "ConditionObservation", "condition_effects", "ADDITIVE", "MAX_LOG_SD", "INTERVAL_VS_BF"]
+__all__ = [
+    "ConditionData", "ConditionObservation", "condition_effects", "no_difference", "ADDITIVE", "MAX_LOG_SD",
+    "INTERVAL_VS_BF",
+]
 
 #: Parameters whose differences are additive (locations, not scales); every other varied parameter is
 #: modulated on a log scale.
@@ -576,8 +582,6 @@ def condition_effects(posterior, problem, *, interval: float = 0.90) -> dict:
         a difference is missing from the fit (a difference held fixed is
         reported as ``{"parameter", "scale", "fixed": value}``).
     """
-    from jrinfer.comparison import bayesian_model_reduction
-
     obs = problem.observation
     if not isinstance(obs, ConditionObservation):
         raise ValueError(f"condition_effects needs a problem with a ConditionObservation, got {type(obs).__name__}")
@@ -606,14 +610,9 @@ def condition_effects(posterior, problem, *, interval: float = 0.90) -> dict:
                 var = float(posterior.cov_unconstrained[i, i])
             else:
                 m, var = float(x.mean()), float(x.var(ddof=1))
-            pm, pv = float(prior_mean[i]), float(prior_cov[i, i])
-            var = min(var, pv * (1 - 1e-9))  # a posterior no wider than its prior (sampling noise)
-            _, _, dF = bayesian_model_reduction(
-                torch.tensor([m]), torch.tensor([[var]]), torch.tensor([pm]), torch.tensor([[pv]]),
-                torch.tensor([0.0]), torch.zeros(1, 1, dtype=torch.float64),
-            )
+            # shrunk to the prior where the draws' variance exceeds it (sampling noise)
+            log_bf = _reduce_to_zero([m], [[var]], [float(prior_mean[i])], [[float(prior_cov[i, i])]])
             lo, hi = float(np.quantile(x, lo_q)), float(np.quantile(x, hi_q))
-            log_bf = -float(dF)
             ref = names.index(v) if v in names else None
             out.setdefault(v, {})[c] = {
                 "parameter": key,
@@ -627,13 +626,95 @@ def condition_effects(posterior, problem, *, interval: float = 0.90) -> dict:
                 "ratio_lower": float(np.exp(lo)) if mode == "log" else None,
                 "ratio_upper": float(np.exp(hi)) if mode == "log" else None,
                 "reference_mean": None if ref is None else float(draws[:, ref].mean()),
-                "log_bayes_factor": log_bf,
-                "p_difference": float(1.0 / (1.0 + math.exp(-log_bf))) if abs(log_bf) < 700 else float(log_bf > 0),
-                "evidence": _words(log_bf),
+                **_bf_record(log_bf),
                 "agreement": _agreement(lo, hi, log_bf),
                 "bmr_from": "gaussian posterior" if gaussian else "gaussian fitted to the draws",
             }
     return out
+
+
+def _reduce_to_zero(mean, cov, prior_mean, prior_cov) -> float:
+    """Log Bayes factor (nats) of the full model against the reduced model ``x = 0`` of a Gaussian block.
+
+    ``mean (k,)``, ``cov (k, k)``: the (marginal) Gaussian posterior of the
+    reduced parameters; ``prior_mean``, ``prior_cov``: their Gaussian prior,
+    independent of every other parameter's. Bayesian model reduction to a
+    point mass at 0 (Friston & Penny 2011, :func:`jrinfer.comparison.
+    bayesian_model_reduction`); with a prior independent of the other
+    parameters it needs only the block's marginal, and it equals the
+    multivariate Savage-Dickey ratio ``log q(0) - log p(0)`` with the sign
+    turned (exact for linear-Gaussian models). A posterior covariance wider
+    than the prior in some direction (sampling noise of draws) is shrunk to
+    the prior there first.
+    """
+    from jrinfer.comparison import bayesian_model_reduction
+
+    m = torch.as_tensor(np.asarray(mean, dtype=float).reshape(-1))
+    k = m.numel()
+    S = torch.as_tensor(np.asarray(cov, dtype=float).reshape(k, k))
+    pm = torch.as_tensor(np.asarray(prior_mean, dtype=float).reshape(-1))
+    P = torch.as_tensor(np.asarray(prior_cov, dtype=float).reshape(k, k))
+    # whiten by the prior: the posterior may not be wider than the prior in any direction
+    Lp = torch.linalg.cholesky(P)
+    W = torch.linalg.solve_triangular(Lp, torch.linalg.solve_triangular(Lp, 0.5 * (S + S.T), upper=False).T,
+                                      upper=False)
+    ev, U = torch.linalg.eigh(0.5 * (W + W.T))
+    W = (U * ev.clamp(max=1.0 - 1e-9)) @ U.T
+    S = Lp @ W @ Lp.T
+    _, _, dF = bayesian_model_reduction(m, 0.5 * (S + S.T), pm, P, torch.zeros(k, dtype=torch.float64),
+                                        torch.zeros(k, k, dtype=torch.float64))
+    return -float(dF)
+
+
+def _bf_record(log_bf: float) -> dict:
+    return {
+        "log_bayes_factor": log_bf,
+        "p_difference": float(1.0 / (1.0 + math.exp(-log_bf))) if abs(log_bf) < 700 else float(log_bf > 0),
+        "evidence": _words(log_bf),
+    }
+
+
+def no_difference(posterior, problem) -> dict | None:
+    """The joint reduced model "no parameter differs between conditions" against the full model.
+
+    Every free difference ``delta_<name>_<condition>`` is reduced to 0 at once
+    by Bayesian model reduction of the full posterior (Friston & Penny 2011;
+    ``_reduce_to_zero``), from the backend's Gaussian when it gave one,
+    else from a Gaussian fitted to the draws (in the prior's unconstrained
+    coordinates).
+
+    Returns
+    -------
+    dict or None
+        ``parameters`` (the differences reduced), ``log_bayes_factor`` (nats,
+        "some difference" against "none at all": ``F_full - F_reduced``),
+        ``p_difference`` (posterior probability that some parameter differs,
+        equal prior odds), ``evidence`` (Kass & Raftery's words) and
+        ``bmr_from``; None when every difference is held fixed.
+    """
+    obs = problem.observation
+    if not isinstance(obs, ConditionObservation):
+        raise ValueError(f"no_difference needs a problem with a ConditionObservation, got {type(obs).__name__}")
+    names = list(posterior.names)
+    keys = [obs.delta_name(v, c) for v in obs.vary for c in obs.others if obs.delta_name(v, c) in names]
+    if not keys:
+        return None
+    idx = [names.index(k) for k in keys]
+    prior_mean, prior_cov = problem.prior.gaussian_unconstrained()
+    gaussian = posterior.mean_unconstrained is not None and posterior.cov_unconstrained is not None
+    if gaussian:
+        m = np.asarray(posterior.mean_unconstrained, dtype=float)[idx]
+        S = np.asarray(posterior.cov_unconstrained, dtype=float)[np.ix_(idx, idx)]
+    else:
+        theta = torch.as_tensor(np.asarray(posterior.draws, dtype=float).reshape(-1, len(names)))
+        z = problem.prior.to_unconstrained(theta).numpy()[:, idx]
+        m, S = z.mean(0), np.atleast_2d(np.cov(z, rowvar=False))
+    log_bf = _reduce_to_zero(m, S, prior_mean.numpy()[idx], prior_cov.numpy()[np.ix_(idx, idx)])
+    return {
+        "parameters": keys,
+        **_bf_record(log_bf),
+        "bmr_from": "gaussian posterior" if gaussian else "gaussian fitted to the draws",
+    }
 
 
 #: One line on how the interval of a difference and its log Bayes factor relate (printed and in the report).
@@ -675,9 +756,16 @@ def _words(log_bf: float) -> str:
     return f"{strength} evidence for {'a difference' if log_bf > 0 else 'no difference'}"
 
 
-def format_effects(effects: dict, reference: str) -> list[str]:
-    """Lines of text for the printed summary of :func:`condition_effects`."""
-    lines = [
+def format_effects(effects: dict, reference: str, joint: dict | None = None) -> list[str]:
+    """Lines of text for the printed summary of :func:`condition_effects` (first: :func:`no_difference`'s)."""
+    lines = []
+    if joint is not None:
+        lines.append(
+            f"  no parameter differs between conditions (all {len(joint['parameters'])} difference(s) = 0) vs the "
+            f"full model: log BF {joint['log_bayes_factor']:+.2f} for some difference, P(some difference) "
+            f"{joint['p_difference']:.2f} ({joint['evidence']})"
+        )
+    lines += [
         f"  condition effects (against {reference}; log BF > 0 favours a difference):",
         f"    (interval vs log BF: {INTERVAL_VS_BF})",
     ]

@@ -38,9 +38,11 @@ from pathlib import Path
 __all__ = ["fit_many", "simulate_many", "read_manifest", "dask_client"]
 
 #: Columns of results.csv that come first, in this order.
-RESULT_COLUMNS = ("item", "path", "status", "error", "fit_status", "backend", "log_evidence", "n_warnings", "warnings")
+RESULT_COLUMNS = ("item", "path", "status", "error", "fit_status", "fit_status_message", "backend", "log_evidence",
+                  "n_warnings", "warnings")
 #: Options of ``jrinfer fit`` that ``fit-many`` sets itself (per item) and a manifest cannot.
-_OWN_OPTIONS = {"out", "force", "json", "report", "progress", "kind", "backend", "data", "help", "debug"}
+_OWN_OPTIONS = {"out", "force", "json", "report", "progress", "kind", "backend", "data", "help", "debug", "strict",
+                "quiet"}
 _ITEM_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -335,7 +337,9 @@ def fit_many(
         One row per item, in input order, with the columns of
         ``results.csv``: ``item``, ``path``, ``status`` (``"ok"`` or
         ``"error"``), ``error`` (the message), ``fit_status`` (the posterior's
-        status), ``backend``, ``log_evidence``, ``n_warnings``, ``warnings``,
+        status: ``converged``, ``warning`` for a misfit or an untrustworthy
+        approximation, or the backend's failure code) and
+        ``fit_status_message`` (why it is not converged), ``backend``, ``log_evidence``, ``n_warnings``, ``warnings``,
         ``<parameter>_mean``/``<parameter>_sd``, ``fit_<measure>`` (fit quality),
         ``npe_*`` (NPE: calibration verdict, regime, the data's distance from the
         training simulations), ``diag_<name>`` (scalar backend diagnostics: free energy, R-hat, ESS,
@@ -545,7 +549,7 @@ def _fit_file(spec: dict, folder: Path) -> dict:
     """``jrinfer fit`` of one file into ``folder``; returns its summary.json."""
     from jrinfer import cli
 
-    args = cli.build_parser().parse_args(["fit", spec["path"], "--out", str(folder), *spec["argv"]])
+    args = cli.build_parser().parse_args(["fit", spec["path"], "--out", str(folder), "--quiet", *spec["argv"]])
     try:
         args.func(args)
     except cli.UsageError as err:
@@ -657,10 +661,15 @@ def _file_specs(items, backend, kind, options: Mapping, per_channel: bool = Fals
         err = io.StringIO()
         try:
             with redirect_stderr(err):
-                parser.parse_args(["fit", "DATA", "--out", "-", *argv])
+                args = parser.parse_args(["fit", "DATA", "--out", "-", *argv])
         except SystemExit:
             last = err.getvalue().strip().splitlines()[-1:] or ["bad option"]
             return last[0].split("error: ", 1)[-1]
+        if args.backend != "npe":  # --fix/--vary/--prior names, before any file is read
+            try:
+                cli._check_names_before_reading(args)
+            except cli.UsageError as bad:
+                return str(bad)
         return None
 
     message = refused(base)
@@ -734,6 +743,7 @@ def _summary_row(spec: dict, summary: dict) -> dict:
         "status": "ok",
         "error": "",
         "fit_status": summary.get("status"),
+        "fit_status_message": summary.get("status_message") or "",
         "backend": summary.get("backend"),
         "log_evidence": summary.get("log_evidence"),
         "n_warnings": len(summary.get("warnings") or []),

@@ -1396,7 +1396,9 @@ class RecoveryStudy:
         ``(N, n)`` in unconstrained coordinates (posterior mean and sd);
         NaN rows where the truth was invalid or the fit failed.
     status : list of str
-        Per dataset.
+        Per dataset: the backend's own status (``Posterior.diagnostics["backend_status"]``:
+        ``"converged"`` even when the fit warns of a misfit or a high k-hat,
+        so that such fits stay in the study), or the error.
     zscore : numpy.ndarray
         ``(mean - truth) / sd``, ``(N, n)``; ~N(0, 1) for a calibrated backend.
     contraction : numpy.ndarray
@@ -1495,7 +1497,8 @@ def _fit_chunk(problem, theta_chunk: np.ndarray, data_chunk: np.ndarray, fit: Ca
             idx = [list(post.names).index(nm) for nm in problem.names]
             z = problem.prior.to_unconstrained(torch.as_tensor(d[:, idx], dtype=_F64)).numpy()
             mz, sz = z.mean(0), z.std(0, ddof=1)
-        out.append((post.status, mz, sz))
+        # the backend's own verdict: a converged fit that warns (misfit, k-hat) is still a recovery result
+        out.append((post.diagnostics.get("backend_status", post.status), mz, sz))
     return out
 
 

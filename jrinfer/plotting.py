@@ -177,7 +177,7 @@ def plot_spectrum_fit(posterior, path=None, *, title: str | None = None):
         ax, rax = axes[0, c], axes[1, c]
         ax.axvspan(*ALPHA_SHADE_HZ, color="tab:blue", alpha=0.08, lw=0, label="alpha band 8–13 Hz")
         lo, hi = np.quantile(pred[:, c], [0.05, 0.95], axis=0)
-        ax.fill_between(x, lo, hi, color=_BAND, alpha=0.28, lw=0, label="posterior predictive 90 %")
+        ax.fill_between(x, lo, hi, color=_BAND, alpha=0.28, lw=0, label=_band_label(posterior))
         ax.plot(x, fit[c], color=_MODEL, lw=1.6, label=_fit_label(posterior))
         ax.plot(x, y[c], color=_DATA, lw=1.0, label="data")
         for vals, color, who in ((y[c], _DATA, "data"), (fit[c], _MODEL, "model")):
@@ -206,6 +206,14 @@ def plot_spectrum_fit(posterior, path=None, *, title: str | None = None):
     if path is not None:
         _save(fig, path)
     return fig
+
+
+def _band_label(posterior) -> str:
+    """Legend of the predictive band; says so when its draws are ruled out by the data (see the warnings)."""
+    ruled = (posterior.diagnostics or {}).get("predictive_ruled_out") or {}
+    if ruled.get("ruled_out"):
+        return "posterior predictive 90 % (its typical draw is\nruled out by the data: band too wide, see warnings)"
+    return "posterior predictive 90 %"
 
 
 def plot_evoked_fit(posterior, path=None, *, title: str | None = None):
@@ -246,13 +254,16 @@ def plot_evoked_fit(posterior, path=None, *, title: str | None = None):
         lo, hi = np.quantile(pred[:, c], [0.05, 0.95], axis=0)
         ax.axvline(0.0, color="0.6", lw=0.8, ls=":")
         ax.axhline(0.0, color="0.8", lw=0.6)
-        ax.fill_between(x, lo, hi, color=_BAND, alpha=0.28, lw=0, label="posterior predictive 90 %")
+        ax.fill_between(x, lo, hi, color=_BAND, alpha=0.28, lw=0, label=_band_label(posterior))
         ax.plot(x, fit[c], color=_MODEL, lw=1.6, label=_fit_label(posterior))
         ax.plot(x, y[c], color=_DATA, lw=1.0, label="data")
         for vals, color, who in ((y[c], _DATA, "data"), (fit[c], _MODEL, "model")):
             i = np.nonzero(post)[0][np.argmax(np.abs(vals[post]))]
             ax.plot(x[i], vals[i], marker="v" if vals[i] < 0 else "^", color=color, ms=9, mec="white",
                     ls="none", zorder=5, label=f"{who} peak {1e3 * x[i]:.0f} ms")
+        if _band_label(posterior) != "posterior predictive 90 %":  # keep data and fit readable: the band runs off
+            top = float(max(np.abs(y[c]).max(), np.abs(fit[c]).max()))
+            ax.set_ylim(-2.0 * top, 2.0 * top)
         ax.set_ylabel(_with_units("potential", units))
         ax.set_title(str(posterior.observed["channels"][c]))
         ax.legend(fontsize=8)
@@ -260,6 +271,9 @@ def plot_evoked_fit(posterior, path=None, *, title: str | None = None):
         rax.fill_between(x, lo - fit[c], hi - fit[c], color=_BAND, alpha=0.2, lw=0)
         rax.axhline(0, color="0.4", lw=0.8)
         rax.plot(x, y[c] - fit[c], color="tab:blue", lw=0.8)
+        if _band_label(posterior) != "posterior predictive 90 %":
+            r = float(np.abs(y[c] - fit[c]).max()) or 1.0
+            rax.set_ylim(-3.0 * r, 3.0 * r)
         rax.set_xlabel("time (s)")
         rax.set_ylabel(_with_units("residual", units))
     head = _headline(posterior)

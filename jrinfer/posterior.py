@@ -18,13 +18,25 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Posterior", "CONTRACTION_UNINFORMED"]
+__all__ = ["Posterior", "CONTRACTION_UNINFORMED", "PARETO_K_UNRELIABLE"]
 
 #: Posterior contraction (``1 - posterior variance / prior variance``, in the
 #: prior's unconstrained coordinates) below which a parameter is reported as
 #: not informed by the data: its posterior standard deviation is still more
 #: than 89 % of the prior's.
 CONTRACTION_UNINFORMED = 0.2
+
+#: Pareto k-hat of an approximate posterior against the true one above which the approximation is not
+#: to be trusted (Vehtari et al. 2024, "Pareto smoothed importance sampling", JMLR 25:72).
+PARETO_K_UNRELIABLE = 0.7
+
+#: Phrases that mark a goodness-of-fit warning as a misfit (README: R² below the observation's
+#: threshold, a missed alpha or main peak); every observation's ``goodness_of_fit`` words its misfits so.
+MISFIT_MARKERS = ("poor fit:", "peak missed:")
+
+
+def _is_misfit(warning: str) -> bool:
+    return any(m in warning for m in MISFIT_MARKERS)
 
 _JSON_ATTRS = ("diagnostics", "fit_quality", "contraction", "units", "observed_meta", "warnings", "names")
 
@@ -50,12 +62,19 @@ class Posterior:
     backend : str
         Which backend produced it (``"laplace"``, ``"nuts"``, ``"smc"``, ``"npe"``).
     status : str
-        What the backend's algorithm did: ``"converged"`` or a failure code
-        (``"max_iter"``, ``"failed"``, ``"divergences"`` ...); ``message``
-        says more. Fit quality is reported beside it (``fit_quality``,
-        ``warnings``), not folded into it.
+        Whether the fit can be used as it stands: ``"converged"`` when the
+        backend's algorithm converged, its own checks passed, the fit is not a
+        misfit (no ``poor fit`` / ``peak missed`` warning), its typical
+        predictive draw is not ruled out by the data
+        (``diagnostics["predictive_ruled_out"]``) and, for a Gaussian
+        approximation, Pareto k-hat is at most :data:`PARETO_K_UNRELIABLE`;
+        ``"warning"`` when the algorithm converged but one of these fails; else
+        the backend's failure code (``"max_iter"``, ``"failed"``,
+        ``"max_epochs"`` ...). ``status_message`` names the reasons; the
+        backend's own verdict is kept in ``diagnostics["backend_status"]`` and
+        ``diagnostics["optimizer_converged"]`` (see :attr:`converged`).
     message : str
-        Human-readable description of ``status``.
+        The backend's description of its run (iterations, draws, time).
     log_evidence : float or None
         Log marginal likelihood estimate in nats (variational Laplace: the
         free energy), if the backend provides one. It is a density of the data
@@ -103,6 +122,8 @@ class Posterior:
     warnings : tuple of str
         Everything the user should know about this fit: misfit, untrustworthy
         approximation, invalid draws, uninformed parameters, data problems.
+    status_message : str
+        Why ``status`` is not ``"converged"`` (empty when it is).
     """
 
     names: tuple[str, ...]
@@ -125,6 +146,7 @@ class Posterior:
     fit_quality: dict = field(default_factory=dict)
     contraction: dict = field(default_factory=dict)
     warnings: tuple = ()
+    status_message: str = ""
 
     def __post_init__(self):
         object.__setattr__(self, "names", tuple(self.names))
@@ -149,8 +171,16 @@ class Posterior:
     # ---------------------------------------------------------- summaries
     @property
     def converged(self) -> bool:
-        """True when the backend's algorithm converged (fit quality is separate: see ``warnings``)."""
-        return self.status == "converged"
+        """True when the backend's algorithm converged and passed its own checks.
+
+        The optimiser (variational Laplace), the sampler's diagnostics (NUTS,
+        SMC) or the training (NPE): ``diagnostics["optimizer_converged"]``. A
+        converged fit can still be untrustworthy (``status == "warning"``: a
+        misfit or Pareto k-hat above :data:`PARETO_K_UNRELIABLE`); ``status ==
+        "converged"`` says it is neither.
+        """
+        flag = self.diagnostics.get("optimizer_converged") if self.diagnostics else None
+        return bool(flag) if isinstance(flag, bool) else self.status == "converged"
 
     @property
     def mean(self) -> np.ndarray:
@@ -194,6 +224,7 @@ class Posterior:
         return {
             "backend": self.backend,
             "status": self.status,
+            "status_message": self.status_message,
             "message": self.message,
             "parameters": params,
             "fit_quality": self.fit_quality,
@@ -209,6 +240,8 @@ class Posterior:
 
     def __repr__(self) -> str:
         lines = [f"Posterior(backend={self.backend!r}, status={self.status!r}, draws={self.draws.shape[:2]})"]
+        if self.status_message:
+            lines.append(f"  status {self.status}: {self.status_message}")
         if self.log_evidence is not None and math.isfinite(self.log_evidence):
             lines.append(f"  log evidence: {self.log_evidence:.3f} nats")
         quality = ", ".join(
@@ -314,6 +347,7 @@ class Posterior:
         attrs = {
             "backend": self.backend,
             "status": self.status,
+            "status_message": self.status_message,
             "message": self.message,
             "log_evidence": float("nan") if self.log_evidence is None else float(self.log_evidence),
             "inference_library": "jrinfer",
@@ -407,6 +441,7 @@ class Posterior:
             draws=draws,
             backend=str(attrs.get("backend", "")),
             status=str(attrs.get("status", "")),
+            status_message=str(attrs.get("status_message", "")),
             message=str(attrs.get("message", "")),
             log_evidence=log_evidence,
             mean_unconstrained=None if mean_u is None else np.asarray(mean_u),

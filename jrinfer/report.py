@@ -112,7 +112,7 @@ def _load(fit_dir: Path):
 
 def _severity(posterior) -> str:
     """``"bad"`` (not converged or a misfit), ``"warn"`` (other warnings) or ``"ok"``."""
-    misfit = ("poor fit", "missed", "harmonic", "does not return")
+    misfit = ("poor fit", "missed", "harmonic", "does not return", "ruled out by the data")
     if not posterior.converged or any(any(m in w for m in misfit) for w in posterior.warnings):
         return "bad"
     return "warn" if posterior.warnings else "ok"
@@ -159,6 +159,8 @@ def _verdict(posterior, summary) -> str:
     data_warns = (summary.get("data") or {}).get("warnings") or []
     items += "".join(f"<li>data: {_e(w)}</li>" for w in data_warns)
     msg = f'<div class="note">{_e(posterior.message)}</div>' if posterior.message else ""
+    if posterior.status_message:  # why the fit's status is not "converged"
+        msg = f'<div class="note"><b>status {_e(posterior.status)}:</b> {_e(posterior.status_message)}</div>' + msg
     return (f'<div class="verdict {sev}"><div class="head">{_e(head)}</div>'
             + (f"<ul>{items}</ul>" if items else "") + msg + "</div>")
 
@@ -274,7 +276,14 @@ def _condition_effects(summary) -> str:
             f"{_e(ce.get('method', ''))}.</div>"
             f'<div class="note"><b>Interval vs log BF:</b> {_e(INTERVAL_VS_BF)}.</div>')
     warns = "".join(f'<div class="note">Warning: {_e(w)}</div>' for w in ce.get("warnings") or [])
-    return "<table>" + head + "".join(rows) + "</table>" + note + warns
+    joint = ce.get("no_difference")
+    first = ""
+    if joint:
+        first = (f'<p><b>No parameter differs between conditions</b> (all {len(joint["parameters"])} differences '
+                 f"reduced to 0 at once) against the full model: log BF {float(joint['log_bayes_factor']):+.2f} for "
+                 f"some difference, P(some difference) {float(joint['p_difference']):.2f} "
+                 f"({_e(joint.get('evidence', ''))}).</p>")
+    return first + "<table>" + head + "".join(rows) + "</table>" + note + warns
 
 
 def _parameter_table(posterior, truth: dict | None = None) -> str:

@@ -203,6 +203,7 @@ def test_netcdf_round_trip(fitted, tmp_path):
     path = post.to_netcdf(tmp_path / "posterior.nc")
     back = Posterior.from_netcdf(path)
     assert back.names == post.names and back.backend == post.backend and back.status == post.status
+    assert back.status_message == post.status_message and back.converged == post.converged
     np.testing.assert_allclose(back.draws, post.draws)
     np.testing.assert_allclose(back.predictive, post.predictive)
     assert back.units == post.units and back.warnings == post.warnings
@@ -228,3 +229,45 @@ def test_bad_inputs_name_the_argument(backend, problem):
     for call, name in BAD_INPUT[backend]:
         with pytest.raises(ValueError, match=name):
             call(problem)
+
+
+def test_status_follows_one_rule_for_every_backend(fitted):
+    """status: the backend's failure code, else 'warning' for a misfit, k-hat > 0.7 or a ruled-out predictive."""
+    from jrinfer.posterior import PARETO_K_UNRELIABLE, _is_misfit
+
+    _, post = fitted
+    d = post.diagnostics
+    assert isinstance(d["optimizer_converged"], bool) and post.converged == d["optimizer_converged"]
+    assert d["optimizer_converged"] == (d["backend_status"] == "converged")
+    untrusted = (
+        any(_is_misfit(w) for w in post.warnings)
+        or (d.get("pareto_k") or 0.0) > PARETO_K_UNRELIABLE
+        or d["predictive_ruled_out"]["ruled_out"]
+    )
+    if d["backend_status"] != "converged":
+        assert post.status == d["backend_status"]
+    else:
+        assert post.status == ("warning" if untrusted else "converged")
+    assert bool(post.status_message) == (post.status != "converged")
+    assert post.summary()["status_message"] == post.status_message
+
+
+def test_untrusted_fits_say_so_in_their_status(fitted, problem):
+    """A misfit and an unreliable Gaussian turn a converged backend's status into 'warning'; failures stay."""
+    from jrinfer.backends._assembly import assemble_posterior
+
+    _, post = fitted
+    good = post.draws[:, :50]
+    kw = dict(backend="laplace", message="converged after 9 iterations", n_predictive=20, n_prior=0)
+    ok = assemble_posterior(problem, good, status="converged", diagnostics={"pareto_k": 0.3}, **kw)
+    assert ok.status == "converged" and ok.status_message == "" and ok.converged
+    khat = assemble_posterior(problem, good, status="converged", diagnostics={"pareto_k": 0.95}, **kw)
+    assert khat.status == "warning" and "Pareto k-hat 0.95" in khat.status_message and khat.converged
+    assert khat.diagnostics["optimizer_converged"] is True and khat.diagnostics["backend_status"] == "converged"
+    off = good.copy()
+    off[..., problem.names.index("gain")] *= 30.0  # 900 x the power: a misfit by the README's definition
+    bad = assemble_posterior(problem, off, status="converged", **kw)
+    assert bad.status == "warning" and "poor fit" in bad.status_message and bad.converged
+    assert "converged" not in repr(bad).splitlines()[0] and "status warning: " in repr(bad)
+    failed = assemble_posterior(problem, off, status="max_iter", **kw)
+    assert failed.status == "max_iter" and not failed.converged and "poor fit" in failed.status_message

@@ -431,7 +431,8 @@ def test_retry_errors_fits_a_fixed_file_again(cohort, tmp_path):
     assert row["status"] == "error"  # resume keeps the recorded error ...
     (row,) = fit_many([bad], out=tmp_path / "o", kind="spectrum", options={"units": "uV^2/Hz"}, retry_errors=True,
                       progress=False)
-    assert row["status"] == "ok" and row["fit_status"] == "converged"  # ... until asked to retry it
+    assert row["status"] == "ok" and row["diag_optimizer_converged"]  # ... until asked to retry it
+    assert row["fit_status"] in ("converged", "warning")  # warning: k-hat 0.80 on this spectrum
 
 
 def test_results_rows_carry_sampler_diagnostics_and_the_manifest_columns():

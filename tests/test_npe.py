@@ -195,7 +195,8 @@ def test_linear_gaussian_posterior_matches_the_analytic_one():
     problem = _linear_problem()
     npe = NPE(n_simulations=3000, seed=2)
     post = npe.fit(problem, n_draws=1000, n_predictive=50, seed=5)
-    assert post.backend == "npe" and post.status == "converged" and post.names == ("b0", "b1")
+    # the training converged; the status warns of the generic R^2 < 0.9 misfit rule (R^2 0.37 of noisy data)
+    assert post.backend == "npe" and post.diagnostics["backend_status"] == "converged" and post.names == ("b0", "b1")
     mean, cov = _analytic_linear(problem)
     g = torch.Generator().manual_seed(11)
     exact = mean + torch.randn(1000, 2, dtype=F64, generator=g) @ torch.linalg.cholesky(cov).T
@@ -547,7 +548,7 @@ def test_contract_fields_arviz_summary_and_round_trip(npe_fitted, tmp_path):
     name, post, est, _ = npe_fitted
     fitted = (name, post)
     assert post.backend == "npe" and post.names == est.names and post.draws.shape == (1, 400, len(est.names))
-    assert np.isfinite(post.draws).all() and post.status in ("converged", "max_epochs")
+    assert np.isfinite(post.draws).all() and post.diagnostics["backend_status"] in ("converged", "max_epochs")
     assert post.units["a"] == "1/s" and post.units["gain"] == "1" and post.units["floor"] == "uV^2/Hz"
     assert post.units["A"] == "mV"  # fixed parameters keep their units
     assert set(post.contraction) == set(est.names) and all(c <= 1.0 for c in post.contraction.values())
@@ -559,6 +560,7 @@ def test_contract_fields_arviz_summary_and_round_trip(npe_fitted, tmp_path):
     assert np.isfinite(post.predictive).all() and np.isfinite(post.log_likelihood).all()
     contract.test_summary_json_ready(fitted)
     contract.test_netcdf_round_trip(fitted, tmp_path)
+    contract.test_status_follows_one_rule_for_every_backend(fitted)  # a misfit here: status "warning"
     # the contract's ArviZ check, for NPE's parameters (A is fixed here)
     import arviz as az
 

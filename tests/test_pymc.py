@@ -216,7 +216,7 @@ def test_nuts_matches_linear_gaussian_posterior():
     assert np.all(np.abs(draws.std(0) - sd) < 4 * mcse_sd), (draws.std(0), sd, mcse_sd)
     assert np.corrcoef(draws.T)[0, 1] == pytest.approx(cov[0, 1] / sd.prod(), abs=0.05)
     assert post.diagnostics["divergences"] == 0 and post.diagnostics["rhat_max"] <= 1.01
-    assert post.status == "converged" and post.backend == "nuts"
+    assert post.diagnostics["backend_status"] == "converged" and post.backend == "nuts"  # diagnostics passed
     assert post.sample_stats["diverging"].shape == (4, 1000)
 
 

@@ -215,3 +215,20 @@ def test_report_explains_interval_against_bayes_factor():
 
     assert html.escape(INTERVAL_VS_BF) in page
     assert "differ: the interval excludes no difference" in page
+
+
+def test_report_verdict_says_why_the_status_is_a_warning(tmp_path):
+    import dataclasses
+
+    from jrinfer.report import render_report
+
+    post = dataclasses.replace(_posterior("spectrum"), status="warning",
+                               status_message="Pareto k-hat 0.91 > 0.7: the Gaussian approximation cannot be trusted",
+                               diagnostics={**_posterior("spectrum").diagnostics, "optimizer_converged": True})
+    d = tmp_path / "fit"
+    d.mkdir()
+    post.to_netcdf(d / "posterior.nc")
+    page = render_report(d, d / "report.html").read_text(encoding="utf-8")
+    verdict = page[page.index('class="verdict'):page.index("<h2>")]
+    assert "Backend converged" in verdict  # the backend's own verdict ...
+    assert "<b>status warning:</b> Pareto k-hat 0.91 &gt; 0.7" in verdict  # ... and why the fit's status is not

@@ -16,7 +16,13 @@ same way for every backend:
 - contraction per parameter against the prior, in unconstrained coordinates;
 - warnings: the observation's misfit warnings, invalid draws, uninformed
   parameters, data-preparation warnings (``data.metadata["warnings"]``), and the
-  backend's own.
+  backend's own;
+- the status: the backend's when its algorithm did not converge or failed its
+  own checks; else ``"warning"`` when the fit is a misfit, its Pareto k-hat is
+  above 0.7 or its typical predictive draw is ruled out by the data
+  (:func:`_ruled_out`), ``"converged"`` otherwise (``status_message`` says why; the
+  backend's verdict stays in ``diagnostics["backend_status"]`` and
+  ``diagnostics["optimizer_converged"]``).
 """
 
 from __future__ import annotations
@@ -28,12 +34,42 @@ import torch
 
 from jrinfer import _checks
 from jrinfer._rng import generator
-from jrinfer.posterior import CONTRACTION_UNINFORMED, Posterior
+from jrinfer.posterior import CONTRACTION_UNINFORMED, PARETO_K_UNRELIABLE, Posterior, _is_misfit
 
 __all__ = ["assemble_posterior", "INVALID_FRACTION_WARN"]
 
 #: Fraction of posterior draws with invalid predictions above which a fit warns.
 INVALID_FRACTION_WARN = 0.10
+
+
+def _ruled_out(log_lik: np.ndarray, best: float, n_params: int) -> dict:
+    """How far below the best fit the posterior predictive draws' log-likelihoods lie.
+
+    ``log_lik``: ``(n_chains, n_draws, C, P)`` pointwise; ``best``: the largest
+    total log-likelihood known (the point fit's or the best draw's), nats.
+    ``ruled_out`` is True when the *median* draw is more than
+    ``max(n_points, 4 n_params)`` nats below the best fit: more than one nat
+    per data point (its mean squared standardised residual larger by 2 or
+    more) and more than eight times the median drop of draws from a correct
+    posterior of a regular model (``2 x drop`` about chi-square with
+    ``n_params`` degrees of freedom, median about ``n_params / 2``; Wilks
+    1938). The typical draw then predicts data the observed ones rule
+    out, and the predictive band shows the approximation's failure rather than
+    the posterior's uncertainty (a weakly identified but correct posterior
+    keeps its draws near the best fit's likelihood: that is what makes it
+    weakly identified).
+    """
+    n_points = int(np.prod(log_lik.shape[2:]))
+    drop = best - log_lik.reshape(-1, n_points).sum(-1)
+    median = float(np.median(drop))
+    threshold = float(max(n_points, 4 * n_params))
+    return {
+        "median_drop_nats": median,
+        "n_points": n_points,
+        "threshold_nats": threshold,
+        "fraction_beyond_threshold": float((drop > threshold).mean()),
+        "ruled_out": bool(median > threshold),
+    }
 
 
 def _thin(n_chains: int, n_draws: int, n_keep: int) -> np.ndarray:
@@ -52,6 +88,37 @@ def _unique(reasons: list[str], limit: int = 3) -> list[str]:
         if len(out) == limit:
             break
     return out
+
+
+def _fit_status(backend: str, status: str, message: str, diagnostics: dict, quality_warnings) -> tuple[str, str]:
+    """The posterior's ``(status, status_message)`` from the backend's verdict and the fit's quality.
+
+    One rule for every backend: a backend status other than ``"converged"``
+    stays; a converged fit becomes ``"warning"`` when its Pareto k-hat exceeds
+    :data:`~jrinfer.posterior.PARETO_K_UNRELIABLE` (the Gaussian approximation
+    is not to be trusted) or the goodness of fit reports a misfit (README: R²
+    of log-power below 0.9 or the alpha peak missed by more than 1 Hz; ERPs:
+    explained variance too low or the main peak missed), or the median
+    predictive draw is ruled out by the data (:func:`_ruled_out`).
+    """
+    reasons = []
+    if status != "converged":
+        reasons.append(f"{backend} reported {status!r}" + (f" ({message})" if message else ""))
+    k = diagnostics.get("pareto_k")
+    if isinstance(k, (int, float)) and not isinstance(k, bool) and (k > PARETO_K_UNRELIABLE or math.isnan(k)):
+        reasons.append(
+            f"Pareto k-hat {k:.2f} > {PARETO_K_UNRELIABLE}: the Gaussian approximation cannot be trusted"
+        )
+    reasons += [w.split(";")[0] for w in quality_warnings if _is_misfit(w)]
+    ruled = diagnostics.get("predictive_ruled_out") or {}
+    if ruled.get("ruled_out"):
+        reasons.append(
+            f"the median posterior draw is ruled out by the data ({ruled['median_drop_nats']:.3g} nats below the best "
+            "fit's log-likelihood)"
+        )
+    if status != "converged":
+        return status, "; ".join(reasons)
+    return ("warning", "; ".join(reasons)) if reasons else ("converged", "")
 
 
 def assemble_posterior(
@@ -80,8 +147,16 @@ def assemble_posterior(
     draws : array_like
         Posterior draws in natural units, shape ``(n_chains, n_draws, n_params)``
         (last axis in ``problem.names`` order).
-    backend, status, message : str
+    backend : str
         As on :class:`~jrinfer.Posterior`.
+    status : str
+        The backend's verdict on its own algorithm: ``"converged"``, or a
+        failure code / ``"warning"`` when its checks failed. The posterior's
+        ``status`` is this, downgraded to ``"warning"`` for a misfit or a
+        Pareto k-hat (``diagnostics["pareto_k"]``) above 0.7 or a predictive
+        the data rule out (:func:`_fit_status`).
+    message : str
+        The backend's description of its run.
     log_evidence : float, optional
     mean_unconstrained, cov_unconstrained : array_like, optional
         The backend's Gaussian in unconstrained coordinates; when given, the
@@ -170,11 +245,34 @@ def assemble_posterior(
         if fit_pred is None and valid_values is not None:
             fit_pred = valid_values.median(0).values
             point_params = problem.parameters(theta.reshape(-1, problem.n_params).median(0).values)
+        if log_lik is not None:
+            best = float(log_lik.reshape(log_lik.shape[0] * log_lik.shape[1], -1).sum(-1).max())
+            if fit_pred is not None and point is not None and point_params is not None:
+                ll_fit = obs.pointwise_log_likelihood(obs.predict(point_params, data), point_params, data)
+                best = max(best, float(ll_fit.sum()))
+            ruled = _ruled_out(log_lik, best, problem.n_params)
+            diagnostics["predictive_ruled_out"] = ruled
+            if ruled["ruled_out"]:
+                y_abs = float(observed.values.abs().max())
+                amp = float(np.quantile(np.abs(predictive).reshape(-1, predictive.shape[-1]).max(-1), 0.95))
+                ruled["predictive_max_abs_q95_over_data"] = amp / y_abs if y_abs > 0 else float("nan")
+                warns.append(
+                    f"predictive ruled out by the data: the median posterior draw's log-likelihood is "
+                    f"{ruled['median_drop_nats']:.3g} nats below the best fit's (more than "
+                    f"{ruled['threshold_nats']:.0f}: one per data point and four per parameter; the 95th percentile "
+                    "of the draws' largest predicted |value| is "
+                    f"{ruled['predictive_max_abs_q95_over_data']:.3g} x the data's): these draws are not from the "
+                    "posterior the data define (an approximation that fails, e.g. a Gaussian reaching parameter sets "
+                    "near instability), so the predictive band is far wider than the data allow; use --resample "
+                    "(laplace) or a sampler (nuts, smc)"
+                )
         quality: dict = {}
+        quality_warnings: list[str] = []
         if fit_pred is not None:
             fq = obs.goodness_of_fit(data, fit_pred, point_params)
             quality = dict(fq.metrics)
-            warns.extend(fq.warnings)
+            quality_warnings = [str(w) for w in fq.warnings]
+            warns.extend(quality_warnings)
         else:
             warns.append("no posterior draw gives a valid prediction: the fit quality could not be assessed")
 
@@ -221,11 +319,15 @@ def assemble_posterior(
     fit = None
     if fit_pred is not None:
         fit = torch.broadcast_to(fit_pred, observed.values.shape).numpy()
+    final_status, status_message = _fit_status(backend, status, message, diagnostics, quality_warnings)
+    diagnostics["backend_status"] = status
+    diagnostics["optimizer_converged"] = status == "converged"
     return Posterior(
         names=problem.names,
         draws=theta.numpy(),
         backend=backend,
-        status=status,
+        status=final_status,
+        status_message=status_message,
         message=message,
         log_evidence=log_evidence,
         mean_unconstrained=None if mean_unconstrained is None else np.asarray(mean_unconstrained, dtype=float),

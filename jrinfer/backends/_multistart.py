@@ -247,6 +247,7 @@ def multistart(
     seed: int,
     n_screen: int | None = None,
     agree: int = 3,
+    on_start: Callable[[int, int], None] | None = None,
 ) -> tuple[list[dict], dict]:
     """Run the engine from the prior mean and the best distinct screened starts; group the optima.
 
@@ -268,6 +269,8 @@ def multistart(
         Stop early once this many runs all reached one and the same optimum
         (a unimodal-looking posterior); set ``agree >= n_starts`` to always
         run all ``n_starts``.
+    on_start : callable, optional
+        ``on_start(i, n)`` before run ``i`` (0-based) of at most ``n`` (progress).
 
     Returns
     -------
@@ -296,6 +299,8 @@ def multistart(
         inits, scores = cand[idx], all_scores[idx]
     results = []
     for i in range(inits.shape[0]):
+        if on_start is not None:
+            on_start(i, int(inits.shape[0]))
         results.append((i, fit_one(inits[i].clone())))
         optima = group_optima(results)
         # every run so far reached one and the same optimum: more starts are unlikely to find another
@@ -372,9 +377,20 @@ def fit_problem_multistart(engine, problem, *, n_starts: int = 1, seed: int = 0)
 
     k = form.precision_components.shape[0]
     hyper_cov = form.hyper_cov if form.estimate_hyper else torch.eye(k, dtype=_DTYPE)
+    from jrinfer.backends._vl_engine import progress_line, progress_mode
+
+    mode = progress_mode(engine.progress)
+    if mode == "lines" and n_starts > 1:
+        progress_line(f"variational Laplace: screening {SCREEN_PER_START * n_starts} prior draws for up to {n_starts} "
+                      "starts")
+
+    def on_start(i: int, n: int) -> None:
+        if n > 1:  # the run's progress (bar or lines) names its start
+            engine._progress_desc = f"variational Laplace, start {i + 1} of {n}"
+
     optima, info = multistart(
         fit_one, f_batch, form.y, form.prior_mean, form.prior_cov, form.hyper_mean, hyper_cov,
-        form.precision_components, form.estimate_hyper, n_starts=n_starts, seed=seed,
+        form.precision_components, form.estimate_hyper, n_starts=n_starts, seed=seed, on_start=on_start,
     )
     best = optima[0]["result"] if optima else info["results"][0][1]
     res, mean, cov = mapped[id(best)]

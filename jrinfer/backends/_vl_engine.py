@@ -88,6 +88,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -577,6 +578,59 @@ class _Problem:
         return lam, F, F - F0
 
 
+#: Progress modes of :class:`LaplaceEngine` besides True/False.
+_PROGRESS_MODES = ("auto", "bar", "lines")
+#: Seconds between two progress lines of a running fit (``progress="lines"``).
+PROGRESS_INTERVAL_S = 10.0
+
+
+def progress_mode(progress) -> str | None:
+    """``"bar"``, ``"lines"`` or None (silent) for a ``progress`` option (``"auto"``: bar on a terminal)."""
+    if progress is True:
+        return "bar"
+    if progress == "auto":
+        isatty = getattr(sys.stderr, "isatty", None)
+        return "bar" if isatty is not None and isatty() else "lines"
+    return progress or None
+
+
+def progress_line(message: str) -> None:
+    """One progress line on stderr (looked up at call time, so redirections and capture see it)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+class _Progress:
+    """Progress of one Gauss-Newton run: a tqdm bar, or a line every PROGRESS_INTERVAL_S and one at the end."""
+
+    def __init__(self, progress, total: int, desc: str, F: float):
+        self.mode = progress_mode(progress)
+        self.desc = desc
+        self.t0 = self.last = time.perf_counter()
+        self.bar = None
+        if self.mode == "bar":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="it")
+            self.bar.set_postfix(F=f"{F:.4g}")
+
+    def update(self, it: int, F: float, dF: float, nu: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(F=f"{F:.6g}", dF=f"{dF:.2g}", nu=f"{nu:.2g}")
+        elif self.mode == "lines":
+            now = time.perf_counter()
+            if now - self.last >= PROGRESS_INTERVAL_S:
+                self.last = now
+                progress_line(f"{self.desc}: iteration {it}, F = {F:.6g}, {now - self.t0:.0f} s elapsed")
+
+    def close(self, status: str, it: int, F: float) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.mode == "lines":
+            progress_line(f"{self.desc}: {status} after {it} iterations, F = {F:.6g}, "
+                          f"{time.perf_counter() - self.t0:.1f} s")
+
+
 class LaplaceEngine:
     """Variational Laplace inversion of ``y = f(θ) + ε`` (Friston et al. 2007).
 
@@ -595,8 +649,12 @@ class LaplaceEngine:
     max_step_retries : int, default 8
         Times a rejected Gauss-Newton step is shrunk (damping ×8) and retried
         within one iteration.
-    progress : bool, default False
-        Show a tqdm progress bar with the free energy.
+    progress : bool or {"auto", "bar", "lines"}, default False
+        Report progress on stderr: ``"bar"`` (or True) a tqdm bar with the
+        free energy; ``"lines"`` one line every :data:`PROGRESS_INTERVAL_S`
+        seconds of a run (start, iteration, ``F``, elapsed time) and one when
+        it ends, for logs, pipes and notebooks where a bar is not
+        redrawn; ``"auto"`` the bar when stderr is a terminal, else lines.
     raise_on_failure : bool, default False
         Raise :class:`LaplaceConvergenceError` (a ``RuntimeError``) instead of
         only warning when the fit does not converge.
@@ -637,7 +695,9 @@ class LaplaceEngine:
         self.patience = _checks.check_int("patience", patience, minimum=1)
         self.estimate_hyper = _checks.check_bool("estimate_hyper", estimate_hyper)
         self.max_step_retries = _checks.check_int("max_step_retries", max_step_retries, minimum=0)
-        self.progress = _checks.check_bool("progress", progress)
+        if not isinstance(progress, bool):
+            _checks.check_option("progress", progress, _PROGRESS_MODES)
+        self.progress = progress
         self.raise_on_failure = _checks.check_bool("raise_on_failure", raise_on_failure)
         _checks.check_option("jacobian", jacobian, _JACOBIAN_MODES)
         self.jacobian = jacobian
@@ -780,12 +840,7 @@ class LaplaceEngine:
         ]
         below = stalls = 0
         status, message = "max_iter", ""
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.max_iter, desc="variational Laplace", unit="it")
-            bar.set_postfix(F=f"{F:.4g}")
+        bar = _Progress(self.progress, self.max_iter, getattr(self, "_progress_desc", "variational Laplace"), F)
         it = 0
         try:
             for it in range(1, self.max_iter + 1):
@@ -841,9 +896,7 @@ class LaplaceEngine:
                     {"iteration": it, "F": F, "predicted_increase": total, "nu": nu_used, "accepted": accepted,
                      "retries": retries, "hyper_mean": lam.tolist()}
                 )
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(F=f"{F:.6g}", dF=f"{total:.2g}", nu=f"{nu_used:.2g}")
+                bar.update(it, F, total, nu_used)
                 if not (accepted or stalled):
                     status = "failed"
                     if all_nonfinite:
@@ -875,8 +928,7 @@ class LaplaceEngine:
                     f"(last predicted increase of F {trace[-1]['predicted_increase']:.3g} nats, tol={self.tol:g})"
                 )
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close(status, it, F)
 
         F, accuracy, hfac, lfac = prob.free_energy(st, lam, hyper_factor=True)
         message += f"; Jacobian by {prob.jacobian_used} mode"
