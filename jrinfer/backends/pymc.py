@@ -207,7 +207,76 @@ def _op_classes():
         def infer_shape(self, fgraph, node, input_shapes):
             return [(), (), input_shapes[0], input_shapes[0]]
 
-    return TorchLogLike, IntervalOp
+    class PoleOp(Op):
+        """The log density in pole coordinates ``u`` (see :class:`jrinfer._polemap.PoleMap`) as a PyTensor Op.
+
+        Input ``u`` ``(n_params,)``: ``problem.names`` order, the two replaced
+        entries holding ``(log sigma, omega)``. Outputs: ``log p(u)`` (the log
+        joint at ``z(u)`` plus ``log |det dz_r/du_r|``), its gradient
+        ``(n_params,)`` and ``z(u)`` ``(n_params,)`` (NaN where the solve failed).
+        ``-inf`` with a zero gradient where the solve fails or the log joint is
+        not finite, never NaN. A one-point cache answers the repeated ``u``.
+        """
+
+        __props__ = ("map_id",)
+
+        def __init__(self, pole_map):
+            self.pole_map = pole_map
+            self.map_id = id(pole_map)
+            self.fused = pole_map.problem.has_fast_path
+            self.n_calls = 0
+            self.n_inf = 0
+            self.seconds = 0.0
+            self.first_error = None
+            self._last = None
+
+        @property
+        def n_failed(self):  # as TorchLogLike's: evaluations that gave -inf
+            return self.n_inf
+
+        def make_node(self, u):
+            u = pt.as_tensor_variable(u)
+            return Apply(self, [u], [pt.dscalar(), pt.dvector(), pt.dvector()])
+
+        def evaluate(self, u: np.ndarray):
+            u = np.array(u, dtype=np.float64)
+            key = u.tobytes()
+            if self._last is not None and self._last[0] == key:
+                return self._last[1]
+            t0 = time.perf_counter()
+            self.n_calls += 1
+            n = u.shape[0]
+            try:
+                value, grad, z = self.pole_map.log_density_and_grad(u)
+            except Exception as err:  # a failed evaluation is -inf, never a crash mid-chain
+                if self.first_error is None:
+                    self.first_error = f"{type(err).__name__}: {err}"
+                value, grad, z = -math.inf, np.zeros(n), None
+            if value == -math.inf:
+                self.n_inf += 1
+            out = (value, grad, np.full(n, np.nan) if z is None else z)
+            self._last = (key, out)
+            self.seconds += time.perf_counter() - t0
+            return out
+
+        def perform(self, node, inputs, output_storage):
+            for k, value in enumerate(self.evaluate(inputs[0])):
+                output_storage[k][0] = np.asarray(value, dtype=np.float64)
+
+        def grad(self, inputs, output_grads):
+            from pytensor.gradient import DisconnectedType
+
+            if not isinstance(output_grads[2].type, DisconnectedType):
+                raise NotImplementedError("z(u) is reported, not differentiated (only log p(u) has a gradient)")
+            return [output_grads[0] * self(inputs[0])[1]]
+
+        def connection_pattern(self, node):
+            return [[True, False, False]]
+
+        def infer_shape(self, fgraph, node, input_shapes):
+            return [(), input_shapes[0], input_shapes[0]]
+
+    return TorchLogLike, IntervalOp, PoleOp
 
 
 def _interval_unconstrained(boundary, z: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
@@ -287,7 +356,7 @@ def _check_problem(problem):
     return problem
 
 
-def problem_to_pymc(problem, *, with_grad: bool = True, boundary: str | None = None):
+def problem_to_pymc(problem, *, with_grad: bool = True, boundary: str | None = None, reference=None):
     """A PyMC model of ``problem``: mirrored priors on ``z`` plus the torch log-likelihood.
 
     Parameters
@@ -339,8 +408,10 @@ def problem_to_pymc(problem, *, with_grad: bool = True, boundary: str | None = N
     import pytensor.tensor as pt
 
     _check_problem(problem)
-    if boundary not in (None, "hopf"):
-        raise ValueError(f"boundary must be None or 'hopf', got {boundary!r}")
+    if boundary not in (None, "hopf", "pole"):
+        raise ValueError(f"boundary must be None, 'hopf' or 'pole', got {boundary!r}")
+    if boundary == "pole":
+        return _pole_model(problem, reference=reference)
     sb = None
     if boundary == "hopf":
         sb = problem.stability_boundary()
@@ -399,7 +470,55 @@ def problem_to_pymc(problem, *, with_grad: bool = True, boundary: str | None = N
         pm.Potential("loglike", out[0] if isinstance(out, (list, tuple)) else out)
     model.jrinfer_op = op
     model.jrinfer_boundary = bop
+    model.jrinfer_pole = None
     return model
+
+
+def _pole_model(problem, reference=None):
+    """``problem_to_pymc(problem, boundary="pole")``: every free variable flat, the whole density in one Op."""
+    from jrinfer._polemap import PoleMap
+
+    pm = _pymc()
+    import pytensor.tensor as pt
+
+    pole_map = PoleMap(problem, reference=reference)
+    op = _op_classes()[2](pole_map)
+    i, j = pole_map.index
+    with pm.Model() as model:
+        us = []
+        for k, name in enumerate(problem.names):
+            us.append(pm.Flat("pole_log_sigma" if k == i else "pole_omega" if k == j else f"{name}_z"))
+        logp, _, z = op(pt.stack(us).astype("float64"))
+        pm.Potential("pole_logp", logp)
+        for k in (i, j):
+            pm.Deterministic(f"{problem.names[k]}_z", z[k])
+        theta = _natural_from_z(problem, z)
+        for k, name in enumerate(problem.names):
+            pm.Deterministic(name, theta[k])
+    model.jrinfer_op = op
+    model.jrinfer_boundary = None
+    model.jrinfer_pole = op
+    return model
+
+
+def _natural_from_z(problem, z):
+    """Natural values (PyTensor) of unconstrained ``z`` (the inverse of each prior's transform)."""
+    import pytensor.tensor as pt
+
+    from jrinfer.prior import LogNormal, LogUniform, Normal
+
+    out = []
+    for k, d in enumerate(problem.prior.distributions.values()):
+        zk = z[k]
+        if isinstance(d, LogNormal):
+            out.append(pt.exp(zk))
+        elif isinstance(d, Normal):
+            out.append(zk)
+        elif isinstance(d, LogUniform):
+            out.append(pt.exp(math.log(d.low) + math.log(d.high / d.low) * pt.sigmoid(zk)))
+        else:
+            out.append(d.low + (d.high - d.low) * pt.sigmoid(zk))
+    return out
 
 
 class _Interruptible:
@@ -527,6 +646,31 @@ def _to_w(bop, start, seed: int, n_draws: int = 200):
         zw = convert(z)
         inits_w.append(zw if zw is not None else mapped[k % len(mapped)])
     return mean_w, cov_w, inits_w
+
+
+def _to_pole(pole_map, start, seed: int, n_draws: int = 200):
+    """The Laplace start in pole coordinates ``u`` (see :func:`problem_to_pymc`), or None.
+
+    Laplace draws with a stable upper equilibrium are mapped to ``u`` (their
+    mean and covariance: the initial metric); each chain's start likewise (a
+    mapped draw where the start itself is past the boundary). None when
+    fewer than ``4 n`` draws are stable.
+    """
+    mean, cov, inits = start
+    n = mean.shape[0]
+    rng = np.random.default_rng(seed)
+    evals, evecs = np.linalg.eigh(cov)
+    draws = mean + (rng.standard_normal((n_draws, n)) * np.sqrt(np.clip(evals, 0.0, None))) @ evecs.T
+    mapped = pole_map.to_u(draws)
+    mapped = mapped[np.isfinite(mapped).all(1)]
+    if len(mapped) < 4 * n:
+        return None
+    mean_u = mapped.mean(0)
+    cov_u = np.cov(mapped.T) + 1e-10 * np.eye(n) * np.trace(np.cov(mapped.T)) / n
+    inits_u = []
+    for k, u in enumerate(pole_map.to_u(np.array(inits))):
+        inits_u.append(u if np.isfinite(u).all() else mapped[k % len(mapped)])
+    return mean_u, cov_u, inits_u
 
 
 def _laplace_in_w(model, start, chains: int, seed: int):
@@ -743,8 +887,8 @@ class NUTS:
         boundary: str | None = None,
     ):
         _checks.check_option("init", init, ("laplace", "jitter"))
-        if boundary not in (None, "hopf"):
-            raise ValueError(f"boundary must be None or 'hopf', got {boundary!r}")
+        if boundary not in (None, "hopf", "pole"):
+            raise ValueError(f"boundary must be None, 'hopf' or 'pole', got {boundary!r}")
         self.boundary = boundary
         self.init = init
         self.chains = _checks.check_int("chains", chains, minimum=1)
@@ -797,15 +941,24 @@ class NUTS:
         pm = _pymc()
         model = problem_to_pymc(problem, with_grad=True, boundary=self.boundary)
         bop = model.jrinfer_boundary
+        pop = model.jrinfer_pole
         import warnings as _w
 
         t_init = time.perf_counter()
         start = (
-            _laplace_start(problem, self.chains, self.seed, require_valid_mean=bop is None)
+            _laplace_start(problem, self.chains, self.seed, require_valid_mean=bop is None and pop is None)
             if self.init == "laplace"
             else None
         )
         free_names = [f"{name}_z" for name in problem.names]
+        if pop is not None:
+            pmap = pop.pole_map
+            free_names[pmap.index[0]], free_names[pmap.index[1]] = "pole_log_sigma", "pole_omega"
+            if start is not None:
+                pmap.reference = start[0].copy()  # cold starts of the solve: near the Laplace mean
+                start = _to_pole(pmap, start, self.seed)
+            if start is not None:
+                start = _laplace_in_w(model, start, self.chains, self.seed)
         if bop is not None:
             i = bop.boundary.index
             free_names[i] = f"{problem.names[i]}_w"
@@ -878,6 +1031,16 @@ class NUTS:
             diag["boundary_empty"] = bop.n_empty if counted else None
             if bop.first_error:
                 diag["boundary_first_error"] = bop.first_error
+        if pop is not None:
+            pmap = pop.pole_map
+            diag["pole_replaced"] = list(pmap.replace)
+            diag["pole_evaluations"] = pop.n_calls if counted else None
+            diag["pole_time_s"] = pop.seconds if counted else None
+            diag["pole_solves"] = pmap.n_solves if counted else None
+            diag["pole_solve_failures"] = pmap.n_failed if counted else None
+            diag["pole_inf_evaluations"] = pop.n_inf if counted else None
+            if pop.first_error:
+                diag["pole_first_error"] = pop.first_error
         diag["init_time_s"] = init_seconds
         diag["fused_loglike"] = bool(op.fused)
         diag["settings"] = {

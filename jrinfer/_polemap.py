@@ -1,0 +1,422 @@
+"""Pole coordinates: sample the dominant mode's log damping and frequency in place of two parameters.
+
+Under the transfer method the linearised spectrum exists while the upper
+equilibrium is stable, i.e. while the least-damped pole ``lambda = -sigma + i
+omega`` of the linearised Jansen-Rit system has ``sigma > 0``. A sharp alpha
+peak fixes ``omega`` (its position) and bounds ``sigma`` (its width) from
+above, so the posterior presses against the Hopf surface ``sigma = 0``: in the
+prior's coordinates that surface is a wall a small step from the bulk.
+
+:class:`PoleMap` replaces two free parameters (``r = (r1, r2)``, by default
+the time constants' rates ``a`` and ``b``; their prior-unconstrained
+coordinates ``z_r``) by ``u_r = (log sigma, omega)``, keeping the others
+(``z_o``). The map ``(z_r, z_o) -> (log sigma, omega, z_o)`` is inverted by a
+2-D Newton solve on ``z_r`` (warm-started), and the density of ``u`` is::
+
+    log p(u) = log p(z(u)) + log |det dz_r/du_r| = log p(z) - log |det J(z)|,   J = d(log sigma, omega)/dz_r
+
+Every stability wall (``sigma -> 0``) is at ``log sigma = -inf``. The
+gradient follows from the implicit-function theorem (the pole's derivatives
+from one Newton step on the equilibrium equation and one on the
+characteristic polynomial from the converged roots, through torch autograd);
+the gradient of ``log |det J|`` (second derivatives of the pole) is a central
+difference of the exact ``J``.
+
+Points ``u`` with no preimage (the Newton solve fails: no stable upper
+equilibrium reaches that pole at those ``z_o``) have density ``-inf``; they
+are counted (:attr:`PoleMap.n_failed`).
+
+Reference: the characteristic polynomial of the linearised JR model is
+:meth:`jrinfer.JansenRit.dominant_mode`'s ``Q(s)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from jrinfer.model import (
+    PARAMETERS,
+    JansenRit,
+    _equilibrium_residual,
+    _equilibrium_residual_slope,
+    _fixed_points,
+    _sigmoid_slope,
+)
+
+#: Default replaced parameters: the excitatory and inhibitory time-constant rates (measured: benchmarks/RESULTS.md).
+DEFAULT_REPLACED = ("a", "b")
+
+
+def _q(s, p, y0, v):
+    """Characteristic polynomial ``Q(s)`` of the linearisation at ``y0`` and its derivative ``Q'(s)``."""
+    g0 = _sigmoid_slope(v, p["e0"], p["v0"], p["r"])
+    g1 = _sigmoid_slope(p["C1"] * y0, p["e0"], p["v0"], p["r"])
+    g2 = _sigmoid_slope(p["C3"] * y0, p["e0"], p["v0"], p["r"])
+    a, b, aa, bb = p["a"], p["b"], p["A"] * p["a"], p["B"] * p["b"]
+    ke, ki = p["C1"] * p["C2"] * g1 * aa, p["C3"] * p["C4"] * g2 * bb
+    q = (s + a) ** 4 * (s + b) ** 2 - g0 * aa * (ke * (s + b) ** 2 - ki * (s + a) ** 2)
+    dq = 4 * (s + a) ** 3 * (s + b) ** 2 + 2 * (s + a) ** 4 * (s + b) - 2 * g0 * aa * (ke * (s + b) - ki * (s + a))
+    return q, dq
+
+
+def dominant_pole(params: dict, *, steps: int = 1, roots: bool = False, start=None):
+    """``(log sigma, omega, valid)`` of the least-damped complex pole of the upper equilibrium (batched).
+
+    Parameters
+    ----------
+    params : dict
+        Jansen-Rit parameters (tensors broadcastable to a batch, may require grad).
+    steps : int
+        Newton steps from the detached roots (equilibrium and pole); 1 gives
+        exact first derivatives (implicit-function theorem).
+    roots : bool
+        Also return the detached ``y0`` of the upper equilibrium and the pole
+        (complex128), shape ``batch`` each (warm starts for continuation).
+    start : (torch.Tensor, torch.Tensor), optional
+        Converged ``(y0, pole)`` of the upper equilibrium for these parameters
+        (e.g. continued from a checked nearby point): the fixed-point and
+        eigenvalue search is skipped and ``valid`` only checks ``sigma > 0``.
+
+    Returns
+    -------
+    log_sigma, omega : torch.Tensor
+        float64, shape ``batch``; ``log sigma`` in log(1/s), ``omega`` in rad/s.
+        NaN where ``valid`` is False.
+    valid : torch.Tensor
+        bool, shape ``batch``: a complex pole exists and ``sigma > 0`` (the upper equilibrium is stable).
+    """
+    model = JansenRit(**{k: v for k, v in params.items() if k in PARAMETERS})
+    p = model._params
+    if start is not None:
+        y = torch.as_tensor(start[0], dtype=torch.float64)
+        lam0 = torch.as_tensor(start[1], dtype=torch.complex128)
+        valid = torch.isfinite(y) & torch.isfinite(lam0) & (lam0.imag > 0)
+        lam0 = torch.where(valid, lam0, torch.full_like(lam0, complex(-1.0, 1.0)))
+        y = torch.where(valid, y, torch.zeros_like(y))
+    else:
+        with torch.no_grad():
+            pd = {k: v.detach() for k, v in p.items()}
+            eq = _fixed_points(pd, model.batch_shape, 256, which="upper")
+            ev = eq.eigenvalues
+            osc = (ev.imag > 1e-9 * ev.abs()) & torch.isfinite(ev.real)
+            score = torch.where(osc, ev.real, torch.full_like(ev.real, -math.inf))
+            lam0 = torch.gather(ev, -1, score.argmax(-1, keepdim=True)).squeeze(-1)
+            has = osc.any(-1) & torch.isfinite(eq.state[..., 0])
+            # the selected pole must be the rightmost eigenvalue (a real one to its right is a different instability)
+            valid = has & (lam0.real < 0) & (ev.real.max(-1).values <= lam0.real + 1e-9 * lam0.abs())
+            lam0 = torch.where(valid, lam0, torch.full_like(lam0, complex(-1.0, 1.0)))
+            y = torch.where(valid, eq.state[..., 0], torch.zeros_like(eq.state[..., 0]))
+    for _ in range(steps):
+        g, v = _equilibrium_residual(y, p)
+        y = y - g / _equilibrium_residual_slope(y, v, p)
+    _, v = _equilibrium_residual(y, p)
+    lam = lam0.to(torch.complex128)
+    for _ in range(steps):
+        q, dq = _q(lam, p, y, v)
+        lam = lam - q / dq
+    sigma = -lam.real
+    nan = torch.full_like(sigma, math.nan)
+    valid = valid & (sigma.detach() > 0)
+    log_sigma = torch.where(valid, torch.log(torch.where(valid, sigma, torch.ones_like(sigma))), nan)
+    if roots:
+        return log_sigma, torch.where(valid, lam.imag, nan), valid, y.detach(), lam.detach()
+    return log_sigma, torch.where(valid, lam.imag, nan), valid
+
+
+class PoleMap:
+    """The change of coordinates ``z -> u`` (two of ``z`` replaced by the dominant pole) and its inverse.
+
+    Parameters
+    ----------
+    problem : InverseProblem
+        A transfer-method spectrum problem (its observation offers a
+        stability boundary) with both ``replace`` parameters free
+        (``p_mean`` may be fixed).
+    replace : (str, str)
+        The parameters replaced by ``(log sigma, omega)``, in that order.
+    reference : array, optional
+        ``z`` ``(n_params,)`` whose replaced entries start the Newton solve
+        when there is no previous solution (default: the prior median).
+
+    Attributes
+    ----------
+    index : (int, int)
+        Positions of the replaced parameters in ``problem.names`` (where ``u``
+        holds ``log sigma`` and ``omega``).
+    n_solves, n_failed, n_iterations : int
+        Solves, failed solves (no preimage found: density ``-inf``) and Newton iterations in all.
+    """
+
+    TOL = 1e-12
+    MAX_ITER = 40
+
+    def __init__(self, problem, replace=DEFAULT_REPLACED, reference=None):
+        if problem.observation.stability_boundary(problem.data) is None:
+            raise ValueError(
+                "boundary='pole' needs an observation whose prediction ends at the Hopf boundary (a transfer-method "
+                f"spectrum); {type(problem.observation).__name__} offers no stability boundary"
+            )
+        replace = tuple(replace)
+        if len(replace) != 2 or any(n not in problem.names for n in replace) or replace[0] == replace[1]:
+            raise ValueError(
+                f"replace must name two different free parameters of the problem ({', '.join(problem.names)}), "
+                f"got {replace!r}"
+            )
+        self.problem = problem
+        self.replace = replace
+        self.index = tuple(problem.names.index(n) for n in replace)
+        self.others = [k for k in range(problem.n_params) if k not in self.index]
+        if reference is None:
+            reference = problem.prior.to_unconstrained(problem.prior.median()).numpy()
+        self.reference = np.array(reference, dtype=np.float64)
+        #: Free parameters the pole depends on (the Jansen-Rit ones).
+        self.pole_dependent = [k for k, n in enumerate(problem.names) if n in PARAMETERS]
+        self._last = None  # (z_r, y0, pole) of the last solution: the warm start
+        self.n_solves = self.n_failed = self.n_iterations = 0
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, z, *, steps: int = 1, roots: bool = False, start=None):
+        """``(log sigma, omega, valid)`` at unconstrained ``z`` ``(..., n_params)`` (tensor; differentiable).
+
+        ``roots=True`` also returns the upper equilibrium's ``y0`` and the pole (detached).
+        """
+        params = self.problem.parameters(self.problem.prior.from_unconstrained(z))
+        return dominant_pole(params, steps=steps, roots=roots, start=start)
+
+    def to_u(self, z: np.ndarray) -> np.ndarray:
+        """``u`` of a batch of ``z`` ``(..., n_params)``; NaN rows where the upper equilibrium is unstable."""
+        zt = torch.as_tensor(np.asarray(z, dtype=np.float64))
+        with torch.no_grad():
+            ls, om, _ = self.forward(zt)
+        u = zt.clone()
+        u[..., self.index[0]], u[..., self.index[1]] = ls, om
+        u[~torch.isfinite(ls)] = math.nan
+        return u.numpy()
+
+    # ------------------------------------------------------------------ inverse
+    def _jr_natural(self, z: np.ndarray) -> dict:
+        """Jansen-Rit parameters (NumPy, broadcast over a batch ``z`` ``(B, n)``) with ``C1..C4`` resolved."""
+        with torch.no_grad():
+            params = self.problem.parameters(self.problem.prior.from_unconstrained(torch.from_numpy(z)))
+        out = {k: v.numpy() for k, v in JansenRit(**{k: v for k, v in params.items() if k in PARAMETERS})._params.items()}
+        return out
+
+    def _pole_np(self, z: np.ndarray, y: np.ndarray, lam: np.ndarray):
+        """Continue the equilibrium ``y`` and the pole ``lam`` to a batch ``z`` ``(B, n)`` by Newton (NumPy).
+
+        Returns ``(log sigma, omega, y, lam)``; NaN where Newton does not
+        converge or ``sigma <= 0`` (the caller checks the result against the
+        full eigen-decomposition at the end of a solve).
+        """
+        p = self._jr_natural(z)
+        e0, v0, r = p["e0"], p["v0"], p["r"]
+        ke, ki = p["A"] / p["a"], p["B"] / p["b"]
+
+        def sig(x):
+            return 2.0 * e0 / (1.0 + np.exp(np.clip(r * (v0 - x), -700, 700)))
+
+        def slope(x):
+            s = 1.0 / (1.0 + np.exp(np.clip(r * (v0 - x), -700, 700)))
+            return 2.0 * e0 * r * s * (1.0 - s)
+
+        y = np.array(y, dtype=np.float64)
+        ok = np.ones(y.shape, dtype=bool)
+        for _ in range(50):
+            v = ke * (p["p_mean"] + p["C2"] * sig(p["C1"] * y)) - ki * p["C4"] * sig(p["C3"] * y)
+            g = ke * sig(v) - y
+            dv = ke * p["C2"] * p["C1"] * slope(p["C1"] * y) - ki * p["C4"] * p["C3"] * slope(p["C3"] * y)
+            step = g / (ke * slope(v) * dv - 1.0)
+            y = y - step
+            if np.all(np.abs(step) <= 1e-14 * np.maximum(np.abs(y), 1e-3)):
+                break
+        else:
+            ok &= np.abs(step) <= 1e-10 * np.maximum(np.abs(y), 1e-3)
+        v = ke * (p["p_mean"] + p["C2"] * sig(p["C1"] * y)) - ki * p["C4"] * sig(p["C3"] * y)
+        g0, g1, g2 = slope(v), slope(p["C1"] * y), slope(p["C3"] * y)
+        a, b, aa, bb = p["a"], p["b"], p["A"] * p["a"], p["B"] * p["b"]
+        kE, kI = p["C1"] * p["C2"] * g1 * aa, p["C3"] * p["C4"] * g2 * bb
+        lam = np.array(lam, dtype=np.complex128)
+        for _ in range(50):
+            q = (lam + a) ** 4 * (lam + b) ** 2 - g0 * aa * (kE * (lam + b) ** 2 - kI * (lam + a) ** 2)
+            dq = (4 * (lam + a) ** 3 * (lam + b) ** 2 + 2 * (lam + a) ** 4 * (lam + b)
+                  - 2 * g0 * aa * (kE * (lam + b) - kI * (lam + a)))
+            step = q / dq
+            lam = lam - step
+            if np.all(np.abs(step) <= 1e-14 * np.abs(lam)):
+                break
+        else:
+            ok &= np.abs(step) <= 1e-10 * np.abs(lam)
+        ok &= np.isfinite(lam) & (lam.real < 0) & (lam.imag > 0) & np.isfinite(y)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ls = np.where(ok, np.log(np.where(ok, -lam.real, 1.0)), np.nan)
+        return ls, np.where(ok, lam.imag, np.nan), y, lam
+
+    def solve(self, u: np.ndarray, start=None):
+        """``z`` with ``to_u(z) = u`` (``u`` ``(n_params,)``), or None where no preimage is found.
+
+        Newton on ``z_r`` with a forward-difference Jacobian, the equilibrium
+        and the pole continued along the way (NumPy), the step halved until
+        the pole exists and the residual in ``(log sigma, omega / 2 pi)``
+        falls; from the last solution (warm start), else (or if that fails)
+        from the best point of a grid around the reference. A solution is
+        accepted only if the full eigen-decomposition at it confirms that the
+        pole is the least-damped one of the upper equilibrium (then it is a
+        preimage whatever the start; see :meth:`check`).
+        """
+        self.n_solves += 1
+        u = np.asarray(u, dtype=np.float64)
+        if u.shape != (self.problem.n_params,):
+            raise ValueError(f"u must have shape ({self.problem.n_params},), got {u.shape}")
+        target = np.array([u[self.index[0]], u[self.index[1]]])
+        if np.isfinite(u).all():
+            starts = [start] if start is not None else []
+            if self._last is not None:
+                starts.append(self._last)
+            for s in starts + [None]:
+                if s is None:
+                    s = self._grid_start(u, target)
+                    if s is None:
+                        break
+                z = self._newton(u, target, *s)
+                if z is not None and self.check(z, target):
+                    return z
+        self.n_failed += 1
+        return None
+
+    def check(self, z: np.ndarray, target: np.ndarray) -> bool:
+        """Whether the full eigen-decomposition at ``z`` gives the pole ``target = (log sigma, omega)`` (to 1e-8)."""
+        with torch.no_grad():
+            ls, om, ok, y, lam = self.forward(torch.from_numpy(z[None, :].copy()), roots=True)
+        good = bool(ok[0]) and abs(float(ls[0]) - target[0]) < 1e-8 and abs(float(om[0]) - target[1]) < 1e-8 * 2 * math.pi
+        if good:
+            self._last = (z[list(self.index)].copy(), y.numpy().copy(), lam.numpy().copy())
+        return good
+
+    #: Half-widths of the cold-start grid around the reference, in the prior's unconstrained coordinates.
+    GRID_HALF_WIDTH = (0.5, 0.25)
+    GRID_SHAPE = (41, 5)
+
+    def _grid_start(self, u, target):
+        """The valid ``(z_r, y, lam)`` on a grid around the reference with the smallest residual (one batch), or None."""
+        i, j = self.index
+        gi = self.reference[i] + np.linspace(-1.0, 1.0, self.GRID_SHAPE[0]) * self.GRID_HALF_WIDTH[0]
+        gj = self.reference[j] + np.linspace(-1.0, 1.0, self.GRID_SHAPE[1]) * self.GRID_HALF_WIDTH[1]
+        zi, zj = np.meshgrid(gi, gj, indexing="ij")
+        z = np.repeat(u[None, :], zi.size, 0)
+        z[:, i], z[:, j] = zi.ravel(), zj.ravel()
+        with torch.no_grad():
+            ls, om, ok, y, lam = self.forward(torch.from_numpy(z), roots=True)
+        ok = ok.numpy()
+        if not ok.any():
+            return None
+        r = np.abs(ls.numpy() - target[0]) + np.abs(om.numpy() - target[1]) / (2 * math.pi)
+        r[~ok] = np.inf
+        k = int(np.argmin(r))
+        return z[k, [i, j]], y[k : k + 1].numpy(), lam[k : k + 1].numpy()
+
+    def _newton(self, u, target, zr, y, lam):
+        i, j = self.index
+        scale = np.array([1.0, 1.0 / (2 * math.pi)])
+        h = 1e-7
+
+        def at(zrs, y, lam):
+            z = np.repeat(u[None, :], zrs.shape[0], 0)
+            z[:, i], z[:, j] = zrs[:, 0], zrs[:, 1]
+            ls, om, y2, lam2 = self._pole_np(z, np.broadcast_to(y, (zrs.shape[0],)), np.broadcast_to(lam, (zrs.shape[0],)))
+            return np.stack([ls - target[0], om - target[1]], -1) * scale, y2, lam2
+
+        zr = np.asarray(zr, dtype=np.float64).copy()
+        res, y, lam = at(zr[None, :], y, lam)
+        res, y, lam = res[0], y[:1], lam[:1]
+        if not np.isfinite(res).all():
+            return None
+        for _ in range(self.MAX_ITER):
+            self.n_iterations += 1
+            if np.abs(res).max() < self.TOL:
+                z = u.copy()
+                z[i], z[j] = zr
+                return z
+            fd, _, _ = at(zr[None, :] + h * np.eye(2), y, lam)
+            jm = (fd - res).T / h
+            if not np.isfinite(jm).all():
+                return None
+            try:
+                step = -np.linalg.solve(jm, res)
+            except np.linalg.LinAlgError:
+                return None
+            norm = np.abs(step).max()
+            if norm > 0.5:  # at most 0.5 per step in the prior's unconstrained coordinates
+                step *= 0.5 / norm
+            t = 0.5 ** np.arange(10)
+            trial, ty, tlam = at(zr[None, :] + t[:, None] * step[None, :], y, lam)
+            norms = np.where(np.isfinite(trial).all(1), np.abs(trial).max(1), np.inf)
+            better = np.nonzero(norms < np.abs(res).max() * (1 - 1e-4 * t))[0]
+            if better.size == 0:
+                return None
+            k = int(better[0])
+            zr, res, y, lam = zr + t[k] * step, trial[k], ty[k : k + 1], tlam[k : k + 1]
+        return None
+
+    # ------------------------------------------------------------------ density
+    #: Step (prior-unconstrained units) of the central differences of log|det J| for its gradient.
+    FD_STEP = 2e-6
+
+    def log_density_and_grad(self, u: np.ndarray):
+        """``(log p(u), d log p / du, z)``: the log joint at ``z(u)`` minus ``log |det J|``, and its gradient.
+
+        ``J = d(log sigma, omega)/dz_r`` and the pole's derivatives in every
+        ``z`` are exact (implicit-function theorem); the gradient of ``log
+        |det J|`` in ``z`` is a central difference of the exact ``J`` (step
+        :attr:`FD_STEP`, one batched evaluation). ``(-inf, zeros, None)``
+        where the solve fails or the log joint is not finite (never NaN).
+        """
+        n = self.problem.n_params
+        z = self.solve(u)
+        if z is None:
+            return -math.inf, np.zeros(n), None
+        lj, glj = self.problem.log_joint_and_grad(torch.from_numpy(z.copy()))
+        lj, glj = float(lj), np.asarray(glj, dtype=np.float64)
+        if not (math.isfinite(lj) and np.isfinite(glj).all()):
+            return -math.inf, np.zeros(n), z
+        i, j = self.index
+        ks = self.pole_dependent
+        pts = np.repeat(z[None, :], 1 + 2 * len(ks), 0)
+        for m, k in enumerate(ks):
+            pts[1 + 2 * m, k] += self.FD_STEP
+            pts[2 + 2 * m, k] -= self.FD_STEP
+        # the roots at the shifted points: continued from the solution's (checked) roots
+        _, y0, lam0 = self._last
+        _, _, ys, lams = self._pole_np(pts, np.full(len(pts), y0[0]), np.full(len(pts), lam0[0]))
+        _, _, ok, jac_all = self._derivatives(pts, start=(torch.from_numpy(ys), torch.from_numpy(lams)))
+        if not bool(ok.all()):
+            return -math.inf, np.zeros(n), z
+        dets = jac_all[:, 0, i] * jac_all[:, 1, j] - jac_all[:, 0, j] * jac_all[:, 1, i]
+        logdet = np.log(np.abs(dets))
+        glogdet = np.zeros(n)
+        for m, k in enumerate(ks):
+            glogdet[k] = (logdet[1 + 2 * m] - logdet[2 + 2 * m]) / (2 * self.FD_STEP)
+        jo = jac_all[0]  # d u_r / d z, (2, n)
+        jac = jo[:, [i, j]]
+        gh = glj - glogdet  # gradient in z of h = log joint - log|det J|
+        value = lj - float(logdet[0])
+        # chain rule through z(u): dz_r/du_r = J^-1, dz_r/du_o = -J^-1 J_o
+        gr = np.linalg.solve(jac.T, gh[[i, j]])
+        grad = gh.copy()
+        grad[[i, j]] = 0.0
+        grad = grad - jo.T @ gr
+        grad[[i, j]] = gr
+        if not (math.isfinite(value) and np.isfinite(grad).all()):
+            return -math.inf, np.zeros(n), z
+        return value, grad, z
+
+    def _derivatives(self, z: np.ndarray, start=None):
+        """Pole and its exact derivatives ``d(log sigma, omega)/dz`` ``(B, 2, n)`` at a batch ``z`` (NumPy)."""
+        zt = torch.from_numpy(z.copy()).requires_grad_(True)
+        with torch.enable_grad():
+            ls, om, ok = self.forward(zt, start=start)
+            g1 = torch.autograd.grad(torch.where(ok, ls, 0.0).sum(), zt, retain_graph=True)[0]
+            g2 = torch.autograd.grad(torch.where(ok, om, 0.0).sum(), zt)[0]
+        return ls.detach().numpy(), om.detach().numpy(), ok.numpy(), torch.stack([g1, g2], 1).numpy()

@@ -1,0 +1,128 @@
+"""Pole coordinates (jrinfer._polemap): the dominant pole's (log sigma, omega) in place of (a, b).
+
+Every check here can fail: the solve is compared with the point it came from,
+the gradient with central differences of the density, the density with the log
+joint plus a finite-difference Jacobian of the solve.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from jrinfer._polemap import PoleMap, dominant_pole
+
+F64 = torch.float64
+
+# (a, b, C, p_mean) along the near-boundary posterior's ridge (draws of its Laplace Gaussian with a stable
+# upper equilibrium: damping 0.05-0.3 1/s, peak 9.9-10.1 Hz)
+RIDGE = [(97.27, 49.82, 132.44, 64.63), (101.64, 50.47, 138.39, 54.75), (94.2, 49.9, 129.4, 58.3)]
+
+
+def _problem():
+    from test_pymc import _near_boundary_jr_problem
+
+    return _near_boundary_jr_problem()
+
+
+def _z_at(problem, abcp):
+    z = problem.prior.to_unconstrained(problem.prior.median()).numpy()
+    z[[problem.names.index(n) for n in ("a", "b", "C", "p_mean")]] = np.log(abcp)
+    return z
+
+
+def test_dominant_pole_matches_the_eigenvalues_and_its_gradient_is_the_implicit_derivative():
+    from jrinfer import JansenRit
+
+    a = torch.tensor([100.0, 105.0], dtype=F64, requires_grad=True)
+    params = {"a": a, "p_mean": torch.tensor([70.0, 60.0], dtype=F64)}
+    ls, om, ok = dominant_pole(params)
+    assert bool(ok.all())
+    ev = JansenRit(a=a.detach(), p_mean=params["p_mean"]).fixed_points().upper().eigenvalues
+    lead = ev[torch.arange(2), ev.real.argmax(-1)]
+    torch.testing.assert_close(ls.detach(), torch.log(-lead.real), rtol=0, atol=1e-9)
+    torch.testing.assert_close(om.detach(), lead.imag.abs(), rtol=0, atol=1e-9)
+    (g,) = torch.autograd.grad(ls.sum(), a)
+    h = 1e-5
+    up = dominant_pole({"a": a.detach() + h, "p_mean": params["p_mean"]})[0]
+    down = dominant_pole({"a": a.detach() - h, "p_mean": params["p_mean"]})[0]
+    torch.testing.assert_close(g, (up - down) / (2 * h), rtol=1e-6, atol=0)
+    # past the first Hopf point (p_mean 120 at the JR 1995 constants): no stable pole
+    ls, om, ok = dominant_pole({"p_mean": torch.tensor(120.0, dtype=F64)})
+    assert not bool(ok) and math.isnan(float(ls)) and math.isnan(float(om))
+
+
+def test_pole_solve_round_trips_from_a_cold_start():
+    problem = _problem()
+    pm = PoleMap(problem)
+    assert pm.replace == ("a", "b") and pm.index == (0, 1)
+    for abcp in RIDGE:
+        z = _z_at(problem, abcp)
+        u = pm.to_u(z[None])[0]
+        assert np.isfinite(u).all() and -5.0 < u[0] < 0.0 and abs(u[1] / (2 * math.pi) - 10.0) < 0.2, u[:2]
+        pm._last = None  # cold: from the grid around the reference (the prior median), not from z
+        zs = pm.solve(u)
+        assert zs is not None
+        np.testing.assert_allclose(zs, z, rtol=0, atol=1e-8)
+        # the pole of the solved parameters is the target
+        with torch.no_grad():
+            ls, om, ok = pm.forward(torch.from_numpy(zs[None]))
+        assert abs(float(ls[0]) - u[0]) < 1e-8 and abs(float(om[0]) - u[1]) < 1e-8
+    assert pm.n_failed == 0
+
+
+def test_pole_density_is_log_joint_plus_log_jacobian_and_its_gradient_matches_finite_differences():
+    problem = _problem()
+    pm = PoleMap(problem)
+    i, j = pm.index
+    for abcp in RIDGE[:2]:
+        u0 = pm.to_u(_z_at(problem, abcp)[None])[0]
+        u0[problem.names.index("gain")] += 0.01  # off the prior median in the other coordinates too
+        value, grad, z = pm.log_density_and_grad(u0)
+        # dz_r/du_r by central differences of the solve
+        jac = np.zeros((2, 2))
+        for c, k in enumerate((i, j)):
+            e = np.zeros_like(u0)
+            e[k] = 1e-6
+            jac[:, c] = (pm.solve(u0 + e)[[i, j]] - pm.solve(u0 - e)[[i, j]]) / 2e-6
+        ref = float(problem.log_joint_unconstrained(torch.from_numpy(z))) + math.log(abs(np.linalg.det(jac)))
+        assert abs(value - ref) < 1e-6 * max(1.0, abs(ref)), (value, ref)
+        h = 1e-4  # (the density is solved to ~1e-12: smaller steps see its round-off)
+        for k in range(problem.n_params):
+            e = np.zeros_like(u0)
+            e[k] = h
+            fd = (pm.log_density_and_grad(u0 + e)[0] - pm.log_density_and_grad(u0 - e)[0]) / (2 * h)
+            assert abs(grad[k] - fd) < 1e-5 * max(1.0, abs(fd)), (problem.names[k], grad[k], fd)
+
+
+def test_pole_without_preimage_gives_minus_inf_never_nan():
+    problem = _problem()
+    pm = PoleMap(problem)
+    u0 = pm.to_u(_z_at(problem, RIDGE[0])[None])[0]
+    # omega <= 0 (the pole is taken with Im > 0), NaN or infinite coordinates: no preimage
+    for ls, om in ((u0[0], -5.0), (u0[0], 0.0), (math.nan, u0[1]), (math.inf, u0[1]), (u0[0], math.inf)):
+        u = u0.copy()
+        u[0], u[1] = ls, om
+        failed = pm.n_failed
+        value, grad, z = pm.log_density_and_grad(u)
+        assert value == -math.inf and z is None and np.array_equal(grad, np.zeros(problem.n_params))
+        assert pm.n_failed == failed + 1
+    # and the map recovers afterwards (the warm start is not spoilt by the failures)
+    assert math.isfinite(pm.log_density_and_grad(u0)[0])
+
+
+def test_pole_map_rejects_bad_names_and_takes_any_transfer_spectrum_with_both_free():
+    from test_pymc import _near_gaussian_jr_problem
+
+    problem = _problem()
+    with pytest.raises(ValueError, match="replace must name two different free parameters"):
+        PoleMap(problem, replace=("a", "a"))
+    with pytest.raises(ValueError, match="replace must name two different free parameters"):
+        PoleMap(problem, replace=("a", "tau"))
+    # p_mean fixed, a and b free: the map needs no free p_mean
+    other = _near_gaussian_jr_problem()
+    pm = PoleMap(other)
+    z = other.prior.to_unconstrained(other.prior.median()).numpy()
+    u = pm.to_u(z[None])[0]
+    np.testing.assert_allclose(pm.solve(u), z, rtol=0, atol=1e-8)
