@@ -46,8 +46,8 @@ from jrinfer.model import (
     _sigmoid_slope,
 )
 
-#: Default replaced parameters: the excitatory and inhibitory time-constant rates (measured: benchmarks/RESULTS.md).
-DEFAULT_REPLACED = ("a", "b")
+#: Default replaced parameters: the excitatory connectivity and the inhibitory rate (a, kept, has no fold along the near-boundary ridge; benchmarks/RESULTS.md).
+DEFAULT_REPLACED = ("C", "b")
 
 
 def _q(s, p, y0, v):
@@ -151,6 +151,7 @@ class PoleMap:
     """
 
     TOL = 1e-12
+    KEEP_FAILED = 100
     MAX_ITER = 40
 
     def __init__(self, problem, replace=DEFAULT_REPLACED, reference=None):
@@ -175,7 +176,11 @@ class PoleMap:
         #: Free parameters the pole depends on (the Jansen-Rit ones).
         self.pole_dependent = [k for k, n in enumerate(problem.names) if n in PARAMETERS]
         self._last = None  # (z_r, y0, pole) of the last solution: the warm start
+        self._base = None  # the natural parameters at the last other coordinates (see _jr_natural)
+        self._dists = {k: problem.prior.distributions[problem.names[k]] for k in self.index}
         self.n_solves = self.n_failed = self.n_iterations = 0
+        #: The first :attr:`KEEP_FAILED` ``u`` whose solve failed (to see where they lie).
+        self.failed_u = []
 
     # ------------------------------------------------------------------ forward
     def forward(self, z, *, steps: int = 1, roots: bool = False, start=None):
@@ -198,20 +203,48 @@ class PoleMap:
 
     # ------------------------------------------------------------------ inverse
     def _jr_natural(self, z: np.ndarray) -> dict:
-        """Jansen-Rit parameters (NumPy, broadcast over a batch ``z`` ``(B, n)``) with ``C1..C4`` resolved."""
+        """Jansen-Rit parameters (NumPy, broadcast over a batch ``z`` ``(B, n)``) with ``C1..C4`` resolved.
+
+        Only the replaced entries may differ between the rows and from the
+        last call's other entries (the Newton solve's batches): those are
+        transformed here, the rest is taken from a cache of the full
+        parameter set at the other coordinates (one full evaluation per solve).
+        """
+        i, j = self.index
+        key = np.delete(z[0], [i, j]).tobytes()
+        if self._base is None or self._base[0] != key:
+            with torch.no_grad():
+                params = self.problem.parameters(self.problem.prior.from_unconstrained(torch.from_numpy(z[:1].copy())))
+            jr = {k: v for k, v in params.items() if k in PARAMETERS}
+            derived = [k for k in ("C1", "C2", "C3", "C4") if k not in jr]
+            full = {k: v.numpy()[0] for k, v in JansenRit(**jr)._params.items()}
+            self._base = (key, full, derived)
+        _, full, derived = self._base
+        out = dict(full)
         with torch.no_grad():
-            params = self.problem.parameters(self.problem.prior.from_unconstrained(torch.from_numpy(z)))
-        out = {k: v.numpy() for k, v in JansenRit(**{k: v for k, v in params.items() if k in PARAMETERS})._params.items()}
+            for k, name in zip((i, j), self.replace):
+                out[name] = self._dists[k].from_unconstrained(torch.from_numpy(z[:, k].copy())).numpy()
+        if "C" in self.replace:
+            from jrinfer.model import _CONNECTIVITY_RATIOS
+
+            for k in derived:
+                out[k] = _CONNECTIVITY_RATIOS[k] * out["C"]
         return out
 
-    def _pole_np(self, z: np.ndarray, y: np.ndarray, lam: np.ndarray):
+    def _jr_natural_full(self, z: np.ndarray) -> dict:
+        """As :meth:`_jr_natural` for rows that may differ anywhere (no cache)."""
+        with torch.no_grad():
+            params = self.problem.parameters(self.problem.prior.from_unconstrained(torch.from_numpy(z.copy())))
+        return {k: v.numpy() for k, v in JansenRit(**{k: v for k, v in params.items() if k in PARAMETERS})._params.items()}
+
+    def _pole_np(self, z: np.ndarray, y: np.ndarray, lam: np.ndarray, *, rows_differ: bool = False):
         """Continue the equilibrium ``y`` and the pole ``lam`` to a batch ``z`` ``(B, n)`` by Newton (NumPy).
 
         Returns ``(log sigma, omega, y, lam)``; NaN where Newton does not
         converge or ``sigma <= 0`` (the caller checks the result against the
         full eigen-decomposition at the end of a solve).
         """
-        p = self._jr_natural(z)
+        p = self._jr_natural_full(z) if rows_differ else self._jr_natural(z)
         e0, v0, r = p["e0"], p["v0"], p["r"]
         ke, ki = p["A"] / p["a"], p["B"] / p["b"]
 
@@ -284,6 +317,8 @@ class PoleMap:
                 if z is not None and self.check(z, target):
                     return z
         self.n_failed += 1
+        if len(self.failed_u) < self.KEEP_FAILED:
+            self.failed_u.append(u.copy())
         return None
 
     def check(self, z: np.ndarray, target: np.ndarray) -> bool:
@@ -389,7 +424,7 @@ class PoleMap:
             pts[2 + 2 * m, k] -= self.FD_STEP
         # the roots at the shifted points: continued from the solution's (checked) roots
         _, y0, lam0 = self._last
-        _, _, ys, lams = self._pole_np(pts, np.full(len(pts), y0[0]), np.full(len(pts), lam0[0]))
+        _, _, ys, lams = self._pole_np(pts, np.full(len(pts), y0[0]), np.full(len(pts), lam0[0]), rows_differ=True)
         _, _, ok, jac_all = self._derivatives(pts, start=(torch.from_numpy(ys), torch.from_numpy(lams)))
         if not bool(ok.all()):
             return -math.inf, np.zeros(n), z

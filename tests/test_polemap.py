@@ -1,4 +1,4 @@
-"""Pole coordinates (jrinfer._polemap): the dominant pole's (log sigma, omega) in place of (a, b).
+"""Pole coordinates (jrinfer._polemap): the dominant pole's (log sigma, omega) in place of (C, b).
 
 Every check here can fail: the solve is compared with the point it came from,
 the gradient with central differences of the density, the density with the log
@@ -56,11 +56,12 @@ def test_dominant_pole_matches_the_eigenvalues_and_its_gradient_is_the_implicit_
 def test_pole_solve_round_trips_from_a_cold_start():
     problem = _problem()
     pm = PoleMap(problem)
-    assert pm.replace == ("a", "b") and pm.index == (0, 1)
+    assert pm.replace == ("C", "b") and pm.index == (2, 1)
+    i, j = pm.index
     for abcp in RIDGE:
         z = _z_at(problem, abcp)
         u = pm.to_u(z[None])[0]
-        assert np.isfinite(u).all() and -5.0 < u[0] < 0.0 and abs(u[1] / (2 * math.pi) - 10.0) < 0.2, u[:2]
+        assert np.isfinite(u).all() and -5.0 < u[i] < 0.0 and abs(u[j] / (2 * math.pi) - 10.0) < 0.2, u[[i, j]]
         pm._last = None  # cold: from the grid around the reference (the prior median), not from z
         zs = pm.solve(u)
         assert zs is not None
@@ -68,7 +69,7 @@ def test_pole_solve_round_trips_from_a_cold_start():
         # the pole of the solved parameters is the target
         with torch.no_grad():
             ls, om, ok = pm.forward(torch.from_numpy(zs[None]))
-        assert abs(float(ls[0]) - u[0]) < 1e-8 and abs(float(om[0]) - u[1]) < 1e-8
+        assert abs(float(ls[0]) - u[i]) < 1e-8 and abs(float(om[0]) - u[j]) < 1e-8
     assert pm.n_failed == 0
 
 
@@ -100,10 +101,11 @@ def test_pole_without_preimage_gives_minus_inf_never_nan():
     problem = _problem()
     pm = PoleMap(problem)
     u0 = pm.to_u(_z_at(problem, RIDGE[0])[None])[0]
+    i, j = pm.index
     # omega <= 0 (the pole is taken with Im > 0), NaN or infinite coordinates: no preimage
-    for ls, om in ((u0[0], -5.0), (u0[0], 0.0), (math.nan, u0[1]), (math.inf, u0[1]), (u0[0], math.inf)):
+    for ls, om in ((u0[i], -5.0), (u0[i], 0.0), (math.nan, u0[j]), (math.inf, u0[j]), (u0[i], math.inf)):
         u = u0.copy()
-        u[0], u[1] = ls, om
+        u[i], u[j] = ls, om
         failed = pm.n_failed
         value, grad, z = pm.log_density_and_grad(u)
         assert value == -math.inf and z is None and np.array_equal(grad, np.zeros(problem.n_params))
@@ -120,9 +122,11 @@ def test_pole_map_rejects_bad_names_and_takes_any_transfer_spectrum_with_both_fr
         PoleMap(problem, replace=("a", "a"))
     with pytest.raises(ValueError, match="replace must name two different free parameters"):
         PoleMap(problem, replace=("a", "tau"))
-    # p_mean fixed, a and b free: the map needs no free p_mean
+    # p_mean and C fixed, a and b free: any two free Jansen-Rit parameters can be replaced
     other = _near_gaussian_jr_problem()
-    pm = PoleMap(other)
+    with pytest.raises(ValueError, match="replace must name two different free parameters"):
+        PoleMap(other)  # the default pair (C, b): C is fixed here
+    pm = PoleMap(other, replace=("a", "b"))
     z = other.prior.to_unconstrained(other.prior.median()).numpy()
     u = pm.to_u(z[None])[0]
     np.testing.assert_allclose(pm.solve(u), z, rtol=0, atol=1e-8)
