@@ -177,8 +177,11 @@ class PoleMap:
         self.pole_dependent = [k for k, n in enumerate(problem.names) if n in PARAMETERS]
         self._last = None  # (z_r, y0, pole) of the last solution: the warm start
         self._base = None  # the natural parameters at the last other coordinates (see _jr_natural)
+        self._given = None
+        self._full = None
         self._dists = {k: problem.prior.distributions[problem.names[k]] for k in self.index}
         self.n_solves = self.n_failed = self.n_iterations = 0
+        self.n_full_checks = 0  # solutions the cheap check could not certify (the torch search decided)
         #: The first :attr:`KEEP_FAILED` ``u`` whose solve failed (to see where they lie).
         self.failed_u = []
 
@@ -232,10 +235,15 @@ class PoleMap:
         return out
 
     def _jr_natural_full(self, z: np.ndarray) -> dict:
-        """As :meth:`_jr_natural` for rows that may differ anywhere (no cache)."""
+        """As :meth:`_jr_natural` for rows that may differ anywhere (a one-batch cache)."""
+        key = z.tobytes()
+        if self._full is not None and self._full[0] == key:
+            return self._full[1]
         with torch.no_grad():
             params = self.problem.parameters(self.problem.prior.from_unconstrained(torch.from_numpy(z.copy())))
-        return {k: v.numpy() for k, v in JansenRit(**{k: v for k, v in params.items() if k in PARAMETERS})._params.items()}
+        out = {k: v.numpy() for k, v in JansenRit(**{k: v for k, v in params.items() if k in PARAMETERS})._params.items()}
+        self._full = (key, out)
+        return out
 
     def _pole_np(self, z: np.ndarray, y: np.ndarray, lam: np.ndarray, *, rows_differ: bool = False):
         """Continue the equilibrium ``y`` and the pole ``lam`` to a batch ``z`` ``(B, n)`` by Newton (NumPy).
@@ -313,22 +321,92 @@ class PoleMap:
                     s = self._grid_start(u, target)
                     if s is None:
                         break
-                z = self._newton(u, target, *s)
-                if z is not None and self.check(z, target):
-                    return z
+                out = self._newton(u, target, *s)
+                if out is not None and self.check(out[0], target, out[1], out[2]):
+                    return out[0]
         self.n_failed += 1
         if len(self.failed_u) < self.KEEP_FAILED:
             self.failed_u.append(u.copy())
         return None
 
-    def check(self, z: np.ndarray, target: np.ndarray) -> bool:
-        """Whether the full eigen-decomposition at ``z`` gives the pole ``target = (log sigma, omega)`` (to 1e-8)."""
-        with torch.no_grad():
-            ls, om, ok, y, lam = self.forward(torch.from_numpy(z[None, :].copy()), roots=True)
-        good = bool(ok[0]) and abs(float(ls[0]) - target[0]) < 1e-8 and abs(float(om[0]) - target[1]) < 1e-8 * 2 * math.pi
-        if good:
-            self._last = (z[list(self.index)].copy(), y.numpy().copy(), lam.numpy().copy())
-        return good
+    def check(self, z: np.ndarray, target: np.ndarray, y=None, lam=None) -> bool:
+        """Whether ``z`` has the pole ``target = (log sigma, omega)`` as the least-damped pole of its upper equilibrium.
+
+        With the continued roots ``y``, ``lam`` of a solve: ``y`` must be the
+        largest root of the equilibrium equation (a 256-point grid of its
+        range, extrema between grid points certified on a fine local grid as
+        in :meth:`jrinfer.JansenRit.fixed_points`) and ``lam`` the rightmost
+        root of the characteristic polynomial (all six, NumPy); where that is
+        not clear-cut, and without roots, the full torch search decides. On
+        success the roots become the next warm start.
+        """
+        verdict = None
+        if y is not None:
+            verdict = self._check_np(z, float(np.ravel(y)[0]), complex(np.ravel(lam)[0]))
+        if verdict is None:
+            with torch.no_grad():
+                ls, om, ok, yt, lamt = self.forward(torch.from_numpy(z[None, :].copy()), roots=True)
+            verdict = (bool(ok[0]) and abs(float(ls[0]) - target[0]) < 1e-8
+                       and abs(float(om[0]) - target[1]) < 1e-8 * 2 * math.pi)
+            y, lam = yt.numpy(), lamt.numpy()
+            self.n_full_checks += 1
+        if verdict:
+            self._last = (z[list(self.index)].copy(), np.atleast_1d(y).copy(), np.atleast_1d(lam).copy())
+        return verdict
+
+    def _check_np(self, z: np.ndarray, y: float, lam: complex):
+        """True / False, or None where the cheap check cannot decide (see :meth:`check`)."""
+        p = {k: float(np.ravel(v)[0]) for k, v in self._jr_natural(z[None, :]).items()}
+        e0, v0, r = p["e0"], p["v0"], p["r"]
+        ke, ki = p["A"] / p["a"], p["B"] / p["b"]
+
+        def sig(x):
+            return 2.0 * e0 / (1.0 + np.exp(np.clip(r * (v0 - x), -700, 700)))
+
+        def resid(x):
+            v = ke * (p["p_mean"] + p["C2"] * sig(p["C1"] * x)) - ki * p["C4"] * sig(p["C3"] * x)
+            return ke * sig(v) - x
+
+        y_max = 2.0 * e0 * p["A"] / p["a"]
+        grid = y_max * np.linspace(0.0, 1.0, 256)
+        g = resid(grid)
+        pos = g > 0
+        change = np.nonzero(pos[:-1] != pos[1:])[0]
+        if change.size == 0:
+            return None
+        ku = int(change[-1])
+        tol = 1e-9 * y_max
+        if not grid[ku] - tol <= y <= grid[ku + 1] + tol:
+            return False  # not the largest root: another branch
+        d = np.diff(g)
+        interior = ((d[:-1] < 0) & (d[1:] > 0) & pos[1:-1]) | ((d[:-1] > 0) & (d[1:] < 0) & ~pos[1:-1])
+        same = (pos[:-2] == pos[1:-1]) & (pos[2:] == pos[1:-1])
+        for jg in np.nonzero(interior & same)[0] + 1:
+            if jg < ku:
+                continue  # below the upper root's bracket: cannot hide a larger root
+            xf = np.linspace(grid[jg - 1], grid[jg + 1], 65)
+            gf = resid(xf)
+            sg = (1.0 if pos[jg] else -1.0) * gf
+            d2 = np.abs(gf[2:] - 2.0 * gf[1:-1] + gf[:-2]).max()
+            if not sg.min() > 2.0 * d2:
+                return None
+        # the characteristic polynomial's six roots: lam must be the rightmost and complex
+        slope = lambda x: 2.0 * e0 * r / (1.0 + np.exp(r * (v0 - x))) * (1.0 - 1.0 / (1.0 + np.exp(r * (v0 - x))))
+        v = ke * (p["p_mean"] + p["C2"] * sig(p["C1"] * y)) - ki * p["C4"] * sig(p["C3"] * y)
+        a, b, aa, bb = p["a"], p["b"], p["A"] * p["a"], p["B"] * p["b"]
+        c3 = slope(v) * aa
+        kE, kI = p["C1"] * p["C2"] * slope(p["C1"] * y) * aa, p["C3"] * p["C4"] * slope(p["C3"] * y) * bb
+        P = np.polynomial.polynomial
+        pa, pb = P.polypow([a, 1.0], 4), P.polypow([b, 1.0], 2)
+        q = P.polysub(P.polymul(pa, pb), c3 * P.polysub(kE * pb, kI * P.polypow([a, 1.0], 2)))
+        roots = np.roots(q[::-1])
+        right = roots[np.argmax(roots.real)]
+        close = abs(right - lam) <= 1e-6 * abs(lam)
+        if not close:
+            # a conjugate pair ties in real part: compare with the upper half-plane member
+            right = roots[np.argmin(np.abs(roots - lam))]
+            close = abs(right - lam) <= 1e-6 * abs(lam) and right.real >= roots.real.max() - 1e-6 * abs(lam)
+        return bool(close and lam.imag > 1e-9 * abs(lam) and lam.real < 0)
 
     #: Half-widths of the cold-start grid around the reference, in the prior's unconstrained coordinates.
     GRID_HALF_WIDTH = (0.5, 0.25)
@@ -373,7 +451,7 @@ class PoleMap:
             if np.abs(res).max() < self.TOL:
                 z = u.copy()
                 z[i], z[j] = zr
-                return z
+                return z, y, lam
             fd, _, _ = at(zr[None, :] + h * np.eye(2), y, lam)
             jm = (fd - res).T / h
             if not np.isfinite(jm).all():
@@ -424,10 +502,10 @@ class PoleMap:
             pts[2 + 2 * m, k] -= self.FD_STEP
         # the roots at the shifted points: continued from the solution's (checked) roots
         _, y0, lam0 = self._last
-        _, _, ys, lams = self._pole_np(pts, np.full(len(pts), y0[0]), np.full(len(pts), lam0[0]), rows_differ=True)
-        _, _, ok, jac_all = self._derivatives(pts, start=(torch.from_numpy(ys), torch.from_numpy(lams)))
-        if not bool(ok.all()):
+        pls, _, ys, lams = self._pole_np(pts, np.full(len(pts), y0[0]), np.full(len(pts), lam0[0]), rows_differ=True)
+        if not np.isfinite(pls).all():
             return -math.inf, np.zeros(n), z
+        jac_all = self._derivatives_np(pts, ys, lams)
         dets = jac_all[:, 0, i] * jac_all[:, 1, j] - jac_all[:, 0, j] * jac_all[:, 1, i]
         logdet = np.log(np.abs(dets))
         glogdet = np.zeros(n)
@@ -446,6 +524,115 @@ class PoleMap:
         if not (math.isfinite(value) and np.isfinite(grad).all()):
             return -math.inf, np.zeros(n), z
         return value, grad, z
+
+    def _derivatives_np(self, z: np.ndarray, y: np.ndarray, lam: np.ndarray) -> np.ndarray:
+        """Exact ``d(log sigma, omega)/dz`` ``(B, 2, n)`` at a batch ``z`` with converged roots ``y``, ``lam`` (NumPy).
+
+        The implicit-function theorem on ``G(y; theta) = 0`` (the equilibrium)
+        and ``Q(lambda; c(y, theta)) = 0`` (the characteristic polynomial,
+        coefficients ``c = (a, b, g0 A a, kE, kI)``): ``dy = -G_theta / G_y``,
+        ``dlambda = -(dQ/dc . dc) / Q'(lambda)``, with the partial derivatives
+        of the real functions ``G`` and ``c`` by complex-step differentiation
+        (exact to round-off; Squire & Trapp 1998) and ``dtheta/dz`` of the
+        prior's transforms by autograd. Same values as the torch path
+        :meth:`_derivatives` (checked in the tests), a fraction of its cost.
+        """
+        nb, n = z.shape
+        ks = self.pole_dependent
+        theta, dtheta = self._transform(z)
+        full = self._jr_natural_full(z)
+        names = [self.problem.names[k] for k in ks]
+        derived = [k for k in ("C1", "C2", "C3", "C4") if k not in self._jr_given()]
+        h = 1e-30
+
+        def params(th, yc):  # complex-safe: every JR parameter, the free ones from th (dict name -> array)
+            p = {k: v.astype(np.complex128) for k, v in full.items()}
+            for name in names:
+                p[name] = th[name]
+            if "C" in names:
+                from jrinfer.model import _CONNECTIVITY_RATIOS
+
+                for k in derived:
+                    p[k] = _CONNECTIVITY_RATIOS[k] * p["C"]
+            return p, yc
+
+        def parts(p, yc):
+            e0, v0, r = p["e0"], p["v0"], p["r"]
+
+            def sig(x):
+                return 2.0 * e0 / (1.0 + np.exp(r * (v0 - x)))
+
+            def slope(x):
+                sx = 1.0 / (1.0 + np.exp(r * (v0 - x)))
+                return 2.0 * e0 * r * sx * (1.0 - sx)
+
+            v = p["A"] / p["a"] * (p["p_mean"] + p["C2"] * sig(p["C1"] * yc)) - p["B"] / p["b"] * p["C4"] * sig(p["C3"] * yc)
+            g = p["A"] / p["a"] * sig(v) - yc
+            aa, bb = p["A"] * p["a"], p["B"] * p["b"]
+            kE = p["C1"] * p["C2"] * slope(p["C1"] * yc) * aa
+            kI = p["C3"] * p["C4"] * slope(p["C3"] * yc) * bb
+            return g, (p["a"] * np.ones_like(yc), p["b"] * np.ones_like(yc), slope(v) * aa, kE, kI)
+
+        base = {name: theta[:, k].astype(np.complex128) for name, k in zip(names, ks)}
+        y = np.asarray(y, dtype=np.float64)
+        g_y = parts(*params(base, y + 1j * h))[0].imag / h
+        c0 = [np.real(c) for c in parts(*params(base, y.astype(np.complex128)))[1]]
+        a, b, c3, kE, kI = c0
+        lam = np.asarray(lam, dtype=np.complex128)
+        la, lb = lam + a, lam + b
+        dq = 4 * la**3 * lb**2 + 2 * la**4 * lb - 2 * c3 * (kE * lb - kI * la)
+        dq_dc = (4 * la**3 * lb**2 + 2 * c3 * kI * la, 2 * la**4 * lb - 2 * c3 * kE * lb,
+                 -(kE * lb**2 - kI * la**2), -c3 * lb**2, c3 * la**2)
+        jac = np.zeros((nb, 2, n))
+        for name, k in zip(names, ks):
+            th = dict(base)
+            th[name] = base[name] + 1j * h
+            g_t = parts(*params(th, y.astype(np.complex128)))[0].imag / h
+            y_k = -g_t / g_y
+            dc = [c.imag / h for c in parts(*params(th, y + 1j * h * y_k))[1]]
+            lam_k = -sum(q * c for q, c in zip(dq_dc, dc)) / dq
+            jac[:, 0, k] = lam_k.real / lam.real * dtheta[:, k]
+            jac[:, 1, k] = lam_k.imag * dtheta[:, k]
+        return jac
+
+    def _transform(self, z: np.ndarray):
+        """Natural values ``theta(z)`` and ``dtheta/dz`` (coordinate-wise transforms), ``(B, n)`` each (NumPy)."""
+        from jrinfer.prior import LogNormal, LogUniform, Normal, Uniform
+
+        theta, dtheta = np.empty_like(z), np.empty_like(z)
+        generic = []
+        for k, d in enumerate(self.problem.prior.distributions.values()):
+            zk = z[:, k]
+            if isinstance(d, LogNormal):
+                theta[:, k] = dtheta[:, k] = np.exp(zk)
+            elif isinstance(d, Normal):
+                theta[:, k], dtheta[:, k] = zk, 1.0
+            elif isinstance(d, (Uniform, LogUniform)):
+                sg = 1.0 / (1.0 + np.exp(-zk))
+                if isinstance(d, Uniform):
+                    theta[:, k] = d.low + (d.high - d.low) * sg
+                    dtheta[:, k] = (d.high - d.low) * sg * (1.0 - sg)
+                else:
+                    lr = math.log(d.high / d.low)
+                    theta[:, k] = d.low * np.exp(lr * sg)
+                    dtheta[:, k] = theta[:, k] * lr * sg * (1.0 - sg)
+            else:
+                generic.append(k)
+        if generic:  # any other distribution: its own transform, differentiated by autograd
+            zt = torch.from_numpy(z.copy()).requires_grad_(True)
+            with torch.enable_grad():
+                th = self.problem.prior.from_unconstrained(zt)
+                (g,) = torch.autograd.grad(th.sum(), zt)
+            theta[:, generic], dtheta[:, generic] = th.detach().numpy()[:, generic], g.numpy()[:, generic]
+        return theta, dtheta
+
+    def _jr_given(self) -> set:
+        """The Jansen-Rit parameters the problem sets itself (free or fixed); ``C1..C4`` absent are derived from ``C``."""
+        if self._given is None:
+            z = self.problem.prior.to_unconstrained(self.problem.prior.median())
+            with torch.no_grad():
+                self._given = {k for k in self.problem.parameters(self.problem.prior.from_unconstrained(z)) if k in PARAMETERS}
+        return self._given
 
     def _derivatives(self, z: np.ndarray, start=None):
         """Pole and its exact derivatives ``d(log sigma, omega)/dz`` ``(B, 2, n)`` at a batch ``z`` (NumPy)."""

@@ -130,3 +130,19 @@ def test_pole_map_rejects_bad_names_and_takes_any_transfer_spectrum_with_both_fr
     z = other.prior.to_unconstrained(other.prior.median()).numpy()
     u = pm.to_u(z[None])[0]
     np.testing.assert_allclose(pm.solve(u), z, rtol=0, atol=1e-8)
+
+
+def test_numpy_pole_derivatives_equal_torch_autograd_and_the_cheap_check_agrees_with_the_full_search():
+    problem = _problem()
+    pm = PoleMap(problem)
+    z = np.stack([_z_at(problem, r) for r in RIDGE])
+    with torch.no_grad():
+        ls, om, ok, y, lam = pm.forward(torch.from_numpy(z), roots=True)
+    jac_np = pm._derivatives_np(z, y.numpy(), lam.numpy())
+    jac_torch = pm._derivatives(z)[3]
+    np.testing.assert_allclose(jac_np, jac_torch, rtol=1e-10, atol=1e-10 * np.abs(jac_torch).max())
+    for k in range(len(RIDGE)):
+        assert pm._check_np(z[k], float(y[k]), complex(lam[k])) is True
+        # the second root of the equilibrium equation below the upper one, or a pole that is not the rightmost:
+        assert pm._check_np(z[k], 0.5 * float(y[k]), complex(lam[k])) is False
+        assert pm._check_np(z[k], float(y[k]), complex(lam[k]) - 20.0) is False
