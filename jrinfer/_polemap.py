@@ -151,6 +151,8 @@ class PoleMap:
     """
 
     TOL = 1e-12
+    #: Residual accepted where no Newton step reduces it further (the pole's round-off, ~1e-11 at a 150, C 180).
+    TOL_FLOOR = 1e-9
     KEEP_FAILED = 100
     MAX_ITER = 40
 
@@ -179,6 +181,8 @@ class PoleMap:
         self._base = None  # the natural parameters at the last other coordinates (see _jr_natural)
         self._given = None
         self._full = None
+        self._last_u = None  # the u of the last solution (the continuation's anchor)
+        self._tangent = None  # (key of the solution, its u, d u_r / d z there): the predictor of the next solve
         self._dists = {k: problem.prior.distributions[problem.names[k]] for k in self.index}
         self.n_solves = self.n_failed = self.n_iterations = 0
         self.n_full_checks = 0  # solutions the cheap check could not certify (the torch search decided)
@@ -301,8 +305,10 @@ class PoleMap:
         Newton on ``z_r`` with a forward-difference Jacobian, the equilibrium
         and the pole continued along the way (NumPy), the step halved until
         the pole exists and the residual in ``(log sigma, omega / 2 pi)``
-        falls; from the last solution (warm start), else (or if that fails)
-        from the best point of a grid around the reference. A solution is
+        falls; from the last solution (warm start, with a first-order
+        predictor), else by continuation from the last solution's ``u``
+        (:attr:`HOMOTOPY_STEPS` solves), else from the best point of a grid
+        around the reference. A solution is
         accepted only if the full eigen-decomposition at it confirms that the
         pole is the least-damped one of the upper equilibrium (then it is a
         preimage whatever the start; see :meth:`check`).
@@ -315,19 +321,68 @@ class PoleMap:
         if np.isfinite(u).all():
             starts = [start] if start is not None else []
             if self._last is not None:
+                if self._tangent is not None and self._tangent[0] == self._last[0].tobytes():
+                    # first-order predictor from the last solution: dz_r = J^-1 (du_r - J_o dz_o)
+                    _, u_last, jo = self._tangent
+                    i, j = self.index
+                    du = u - u_last
+                    rhs = du[[i, j]] - np.delete(jo, [i, j], 1) @ np.delete(du, [i, j])
+                    try:
+                        dzr = np.linalg.solve(jo[:, [i, j]], rhs)
+                    except np.linalg.LinAlgError:
+                        dzr = None
+                    if dzr is not None and np.isfinite(dzr).all() and np.abs(dzr).max() < 0.5:
+                        starts.append((self._last[0] + dzr, self._last[1], self._last[2]))
                 starts.append(self._last)
-            for s in starts + [None]:
-                if s is None:
-                    s = self._grid_start(u, target)
-                    if s is None:
-                        break
+            for s in starts:
                 out = self._newton(u, target, *s)
                 if out is not None and self.check(out[0], target, out[1], out[2]):
+                    self._last_u = u.copy()
                     return out[0]
+            # continuation: march u from the last solution's in HOMOTOPY_STEPS solves, then the cold grid
+            anchors = [self._last_u] if self._last_u is not None and self._last is not None else []
+            for anchor in anchors + [None]:
+                z = self._homotopy(u, anchor) if anchor is not None else None
+                if z is None and anchor is None:
+                    s = self._grid_start(u, target)
+                    out = self._newton(u, target, *s) if s is not None else None
+                    z = out[0] if out is not None and self.check(out[0], target, out[1], out[2]) else None
+                if z is not None:
+                    self._last_u = u.copy()
+                    return z
         self.n_failed += 1
         if len(self.failed_u) < self.KEEP_FAILED:
             self.failed_u.append(u.copy())
         return None
+
+    #: Sub-steps of the continuation from the last solution when the direct warm start fails.
+    HOMOTOPY_STEPS = 16
+
+    def _homotopy(self, u, anchor):
+        """Solve along ``anchor + t (u - anchor)``, ``t = 1/K .. 1``, each from the previous solution; None on failure."""
+        i, j = self.index
+        z = None
+        u_prev = anchor
+        for t in np.linspace(0.0, 1.0, self.HOMOTOPY_STEPS + 1)[1:]:
+            ut = anchor + t * (u - anchor)
+            zr, y, lam = self._last
+            z_prev = u_prev.copy()
+            z_prev[i], z_prev[j] = zr
+            # first-order predictor along the path (the sheet of stable parameters is thin: a step in the other
+            # coordinates at fixed z_r can leave it)
+            jo = self._derivatives_np(z_prev[None, :], np.atleast_1d(y), np.atleast_1d(lam))[0]
+            du = ut - u_prev
+            rhs = du[[i, j]] - np.delete(jo, [i, j], 1) @ np.delete(du, [i, j])
+            try:
+                zr = zr + np.linalg.solve(jo[:, [i, j]], rhs)
+            except np.linalg.LinAlgError:
+                return None
+            out = self._newton(ut, ut[[i, j]], zr, y, lam)
+            u_prev = ut
+            if out is None or not self.check(out[0], ut[[i, j]], out[1], out[2]):
+                return None
+            z = out[0]
+        return z
 
     def check(self, z: np.ndarray, target: np.ndarray, y=None, lam=None) -> bool:
         """Whether ``z`` has the pole ``target = (log sigma, omega)`` as the least-damped pole of its upper equilibrium.
@@ -468,6 +523,10 @@ class PoleMap:
             norms = np.where(np.isfinite(trial).all(1), np.abs(trial).max(1), np.inf)
             better = np.nonzero(norms < np.abs(res).max() * (1 - 1e-4 * t))[0]
             if better.size == 0:
+                if np.abs(res).max() < self.TOL_FLOOR:  # at the round-off of the pole (large a, C): converged
+                    z = u.copy()
+                    z[i], z[j] = zr
+                    return z, y, lam
                 return None
             k = int(better[0])
             zr, res, y, lam = zr + t[k] * step, trial[k], ty[k : k + 1], tlam[k : k + 1]
@@ -512,6 +571,7 @@ class PoleMap:
         for m, k in enumerate(ks):
             glogdet[k] = (logdet[1 + 2 * m] - logdet[2 + 2 * m]) / (2 * self.FD_STEP)
         jo = jac_all[0]  # d u_r / d z, (2, n)
+        self._tangent = (self._last[0].tobytes(), np.array(u, dtype=np.float64), jo.copy())  # the next predictor
         jac = jo[:, [i, j]]
         gh = glj - glogdet  # gradient in z of h = log joint - log|det J|
         value = lj - float(logdet[0])

@@ -467,15 +467,11 @@ def test_hopf_reparametrised_density_is_log_joint_plus_log_jacobian():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    run=False,
-    reason="issue 8 item 4 not met yet (benchmarks/RESULTS.md): p_mean is mapped onto both ends of its stable "
-    "interval, but the interval closes a few percent of a away from the posterior's a-b-C ridge, a wall in "
-    "(a, b, C) that the map does not move; measured 1 chain x (150 + 60), seed 2: 4 divergences in tuning, 5 in "
-    "the draws, 210 s (12 ms per gradient for the interval search, 58 per draw): this test's budget would take "
-    "10-30 min, so it is not run",
-)
 def test_nuts_samples_a_posterior_cut_by_the_hopf_boundary():
+    """Pole coordinates: no divergence, no draw past the boundary, R-hat <= 1.01, the peak reproduced.
+
+    Measured budget: benchmarks/RESULTS.md ("NUTS in pole coordinates").
+    """
     from jrinfer.backends.laplace import VariationalLaplace
 
     problem = _near_boundary_jr_problem()
@@ -488,13 +484,15 @@ def test_nuts_samples_a_posterior_cut_by_the_hopf_boundary():
     ll_vl = problem.log_likelihood(problem.prior.from_unconstrained(torch.from_numpy(zg)))
     vl_invalid = float((~torch.isfinite(ll_vl)).double().mean())
     assert vl_invalid > 0.25, vl_invalid
-    post = NUTS(chains=2, tune=NB_TUNE, draws=NB_DRAWS, seed=1, boundary="hopf", max_treedepth=8).fit(
+    post = NUTS(chains=2, tune=NB_TUNE, draws=NB_DRAWS, seed=1, boundary="pole", max_treedepth=8).fit(
         problem, n_predictive=20
     )
     d = post.diagnostics
-    assert d["boundary"] == "hopf" and d["boundary_parameter"] == "p_mean" and d["boundary_evaluations"] > 0
+    assert d["boundary"] == "pole" and d["pole_replaced"] == ["C", "b"] and d["pole_evaluations"] > 0
     assert d["divergences"] == 0, d["divergences"]
-    assert d["rhat_max"] <= NB_RHAT, d["rhat_max"]
+    assert d["rhat_max"] <= NB_RHAT, d["rhat"]
+    # -inf (no preimage) only rarely met, in the tails
+    assert d["pole_solve_failures"] <= 0.005 * d["pole_evaluations"], (d["pole_solve_failures"], d["pole_evaluations"])
     assert not np.isnan(post.draws).any()
     theta = torch.from_numpy(post.draws.reshape(-1, problem.n_params))
     assert bool(torch.isfinite(problem.log_likelihood(theta)).all())  # no NUTS draw past the boundary

@@ -365,7 +365,16 @@ def problem_to_pymc(problem, *, with_grad: bool = True, boundary: str | None = N
     with_grad : bool
         Build the gradient into the likelihood Op (needed by NUTS; SMC
         builds without it).
-    boundary : {None, "hopf"}
+    boundary : {None, "hopf", "pole"}
+        ``"pole"``: sample the dominant pole of the linearised model, ``(log
+        sigma, omega)`` (free variables ``pole_log_sigma`` and ``pole_omega``,
+        flat), in place of ``C`` and ``b`` (:class:`jrinfer._polemap.PoleMap`);
+        every other variable is ``<name>_z`` (flat) and the whole log density
+        is one Op: the log joint at ``z(u)`` plus ``log |det dz_r/du_r|``
+        (Potential ``pole_logp``), ``-inf`` where ``u`` has no preimage.
+        ``<name>_z`` of ``C`` and ``b`` and every ``<name>`` (natural units)
+        are Deterministics. ``reference`` (``z``, ``(n_params,)``) centres the
+        solve's cold-start grid (default: the prior median). See :class:`NUTS`.
         ``"hopf"``: sample the parameter bounded by the problem's stability
         boundary (:meth:`InverseProblem.stability_boundary`; ``p_mean`` under
         the transfer method, valid on the stable interval ``(p_L(theta),
@@ -811,11 +820,14 @@ class NUTS:
         Show PyMC's progress bar.
     max_treedepth : int
         Maximum tree depth of NUTS (``2**max_treedepth`` leapfrog steps at most).
-    boundary : {None, "hopf"}
-        ``"hopf"``: reparametrise ``p_mean`` so that the first Hopf point of
-        the upper branch sits at infinity (see Notes and
-        :func:`problem_to_pymc`); ``ValueError`` at ``fit`` if the problem
-        offers no stability boundary. Draws are reported in natural units.
+    boundary : {None, "hopf", "pole"}
+        ``"pole"``: sample the dominant pole ``(log sigma, omega)`` in place of
+        ``C`` and ``b``, so that every stability wall sits at ``log sigma =
+        -inf`` (the choice for posteriors cut by the Hopf boundary; see Notes).
+        ``"hopf"``: map ``p_mean`` onto its stable interval (both Hopf points at
+        infinity, but not the walls in the other parameters). ``ValueError`` at
+        ``fit`` if the problem does not allow it. Draws are reported in
+        natural units either way.
     init : {"laplace", "jitter"}
         ``"laplace"`` (default): start the chains from the variational Laplace
         Gaussian (draws shrunk by half, where the log joint is finite) with
@@ -853,6 +865,27 @@ class NUTS:
     near-boundary test spectrum the interval closes a few percent of ``a``
     away from the posterior's thin ``(a, b, C)`` ridge, and NUTS still
     diverges there (5 of 60 draws in a measured chain; ``benchmarks/RESULTS.md``).
+
+    ``boundary="pole"``: the alpha resonance is the least-damped pole
+    ``lambda = -sigma + i omega`` of the linearised model; the data fix
+    ``omega`` (the peak's position) and bound ``sigma`` (its width), and the
+    posterior presses against ``sigma = 0``. Sampling ``(log sigma, omega)``
+    in place of ``(C, b)`` puts that wall at ``log sigma = -inf``; ``(C, b)``
+    are recovered by a warm-started 2-D Newton solve (NumPy continuation of
+    the equilibrium and the pole, every solution certified as the rightmost
+    pole of the upper equilibrium) and the density gains ``log |det
+    d(C, b)/d(log sigma, omega)|``; gradients by the implicit-function
+    theorem (:mod:`jrinfer._polemap`). The chains start from the mode of that
+    density (L-BFGS from the Laplace draws mapped to pole coordinates) with
+    the inverse Hessian there as the mass matrix. Cost 6-9 ms per gradient
+    (~3-4x the fused log-likelihood). ``u`` with no preimage (no stable upper
+    equilibrium with that pole at those other parameters) has density
+    ``-inf``: ``diagnostics["pole_solve_failures"]`` (also
+    ``pole_evaluations``, ``pole_time_s``, ``pole_inf_evaluations``,
+    ``pole_replaced``). On the near-boundary test spectrum (JR 1995
+    constants, p_mean 70): 0 divergences, no draw past the boundary; the
+    failures lie where the upper branch folds, far in the tails
+    (``benchmarks/RESULTS.md``). Needs ``C`` and ``b`` free.
 
     Ctrl-C during sampling stops every chain and keeps what was drawn after
     tuning: ``diagnostics["interrupted"]`` is True and a warning says how much
