@@ -150,7 +150,7 @@ class PoleMap:
         Solves, failed solves (no preimage found: density ``-inf``) and Newton iterations in all.
     """
 
-    TOL = 1e-12
+    TOL = 1e-10
     #: Residual accepted where no Newton step reduces it further (the pole's round-off, ~1e-11 at a 150, C 180).
     TOL_FLOOR = 1e-9
     KEEP_FAILED = 100
@@ -181,8 +181,7 @@ class PoleMap:
         self._base = None  # the natural parameters at the last other coordinates (see _jr_natural)
         self._given = None
         self._full = None
-        self._last_u = None  # the u of the last solution (the continuation's anchor)
-        self._tangent = None  # (key of the solution, its u, d u_r / d z there): the predictor of the next solve
+        self._recent = []  # (u, z_r, y0, pole, d u_r / d z) of recent solutions: predictors for the next solves
         self._dists = {k: problem.prior.distributions[problem.names[k]] for k in self.index}
         self.n_solves = self.n_failed = self.n_iterations = 0
         self.n_full_checks = 0  # solutions the cheap check could not certify (the torch search decided)
@@ -228,9 +227,9 @@ class PoleMap:
             self._base = (key, full, derived)
         _, full, derived = self._base
         out = dict(full)
-        with torch.no_grad():
-            for k, name in zip((i, j), self.replace):
-                out[name] = self._dists[k].from_unconstrained(torch.from_numpy(z[:, k].copy())).numpy()
+        theta = self._transform(z[:, [i, j]], columns=(i, j))[0]
+        for c, name in enumerate(self.replace):
+            out[name] = theta[:, c]
         if "C" in self.replace:
             from jrinfer.model import _CONNECTIVITY_RATIOS
 
@@ -318,42 +317,54 @@ class PoleMap:
         if u.shape != (self.problem.n_params,):
             raise ValueError(f"u must have shape ({self.problem.n_params},), got {u.shape}")
         target = np.array([u[self.index[0]], u[self.index[1]]])
+        i, j = self.index
         if np.isfinite(u).all():
             starts = [start] if start is not None else []
+            # first-order predictors from the nearest recent solutions: dz_r = J^-1 (du_r - J_o du_o)
+            for ru, rzr, ry, rlam, jo in self._nearest(u):
+                du = u - ru
+                rhs = du[[i, j]] - np.delete(jo, [i, j], 1) @ np.delete(du, [i, j])
+                try:
+                    dzr = np.linalg.solve(jo[:, [i, j]], rhs)
+                except np.linalg.LinAlgError:
+                    continue
+                if np.isfinite(dzr).all() and np.abs(dzr).max() < 0.5:
+                    starts.append((rzr + dzr, ry, rlam))
             if self._last is not None:
-                if self._tangent is not None and self._tangent[0] == self._last[0].tobytes():
-                    # first-order predictor from the last solution: dz_r = J^-1 (du_r - J_o dz_o)
-                    _, u_last, jo = self._tangent
-                    i, j = self.index
-                    du = u - u_last
-                    rhs = du[[i, j]] - np.delete(jo, [i, j], 1) @ np.delete(du, [i, j])
-                    try:
-                        dzr = np.linalg.solve(jo[:, [i, j]], rhs)
-                    except np.linalg.LinAlgError:
-                        dzr = None
-                    if dzr is not None and np.isfinite(dzr).all() and np.abs(dzr).max() < 0.5:
-                        starts.append((self._last[0] + dzr, self._last[1], self._last[2]))
                 starts.append(self._last)
             for s in starts:
                 out = self._newton(u, target, *s)
                 if out is not None and self.check(out[0], target, out[1], out[2]):
-                    self._last_u = u.copy()
                     return out[0]
             # continuation: march u from the last solution's in HOMOTOPY_STEPS solves, then the cold grid
-            anchors = [self._last_u] if self._last_u is not None and self._last is not None else []
+            near = self._nearest(u, 1)
+            anchors = [near[0]] if near else []
             for anchor in anchors + [None]:
-                z = self._homotopy(u, anchor) if anchor is not None else None
+                if anchor is not None:
+                    self._last = anchor[1:4]
+                z = self._homotopy(u, anchor[0]) if anchor is not None else None
                 if z is None and anchor is None:
                     s = self._grid_start(u, target)
                     out = self._newton(u, target, *s) if s is not None else None
                     z = out[0] if out is not None and self.check(out[0], target, out[1], out[2]) else None
                 if z is not None:
-                    self._last_u = u.copy()
                     return z
         self.n_failed += 1
         if len(self.failed_u) < self.KEEP_FAILED:
             self.failed_u.append(u.copy())
         return None
+
+    #: Solutions (with their Jacobians) kept as warm starts.
+    N_RECENT = 32
+
+    def _nearest(self, u, k: int = 2):
+        """The ``k`` recent solutions ``(u, z_r, y0, pole, du_r/dz)`` nearest to ``u`` (omega in Hz)."""
+        if not self._recent:
+            return []
+        scale = np.ones(u.shape[0])
+        scale[self.index[1]] = 1.0 / (2 * math.pi)
+        d = [float(np.sum(((r[0] - u) * scale) ** 2)) for r in self._recent]
+        return [self._recent[m] for m in np.argsort(d)[:k]]
 
     #: Sub-steps of the continuation from the last solution when the direct warm start fails.
     HOMOTOPY_STEPS = 16
@@ -571,7 +582,9 @@ class PoleMap:
         for m, k in enumerate(ks):
             glogdet[k] = (logdet[1 + 2 * m] - logdet[2 + 2 * m]) / (2 * self.FD_STEP)
         jo = jac_all[0]  # d u_r / d z, (2, n)
-        self._tangent = (self._last[0].tobytes(), np.array(u, dtype=np.float64), jo.copy())  # the next predictor
+        self._recent.append((np.array(u, dtype=np.float64), *self._last, jo.copy()))  # warm starts of the next solves
+        if len(self._recent) > self.N_RECENT:
+            self._recent.pop(0)
         jac = jo[:, [i, j]]
         gh = glj - glogdet  # gradient in z of h = log joint - log|det J|
         value = lj - float(logdet[0])
@@ -655,13 +668,18 @@ class PoleMap:
             jac[:, 1, k] = lam_k.imag * dtheta[:, k]
         return jac
 
-    def _transform(self, z: np.ndarray):
-        """Natural values ``theta(z)`` and ``dtheta/dz`` (coordinate-wise transforms), ``(B, n)`` each (NumPy)."""
+    def _transform(self, z: np.ndarray, columns=None):
+        """Natural values ``theta(z)`` and ``dtheta/dz`` (coordinate-wise transforms), ``(B, n)`` each (NumPy).
+
+        ``columns``: the problem's parameter indices of ``z``'s columns (default: all, in order).
+        """
         from jrinfer.prior import LogNormal, LogUniform, Normal, Uniform
 
         theta, dtheta = np.empty_like(z), np.empty_like(z)
         generic = []
-        for k, d in enumerate(self.problem.prior.distributions.values()):
+        dists = list(self.problem.prior.distributions.values())
+        cols = range(len(dists)) if columns is None else columns
+        for k, d in enumerate(dists[c] for c in cols):
             zk = z[:, k]
             if isinstance(d, LogNormal):
                 theta[:, k] = dtheta[:, k] = np.exp(zk)
@@ -678,12 +696,12 @@ class PoleMap:
                     dtheta[:, k] = theta[:, k] * lr * sg * (1.0 - sg)
             else:
                 generic.append(k)
-        if generic:  # any other distribution: its own transform, differentiated by autograd
-            zt = torch.from_numpy(z.copy()).requires_grad_(True)
+        for k in generic:  # any other distribution: its own transform, differentiated by autograd
+            zt = torch.from_numpy(z[:, k].copy()).requires_grad_(True)
             with torch.enable_grad():
-                th = self.problem.prior.from_unconstrained(zt)
+                th = dists[list(cols)[k]].from_unconstrained(zt)
                 (g,) = torch.autograd.grad(th.sum(), zt)
-            theta[:, generic], dtheta[:, generic] = th.detach().numpy()[:, generic], g.numpy()[:, generic]
+            theta[:, k], dtheta[:, k] = th.detach().numpy(), g.numpy()
         return theta, dtheta
 
     def _jr_given(self) -> set:
