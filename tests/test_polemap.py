@@ -146,3 +146,30 @@ def test_numpy_pole_derivatives_equal_torch_autograd_and_the_cheap_check_agrees_
         # the second root of the equilibrium equation below the upper one, or a pole that is not the rightmost:
         assert pm._check_np(z[k], 0.5 * float(y[k]), complex(lam[k])) is False
         assert pm._check_np(z[k], float(y[k]), complex(lam[k]) - 20.0) is False
+
+
+def test_pymc_model_in_pole_coordinates_is_the_pole_density():
+    pytest.importorskip("pymc")
+    from jrinfer.backends.pymc import problem_to_pymc
+
+    problem = _problem()
+    model = problem_to_pymc(problem, boundary="pole")
+    names = [v.name for v in model.value_vars]
+    assert names == ["a_z", "pole_omega", "pole_log_sigma", "p_mean_z", "gain_z", "ap_amplitude_z", "ap_exponent_z",
+                     "log_precision_z"]
+    f = model.logp_dlogp_function(ravel_inputs=True)
+    f.set_extra_values({})
+    pm = PoleMap(problem)
+    u = pm.to_u(_z_at(problem, RIDGE[1])[None])[0]
+    value, grad = f(u)
+    ref, gref, z = pm.log_density_and_grad(u)
+    assert abs(float(value) - ref) < 1e-8 * abs(ref) and np.allclose(grad, gref, rtol=1e-7, atol=1e-9)
+    # the Deterministics report z(u) in natural units
+    outs = model.replace_rvs_by_values([model["C"], model["b"], model["C_z"]])
+    det = model.compile_fn(outs, inputs=model.value_vars, on_unused_input="ignore")
+    c, b, cz = det(dict(zip(names, u)))
+    assert abs(float(cz) - z[2]) < 1e-10 and abs(float(c) - math.exp(z[2])) < 1e-8 and abs(float(b) - math.exp(z[1])) < 1e-8
+    u_bad = u.copy()
+    u_bad[1] = -1.0  # omega < 0: no preimage
+    value, grad = f(u_bad)
+    assert float(value) == -math.inf and not np.isnan(grad).any()

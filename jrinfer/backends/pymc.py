@@ -877,15 +877,18 @@ class NUTS:
     d(C, b)/d(log sigma, omega)|``; gradients by the implicit-function
     theorem (:mod:`jrinfer._polemap`). The chains start from the mode of that
     density (L-BFGS from the Laplace draws mapped to pole coordinates) with
-    the inverse Hessian there as the mass matrix. Cost 6-9 ms per gradient
-    (~3-4x the fused log-likelihood). ``u`` with no preimage (no stable upper
-    equilibrium with that pole at those other parameters) has density
-    ``-inf``: ``diagnostics["pole_solve_failures"]`` (also
-    ``pole_evaluations``, ``pole_time_s``, ``pole_inf_evaluations``,
+    the inverse Hessian there as the mass matrix (``init="jitter"``: from
+    the prior median mapped to pole coordinates, which must be stable).
+    Cost 9-16 ms per gradient at load 4-5 (the fused log joint alone: 1-3
+    ms). ``u`` with no preimage found (no stable upper equilibrium with that
+    pole at those other parameters, or the solve's continuation did not
+    reach it) has density ``-inf``: ``diagnostics["pole_solve_failures"]``
+    (also ``pole_evaluations``, ``pole_time_s``, ``pole_inf_evaluations``,
     ``pole_replaced``). On the near-boundary test spectrum (JR 1995
-    constants, p_mean 70): 0 divergences, no draw past the boundary; the
-    failures lie where the upper branch folds, far in the tails
-    (``benchmarks/RESULTS.md``). Needs ``C`` and ``b`` free.
+    constants, p_mean 70; 2 x (150 + 250)): 0 divergences, R-hat 1.005, no
+    draw past the boundary; 2 ``-inf`` of 6,523 evaluations, in early tuning,
+    14-32 posterior SDs out (``benchmarks/RESULTS.md``). Needs ``C`` and
+    ``b`` free.
 
     Ctrl-C during sampling stops every chain and keeps what was drawn after
     tuning: ``diagnostics["interrupted"]`` is True and a warning says how much
@@ -992,6 +995,15 @@ class NUTS:
                 start = _to_pole(pmap, start, self.seed)
             if start is not None:
                 start = _laplace_in_w(model, start, self.chains, self.seed)
+            else:  # no Laplace start: the prior median in pole coordinates (PyMC's default, u = 0, has no preimage)
+                z0 = problem.prior.to_unconstrained(problem.prior.median()).numpy()
+                u0 = pmap.to_u(z0[None, :])[0]
+                if not np.isfinite(u0).all():
+                    raise ValueError(
+                        "boundary='pole' needs a start with a stable upper equilibrium: the prior median has none and "
+                        f"init={self.init!r} gave no Laplace start; use init='laplace' or a prior centred in the stable region"
+                    )
+                start = (u0, np.eye(problem.n_params), [u0.copy() for _ in range(self.chains)])
         if bop is not None:
             i = bop.boundary.index
             free_names[i] = f"{problem.names[i]}_w"
