@@ -8,26 +8,33 @@ above, so the posterior presses against the Hopf surface ``sigma = 0``: in the
 prior's coordinates that surface is a wall a small step from the bulk.
 
 :class:`PoleMap` replaces two free parameters (``r = (r1, r2)``, by default
-the time constants' rates ``a`` and ``b``; their prior-unconstrained
-coordinates ``z_r``) by ``u_r = (log sigma, omega)``, keeping the others
-(``z_o``). The map ``(z_r, z_o) -> (log sigma, omega, z_o)`` is inverted by a
-2-D Newton solve on ``z_r`` (warm-started), and the density of ``u`` is::
+the excitatory connectivity ``C`` and the inhibitory rate ``b``; their
+prior-unconstrained coordinates ``z_r``) by ``u_r = (log sigma, omega)``,
+keeping the others (``z_o``). The map ``(z_r, z_o) -> (log sigma, omega,
+z_o)`` is inverted by a 2-D Newton solve on ``z_r`` (warm-started), and the
+density of ``u`` is::
 
     log p(u) = log p(z(u)) + log |det dz_r/du_r| = log p(z) - log |det J(z)|,   J = d(log sigma, omega)/dz_r
 
 Every stability wall (``sigma -> 0``) is at ``log sigma = -inf``. The
-gradient follows from the implicit-function theorem (the pole's derivatives
-from one Newton step on the equilibrium equation and one on the
-characteristic polynomial from the converged roots, through torch autograd);
-the gradient of ``log |det J|`` (second derivatives of the pole) is a central
-difference of the exact ``J``.
+gradient follows from the implicit-function theorem on the equilibrium
+equation and the characteristic polynomial (NumPy, complex-step partial
+derivatives; a torch-autograd path gives the same values and is used to check
+it); the gradient of ``log |det J|`` (second derivatives of the pole) is a
+central difference of the exact ``J``.
 
-Points ``u`` with no preimage (the Newton solve fails: no stable upper
-equilibrium reaches that pole at those ``z_o``) have density ``-inf``; they
-are counted (:attr:`PoleMap.n_failed`).
+Why ``(C, b)``: measured on the near-boundary test spectrum
+(``benchmarks/RESULTS.md``): with ``(a, b)`` replaced the solve folds at
+``a = b`` about 2.5 posterior SDs from the mean; with ``a`` kept there is no
+fold along the posterior's ridge; ``p_mean`` barely moves the pole.
+
+Points ``u`` with no preimage found (no stable upper equilibrium has that
+pole at those ``z_o``, or the continuation did not reach it) have density
+``-inf``; they are counted (:attr:`PoleMap.n_failed`).
 
 Reference: the characteristic polynomial of the linearised JR model is
-:meth:`jrinfer.JansenRit.dominant_mode`'s ``Q(s)``.
+:meth:`jrinfer.JansenRit.dominant_mode`'s ``Q(s)``; complex-step
+differentiation: W. Squire, G. Trapp (1998), SIAM Review 40:110-112.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from jrinfer.model import (
     _sigmoid_slope,
 )
 
-#: Default replaced parameters: the excitatory connectivity and the inhibitory rate (a, kept, has no fold along the near-boundary ridge; benchmarks/RESULTS.md).
+#: Default replaced parameters (see the module docstring).
 DEFAULT_REPLACED = ("C", "b")
 
 
@@ -244,7 +251,8 @@ class PoleMap:
             return self._full[1]
         with torch.no_grad():
             params = self.problem.parameters(self.problem.prior.from_unconstrained(torch.from_numpy(z.copy())))
-        out = {k: v.numpy() for k, v in JansenRit(**{k: v for k, v in params.items() if k in PARAMETERS})._params.items()}
+        jr = JansenRit(**{k: v for k, v in params.items() if k in PARAMETERS})
+        out = {k: v.numpy() for k, v in jr._params.items()}
         self._full = (key, out)
         return out
 
@@ -370,7 +378,7 @@ class PoleMap:
     HOMOTOPY_STEPS = 16
 
     def _homotopy(self, u, anchor):
-        """Solve along ``anchor + t (u - anchor)``, ``t = 1/K .. 1``, each from the previous solution; None on failure."""
+        """Solve along ``anchor + t (u - anchor)``, ``t = 1/K .. 1``, each from the last solution; None on failure."""
         i, j = self.index
         z = None
         u_prev = anchor
@@ -479,7 +487,7 @@ class PoleMap:
     GRID_SHAPE = (41, 5)
 
     def _grid_start(self, u, target):
-        """The valid ``(z_r, y, lam)`` on a grid around the reference with the smallest residual (one batch), or None."""
+        """The valid ``(z_r, y, lam)`` of a grid around the reference with the smallest residual, or None."""
         i, j = self.index
         gi = self.reference[i] + np.linspace(-1.0, 1.0, self.GRID_SHAPE[0]) * self.GRID_HALF_WIDTH[0]
         gj = self.reference[j] + np.linspace(-1.0, 1.0, self.GRID_SHAPE[1]) * self.GRID_HALF_WIDTH[1]
@@ -504,7 +512,8 @@ class PoleMap:
         def at(zrs, y, lam):
             z = np.repeat(u[None, :], zrs.shape[0], 0)
             z[:, i], z[:, j] = zrs[:, 0], zrs[:, 1]
-            ls, om, y2, lam2 = self._pole_np(z, np.broadcast_to(y, (zrs.shape[0],)), np.broadcast_to(lam, (zrs.shape[0],)))
+            nb = (zrs.shape[0],)
+            ls, om, y2, lam2 = self._pole_np(z, np.broadcast_to(y, nb), np.broadcast_to(lam, nb))
             return np.stack([ls - target[0], om - target[1]], -1) * scale, y2, lam2
 
         zr = np.asarray(zr, dtype=np.float64).copy()
@@ -639,7 +648,8 @@ class PoleMap:
                 sx = 1.0 / (1.0 + np.exp(r * (v0 - x)))
                 return 2.0 * e0 * r * sx * (1.0 - sx)
 
-            v = p["A"] / p["a"] * (p["p_mean"] + p["C2"] * sig(p["C1"] * yc)) - p["B"] / p["b"] * p["C4"] * sig(p["C3"] * yc)
+            ke, ki = p["A"] / p["a"], p["B"] / p["b"]
+            v = ke * (p["p_mean"] + p["C2"] * sig(p["C1"] * yc)) - ki * p["C4"] * sig(p["C3"] * yc)
             g = p["A"] / p["a"] * sig(v) - yc
             aa, bb = p["A"] * p["a"], p["B"] * p["b"]
             kE = p["C1"] * p["C2"] * slope(p["C1"] * yc) * aa
@@ -705,11 +715,12 @@ class PoleMap:
         return theta, dtheta
 
     def _jr_given(self) -> set:
-        """The Jansen-Rit parameters the problem sets itself (free or fixed); ``C1..C4`` absent are derived from ``C``."""
+        """The Jansen-Rit parameters the problem sets (free or fixed); ``C1..C4`` absent are derived from ``C``."""
         if self._given is None:
             z = self.problem.prior.to_unconstrained(self.problem.prior.median())
             with torch.no_grad():
-                self._given = {k for k in self.problem.parameters(self.problem.prior.from_unconstrained(z)) if k in PARAMETERS}
+                params = self.problem.parameters(self.problem.prior.from_unconstrained(z))
+            self._given = {k for k in params if k in PARAMETERS}
         return self._given
 
     def _derivatives(self, z: np.ndarray, start=None):
