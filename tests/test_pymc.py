@@ -497,7 +497,8 @@ def test_nuts_samples_a_posterior_cut_by_the_hopf_boundary():
     theta = torch.from_numpy(post.draws.reshape(-1, problem.n_params))
     assert bool(torch.isfinite(problem.log_likelihood(theta)).all())  # no NUTS draw past the boundary
     # posterior predictive (noise-free, median over draws) reproduces the alpha peak
-    pred = problem.predict(theta[:: max(1, theta.shape[0] // 100)]).value[..., 0, :].median(0).values
+    pred = problem.predict(theta[:: max(1, theta.shape[0] // 100)]).value.median(0).values  # (draws, F) -> (F,)
+    assert pred.shape == problem.data.freqs.shape
     freqs = problem.data.freqs
     peak_data = float(freqs[problem.data.power[0].argmax()])
     assert abs(float(freqs[pred.argmax()]) - peak_data) <= 0.25
