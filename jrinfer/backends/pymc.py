@@ -885,10 +885,10 @@ class NUTS:
     reach it) has density ``-inf``: ``diagnostics["pole_solve_failures"]``
     (also ``pole_evaluations``, ``pole_time_s``, ``pole_inf_evaluations``,
     ``pole_replaced``). On the near-boundary test spectrum (JR 1995
-    constants, p_mean 70; 2 x (150 + 250)): 0 divergences, R-hat 1.005, no
-    draw past the boundary; 2 ``-inf`` of 6,523 evaluations, in early tuning,
-    14-32 posterior SDs out (``benchmarks/RESULTS.md``). Needs ``C`` and
-    ``b`` free.
+    constants, p_mean 70; 2 x (200 + 500)): 0 divergences, R-hat 1.002, no
+    draw past the boundary; 2 ``-inf`` of 11,125 evaluations, the first
+    tuning steps, 14-32 posterior SDs out (``benchmarks/RESULTS.md``). Needs
+    ``C`` and ``b`` free.
 
     Ctrl-C during sampling stops every chain and keeps what was drawn after
     tuning: ``diagnostics["interrupted"]`` is True and a warning says how much
