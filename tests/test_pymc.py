@@ -470,7 +470,8 @@ def test_hopf_reparametrised_density_is_log_joint_plus_log_jacobian():
 def test_nuts_samples_a_posterior_cut_by_the_hopf_boundary():
     """Pole coordinates: no divergence, no draw past the boundary, R-hat <= 1.01, the peak reproduced.
 
-    Measured budget: benchmarks/RESULTS.md ("NUTS in pole coordinates").
+    Measured (benchmarks/RESULTS.md, "NUTS in pole coordinates"): 109 s at load 1.4-2.8, 204 s at
+    load 2.6-3.8 on the 2-core machine (2 x (150 + 250) was not enough for R-hat once: 1.034).
     """
     from jrinfer.backends.laplace import VariationalLaplace
 
@@ -496,6 +497,10 @@ def test_nuts_samples_a_posterior_cut_by_the_hopf_boundary():
     assert not np.isnan(post.draws).any()
     theta = torch.from_numpy(post.draws.reshape(-1, problem.n_params))
     assert bool(torch.isfinite(problem.log_likelihood(theta)).all())  # no NUTS draw past the boundary
+    # where the Gaussian is wrong: b's spread along the curved ridge (measured: NUTS SD 0.042, VL 0.020 in log b)
+    ib = problem.names.index("b")
+    sd_nuts = float(problem.prior.to_unconstrained(theta)[:, ib].std())
+    assert sd_nuts > 1.5 * math.sqrt(vl.cov_unconstrained[ib, ib]), (sd_nuts, math.sqrt(vl.cov_unconstrained[ib, ib]))
     # posterior predictive (noise-free, median over draws) reproduces the alpha peak
     pred = problem.predict(theta[:: max(1, theta.shape[0] // 100)]).value.median(0).values  # (draws, F) -> (F,)
     assert pred.shape == problem.data.freqs.shape
