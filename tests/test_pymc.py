@@ -471,7 +471,8 @@ def test_nuts_samples_a_posterior_cut_by_the_hopf_boundary():
     """Pole coordinates: no divergence, no draw past the boundary, R-hat <= 1.01, the peak reproduced.
 
     Measured (benchmarks/RESULTS.md, "NUTS in pole coordinates"): 109 s at load 1.4-2.8, 204 s at
-    load 2.6-3.8 on the 2-core machine (2 x (150 + 250) was not enough for R-hat once: 1.034).
+    load 2.6-3.8, 205 s with another NUTS job alongside, on the 2-core machine (2 x (150 + 250) was not
+    enough for R-hat once: 1.034).
     """
     from jrinfer.backends.laplace import VariationalLaplace
 
