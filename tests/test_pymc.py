@@ -353,7 +353,7 @@ def test_cli_fit_nuts_writes_diagnostics_and_plots(tmp_path, capsys):
 
 
 # ------------------------------------------------ posteriors cut by the Hopf boundary
-NB_TUNE, NB_DRAWS, NB_RHAT = 150, 150, 1.01  # the budget of the NUTS test (see benchmarks/RESULTS.md)
+NB_TUNE, NB_DRAWS, NB_RHAT = 200, 500, 1.01  # the budget of the NUTS test (benchmarks/RESULTS.md: NUTS in pole coordinates)
 def _near_boundary_jr_problem(seed=3, n_segments=40):
     """A sharp alpha peak (JR 1995 constants, p_mean 70, peak ~10 Hz, 0.25 Hz bins, 40 segments).
 
@@ -467,15 +467,13 @@ def test_hopf_reparametrised_density_is_log_joint_plus_log_jacobian():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    run=False,
-    reason="issue 8 item 4 not met yet (benchmarks/RESULTS.md): p_mean is mapped onto both ends of its stable "
-    "interval, but the interval closes a few percent of a away from the posterior's a-b-C ridge, a wall in "
-    "(a, b, C) that the map does not move; measured 1 chain x (150 + 60), seed 2: 4 divergences in tuning, 5 in "
-    "the draws, 210 s (12 ms per gradient for the interval search, 58 per draw): this test's budget would take "
-    "10-30 min, so it is not run",
-)
 def test_nuts_samples_a_posterior_cut_by_the_hopf_boundary():
+    """Pole coordinates: no divergence, no draw past the boundary, R-hat <= 1.01, the peak reproduced.
+
+    Measured (benchmarks/RESULTS.md, "NUTS in pole coordinates"): 109 s at load 1.4-2.8, 204 s at
+    load 2.6-3.8, 205 s with another NUTS job alongside, on the 2-core machine (2 x (150 + 250) was not
+    enough for R-hat once: 1.034).
+    """
     from jrinfer.backends.laplace import VariationalLaplace
 
     problem = _near_boundary_jr_problem()
@@ -488,18 +486,25 @@ def test_nuts_samples_a_posterior_cut_by_the_hopf_boundary():
     ll_vl = problem.log_likelihood(problem.prior.from_unconstrained(torch.from_numpy(zg)))
     vl_invalid = float((~torch.isfinite(ll_vl)).double().mean())
     assert vl_invalid > 0.25, vl_invalid
-    post = NUTS(chains=2, tune=NB_TUNE, draws=NB_DRAWS, seed=1, boundary="hopf", max_treedepth=8).fit(
+    post = NUTS(chains=2, tune=NB_TUNE, draws=NB_DRAWS, seed=1, boundary="pole", max_treedepth=8).fit(
         problem, n_predictive=20
     )
     d = post.diagnostics
-    assert d["boundary"] == "hopf" and d["boundary_parameter"] == "p_mean" and d["boundary_evaluations"] > 0
+    assert d["boundary"] == "pole" and d["pole_replaced"] == ["C", "b"] and d["pole_evaluations"] > 0
     assert d["divergences"] == 0, d["divergences"]
-    assert d["rhat_max"] <= NB_RHAT, d["rhat_max"]
+    assert d["rhat_max"] <= NB_RHAT, d["rhat"]
+    # -inf (no preimage) only rarely met, in the tails
+    assert d["pole_solve_failures"] <= 0.005 * d["pole_evaluations"], (d["pole_solve_failures"], d["pole_evaluations"])
     assert not np.isnan(post.draws).any()
     theta = torch.from_numpy(post.draws.reshape(-1, problem.n_params))
     assert bool(torch.isfinite(problem.log_likelihood(theta)).all())  # no NUTS draw past the boundary
+    # where the Gaussian is wrong: b's spread along the curved ridge (measured: NUTS SD 0.042, VL 0.020 in log b)
+    ib = problem.names.index("b")
+    sd_nuts = float(problem.prior.to_unconstrained(theta)[:, ib].std())
+    assert sd_nuts > 1.5 * math.sqrt(vl.cov_unconstrained[ib, ib]), (sd_nuts, math.sqrt(vl.cov_unconstrained[ib, ib]))
     # posterior predictive (noise-free, median over draws) reproduces the alpha peak
-    pred = problem.predict(theta[:: max(1, theta.shape[0] // 100)]).value[..., 0, :].median(0).values
+    pred = problem.predict(theta[:: max(1, theta.shape[0] // 100)]).value.median(0).values  # (draws, F) -> (F,)
+    assert pred.shape == problem.data.freqs.shape
     freqs = problem.data.freqs
     peak_data = float(freqs[problem.data.power[0].argmax()])
     assert abs(float(freqs[pred.argmax()]) - peak_data) <= 0.25
