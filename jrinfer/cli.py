@@ -743,7 +743,9 @@ def _fit_problem(args, data):
             from jrinfer.backends.pymc import NUTS
 
             try:
-                posterior = NUTS(seed=args.seed, progress=progress, **_sampler_budget(args, "tune")).fit(problem)
+                nuts = NUTS(seed=args.seed, progress=progress, boundary=getattr(args, "boundary", None),
+                            **_sampler_budget(args, "tune"))
+                posterior = nuts.fit(problem)
             except KeyboardInterrupt as err:  # Ctrl-C during tuning: nothing to keep
                 raise RuntimeError(str(err) or "interrupted") from None
         elif args.backend == "smc":
@@ -855,6 +857,9 @@ def _cmd_fit(args) -> int:
         raise UsageError(f"--out {args.out}: directory is not empty; pass --force to overwrite its files")
     if args.starts is not None and (args.backend != "laplace" or args.starts < 1):
         raise UsageError(f"--starts N applies to --backend laplace, N >= 1; got --starts {args.starts} with "
+                         f"--backend {args.backend}")
+    if getattr(args, "boundary", None) is not None and args.backend != "nuts":
+        raise UsageError(f"--boundary applies to --backend nuts; got --boundary {args.boundary} with "
                          f"--backend {args.backend}")
     estimator = _npe_estimator(args)
     if estimator is None:
@@ -1490,6 +1495,15 @@ def build_parser() -> argparse.ArgumentParser:
         "else a line per start and every 10 s of iterations); --no-progress or --quiet: none",
     )
     p.add_argument("--chains", type=int, default=None, help="nuts, smc: independent chains (default 4)")
+    p.add_argument(
+        "--boundary",
+        choices=("pole", "hopf"),
+        default=None,
+        help="nuts, transfer-method spectra: sampler coordinates for posteriors cut by the Hopf boundary (a sharp "
+        "alpha peak; variational Laplace warns when its draws fall past it): 'pole' samples the dominant pole's "
+        "log damping and frequency in place of C and b (needs both free; ~10 ms per gradient), 'hopf' maps p_mean "
+        "onto its stable interval (README: Posteriors cut by the Hopf boundary)",
+    )
     p.add_argument("--tune", type=int, default=None, help="nuts: tuning iterations per chain (default 1000)")
     p.add_argument("--draws", type=int, default=None,
                    help="nuts: kept draws per chain (default 1000); smc: particles per chain (default 2000)")

@@ -157,3 +157,37 @@ def test_fit_many_refuses_a_bad_fix_before_reading_or_starting(tmp_path, capsys,
 
     specs = _file_specs([{"path": "a.edf"}, {"path": "b.edf", "fix": "Qx=1"}], "laplace", "spectrum", {})
     assert "invalid" not in specs[0] and "--fix: unknown parameter 'Qx'" in specs[1]["invalid"]
+
+
+def test_boundary_option_reaches_nuts_and_is_refused_for_other_backends(tmp_path, capsys, monkeypatch):
+    """``--boundary pole|hopf`` is passed to ``NUTS(boundary=...)``; with another backend it is one line naming it."""
+    import jrinfer.backends.pymc as pymc_backend
+
+    data = _spectrum_csv(tmp_path / "alpha.csv")
+    code, _, err = run(capsys, "fit", data, "--kind", "spectrum", "--boundary", "pole", "--out", tmp_path / "x")
+    assert code == 2 and err.count("\n") == 1 and "--boundary" in err and "--backend laplace" in err
+    assert not (tmp_path / "x").exists()  # refused before anything was fitted or written
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    class RecordingNUTS:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+
+        def fit(self, problem):
+            raise Stop
+
+    monkeypatch.setattr(pymc_backend, "NUTS", RecordingNUTS)
+    with pytest.raises(Stop):
+        main(["fit", str(data), "--kind", "spectrum", "--backend", "nuts", "--boundary", "pole", "--quiet",
+              "--out", str(tmp_path / "y")])
+    assert seen["boundary"] == "pole"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", str(data), "--kind", "spectrum", "--backend", "nuts", "--boundary", "wall", "--out",
+              str(tmp_path / "z")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--boundary" in err and "invalid choice" in err
