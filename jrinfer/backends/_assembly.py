@@ -230,7 +230,8 @@ def assemble_posterior(
                     f"{100 * n_invalid / n_checked:.0f} % of the posterior draws are parameter sets the observation "
                     f"cannot predict ({_unique(pred.reasons, 1)[0] if pred.reasons else 'invalid'}); they are left "
                     "out of the posterior predictive. The posterior reaches a regime the model does not describe "
-                    "here: use a sampler (nuts, smc) or another spectral method"
+                    "here: use a sampler (nuts, smc; where the draws lie past the Hopf boundary of a transfer-method spectrum, "
+                    "nuts with boundary='pole', CLI --boundary pole) or another spectral method"
                 )
             if n_invalid < n_checked:
                 valid_values = pred.value[valid]
