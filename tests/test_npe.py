@@ -580,3 +580,116 @@ def test_contract_same_seed_same_draws(npe_fitted):
     np.testing.assert_array_equal(post.draws, again.draws)
     np.testing.assert_array_equal(post.predictive, again.predictive)
     assert not np.array_equal(post.draws, other.draws)
+
+
+# ------------------------------------------------------------ spectral-shape features
+def test_spectral_shape_features_of_lorentzian_peaks_and_a_harmonic():
+    from jrinfer.backends.npe import SHAPE_FEATURES, spectral_shape_features
+
+    f = torch.arange(2.0, 40.01, 0.1, dtype=F64)
+    for gamma in (0.5, 1.0, 2.0):
+        # a Lorentzian of half-width gamma, 100 times the 1/f background at its centre: its half-power full
+        # width above the background is 2 gamma sqrt(1 / l - 1) with l = 0.495 (1 + 100 l = 101 / 2), i.e. 2.02 gamma
+        power = 20.0 / f * (1.0 + 100.0 * gamma**2 / ((f - 10.3) ** 2 + gamma**2))
+        feats = dict(zip(SHAPE_FEATURES, spectral_shape_features(torch.log(power), f).tolist()))
+        assert math.exp(feats["log_peak_width_hz"]) == pytest.approx(2 * gamma * math.sqrt(1 / 0.495 - 1), rel=0.05)
+        assert feats["peak_frequency_hz"] == pytest.approx(10.3, abs=0.2)
+        # above the fitted background: the Lorentzian's tails lift the robust line, more for wider peaks
+        # (measured 4.27, 3.82, 3.12 for gamma = 0.5, 1, 2), never above the true log(101)
+        assert 2.5 < feats["peak_height"] <= math.log(101.0) + 0.05
+        assert abs(feats["harmonic_excess"]) < 0.05  # a single resonance has no power at 2 f
+    # a peak at 2 f (a limit cycle's non-sinusoidal waveform), 20 times the background: excess ~ log(21 / ~1.5)
+    power = 20.0 / f * (1.0 + 100.0 / ((f - 10.0) ** 2 + 1.0) + 20.0 / ((f - 20.0) ** 2 + 1.0))
+    excess = float(spectral_shape_features(torch.log(power), f)[3])
+    assert 0.7 < excess < 2.5, excess
+    # flatness: 0 for a flat spectrum, log(geometric / arithmetic mean) otherwise; batched over leading axes
+    flat = spectral_shape_features(torch.full((3, 2, f.numel()), 1.7, dtype=F64), f)
+    assert flat.shape == (3, 2, 5) and torch.allclose(flat[..., 4], torch.zeros(3, 2, dtype=F64), atol=1e-12)
+    L = torch.log(20.0 / f)
+    expected = float(L.mean() - torch.log(torch.exp(L).mean()))
+    assert float(spectral_shape_features(L, f)[4]) == pytest.approx(expected, rel=1e-10)
+    with pytest.raises(ValueError, match="freqs"):
+        spectral_shape_features(L, f[:-1])
+
+
+# ------------------------------------------------------------ truncated sequential rounds (TSNPE)
+@pytest.fixture(scope="module")
+def linear_rounds():
+    problem = _linear_problem()
+    npe = NPE(n_simulations=1500, seed=2)
+    est = npe.train(problem)
+    before = est.sample(est.features(problem.data), 200, seed=1)
+    ref = est.refine(problem.data, rounds=2, simulations_per_round=800, seed=7)
+    return problem, est, before, ref
+
+
+@pytest.mark.slow
+def test_truncated_draws_lie_inside_the_posterior_region(linear_rounds):
+    from jrinfer._chunks import chunk_seed
+
+    problem, est, _, _ = linear_rounds
+    x = est.features(problem.data)
+    thr = est._hdr_threshold(x, 1e-3, 20_000, seed=3)
+    # the region holds 99.9 % of the posterior's draws (a fresh sample: within binomial noise of 0.999)
+    z = est._sample_flow(x, 20_000, seed=4)
+    assert float((est._flow_log_prob(z, x) > thr).double().mean()) > 0.997
+    theta, info = est._truncated_draws(x, thr, 500, seed=5)
+    assert theta.shape == (500, 2) and info["method"].startswith("rejection")
+    inside = est._flow_log_prob(est._coords.to_flow(theta), x) > thr
+    assert bool(inside.all())
+    # the region is a small part of the box (posterior sd ~ 1/20 of the box): most prior draws are rejected
+    assert 0.5 < info["rejected_fraction"] < 0.999
+    # rejected prior draws are exactly those outside: the box's draws of the first batch, filtered
+    first = est.prior.sample(20_000, seed=chunk_seed(5, 0))
+    keep = est._flow_log_prob(est._coords.to_flow(first), x) > thr
+    assert torch.equal(theta, first[keep][:500])
+    # too little prior mass for rejection: importance resampling of flow draws, still all inside
+    theta2, info2 = est._truncated_draws(x, thr, 300, seed=5, batch=1000, max_proposals=1000)
+    # (the prior-over-flow weights are uneven where the flow is narrow: their effective sample size is reported)
+    assert info2["method"].startswith("sampling-importance") and 10 < info2["effective_sample_size"] < 6000
+    assert bool((est._flow_log_prob(est._coords.to_flow(theta2), x) > thr).all())
+    assert torch.unique(theta2, dim=0).shape[0] == 300  # without replacement
+
+
+@pytest.mark.slow
+def test_rounds_refine_one_recording_and_are_a_pure_function_of_the_seed(linear_rounds):
+    problem, est, before, ref = linear_rounds
+    assert est.amortized and not ref.amortized
+    # the amortized estimator is left as it was
+    assert torch.equal(est.sample(est.features(problem.data), 200, seed=1), before)
+    rounds = ref.training["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2] and all(r["n_valid"] == 800 for r in rounds[1:])
+    assert rounds[-1]["n_training"] == 1500 + 1600
+    for r in rounds[1:]:
+        assert 0 < r["truncation"]["rejected_fraction"] < 1 and r["training_seconds"] > 0 and r["epochs"] >= 1
+    # a pure function of (estimator, data, seed): the same seed, the same draws; another, others
+    again = est.refine(problem.data, rounds=2, simulations_per_round=800, seed=7, evaluate=False)
+    a = ref.condition(problem.data, n_draws=300, n_predictive=0, seed=2)
+    b = again.condition(problem.data, n_draws=300, n_predictive=0, seed=2)
+    np.testing.assert_array_equal(a.draws, b.draws)
+    other = est.refine(problem.data, rounds=1, simulations_per_round=800, seed=8, evaluate=False)
+    assert not np.array_equal(a.draws, other.condition(problem.data, n_draws=300, n_predictive=0, seed=2).draws)
+    # closer to the analytic posterior than the amortized estimator's
+    mean, cov = _analytic_linear(problem)
+    sd = cov.diagonal().sqrt().numpy()
+    post0 = est.condition(problem.data, n_draws=2000, n_predictive=0, seed=3)
+    post = ref.condition(problem.data, n_draws=2000, n_predictive=0, seed=3)
+    err0 = np.abs(post0.mean - mean.numpy()) / sd + np.abs(np.log(post0.sd / sd))
+    err = np.abs(post.mean - mean.numpy()) / sd + np.abs(np.log(post.sd / sd))
+    assert np.all(np.abs(post.mean - mean.numpy()) < 0.3 * sd) and np.all(np.abs(post.sd / sd - 1) < 0.25), (
+        post.mean, post.sd, mean, sd)
+    assert err.sum() < err0.sum(), (err, err0)
+    # it says what it is, and refuses what only an amortized estimator can do
+    d = post.diagnostics
+    assert d["amortized"] is False and "not amortized" in d["note_rounds"] and d["rounds"][-1]["round"] == 2
+    other_data = _linear_problem(truth=(-1.0, 0.5), seed=3).data
+    with pytest.raises(ValueError, match="another recording"):
+        ref.condition(other_data)
+    with pytest.raises(ValueError, match="not an amortized"):
+        ref.save("unused")
+    with pytest.raises(ValueError, match="refined"):
+        ref.calibrate(20)
+    for bad, match in [({"rounds": 0}, "rounds"), ({"simulations_per_round": 10}, "simulations_per_round"),
+                       ({"truncation_quantile": 0.7}, "truncation_quantile")]:
+        with pytest.raises(ValueError, match=match):
+            est.refine(problem.data, **bad)
