@@ -629,22 +629,31 @@ def test_truncated_draws_lie_inside_the_posterior_region(linear_rounds):
 
     problem, est, _, _ = linear_rounds
     x = est.features(problem.data)
-    thr = est._hdr_threshold(x, 1e-3, 20_000, seed=3)
+    region = est._hdr_threshold(x, 1e-3, 20_000, seed=3)
+    thr = region["threshold"]
     # the region holds 99.9 % of the posterior's draws (a fresh sample: within binomial noise of 0.999)
     z = est._sample_flow(x, 20_000, seed=4)
     assert float((est._flow_log_prob(z, x) > thr).double().mean()) > 0.997
-    theta, info = est._truncated_draws(x, thr, 500, seed=5)
+    theta, info = est._truncated_draws(x, region, 500, seed=5)
     assert theta.shape == (500, 2) and info["method"].startswith("rejection")
     inside = est._flow_log_prob(est._coords.to_flow(theta), x) > thr
     assert bool(inside.all())
     # the region is a small part of the box (posterior sd ~ 1/20 of the box): most prior draws are rejected
-    assert 0.5 < info["rejected_fraction"] < 0.999
-    # rejected prior draws are exactly those outside: the box's draws of the first batch, filtered
-    first = est.prior.sample(20_000, seed=chunk_seed(5, 0))
-    keep = est._flow_log_prob(est._coords.to_flow(first), x) > thr
+    assert 0.5 < info["rejected_fraction"] < 0.999 and 0 < info["bounding_box_prior_mass"] < 0.9
+    # kept draws are exactly the proposals inside, in order: the prior restricted to the bounding box, filtered
+    first = est._rectangle_draws(region["low"], region["high"], 20_000, chunk_seed(5, 0))
+    zf = est._coords.to_flow(first)
+    assert bool(((zf >= region["low"] - 1e-9) & (zf <= region["high"] + 1e-9)).all())
+    keep = est._flow_log_prob(zf, x) > thr
     assert torch.equal(theta, first[keep][:500])
+    # the restricted prior is the prior's shape: a parameter's proposals follow its CDF within the bounding box
+    u = torch.sigmoid(zf[:, 0])
+    lo, hi = torch.sigmoid(region["low"][0]), torch.sigmoid(region["high"][0])
+    from scipy.stats import kstest
+
+    assert kstest(((u - lo) / (hi - lo)).numpy(), "uniform").pvalue > 1e-3
     # too little prior mass for rejection: importance resampling of flow draws, still all inside
-    theta2, info2 = est._truncated_draws(x, thr, 300, seed=5, batch=1000, max_proposals=1000)
+    theta2, info2 = est._truncated_draws(x, region, 300, seed=5, batch=100, max_proposals=100)
     # (the prior-over-flow weights are uneven where the flow is narrow: their effective sample size is reported)
     assert info2["method"].startswith("sampling-importance") and 10 < info2["effective_sample_size"] < 6000
     assert bool((est._flow_log_prob(est._coords.to_flow(theta2), x) > thr).all())

@@ -1019,44 +1019,73 @@ class AmortizedPosterior:
                 out.append(self.sbi_posterior.log_prob(zz, x=xx, norm_posterior=False).to(torch.float64))
         return torch.cat(out)
 
-    def _hdr_threshold(self, x: torch.Tensor, quantile: float, n: int, seed: int) -> float:
-        """The log-density above which the posterior for ``x`` holds ``1 - quantile`` of its mass (from ``n`` draws)."""
+    def _hdr_threshold(self, x: torch.Tensor, quantile: float, n: int, seed: int) -> dict:
+        """The posterior's ``1 - quantile`` highest-density region for ``x``, from ``n`` flow draws.
+
+        Returns ``{"threshold", "low", "high"}``: the log-density above which
+        the region lies, and a box in flow coordinates around it (the range of
+        the draws inside, widened by a quarter of it on either side).
+        """
         with _one_thread():
-            z = self._sample_flow(x, n, seed)
-        lp = torch.sort(self._flow_log_prob(z, x)).values
-        return float(lp[min(int(quantile * n), n - 1)])
+            z = self._sample_flow(x, n, seed).to(torch.float64)
+        lp = self._flow_log_prob(z, x)
+        threshold = float(torch.sort(lp).values[min(int(quantile * n), n - 1)])
+        inside = z[lp > threshold]
+        lo, hi = inside.amin(0), inside.amax(0)
+        pad = 0.25 * (hi - lo)
+        z_max = _FlowCoordinates.Z_MAX
+        return {"threshold": threshold, "low": (lo - pad).clamp(-z_max, z_max), "high": (hi + pad).clamp(-z_max, z_max)}
 
-    def _truncated_draws(self, x: torch.Tensor, threshold: float, n: int, seed: int, *, batch: int = 20_000,
+    def _rectangle_draws(self, low: torch.Tensor, high: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+        """``n`` draws (natural units) from the box prior restricted to the flow-coordinate box ``[low, high]``.
+
+        In flow coordinates the box prior is a standard logistic per
+        parameter, so its restriction is drawn exactly by the inverse CDF.
+        """
+        F_lo, F_hi = torch.sigmoid(low), torch.sigmoid(high)
+        u = torch.rand(n, low.numel(), dtype=torch.float64, generator=generator(seed))
+        p = (F_lo + u * (F_hi - F_lo)).clamp(1e-300, 1 - 1e-16)
+        return self._coords.from_flow(torch.logit(p))
+
+    def _truncated_draws(self, x: torch.Tensor, region: dict, n: int, seed: int, *, batch: int = 20_000,
                          max_proposals: int | None = None) -> tuple[torch.Tensor, dict]:
-        """``n`` draws (natural units) from the box prior restricted to ``{theta: log q(theta | x) > threshold}``.
+        """``n`` draws (natural units) from the box prior restricted to the region ``log q(theta | x) > threshold``.
 
-        Rejection from the box prior in batches of ``batch`` (batch ``k`` from
-        ``chunk_seed(seed, k)``) up to ``max_proposals`` (default ``max(100 n,
-        200000)``); where the region holds too little prior mass for that,
+        Rejection: proposals from the box prior restricted to the region's
+        bounding box (:meth:`_rectangle_draws`, batch ``k`` from
+        ``chunk_seed(seed, k)``), kept where inside the region, up to
+        ``max_proposals`` (default ``max(100 n, 200000)``); the fraction of
+        *prior* draws the truncation rejects is ``1 - acceptance x prior mass
+        of the bounding box``. Where even that is too little,
         sampling-importance-resampling: ``20 n`` flow draws inside the region,
         weighted by prior over flow density, ``n`` kept without replacement
         (Gumbel top-k). A pure function of the arguments.
         """
+        threshold, low, high = region["threshold"], region["low"], region["high"]
+        box_mass = float(torch.prod(torch.sigmoid(high) - torch.sigmoid(low)))
         max_proposals = max(100 * n, 200_000) if max_proposals is None else max_proposals
         kept, proposed, n_kept, k = [], 0, 0, 0
         while n_kept < n and proposed < max_proposals:
-            theta = self.prior.sample(batch, seed=chunk_seed(seed, k))
+            theta = self._rectangle_draws(low, high, batch, chunk_seed(seed, k))
             inside = self._flow_log_prob(self._coords.to_flow(theta), x) > threshold
             kept.append(theta[inside])
             n_kept += int(inside.sum())
             proposed += batch
             k += 1
         accepted = n_kept / proposed
-        info = {"proposed": proposed, "accepted_fraction": accepted, "rejected_fraction": 1.0 - accepted}
+        info = {"proposed": proposed, "accepted_fraction_in_bounding_box": accepted,
+                "bounding_box_prior_mass": box_mass, "rejected_fraction": 1.0 - accepted * box_mass}
         if n_kept >= n:
-            return torch.cat(kept)[:n], {"method": "rejection from the box prior", **info}
+            return torch.cat(kept)[:n], {"method": "rejection from the box prior restricted to the region's bounding "
+                                                   "box", **info}
         m = 20 * n
         with _one_thread():
             z = self._sample_flow(x, m, chunk_seed(seed, 1_000_003)).to(torch.float64)
         lq = self._flow_log_prob(z, x)
         with torch.no_grad():
             lp = self._coords.torch_prior.log_prob(z).to(torch.float64)
-        logw = torch.where(lq > threshold, lp - lq, torch.full_like(lq, -math.inf))
+        logw = torch.where((lq > threshold) & ((z >= low) & (z <= high)).all(-1), lp - lq,
+                           torch.full_like(lq, -math.inf))
         w = torch.softmax(logw, 0)
         ess = float(1.0 / (w * w).sum())
         g = generator(chunk_seed(seed, 1_000_004))
@@ -1170,8 +1199,9 @@ class AmortizedPosterior:
         for r in range(1, rounds + 1):
             rs = chunk_seed(seed, _ROUNDS_INDEX + r)
             t0 = time.perf_counter()
-            threshold = current._hdr_threshold(x, q, n_threshold_draws, chunk_seed(rs, 0))
-            theta, info = current._truncated_draws(x, threshold, n, chunk_seed(rs, 1))
+            region = current._hdr_threshold(x, q, n_threshold_draws, chunk_seed(rs, 0))
+            theta, info = current._truncated_draws(x, region, n, chunk_seed(rs, 1))
+            threshold = region["threshold"]
             truncation_seconds = time.perf_counter() - t0
             if progress:
                 print(f"round {r}/{rounds}: {n} simulations from the prior truncated to the posterior's "
