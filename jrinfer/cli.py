@@ -765,13 +765,13 @@ def _npe_summary(estimator_dir: str, posterior) -> dict:
     mix = d.get("regime_mix")
     regime = ""
     if mix:
-        regime = "; posterior regimes " + ", ".join(f"{k} {100 * v['fraction']:.0f} %" for k, v in mix.items()
-                                                    if v["fraction"] > 0)
+        regime = f"; regime {d.get('regime_verdict')}"
     return {
         "estimator": str(Path(estimator_dir).resolve()),
         "calibration": None if cal is None else cal["verdict"],
         "calibrated": None if cal is None else cal["calibrated"],
         "regime": d.get("regime"),
+        "regime_verdict": d.get("regime_verdict"),
         "regime_mix": mix,
         "training_simulations": t["n_simulations"],
         "training_failures": t["failures"],
@@ -795,7 +795,7 @@ def _fit_npe(args, estimator, data):
         if args.rounds:
             # trained on top of the loaded estimator in memory: nothing under --estimator is written
             estimator = estimator.refine(data, rounds=args.rounds, simulations_per_round=args.simulations_per_round,
-                                         resample=args.resample_grid, progress=not args.no_progress)
+                                         resample=args.resample_grid, progress=args.progress is not False)
         posterior = estimator.condition(data, seed=args.seed, resample=args.resample_grid)
     except ValueError as err:
         raise UsageError(_cli_words(str(err).splitlines()[0])) from None
@@ -1430,7 +1430,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bars on stderr (default: on for nuts and smc, for laplace when stderr is a terminal)",
+        help="progress bars on stderr (default: on for nuts, smc and npe --rounds, for laplace when stderr is a "
+        "terminal)",
     )
     p.add_argument("--chains", type=int, default=None, help="nuts, smc: independent chains (default 4)")
     p.add_argument("--tune", type=int, default=None, help="nuts: tuning iterations per chain (default 1000)")
@@ -1453,7 +1454,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "result is for this recording only, the estimator on disk is not changed; default 0)")
     p.add_argument("--simulations-per-round", type=int, default=3000,
                    help="npe: simulations per truncated round (default 3000)")
-    p.add_argument("--no-progress", action="store_true", help="npe rounds: hide the progress lines and bars")
     p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser(

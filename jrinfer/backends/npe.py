@@ -38,6 +38,28 @@ stable: the low-activity branch, bistable with the limit cycle between the
 first Hopf point and the fold). The mix is reported for the training set and
 for every posterior.
 
+Summary features
+----------------
+By default the network sees the observation's features (spectra: log-power
+on the grid). ``summary="log_power+shape"`` appends
+:func:`spectral_shape_features` (peak frequency, half-power width, height
+above the aperiodic line, harmonic excess at twice the peak, flatness),
+functions of the same spectrum that a flow would otherwise have to learn;
+the choice is saved with the estimator and applied on load.
+
+Truncated sequential rounds
+---------------------------
+An amortized estimator trained on a wide box spends most simulations far
+from any one recording. :meth:`AmortizedPosterior.refine` (``NPE.fit(...,
+rounds=R)``, ``jrinfer fit --backend npe --rounds R``) adds rounds for one
+recording (TSNPE, Deistler et al. 2022): each draws from the box prior
+truncated to the current posterior's highest-density region, simulates
+through :func:`simulate_training_set` and retrains on every round with the
+ordinary NPE loss (the truncated prior is proportional to the prior inside
+the region, so the posterior there is unchanged). The result is for that
+recording only (not amortized); its calibration verdict is the round-0
+estimator's.
+
 Precision and coordinates
 -------------------------
 jrinfer is float64; sbi works in float32. Features and parameters are cast
@@ -71,6 +93,8 @@ S. Talts, M. Betancourt, D. Simpson, A. Vehtari, A. Gelman (2018),
 arXiv:1804.06788.
 P. Lemos, A. Coogan, Y. Hezaveh, L. Perreault-Levasseur (2023), "Sampling-based
 accuracy testing of posterior estimators for general inference" (TARP), ICML.
+M. Deistler, P. J. Goncalves, J. H. Macke (2022), "Truncated proposals for
+scalable and hassle-free simulation-based inference", NeurIPS (TSNPE).
 """
 
 from __future__ import annotations
@@ -111,6 +135,8 @@ __all__ = [
 FORMAT_VERSION = 1
 #: Family-wise level of the SBC uniformity tests (Bonferroni over parameters).
 SBC_ALPHA = 0.05
+#: Posterior mass in one regime above which the regime counts as resolved (``diagnostics["regime_verdict"]``).
+REGIME_RESOLVED = 0.9
 #: Credibility levels at which the marginal coverage is checked against nominal.
 COVERAGE_LEVELS = (0.5, 0.8, 0.9, 0.95)
 #: Chunk indices of the training seed, far beyond any training chunk's, that seed the held-out
@@ -641,7 +667,14 @@ class AmortizedPosterior:
         Training report: simulations, failures by reason, regime mix,
         timings, epochs, convergence, validation log-probability.
     calibration : dict or None
-        SBC and TARP results with a verdict (:meth:`calibrate`), if run.
+        SBC and TARP results with a verdict (:meth:`calibrate`), if run (for
+        a refined posterior: the round-0 estimator's).
+    summary : {"log_power", "log_power+shape"}
+        The summary features the flow sees (:func:`spectral_shape_features`).
+    amortized : bool
+        False for a posterior refined for one recording by :meth:`refine`
+        (Deistler et al. 2022): it conditions on that recording only and
+        cannot be saved or calibrated.
     """
 
     def __init__(self, net, problem, *, architecture, training, source_prior, box_quantiles, feature_stats,
@@ -857,7 +890,16 @@ class AmortizedPosterior:
         if codes is not None:
             mix = _regime_mix(codes, problem.observation.REGIMES)
             diagnostics["regime_mix"] = mix
-            diagnostics["regime"] = max(mix, key=lambda k: mix[k]["fraction"])
+            top = max(mix, key=lambda k: mix[k]["fraction"])
+            diagnostics["regime"] = top  # the most probable regime (see regime_verdict for how sure)
+            resolved = mix[top]["fraction"] >= REGIME_RESOLVED
+            diagnostics["regime_resolved"] = resolved
+            shares = ", ".join(f"{k} {100 * v['fraction']:.0f} %" for k, v in mix.items() if v["fraction"] > 0)
+            diagnostics["regime_verdict"] = (
+                f"{top} ({100 * mix[top]['fraction']:.0f} % of the posterior)" if resolved else
+                f"unresolved: {shares} (no regime holds {REGIME_RESOLVED:.0%} of the posterior; near the Hopf point "
+                "a noise-widened limit cycle and a weakly damped resonance give alike spectra)"
+            )
         diagnostics["amortized"] = self.amortized
         diagnostics["summary_features"] = self.summary
         if not self.amortized:
@@ -1502,6 +1544,9 @@ class NPE:
     calibration_simulations : int
         Held-out simulations for :meth:`AmortizedPosterior.calibrate` right
         after training (0: no calibration).
+    summary : {"log_power", "log_power+shape"}
+        Summary features: the observation's (log-power for spectra), or
+        those and :func:`spectral_shape_features` (spectra only).
     progress : bool
         Progress bars for simulation and training.
 
@@ -1515,6 +1560,13 @@ class NPE:
     >>> npe = NPE(n_simulations=20_000, seed=1)            # doctest: +SKIP
     >>> amortized = npe.train(problem)                     # doctest: +SKIP
     >>> posterior = amortized.condition(other_recording)   # doctest: +SKIP
+    >>> refined = npe.fit(problem, rounds=3, simulations_per_round=3000)  # doctest: +SKIP
+
+    References
+    ----------
+    M. Deistler, P. J. Goncalves, J. H. Macke (2022), "Truncated proposals for
+    scalable and hassle-free simulation-based inference", NeurIPS (the
+    ``rounds`` of :meth:`fit` and :meth:`AmortizedPosterior.refine`).
     """
 
     def __init__(
