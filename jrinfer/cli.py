@@ -783,8 +783,8 @@ def _npe_summary(estimator_dir: str, posterior) -> dict:
                      f"{'' if d.get('amortized', True) else ' (of the amortized round-0 estimator)'}: "
                      f"{'not run' if cal is None else cal['verdict']}{regime}"
                      + ("" if d.get("amortized", True) else
-                        f"; refined by {sum(r['round'] > 0 for r in d.get('rounds') or [])} truncated rounds for this recording only "
-                        "(not amortized)")),
+                        f"; refined by {sum(r['round'] > 0 for r in d.get('rounds') or [])} truncated rounds for "
+                        "this recording only (not amortized)")),
     }
 
 

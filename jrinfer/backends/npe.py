@@ -791,6 +791,7 @@ class AmortizedPosterior:
         features as a tensor ``(n_features,)``. Deterministic for a seed.
         """
         x = data if isinstance(data, torch.Tensor) else self.features(data, resample=resample)
+        self._check_refined_for(torch.as_tensor(x, dtype=torch.float64).reshape(-1))
         n = _checks.check_int("n", n, minimum=1)
         seed = _checks.check_int("seed", seed, minimum=0)
         return self._coords.from_flow(self._sample_flow(x, n, seed))
