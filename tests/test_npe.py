@@ -610,6 +610,10 @@ def test_spectral_shape_features_of_lorentzian_peaks_and_a_harmonic():
     assert float(spectral_shape_features(L, f)[4]) == pytest.approx(expected, rel=1e-10)
     with pytest.raises(ValueError, match="freqs"):
         spectral_shape_features(L, f[:-1])
+    # a failed simulation's spectrum (NaN, inf) gives NaN features in its row only, never an error
+    bad = torch.stack([L, torch.full_like(L, math.nan), L.masked_fill(f > 30, math.inf)])
+    out = spectral_shape_features(bad, f)
+    assert torch.isnan(out[1:]).all() and torch.equal(out[0], spectral_shape_features(L, f))
 
 
 # ------------------------------------------------------------ truncated sequential rounds (TSNPE)
@@ -789,3 +793,39 @@ def test_eegmat_with_truncated_rounds(npe_spectrum_estimator, tmp_path, capsys, 
     # the rounds are refused where they do not apply
     code = main(["fit", edf, "--kind", "spectrum", "--picks", "O1,O2", "--rounds", "2", "--out", str(tmp_path / "x")])
     assert code == 2 and "--rounds" in capsys.readouterr().err
+
+
+def test_shape_summary_is_saved_and_checked_on_load(tmp_path, capsys):
+    from jrinfer.backends.npe import SHAPE_FEATURES
+    from jrinfer.cli import main
+
+    out = tmp_path / "shape"
+    code = main(["train-npe", "--kind", "spectrum", "--method", "transfer", "--simulations", "120", "--max-epochs", "2",
+                 "--calibrate", "0", "--summary", "log_power+shape", "--out", str(out), "--no-progress", "--json"])
+    assert code in (0, 1), capsys.readouterr().err
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["features"]["summary"] == "log_power+shape" and meta["features"]["n_features"] == 77 + len(SHAPE_FEATURES)
+    est = AmortizedPosterior.load(out)
+    assert est.summary == "log_power+shape" and est.n_features == 82
+    # the features the network sees end with the spectrum's shape features
+    data = SpectrumData.from_arrays(est.problem.data.freqs, 20.0 / est.problem.data.freqs
+                                    * (1 + 30 / ((est.problem.data.freqs - 10) ** 2 + 1)), units="uV^2/Hz")
+    x = est.features(data)
+    from jrinfer.backends.npe import spectral_shape_features
+
+    assert torch.equal(x[-5:], spectral_shape_features(x[:77], est.problem.data.freqs))
+    assert x[77] == pytest.approx(10.0, abs=0.1)
+    # a metadata that says otherwise is refused (the saved state expects 82 features)
+    meta["features"]["summary"] = "log_power"
+    (out / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="77 features .* expects 82"):
+        AmortizedPosterior.load(out)
+    meta["features"]["summary"] = "wavelets"
+    (out / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="wavelets"):
+        AmortizedPosterior.load(out)
+    # spectra only
+    with pytest.raises(ValueError, match="summary='log_power'"):
+        NPE(n_simulations=100, summary="log_power+shape").train(_linear_problem())
+    with pytest.raises(ValueError, match="summary"):
+        NPE(summary="shape")

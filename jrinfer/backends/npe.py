@@ -324,6 +324,8 @@ def spectral_shape_features(log_power: torch.Tensor, freqs: torch.Tensor) -> tor
     if not bool((f[1:] > f[:-1]).all()) or float(f[0]) <= 0:
         raise ValueError("freqs must be positive and increasing")
     F = f.numel()
+    finite = torch.isfinite(L).all(-1)
+    L = torch.where(finite.unsqueeze(-1), L, torch.zeros_like(L))  # failed spectra: NaN features (set below)
     X = torch.stack([torch.ones_like(f), torch.log(f)], -1)  # (F, 2)
 
     def line(w):
@@ -370,7 +372,8 @@ def spectral_shape_features(log_power: torch.Tensor, freqs: torch.Tensor) -> tor
     excess = _interp_rows(h, f, r) - 0.5 * (_interp_rows(h - o, f, r) + _interp_rows(h + o, f, r))
     excess = torch.where(h + o <= f[-1], excess, torch.zeros_like(excess))
     flat = L.mean(-1) - (torch.logsumexp(L, -1) - math.log(F))
-    return torch.stack([f_peak, torch.log(width), height, excess, flat], -1)
+    out = torch.stack([f_peak, torch.log(width), height, excess, flat], -1)
+    return torch.where(finite.unsqueeze(-1), out, torch.full_like(out, math.nan))
 
 
 def _check_summary(summary, problem) -> str:
