@@ -768,9 +768,12 @@ def _npe_estimator(args):
     CSV is cropped to it), so that the data land on the grid it was trained on.
     """
     if args.backend != "npe":
-        if args.estimator is not None or args.resample_grid:
-            raise UsageError("--estimator and --resample-grid apply to --backend npe")
+        if args.estimator is not None or args.resample_grid or getattr(args, "rounds", 0):
+            raise UsageError("--estimator, --resample-grid and --rounds apply to --backend npe")
         return None
+    if getattr(args, "rounds", 0) < 0 or getattr(args, "simulations_per_round", 3000) < 50:
+        raise UsageError(f"--rounds must be >= 0 and --simulations-per-round >= 50, got --rounds {args.rounds} "
+                         f"--simulations-per-round {args.simulations_per_round}")
     if args.estimator is None:
         raise UsageError("--backend npe needs --estimator DIR, a trained estimator (make one with jrinfer train-npe "
                          "--kind spectrum --out DIR)")
@@ -821,20 +824,26 @@ def _npe_summary(estimator_dir: str, posterior) -> dict:
     mix = d.get("regime_mix")
     regime = ""
     if mix:
-        regime = "; posterior regimes " + ", ".join(f"{k} {100 * v['fraction']:.0f} %" for k, v in mix.items()
-                                                    if v["fraction"] > 0)
+        regime = f"; regime {d.get('regime_verdict')}"
     return {
         "estimator": str(Path(estimator_dir).resolve()),
         "calibration": None if cal is None else cal["verdict"],
         "calibrated": None if cal is None else cal["calibrated"],
         "regime": d.get("regime"),
+        "regime_verdict": d.get("regime_verdict"),
         "regime_mix": mix,
         "training_simulations": t["n_simulations"],
         "training_failures": t["failures"],
         "training_regime_mix": t.get("regime_mix"),
         "out_of_distribution": d.get("out_of_distribution", {}).get("outside"),
-        "headline": (f"{t['n_valid']} of {t['n_simulations']} training simulations valid; calibration: "
-                     f"{'not run' if cal is None else cal['verdict']}{regime}"),
+        "amortized": d.get("amortized", True),
+        "rounds": d.get("rounds"),
+        "headline": (f"{t['n_valid']} of {t['n_simulations']} training simulations valid; calibration"
+                     f"{'' if d.get('amortized', True) else ' (of the amortized round-0 estimator)'}: "
+                     f"{'not run' if cal is None else cal['verdict']}{regime}"
+                     + ("" if d.get("amortized", True) else
+                        f"; refined by {sum(r['round'] > 0 for r in d.get('rounds') or [])} truncated rounds for "
+                        "this recording only (not amortized)")),
     }
 
 
@@ -842,6 +851,11 @@ def _fit_npe(args, estimator, data):
     """Condition the estimator on ``data``; the problem it built and the posterior."""
     try:
         problem = estimator.problem_for(data, resample=args.resample_grid)
+        if args.rounds:
+            # trained on top of the loaded estimator in memory: nothing under --estimator is written
+            estimator = estimator.refine(data, rounds=args.rounds, simulations_per_round=args.simulations_per_round,
+                                         resample=args.resample_grid,
+                                         progress=args.progress is not False and not getattr(args, "quiet", False))
         posterior = estimator.condition(data, seed=args.seed, resample=args.resample_grid)
     except ValueError as err:
         raise UsageError(_cli_words(str(err).splitlines()[0])) from None
@@ -1133,7 +1147,7 @@ def _cmd_train_npe(args) -> int:
         n_simulations=args.simulations, chunk_size=args.chunk_size, seed=args.seed, density_estimator=args.flow,
         hidden_features=args.hidden_features, num_transforms=args.transforms,
         embedding=None if args.embedding == "none" else args.embedding, max_epochs=args.max_epochs,
-        calibration_simulations=args.calibrate, progress=not args.no_progress,
+        calibration_simulations=args.calibrate, summary=args.summary, progress=not args.no_progress,
     )
     estimator = npe.train(problem)
     estimator.save(out, overwrite=args.force)
@@ -1491,8 +1505,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress on stderr (default: bars for nuts and smc; for laplace a bar when stderr is a terminal, "
-        "else a line per start and every 10 s of iterations); --no-progress or --quiet: none",
+        help="progress on stderr (default: bars for nuts, smc and npe --rounds; for laplace a bar when stderr is a "
+        "terminal, else a line per start and every 10 s of iterations); --no-progress or --quiet: none",
     )
     p.add_argument("--chains", type=int, default=None, help="nuts, smc: independent chains (default 4)")
     p.add_argument(
@@ -1524,6 +1538,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="npe: a trained estimator (jrinfer train-npe --out DIR); EEG files get its grid by default")
     p.add_argument("--resample-grid", action="store_true",
                    help="npe: interpolate a spectrum on another frequency grid onto the estimator's (default: refuse)")
+    p.add_argument("--rounds", type=int, default=0,
+                   help="npe: truncated sequential rounds for this recording on top of the estimator (TSNPE; the "
+                   "result is for this recording only, the estimator on disk is not changed; default 0)")
+    p.add_argument("--simulations-per-round", type=int, default=3000,
+                   help="npe: simulations per truncated round (default 3000)")
     p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser(
@@ -1553,6 +1572,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transforms", type=int, default=5, help="flow transforms (default 5)")
     p.add_argument("--embedding", default="none", choices=["none", "mlp"],
                    help="features straight into the flow, or through a small trained MLP (default none)")
+    p.add_argument("--summary", default="log_power", choices=["log_power", "log_power+shape"],
+                   help="features the flow sees: log-power on the grid, or also the spectral-shape features (peak "
+                   "frequency, half-power width, height, harmonic excess at 2f, flatness; default log_power)")
     p.add_argument("--max-epochs", type=int, default=300, help="training epochs at most (default 300)")
     p.add_argument("--calibrate", type=int, default=200, metavar="N",
                    help="held-out simulations for SBC and TARP after training (default 200; 0 skips)")

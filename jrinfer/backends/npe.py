@@ -38,6 +38,28 @@ stable: the low-activity branch, bistable with the limit cycle between the
 first Hopf point and the fold). The mix is reported for the training set and
 for every posterior.
 
+Summary features
+----------------
+By default the network sees the observation's features (spectra: log-power
+on the grid). ``summary="log_power+shape"`` appends
+:func:`spectral_shape_features` (peak frequency, half-power width, height
+above the aperiodic line, harmonic excess at twice the peak, flatness),
+functions of the same spectrum that a flow would otherwise have to learn;
+the choice is saved with the estimator and applied on load.
+
+Truncated sequential rounds
+---------------------------
+An amortized estimator trained on a wide box spends most simulations far
+from any one recording. :meth:`AmortizedPosterior.refine` (``NPE.fit(...,
+rounds=R)``, ``jrinfer fit --backend npe --rounds R``) adds rounds for one
+recording (TSNPE, Deistler et al. 2022): each draws from the box prior
+truncated to the current posterior's highest-density region, simulates
+through :func:`simulate_training_set` and retrains on every round with the
+ordinary NPE loss (the truncated prior is proportional to the prior inside
+the region, so the posterior there is unchanged). The result is for that
+recording only (not amortized); its calibration verdict is the round-0
+estimator's.
+
 Precision and coordinates
 -------------------------
 jrinfer is float64; sbi works in float32. Features and parameters are cast
@@ -71,6 +93,8 @@ S. Talts, M. Betancourt, D. Simpson, A. Vehtari, A. Gelman (2018),
 arXiv:1804.06788.
 P. Lemos, A. Coogan, Y. Hezaveh, L. Perreault-Levasseur (2023), "Sampling-based
 accuracy testing of posterior estimators for general inference" (TARP), ICML.
+M. Deistler, P. J. Goncalves, J. H. Macke (2022), "Truncated proposals for
+scalable and hassle-free simulation-based inference", NeurIPS (TSNPE).
 """
 
 from __future__ import annotations
@@ -101,6 +125,7 @@ __all__ = [
     "TrainingSet",
     "box_prior",
     "simulate_training_set",
+    "spectral_shape_features",
     "FORMAT_VERSION",
     "SBC_ALPHA",
     "COVERAGE_LEVELS",
@@ -110,12 +135,16 @@ __all__ = [
 FORMAT_VERSION = 1
 #: Family-wise level of the SBC uniformity tests (Bonferroni over parameters).
 SBC_ALPHA = 0.05
+#: Posterior mass in one regime above which the regime counts as resolved (``diagnostics["regime_verdict"]``).
+REGIME_RESOLVED = 0.9
 #: Credibility levels at which the marginal coverage is checked against nominal.
 COVERAGE_LEVELS = (0.5, 0.8, 0.9, 0.95)
 #: Chunk indices of the training seed, far beyond any training chunk's, that seed the held-out
 #: calibration simulations and the network's training (initialisation, batches).
 _HELD_OUT_INDEX = 1_000_000_007
 _NETWORK_INDEX = 1_000_000_009
+#: Chunk index of the training seed from which truncated round r's seed is chunk_seed(seed, _ROUNDS_INDEX + r).
+_ROUNDS_INDEX = 1_000_000_021
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 _ESTIMATOR_FILE = "estimator.pt"
 _METADATA_FILE = "metadata.json"
@@ -231,6 +260,138 @@ def _regime_mix(codes: torch.Tensor | None, names, mask: torch.Tensor | None = N
     return {name: {"n": int((c == i).sum()), "fraction": float((c == i).sum()) / n} for i, name in enumerate(names)}
 
 
+# ======================================================== summary features
+#: What the network sees: the observation's features, or those and the spectral-shape features.
+SUMMARIES = ("log_power", "log_power+shape")
+#: Names of :func:`spectral_shape_features`' outputs, in order.
+SHAPE_FEATURES = ("peak_frequency_hz", "log_peak_width_hz", "peak_height", "harmonic_excess", "log_flatness")
+_HARMONIC_OFFSET_HZ = 1.5
+
+
+def _interp_rows(f: torch.Tensor, grid: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``values`` (``(..., F)`` on ``grid``) linearly interpolated at ``f`` (``(...,)``), clamped to the grid."""
+    f = f.clamp(float(grid[0]), float(grid[-1]))
+    j = torch.searchsorted(grid, f.unsqueeze(-1).contiguous()).squeeze(-1).clamp(1, grid.numel() - 1)
+    f0, f1 = grid[j - 1], grid[j]
+    v0 = values.gather(-1, (j - 1).unsqueeze(-1)).squeeze(-1)
+    v1 = values.gather(-1, j.unsqueeze(-1)).squeeze(-1)
+    t = (f - f0) / (f1 - f0)
+    return v0 + t * (v1 - v0)
+
+
+def spectral_shape_features(log_power: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Shape features of log-power spectra that the log-power values carry only implicitly.
+
+    The aperiodic background is a straight line in ``log P`` against
+    ``log f``, fitted by least squares and refitted on the points at or below
+    the first fit's median residual (so the peak does not lift it); ``r`` is
+    the log-power above that line. The features, in the order of
+    :data:`SHAPE_FEATURES`:
+
+    - ``peak_frequency_hz``: frequency of the largest ``r`` (parabolic
+      interpolation between grid points), Hz;
+    - ``log_peak_width_hz``: log of the half-power full width of that peak,
+      the distance between the frequencies where ``r`` has fallen by
+      ``log 2`` on either side (linear interpolation; the grid's end where
+      it does not fall that far), Hz (``2 gamma`` for a Lorentzian of
+      half-width ``gamma``);
+    - ``peak_height``: ``r`` at the peak (natural log units);
+    - ``harmonic_excess``: ``r`` at twice the peak frequency minus the mean
+      of ``r`` 1.5 Hz either side of it (0 when ``2 f`` + 1.5 Hz lies beyond
+      the grid): a limit cycle's non-sinusoidal waveform puts power at the
+      harmonic, a damped linear resonance does not;
+    - ``log_flatness``: log of the spectral flatness (Wiener entropy), the
+      mean of ``log P`` minus the log of the mean of ``P`` over the grid
+      (0 for a flat spectrum, negative otherwise).
+
+    Parameters
+    ----------
+    log_power : torch.Tensor
+        Natural-log power, ``(..., F)``.
+    freqs : torch.Tensor
+        The increasing frequency grid, ``(F,)``, Hz (``F >= 5``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., 5)``, the dtype of ``log_power``.
+    """
+    L = torch.as_tensor(log_power)
+    f = torch.as_tensor(freqs, dtype=L.dtype)
+    if f.ndim != 1 or f.numel() < 5 or L.shape[-1] != f.numel():
+        raise ValueError(f"freqs must be a 1-D grid of >= 5 points matching log_power's last axis "
+                         f"({L.shape[-1]}), got shape {tuple(f.shape)}")
+    if not bool((f[1:] > f[:-1]).all()) or float(f[0]) <= 0:
+        raise ValueError("freqs must be positive and increasing")
+    F = f.numel()
+    finite = torch.isfinite(L).all(-1)
+    L = torch.where(finite.unsqueeze(-1), L, torch.zeros_like(L))  # failed spectra: NaN features (set below)
+    X = torch.stack([torch.ones_like(f), torch.log(f)], -1)  # (F, 2)
+
+    def line(w):
+        Xw = X * w.unsqueeze(-1)  # (..., F, 2)
+        A = Xw.transpose(-1, -2) @ X  # (..., 2, 2)
+        b = (Xw * L.unsqueeze(-1)).sum(-2)  # (..., 2)
+        beta = torch.linalg.solve(A, b.unsqueeze(-1)).squeeze(-1)
+        return beta @ X.T  # (..., F)
+
+    r = L - line(torch.ones_like(L))
+    below = (r <= r.median(-1, keepdim=True).values).to(L.dtype)
+    r = L - line(below)
+    idx = torch.arange(F)
+    k = r.argmax(-1)
+    km, kp = (k - 1).clamp(0, F - 1), (k + 1).clamp(0, F - 1)
+    rk = r.gather(-1, k.unsqueeze(-1)).squeeze(-1)
+    rm = r.gather(-1, km.unsqueeze(-1)).squeeze(-1)
+    rp = r.gather(-1, kp.unsqueeze(-1)).squeeze(-1)
+    curv = rm - 2 * rk + rp
+    interior = (k > 0) & (k < F - 1) & (curv < 0)
+    delta = torch.where(interior, 0.5 * (rm - rp) / torch.where(interior, curv, torch.ones_like(curv)),
+                        torch.zeros_like(rk)).clamp(-0.5, 0.5)
+    step = torch.where(delta >= 0, f[kp] - f[k], f[k] - f[km])
+    f_peak = f[k] + delta * step
+    height = torch.where(interior, rk - 0.25 * (rm - rp) * delta, rk)
+    level = height - math.log(2.0)
+    low = r < level.unsqueeze(-1)
+    kk = k.unsqueeze(-1)
+    jl = torch.where(low & (idx < kk), idx, torch.full_like(idx, -1)).amax(-1)
+    jr = torch.where(low & (idx > kk), idx, torch.full_like(idx, F)).amin(-1)
+
+    def cross(j0):  # the level's crossing between grid points j0 and j0 + 1
+        j0 = j0.clamp(0, F - 2)
+        r0 = r.gather(-1, j0.unsqueeze(-1)).squeeze(-1)
+        r1 = r.gather(-1, (j0 + 1).unsqueeze(-1)).squeeze(-1)
+        t = ((level - r0) / torch.where(r1 != r0, r1 - r0, torch.ones_like(r0))).clamp(0, 1)
+        return f[j0] + t * (f[j0 + 1] - f[j0])
+
+    f_left = torch.where(jl >= 0, cross(jl), f[0].expand_as(f_peak))
+    f_right = torch.where(jr < F, cross(jr - 1), f[-1].expand_as(f_peak))
+    width = (f_right - f_left).clamp_min(1e-3 * float(f[1] - f[0]))
+    h = 2 * f_peak
+    o = _HARMONIC_OFFSET_HZ
+    excess = _interp_rows(h, f, r) - 0.5 * (_interp_rows(h - o, f, r) + _interp_rows(h + o, f, r))
+    excess = torch.where(h + o <= f[-1], excess, torch.zeros_like(excess))
+    flat = L.mean(-1) - (torch.logsumexp(L, -1) - math.log(F))
+    out = torch.stack([f_peak, torch.log(width), height, excess, flat], -1)
+    return torch.where(finite.unsqueeze(-1), out, torch.full_like(out, math.nan))
+
+
+def _check_summary(summary, problem) -> str:
+    _checks.check_option("summary", summary, SUMMARIES)
+    if summary != "log_power" and problem.observed().coord != "freq":
+        raise ValueError(f"summary={summary!r} needs spectra (features of a frequency axis); this problem's data are "
+                         f"on a {problem.observed().coord} axis: use summary='log_power'")
+    return summary
+
+
+def _summary_features(problem, values: torch.Tensor, summary: str) -> torch.Tensor:
+    """What the network sees for data-like ``values``: ``(*batch, n_features)``."""
+    x = problem.observation.features(values, problem.data)
+    if summary == "log_power+shape":
+        x = torch.cat([x, spectral_shape_features(x, problem.observed().coord_values.to(x.dtype))], -1)
+    return x
+
+
 # ======================================================== simulation
 @dataclass(frozen=True)
 class TrainingSet:
@@ -294,7 +455,7 @@ class TrainingSet:
         }
 
 
-def _simulate_chunk(theta, seed: int, problem) -> dict:
+def _simulate_chunk(theta, seed: int, problem, summary: str = "log_power") -> dict:
     """Simulate one chunk: features of ``theta`` (natural units) with noise from ``seed``.
 
     Top-level and free of global state, so that it pickles to worker
@@ -308,7 +469,7 @@ def _simulate_chunk(theta, seed: int, problem) -> dict:
         warnings.simplefilter("ignore", RuntimeWarning)  # divergence is counted below, with its reason
         pred = obs.predict(params, data)
         y = obs.sample(pred, params, data, generator(chunk_seed(seed, 1)))
-        x = obs.features(y, data).reshape(n, -1)
+        x = _summary_features(problem, y, summary).reshape(n, -1)
     valid = pred.valid.reshape(n).clone()
     reasons: dict[int, str] = {}
     bad = torch.nonzero(~valid).flatten().tolist()
@@ -328,18 +489,20 @@ def _simulate_chunk(theta, seed: int, problem) -> dict:
     return {"x": x, "valid": ok, "reasons": reasons, "regime": regime}
 
 
-def _chunk_arguments(problem, n: int, seed: int, chunk_size: int) -> list[tuple]:
-    """``(theta_chunk, chunk_seed, problem)`` per chunk; parameters drawn from the chunk's own seed."""
+def _chunk_arguments(problem, n: int, seed: int, chunk_size: int, theta=None, summary: str = "log_power") -> list[tuple]:
+    """``(theta_chunk, chunk_seed, problem, summary)`` per chunk; parameters drawn from the chunk's own seed
+    (or sliced from the given ``theta``)."""
     args = []
     for i, sl in enumerate(chunk_slices(n, chunk_size)):
         s = chunk_seed(seed, i)
-        theta = problem.prior.sample(sl.stop - sl.start, seed=chunk_seed(s, 2))
-        args.append((theta, s, problem))
+        th = problem.prior.sample(sl.stop - sl.start, seed=chunk_seed(s, 2)) if theta is None else theta[sl]
+        args.append((th, s, problem, summary))
     return args
 
 
 def simulate_training_set(
-    problem, n: int, *, seed: int = 0, chunk_size: int = 500, client=None, progress: bool = True
+    problem, n: int, *, seed: int = 0, chunk_size: int = 500, client=None, progress: bool = True, theta=None,
+    summary: str = "log_power", desc: str = "simulations",
 ) -> TrainingSet:
     """Draw ``n`` parameter sets from ``problem.prior`` and simulate their summary features.
 
@@ -359,6 +522,15 @@ def simulate_training_set(
         Run the chunks on this client (:func:`jrinfer._chunks.map_chunks`).
     progress : bool
         Show a progress bar over chunks.
+    theta : torch.Tensor, optional
+        ``(n, n_params)`` parameter sets in natural units to simulate instead
+        of prior draws (the truncated rounds of :meth:`AmortizedPosterior.refine`);
+        the noise still comes from the chunk seeds.
+    summary : {"log_power", "log_power+shape"}
+        The observation's features only, or with the spectral-shape features
+        appended (:func:`spectral_shape_features`; spectra only).
+    desc : str
+        Label of the progress bar.
 
     Returns
     -------
@@ -372,9 +544,15 @@ def simulate_training_set(
     seed = seed_to_int(_checks.check_int("seed", seed, minimum=0))
     chunk_size = _checks.check_int("chunk_size", chunk_size, minimum=1)
     progress = _checks.check_bool("progress", progress)
+    summary = _check_summary(summary, problem)
+    if theta is not None:
+        theta = torch.as_tensor(theta, dtype=torch.float64)
+        if theta.shape != (n, problem.prior.n_params):
+            raise ValueError(f"theta must have shape ({n}, {problem.prior.n_params}) (n, parameters), got "
+                             f"{tuple(theta.shape)}")
     t0 = time.perf_counter()
-    args = _chunk_arguments(problem, n, seed, chunk_size)
-    results = map_chunks(_simulate_chunk, args, client=client, progress=progress, desc="simulations")
+    args = _chunk_arguments(problem, n, seed, chunk_size, theta, summary)
+    results = map_chunks(_simulate_chunk, args, client=client, progress=progress, desc=desc)
     theta = torch.cat([a[0] for a in args])
     x = torch.cat([r["x"] for r in results])
     valid = torch.cat([r["valid"] for r in results])
@@ -492,11 +670,18 @@ class AmortizedPosterior:
         Training report: simulations, failures by reason, regime mix,
         timings, epochs, convergence, validation log-probability.
     calibration : dict or None
-        SBC and TARP results with a verdict (:meth:`calibrate`), if run.
+        SBC and TARP results with a verdict (:meth:`calibrate`), if run (for
+        a refined posterior: the round-0 estimator's).
+    summary : {"log_power", "log_power+shape"}
+        The summary features the flow sees (:func:`spectral_shape_features`).
+    amortized : bool
+        False for a posterior refined for one recording by :meth:`refine`
+        (Deistler et al. 2022): it conditions on that recording only and
+        cannot be saved or calibrated.
     """
 
     def __init__(self, net, problem, *, architecture, training, source_prior, box_quantiles, feature_stats,
-                 calibration=None):
+                 calibration=None, summary="log_power", refined_for=None):
         self._net = net
         self._net.eval()
         self.problem = problem
@@ -510,6 +695,10 @@ class AmortizedPosterior:
         self._stats = feature_stats
         self._coords = _FlowCoordinates(problem.prior)
         self._posterior = None
+        self.summary = _check_summary(summary, problem)
+        #: features (float64) of the one recording a round-refined posterior is for; None when amortized
+        self._refined_for = None if refined_for is None else torch.as_tensor(refined_for, dtype=torch.float64)
+        self._training_set = None
 
     def __repr__(self) -> str:
         t = self.training
@@ -519,6 +708,11 @@ class AmortizedPosterior:
             f"{self.architecture['density_estimator']} flow, {t.get('n_valid')} of {t.get('n_simulations')} "
             f"simulations valid, features: {self.n_features} on {self._template_axis()}, calibration: {cal})"
         )
+
+    @property
+    def amortized(self) -> bool:
+        """False for a posterior refined by truncated rounds (:meth:`refine`): it is for one recording only."""
+        return self._refined_for is None
 
     @property
     def n_features(self) -> int:
@@ -590,7 +784,7 @@ class AmortizedPosterior:
     def features(self, data, *, resample: bool = False) -> torch.Tensor:
         """Summary features of ``data`` as the network sees them, ``(n_features,)`` float64."""
         problem = self.problem_for(data, resample=resample)
-        return problem.features(problem.observed().values).reshape(-1)
+        return _summary_features(problem, problem.observed().values, self.summary).reshape(-1)
 
     # --------------------------------------------------------- sampling
     def sample(self, data, n: int = 1000, *, seed: int = 0, resample: bool = False) -> torch.Tensor:
@@ -600,6 +794,7 @@ class AmortizedPosterior:
         features as a tensor ``(n_features,)``. Deterministic for a seed.
         """
         x = data if isinstance(data, torch.Tensor) else self.features(data, resample=resample)
+        self._check_refined_for(torch.as_tensor(x, dtype=torch.float64).reshape(-1))
         n = _checks.check_int("n", n, minimum=1)
         seed = _checks.check_int("seed", seed, minimum=0)
         return self._coords.from_flow(self._sample_flow(x, n, seed))
@@ -610,9 +805,10 @@ class AmortizedPosterior:
             raise ValueError(f"features must have {self.n_features} entries, got {x.shape[-1]}")
         if not bool(torch.isfinite(x).all()):
             raise ValueError("the data's summary features are not finite (zero or negative power?)")
+        posterior = self.sbi_posterior  # built outside the seeded block: building it may draw from torch's RNG
         with _seeded(seed), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            return self.sbi_posterior.sample((n,), x=x.to(torch.float32), show_progress_bars=False)
+            return posterior.sample((n,), x=x.to(torch.float32), show_progress_bars=False)
 
     def out_of_distribution(self, x: torch.Tensor) -> dict:
         """How far features ``x`` lie from the training simulations (a misspecification score).
@@ -672,7 +868,8 @@ class AmortizedPosterior:
         n_predictive = _checks.check_int("n_predictive", n_predictive, minimum=0)
         seed = _checks.check_int("seed", seed, minimum=0)
         problem = self.problem_for(data, resample=resample)
-        x = problem.features(problem.observed().values).reshape(-1)
+        x = _summary_features(problem, problem.observed().values, self.summary).reshape(-1)
+        self._check_refined_for(x)
         t0 = time.perf_counter()
         theta = self.sample(x, n_draws, seed=seed)
         sample_seconds = time.perf_counter() - t0
@@ -697,9 +894,28 @@ class AmortizedPosterior:
         if codes is not None:
             mix = _regime_mix(codes, problem.observation.REGIMES)
             diagnostics["regime_mix"] = mix
-            diagnostics["regime"] = max(mix, key=lambda k: mix[k]["fraction"])
+            top = max(mix, key=lambda k: mix[k]["fraction"])
+            diagnostics["regime"] = top  # the most probable regime (see regime_verdict for how sure)
+            resolved = mix[top]["fraction"] >= REGIME_RESOLVED
+            diagnostics["regime_resolved"] = resolved
+            shares = ", ".join(f"{k} {100 * v['fraction']:.0f} %" for k, v in mix.items() if v["fraction"] > 0)
+            diagnostics["regime_verdict"] = (
+                f"{top} ({100 * mix[top]['fraction']:.0f} % of the posterior)" if resolved else
+                f"unresolved: {shares} (no regime holds {REGIME_RESOLVED:.0%} of the posterior; near the Hopf point "
+                "a noise-widened limit cycle and a weakly damped resonance give alike spectra)"
+            )
+        diagnostics["amortized"] = self.amortized
+        diagnostics["summary_features"] = self.summary
+        if not self.amortized:
+            diagnostics["rounds"] = self.training.get("rounds")
+            diagnostics["note_rounds"] = (
+                "refined by truncated sequential rounds for this recording only (TSNPE): not amortized; the "
+                "calibration verdict refers to the amortized round-0 estimator"
+            )
         if self.calibration:
             diagnostics["calibration"] = {k: v for k, v in self.calibration.items() if k not in ("ranks", "ecp", "alpha")}
+            if not self.amortized:
+                diagnostics["calibration"]["applies_to"] = "the amortized round-0 estimator, not the refined posterior"
             if not self.calibration.get("calibrated", True):
                 warns.append(f"the estimator failed its calibration check: {self.calibration['verdict']}")
         t = self.training
@@ -768,15 +984,19 @@ class AmortizedPosterior:
         if seed is None:
             seed = chunk_seed(self.training["seed"], _HELD_OUT_INDEX)
         seed = _checks.check_int("seed", seed, minimum=0)
+        if not self.amortized:
+            raise ValueError("calibrate: this posterior was refined by truncated rounds for one recording; SBC and "
+                             "TARP check an amortized estimator (calibrate the round-0 estimator)")
         held = simulate_training_set(self.problem, n_simulations, seed=seed, chunk_size=self.training["chunk_size"],
-                                     client=client, progress=progress)
+                                     client=client, progress=progress, summary=self.summary)
         phi = self._coords.to_flow(held.theta[held.valid]).to(torch.float32)
         x = held.x[held.valid].to(torch.float32)
+        posterior = self.sbi_posterior  # built outside the seeded block (building it may draw from torch's RNG)
         with _seeded(seed), _one_thread(), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             # one batch of posterior draws (the prior-box-restricted flow, as condition() samples it) serves
             # both SBC and TARP
-            draws = _CachedDraws(self.sbi_posterior.sample_batched((n_posterior_samples,), x=x,
+            draws = _CachedDraws(posterior.sample_batched((n_posterior_samples,), x=x,
                                                                     show_progress_bars=progress))
             ranks, dap = run_sbc(phi, x, draws, num_posterior_samples=n_posterior_samples, show_progress_bar=False)
             checks = check_sbc(ranks, phi, dap, num_posterior_samples=n_posterior_samples)
@@ -827,6 +1047,255 @@ class AmortizedPosterior:
         self.calibration = result
         return result
 
+    # --------------------------------------------------------- truncated sequential rounds
+    def _check_refined_for(self, x: torch.Tensor) -> None:
+        ref = self._refined_for
+        if ref is not None and not (x.shape == ref.shape and torch.allclose(x, ref, rtol=1e-9, atol=1e-12)):
+            raise ValueError("this posterior was refined by truncated rounds for another recording and is not "
+                             "amortized: condition the round-0 estimator, or refine it for these data")
+
+    def _flow_log_prob(self, z: torch.Tensor, x: torch.Tensor, batch: int = 50_000) -> torch.Tensor:
+        """``log q(z | x)`` (flow coordinates, unnormalised for leakage), ``(n,)`` float64."""
+        out = []
+        xx = torch.as_tensor(x, dtype=torch.float64).reshape(1, -1).to(torch.float32)
+        with torch.no_grad(), _one_thread(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            for i in range(0, z.shape[0], batch):
+                zz = z[i:i + batch].to(torch.float32)
+                out.append(self.sbi_posterior.log_prob(zz, x=xx, norm_posterior=False).to(torch.float64))
+        return torch.cat(out)
+
+    def _hdr_threshold(self, x: torch.Tensor, quantile: float, n: int, seed: int) -> dict:
+        """The posterior's ``1 - quantile`` highest-density region for ``x``, from ``n`` flow draws.
+
+        Returns ``{"threshold", "low", "high"}``: the log-density above which
+        the region lies, and a box in flow coordinates around it (the range of
+        the draws inside, widened by a quarter of it on either side).
+        """
+        with _one_thread():
+            z = self._sample_flow(x, n, seed).to(torch.float64)
+        lp = self._flow_log_prob(z, x)
+        threshold = float(torch.sort(lp).values[min(int(quantile * n), n - 1)])
+        inside = z[lp > threshold]
+        lo, hi = inside.amin(0), inside.amax(0)
+        pad = 0.25 * (hi - lo)
+        z_max = _FlowCoordinates.Z_MAX
+        return {"threshold": threshold, "low": (lo - pad).clamp(-z_max, z_max), "high": (hi + pad).clamp(-z_max, z_max)}
+
+    def _rectangle_draws(self, low: torch.Tensor, high: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+        """``n`` draws (natural units) from the box prior restricted to the flow-coordinate box ``[low, high]``.
+
+        In flow coordinates the box prior is a standard logistic per
+        parameter, so its restriction is drawn exactly by the inverse CDF.
+        """
+        F_lo, F_hi = torch.sigmoid(low), torch.sigmoid(high)
+        u = torch.rand(n, low.numel(), dtype=torch.float64, generator=generator(seed))
+        p = (F_lo + u * (F_hi - F_lo)).clamp(1e-300, 1 - 1e-16)
+        return self._coords.from_flow(torch.logit(p))
+
+    def _truncated_draws(self, x: torch.Tensor, region: dict, n: int, seed: int, *, batch: int = 20_000,
+                         max_proposals: int | None = None) -> tuple[torch.Tensor, dict]:
+        """``n`` draws (natural units) from the box prior restricted to the region ``log q(theta | x) > threshold``.
+
+        Rejection: proposals from the box prior restricted to the region's
+        bounding box (:meth:`_rectangle_draws`, batch ``k`` from
+        ``chunk_seed(seed, k)``), kept where inside the region, up to
+        ``max_proposals`` (default ``max(100 n, 200000)``); the fraction of
+        *prior* draws the truncation rejects is ``1 - acceptance x prior mass
+        of the bounding box``. Where even that is too little,
+        sampling-importance-resampling: ``20 n`` flow draws inside the region,
+        weighted by prior over flow density, ``n`` kept without replacement
+        (Gumbel top-k). A pure function of the arguments.
+        """
+        threshold, low, high = region["threshold"], region["low"], region["high"]
+        box_mass = float(torch.prod(torch.sigmoid(high) - torch.sigmoid(low)))
+        max_proposals = max(100 * n, 200_000) if max_proposals is None else max_proposals
+        kept, proposed, n_kept, k = [], 0, 0, 0
+        while n_kept < n and proposed < max_proposals:
+            theta = self._rectangle_draws(low, high, batch, chunk_seed(seed, k))
+            inside = self._flow_log_prob(self._coords.to_flow(theta), x) > threshold
+            kept.append(theta[inside])
+            n_kept += int(inside.sum())
+            proposed += batch
+            k += 1
+        accepted = n_kept / proposed
+        info = {"proposed": proposed, "accepted_fraction_in_bounding_box": accepted,
+                "bounding_box_prior_mass": box_mass, "rejected_fraction": 1.0 - accepted * box_mass}
+        if n_kept >= n:
+            return torch.cat(kept)[:n], {"method": "rejection from the box prior restricted to the region's bounding "
+                                                   "box", **info}
+        m = 20 * n
+        with _one_thread():
+            z = self._sample_flow(x, m, chunk_seed(seed, 1_000_003)).to(torch.float64)
+        lq = self._flow_log_prob(z, x)
+        with torch.no_grad():
+            lp = self._coords.torch_prior.log_prob(z).to(torch.float64)
+        logw = torch.where((lq > threshold) & ((z >= low) & (z <= high)).all(-1), lp - lq,
+                           torch.full_like(lq, -math.inf))
+        w = torch.softmax(logw, 0)
+        ess = float(1.0 / (w * w).sum())
+        g = generator(chunk_seed(seed, 1_000_004))
+        u = torch.rand(m, dtype=torch.float64, generator=g).clamp(1e-300, 1.0)
+        keys = logw - torch.log(-torch.log(u))  # Gumbel top-k: n draws without replacement, probability ~ w
+        pick = torch.topk(keys, n).indices
+        if not bool(torch.isfinite(keys[pick]).all()):
+            raise RuntimeError(f"truncated rounds: fewer than {n} flow draws fell inside the posterior's region")
+        theta = self._coords.from_flow(z[pick])
+        return theta, {"method": "sampling-importance-resampling (prior mass in the region too small for rejection)",
+                       "effective_sample_size": ess, **info}
+
+    def refine(self, data, *, rounds: int = 3, simulations_per_round: int = 3000, truncation_quantile: float = 1e-3,
+               seed: int | None = None, resample: bool = False, client=None, progress: bool = False,
+               evaluate: bool = True, n_threshold_draws: int = 20_000) -> "AmortizedPosterior":
+        """Truncated sequential rounds (TSNPE) for one recording: a posterior for ``data`` only.
+
+        Round ``r`` (1 .. ``rounds``) finds the region where the current
+        posterior for ``data`` has density above its ``truncation_quantile``
+        quantile (the ``1 - truncation_quantile`` highest-density region,
+        from ``n_threshold_draws`` draws), draws ``simulations_per_round``
+        parameter sets from the box prior restricted to that region,
+        simulates them through :func:`simulate_training_set` (seeded,
+        chunked, failures counted and left out), appends them to every
+        earlier round (round 0: this estimator's training set, re-simulated
+        from its seed when it was loaded from disk) and trains the flow on
+        all of them with the ordinary NPE loss, starting from the previous
+        round's network. The truncated prior is proportional to the prior
+        inside the region, so the posterior there stays the posterior under
+        the box prior (Deistler, Goncalves & Macke 2022).
+
+        Parameters
+        ----------
+        data : SpectrumData or EvokedData
+            The recording (see :meth:`problem_for`).
+        rounds : int
+            Truncated rounds (>= 1).
+        simulations_per_round : int
+            Simulations per round (>= 50).
+        truncation_quantile : float
+            Posterior mass left outside the region, in (0, 0.5) (default 1e-3
+            as in Deistler et al. 2022).
+        seed : int, optional
+            Root seed of the rounds (default the training seed): the refined
+            posterior is a pure function of it, the estimator and the data.
+        resample : bool
+            See :meth:`problem_for`.
+        client : dask.distributed.Client, optional
+            Run the simulations on this client.
+        progress : bool
+            A line per round and a progress bar over its simulations.
+        evaluate : bool
+            Condition after every round (1000 draws, 50 predictive
+            simulations) and report R² of log-power, the peak shift and the
+            regime mix.
+
+        Returns
+        -------
+        AmortizedPosterior
+            Not amortized (:attr:`amortized` False): :meth:`condition`
+            accepts ``data`` only, :meth:`save` and :meth:`calibrate` refuse;
+            its ``training["rounds"]`` lists per round the simulations,
+            failures, the fraction of prior draws rejected by the truncation,
+            simulation and training seconds, epochs and (``evaluate``) fit
+            quality. Its calibration is this estimator's (round 0).
+            This estimator is left unchanged.
+
+        References
+        ----------
+        M. Deistler, P. J. Goncalves, J. H. Macke (2022), "Truncated proposals
+        for scalable and hassle-free simulation-based inference", NeurIPS.
+        """
+        rounds = _checks.check_int("rounds", rounds, minimum=1)
+        n = _checks.check_int("simulations_per_round", simulations_per_round, minimum=50)
+        q = _checks.check_scalar("truncation_quantile", truncation_quantile, positive=True)
+        if not q < 0.5:
+            raise ValueError(f"truncation_quantile must be in (0, 0.5), got {truncation_quantile!r}")
+        seed = self.training["seed"] if seed is None else _checks.check_int("seed", seed, minimum=0)
+        progress = _checks.check_bool("progress", progress)
+        evaluate = _checks.check_bool("evaluate", evaluate)
+        n_threshold_draws = _checks.check_int("n_threshold_draws", n_threshold_draws, minimum=1000)
+        if not self.amortized:
+            raise ValueError("refine: this posterior is already refined for one recording; refine the round-0 "
+                             "estimator with more rounds instead")
+        x = self.features(data, resample=resample)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("the data's summary features are not finite (zero or negative power?)")
+        t = self.training
+        sims0 = self._training_set
+        if sims0 is None:  # loaded from disk: round 0 is a pure function of the saved seed, size and chunking
+            if progress:
+                print(f"round 0: re-simulating the estimator's {t['n_simulations']} training simulations (seed "
+                      f"{t['seed']})", file=sys.stderr)
+            sims0 = simulate_training_set(self.problem, t["n_simulations"], seed=t["seed"], chunk_size=t["chunk_size"],
+                                          client=client, progress=progress, summary=self.summary,
+                                          desc="round 0 simulations")
+            mean = sims0.x[sims0.valid].mean(0)
+            if int(sims0.valid.sum()) != t["n_valid"] or not torch.allclose(mean, self._stats["mean"], rtol=1e-6,
+                                                                             atol=1e-6):
+                raise ValueError("refine: re-simulating the training set did not reproduce it (another simulator "
+                                 "version?); refine an estimator trained in this session or train a new one")
+            self._training_set = sims0
+        thetas = [self._coords.to_flow(sims0.theta[sims0.valid]).to(torch.float32)]
+        xs = [sims0.x[sims0.valid].to(torch.float32)]
+        settings = {k: t[k] for k in _TRAINING_KEYS}
+        reports = []
+        if evaluate:
+            reports.append({"round": 0, "simulations": t["n_simulations"], "n_valid": t["n_valid"],
+                            **self._round_quality(data, resample, seed)})
+        current = self
+        for r in range(1, rounds + 1):
+            rs = chunk_seed(seed, _ROUNDS_INDEX + r)
+            t0 = time.perf_counter()
+            region = current._hdr_threshold(x, q, n_threshold_draws, chunk_seed(rs, 0))
+            theta, info = current._truncated_draws(x, region, n, chunk_seed(rs, 1))
+            threshold = region["threshold"]
+            truncation_seconds = time.perf_counter() - t0
+            if progress:
+                print(f"round {r}/{rounds}: {n} simulations from the prior truncated to the posterior's "
+                      f"{1 - q:.4g} region ({100 * info['rejected_fraction']:.1f} % of prior draws rejected)",
+                      file=sys.stderr)
+            sims = simulate_training_set(self.problem, n, seed=chunk_seed(rs, 2), chunk_size=t["chunk_size"],
+                                         client=client, progress=progress, theta=theta, summary=self.summary,
+                                         desc=f"round {r}/{rounds} simulations")
+            rep = sims.report()
+            thetas.append(self._coords.to_flow(sims.theta[sims.valid]).to(torch.float32))
+            xs.append(sims.x[sims.valid].to(torch.float32))
+            net, fit = _train_flow(self._coords, torch.cat(thetas), torch.cat(xs), self.architecture, settings,
+                                   seed=chunk_seed(rs, 3), progress=progress, net=current._net,
+                                   label=f"round {r}/{rounds}: training the flow")
+            report = {
+                "round": r, "simulations": n, "n_valid": rep["n_valid"], "n_failed": rep["n_failed"],
+                "failures": rep["failures"], "regime_mix_simulated": rep["regime_mix"],
+                "truncation_quantile": q, "threshold_log_prob": threshold, "truncation": info,
+                "truncation_seconds": truncation_seconds, "simulation_seconds": rep["simulation_seconds"],
+                "training_seconds": fit["seconds"], "epochs": fit["epochs"],
+                "converged": fit["epochs"] < settings["max_epochs"],
+                "best_validation_log_prob": fit["best_validation_log_prob"],
+                "n_training": int(sum(v.shape[0] for v in thetas)),
+            }
+            training = {**t, "rounds": reports + [report], "amortized": False,
+                        "converged": report["converged"], "n_training_total": report["n_training"]}
+            current = AmortizedPosterior(net, self.problem, architecture=self.architecture, training=training,
+                                         source_prior=self.source_prior, box_quantiles=self.box_quantiles,
+                                         feature_stats=self._stats, calibration=self.calibration,
+                                         summary=self.summary, refined_for=x)
+            if evaluate:
+                report.update(current._round_quality(data, resample, seed))
+            reports.append(report)
+            if progress:
+                quality = "".join(f", {k} {report[k]:.3g}" for k in ("r2_log_power", "peak_shift_hz")
+                                  if report.get(k) is not None)
+                print(f"round {r}/{rounds} done: {rep['n_valid']} of {n} valid, {fit['epochs']} epochs in "
+                      f"{fit['seconds']:.0f} s{quality}", file=sys.stderr)
+        return current
+
+    def _round_quality(self, data, resample: bool, seed: int) -> dict:
+        post = self.condition(data, n_draws=1000, n_predictive=50, seed=seed, resample=resample)
+        fq = post.fit_quality
+        mix = post.diagnostics.get("regime_mix")
+        return {"r2_log_power": fq.get("r2_log_power", fq.get("explained_variance")),
+                "peak_shift_hz": fq.get("peak_shift_hz"),
+                "regime_mix": None if mix is None else {k: v["fraction"] for k, v in mix.items()}}
+
     # --------------------------------------------------------- saving
     def save(self, path, *, overwrite: bool = False) -> Path:
         """Write the estimator to directory ``path`` (``estimator.pt`` + ``metadata.json``; no pickle).
@@ -838,6 +1307,9 @@ class AmortizedPosterior:
 
         path = Path(path)
         overwrite = _checks.check_bool("overwrite", overwrite)
+        if not self.amortized:
+            raise ValueError("save: this posterior was refined by truncated rounds for one recording and is not an "
+                             "amortized estimator; save its Posterior (to_netcdf) and keep the round-0 estimator")
         if (path / _METADATA_FILE).exists() and not overwrite:
             raise FileExistsError(f"{path} already holds an estimator; pass overwrite=True (CLI: --force) to replace it")
         path.mkdir(parents=True, exist_ok=True)
@@ -868,7 +1340,10 @@ class AmortizedPosterior:
                 "coord_units": self.problem.observed().coord_units,
                 "grid": self.problem.observed().coord_values.tolist(),
                 "units": self.problem.observed().units,
-                "what": "Observation.features of the data (spectra: log-power on the grid, channels averaged)",
+                "what": "Observation.features of the data (spectra: log-power on the grid, channels averaged)"
+                        + ("" if self.summary == "log_power" else
+                           ", then the spectral-shape features " + ", ".join(SHAPE_FEATURES)),
+                "summary": self.summary,
                 "dtype_in_network": "float32",
             },
             "architecture": self.architecture,
@@ -935,7 +1410,10 @@ class AmortizedPosterior:
         except ValueError as err:
             raise ValueError(f"{path}: {str(err).splitlines()[0]}") from None
         n_features = int(meta["features"]["n_features"])
-        check = problem.features(problem.observed().values).reshape(-1)
+        summary = meta["features"].get("summary", "log_power")
+        if summary not in SUMMARIES:
+            raise ValueError(f"{path}: summary features {summary!r} are unknown to this jrinfer (it knows {SUMMARIES})")
+        check = _summary_features(problem, problem.observed().values, summary).reshape(-1)
         if check.numel() != n_features:
             raise ValueError(f"{path}: the observation gives {check.numel()} features on the saved grid, the "
                              f"estimator expects {n_features}")
@@ -954,7 +1432,54 @@ class AmortizedPosterior:
         stats = {k: v.to(torch.float64) for k, v in state["features"].items()}
         return cls(net, problem, architecture=architecture, training=meta["training"],
                    source_prior=meta.get("source_prior"), box_quantiles=meta["box_quantiles"], feature_stats=stats,
-                   calibration=meta.get("calibration"))
+                   calibration=meta.get("calibration"), summary=summary)
+
+
+_TRAINING_KEYS = ("training_batch_size", "learning_rate", "validation_fraction", "stop_after_epochs", "max_epochs")
+
+
+def _train_flow(coords, theta_z: torch.Tensor, x: torch.Tensor, architecture: dict, settings: dict, *, seed: int,
+                progress: bool = False, net=None, label: str = "training the flow"):
+    """Train sbi's flow on ``(theta_z, x)`` (float32, flow coordinates) with the ordinary NPE loss.
+
+    ``net``: continue from this network (a copy; the truncated rounds of
+    :meth:`AmortizedPosterior.refine`) instead of a fresh one. Returns the
+    network and ``{"epochs", "seconds", "best_validation_log_prob"}``.
+    """
+    _sbi()
+    import copy
+
+    from sbi.inference import NPE as _SbiNPE
+
+    t0 = time.perf_counter()
+    # sbi rewrites its epoch counter on stdout hundreds of times: swallowed; one line before and after instead
+    if progress:
+        print(f"{label} on {theta_z.shape[0]} simulations (stops when the validation loss has not improved for "
+              f"{settings['stop_after_epochs']} epochs, at most {settings['max_epochs']}) ...", file=sys.stderr)
+    shown = contextlib.redirect_stdout(io.StringIO())
+    with _seeded(seed), _one_thread(), shown, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        inference = _SbiNPE(prior=coords.torch_prior, density_estimator=_flow_builder(architecture),
+                            show_progress_bars=False, tracker=_NoTracker())
+        if net is not None:
+            inference._neural_net = copy.deepcopy(net).train()
+        inference.append_simulations(theta_z, x)
+        trained = inference.train(
+            training_batch_size=settings["training_batch_size"],
+            learning_rate=settings["learning_rate"],
+            validation_fraction=settings["validation_fraction"],
+            stop_after_epochs=settings["stop_after_epochs"],
+            max_num_epochs=settings["max_epochs"],
+            # warm start on draws from the prior (round 0) and the prior truncated to a region (TSNPE): the
+            # ordinary maximum-likelihood loss, not the atomic one of a proposal
+            force_first_round_loss=net is not None,
+        )
+    seconds = time.perf_counter() - t0
+    epochs = int(inference.epoch)
+    if progress:
+        print(f"trained {epochs} epochs in {seconds:.0f} s", file=sys.stderr)
+    return trained.eval(), {"epochs": epochs, "seconds": seconds,
+                            "best_validation_log_prob": -float(inference._summary["best_validation_loss"][-1])}
 
 
 class _NoTracker:
@@ -1023,6 +1548,9 @@ class NPE:
     calibration_simulations : int
         Held-out simulations for :meth:`AmortizedPosterior.calibrate` right
         after training (0: no calibration).
+    summary : {"log_power", "log_power+shape"}
+        Summary features: the observation's (log-power for spectra), or
+        those and :func:`spectral_shape_features` (spectra only).
     progress : bool
         Progress bars for simulation and training.
 
@@ -1036,6 +1564,13 @@ class NPE:
     >>> npe = NPE(n_simulations=20_000, seed=1)            # doctest: +SKIP
     >>> amortized = npe.train(problem)                     # doctest: +SKIP
     >>> posterior = amortized.condition(other_recording)   # doctest: +SKIP
+    >>> refined = npe.fit(problem, rounds=3, simulations_per_round=3000)  # doctest: +SKIP
+
+    References
+    ----------
+    M. Deistler, P. J. Goncalves, J. H. Macke (2022), "Truncated proposals for
+    scalable and hassle-free simulation-based inference", NeurIPS (the
+    ``rounds`` of :meth:`fit` and :meth:`AmortizedPosterior.refine`).
     """
 
     def __init__(
@@ -1057,6 +1592,7 @@ class NPE:
         max_epochs: int = 300,
         box_quantiles=(0.01, 0.99),
         calibration_simulations: int = 0,
+        summary: str = "log_power",
         progress: bool = False,
     ):
         self.n_simulations = _checks.check_int("n_simulations", n_simulations, minimum=50)
@@ -1083,6 +1619,8 @@ class NPE:
         self.calibration_simulations = _checks.check_int("calibration_simulations", calibration_simulations, minimum=0)
         if 0 < self.calibration_simulations < 20:
             raise ValueError(f"calibration_simulations must be 0 or >= 20, got {calibration_simulations!r}")
+        _checks.check_option("summary", summary, SUMMARIES)
+        self.summary = summary
         self.progress = _checks.check_bool("progress", progress)
         self.estimator_ = None
 
@@ -1120,8 +1658,9 @@ class NPE:
         box = box_prior(problem.prior, self.box_quantiles)
         boxed = InverseProblem(problem.observation, box, problem.data)
         coords = _FlowCoordinates(box)
+        summary = _check_summary(self.summary, boxed)
         sims = simulate_training_set(boxed, self.n_simulations, seed=self.seed, chunk_size=self.chunk_size,
-                                     client=client, progress=self.progress)
+                                     client=client, progress=self.progress, summary=summary)
         report = sims.report()
         if report["n_valid"] < 50:
             reasons = "; ".join(f"{f['n']} x {f['reason']}" for f in report["failures"][:3])
@@ -1133,36 +1672,15 @@ class NPE:
         x64 = sims.x[sims.valid]
         x = x64.to(torch.float32)
         architecture = self._architecture(x.shape[-1])
-        from sbi.inference import NPE as _SbiNPE
-
-        t0 = time.perf_counter()
-        # sbi rewrites its epoch counter on stdout hundreds of times: swallowed; one line before and after instead
-        if self.progress:
-            print(f"training the flow on {theta.shape[0]} simulations (stops when the validation loss has not "
-                  f"improved for {self.stop_after_epochs} epochs, at most {self.max_epochs}) ...", file=sys.stderr)
-        shown = contextlib.redirect_stdout(io.StringIO())
-        with _seeded(chunk_seed(self.seed, _NETWORK_INDEX)), _one_thread(), shown, warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            inference = _SbiNPE(prior=coords.torch_prior, density_estimator=_flow_builder(architecture),
-                                show_progress_bars=False, tracker=_NoTracker())
-            inference.append_simulations(theta, x)
-            net = inference.train(
-                training_batch_size=self.training_batch_size,
-                learning_rate=self.learning_rate,
-                validation_fraction=self.validation_fraction,
-                stop_after_epochs=self.stop_after_epochs,
-                max_num_epochs=self.max_epochs,
-            )
-        seconds = time.perf_counter() - t0
-        summary = inference._summary
-        if self.progress:
-            print(f"trained {int(inference.epoch)} epochs in {seconds:.0f} s", file=sys.stderr)
-        epochs = int(inference.epoch)
+        settings = {k: getattr(self, k) for k in _TRAINING_KEYS}
+        net, fit = _train_flow(coords, theta, x, architecture, settings, seed=chunk_seed(self.seed, _NETWORK_INDEX),
+                               progress=self.progress)
+        epochs, seconds = fit["epochs"], fit["seconds"]
         report.update(
             training_seconds=seconds,
             epochs=epochs,
             converged=epochs <= self.max_epochs,
-            best_validation_log_prob=-float(summary["best_validation_loss"][-1]),
+            best_validation_log_prob=fit["best_validation_log_prob"],
             training_batch_size=self.training_batch_size,
             learning_rate=self.learning_rate,
             validation_fraction=self.validation_fraction,
@@ -1174,8 +1692,9 @@ class NPE:
         )
         estimator = AmortizedPosterior(
             net.eval(), boxed, architecture=architecture, training=report, source_prior=problem.prior.to_dict(),
-            box_quantiles=self.box_quantiles, feature_stats=_feature_stats(x64),
+            box_quantiles=self.box_quantiles, feature_stats=_feature_stats(x64), summary=summary,
         )
+        estimator._training_set = sims  # round 0 of refine(): kept in memory, never saved
         if self.calibration_simulations:
             estimator.calibrate(self.calibration_simulations, client=client, progress=self.progress)
         self.estimator_ = estimator
@@ -1201,7 +1720,7 @@ class NPE:
         return True
 
     def fit(self, problem, *, n_draws: int = 1000, n_predictive: int = 200, seed: int = 0, resample: bool = False,
-            client=None):
+            client=None, rounds: int = 0, simulations_per_round: int = 3000, truncation_quantile: float = 1e-3):
         """Train (unless :attr:`estimator_` was trained for this problem's observation, prior and grid) and condition.
 
         Parameters
@@ -1212,10 +1731,21 @@ class NPE:
             conditioning; the training seed is the constructor's).
         client : dask.distributed.Client, optional
             For the training simulations.
+        rounds : int
+            Truncated sequential rounds for this recording after the
+            amortized training (0: none, the amortized posterior;
+            :meth:`AmortizedPosterior.refine`, Deistler et al. 2022). The
+            refined posterior is for ``problem.data`` only; :attr:`estimator_`
+            stays the amortized round-0 estimator, to which the calibration
+            verdict refers.
+        simulations_per_round, truncation_quantile
+            See :meth:`AmortizedPosterior.refine`.
 
         Returns
         -------
         Posterior
+            With rounds, ``diagnostics["amortized"]`` is False and
+            ``diagnostics["rounds"]`` reports every round.
         """
         from jrinfer.problem import InverseProblem
 
@@ -1224,7 +1754,12 @@ class NPE:
         n_draws = _checks.check_int("n_draws", n_draws, minimum=2)
         n_predictive = _checks.check_int("n_predictive", n_predictive, minimum=0)
         seed = _checks.check_int("seed", seed, minimum=0)
+        rounds = _checks.check_int("rounds", rounds, minimum=0)
         if not self._matches(problem):
             self.train(problem, client=client)
-        return self.estimator_.condition(problem.data, n_draws=n_draws, n_predictive=n_predictive, seed=seed,
-                                         resample=resample)
+        est = self.estimator_
+        if rounds:
+            est = est.refine(problem.data, rounds=rounds, simulations_per_round=simulations_per_round,
+                             truncation_quantile=truncation_quantile, resample=resample, client=client,
+                             progress=self.progress)
+        return est.condition(problem.data, n_draws=n_draws, n_predictive=n_predictive, seed=seed, resample=resample)
