@@ -388,8 +388,9 @@ def _read_trials_table(args, path: Path, channels):
         names = [h for h in header if h.lower() not in ("label", "epoch", "trial", "condition", "time")]
         channels = [_match_channel(c, names) for c in channels]
     try:
+        # --units: the units the table's values are in (as for any CSV data; MNE's tables are in volts)
         return EvokedData.from_trials_table(path, condition, picks=channels, tmin=args.tmin, tmax=args.tmax,
-                                            units=args.units or "uV")
+                                            table_units=args.units or "V", units="uV")
     except ValueError as err:
         msg = str(err).splitlines()[0]
         if msg.startswith("condition"):
@@ -1455,7 +1456,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--units",
         default=None,
         help="units of CSV data (uV^2/Hz, mV^2/Hz, V^2/Hz; uV, mV, V) unless the header names them "
-        "('power [uV^2/Hz]'); without either, uV^2/Hz (uV) is assumed only for plausible EEG values, with a warning",
+        "('power [uV^2/Hz]'); without either, uV^2/Hz (uV) is assumed only for plausible EEG values, with a warning; "
+        "a single-trial table (label,condition,time,<channels>) is read in V unless --units says otherwise",
     )
     p.add_argument("--n-segments", type=int, default=None, help="number of Welch segments behind a CSV spectrum")
     p.add_argument("--condition", default=None, help="evoked FIF: which condition (default the first)")

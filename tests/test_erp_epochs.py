@@ -148,3 +148,22 @@ def test_cli_conditions_from_one_table(tmp_path, capsys):
     assert main(["fit", table, "--kind", "evoked", "--conditions", "left,right", "--event-id", "audio",
                  "--vary", "gain", "--out", str(tmp_path / "x")]) == 2
     assert "one --event-id per condition" in capsys.readouterr().err
+
+
+def test_cli_units_of_a_trials_table_are_the_tables_units():
+    """``--units`` names the units the table's values are in (MNE's tables: volts), as for any CSV data."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import torch
+
+    from jrinfer.cli import _read_trials_table
+
+    table = _table()
+    args = SimpleNamespace(event_id="audio", condition=None, tmin=None, tmax=None, data=table, units=None)
+    default = _read_trials_table(args, Path(table), None)
+    volts = _read_trials_table(SimpleNamespace(**{**vars(args), "units": "V"}), Path(table), None)
+    millivolts = _read_trials_table(SimpleNamespace(**{**vars(args), "units": "mV"}), Path(table), None)
+    assert default.units == volts.units == millivolts.units == "uV"
+    assert torch.equal(default.values, volts.values)
+    assert torch.allclose(millivolts.values, volts.values * 1e-3, rtol=1e-12)
