@@ -111,9 +111,13 @@ def _load(fit_dir: Path):
 
 
 def _severity(posterior) -> str:
-    """``"bad"`` (not converged or a misfit), ``"warn"`` (other warnings) or ``"ok"``."""
-    misfit = ("poor fit", "missed", "harmonic", "does not return", "ruled out by the data")
-    if not posterior.converged or any(any(m in w for m in misfit) for w in posterior.warnings):
+    """``"bad"`` (the fit's status is not "converged"), ``"warn"`` (converged, with warnings) or ``"ok"``.
+
+    One verdict with the printed summary, ``summary.json`` and ``--strict``: the
+    posterior's ``status`` already folds in the misfit, Pareto k-hat and
+    ruled-out-predictive rules (``jrinfer.backends._assembly``).
+    """
+    if posterior.status != "converged":
         return "bad"
     return "warn" if posterior.warnings else "ok"
 
@@ -149,11 +153,12 @@ def _headline_metrics(posterior, summary) -> str:
 def _verdict(posterior, summary) -> str:
     sev = _severity(posterior)
     n = len(posterior.warnings)
-    status = "converged" if posterior.converged else f"did NOT converge ({posterior.status})"
+    backend = "backend converged" if posterior.converged else "backend did NOT converge"
+    status = f"Status {posterior.status} ({backend})"
     head = {
-        "ok": f"Backend {status}; no warnings.",
-        "warn": f"Backend {status}; {n} warning{'s' if n != 1 else ''}: read before using the estimates.",
-        "bad": f"Backend {status}; {n} warning{'s' if n != 1 else ''}: the fit is not to be trusted as it stands.",
+        "ok": f"{status}; no warnings.",
+        "warn": f"{status}; {n} warning{'s' if n != 1 else ''}: read before using the estimates.",
+        "bad": f"{status}; {n} warning{'s' if n != 1 else ''}: the fit is not to be trusted as it stands.",
     }[sev]
     items = "".join(f"<li>{_e(w)}</li>" for w in posterior.warnings)
     data_warns = (summary.get("data") or {}).get("warnings") or []

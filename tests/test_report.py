@@ -49,8 +49,11 @@ def _posterior(kind="spectrum", rng=None):
                     "channels": ["EEG 001"], "units": "uV"}
         quality = {"explained_variance": 0.41, "peak_latency_data_s": 0.1, "peak_latency_model_s": 0.1}
     return Posterior(
-        names=names, draws=draws[None], backend="laplace", status="converged", message="converged after 7 iterations",
-        log_evidence=-123.4, diagnostics={"pareto_k": 0.91, "n_iter": 7,
+        # what the assembly makes of a misfit with k-hat 0.91: status "warning", the backend's own verdict kept
+        names=names, draws=draws[None], backend="laplace", status="warning", message="converged after 7 iterations",
+        status_message="Pareto k-hat 0.91 > 0.7: the Gaussian approximation cannot be trusted; poor fit: R^2 0.41",
+        log_evidence=-123.4, diagnostics={"pareto_k": 0.91, "n_iter": 7, "optimizer_converged": True,
+                                          "backend_status": "converged",
                                           "invalid_draws": {"n_checked": 100, "n_invalid": 2, "fraction": 0.02,
                                                             "reasons": ["upper equilibrium unstable"]}},
         observed=observed, predictive=pred, prior_draws=prior[None], units=units, fit=fit[None],
@@ -230,5 +233,26 @@ def test_report_verdict_says_why_the_status_is_a_warning(tmp_path):
     post.to_netcdf(d / "posterior.nc")
     page = render_report(d, d / "report.html").read_text(encoding="utf-8")
     verdict = page[page.index('class="verdict'):page.index("<h2>")]
-    assert "Backend converged" in verdict  # the backend's own verdict ...
+    assert "Status warning (backend converged)" in verdict  # the fit's status and the backend's own verdict ...
+    assert 'class="verdict bad"' in verdict  # one verdict with the status, summary.json and --strict
     assert "<b>status warning:</b> Pareto k-hat 0.91 &gt; 0.7" in verdict  # ... and why the fit's status is not
+
+
+def test_report_verdict_follows_the_status_for_a_converged_fit_with_notes(tmp_path):
+    """A converged fit whose warnings are notes (no misfit rule fired) is "read before using", not "not to be trusted"."""
+    import dataclasses
+
+    from jrinfer.report import render_report
+
+    base = _posterior("spectrum")
+    post = dataclasses.replace(base, status="converged", status_message="",
+                               warnings=("the data have a peak near 21.0 Hz, twice the alpha peak, that the prediction "
+                                         "lacks: a harmonic",),
+                               diagnostics={**base.diagnostics, "optimizer_converged": True})
+    d = tmp_path / "fit"
+    d.mkdir()
+    post.to_netcdf(d / "posterior.nc")
+    page = render_report(d, d / "report.html").read_text(encoding="utf-8")
+    verdict = page[page.index('class="verdict'):page.index("<h2>")]
+    assert 'class="verdict warn"' in verdict and "Status converged (backend converged); 1 warning" in verdict
+    assert "not to be trusted" not in verdict
