@@ -519,3 +519,20 @@ def test_smc_log_marginal_likelihood_is_read_from_either_stage_layout():
     ragged[0, 0], ragged[0, 1] = [-5.0, -3.0], [-4.0]
     for values in (padded, ragged):
         np.testing.assert_array_equal(_final_stage(values), [-3.0, -4.0])
+
+
+def test_convergence_advice_names_what_the_sampler_can_change():
+    """Chains that disagree: NUTS is told to run longer or try SMC; SMC to use more particles or NUTS (not itself)."""
+    from jrinfer.backends.pymc import _convergence
+
+    problem = _near_gaussian_jr_problem()
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((2, 200, len(problem.names)))
+    z[1] += 1.0  # the second chain sits elsewhere: R-hat far above 1.01
+    _, nuts_warns = _convergence(problem, z, 1.0)
+    _, smc_warns = _convergence(problem, z, 1.0, sampler="smc")
+    nuts_rhat = next(w for w in nuts_warns if "R-hat" in w)
+    smc_rhat = next(w for w in smc_warns if "R-hat" in w)
+    assert "more tune and draws" in nuts_rhat and "use backend smc" in nuts_rhat
+    assert "more particles" in smc_rhat and "backend nuts" in smc_rhat and "tune" not in smc_rhat
+    assert "use backend smc" not in smc_rhat

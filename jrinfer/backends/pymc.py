@@ -756,8 +756,8 @@ def _z_draws(problem, idata) -> np.ndarray:
     return np.stack([post[f"{n}_z"].values for n in problem.names], axis=-1).astype(np.float64)
 
 
-def _convergence(problem, z: np.ndarray, seconds: float) -> tuple[dict, list[str]]:
-    """R-hat, bulk and tail ESS on the unconstrained draws, with warnings naming what to do."""
+def _convergence(problem, z: np.ndarray, seconds: float, sampler: str = "nuts") -> tuple[dict, list[str]]:
+    """R-hat, bulk and tail ESS on the unconstrained draws, with warnings naming what to do (for ``sampler``)."""
     az = optional_import("arviz", purpose="MCMC diagnostics (R-hat, ESS)")
     import xarray as xr
 
@@ -778,10 +778,12 @@ def _convergence(problem, z: np.ndarray, seconds: float) -> tuple[dict, list[str
     rmax = diag.get("rhat_max")
     if rmax is not None and not rmax <= RHAT_MAX:
         worst = [n for n, r in diag["rhat"].items() if not r <= RHAT_MAX]
-        warns.append(
-            f"chains have not mixed: R-hat max = {rmax:.3f} (> {RHAT_MAX}) for {', '.join(worst)}; run longer "
-            "(more tune and draws), or look for multimodality (use backend smc)"
+        advice = (
+            "run more particles per chain (draws); on a narrow, unimodal posterior the tempered chains may not "
+            "equilibrate: use backend nuts there" if sampler == "smc" else
+            "run longer (more tune and draws), or look for multimodality (use backend smc)"
         )
+        warns.append(f"chains have not mixed: R-hat max = {rmax:.3f} (> {RHAT_MAX}) for {', '.join(worst)}; {advice}")
     ess_min = ESS_MIN_PER_CHAIN * n_chains
     low = min(diag["ess_bulk_min"], diag["ess_tail_min"])
     if not low >= ess_min:
@@ -789,7 +791,7 @@ def _convergence(problem, z: np.ndarray, seconds: float) -> tuple[dict, list[str
                  if not diag[f"ess_{kind}_min"] >= ess_min]
         warns.append(
             f"too few effective draws: {' and '.join(below)} < {ess_min} ({ESS_MIN_PER_CHAIN} per chain); "
-            "draw more or increase tune"
+            + ("run more particles per chain (draws)" if sampler == "smc" else "draw more or increase tune")
         )
     return diag, warns
 
@@ -1106,10 +1108,16 @@ class NUTS:
                 f"{self.chains} chain(s) (what was sampled before the interruption; diagnostics are of that part)"
             )
         if n_div:
+            wall = ""
+            if self.boundary != "pole" and op.n_failed and {"C", "b"} <= set(problem.names) \
+                    and problem.stability_boundary() is not None:
+                wall = (f"; {op.n_failed} log-likelihood evaluations were -inf, parameter sets past the Hopf boundary "
+                        "that cuts this posterior: sample the dominant pole instead (boundary='pole', CLI --boundary "
+                        "pole)")
             warns.append(
                 f"{n_div} divergent transition(s) after tuning: the sampler missed part of the posterior; raise "
                 f"target_accept (now {self.target_accept}) towards 0.99, or reparametrise (fix weakly identified "
-                "parameters); do not trust the tails"
+                f"parameters){wall}; do not trust the tails"
             )
         if saturated > 0.01:
             warns.append(
@@ -1227,7 +1235,7 @@ class SMC:
         seconds = time.perf_counter() - t0
         z = _z_draws(problem, idata)
         theta = problem.prior.from_unconstrained(torch.from_numpy(z)).numpy()
-        diag, warns = _convergence(problem, z, seconds)
+        diag, warns = _convergence(problem, z, seconds, sampler="smc")
         lml = _final_stage(idata.sample_stats["log_marginal_likelihood"].values)
         finite = np.isfinite(lml)
         log_ev = None
