@@ -1040,8 +1040,9 @@ def _cmd_compare(args) -> int:
                 f"DIR {d}: summary.json does not record which data were fitted (no data hash; fitted by an older "
                 "jrinfer?); refit it to compare"
             )
+        model = json.dumps({"observation": s.get("observation"), "prior": s.get("prior")}, sort_keys=True, default=str)
         rows.append({"dir": d, "backend": s.get("backend"), "status": s.get("status"), "free_energy": float(F),
-                     "n_free": len(s.get("parameters") or {}), "data": ident})
+                     "n_free": len(s.get("parameters") or {}), "data": ident, "model": model})
     first = rows[0]["data"]
     for r in rows[1:]:
         if r["data"] != first:
@@ -1057,9 +1058,21 @@ def _cmd_compare(args) -> int:
         table.append({"dir": r["dir"], "backend": r["backend"], "status": r["status"], "n_free": r["n_free"],
                       "log_evidence": r["free_energy"], "delta_to_best": r["free_energy"] - best,
                       "probability": p, "best": r["free_energy"] == best})
+    # the same model (observation and prior) fitted twice, e.g. by two backends: its log evidences estimate one
+    # number, so their difference is the estimators' error (Laplace vs SMC), not evidence for either
+    same = []
+    for i, r in enumerate(rows):
+        for q in rows[i + 1:]:
+            if r["model"] == q["model"] and r["model"] != json.dumps({"observation": None, "prior": None},
+                                                                      sort_keys=True):
+                same.append(f"{r['dir']} and {q['dir']} are the same model (same observation and prior, "
+                            f"{r['backend']} vs {q['backend']}): their log evidences estimate one number, and the "
+                            f"{abs(r['free_energy'] - q['free_energy']):.2f} nats between them is the estimators' "
+                            "error, not evidence")
     if args.json:
-        print(json.dumps({"models": table, "note": "log evidence in nats (free energy for laplace, SMC estimate "
-                          "for smc); probability: posterior model probability with equal prior odds"}))
+        print(json.dumps({"models": table, "same_model": same, "note": "log evidence in nats (free energy for "
+                          "laplace, SMC estimate for smc); probability: posterior model probability with equal "
+                          "prior odds"}))
         return 0
     width = max(len(r["dir"]) for r in table)
     print(f"{'fit':<{width}s}  {'backend':<8s} {'free':>4s}  {'log evidence':>13s}  {'dF to best':>10s}  {'P(model)':>8s}")
@@ -1067,7 +1080,10 @@ def _cmd_compare(args) -> int:
         flag = "" if r["status"] == "converged" else f"  ({r['status']})"
         print(f"{r['dir']:<{width}s}  {str(r['backend']):<8s} {r['n_free']:>4d}  {r['log_evidence']:>13.2f}  "
               f"{r['delta_to_best']:>10.2f}  {r['probability']:>8.3f}{'  best' if r['best'] else ''}{flag}")
-    print("log evidence in nats; dF > 3 (about 20:1) is strong evidence (Kass & Raftery 1995)")
+    print("log evidence in nats; dF > 3 (about 20:1) is strong evidence (Kass & Raftery 1995) between different "
+          "models")
+    for line in same:
+        print(f"note: {line}")
     return 0
 
 

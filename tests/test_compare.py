@@ -58,6 +58,17 @@ def test_compare_table_json_and_refusals(tmp_path, capsys):
     assert main(["compare", fits["full"], fits["small"]]) == 0
     out = capsys.readouterr().out
     assert "P(model)" in out and "best" in out
+    assert res["same_model"] == []  # different free parameters: different models
+    # the same model fitted twice (here: a copy standing in for another backend's fit) is flagged, not "evidence"
+    s = json.loads((tmp_path / "small" / "summary.json").read_text())
+    s["log_evidence"], s["backend"] = s["log_evidence"] - 3.6, "smc"
+    (tmp_path / "small_smc").mkdir()
+    (tmp_path / "small_smc" / "summary.json").write_text(json.dumps(s))
+    assert main(["compare", fits["small"], str(tmp_path / "small_smc"), "--json"]) == 0
+    same = json.loads(capsys.readouterr().out)["same_model"]
+    assert len(same) == 1 and "laplace vs smc" in same[0] and "3.60 nats" in same[0] and "not evidence" in same[0]
+    assert main(["compare", fits["small"], str(tmp_path / "small_smc")]) == 0
+    assert "note: " in capsys.readouterr().out
     # other data (another file, or the same file in another frequency window): refused
     assert main(["compare", fits["full"], fits["other"]]) == 2
     assert "other data" in capsys.readouterr().err
