@@ -843,9 +843,14 @@ def _npe_summary(estimator_dir: str, posterior) -> dict:
                      f"{'' if d.get('amortized', True) else ' (of the amortized round-0 estimator)'}: "
                      f"{'not run' if cal is None else cal['verdict']}{regime}"
                      + ("" if d.get("amortized", True) else
-                        f"; refined by {sum(r['round'] > 0 for r in d.get('rounds') or [])} truncated rounds for "
+                        f"; refined by {_n_rounds(d)} truncated round{'' if _n_rounds(d) == 1 else 's'} for "
                         "this recording only (not amortized)")),
     }
+
+
+def _n_rounds(diagnostics: dict) -> int:
+    """Truncated rounds after the amortized round 0 in an NPE posterior's ``diagnostics["rounds"]``."""
+    return sum(r["round"] > 0 for r in diagnostics.get("rounds") or [])
 
 
 def _fit_npe(args, estimator, data):
