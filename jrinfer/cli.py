@@ -281,6 +281,13 @@ def _load_data(args):
     if dropped:
         line += "; left out: " + ", ".join(f"{d['channel']} ({d['reason']})" for d in dropped)
     print(line, file=sys.stderr)
+    ep = md.get("epochs")
+    if isinstance(ep, dict) and "n_events" in ep:  # an ERP averaged from a continuous recording
+        why = ", ".join(f"{k} {v}" for k, v in (ep.get("rejected") or {}).items())
+        print(f"jrinfer {args.command}: epochs: {ep['n_averaged']} of {ep['n_events']} events averaged, "
+              f"{ep.get('n_rejected', 0)} rejected" + (f" ({why})" if why else "")
+              + (f"; {ep['other_events']} events of other types left out" if ep.get("other_events") else ""),
+              file=sys.stderr)
     for w in md.get("warnings", []):
         print(f"jrinfer {args.command}: warning: {w}", file=sys.stderr)
     return data

@@ -1609,7 +1609,8 @@ class EvokedData:
         -------
         EvokedData
             ``metadata["epochs"]``: ``n_events``, ``n_averaged``, ``n_rejected``,
-            ``rejected`` (reason -> count), ``event_id``, ``events_from``,
+            ``rejected`` (reason -> count), ``other_events`` (events of other
+            types in the recording, not epoched), ``event_id``, ``events_from``,
             ``tmin``, ``tmax``, ``baseline``, ``reject``.
 
         Raises
@@ -1672,7 +1673,11 @@ class EvokedData:
         )
         n_events = int(sum(int(c) in chosen.values() for c in ev[:, 2]))
         rejected: dict = {}
+        n_other = 0
         for log in epochs.drop_log:
+            if "IGNORED" in log:  # MNE's mark for events of other types (not in event_id): not rejections
+                n_other += 1
+                continue
             for reason in log:
                 rejected[reason] = rejected.get(reason, 0) + 1
         n_kept = len(epochs)
@@ -1681,6 +1686,7 @@ class EvokedData:
             "n_averaged": n_kept,
             "n_rejected": n_events - n_kept,
             "rejected": rejected,
+            "other_events": n_other,
             "event_id": chosen,
             "events_from": events,
             "tmin": tmin,

@@ -54,6 +54,9 @@ def test_from_raw_events_annotations_and_stim_channel():
     # trigger codes on a stim channel: code 7 marks every other event
     st = EvokedData.from_raw_events(raw, 7, events="STI")
     assert st.metadata["epochs"]["n_averaged"] == 20
+    # the code-5 events are other events, not rejections (MNE's drop log marks them IGNORED)
+    assert st.metadata["epochs"]["rejected"] == {} and st.metadata["epochs"]["other_events"] == 20
+    assert info["other_events"] == 0 and sum(info["rejected"].values()) == info["n_rejected"] == 1
     with pytest.raises(ValueError, match=r"not among the recording's annotations \['tone'\]"):
         EvokedData.from_raw_events(raw, "beep")
     with pytest.raises(ValueError, match=r"codes found: \[5, 7\]"):
@@ -78,6 +81,7 @@ def test_cli_evoked_from_continuous_recording(tmp_path, capsys):
     ep = s["data"]["epochs"]
     assert ep["n_events"] == 40 and ep["n_rejected"] == 1 and ep["n_averaged"] == 39
     assert ep["baseline"] == [-0.1, 0.0]
+    assert "epochs: 39 of 40 events averaged, 1 rejected (Fz 1)" in err, err  # said where the user looks
     q = s["fit_quality"]
     assert abs(q["peak_latency_data_s"] - PEAK_S) <= 1 / SFREQ
     assert abs(q["peak_latency_model_s"] - q["peak_latency_data_s"]) <= 0.01
