@@ -149,7 +149,14 @@ def _op_classes():
         def infer_shape(self, fgraph, node, input_shapes):
             return [()] + ([input_shapes[0]] if self.with_grad else [])
 
-    class IntervalOp(Op):
+    class _TupleOp(Op):
+        """An Op whose ``evaluate(x)`` returns every output at once (float64), cached by the subclass."""
+
+        def perform(self, node, inputs, output_storage):
+            for k, value in enumerate(self.evaluate(inputs[0])):
+                output_storage[k][0] = np.asarray(value, dtype=np.float64)
+
+    class IntervalOp(_TupleOp):
         """``(Z_L(z), Z_H(z))``: the bounded parameter's valid interval in its prior's unconstrained coordinate.
 
         Input ``z`` ``(n_params,)`` (the bounded parameter's own entry is
@@ -187,10 +194,6 @@ def _op_classes():
             self.seconds += time.perf_counter() - t0
             return out
 
-        def perform(self, node, inputs, output_storage):
-            for k, value in enumerate(self.evaluate(inputs[0])):
-                output_storage[k][0] = np.asarray(value, dtype=np.float64)
-
         def grad(self, inputs, output_grads):
             from pytensor.gradient import DisconnectedType
 
@@ -207,7 +210,7 @@ def _op_classes():
         def infer_shape(self, fgraph, node, input_shapes):
             return [(), (), input_shapes[0], input_shapes[0]]
 
-    class PoleOp(Op):
+    class PoleOp(_TupleOp):
         """The log density in pole coordinates ``u`` (see :class:`jrinfer._polemap.PoleMap`) as a PyTensor Op.
 
         Input ``u`` ``(n_params,)``: ``problem.names`` order, the two replaced
@@ -258,10 +261,6 @@ def _op_classes():
             self._last = (key, out)
             self.seconds += time.perf_counter() - t0
             return out
-
-        def perform(self, node, inputs, output_storage):
-            for k, value in enumerate(self.evaluate(inputs[0])):
-                output_storage[k][0] = np.asarray(value, dtype=np.float64)
 
         def grad(self, inputs, output_grads):
             from pytensor.gradient import DisconnectedType
