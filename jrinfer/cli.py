@@ -1052,7 +1052,9 @@ def _cmd_compare(args) -> int:
                 f"DIR {d}: summary.json does not record which data were fitted (no data hash; fitted by an older "
                 "jrinfer?); refit it to compare"
             )
-        model = json.dumps({"observation": s.get("observation"), "prior": s.get("prior")}, sort_keys=True, default=str)
+        # what was fitted (observation and prior), None when the summary does not record it
+        model = (None if s.get("observation") is None and s.get("prior") is None else
+                 json.dumps({"observation": s.get("observation"), "prior": s.get("prior")}, sort_keys=True, default=str))
         rows.append({"dir": d, "backend": s.get("backend"), "status": s.get("status"), "free_energy": float(F),
                      "n_free": len(s.get("parameters") or {}), "data": ident, "model": model})
     first = rows[0]["data"]
@@ -1075,8 +1077,7 @@ def _cmd_compare(args) -> int:
     same = []
     for i, r in enumerate(rows):
         for q in rows[i + 1:]:
-            if r["model"] == q["model"] and r["model"] != json.dumps({"observation": None, "prior": None},
-                                                                      sort_keys=True):
+            if r["model"] is not None and r["model"] == q["model"]:
                 same.append(f"{r['dir']} and {q['dir']} are the same model (same observation and prior, "
                             f"{r['backend']} vs {q['backend']}): their log evidences estimate one number, and the "
                             f"{abs(r['free_energy'] - q['free_energy']):.2f} nats between them is the estimators' "
