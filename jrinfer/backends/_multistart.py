@@ -367,11 +367,12 @@ def fit_problem_multistart(engine, problem, *, n_starts: int = 1, seed: int = 0)
         return torch.where(valid, value, torch.full_like(value, math.nan))
 
     mapped = {}
+    label = ["variational Laplace"]  # the current run's name in the progress output (set by on_start)
 
     def fit_one(init: torch.Tensor):
         with _w.catch_warnings():  # only the kept optimum's non-convergence is reported (below)
             _w.simplefilter("ignore", RuntimeWarning)
-            res, mean, cov = fit_problem(engine, problem, init=init)
+            res, mean, cov = fit_problem(engine, problem, init=init, progress_label=label[0])
         mapped[id(res)] = (res, mean, cov)
         return res
 
@@ -386,7 +387,7 @@ def fit_problem_multistart(engine, problem, *, n_starts: int = 1, seed: int = 0)
 
     def on_start(i: int, n: int) -> None:
         if n > 1:  # the run's progress (bar or lines) names its start
-            engine._progress_desc = f"variational Laplace, start {i + 1} of {n}"
+            label[0] = f"variational Laplace, start {i + 1} of {n}"
 
     optima, info = multistart(
         fit_one, f_batch, form.y, form.prior_mean, form.prior_cov, form.hyper_mean, hyper_cov,

@@ -724,6 +724,7 @@ class LaplaceEngine:
         precision_components=None,
         init=None,
         value_and_jacobian=None,
+        progress_label: str = "variational Laplace",
     ) -> LaplaceResult:
         """Fit ``y = f(θ) + ε`` and return a :class:`LaplaceResult`.
 
@@ -755,6 +756,9 @@ class LaplaceEngine:
             ``θ -> (f(θ), ∂f/∂θ)`` of shapes ``(m,)`` and ``(m, n)``, used
             instead of automatic differentiation when ``jacobian="auto"``
             (e.g. :attr:`~jrinfer.problem.GaussianForm.value_and_jacobian`).
+        progress_label : str
+            Name of this run in the progress bar or lines (with ``progress``),
+            e.g. ``"variational Laplace, start 2 of 8"``.
         """
         if not callable(f):
             raise TypeError(f"f must be callable, got {type(f).__name__}")
@@ -780,7 +784,9 @@ class LaplaceEngine:
         val0 = prob.value_and_jacobian(init)[0] if prob.jacobian_used == "supplied" else prob.value(init.clone())
         if tuple(val0.shape) != (m,):
             raise ValueError(f"f returned shape {tuple(val0.shape)}, expected (m,) = ({m},) like y")
-        return self._finish(self._run(prob, init, val0))
+        if not isinstance(progress_label, str):
+            raise TypeError(f"progress_label must be a str, got {type(progress_label).__name__}")
+        return self._finish(self._run(prob, init, val0, progress_label))
 
     def _options(self) -> dict:
         return {
@@ -817,7 +823,7 @@ class LaplaceEngine:
             trace_free_energy=torch.zeros(0, dtype=_DTYPE),
         )
 
-    def _run(self, prob: _Problem, mu: torch.Tensor, val: torch.Tensor) -> LaplaceResult:
+    def _run(self, prob: _Problem, mu: torch.Tensor, val: torch.Tensor, label: str) -> LaplaceResult:
         if not bool(torch.isfinite(val).all()):
             return self._failed_at_start(
                 prob, mu, "f returned non-finite values (NaN or inf) at the initial parameters"
@@ -840,7 +846,7 @@ class LaplaceEngine:
         ]
         below = stalls = 0
         status, message = "max_iter", ""
-        bar = _Progress(self.progress, self.max_iter, getattr(self, "_progress_desc", "variational Laplace"), F)
+        bar = _Progress(self.progress, self.max_iter, label, F)
         it = 0
         try:
             for it in range(1, self.max_iter + 1):
@@ -951,13 +957,16 @@ class LaplaceEngine:
         return result
 
 
-def fit_problem(engine: LaplaceEngine, problem, init=None) -> tuple[LaplaceResult, torch.Tensor, torch.Tensor]:
+def fit_problem(
+    engine: LaplaceEngine, problem, init=None, progress_label: str = "variational Laplace"
+) -> tuple[LaplaceResult, torch.Tensor, torch.Tensor]:
     """Fit an :class:`~jrinfer.InverseProblem` through its Gaussian form; the Gaussian in the problem's ``z``.
 
     Shared by the Laplace backend (its posterior) and the samplers (their
     starting points and mass matrix). ``init``: starting point over the
     Gaussian form's ``names`` (default its prior mean); multi-start fits are
-    in :mod:`jrinfer.backends._multistart`.
+    in :mod:`jrinfer.backends._multistart`. ``progress_label``: the run's
+    name in the engine's progress output.
 
     Returns
     -------
@@ -975,7 +984,7 @@ def fit_problem(engine: LaplaceEngine, problem, init=None) -> tuple[LaplaceResul
     hyper_cov = form.hyper_cov if form.estimate_hyper else torch.eye(k, dtype=_DTYPE)
     res = engine.fit_function(
         form.f, form.y, form.prior_mean, form.prior_cov, form.hyper_mean, hyper_cov, form.precision_components,
-        value_and_jacobian=form.value_and_jacobian, init=init,
+        value_and_jacobian=form.value_and_jacobian, init=init, progress_label=progress_label,
     )
     names = problem.names
     n = len(names)
