@@ -733,39 +733,73 @@ def _fit_problem(args, data):
         spec = _merge_prior(spec, {"fixed": _parse_assignments(args.fix, "--fix", known=_fixable(args, obs, data))})
     obs, spec = _with_conditions(args, obs, spec, data)
     problem = InverseProblem(obs, spec, data)
-    from jrinfer.backends.laplace import VariationalLaplace
-
     import warnings
 
+    backend, fit_options = _backend(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # non-convergence is reported in summary.json
-        # progress: the samplers' bars unless --no-progress; Laplace: a bar on a terminal, one-line messages
-        # otherwise (logs, pipes, notebooks); --quiet silences both
-        if getattr(args, "quiet", False) or args.progress is False:
-            progress = False
-        elif args.backend == "laplace":
-            progress = "bar" if args.progress else "auto"
-        else:
-            progress = True
-        if args.backend == "nuts":  # PyMC backends: R-hat, ESS, divergences land in summary["diagnostics"]
-            from jrinfer.backends.pymc import NUTS
-
-            try:
-                nuts = NUTS(seed=args.seed, progress=progress, boundary=getattr(args, "boundary", None),
-                            **_sampler_budget(args, "tune"))
-                posterior = nuts.fit(problem)
-            except KeyboardInterrupt as err:  # Ctrl-C during tuning: nothing to keep
-                raise RuntimeError(str(err) or "interrupted") from None
-        elif args.backend == "smc":
-            from jrinfer.backends.pymc import SMC
-
-            posterior = SMC(seed=args.seed, progress=progress, **_sampler_budget(args)).fit(problem)
-        else:
-            starts = {} if args.starts is None else {"n_starts": args.starts}
-            posterior = VariationalLaplace(progress=progress, max_iter=args.max_iter, **starts).fit(
-                problem, seed=args.seed, resample=args.resample
-            )
+        try:
+            posterior = backend.fit(problem, **fit_options)
+        except KeyboardInterrupt as err:  # NUTS, Ctrl-C during tuning: nothing to keep
+            if args.backend != "nuts":
+                raise
+            raise RuntimeError(str(err) or "interrupted") from None
     return problem, posterior
+
+
+#: ``jrinfer fit`` options that configure the backend (``--backend laplace|nuts|smc``); the others describe the
+#: data, the model and the outputs. ``fit_many`` of InverseProblems takes these (without ``seed``: its argument).
+BACKEND_OPTIONS = ("chains", "tune", "draws", "boundary", "starts", "max_iter", "resample")
+
+
+def _progress(args):
+    """The backends' ``progress`` of ``--progress/--no-progress/--quiet``.
+
+    Default (``"auto"``): a progress bar when stderr is a terminal, else one-line messages (a start line, one at
+    most every 10 s, an end line); ``--progress``: the bar; ``--no-progress``: the lines only (no bars);
+    ``--quiet``: nothing.
+    """
+    if getattr(args, "quiet", False):
+        return False
+    if args.progress is None:
+        return "auto"
+    return "bar" if args.progress else "lines"
+
+
+def _check_backend_options(args) -> None:
+    """Refuse backend options given to a backend they do not apply to (before any data file is read)."""
+    if args.starts is not None and (args.backend != "laplace" or args.starts < 1):
+        raise UsageError(f"--starts N applies to --backend laplace, N >= 1; got --starts {args.starts} with "
+                         f"--backend {args.backend}")
+    if getattr(args, "boundary", None) is not None and args.backend != "nuts":
+        raise UsageError(f"--boundary applies to --backend nuts; got --boundary {args.boundary} with "
+                         f"--backend {args.backend}")
+
+
+def _backend(args):
+    """The backend of ``--backend laplace|nuts|smc`` built from the fit options, and its ``fit()`` keywords.
+
+    The one path from options to a backend constructor: ``jrinfer fit``, ``jrinfer fit-many`` (files, through
+    ``jrinfer fit``) and :func:`jrinfer.fit_many` of InverseProblems (``options``) all build their backend here.
+    """
+    _check_backend_options(args)
+    progress = _progress(args)
+    if args.backend == "nuts":  # PyMC backends: R-hat, ESS, divergences land in summary["diagnostics"]
+        from jrinfer.backends.pymc import NUTS
+
+        return NUTS(seed=args.seed, progress=progress, boundary=getattr(args, "boundary", None),
+                    **_sampler_budget(args, "tune")), {}
+    if args.backend == "smc":
+        from jrinfer.backends.pymc import SMC
+
+        return SMC(seed=args.seed, progress=progress, **_sampler_budget(args)), {}
+    if args.backend != "laplace":
+        raise UsageError(f"--backend {args.backend}: expected laplace, nuts or smc here")
+    from jrinfer.backends.laplace import VariationalLaplace
+
+    starts = {} if args.starts is None else {"n_starts": args.starts}
+    return (VariationalLaplace(progress=progress, max_iter=args.max_iter, **starts),
+            {"seed": args.seed, "resample": args.resample})
 
 
 def _npe_estimator(args):
@@ -882,12 +916,7 @@ def _cmd_fit(args) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise UsageError(f"--out {args.out}: directory is not empty; pass --force to overwrite its files")
-    if args.starts is not None and (args.backend != "laplace" or args.starts < 1):
-        raise UsageError(f"--starts N applies to --backend laplace, N >= 1; got --starts {args.starts} with "
-                         f"--backend {args.backend}")
-    if getattr(args, "boundary", None) is not None and args.backend != "nuts":
-        raise UsageError(f"--boundary applies to --backend nuts; got --boundary {args.boundary} with "
-                         f"--backend {args.backend}")
+    _check_backend_options(args)
     estimator = _npe_estimator(args)
     if estimator is None:
         _check_names_before_reading(args)
@@ -1536,8 +1565,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress on stderr (default: bars for nuts, smc and npe --rounds; for laplace a bar when stderr is a "
-        "terminal, else a line per start and every 10 s of iterations); --no-progress or --quiet: none",
+        help="progress on stderr (default: a bar when stderr is a terminal, else one-line messages: laplace a line "
+        "per start and every 10 s of iterations, nuts and smc a start line with the measured cost of one "
+        "evaluation, a line every 10 s or per tempering stage, and an end line with divergences / R-hat); "
+        "--progress: the bars; --no-progress: the one-line messages only (npe --rounds: no bars); --quiet: nothing",
     )
     p.add_argument("--chains", type=int, default=None, help="nuts, smc: independent chains (default 4)")
     p.add_argument(

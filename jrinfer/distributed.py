@@ -310,7 +310,11 @@ def fit_many(
     options : mapping, optional
         Files: ``jrinfer fit`` options for every item by flag name
         (``{"units": "uV^2/Hz", "fmin": 2.0, "picks": "O1,O2", "fix": ["A=3.25"]}``);
-        a manifest's columns override them per row.
+        a manifest's columns override them per row. Problems with a backend
+        name: its options among ``jrinfer fit``'s (:data:`jrinfer.cli.BACKEND_OPTIONS`:
+        ``chains``, ``tune``, ``draws``, ``boundary``, ``starts``, ``max_iter``,
+        ``resample``), e.g. ``{"chains": 2, "boundary": "pole"}`` with ``"nuts"``;
+        the backend is built as ``jrinfer fit`` builds it.
     per_channel : bool
         Files: one item per channel of each row's picks (``picks="O1,O2"``
         gives items ``<row>-<name>-O1`` and ``<row>-<name>-O2``) instead of
@@ -372,7 +376,7 @@ def fit_many(
     if 0 < n_problems < len(items):
         raise ValueError("items: expected all InverseProblems or all files, got a mix")
     if n_problems:
-        specs = _problem_specs(items, backend, seed)
+        specs = _problem_specs(items, backend, seed, options or {})
     else:
         specs = _file_specs(items, backend, kind, options or {}, per_channel=per_channel)
         if out is None:
@@ -565,8 +569,8 @@ def _fit_problem(spec: dict, folder: Path | None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # non-convergence is on the result
         if isinstance(backend, str):
-            posterior = _backend_by_name(backend, spec["seed"]).fit(spec["problem"], **(
-                {"seed": spec["seed"]} if backend == "laplace" else {}))
+            fitter, fit_options = _backend_by_name(spec["backend_argv"])
+            posterior = fitter.fit(spec["problem"], **fit_options)
         else:
             posterior = backend.fit(spec["problem"])
     summary = posterior.summary()
@@ -578,28 +582,54 @@ def _fit_problem(spec: dict, folder: Path | None):
     return posterior, summary
 
 
-def _backend_by_name(name: str, seed: int):
-    if name == "laplace":
-        from jrinfer.backends.laplace import VariationalLaplace
+def _backend_by_name(argv: list[str]):
+    """The backend and its ``fit()`` keywords of ``jrinfer fit`` arguments ``argv`` (``--backend NAME ...``),
+    built by ``jrinfer fit``'s own code (:func:`jrinfer.cli._backend`); quiet (the item's output is its log)."""
+    from jrinfer import cli
 
-        return VariationalLaplace()
-    from jrinfer.backends.pymc import NUTS, SMC
+    err = io.StringIO()
+    try:
+        with redirect_stderr(err):
+            args = cli.build_parser().parse_args(["fit", "-", "--out", "-", "--quiet", *argv])
+    except SystemExit:
+        last = err.getvalue().strip().splitlines()[-1:] or ["bad option"]
+        raise ValueError(f"options: {last[0].split('error: ', 1)[-1]}") from None
+    try:
+        return cli._backend(args)
+    except cli.UsageError as bad:
+        raise ValueError(f"options: {bad}") from None
 
-    return {"nuts": NUTS, "smc": SMC}[name](seed=seed)
 
-
-def _problem_specs(problems, backend, seed) -> list[dict]:
+def _problem_specs(problems, backend, seed, options: Mapping) -> list[dict]:
     from jrinfer import _checks
     from jrinfer._rng import seed_to_int
 
+    if not isinstance(options, Mapping):
+        raise ValueError(f"options: expected a mapping of backend options, got {type(options).__name__}")
     if isinstance(backend, str):
         _checks.check_option("backend", backend, ("laplace", "nuts", "smc"))
     elif not callable(getattr(backend, "fit", None)):
         raise ValueError(f"backend: expected 'laplace', 'nuts', 'smc' or an object with fit(problem), got {backend!r}")
+    elif options:
+        raise ValueError(f"options: {', '.join(map(str, options))} configure a backend given by name ('laplace', "
+                         f"'nuts', 'smc'); a backend object ({type(backend).__name__}) carries its own settings")
     seed = seed_to_int(seed)
+    argv = None
+    if isinstance(backend, str):
+        from jrinfer.cli import BACKEND_OPTIONS
+
+        actions = {k: a for k, a in _fit_actions().items() if a.dest in BACKEND_OPTIONS}
+        for key in options:
+            if _option_name(key) not in actions:
+                raise ValueError(f"options: {key!r} is not a backend option; with InverseProblems options takes "
+                                 f"{', '.join(BACKEND_OPTIONS)} (the seed is the seed argument; data options such as "
+                                 "picks or fmin apply to files)")
+        argv = ["--backend", backend, "--seed", str(seed)] + _option_argv(dict(options), actions, "options")
+        _backend_by_name(argv)  # bad values are refused here, before any task starts
     width = max(4, len(str(len(problems))))
     return [
-        {"id": f"{i:0{width}d}", "path": "", "problem": p, "backend": backend, "seed": seed, "meta": {}}
+        {"id": f"{i:0{width}d}", "path": "", "problem": p, "backend": backend, "backend_argv": argv, "seed": seed,
+         "meta": {}}
         for i, p in enumerate(problems, start=1)
     ]
 

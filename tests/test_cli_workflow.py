@@ -85,6 +85,45 @@ def test_laplace_progress_lines_off_a_terminal_and_quiet(good_csv, tmp_path, cap
     assert not any(ln.startswith("variational Laplace, start 1 of 2: iteration") for ln in err.splitlines())
 
 
+def test_sampler_progress_lines_with_no_progress_and_off_a_terminal_quiet_silences(good_csv, tmp_path, capsys):
+    """SMC through the CLI: --no-progress (no bars) and the default off a terminal print a start line and an end
+    line (and a line per tempering stage at most every 10 s); --quiet prints none of them."""
+    pytest.importorskip("pymc")
+    base = ["fit", good_csv, "--kind", "spectrum", "--free", "a,b", "--backend", "smc", "--chains", "2",
+            "--draws", "60"]
+    for flags, name in ((["--no-progress"], "n"), ([], "d")):
+        code, _, err = run(capsys, *base, *flags, "--out", tmp_path / name)
+        lines = [ln for ln in err.splitlines() if ln.startswith("SMC: ")]
+        assert lines[0].startswith("SMC: 2 chain(s) x 60 particles") and "one likelihood evaluation takes" in lines[0]
+        s = json.loads((tmp_path / name / "summary.json").read_text())
+        assert lines[-1].startswith("SMC: done in ") and lines[-1].endswith(f"status {s['status']}")
+        assert f"R-hat max {s['diagnostics']['rhat_max']:.3f}" in lines[-1]
+        assert [ln.split(" done stage")[0] for ln in lines if " done stage " in ln] == ["SMC: chain 1 of 2",
+                                                                                       "SMC: chain 2 of 2"]
+        assert "\r" not in err and "Initializing SMC sampler" not in err
+    code, _, err = run(capsys, *base, "--quiet", "--out", tmp_path / "q")
+    assert (tmp_path / "q" / "summary.json").is_file()
+    assert "SMC" not in err and "Initializing" not in err and "Sampling" not in err
+
+
+def test_progress_flags_map_to_one_backend_setting():
+    """--progress: bars; --no-progress: one-line messages (no bars); default: bars on a terminal, else lines
+    ("auto"); --quiet: silent -- the same for every backend, built by one function."""
+    from jrinfer.cli import _backend, build_parser
+
+    def built(*flags, backend="laplace"):
+        args = build_parser().parse_args(["fit", "x.csv", "--kind", "spectrum", "--out", "o", "--backend", backend,
+                                          *flags])
+        return _backend(args)[0].progress
+
+    for backend in ("laplace", "nuts", "smc"):
+        assert built(backend=backend) == "auto"
+        assert built("--progress", backend=backend) == "bar"
+        assert built("--no-progress", backend=backend) == "lines"
+        assert built("--quiet", backend=backend) is False
+        assert built("--progress", "--quiet", backend=backend) is False
+
+
 def test_lines_progress_rate_is_modest(capsys):
     """With the default interval (10 s) a fit of a second prints one line per start, none per iteration."""
     from jrinfer.backends._vl_engine import LaplaceEngine

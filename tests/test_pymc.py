@@ -195,6 +195,8 @@ def test_bad_inputs_name_the_argument():
         (lambda: NUTS().fit("data.csv"), "problem"),
         (lambda: SMC(draws=3), "draws"),
         (lambda: SMC(threshold=0.0), "threshold"),
+        (lambda: SMC(progress="loud"), "progress"),
+        (lambda: NUTS(progress="yes"), "progress"),
         (lambda: loglike_op(None), "problem"),
     ]:
         with pytest.raises(ValueError, match=name):
@@ -276,6 +278,66 @@ def test_interrupted_run_keeps_what_was_sampled(tmp_path):
     early._stop_after = 10
     with pytest.raises(KeyboardInterrupt, match="during tuning"):
         early.fit(problem, n_predictive=0)
+
+
+# ------------------------------------------------------------ progress lines
+def _sampler_lines(err: str, name: str) -> list[str]:
+    return [ln for ln in err.splitlines() if ln.startswith(f"{name}: ")]
+
+
+def test_nuts_progress_lines_start_every_interval_and_end(capsys, monkeypatch):
+    """progress="lines": a start line with the measured gradient cost, a line per interval, an end line that
+    agrees with the diagnostics; the draws and the evaluation counts are those of a silent run."""
+    from jrinfer.backends import _vl_engine
+
+    monkeypatch.setattr(_vl_engine, "PROGRESS_INTERVAL_S", 0.0)  # a line per iteration
+    problem = _toy(Linear, {"b0": 1.0, "b1": 0.5})
+    post = NUTS(chains=2, tune=40, draws=40, seed=0, progress="lines").fit(problem, n_predictive=5)
+    err = capsys.readouterr().err
+    lines = _sampler_lines(err, "NUTS")
+    assert lines[0].startswith("NUTS: finding starting points and a mass matrix by variational Laplace")
+    assert lines[1].startswith("NUTS: 2 chain(s) x (40 tune + 40 draws), chains one after the other; one gradient "
+                               "evaluation takes ") and " ms, so at 7-63 gradients per iteration" in lines[1]
+    periodic = [ln for ln in lines if " at iteration " in ln]
+    assert len(periodic) == 2 * 80  # every iteration of both chains (interval 0)
+    assert periodic[0].startswith("NUTS: chain 1 of 2 at iteration 1 of 80 (tuning); 0 divergence(s) after tuning")
+    n_div = post.diagnostics["divergences"]
+    assert periodic[-1].startswith(f"NUTS: chain 2 of 2 at iteration 80 of 80 (drawing); {n_div} divergence(s)")
+    end = lines[-1]
+    assert end.startswith("NUTS: done in ") and f"2 chain(s) x 40 draws kept, {n_div} divergence(s)" in end
+    assert f"R-hat max {post.diagnostics['rhat_max']:.3f}" in end and end.endswith(f"status {post.status}")
+    assert "Sampling" not in err and "\r" not in err  # PyMC's own log and bar are off
+    silent = NUTS(chains=2, tune=40, draws=40, seed=0).fit(problem, n_predictive=5)
+    err = capsys.readouterr().err
+    assert not _sampler_lines(err, "NUTS") and "Sampling" not in err
+    np.testing.assert_array_equal(post.draws, silent.draws)  # the timing before sampling changes nothing
+    assert post.diagnostics["loglike_evaluations"] == silent.diagnostics["loglike_evaluations"]
+
+
+def test_smc_progress_lines_one_per_tempering_stage_and_end(capsys, monkeypatch):
+    from jrinfer.backends import _vl_engine
+
+    monkeypatch.setattr(_vl_engine, "PROGRESS_INTERVAL_S", 0.0)  # every stage
+    problem = _toy(Linear, {"b0": 1.0, "b1": 0.5})
+    post = SMC(draws=100, chains=2, seed=0, progress="lines").fit(problem, n_predictive=5)
+    err = capsys.readouterr().err
+    lines = _sampler_lines(err, "SMC")
+    assert lines[0].startswith("SMC: 2 chain(s) x 100 particles, threshold 0.5, chains one after the other; one "
+                               "likelihood evaluation takes ")
+    stages = post.diagnostics["n_stages"]
+    for c in (1, 2):
+        chain = [ln for ln in lines if ln.startswith(f"SMC: chain {c} of 2 ")]
+        assert len(chain) == stages[c - 1]  # one line per tempering stage
+        assert chain[-1].startswith(f"SMC: chain {c} of 2 done stage {stages[c - 1]}, beta 1, ")
+    end = lines[-1]
+    assert end.startswith("SMC: done in ") and f"log evidence {post.log_evidence:.2f}" in end
+    assert f"R-hat max {post.diagnostics['rhat_max']:.3f}" in end and end.endswith(f"status {post.status}")
+    assert "Initializing SMC sampler" not in err
+    silent = SMC(draws=100, chains=2, seed=0).fit(problem, n_predictive=5)
+    err = capsys.readouterr().err
+    assert not _sampler_lines(err, "SMC") and "Initializing SMC sampler" not in err
+    np.testing.assert_array_equal(post.draws, silent.draws)
+    assert post.diagnostics["loglike_evaluations"] == silent.diagnostics["loglike_evaluations"]
 
 
 # ------------------------------------------------------- NUTS against VL on JR

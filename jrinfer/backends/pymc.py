@@ -795,6 +795,181 @@ def _convergence(problem, z: np.ndarray, seconds: float, sampler: str = "nuts") 
     return diag, warns
 
 
+# ------------------------------------------------------------------ progress
+#: ``progress`` values of the samplers besides True (PyMC's bar) and False (silent).
+_PROGRESS_MODES = ("auto", "bar", "lines")
+
+
+def _check_progress(progress):
+    """``progress``: a bool or one of ``"auto"``, ``"bar"``, ``"lines"`` (as :class:`~jrinfer.backends.laplace.VariationalLaplace`)."""
+    if not isinstance(progress, bool):
+        _checks.check_option("progress", progress, _PROGRESS_MODES)
+    return progress
+
+
+def _progress_mode(progress) -> str | None:
+    """``"bar"`` (PyMC's progress bar), ``"lines"`` (one-line messages on stderr) or None (silent)."""
+    from jrinfer.backends._vl_engine import progress_mode
+
+    return progress_mode(progress)
+
+
+def _duration(seconds: float) -> str:
+    """``0.4 s``, ``42 s``, ``3.5 min``, ``2.1 h``."""
+    if not math.isfinite(seconds):
+        return "? s"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class _PyMCLog:
+    """PyMC's own log lines ("Sampling 4 chains ...", "Only 30 samples per chain ...") only with its progress
+    bar: silent otherwise (the one-line messages replace them, the fit's diagnostics and warnings report the
+    same checks, and ``progress=False`` is silent)."""
+
+    def __init__(self, show: bool):
+        import logging
+
+        self.logger = logging.getLogger("pymc")
+        self.show = show
+        self.level = None
+
+    def __enter__(self):
+        import logging
+
+        if not self.show:
+            self.level = self.logger.level
+            self.logger.setLevel(max(logging.ERROR, self.level))  # its warnings are in the fit's own diagnostics
+        return self
+
+    def __exit__(self, *exc):
+        if self.level is not None:
+            self.logger.setLevel(self.level)
+        return False
+
+
+class _Lines:
+    """One-line progress messages of a sampler on stderr, at most one every ``PROGRESS_INTERVAL_S`` between
+    the start and end lines (the interval of variational Laplace, looked up at call time)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.t0 = self.last = time.perf_counter()
+
+    def say(self, message: str) -> None:
+        from jrinfer.backends._vl_engine import progress_line
+
+        self.last = time.perf_counter()
+        progress_line(f"{self.name}: {message}")
+
+    def due(self) -> bool:
+        from jrinfer.backends import _vl_engine
+
+        return time.perf_counter() - self.last >= _vl_engine.PROGRESS_INTERVAL_S
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def _seconds_per_evaluation(ops, evaluate, repeats: int = 3) -> float | None:
+    """Median wall time (s) of ``evaluate()`` (one density evaluation), ``ops`` left as they were.
+
+    The Ops count their calls and failures and cache their last point (these
+    figures are reported in the diagnostics); their state is restored after
+    the timing, so the measurement is not counted. None if it fails.
+    """
+    saved = [(o, dict(vars(o))) for o in ops]
+    times = []
+    try:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            evaluate()
+            times.append(time.perf_counter() - t)
+    except Exception:
+        return None
+    finally:
+        for o, state in saved:
+            vars(o).clear()
+            vars(o).update(state)
+    return float(np.median(times))
+
+
+def _end_summary(diag: dict) -> str:
+    """``R-hat max 1.003, bulk ESS min 812`` from the convergence diagnostics (what exists)."""
+    parts = []
+    if diag.get("rhat_max") is not None:
+        parts.append(f"R-hat max {diag['rhat_max']:.3f}")
+    if diag.get("ess_bulk_min") is not None:
+        parts.append(f"bulk ESS min {diag['ess_bulk_min']:.0f}")
+    return ", ".join(parts)
+
+
+class _NutsLines(_Lines):
+    """Progress lines of NUTS from PyMC's per-draw ``callback`` (sequential and parallel chains alike)."""
+
+    def __init__(self, chains: int, tune: int, draws: int, cores: int):
+        super().__init__("NUTS")
+        self.chains, self.tune, self.draws = chains, tune, draws
+        self.parallel = cores > 1 and chains > 1
+        self.done = np.zeros(chains, dtype=int)
+        self.divergences = 0
+
+    def callback(self, trace=None, draw=None):
+        if draw is None:
+            return
+        self.done[draw.chain] = draw.draw_idx + 1
+        stats = draw.stats[0] if isinstance(draw.stats, (list, tuple)) and draw.stats else draw.stats
+        if not draw.tuning and isinstance(stats, dict) and bool(stats.get("diverging", False)):
+            self.divergences += 1
+        if not self.due():
+            return
+        per_chain = self.tune + self.draws
+        n, total = int(self.done.sum()), self.chains * per_chain
+        elapsed = self.elapsed()
+        left = (total - n) * elapsed / n if n else math.nan
+        if self.parallel:
+            where = "chains at iteration " + ", ".join(str(int(d)) for d in self.done) + f" of {per_chain}"
+        else:
+            where = (f"chain {draw.chain + 1} of {self.chains} at iteration {draw.draw_idx + 1} of {per_chain} "
+                     f"({'tuning' if draw.tuning else 'drawing'})")
+        self.say(f"{where}; {self.divergences} divergence(s) after tuning; {_duration(elapsed)} elapsed, about "
+                 f"{_duration(left)} left")
+
+
+def _smc_kernel_with_lines(lines: _Lines, chains: int):
+    """PyMC's IMH kernel reporting each tempering stage to ``lines`` (at most one line per interval, and each
+    chain's last stage). ``pymc.sample_smc`` offers no callback; its ``kernel`` argument takes this subclass."""
+    from pymc.smc.kernels import IMH
+
+    class _ReportingIMH(IMH):
+        _chain = -1
+
+        def initialize(self, start, rng):
+            type(self)._chain += 1
+            self._chain_t0 = time.perf_counter()
+            super().initialize(start, rng)
+
+        def step(self):
+            stats = super().step()
+            last = self.beta >= 1
+            if last or lines.due():
+                what = "done" if last else "at"
+                lines.say(
+                    f"chain {self._chain + 1} of {chains} {what} stage {self.iteration}, beta {self.beta:.3g}, "
+                    f"{self.n_steps - 1} MH step(s) at acceptance {float(self.acc_rate):.2f}; "
+                    f"{_duration(time.perf_counter() - self._chain_t0)} on this chain, "
+                    f"{_duration(lines.elapsed())} elapsed"
+                )
+            return stats
+
+    return _ReportingIMH
+
+
 class NUTS:
     """No-U-Turn Sampler (Hoffman & Gelman 2014) through PyMC.
 
@@ -817,8 +992,14 @@ class NUTS:
         Seed of the chains' initial jitter and of the sampler.
     cores : int
         Processes for chains (``1``: sequential, in this process).
-    progress : bool
-        Show PyMC's progress bar.
+    progress : bool or {"auto", "bar", "lines"}
+        ``True`` or ``"bar"``: PyMC's progress bar. ``"lines"``: one-line
+        messages on stderr: a start line (chains, tuning and draws, cores,
+        the measured cost of one gradient evaluation and the time it
+        implies), a line at most every 10 s (iteration of each chain,
+        divergences so far, time left at the rate so far) and an end line
+        (elapsed time, divergences, R-hat and ESS). ``"auto"``: the bar
+        when stderr is a terminal, else the lines. ``False``: silent.
     max_treedepth : int
         Maximum tree depth of NUTS (``2**max_treedepth`` leapfrog steps at most).
     boundary : {None, "hopf", "pole"}
@@ -918,7 +1099,7 @@ class NUTS:
         target_accept: float = 0.9,
         seed: int = 0,
         cores: int = 1,
-        progress: bool = False,
+        progress: bool | str = False,
         max_treedepth: int = 10,
         init: str = "laplace",
         boundary: str | None = None,
@@ -937,7 +1118,7 @@ class NUTS:
         self.target_accept = target_accept
         self.seed = _checks.check_int("seed", seed, minimum=0)
         self.cores = _checks.check_int("cores", cores, minimum=1)
-        self.progress = _checks.check_bool("progress", progress)
+        self.progress = _check_progress(progress)
         self.max_treedepth = _checks.check_int("max_treedepth", max_treedepth, minimum=1)
 
     _stop_after = None  # tests: simulate Ctrl-C after this many iterations of the first chain
@@ -981,6 +1162,10 @@ class NUTS:
         pop = model.jrinfer_pole
         import warnings as _w
 
+        mode = _progress_mode(self.progress)
+        lines = _NutsLines(self.chains, self.tune, self.draws, self.cores) if mode == "lines" else None
+        if lines is not None and self.init == "laplace":
+            lines.say("finding starting points and a mass matrix by variational Laplace (several Gauss-Newton runs)")
         t_init = time.perf_counter()
         start = (
             _laplace_start(problem, self.chains, self.seed, require_valid_mean=bop is None and pop is None)
@@ -1012,9 +1197,11 @@ class NUTS:
                 start = _to_w(bop, start, self.seed)
             if start is not None:
                 start = _laplace_in_w(model, start, self.chains, self.seed)
+        if lines is not None:
+            lines.say(self._start_line(problem, model, start))
         t0 = time.perf_counter()
         init_seconds = t0 - t_init
-        with model, _w.catch_warnings():
+        with model, _w.catch_warnings(), _PyMCLog(mode == "bar"):
             _w.simplefilter("ignore", UserWarning)  # PyMC's own convergence notes: we report our own
             kw = {}
             if start is not None:
@@ -1028,6 +1215,13 @@ class NUTS:
                 sample_kw = {}
             step = pm.NUTS(target_accept=self.target_accept, max_treedepth=self.max_treedepth, **kw)
             with _Interruptible(self._stop_after) as stop:
+                callbacks = [c for c in (stop.callback if self.cores == 1 else None,
+                                         lines.callback if lines is not None else None) if c is not None]
+
+                def callback(trace=None, draw=None):
+                    for c in callbacks:
+                        c(trace=trace, draw=draw)
+
                 try:
                     idata = pm.sample(
                         draws=self.draws,
@@ -1036,10 +1230,10 @@ class NUTS:
                         cores=self.cores,
                         step=step,
                         random_seed=self.seed,
-                        progressbar=self.progress,
+                        progressbar=mode == "bar",
                         compute_convergence_checks=False,
                         return_inferencedata=True,
-                        callback=stop.callback if self.cores == 1 else None,
+                        callback=callback if callbacks else None,
                         **sample_kw,
                     )
                 except ValueError as err:
@@ -1128,7 +1322,7 @@ class NUTS:
             f"NUTS: {self.chains} chain(s) x ({self.tune} tune + {self.draws} draws) in {seconds:.1f} s"
             + (f"; {len(warns)} diagnostic warning(s)" if warns else "; diagnostics passed")
         )
-        return assemble_posterior(
+        posterior = assemble_posterior(
             problem,
             theta,
             backend="nuts",
@@ -1140,6 +1334,43 @@ class NUTS:
             n_predictive=n_predictive,
             seed=self.seed,
         )
+        if lines is not None:
+            checks = _end_summary(diag)
+            lines.say(
+                f"done in {_duration(lines.elapsed())} (sampling {_duration(seconds)}): {z.shape[0]} chain(s) x "
+                f"{kept} draws kept, {n_div} divergence(s) after tuning{', ' + checks if checks else ''}; "
+                f"status {posterior.status}"
+            )
+        return posterior
+
+    def _start_line(self, problem, model, start) -> str:
+        """The start line of ``progress="lines"``: the run's size and the cost of one gradient (measured)."""
+        pop, op = model.jrinfer_pole, model.jrinfer_op
+        parallel = min(self.cores, self.chains)
+        head = (f"{self.chains} chain(s) x ({self.tune} tune + {self.draws} draws), "
+                f"{'chains one after the other' if parallel == 1 else f'{parallel} chains at a time'}"
+                + (f", boundary={self.boundary!r}" if self.boundary else ""))
+        if pop is not None:
+            x = start[2][0] if start is not None else None
+            seconds = None if x is None else _seconds_per_evaluation([pop, pop.pole_map], lambda: pop.evaluate(x))
+        else:
+            z0 = problem.prior.to_unconstrained(problem.prior.median()).numpy()
+            if start is not None and model.jrinfer_boundary is None:
+                z0 = start[2][0]
+            ops = [op] + ([model.jrinfer_boundary] if model.jrinfer_boundary is not None else [])
+
+            def evaluate():
+                for o in ops:
+                    o.evaluate(z0)
+
+            seconds = _seconds_per_evaluation(ops, evaluate)
+        if seconds is None:
+            return head
+        iterations = self.chains * (self.tune + self.draws) / parallel
+        # a NUTS iteration takes 2**depth - 1 gradients; depths 3-6 are typical of a well-adapted JR posterior
+        low, high = iterations * 7 * seconds, iterations * min(63, 2**self.max_treedepth - 1) * seconds
+        return (f"{head}; one gradient evaluation takes {1e3 * seconds:.1f} ms, so at 7-63 gradients per iteration "
+                f"(tree depth 3-6) about {_duration(low)} to {_duration(high)}")
 
 
 class SMC:
@@ -1162,8 +1393,15 @@ class SMC:
         Seed of the runs.
     threshold : float
         Target ESS fraction in ``(0, 1)`` when choosing the next temperature.
-    progress : bool
-        Show PyMC's progress bar.
+    progress : bool or {"auto", "bar", "lines"}
+        ``True`` or ``"bar"``: PyMC's progress bar. ``"lines"``: one-line
+        messages on stderr: a start line (chains, particles, the measured
+        cost of one likelihood evaluation and of a tempering stage), a line
+        per tempering stage at most every 10 s and at the end of each chain
+        (stage, inverse temperature beta, Metropolis-Hastings steps and
+        acceptance, elapsed time) and an end line (elapsed time, stages, R-hat
+        and ESS, log evidence). ``"auto"``: the bar when stderr is a terminal,
+        else the lines. ``False``: silent.
 
     Notes
     -----
@@ -1174,7 +1412,8 @@ class SMC:
     particle and stage in a loop inside PyMC's kernel.
     """
 
-    def __init__(self, draws: int = 2000, chains: int = 4, seed: int = 0, threshold: float = 0.5, progress: bool = False):
+    def __init__(self, draws: int = 2000, chains: int = 4, seed: int = 0, threshold: float = 0.5,
+                 progress: bool | str = False):
         self.draws = _checks.check_int("draws", draws, minimum=10)
         self.chains = _checks.check_int("chains", chains, minimum=1)
         self.seed = _checks.check_int("seed", seed, minimum=0)
@@ -1182,7 +1421,7 @@ class SMC:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         self.threshold = threshold
-        self.progress = _checks.check_bool("progress", progress)
+        self.progress = _check_progress(progress)
 
     def __repr__(self) -> str:
         return f"SMC(draws={self.draws}, chains={self.chains}, seed={self.seed})"
@@ -1217,8 +1456,21 @@ class SMC:
         model = problem_to_pymc(problem, with_grad=False)
         import warnings as _w
 
+        mode = _progress_mode(self.progress)
+        lines = _Lines("SMC") if mode == "lines" else None
+        kernel = {}
+        if lines is not None:
+            op = model.jrinfer_op
+            z0 = problem.prior.to_unconstrained(problem.prior.median()).numpy()
+            seconds = _seconds_per_evaluation([op], lambda: op.evaluate(z0))
+            cost = "" if seconds is None else (
+                f"; one likelihood evaluation takes {1e3 * seconds:.2f} ms: a tempering stage evaluates it "
+                f"{self.draws} x (MH steps), at least {_duration(self.draws * seconds)} per stage and chain")
+            lines.say(f"{self.chains} chain(s) x {self.draws} particles, threshold {self.threshold}, chains one "
+                      f"after the other{cost}; the number of stages is set as it goes (beta from 0 to 1)")
+            kernel = {"kernel": _smc_kernel_with_lines(lines, self.chains)}
         t0 = time.perf_counter()
-        with model, _w.catch_warnings():
+        with model, _w.catch_warnings(), _PyMCLog(mode == "bar"):
             _w.simplefilter("ignore", UserWarning)
             _w.simplefilter("ignore", RuntimeWarning)  # -inf likelihoods in the tempering weights
             idata = pm.sample_smc(
@@ -1227,9 +1479,10 @@ class SMC:
                 cores=1,
                 random_seed=self.seed,
                 threshold=self.threshold,
-                progressbar=self.progress,
+                progressbar=mode == "bar",
                 compute_convergence_checks=False,
                 return_inferencedata=True,
+                **kernel,
             )
         seconds = time.perf_counter() - t0
         z = _z_draws(problem, idata)
@@ -1261,7 +1514,7 @@ class SMC:
             f"SMC: {self.chains} chain(s) x {self.draws} particles in {seconds:.1f} s"
             + (f"; {len(warns)} diagnostic warning(s)" if warns else "; diagnostics passed")
         )
-        return assemble_posterior(
+        posterior = assemble_posterior(
             problem,
             theta,
             backend="smc",
@@ -1273,6 +1526,19 @@ class SMC:
             n_predictive=n_predictive,
             seed=self.seed,
         )
+        if lines is not None:
+            stages = diag.get("n_stages") or []
+            checks = _end_summary(diag)
+            se = diag["log_evidence_se"]
+            evidence = "no finite log evidence" if log_ev is None else (
+                f"log evidence {log_ev:.2f}" + (f" +- {se:.2f}" if se is not None else ""))
+            lines.say(
+                f"done in {_duration(seconds)}: {z.shape[0]} chain(s) x {z.shape[1]} particles"
+                + (f", {min(stages)}{'' if min(stages) == max(stages) else f'-{max(stages)}'} stages per chain"
+                   if stages else "")
+                + (f", {checks}" if checks else "") + f", {evidence}; status {posterior.status}"
+            )
+        return posterior
 
 
 def _stages(values) -> list[np.ndarray]:
