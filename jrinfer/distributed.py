@@ -590,7 +590,8 @@ def _backend_by_name(argv: list[str]):
     err = io.StringIO()
     try:
         with redirect_stderr(err):
-            args = cli.build_parser().parse_args(["fit", "-", "--out", "-", "--quiet", *argv])
+            # --kind: required by the parser, not read by the backend
+            args = cli.build_parser().parse_args(["fit", "-", "--kind", "spectrum", "--out", "-", "--quiet", *argv])
     except SystemExit:
         last = err.getvalue().strip().splitlines()[-1:] or ["bad option"]
         raise ValueError(f"options: {last[0].split('error: ', 1)[-1]}") from None

@@ -469,3 +469,74 @@ def test_per_channel_items(cohort, tmp_path):
     assert _params(rows[0]) != _params(rows[1])
     with pytest.raises(ValueError, match="per_channel"):
         fit_many([cohort / "a.csv"], out=tmp_path / "p", kind="spectrum", per_channel=True, progress=False)
+
+
+# --------------------------------------------------------------------------- #
+# backend options reach the backend (one builder shared with jrinfer fit)
+# --------------------------------------------------------------------------- #
+class _Recorded(Exception):
+    pass
+
+
+@pytest.fixture
+def recorded_nuts(monkeypatch):
+    """NUTS.fit replaced by a recorder of the sampler's settings (no sampling): the item ends in an error row."""
+    pytest.importorskip("pymc")
+    from jrinfer.backends.pymc import NUTS
+
+    seen = []
+
+    def fit(self, problem, **kw):
+        seen.append({k: getattr(self, k) for k in ("chains", "tune", "draws", "boundary", "seed", "progress")})
+        raise _Recorded("recorded")
+
+    monkeypatch.setattr(NUTS, "fit", fit)
+    return seen
+
+
+def test_fit_many_manifest_nuts_options_reach_the_sampler(cohort, tmp_path, capsys, recorded_nuts):
+    """A fit-many manifest's boundary/chains/tune/draws columns and the --seed default reach NUTS' constructor."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,boundary,chains,tune,draws\n{cohort / 'a.csv'},pole,3,11,7\n{cohort / 'b.csv'},,2,5,4\n")
+    code = main(["fit-many", str(manifest), *FIT_OPTS, "--backend", "nuts", "--seed", "9", "--draws", "50",
+                 "--out", str(tmp_path / "o"), "--workers", "0", "--no-progress"])
+    assert code == 1 and "recorded" in capsys.readouterr().err  # the recorder's error, per row
+    assert recorded_nuts == [
+        {"chains": 3, "tune": 11, "draws": 7, "boundary": "pole", "seed": 9, "progress": False},
+        {"chains": 2, "tune": 5, "draws": 4, "boundary": None, "seed": 9, "progress": False},  # items are quiet
+    ]
+
+
+def test_fit_many_problems_take_backend_options(recorded_nuts):
+    rows = fit_many([_problem(3)], "nuts", options={"boundary": "pole", "chains": 3, "tune": 11, "draws": 7},
+                    seed=4, progress=False)
+    assert rows[0]["status"] == "error" and rows[0]["error"] == "recorded"
+    assert recorded_nuts == [{"chains": 3, "tune": 11, "draws": 7, "boundary": "pole", "seed": 4, "progress": False}]
+
+
+@pytest.mark.parametrize(
+    "backend, options, match",
+    [
+        ("nuts", {"picks": "O1"}, "'picks' is not a backend option"),
+        ("nuts", {"seed": 3}, "'seed' is not a backend option"),
+        ("nuts", {"chains": 0}, "chains"),
+        ("laplace", {"boundary": "pole"}, "--boundary applies to --backend nuts"),
+        ("nuts", {"boundary": "wall"}, "boundary"),
+        (VariationalLaplace(), {"starts": 2}, "carries its own settings"),
+    ],
+)
+def test_fit_many_problems_refuse_bad_backend_options(backend, options, match):
+    with pytest.raises(ValueError, match=match):
+        fit_many([_problem(3)], backend, options=options, progress=False)
+
+
+def test_fit_many_problems_nuts_draws_have_the_requested_shape():
+    """Not only the constructor: the sampled InferenceData has chains x draws of the options."""
+    pytest.importorskip("pymc")
+    (row,) = fit_many([_problem(3)], "nuts", options={"chains": 2, "tune": 20, "draws": 15}, seed=1, progress=False)
+    assert row["status"] == "ok", row["error"]
+    post = row["posterior"]
+    assert post.draws.shape[:2] == (2, 15)
+    assert post.diagnostics["settings"] == {**post.diagnostics["settings"], "chains": 2, "tune": 20, "draws": 15,
+                                            "seed": 1}
+    assert post.to_arviz().posterior.sizes["chain"] == 2 and post.to_arviz().posterior.sizes["draw"] == 15
