@@ -802,6 +802,40 @@ def _backend(args):
             {"seed": args.seed, "resample": args.resample})
 
 
+def _input_pulse(problem, posterior) -> dict | None:
+    """ERP fits: the input pulse's peak rate and time over the posterior draws (what input_amplitude means).
+
+    ``{"peak_rate": {...}, "peak_time": {...}, "factor", "shape_n", "meaning": str}`` with the median and 5 % /
+    95 % quantiles in pulses/s and s after the stimulus (``factor = n^n e^-n``: peak rate / input_amplitude); None unless the observation is an :class:`EvokedObservation` (one condition).
+    """
+    from jrinfer.observation import EvokedObservation
+
+    obs = problem.observation
+    if not isinstance(obs, EvokedObservation):
+        return None
+    import numpy as np
+
+    names = list(posterior.names)
+    fixed = problem.prior.fixed
+    draws = np.asarray(posterior.draws, dtype=float).reshape(-1, len(names))
+
+    def values(name):
+        return draws[:, names.index(name)] if name in names else np.full(draws.shape[0], float(fixed[name]))
+
+    rate, time = obs.input_peak(values("input_amplitude"), values("input_latency"), values("input_width"))
+    out = {}
+    for key, x, unit in (("peak_rate", rate.numpy(), "pulses/s"), ("peak_time", time.numpy(), "s")):
+        lo, med, hi = np.quantile(x, [0.05, 0.5, 0.95])
+        out[key] = {"median": float(med), "q05": float(lo), "q95": float(hi), "units": unit}
+    n = obs.shape_n
+    factor = math.exp(n * math.log(n) - n)
+    out["factor"], out["shape_n"] = factor, float(n)
+    out["meaning"] = (f"input_amplitude q scales the input pulse q ((t - input_latency)/input_width)^{n:g} "
+                      f"exp(-(t - input_latency)/input_width) added to p_mean; it peaks at {factor:.0f} q pulses/s at "
+                      f"input_latency + {n:g} input_width")
+    return out
+
+
 def _npe_estimator(args):
     """The trained estimator of ``--backend npe --estimator DIR`` (None for other backends).
 
@@ -956,6 +990,9 @@ def _cmd_fit(args) -> int:
     from jrinfer.identifiability import headline
 
     summary["identifiability"] = headline(posterior, prior)
+    pulse = _input_pulse(problem, posterior)
+    if pulse is not None:
+        summary["input_pulse"] = pulse
     effects = _condition_summary(summary, posterior, problem)
     out.mkdir(parents=True, exist_ok=True)
     from jrinfer._io import write_text
@@ -986,6 +1023,12 @@ def _cmd_fit(args) -> int:
         if "npe" in summary:
             print(f"  NPE: {summary['npe']['headline']}")
         print(f"  {summary['identifiability']} (see jrinfer identifiability for the structural trade-offs)")
+        if pulse is not None:
+            r, t = pulse["peak_rate"], pulse["peak_time"]
+            print(f"  input pulse: peaks at {r['median']:.3g} pulses/s (90 %: {r['q05']:.3g}-{r['q95']:.3g}) "
+                  f"{1e3 * t['median']:.0f} ms after the stimulus (90 %: {1e3 * t['q05']:.0f}-{1e3 * t['q95']:.0f}), "
+                  f"on top of p_mean: {pulse['factor']:.0f} x input_amplitude at input_latency + "
+                  f"{pulse['shape_n']:g} input_width")
         for line in effects:
             print(line)
         print(f"wrote {out}/summary.json, posterior.nc{', ' + plotted if plotted else ''}{', report.html' if report else ''}")

@@ -593,9 +593,9 @@ class SpectrumObservation(_JansenRitObservation):
     #: Observation parameters (besides the JR constants), with units.
     PARAMETERS = {
         "gain": "dimensionless scalp gain (power scales with gain^2)",
-        "ap_amplitude": "aperiodic power at 1 Hz, data units per Hz",
+        "ap_amplitude": "aperiodic power at 1 Hz, in the data's units (e.g. uV^2/Hz)",
         "ap_exponent": "aperiodic exponent chi of 1/f^chi",
-        "floor": "white noise floor, data units per Hz",
+        "floor": "white noise floor, in the data's units (e.g. uV^2/Hz)",
         "log_precision": "log precision of log-power residuals (gaussian likelihood)",
     }
 
@@ -1107,9 +1107,10 @@ class EvokedObservation(_JansenRitObservation):
     data_type = EvokedData
 
     PARAMETERS = {
-        "input_amplitude": "pulse amplitude scale q, pulses/s",
+        "input_amplitude": "scale q of the input pulse q ((t - input_latency)/w)^n exp(-(t - input_latency)/w) "
+                           "added to p_mean, pulses/s; the pulse peaks at q n^n e^-n (751 q for n = 7)",
         "input_latency": "pulse onset after the stimulus, s",
-        "input_width": "pulse time constant w, s (peak at latency + n w)",
+        "input_width": "pulse time constant w, s (peak at input_latency + n w)",
         "gain": "signed source-to-channel gain (dimensionless)",
         "baseline": "offset in data units",
         "log_precision": "log precision of the residuals (1 / data units^2)",
@@ -1251,6 +1252,29 @@ class EvokedObservation(_JansenRitObservation):
 
     def observed_data(self, data: "EvokedData") -> ObservedData:
         return ObservedData(data.values, "time", data.times, "s", tuple(data.channel_names), data.units)
+
+    def input_peak(self, input_amplitude, input_latency, input_width) -> tuple[torch.Tensor, torch.Tensor]:
+        """Peak rate and time of the input pulse: what ``input_amplitude`` means in pulses/s.
+
+        The pulse ``q ((t - t0)/w)^n exp(-(t - t0)/w)`` (Jansen & Rit 1995;
+        :class:`~jrinfer.PulseInput`) is largest where ``t - t0 = n w``, with
+        the value ``q n^n e^-n`` (about ``751 q`` for ``n = 7``).
+
+        Parameters
+        ----------
+        input_amplitude, input_latency, input_width : array_like
+            ``q`` (pulses/s), ``t0`` (s after the stimulus), ``w`` (s);
+            broadcast together (e.g. posterior draws).
+
+        Returns
+        -------
+        rate, time : torch.Tensor
+            Peak input in pulses/s (added to ``p_mean``) and its time in s after the stimulus.
+        """
+        q, t0, w = (_checks.as_float_tensor(name, x) for name, x in (
+            ("input_amplitude", input_amplitude), ("input_latency", input_latency), ("input_width", input_width)))
+        n = self.shape_n
+        return q * math.exp(n * math.log(n) - n), t0 + n * w
 
     def pointwise_log_likelihood(self, prediction: Prediction, params, data: "EvokedData"):
         """Gaussian log-likelihood of every sample, shape ``(*batch, C, T)``."""

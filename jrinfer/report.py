@@ -219,6 +219,13 @@ def _data_section(posterior, summary) -> str:
         units = summary.get("fixed_units") or posterior.units
         row("fixed parameters", _e(", ".join(
             f"{k} = {_num(v)} {pretty_units(units.get(k, ''))}".rstrip() for k, v in fixed.items())))
+    pulse = summary.get("input_pulse")
+    if pulse:  # ERP fits: what input_amplitude means, in pulses/s
+        r, t = pulse["peak_rate"], pulse["peak_time"]
+        row("input pulse peak",
+            f"{_num(r['median'])} pulses/s (90 %: {_num(r['q05'])}–{_num(r['q95'])}) at {1e3 * t['median']:.0f} ms "
+            f"after the stimulus (90 %: {1e3 * t['q05']:.0f}–{1e3 * t['q95']:.0f} ms)<br>"
+            f"<span class='note'>{_e(pulse.get('meaning', ''))}</span>")
     invalid = _prior_invalid(posterior, summary)
     if invalid is not None:
         row("prior draws the model cannot evaluate", invalid)

@@ -2,6 +2,7 @@
 --quiet, and --fix/--vary/--prior checked before any data file is read."""
 
 import json
+import math
 import sys
 
 import numpy as np
@@ -9,6 +10,8 @@ import pytest
 import torch
 
 from jrinfer.cli import EXIT_STRICT, main
+
+F64 = torch.float64
 
 
 def run(capsys, *args):
@@ -230,3 +233,54 @@ def test_boundary_option_reaches_nuts_and_is_refused_for_other_backends(tmp_path
               str(tmp_path / "z")])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "--boundary" in err and "invalid choice" in err
+
+
+def test_input_peak_is_the_maximum_of_the_pulse():
+    """input_amplitude q means a pulse that peaks at q n^n e^-n pulses/s at input_latency + n input_width."""
+    from jrinfer import EvokedObservation, PulseInput
+
+    q = torch.tensor([0.03, 0.5, 2.0], dtype=torch.float64)
+    t0 = torch.tensor([0.01, 0.0, 0.05], dtype=torch.float64)
+    w = torch.tensor([0.005, 0.005, 0.012], dtype=torch.float64)
+    for n in (7.0, 3.0):
+        rate, time = EvokedObservation(shape_n=n).input_peak(q, t0, w)
+        t = torch.linspace(0.0, 0.4, 400_001, dtype=torch.float64)  # 1 us grid
+        pulse = PulseInput(q=q[:, None], w=w[:, None], n=n, onset=t0[:, None])(t)
+        peak, at = pulse.max(-1)
+        torch.testing.assert_close(rate, peak, rtol=1e-9, atol=0.0)
+        torch.testing.assert_close(time, t[at], rtol=0.0, atol=2e-6)
+    assert float(EvokedObservation().input_peak(0.5, 0.0, 0.005)[0]) == pytest.approx(375.5, abs=0.1)  # JR 1995
+
+
+def test_evoked_fit_prints_the_input_pulse_peak(tmp_path, capsys):
+    from jrinfer import EvokedData, EvokedObservation
+
+    times = torch.arange(-0.05, 0.3, 0.002, dtype=torch.float64)
+    obs = EvokedObservation()
+    template = EvokedData.from_arrays(times, torch.zeros(1, times.numel(), dtype=torch.float64), units="uV")
+    truth = {"p_mean": torch.tensor(60.0, dtype=F64), "input_amplitude": torch.tensor(0.05, dtype=F64),
+             "input_latency": torch.tensor(0.03, dtype=F64), "input_width": torch.tensor(0.005, dtype=F64),
+             "gain": torch.tensor(1e-2, dtype=F64), "baseline": torch.tensor(0.0, dtype=F64),
+             "log_precision": torch.tensor(0.0, dtype=F64)}
+    y = obs.sample(obs.predict(truth, template), truth, template, torch.Generator().manual_seed(0)).reshape(-1)
+    csv = tmp_path / "erp.csv"
+    csv.write_text("time,value [uV]\n" + "\n".join(f"{a!r},{b!r}" for a, b in zip(times.tolist(), y.tolist())) + "\n")
+    code, out, err = run(capsys, "fit", csv, "--kind", "evoked", "--free", "A", "--starts", "1", "--quiet",
+                         "--out", tmp_path / "o")
+    assert code in (0, 1), err
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    pulse = s["input_pulse"]
+    from jrinfer import Posterior
+
+    post = Posterior.from_netcdf(tmp_path / "o" / "posterior.nc")
+    q = post.draws[..., post.names.index("input_amplitude")].ravel()
+    factor = 7.0 ** 7 * math.exp(-7.0)
+    assert pulse["peak_rate"]["median"] == pytest.approx(factor * float(np.median(q)), rel=1e-9)
+    assert pulse["peak_rate"]["units"] == "pulses/s" and pulse["peak_time"]["units"] == "s"
+    assert pulse["peak_rate"]["q05"] <= pulse["peak_rate"]["median"] <= pulse["peak_rate"]["q95"]
+    line = next(ln for ln in out.splitlines() if ln.startswith("  input pulse: peaks at "))
+    assert f"{pulse['peak_rate']['median']:.3g} pulses/s" in line and "751 x input_amplitude at input_latency + 7 input_width" in line
+    assert pulse["factor"] == pytest.approx(factor, rel=1e-12) and "751 q pulses/s" in pulse["meaning"]
+    code, _, err = run(capsys, "report", tmp_path / "o")  # the report shows it too
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert code == 0 and "input pulse peak" in html and "751 q pulses/s" in html, err
