@@ -37,6 +37,21 @@ def _figure(**kwargs):
     return optional_import("matplotlib.figure", purpose="plotting").Figure(**kwargs)
 
 
+def _legend_outside(ax):
+    """The legend of ``ax`` to the right of its axes, outside the data.
+
+    Inside the axes no corner is safe: a wide predictive band (NPE, a poor
+    Gaussian) or a peak can fill every one of them, and ``loc="best"`` then
+    covers data. ``tight_layout`` makes room for it (the figures are widened
+    by :data:`_LEGEND_WIDTH_IN`).
+    """
+    return ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
+#: Inches added per column of a data figure for the legend at the right of its axes.
+_LEGEND_WIDTH_IN = 2.9
+
+
 def _save(fig, path, dpi: int = 110) -> None:
     """Save ``fig`` to ``path`` atomically (format from the suffix, e.g. PNG)."""
     with atomic_path(path) as tmp:
@@ -144,7 +159,8 @@ def plot_spectrum_fit(posterior, path=None, *, title: str | None = None):
     The upper panel per channel shades the alpha band (8-13 Hz), marks the
     largest peak of data and fit in 6-14 Hz (the band of the fit quality's
     peak frequencies), and draws the pointwise 5-95 % posterior predictive
-    band. The lower panel shows standardised log-power residuals
+    band; its legend is outside the axes, at the right, so that it never
+    covers the data (however wide the band). The lower panel shows standardised log-power residuals
     ``(log data - log fit) / sd`` with ``sd`` the fit's residual sd of
     log-power (``fit_quality["noise_sd_log_power"]``, from the noise
     precision; else the residuals' RMS) and the ±2 band.
@@ -167,7 +183,7 @@ def plot_spectrum_fit(posterior, path=None, *, title: str | None = None):
         raise ValueError("plot_spectrum_fit needs a spectrum fit (observed coord 'freq'); use plot_evoked_fit")
     units = posterior.observed.get("units", "")
     n_ch = y.shape[0]
-    fig = _figure(figsize=(6.4 * n_ch, 5.6))
+    fig = _figure(figsize=((6.4 + _LEGEND_WIDTH_IN) * n_ch, 5.6))
     axes = fig.subplots(2, n_ch, squeeze=False, sharex="col", gridspec_kw={"height_ratios": [3, 1.2]})
     logres = np.log(y) - np.log(fit)
     sd = posterior.fit_quality.get("noise_sd_log_power")
@@ -188,7 +204,7 @@ def plot_spectrum_fit(posterior, path=None, *, title: str | None = None):
         ax.set_yscale("log")
         ax.set_ylabel(_with_units("power", units))
         ax.set_title(str(posterior.observed["channels"][c]))
-        ax.legend(fontsize=8, loc="lower left")
+        _legend_outside(ax)
         ax.grid(True, which="major", alpha=0.3)
         z = logres[c] / sd
         rax.axhspan(-2, 2, color="0.85", lw=0)
@@ -222,7 +238,7 @@ def plot_evoked_fit(posterior, path=None, *, title: str | None = None):
     The largest deflection after stimulus onset is marked on data and fit
     (what the fit quality's peak latencies refer to); the lower panel shows
     the residual ``data - fit`` in data units with the predictive band's
-    spread around the fit.
+    spread around the fit. The legend is outside the axes, at the right.
 
     Parameters
     ----------
@@ -244,7 +260,7 @@ def plot_evoked_fit(posterior, path=None, *, title: str | None = None):
     n_ch = y.shape[0]
     ncol = min(n_ch, 3)
     nrow = -(-n_ch // ncol)
-    fig = _figure(figsize=(6.0 * ncol, 4.8 * nrow))
+    fig = _figure(figsize=((6.0 + _LEGEND_WIDTH_IN) * ncol, 4.8 * nrow))
     grid = fig.add_gridspec(2 * nrow, ncol, height_ratios=[3, 1.1] * nrow)
     post = x >= min(0.0, float(x[-1]))
     for c in range(n_ch):
@@ -266,7 +282,7 @@ def plot_evoked_fit(posterior, path=None, *, title: str | None = None):
             ax.set_ylim(-2.0 * top, 2.0 * top)
         ax.set_ylabel(_with_units("potential", units))
         ax.set_title(str(posterior.observed["channels"][c]))
-        ax.legend(fontsize=8)
+        _legend_outside(ax)
         ax.grid(True, alpha=0.3)
         rax.fill_between(x, lo - fit[c], hi - fit[c], color=_BAND, alpha=0.2, lw=0)
         rax.axhline(0, color="0.4", lw=0.8)

@@ -256,3 +256,56 @@ def test_report_verdict_follows_the_status_for_a_converged_fit_with_notes(tmp_pa
     verdict = page[page.index('class="verdict'):page.index("<h2>")]
     assert 'class="verdict warn"' in verdict and "Status converged (backend converged); 1 warning" in verdict
     assert "not to be trusted" not in verdict
+
+
+def _legend_clear_of_the_data(fig):
+    """Every legend of the figure lies outside its axes (so off every data line) and inside the figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    checked = 0
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        box = legend.get_window_extent(renderer)
+        assert not box.overlaps(ax.get_window_extent(renderer)), (box, ax.get_window_extent(renderer))
+        for line in ax.get_lines():
+            if line.get_label() in ("data",) or line.get_label().startswith(("variational", "fit", "posterior")):
+                assert not box.overlaps(line.get_window_extent(renderer)), line.get_label()
+        figbox = fig.bbox
+        assert figbox.x0 <= box.x0 and box.x1 <= figbox.x1 and figbox.y0 <= box.y0 and box.y1 <= figbox.y1
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("kind", ["spectrum", "evoked"])
+def test_fit_legends_do_not_cover_the_data_even_under_a_wide_band(kind):
+    """NPE's predictive band can fill the axes (every corner); the legend goes outside the axes instead."""
+    from jrinfer import plotting
+
+    post = _posterior(kind)
+    plotting.plot_fit(post)  # a typical band
+    assert _legend_clear_of_the_data(plotting.plot_fit(post)) == 1
+    import dataclasses
+
+    post = _posterior(kind)  # a band spanning the whole axes, as a broad NPE posterior gives
+    rng = np.random.default_rng(1)
+    shape = (1, 100, 1, post.fit.shape[-1])
+    if kind == "spectrum":
+        pred = post.fit[None, None] * np.exp(5.0 * rng.standard_normal(shape))
+    else:
+        pred = post.fit[None, None] + 20.0 * rng.standard_normal(shape)
+    wide = dataclasses.replace(post, predictive=pred)
+    fig = plotting.plot_fit(wide)
+    assert _legend_clear_of_the_data(fig) == 1
+    # the scenario: at both edges (where a legend inside would sit) the 90 % band spans over half the axes height
+    ax = fig.axes[0]
+    x = wide.observed["coord_values"]
+    lo, hi = np.quantile(pred[0, :, 0], [0.05, 0.95], axis=0)
+    to_axes = ax.transData + ax.transAxes.inverted()
+    for i in (0, -1):
+        (_, y_lo), (_, y_hi) = to_axes.transform([(x[i], lo[i]), (x[i], hi[i])])
+        assert y_hi - y_lo > 0.5, (kind, i, y_lo, y_hi)
