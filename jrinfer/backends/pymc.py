@@ -883,7 +883,11 @@ def _seconds_per_evaluation(ops, evaluate, repeats: int = 3) -> float | None:
     figures are reported in the diagnostics); their state is restored after
     the timing, so the measurement is not counted. None if it fails.
     """
-    saved = [(o, dict(vars(o))) for o in ops]
+    import copy
+
+    # containers and arrays are copied (the pole map appends its recent solutions to a list in place)
+    saved = [(o, {k: copy.copy(v) if isinstance(v, (list, dict, set, np.ndarray)) else v for k, v in vars(o).items()})
+             for o in ops]
     times = []
     try:
         for _ in range(repeats):
@@ -1351,8 +1355,16 @@ class NUTS:
                 f"{'chains one after the other' if parallel == 1 else f'{parallel} chains at a time'}"
                 + (f", boundary={self.boundary!r}" if self.boundary else ""))
         if pop is not None:
-            x = start[2][0] if start is not None else None
-            seconds = None if x is None else _seconds_per_evaluation([pop, pop.pole_map], lambda: pop.evaluate(x))
+            # at points 0.1 posterior SD from the start: at the start itself the warm-started solve is free
+            x = start[2][0]
+            sd = np.sqrt(np.clip(np.diag(start[1]), 0.0, None))
+            steps = iter(0.1 * sd * np.random.default_rng(0).choice([-1.0, 1.0], size=(3, x.size)))
+
+            def evaluate():
+                pop._last = None  # past its one-point cache
+                pop.evaluate(x + next(steps))
+
+            seconds = _seconds_per_evaluation([pop, pop.pole_map], evaluate)
         else:
             z0 = problem.prior.to_unconstrained(problem.prior.median()).numpy()
             if start is not None and model.jrinfer_boundary is None:
@@ -1367,10 +1379,10 @@ class NUTS:
         if seconds is None:
             return head
         iterations = self.chains * (self.tune + self.draws) / parallel
-        # a NUTS iteration takes 2**depth - 1 gradients; depths 3-6 are typical of a well-adapted JR posterior
-        low, high = iterations * 7 * seconds, iterations * min(63, 2**self.max_treedepth - 1) * seconds
-        return (f"{head}; one gradient evaluation takes {1e3 * seconds:.1f} ms, so at 7-63 gradients per iteration "
-                f"(tree depth 3-6) about {_duration(low)} to {_duration(high)}")
+        # a NUTS iteration takes up to 2**depth - 1 gradients; depths 3-6 are typical of a well-adapted JR posterior
+        few, many = min(7, 2**self.max_treedepth - 1), min(63, 2**self.max_treedepth - 1)
+        return (f"{head}; one gradient evaluation takes {1e3 * seconds:.1f} ms, so at {few}-{many} gradients per "
+                f"iteration about {_duration(iterations * few * seconds)} to {_duration(iterations * many * seconds)}")
 
 
 class SMC:
