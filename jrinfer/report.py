@@ -344,6 +344,14 @@ _QUALITY_LABELS = {
     "harmonic_excess_log_power": ("excess log-power at twice the alpha peak",
                                   "data − fit within ±1 Hz of 2 × the data's peak (natural log); above 3 noise sd: "
                                   "a harmonic, the mark of a limit cycle"),
+    "noise_sd_welch": ("noise sd of a Welch estimate", "sqrt(trigamma(K)) for K averaged segments: the scatter of "
+                                                       "log-power a perfect model leaves"),
+    "r2_noise_ceiling": ("R² a perfect model would reach", "1 − Welch noise variance / variance of the log spectrum"),
+    "residual_chi2": ("residual sum of squares / Welch noise variance", "about the number of frequencies when the "
+                                                                        "residuals are noise"),
+    "residuals_within_noise": ("residuals within the Welch noise", "chi-square test at 0.001: a low R² is then the "
+                                                                   "data's noise, not a misfit"),
+    "peak_residual_noise_sds": ("residual at the two alpha peaks (noise sd)", "above 3: the peak shift is real"),
     "explained_variance": ("explained variance", "1 − residual / total sum of squares of the waveforms"),
     "peak_latency_data_s": ("main peak of the data (s)", "largest deflection after time 0"),
     "peak_latency_model_s": ("main peak of the fit (s)", "on the same channel"),
