@@ -429,6 +429,20 @@ class Observation(abc.ABC):
         """
         return None
 
+    #: What :meth:`effect_parameters` are, in words (for messages).
+    EFFECTS: ClassVar[str] = "effects"
+
+    def effect_parameters(self, data=None) -> tuple[str, ...]:
+        """Parameters whose departure from 0 is the question the fit answers (default: none).
+
+        E.g. the condition differences of
+        :class:`~jrinfer.conditions.ConditionObservation`. Multi-start
+        variational Laplace reports whether their posterior means and their
+        Bayesian-model-reduction evidence against 0 agree across competing
+        optima (:func:`jrinfer.backends._multistart.effects_across_optima`).
+        """
+        return ()
+
     def regime_context(self, data, metrics: dict) -> dict:
         """What this observation knows about regimes for a fit to ``data``: which it describes, which the data suggest.
 

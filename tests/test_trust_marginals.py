@@ -244,3 +244,71 @@ def test_draws_outside_the_methods_regime_warn_and_advice_skips_the_backend_used
         advice = " ".join(w for w in post.warnings if "use " in w)
         assert f"({backend}" not in advice and f", {backend})" not in advice, (backend, advice)
         assert ("--resample" in advice) == (backend == "laplace")
+
+
+# ------------------------------------------------- condition effects across optima
+class _Bimodal(_Toy):
+    """``y = x^2 + slope(x, b) t``: x and -x fit alike (x ~ N(0, 1) is symmetric), so VL finds two optima."""
+
+    PRIOR = {"x": {"dist": "normal", "mean": 0.0, "sd": 1.0}, "b": {"dist": "normal", "mean": 0.0, "sd": 1.0}}
+
+    def parameter_names(self, data=None):
+        return ("x", "b", "log_precision")
+
+    def required_parameters(self, data=None):
+        return self.parameter_names(data)
+
+
+class SharedSlope(_Bimodal):
+    """Slope ``b``: the same at both optima, and so is each condition's difference of it."""
+
+    def mean(self, params, t):
+        x, b = torch.broadcast_tensors(torch.as_tensor(params["x"]), torch.as_tensor(params["b"]))
+        return (x * x).unsqueeze(-1) + b.unsqueeze(-1) * t
+
+
+class SignedSlope(_Bimodal):
+    """Slope ``x b``: the optimum at -x has -b, so its additive difference of b has the opposite sign."""
+
+    def mean(self, params, t):
+        x, b = torch.broadcast_tensors(torch.as_tensor(params["x"]), torch.as_tensor(params["b"]))
+        return (x * x).unsqueeze(-1) + (x * b).unsqueeze(-1) * t
+
+
+def _two_conditions(base, slopes=(0.75, 1.65), n=30, sd=0.2):
+    from jrinfer.conditions import ConditionData, ConditionObservation
+
+    times = torch.linspace(0.0, 2.0, n, dtype=F64)
+    datasets = {}
+    for i, (c, s) in enumerate(zip(("rest", "task"), slopes)):
+        e = sd * torch.randn(n, generator=torch.Generator().manual_seed(10 + i), dtype=F64)
+        datasets[c] = EvokedData.from_arrays(times, 2.25 + s * times + e)
+    obs = ConditionObservation(base, ("rest", "task"), {"b": "additive"})
+    data = ConditionData(datasets)
+    spec = obs.default_prior(data)
+    spec["fixed"] = {k: -2 * math.log(sd) for k in spec["fixed"]}  # the known noise SD of every condition
+    return InverseProblem(obs, spec, data)
+
+
+@pytest.mark.parametrize("base, agree", [(SharedSlope(), True), (SignedSlope(), False)])
+def test_multimodal_warning_says_whether_condition_differences_agree_across_optima(base, agree):
+    from jrinfer.conditions import condition_effects
+
+    problem = _two_conditions(base)
+    assert problem.observation.effect_parameters() == ("delta_b_task",)
+    post = VariationalLaplace(n_starts=8).fit(problem, seed=0, n_draws=200)
+    warn = [w for w in post.warnings if "multimodal" in w]
+    assert len(warn) == 1, post.warnings
+    rec = post.diagnostics["effects_across_optima"]
+    assert rec["n_optima"] == 2 and rec["agree"] is agree
+    d = rec["parameters"]["delta_b_task"]
+    if agree:
+        assert "condition differences agree across the 2 optima" in warn[0]
+        assert abs(d["means"][0] - d["means"][1]) < 0.1 * d["sds"][0]  # one and the same slope difference
+    else:
+        assert "condition differences differ between the 2 optima" in warn[0] and "delta_b_task (means" in warn[0]
+        assert d["means"][0] * d["means"][1] < 0 and not d["means_agree"]  # opposite signs
+    # both optima show a difference; the evidence of the best optimum is condition_effects' (the same BMR)
+    assert d["evidence"] == ["effect", "effect"] and d["evidence_agrees"]
+    eff = condition_effects(post, problem)["b"]["task"]
+    assert d["log_bayes_factors"][0] == pytest.approx(eff["log_bayes_factor"], rel=1e-6, abs=1e-6)

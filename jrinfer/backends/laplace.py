@@ -168,6 +168,8 @@ class VariationalLaplace(LaplaceEngine):
         }
         if multi["notes"]:
             diagnostics["notes"] = multi["notes"]
+        if multi.get("effects_across_optima") is not None:
+            diagnostics["effects_across_optima"] = multi["effects_across_optima"]
         warnings = list(multi["warnings"])
         with torch.no_grad():
             if problem.has_fast_path and bool(torch.isfinite(z).all()):  # the fused path: same values, no torch graph
