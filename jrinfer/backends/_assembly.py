@@ -167,6 +167,8 @@ def _regime_check(problem, theta: torch.Tensor, point, metrics: dict, backend: s
     Every draw is classified by the one classifier of the problem
     (:meth:`~jrinfer.InverseProblem.regimes`, for Jansen-Rit
     :meth:`~jrinfer.JansenRit.regimes`); draws are thinned to at most 2000.
+    A mix the backend computed itself (NPE: ``diagnostics["regime_mix"]`` of
+    all its draws, same format) is kept.
     The observation says which regimes its method can describe and which
     the data suggest (:meth:`~jrinfer.observation.Observation.regime_context`);
     a warning when more than :data:`INVALID_FRACTION_WARN` of the posterior,
@@ -179,16 +181,17 @@ def _regime_check(problem, theta: torch.Tensor, point, metrics: dict, backend: s
     names = tuple(getattr(problem.observation, "REGIMES", ()) or ())
     if not names:
         return []
-    flat = theta.reshape(-1, problem.n_params)
-    if flat.shape[0] > 2000:
-        flat = flat[torch.linspace(0, flat.shape[0] - 1, 2000).round().long()]
-    codes = problem.regimes(flat)
-    if codes is None:
-        return []
-    codes = codes.reshape(-1)
-    mix = _regime_mix(codes, names)
-    diagnostics["regime_mix"] = mix
-    diagnostics["regime"] = max(mix, key=lambda k: mix[k]["fraction"])
+    mix = diagnostics.get("regime_mix")
+    if not (isinstance(mix, dict) and set(mix) == set(names)):  # a backend's own mix of all its draws is kept
+        flat = theta.reshape(-1, problem.n_params)
+        if flat.shape[0] > 2000:
+            flat = flat[torch.linspace(0, flat.shape[0] - 1, 2000).round().long()]
+        codes = problem.regimes(flat)
+        if codes is None:
+            return []
+        mix = _regime_mix(codes.reshape(-1), names)
+        diagnostics["regime_mix"] = mix
+        diagnostics["regime"] = max(mix, key=lambda k: mix[k]["fraction"])
     point_regime = None
     if point is not None:
         pc = problem.regimes(torch.as_tensor(np.asarray(point, dtype=float), dtype=torch.float64)[None])
