@@ -1045,7 +1045,19 @@ class SpectrumObservation(_JansenRitObservation):
                 excess = float((y[near] - yhat[near]).max())
                 metrics["harmonic_excess_log_power"] = excess
                 if excess > 3.0 * sd:
+                    # the fitted point's regime (JansenRit.regimes), so that the advice fits where the fit is
+                    on_cycle = False
+                    if simulated and params is not None:
+                        try:
+                            on_cycle = bool((self.regimes(params) == MODEL_REGIMES.index("limit_cycle")).all())
+                        except (ValueError, TypeError):  # parameters the model cannot classify
+                            on_cycle = False
                     what = (
+                        "the fitted model is on a limit cycle, yet its simulated spectrum lacks the harmonic (a "
+                        "nearly sinusoidal cycle): the constants that would sharpen the cycle are not reached, or "
+                        "the harmonic comes from outside the model (compare the evidence of fits with another "
+                        "prior or --fmax below the harmonic)"
+                        if on_cycle else
                         "the fitted simulations lack it: the posterior sits where the model is damped; a prior on "
                         "p_mean that reaches the oscillatory regime (about 90-315 pulses/s with the JR 1995 "
                         "constants) lets the model produce it"

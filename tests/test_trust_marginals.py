@@ -312,3 +312,20 @@ def test_multimodal_warning_says_whether_condition_differences_agree_across_opti
     assert d["evidence"] == ["effect", "effect"] and d["evidence_agrees"]
     eff = condition_effects(post, problem)["b"]["task"]
     assert d["log_bayes_factors"][0] == pytest.approx(eff["log_bayes_factor"], rel=1e-6, abs=1e-6)
+
+
+def test_harmonic_advice_of_a_simulation_fit_follows_the_fitted_regime():
+    """The simulation method's harmonic warning says 'damped' only where the fitted point is not on a limit cycle."""
+    plain = jrinfer.datasets.synthetic_spectrum()
+    data = _transfer_problem(harmonic=2.5).data
+    obs = SpectrumObservation(method="simulation")
+    base = {k: torch.tensor(v.default, dtype=F64) for k, v in jrinfer.model.PARAMETERS.items() if v.default is not None}
+    texts = {}
+    for p_mean in (70.0, 200.0):  # JR 1995 constants: stable below the Hopf point at 89.8, a limit cycle at 200
+        params = dict(base, p_mean=torch.tensor(p_mean, dtype=F64))
+        assert obs.regimes(params).item() == (0 if p_mean == 70.0 else 1)
+        fq = obs.goodness_of_fit(data, plain.power[0], params)
+        texts[p_mean] = [w for w in fq.warnings if "twice the alpha peak" in w]
+        assert len(texts[p_mean]) == 1 and "--method simulation" not in texts[p_mean][0]
+    assert "sits where the model is damped" in texts[70.0][0]
+    assert "is on a limit cycle" in texts[200.0][0] and "damped" not in texts[200.0][0]
