@@ -157,6 +157,9 @@ def test_one_sided_laplace_marginal_is_flagged_and_matches_quadrature():
     s = post.summary()["parameters"]["u"]
     assert s["marginal"].startswith("one-sided") and s["informed"] and s["weighted_q95"] == rec["weighted_q95"]
     assert "one-sided: bounded above by the data; importance-weighted" in repr(post)
+    from jrinfer.identifiability import posterior_summary
+
+    assert "u" not in posterior_summary(post, problem.prior).not_informed  # the identifiability headline agrees
 
 
 def test_resampled_draws_follow_the_weighted_marginal_and_are_not_flagged():
