@@ -332,3 +332,16 @@ def test_harmonic_advice_of_a_simulation_fit_follows_the_fitted_regime():
         assert len(texts[p_mean]) == 1 and "--method simulation" not in texts[p_mean][0]
     assert "sits where the model is damped" in texts[70.0][0]
     assert "is on a limit cycle" in texts[200.0][0] and "damped" not in texts[200.0][0]
+
+
+def test_report_shows_weighted_marginals_and_the_regime_mix():
+    pytest.importorskip("matplotlib")
+    from jrinfer.report import report_html
+
+    post = VariationalLaplace(n_starts=1).fit(_one_sided_problem(), n_draws=4000, seed=0)
+    page = report_html(post, post.summary())
+    assert "one-sided: bounded above by the data" in page and "importance-weighted" in page
+    assert "differ from the Gaussian&#x27;s: u" in page and "marginal misstates u" in page
+    stable = VariationalLaplace(n_starts=1).fit(_transfer_problem(), seed=0)
+    page = report_html(stable, stable.summary())
+    assert "regime mix of the posterior draws" in page and "stable" in page.split("regime mix of the posterior")[1][:200]
