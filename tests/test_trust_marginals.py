@@ -315,6 +315,13 @@ def test_multimodal_warning_says_whether_condition_differences_agree_across_opti
     assert d["evidence"] == ["effect", "effect"] and d["evidence_agrees"]
     eff = condition_effects(post, problem)["b"]["task"]
     assert d["log_bayes_factors"][0] == pytest.approx(eff["log_bayes_factor"], rel=1e-6, abs=1e-6)
+    # the CLI's condition-effects block repeats a disagreement under the effects (where it is read)
+    from jrinfer.cli import _condition_summary
+
+    summary: dict = {}
+    lines = _condition_summary(summary, post, problem)
+    assert any("differ between the 2 optima" in ln for ln in lines) is (not agree)
+    assert (rec["sentence"] in summary["condition_effects"]["warnings"]) is (not agree)
 
 
 def test_harmonic_advice_of_a_simulation_fit_follows_the_fitted_regime():
