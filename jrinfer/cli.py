@@ -653,6 +653,9 @@ def _condition_summary(summary: dict, posterior, problem) -> list[str]:
             f"the Gaussian posterior is not reliable here (Pareto k-hat {k:.2f}): the log Bayes factors inherit its "
             "error; to check one, refit without that parameter in --vary and compare the two fits (jrinfer compare)"
         )
+    across = posterior.diagnostics.get("effects_across_optima")  # multi-start VL: competing optima disagree
+    if isinstance(across, dict) and not across.get("agree", True):
+        warns.append(across["sentence"])
     summary["condition_effects"] = {
         "reference": obs.reference,
         "conditions": list(obs.conditions),

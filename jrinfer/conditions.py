@@ -258,6 +258,12 @@ class ConditionObservation(Observation):
     def parameter_names(self, data=None) -> tuple[str, ...]:
         return tuple(self.base.parameter_names(self._ref(data))) + tuple(self._extra_names(data))
 
+    EFFECTS = "condition differences"
+
+    def effect_parameters(self, data=None) -> tuple[str, ...]:
+        """The differences ``delta_<name>_<condition>`` (see :meth:`Observation.effect_parameters`)."""
+        return tuple(self.delta_name(v, c) for v in self.vary for c in self.others)
+
     def model_parameter_names(self) -> tuple[str, ...]:
         return tuple(self.base.model_parameter_names())
 

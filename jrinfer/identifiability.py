@@ -1367,6 +1367,10 @@ def posterior_summary(
         cov = np.cov(z, rowvar=False)
     var_post = np.diag(cov)
     contraction = 1.0 - var_post / var_prior
+    # the fit's own contraction where it has one: for a Laplace marginal that importance weighting shows to be
+    # one-sided it is the weighted one (Posterior.non_gaussian_marginals), so both say the same "not informed"
+    own = getattr(posterior, "contraction", None) or {}
+    contraction = np.array([float(own.get(n, c)) for n, c in zip(names, contraction)])
     sd = np.sqrt(np.clip(var_post, 1e-300, None))
     corr = cov / np.outer(sd, sd)
     np.fill_diagonal(corr, 1.0)

@@ -463,6 +463,40 @@ class Observation(abc.ABC):
         """
         return None
 
+    #: What :meth:`effect_parameters` are, in words (for messages).
+    EFFECTS: ClassVar[str] = "effects"
+
+    def effect_parameters(self, data=None) -> tuple[str, ...]:
+        """Parameters whose departure from 0 is the question the fit answers (default: none).
+
+        E.g. the condition differences of
+        :class:`~jrinfer.conditions.ConditionObservation`. Multi-start
+        variational Laplace reports whether their posterior means and their
+        Bayesian-model-reduction evidence against 0 agree across competing
+        optima (:func:`jrinfer.backends._multistart.effects_across_optima`).
+        """
+        return ()
+
+    def regime_context(self, data, metrics: dict) -> dict:
+        """What this observation knows about regimes for a fit to ``data``: which it describes, which the data suggest.
+
+        Read by the posterior assembly to warn where the posterior's regime
+        mix (:meth:`regimes` of its draws) and the method or the data
+        disagree. ``metrics`` are the fit's :meth:`goodness_of_fit` metrics.
+
+        Returns
+        -------
+        dict
+            Any of: ``method`` (words, e.g. "transfer method"),
+            ``describes`` (tuple of the :attr:`REGIMES` its predictions
+            are valid in; absent: all), ``advice_describes`` (what to use for
+            the others), ``suggested`` (the regime the data point to, or
+            absent), ``why`` (the evidence, in words) and ``advice_suggested``
+            (what to try when the posterior is elsewhere; never this
+            observation's own method). The default: ``{}``.
+        """
+        return {}
+
     def settings(self) -> dict:
         """``{"module", "class", "settings"}``: the class and its constructor arguments, JSON-ready.
 
@@ -953,6 +987,37 @@ class SpectrumObservation(_JansenRitObservation):
         """Log-power on the data's grid, channels averaged: shape ``(*batch, F)``."""
         return torch.log(values).mean(-2)
 
+    def regime_context(self, data, metrics: dict) -> dict:
+        """Regimes for a spectrum fit (see :meth:`Observation.regime_context`).
+
+        A spectrum with the transfer method describes the ``stable`` regime
+        only (the linearised spectrum at a stable upper equilibrium); the
+        simulation method describes every regime. A
+        spectrum whose data hold a harmonic of the alpha peak that the fit
+        lacks (``harmonic_excess_log_power`` above 3 noise SDs, the rule of
+        :meth:`SpectrumObservation.goodness_of_fit`) suggests a ``limit_cycle``.
+        """
+        method = self.method
+        out: dict = {}
+        if method == "transfer":
+            out.update(method="transfer method", describes=("stable",),
+                       advice_describes="use method='simulation' (--method simulation), which describes every regime")
+        else:
+            out["method"] = "simulation method"
+        excess = metrics.get("harmonic_excess_log_power")
+        sd = metrics.get("noise_sd_log_power", metrics.get("residual_rms_log_power"))
+        if isinstance(excess, float) and isinstance(sd, float) and sd > 0 and excess > 3.0 * sd:
+            out["suggested"] = "limit_cycle"
+            out["why"] = f"a harmonic at twice the alpha peak that the fit lacks, {excess / sd:.1f} residual SDs"
+            out["advice_suggested"] = (
+                "use method='simulation' (--method simulation): the linearised spectrum has no limit cycle"
+                if method == "transfer" else
+                "the simulated model did not find a limit cycle that fits these data: a prior on p_mean inside the "
+                "oscillatory range (about 90-315 pulses/s with the JR 1995 constants; --prior) tests that "
+                "explanation, or the harmonic comes from outside the model (compare the fits' evidence)"
+            )
+        return out
+
     # ----------------------------------------------------------- quality
     def goodness_of_fit(self, data: "SpectrumData", predicted: torch.Tensor, params: dict | None = None) -> FitQuality:
         """R² of log-power, alpha-peak frequencies and standardised residuals.
@@ -1045,7 +1110,19 @@ class SpectrumObservation(_JansenRitObservation):
                 excess = float((y[near] - yhat[near]).max())
                 metrics["harmonic_excess_log_power"] = excess
                 if excess > 3.0 * sd:
+                    # the fitted point's regime (JansenRit.regimes), so that the advice fits where the fit is
+                    on_cycle = False
+                    if simulated and params is not None:
+                        try:
+                            on_cycle = bool((self.regimes(params) == MODEL_REGIMES.index("limit_cycle")).all())
+                        except (ValueError, TypeError):  # parameters the model cannot classify
+                            on_cycle = False
                     what = (
+                        "the fitted model is on a limit cycle, yet its simulated spectrum lacks the harmonic (a "
+                        "nearly sinusoidal cycle): the constants that would sharpen the cycle are not reached, or "
+                        "the harmonic comes from outside the model (compare the evidence of fits with another "
+                        "prior or --fmax below the harmonic)"
+                        if on_cycle else
                         "the fitted simulations lack it: the posterior sits where the model is damped; a prior on "
                         "p_mean that reaches the oscillatory regime (about 90-315 pulses/s with the JR 1995 "
                         "constants) lets the model produce it"

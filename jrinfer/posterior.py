@@ -35,6 +35,13 @@ PARETO_K_UNRELIABLE = 0.7
 MISFIT_MARKERS = ("poor fit:", "peak missed:")
 
 
+def _percent(name: str, fraction: float) -> str:
+    """``"name 42 %"``, with ``< 1 %`` / ``> 99 %`` rather than a share rounded to 0 or 100."""
+    pct = 100.0 * fraction
+    text = "< 1" if 0 < pct < 0.5 else "> 99" if 99.5 <= pct < 100 else f"{pct:.0f}"
+    return f"{name} {text} %"
+
+
 def _is_misfit(warning: str) -> bool:
     return any(m in warning for m in MISFIT_MARKERS)
 
@@ -201,14 +208,36 @@ class Posterior:
         """Parameters whose contraction is below :data:`CONTRACTION_UNINFORMED` (posterior ≈ prior)."""
         return tuple(n for n in self.names if self.contraction.get(n, 1.0) < CONTRACTION_UNINFORMED)
 
+    @property
+    def non_gaussian_marginals(self) -> dict:
+        """Parameters whose Gaussian marginal the importance-weighted one contradicts: name -> record.
+
+        Variational Laplace only, for the Gaussian's own draws (not
+        ``resample=True``): ``diagnostics["importance_marginals"]`` (PSIS
+        weights of the Gaussian's draws against the true posterior, Vehtari et
+        al. 2024; see :func:`jrinfer.backends.laplace._importance_marginals`).
+        Their ``contraction`` is the weighted one; the draws, mean and sd
+        are still the Gaussian's.
+        """
+        d = self.diagnostics or {}
+        if d.get("importance_resampled"):
+            return {}
+        im = (d.get("importance_marginals") or {}).get("parameters") or {}
+        return {n: r for n, r in im.items() if isinstance(r, dict) and r.get("non_gaussian") and n in self.names}
+
     def summary(self) -> dict:
         """JSON-ready summary.
 
         Per parameter: mean, sd, 5 % and 95 % quantiles (natural units),
-        ``units``, ``contraction`` and ``informed``; then status, fit
+        ``units``, ``contraction`` and ``informed``; for a parameter whose
+        Gaussian (Laplace) marginal the importance-weighted one contradicts
+        (:meth:`non_gaussian_marginals`) also ``marginal`` (its shape in
+        words) and ``weighted_mean``, ``weighted_sd``, ``weighted_q05``,
+        ``weighted_q95`` and ``gaussian_contraction``; then status, fit
         quality, warnings, backend diagnostics and the log evidence.
         """
         q05, q95 = self.quantile(0.05), self.quantile(0.95)
+        flagged = self.non_gaussian_marginals
         params = {}
         for n, m, s, a, b in zip(self.names, self.mean, self.sd, q05, q95):
             c = self.contraction.get(n)
@@ -221,6 +250,11 @@ class Posterior:
                 "contraction": None if c is None else float(c),
                 "informed": None if c is None else bool(c >= CONTRACTION_UNINFORMED),
             }
+            if n in flagged:
+                r = flagged[n]
+                params[n]["marginal"] = r.get("shape", "not Gaussian")
+                params[n].update({k: r[k] for k in ("weighted_mean", "weighted_sd", "weighted_q05", "weighted_q95",
+                                                     "gaussian_contraction") if k in r})
         return {
             "backend": self.backend,
             "status": self.status,
@@ -252,14 +286,33 @@ class Posterior:
         trust = self._trust_summary()
         if trust:
             lines.append(f"  trust: {trust}")
+        regime = self._regime_summary()
+        if regime:
+            lines.append(f"  regime: {regime}")
+        flagged = self.non_gaussian_marginals
         lines.append(f"  {'parameter':>16s}  {'mean':>10s}  {'sd':>9s}  {'units':<12s} contraction")
         for n, m, s in zip(self.names, self.mean, self.sd):
             c = self.contraction.get(n)
             tag = "" if c is None else f"{c:6.2f}" + ("  (not informed by the data)" if c < CONTRACTION_UNINFORMED else "")
+            if n in flagged:
+                r = flagged[n]
+                tag += (f"  ({r.get('shape', 'not Gaussian')}; importance-weighted, the Gaussian's "
+                        f"{r['gaussian_contraction']:.2f}: 5-95 % {r['weighted_q05']:.3g} to {r['weighted_q95']:.3g})")
             lines.append(f"  {n:>16s}  {m:10.4g}  {s:9.3g}  {self.units.get(n, ''):<12.12s} {tag}")
         for w in self.warnings:
             lines.append(f"  WARNING: {w}")
         return "\n".join(lines)
+
+    def _regime_summary(self) -> str:
+        """One line: the posterior's regime mix and the point estimate's regime (empty without regimes)."""
+        d = self.diagnostics or {}
+        mix = d.get("regime_mix")
+        if not isinstance(mix, dict) or not mix:
+            return ""
+        shares = ", ".join(_percent(k, v["fraction"]) for k, v in mix.items()
+                           if isinstance(v, dict) and v.get("fraction", 0) > 0)
+        point = d.get("regime_point")
+        return f"{shares} of the posterior draws" + (f"; point estimate {point}" if point else "")
 
     def _trust_summary(self) -> str:
         """One line of the backend's own reliability figures found in ``diagnostics`` (empty if none)."""

@@ -147,6 +147,9 @@ def _headline_metrics(posterior, summary) -> str:
         items.append(_metric(label, _num(posterior.log_evidence, 6)))
     n_uninf = len(posterior.uninformed)
     items.append(_metric("parameters informed", f"{len(posterior.names) - n_uninf} of {len(posterior.names)}"))
+    regime = posterior._regime_summary()
+    if regime:
+        items.append(_metric("regime", _e(regime)))
     return '<div class="metrics">' + "".join(items) + "</div>"
 
 
@@ -312,6 +315,10 @@ def _parameter_table(posterior, truth: dict | None = None) -> str:
         ctext = "—" if c is None else f"{c:.2f}"
         if uninformed:
             ctext += ' <span class="tag">not informed</span>'
+        if p.get("marginal"):  # a Laplace marginal that importance weighting contradicts: the weighted one is shown
+            ctext += (f' <span class="tag a">{_e(p["marginal"])}</span><br><span class="note">importance-weighted '
+                      f'(Gaussian {_num(p.get("gaussian_contraction"), 2)}); 5–95 % {_num(p.get("weighted_q05"))} to '
+                      f'{_num(p.get("weighted_q95"))}</span>')
         truth_cell = ""
         if truth:
             t = truth.get(name)
@@ -324,7 +331,8 @@ def _parameter_table(posterior, truth: dict | None = None) -> str:
         )
     note = (f"<p class='note'>Contraction = 1 − posterior variance / prior variance (unconstrained coordinates); "
             f"below {CONTRACTION_UNINFORMED:g} the posterior restates the prior: the data did not inform the "
-            "parameter.</p>")
+            "parameter. A tagged shape marks a Laplace marginal that the importance-weighted draws contradict: its "
+            "contraction and interval are the weighted ones; mean and sd are the Gaussian's.</p>")
     return "<table>" + head + "".join(rows) + "</table>" + note
 
 
@@ -429,6 +437,18 @@ def _diagnostics(posterior, summary) -> str:
             text += f" ({100 * float(inv['fraction']):.1f} %)"
         reasons = inv.get("reasons") or []
         row("invalid predictive draws", text, _e(reasons[0]) if reasons else "")
+    im = d.pop("importance_marginals", None)
+    if isinstance(im, dict):
+        flagged = [n for n, r in (im.get("parameters") or {}).items() if isinstance(r, dict) and r.get("non_gaussian")]
+        row("importance-weighted marginals (PSIS ESS)", _num(im.get("ess"), 4),
+            _e("differ from the Gaussian's: " + ", ".join(flagged)) if flagged else "agree with the Gaussian's")
+    if isinstance(d.get("regime_mix"), dict):
+        d.pop("regime_mix")
+        d.pop("regime_point", None)
+        row("regime mix of the posterior draws", _e(posterior._regime_summary()), _e(d.pop("regime", "")))
+    eff = d.pop("effects_across_optima", None)
+    if isinstance(eff, dict):
+        row("effects across the competing optima", "agree" if eff.get("agree") else "differ", _e(eff.get("sentence", "")))
     d.pop("prior_invalid_fraction", None)  # shown once, under "Data and settings"
     sampler = _sampler_table(posterior, d)  # pops what it shows
     for k, v in d.items():  # every other backend's scalars and settings

@@ -34,7 +34,7 @@ import torch
 
 from jrinfer import _checks
 from jrinfer._rng import generator
-from jrinfer.posterior import CONTRACTION_UNINFORMED, PARETO_K_UNRELIABLE, Posterior, _is_misfit
+from jrinfer.posterior import CONTRACTION_UNINFORMED, PARETO_K_UNRELIABLE, Posterior, _is_misfit, _percent
 
 __all__ = ["assemble_posterior", "INVALID_FRACTION_WARN"]
 
@@ -88,6 +88,140 @@ def _unique(reasons: list[str], limit: int = 3) -> list[str]:
         if len(out) == limit:
             break
     return out
+
+
+def _alternatives(backend: str, diagnostics: dict, *, hopf: bool = True) -> str:
+    """What to try instead of this fit's approximation, never the one the fit already used.
+
+    ``"--resample (importance-resampled draws, laplace) or a sampler (nuts, smc)"`` for a
+    Gaussian fit; the other sampler (and NUTS's pole boundary where it was not used) for a
+    sampler's fit; both samplers for NPE. ``hopf``: add NUTS's pole boundary
+    (for draws cut by a Hopf boundary).
+    """
+    options = []
+    if backend == "laplace" and not diagnostics.get("importance_resampled"):
+        options.append("importance-resampled draws (--resample; fit(..., resample=True))")
+    samplers = [b for b in ("nuts", "smc") if b != backend]
+    options.append(("a sampler" if len(samplers) > 1 else "the other sampler") + f" ({', '.join(samplers)})")
+    if not hopf:
+        pass
+    elif backend == "nuts" and diagnostics.get("boundary") != "pole":
+        options.append("nuts with boundary='pole' (CLI --boundary pole) where draws lie past a Hopf boundary")
+    elif backend != "nuts":
+        options.append("for a transfer-method spectrum cut by the Hopf boundary, nuts with boundary='pole' "
+                       "(CLI --boundary pole)")
+    return "; or ".join(options)
+
+
+def _non_gaussian_marginals(diagnostics: dict, contraction: dict, units: dict, backend: str) -> list[str]:
+    """A warning naming the parameters whose Gaussian marginal the importance-weighted one contradicts.
+
+    ``diagnostics["importance_marginals"]`` (variational Laplace: PSIS-weighted
+    marginals of the Gaussian's draws, see
+    :func:`jrinfer.backends.laplace._importance_marginals`) marks them
+    ``non_gaussian``; their ``contraction`` becomes the weighted one (what the
+    data inform, not the Gaussian's curvature at the mode), so a parameter
+    the data bound from one side is not called "not informed".
+    """
+    im = diagnostics.get("importance_marginals") or {}
+    flagged = {n: r for n, r in (im.get("parameters") or {}).items() if r.get("non_gaussian") and n in contraction}
+    if not flagged:
+        return []
+    parts = []
+    for n, r in flagged.items():
+        contraction[n] = r["weighted_contraction"]
+        u = units.get(n, "")
+        u = f" {u}" if u and u != "1" else ""
+        parts.append(
+            f"{n} ({r['shape']}): weighted 5-95 % {r['weighted_q05']:.3g} to {r['weighted_q95']:.3g}{u}, contraction "
+            f"{r['weighted_contraction']:.2f} (Gaussian: {r['gaussian_q05']:.3g} to {r['gaussian_q95']:.3g}, "
+            f"{r['gaussian_contraction']:.2f})"
+        )
+    return [
+        f"the Gaussian (Laplace) marginal misstates {', '.join(flagged)}: the importance-weighted draws (PSIS, "
+        f"k-hat <= {PARETO_K_UNRELIABLE}, ESS {im.get('ess', float('nan')):.0f}) show the posterior's: "
+        f"{'; '.join(parts)}. The mean, sd and draws shown are the Gaussian's, the contraction the weighted one; "
+        f"for draws that follow the posterior use {_alternatives(backend, diagnostics, hopf=False)}"
+    ]
+
+
+#: Posterior share below which the regime the data suggest counts as missed by the posterior.
+REGIME_MISSED = 0.5
+
+
+def _regime_mix(codes: torch.Tensor, names) -> dict:
+    """``{regime: {"n": count, "fraction": share}}`` of int64 ``codes`` into ``names``."""
+    n = max(int(codes.numel()), 1)
+    return {name: {"n": int((codes == i).sum()), "fraction": float((codes == i).sum()) / n}
+            for i, name in enumerate(names)}
+
+
+def _shares(mix: dict) -> str:
+    return ", ".join(_percent(k, v["fraction"]) for k, v in mix.items() if v["fraction"] > 0)
+
+
+def _regime_check(problem, theta: torch.Tensor, point, metrics: dict, backend: str, diagnostics: dict,
+                  invalid_warned: bool) -> list[str]:
+    """The posterior's regime mix (``diagnostics["regime_mix"]``, ``"regime"``, ``"regime_point"``) and its warnings.
+
+    Every draw is classified by the one classifier of the problem
+    (:meth:`~jrinfer.InverseProblem.regimes`, for Jansen-Rit
+    :meth:`~jrinfer.JansenRit.regimes`); draws are thinned to at most 2000.
+    A mix the backend computed itself (NPE: ``diagnostics["regime_mix"]`` of
+    all its draws, same format) is kept.
+    The observation says which regimes its method can describe and which
+    the data suggest (:meth:`~jrinfer.observation.Observation.regime_context`);
+    a warning when more than :data:`INVALID_FRACTION_WARN` of the posterior,
+    or the point estimate, lies in a regime the method cannot describe (unless
+    the invalid-draws warning already said so), or when less than
+    :data:`REGIME_MISSED` of it (or the point estimate) lies in the regime the
+    data suggest. The advice comes from the observation (its method) and from
+    :func:`_alternatives` (the backend): never the method or backend the fit used.
+    """
+    names = tuple(getattr(problem.observation, "REGIMES", ()) or ())
+    if not names:
+        return []
+    mix = diagnostics.get("regime_mix")
+    if not (isinstance(mix, dict) and set(mix) == set(names)):  # a backend's own mix of all its draws is kept
+        flat = theta.reshape(-1, problem.n_params)
+        if flat.shape[0] > 2000:
+            flat = flat[torch.linspace(0, flat.shape[0] - 1, 2000).round().long()]
+        codes = problem.regimes(flat)
+        if codes is None:
+            return []
+        mix = _regime_mix(codes.reshape(-1), names)
+        diagnostics["regime_mix"] = mix
+        diagnostics["regime"] = max(mix, key=lambda k: mix[k]["fraction"])
+    point_regime = None
+    if point is not None:
+        pc = problem.regimes(torch.as_tensor(np.asarray(point, dtype=float), dtype=torch.float64)[None])
+        if pc is not None:
+            point_regime = names[int(pc.reshape(-1)[0])]
+            diagnostics["regime_point"] = point_regime
+    context = problem.observation.regime_context(problem.data, metrics) or {}
+    warns = []
+    at = f"; point estimate: {point_regime}" if point_regime else ""
+    describes = context.get("describes")
+    if describes is not None:
+        outside = {k: v for k, v in mix.items() if k not in describes and v["fraction"] > 0}
+        frac = sum(v["fraction"] for v in outside.values())
+        if (frac > INVALID_FRACTION_WARN and not invalid_warned) or (point_regime and point_regime not in describes):
+            warns.append(
+                f"{100 * frac:.0f} % of the posterior lies in regimes the {context.get('method', 'observation')} "
+                f"cannot describe ({_shares(outside)}{at}; it describes {', '.join(describes)} only): "
+                f"{context.get('advice_describes', 'use an observation that describes them')}; or "
+                f"{_alternatives(backend, diagnostics)}"
+            )
+    suggested = context.get("suggested")
+    if suggested in mix:
+        share = mix[suggested]["fraction"]
+        if share < REGIME_MISSED or (point_regime is not None and point_regime != suggested):
+            warns.append(
+                f"regime: the data suggest {suggested} ({context.get('why', '')}), but {100 * share:.0f} % of the "
+                f"posterior is there (regime mix: {_shares(mix)}{at}): the fit explains the data with another "
+                f"regime; {context.get('advice_suggested', '')}".rstrip("; ")
+            )
+    return warns
 
 
 def _fit_status(backend: str, status: str, message: str, diagnostics: dict, quality_warnings) -> tuple[str, str]:
@@ -201,6 +335,7 @@ def assemble_posterior(
     warns = list(warnings)
     predictive = log_lik = None
     fit_pred = None
+    invalid_warned = False
 
     with torch.no_grad():
         # -------------------------------------------- posterior predictive
@@ -230,9 +365,9 @@ def assemble_posterior(
                     f"{100 * n_invalid / n_checked:.0f} % of the posterior draws are parameter sets the observation "
                     f"cannot predict ({_unique(pred.reasons, 1)[0] if pred.reasons else 'invalid'}); they are left "
                     "out of the posterior predictive. The posterior reaches a regime the model does not describe "
-                    "here: use a sampler (nuts, smc; where the draws lie past the Hopf boundary of a transfer-method spectrum, "
-                    "nuts with boundary='pole', CLI --boundary pole) or another spectral method"
+                    f"here: use {_alternatives(backend, diagnostics)}"
                 )
+                invalid_warned = True
             if n_invalid < n_checked:
                 valid_values = pred.value[valid]
         # ------------------------------------------------ point prediction
@@ -264,8 +399,8 @@ def assemble_posterior(
                     "of the draws' largest predicted |value| is "
                     f"{ruled['predictive_max_abs_q95_over_data']:.3g} x the data's): these draws are not from the "
                     "posterior the data define (an approximation that fails, e.g. a Gaussian reaching parameter sets "
-                    "near instability), so the predictive band is far wider than the data allow; use --resample "
-                    "(laplace) or a sampler (nuts, smc)"
+                    "near instability), so the predictive band is far wider than the data allow; use "
+                    f"{_alternatives(backend, diagnostics)}"
                 )
         quality: dict = {}
         quality_warnings: list[str] = []
@@ -276,6 +411,7 @@ def assemble_posterior(
             warns.extend(quality_warnings)
         else:
             warns.append("no posterior draw gives a valid prediction: the fit quality could not be assessed")
+        warns.extend(_regime_check(problem, theta, point, quality, backend, diagnostics, invalid_warned))
 
         # ------------------------------------------------------- contraction
         _, prior_cov = problem.prior.gaussian_unconstrained()
@@ -286,6 +422,8 @@ def assemble_posterior(
             z = problem.prior.to_unconstrained(theta.reshape(-1, problem.n_params))
             post_var = z.var(0) if z.shape[0] > 1 else torch.zeros_like(prior_var)
         contraction = {n: float(1.0 - post_var[i] / prior_var[i]) for i, n in enumerate(problem.names)}
+        if cov_unconstrained is not None:
+            warns.extend(_non_gaussian_marginals(diagnostics, contraction, problem.units, backend))
         uninformed = [n for n, c in contraction.items() if c < CONTRACTION_UNINFORMED]
         if uninformed:
             warns.append(

@@ -193,6 +193,98 @@ def _mahalanobis(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> floa
     return float(torch.sqrt((u * u).sum()))
 
 
+def _competes(gap: float, dist: float) -> bool:
+    """A second optimum ``gap`` nats below the best and ``dist`` posterior SDs away is a competing mode."""
+    return gap < MULTIMODAL_NATS and dist > MULTIMODAL_SD
+
+
+def competing(optima: list[dict]) -> list[int]:
+    """Indices into ``optima`` (best first, from :func:`group_optima`) of the best and every competing mode."""
+    if not optima:
+        return []
+    best = optima[0]
+    return [0] + [
+        i for i, o in enumerate(optima[1:], 1)
+        if _competes(best["free_energy"] - o["free_energy"],
+                     _mahalanobis(o["result"].mean, best["result"].mean, best["result"].cov))
+    ]
+
+
+#: Log Bayes factor (nats) beyond which the evidence for or against an effect counts (Kass & Raftery 1995: 1 nat,
+#: "positive" evidence), the threshold of :func:`jrinfer.conditions.condition_effects`' words.
+EFFECT_EVIDENCE_NATS = 1.0
+
+
+def effects_across_optima(means, sds, prior_mean, prior_var, names, label: str = "effects") -> dict:
+    """Whether effect parameters agree across competing optima: their means and the sign of their evidence.
+
+    Parameters
+    ----------
+    means, sds : torch.Tensor
+        ``(k, e)``: posterior mean and SD of the ``e`` effect parameters
+        (unconstrained coordinates) at each of ``k`` optima, the best first.
+    prior_mean, prior_var : torch.Tensor
+        ``(e,)``: their independent Gaussian priors.
+    names : sequence of str
+        The ``e`` parameter names.
+    label : str
+        What they are, in words (e.g. "condition differences").
+
+    Returns
+    -------
+    dict
+        ``agree`` (bool), ``sentence`` (for the multimodality warning) and
+        per name ``means``, ``sds``, ``log_bayes_factors`` (nats, "effect"
+        against "no effect": Bayesian model reduction of the one-dimensional
+        marginal to 0, Friston & Penny 2011, through
+        :func:`jrinfer.comparison.bayesian_model_reduction`; for an
+        independent prior this is the Savage-Dickey ratio and needs only the
+        marginal), ``evidence`` per optimum (``"effect"`` for log BF >= 1,
+        ``"none"`` for <= -1, else ``"inconclusive"``), ``means_agree``
+        (every optimum's mean within ``max(its SD, the best's SD)`` of the
+        best's: the optima differ by less than the posterior uncertainty
+        the reported interval already shows) and ``evidence_agrees`` (one
+        evidence class at every optimum).
+    """
+    from jrinfer.comparison import bayesian_model_reduction
+
+    k, e = means.shape
+    zero = torch.zeros(1, dtype=_DTYPE)
+    per: dict = {}
+    disagree = []
+    for j, name in enumerate(names):
+        lbf = []
+        for i in range(k):
+            var = min(float(sds[i, j]) ** 2, float(prior_var[j]) * (1 - 1e-9))  # no wider than the prior
+            _, _, dF = bayesian_model_reduction(means[i, j : j + 1], torch.tensor([[var]], dtype=_DTYPE),
+                                                prior_mean[j : j + 1], prior_var[j : j + 1, None].clone(), zero,
+                                                torch.zeros(1, 1, dtype=_DTYPE))
+            lbf.append(-float(dF))
+        cls = ["effect" if b >= EFFECT_EVIDENCE_NATS else "none" if b <= -EFFECT_EVIDENCE_NATS else "inconclusive"
+               for b in lbf]
+        tol = torch.maximum(sds[:, j], sds[0, j])
+        means_agree = bool(((means[:, j] - means[0, j]).abs() <= tol).all())
+        evidence_agrees = len(set(cls)) == 1
+        per[name] = {"means": [float(x) for x in means[:, j]], "sds": [float(x) for x in sds[:, j]],
+                     "log_bayes_factors": lbf, "evidence": cls, "means_agree": means_agree,
+                     "evidence_agrees": evidence_agrees}
+        if not (means_agree and evidence_agrees):
+            what = []
+            if not means_agree:
+                what.append(f"means {', '.join(f'{float(x):+.3g}' for x in means[:, j])}")
+            if not evidence_agrees:
+                what.append(f"log BF {', '.join(f'{b:+.2f}' for b in lbf)}")
+            disagree.append(f"{name} ({'; '.join(what)})")
+    agree = not disagree
+    if agree:
+        sentence = (f"the {label} agree across the {k} optima (means within their posterior SD, the same sign of "
+                    "evidence)")
+    else:
+        sentence = (f"the {label} differ between the {k} optima (best first): {'; '.join(disagree)}; report them "
+                    "from a sampler (smc) that weighs the modes, not from this one optimum")
+    return {"agree": agree, "sentence": sentence, "n_optima": k, "parameters": per}
+
+
 def multimodality(optima: list[dict]) -> tuple[list[str], list[str]]:
     """Warnings and notes about the optima found (``optima`` from :func:`group_optima`).
 
@@ -208,7 +300,7 @@ def multimodality(optima: list[dict]) -> tuple[list[str], list[str]]:
     for other in optima[1:]:
         gap = best["free_energy"] - other["free_energy"]
         dist = _mahalanobis(other["result"].mean, best["result"].mean, best["result"].cov)
-        if gap < MULTIMODAL_NATS and dist > MULTIMODAL_SD:
+        if _competes(gap, dist):
             ratio = math.exp(-gap)
             warns.append(
                 f"the posterior is multimodal: a second optimum {dist:.1f} posterior SDs away has free energy "
@@ -334,8 +426,12 @@ def fit_problem_multistart(engine, problem, *, n_starts: int = 1, seed: int = 0)
     report : dict
         ``optima`` (JSON-ready list, best first: ``free_energy`` in nats,
         ``mean`` in natural units by parameter name, ``n_starts`` that reached
-        it, ``from_prior_mean``), ``n_starts`` (runs made), ``n_screened``, ``warnings``
-        and ``notes`` (from :func:`multimodality`).
+        it, ``from_prior_mean``, ``sd_unconstrained`` by name), ``n_starts`` (runs made),
+        ``n_screened``, ``warnings`` and ``notes`` (from :func:`multimodality`; when
+        the posterior is multimodal and the observation has
+        :meth:`~jrinfer.observation.Observation.effect_parameters`, the warning
+        says whether they agree across the competing optima) and
+        ``effects_across_optima`` (:func:`effects_across_optima`, or None).
     """
     import warnings as _w
 
@@ -402,22 +498,37 @@ def fit_problem_multistart(engine, problem, *, n_starts: int = 1, seed: int = 0)
     warns, notes = multimodality(optima)
     out = []
     for opt in optima:
-        _, m, _ = mapped[id(opt["result"])]
+        _, m, c = mapped[id(opt["result"])]
         theta = problem.prior.from_unconstrained(m)
+        sd = torch.diagonal(c).clamp_min(0).sqrt()
         out.append(
             {
                 "free_energy": float(opt["free_energy"]),
                 "mean": {nm: float(theta[j]) for j, nm in enumerate(names)},
+                "sd_unconstrained": {nm: float(sd[j]) for j, nm in enumerate(names)},
                 "n_starts": int(opt["n_starts"]),
                 "from_prior_mean": 0 in opt["starts"],
                 "status": opt["result"].status,
             }
         )
+    effects = [nm for nm in problem.observation.effect_parameters(problem.data) if nm in names]
+    rivals = competing(optima)
+    agreement = None
+    if effects and len(rivals) > 1 and warns:
+        idx = [names.index(nm) for nm in effects]
+        means = torch.stack([mapped[id(optima[i]["result"])][1][idx] for i in rivals])
+        sds = torch.stack([torch.diagonal(mapped[id(optima[i]["result"])][2])[idx].clamp_min(0).sqrt()
+                           for i in rivals])
+        pm, pc = problem.prior.gaussian_unconstrained()
+        agreement = effects_across_optima(means, sds, pm[idx], torch.diagonal(pc)[idx], effects,
+                                          problem.observation.EFFECTS)
+        warns[0] = warns[0] + "; " + agreement["sentence"]
     report = {
         "optima": out,
         "n_starts": int(info["starts"].shape[0]),
         "n_screened": int(info["n_screened"]),
         "warnings": warns,
         "notes": notes,
+        "effects_across_optima": agreement,
     }
     return res, mean, cov, report
