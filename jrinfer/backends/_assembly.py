@@ -19,7 +19,8 @@ same way for every backend:
   backend's own;
 - the status: the backend's when its algorithm did not converge or failed its
   own checks; else ``"warning"`` when the fit is a misfit, its Pareto k-hat is
-  above 0.7 or its typical predictive draw is ruled out by the data
+  above 0.7, a second optimum competes with the best (variational Laplace's
+  ``diagnostics["multimodal"]``) or its typical predictive draw is ruled out by the data
   (:func:`_ruled_out`), ``"converged"`` otherwise (``status_message`` says why; the
   backend's verdict stays in ``diagnostics["backend_status"]`` and
   ``diagnostics["optimizer_converged"]``).
@@ -230,7 +231,9 @@ def _fit_status(backend: str, status: str, message: str, diagnostics: dict, qual
     One rule for every backend: a backend status other than ``"converged"``
     stays; a converged fit becomes ``"warning"`` when its Pareto k-hat exceeds
     :data:`~jrinfer.posterior.PARETO_K_UNRELIABLE` (the Gaussian approximation
-    is not to be trusted) or the goodness of fit reports a misfit (README: R²
+    is not to be trusted), a second optimum competes with the best
+    (``diagnostics["multimodal"]``: the Gaussian summary leaves out more than
+    5 % of the posterior mass), or the goodness of fit reports a misfit (README: R²
     of log-power below 0.9 or the alpha peak missed by more than 1 Hz; ERPs:
     explained variance too low or the main peak missed), or the median
     predictive draw is ruled out by the data (:func:`_ruled_out`).
@@ -242,6 +245,13 @@ def _fit_status(backend: str, status: str, message: str, diagnostics: dict, qual
     if isinstance(k, (int, float)) and not isinstance(k, bool) and (k > PARETO_K_UNRELIABLE or math.isnan(k)):
         reasons.append(
             f"Pareto k-hat {k:.2f} > {PARETO_K_UNRELIABLE}: the Gaussian approximation cannot be trusted"
+        )
+    if diagnostics.get("multimodal") is True:
+        n = sum(1 for o in diagnostics.get("optima") or ())
+        reasons.append(
+            "the posterior is multimodal: the Gaussian describes the best of "
+            + (f"{n} optima" if n > 1 else "several optima")
+            + " and leaves out a competing one (see the warnings)"
         )
     reasons += [w.split(";")[0] for w in quality_warnings if _is_misfit(w)]
     ruled = diagnostics.get("predictive_ruled_out") or {}

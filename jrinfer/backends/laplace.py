@@ -168,6 +168,9 @@ class VariationalLaplace(LaplaceEngine):
             "optima": multi["optima"],
             "n_starts": multi["n_starts"],
             "n_screened": multi["n_screened"],
+            # a second optimum competes (free energy within 3 nats, > 3 posterior SDs away): the Gaussian
+            # summary leaves out > 5 % of the mass, and the status says so (_assembly._fit_status)
+            "multimodal": bool(multi["warnings"]),
         }
         if multi["notes"]:
             diagnostics["notes"] = multi["notes"]
