@@ -1604,7 +1604,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="laplace: at most N Gauss-Newton runs (from the prior mean and the best distinct screened prior draws; "
         "three that agree end the search); the "
         "optimum with the highest free energy is kept, the others are listed in summary.json's "
-        "diagnostics.optima (default 8; 1: the prior mean only)",
+        "diagnostics.optima (default 16; 1: the prior mean only)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior draws")
     p.add_argument(

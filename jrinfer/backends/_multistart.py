@@ -47,7 +47,7 @@ MULTIMODAL_SD = 3.0
 #: below it the runs ended on the same flat ridge, apart by the optimiser's tolerance.
 NOTE_NATS = 1.0
 #: Default Gauss-Newton runs (VariationalLaplace(n_starts=...), the samplers' Laplace start); see benchmarks/RESULTS.md.
-DEFAULT_N_STARTS = 8
+DEFAULT_N_STARTS = 16
 #: Candidate starts screened per Gauss-Newton run.
 SCREEN_PER_START = 64
 #: Two runs reached the same optimum when each mean is within this many posterior SDs of the other's.

@@ -47,7 +47,7 @@ __all__ = ["LaplaceConvergenceError", "LaplaceResult", "VariationalLaplace"]
 class VariationalLaplace(LaplaceEngine):
     __doc__ = LaplaceEngine.__doc__.replace(
         "    Non-convergence (",
-        """    n_starts : int, default 8
+        """    n_starts : int, default 16
         Gauss-Newton runs per :meth:`fit` (at most; they stop after three
         when those three reach the same optimum): from the prior mean and
         from the best-scoring distinct points of a batched screen of
