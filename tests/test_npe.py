@@ -197,6 +197,8 @@ def test_linear_gaussian_posterior_matches_the_analytic_one():
     post = npe.fit(problem, n_draws=1000, n_predictive=50, seed=5)
     # the training converged; the status warns of the generic R^2 < 0.9 misfit rule (R^2 0.37 of noisy data)
     assert post.backend == "npe" and post.diagnostics["backend_status"] == "converged" and post.names == ("b0", "b1")
+    # the default summary: the observation's features for data that are not spectra
+    assert npe.estimator_.summary == "log_power" and post.diagnostics["summary_features"] == "log_power"
     mean, cov = _analytic_linear(problem)
     g = torch.Generator().manual_seed(11)
     exact = mean + torch.randn(1000, 2, dtype=F64, generator=g) @ torch.linalg.cholesky(cov).T
@@ -247,7 +249,9 @@ def test_train_npe_writes_a_self_describing_estimator(npe_spectrum_estimator):
     meta = json.loads((path / "metadata.json").read_text())
     assert meta["format"] == "jrinfer-npe" and meta["format_version"] == 1
     assert {"jrinfer", "sbi", "torch"} <= set(meta["versions"])
-    assert meta["features"]["grid"][0] == 2.0 and meta["features"]["grid"][-1] == 40.0 and meta["features"]["n_features"] == 77
+    # train-npe's default features: log-power on the grid and the five spectral-shape features
+    assert meta["features"]["grid"][0] == 2.0 and meta["features"]["grid"][-1] == 40.0 and meta["features"]["n_features"] == 82
+    assert meta["features"]["summary"] == "log_power+shape" and est.summary == "log_power+shape"
     assert meta["observation"]["class"] == "SpectrumObservation" and meta["observation"]["settings"]["method"] == "simulation"
     t = meta["training"]
     assert t["n_simulations"] == 4000 and t["n_valid"] + t["n_failed"] == 4000
@@ -826,6 +830,21 @@ def test_shape_summary_is_saved_and_checked_on_load(tmp_path, capsys):
     (out / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="wavelets"):
         AmortizedPosterior.load(out)
+    # log-power only (the default before shape features were): saved, and an estimator saved before the summary
+    # was recorded loads as log-power and says so
+    out2 = tmp_path / "log_power"
+    code = main(["train-npe", "--kind", "spectrum", "--method", "transfer", "--simulations", "120", "--max-epochs", "2",
+                 "--calibrate", "0", "--summary", "log_power", "--out", str(out2), "--no-progress", "--json"])
+    assert code in (0, 1), capsys.readouterr().err
+    meta2 = json.loads((out2 / "metadata.json").read_text())
+    assert meta2["features"]["summary"] == "log_power" and meta2["features"]["n_features"] == 77
+    del meta2["features"]["summary"]
+    (out2 / "metadata.json").write_text(json.dumps(meta2))
+    old = AmortizedPosterior.load(out2)
+    assert old.summary == "log_power" and old.n_features == 77 and "features: log_power (77)" in repr(old)
+    assert torch.equal(old.features(data), x[:77])
+    post = old.condition(data, n_draws=20, n_predictive=0)
+    assert post.diagnostics["summary_features"] == "log_power"
     # spectra only
     with pytest.raises(ValueError, match="summary='log_power'"):
         NPE(n_simulations=100, summary="log_power+shape").train(_linear_problem())
