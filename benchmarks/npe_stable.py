@@ -45,6 +45,9 @@ def main(argv=None) -> None:
     ap.add_argument("--per-round", type=int, default=2000)
     ap.add_argument("--n-truth", type=int, default=100)
     ap.add_argument("--save", default=None, help="directory for the draws and round simulations (torch.save)")
+    ap.add_argument("--fresh-zscore", action="store_true",
+                    help="experiment: every truncated round trains a fresh flow whose input z-scoring is computed on "
+                    "the truncated rounds' simulations (not round 0's wide box), on all rounds' simulations")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -80,6 +83,17 @@ def main(argv=None) -> None:
         return s
 
     npe_mod.simulate_training_set = recording
+    if args.fresh_zscore:
+        train = npe_mod._train_flow
+        n0 = est.training["n_valid"]
+
+        def fresh(coords, theta_z, x, architecture, settings, *, seed, net=None, **kw):
+            if net is not None:
+                with npe_mod._seeded(seed):
+                    net = npe_mod._flow_builder(architecture)(theta_z[n0:], x[n0:])
+            return train(coords, theta_z, x, architecture, settings, seed=seed, net=net, **kw)
+
+        npe_mod._train_flow = fresh
     problem = est.problem
     F = problem.observed().coord_values.numel()
     for p in args.p_mean:

@@ -914,11 +914,11 @@ class AmortizedPosterior:
             shares = ", ".join(f"{k} {100 * v['fraction']:.0f} %" for k, v in mix.items() if v["fraction"] > 0)
             diagnostics["regime_verdict"] = (
                 f"{top} ({100 * mix[top]['fraction']:.0f} % of the posterior)" if resolved else
-                f"unresolved: {shares} (no regime holds {REGIME_RESOLVED:.0%} of the posterior: the spectrum does not "
-                "identify the regime here. Near the Hopf boundary a noise-driven resonance and a noisy limit cycle "
-                "give alike spectra: on simulations from the posterior region of test spectra, classifiers of the "
-                "regime from these features are right in 79-86 % of cases, and 120 s instead of 30 s of signal does "
-                "not change that; see benchmarks/RESULTS.md)"
+                f"unresolved: {shares} (no regime holds {REGIME_RESOLVED:.0%} of the posterior. Near the Hopf "
+                "boundary a noise-driven resonance and a noisy limit cycle give alike spectra: on simulations from "
+                "the posterior region of test spectra, classifiers of the regime from these features are right in "
+                "79-86 % of cases, and 120 s instead of 30 s of signal does not change that, so the spectrum "
+                "rarely settles the regime at 90 %; see benchmarks/RESULTS.md)"
             )
         diagnostics["amortized"] = self.amortized
         diagnostics["summary_features"] = self.summary
