@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
 
 
 def _problem(duration: float, df: float, log_precision: float | None):
-    import torch
-
     from jrinfer.cli import _npe_training_problem
     from jrinfer.observation import SpectrumObservation
     from jrinfer.problem import InverseProblem
@@ -92,12 +89,10 @@ def _classify(X, y, seed=0):
 
 def _region(args) -> None:
     """Classifiers on the truncated region's parameter sets, re-simulated under this recording's settings."""
-    import numpy as np
     import torch
 
     torch.set_num_threads(1)
-    from jrinfer.backends.npe import SHAPE_FEATURES, simulate_training_set, spectral_shape_features
-    from jrinfer.problem import InverseProblem
+    from jrinfer.backends.npe import SHAPE_FEATURES, simulate_training_set
 
     problem, lp = _problem(args.duration, args.df, args.log_precision)
     saved = torch.load(args.theta_from, weights_only=False)
@@ -115,7 +110,6 @@ def _region(args) -> None:
            "mix": {names[i]: float((lab == i).mean()) for i in range(len(names))},
            "shape_means": {names[i]: dict(zip(SHAPE_FEATURES, [round(float(v), 3) for v in x[lab == i, F:].mean(0)]))
                            for i in range(len(names)) if (lab == i).sum() > 0}}
-    del spectral_shape_features, InverseProblem
     for fs, cols in (("log_power", slice(0, F)), ("shape", slice(F, None)), ("log_power+shape", slice(None))):
         out[fs] = _classify(x[:, cols], lab)
     print(json.dumps(out), flush=True)

@@ -50,7 +50,6 @@ def main(argv=None) -> None:
                     "the truncated rounds' simulations (not round 0's wide box), on all rounds' simulations")
     args = ap.parse_args(argv)
 
-    import numpy as np
     import torch
 
     torch.set_num_threads(1)

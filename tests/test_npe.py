@@ -364,7 +364,7 @@ def test_calibration_on_held_out_simulations(npe_spectrum_estimator):
 @pytest.mark.slow
 def test_recovery_on_held_out_simulations(npe_spectrum_estimator):
     _, est = npe_spectrum_estimator
-    held = simulate_training_set(est.problem, 60, seed=4321, chunk_size=60, progress=False)
+    held = simulate_training_set(est.problem, 60, seed=4321, chunk_size=60, progress=False, summary=est.summary)
     truth = held.theta[held.valid]
     x = held.x[held.valid]
     med, inside = [], []
@@ -726,16 +726,29 @@ def jr_refined(npe_spectrum_estimator):
     _, est = npe_spectrum_estimator
     out = {}
     for p in (220.0, 70.0):
-        data, _ = _jr_spectrum(est, p, seed=101)
-        out[p] = (data, est.refine(data, rounds=ROUNDS, simulations_per_round=PER_ROUND, seed=3))
+        data, truth = _jr_spectrum(est, p, seed=101)
+        out[p] = (data, est.refine(data, rounds=ROUNDS, simulations_per_round=PER_ROUND, seed=3), truth)
     return est, out
+
+
+def _truth_r2(est, data, truth, n=50) -> float:
+    """R^2 of log-power of the truth's own predictive (pointwise median of ``n`` simulations at the true
+    parameters, as ``fit_quality`` scores a posterior's): the ceiling at this noise level."""
+    problem = est.problem_for(data)
+    theta = torch.tensor([[truth[k] for k in problem.names]], dtype=F64).expand(n, -1)
+    params = problem.parameters(theta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pred = problem.observation.with_seed(7).predict(params, problem.data)
+    fq = problem.observation.goodness_of_fit(problem.data, pred.value.median(0).values, problem.parameters(theta[0]))
+    return float(fq.metrics["r2_log_power"])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("p_mean, regime", [(220.0, "limit_cycle"), (70.0, "stable")])
 def test_regime_spectra_with_truncated_rounds(jr_refined, p_mean, regime):
     est, out = jr_refined
-    data, ref = out[p_mean]
+    data, ref, truth = out[p_mean]
     rounds = ref.training["rounds"]
     assert [r["round"] for r in rounds] == list(range(ROUNDS + 1)) and not ref.amortized
     # each round keeps a smaller part of the box: the truncation rejects most prior draws, more every round
@@ -759,12 +772,22 @@ def test_regime_spectra_with_truncated_rounds(jr_refined, p_mean, regime):
     if not d["regime_resolved"]:
         assert d["regime_verdict"].startswith("unresolved") and "classifiers of the regime" in d["regime_verdict"]
     # the issue's thresholds: the peak within a grid step (0.5 Hz) and R^2 >= 0.9. Measured
-    # (benchmarks/RESULTS.md): log-power features, 3 rounds of 2,000 on a 4,000-simulation estimator give
-    # the peak (0-0.5 Hz) but R^2 0.77-0.78; the truth's own predictive reaches 0.95 (p = 70) and 0.96
-    # (p = 220). At the CI budget neither is reached: an expected failure, with the figures.
+    # (benchmarks/RESULTS.md, benchmarks/npe_stable.py): 3 rounds of 2,000 on a 4,000-simulation estimator
+    # give the peak (0-0.5 Hz) and R^2 0.77-0.78 with log-power features; with the shape features (the
+    # default) 0.92-0.93 for p = 220 but 0.86-0.88 for p = 70, where the truth's own predictive reaches 0.95
+    # (p = 70) and 0.96 (p = 220). What limits p = 70: the posterior is too wide (p_mean sd 95 pulses/s
+    # where the data allow about 50-80 at the true a, b; predictive SD of log-power 0.38 against the truth's 0.04)
+    # and keeps 13 % on the lower branch, whose best simulations reach R^2 0.68. Neither 2 more rounds
+    # (0.86-0.88), rounds of 4,000 (0.88), a wider flow (100 hidden features: 0.84) nor a flow z-scored on
+    # the truncated rounds (0.79) fixes it. At the CI budget (1 round of 1,000) p = 220 met both thresholds
+    # in the measured run; p = 70 did not (R^2 0.757): an expected failure, with the figures.
+    # the reference: the truth's own predictive reaches the threshold (0.95-0.96), so R^2 >= 0.9 is attainable
+    r2_truth = _truth_r2(est, data, truth)
+    assert r2_truth > 0.93, r2_truth
     if abs(fq["peak_shift_hz"]) > 0.5 or fq["r2_log_power"] < 0.9:
-        pytest.xfail(f"p_mean {p_mean:g}: R^2 {fq['r2_log_power']:.3f}, peak shift {fq['peak_shift_hz']:+.1f} Hz at "
-                     f"the CI budget ({ROUNDS} round of {PER_ROUND}); regime {d['regime_verdict']}")
+        pytest.xfail(f"p_mean {p_mean:g}: R^2 {fq['r2_log_power']:.3f} (the truth's own predictive: {r2_truth:.3f}), "
+                     f"peak shift {fq['peak_shift_hz']:+.1f} Hz at the CI budget ({ROUNDS} round of {PER_ROUND}); "
+                     f"regime {d['regime_verdict']}")
 
 
 @pytest.mark.slow

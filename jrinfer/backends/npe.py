@@ -514,7 +514,7 @@ def _chunk_arguments(problem, n: int, seed: int, chunk_size: int, theta=None, su
 
 def simulate_training_set(
     problem, n: int, *, seed: int = 0, chunk_size: int = 500, client=None, progress: bool = True, theta=None,
-    summary: str = "log_power", desc: str = "simulations",
+    summary: str | None = None, desc: str = "simulations",
 ) -> TrainingSet:
     """Draw ``n`` parameter sets from ``problem.prior`` and simulate their summary features.
 
@@ -538,9 +538,11 @@ def simulate_training_set(
         ``(n, n_params)`` parameter sets in natural units to simulate instead
         of prior draws (the truncated rounds of :meth:`AmortizedPosterior.refine`);
         the noise still comes from the chunk seeds.
-    summary : {"log_power", "log_power+shape"}
+    summary : {None, "log_power", "log_power+shape"}
         The observation's features only, or with the spectral-shape features
-        appended (:func:`spectral_shape_features`; spectra only).
+        appended (:func:`spectral_shape_features`; spectra only). ``None``
+        (default): as :class:`NPE`, shape features for spectra, the
+        observation's features otherwise.
     desc : str
         Label of the progress bar.
 
