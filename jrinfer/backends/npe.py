@@ -46,8 +46,8 @@ grid) and, for spectra by default (``summary="log_power+shape"``),
 height above the aperiodic line, harmonic excess at twice the peak,
 flatness): functions of the same spectrum that a flow would otherwise have to
 learn. On the test spectra they raise R^2 after three truncated rounds from
-0.77-0.78 to 0.88-0.92 and the held-out accuracy of a regime classifier from
-0.79 to 0.84 (``benchmarks/RESULTS.md``). ``summary="log_power"`` keeps
+0.77-0.78 to 0.86-0.93 and the held-out accuracy of regime classifiers from
+0.79-0.83 to 0.84-0.86 (``benchmarks/RESULTS.md``). ``summary="log_power"`` keeps
 log-power only (the only choice for other data). The choice is saved with the
 estimator and applied on load; estimators saved before it existed load as
 ``"log_power"`` and say so (``repr``, ``diagnostics["summary_features"]``).
