@@ -1680,9 +1680,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transforms", type=int, default=5, help="flow transforms (default 5)")
     p.add_argument("--embedding", default="none", choices=["none", "mlp"],
                    help="features straight into the flow, or through a small trained MLP (default none)")
-    p.add_argument("--summary", default="log_power", choices=["log_power", "log_power+shape"],
-                   help="features the flow sees: log-power on the grid, or also the spectral-shape features (peak "
-                   "frequency, half-power width, height, harmonic excess at 2f, flatness; default log_power)")
+    p.add_argument("--summary", default="log_power+shape", choices=["log_power", "log_power+shape"],
+                   help="features the flow sees: log-power on the grid and the spectral-shape features (peak "
+                   "frequency, half-power width, height, harmonic excess at 2f, flatness; the default), or log-power only")
     p.add_argument("--max-epochs", type=int, default=300, help="training epochs at most (default 300)")
     p.add_argument("--calibrate", type=int, default=200, metavar="N",
                    help="held-out simulations for SBC and TARP after training (default 200; 0 skips)")

@@ -197,6 +197,8 @@ def test_linear_gaussian_posterior_matches_the_analytic_one():
     post = npe.fit(problem, n_draws=1000, n_predictive=50, seed=5)
     # the training converged; the status warns of the generic R^2 < 0.9 misfit rule (R^2 0.37 of noisy data)
     assert post.backend == "npe" and post.diagnostics["backend_status"] == "converged" and post.names == ("b0", "b1")
+    # the default summary: the observation's features for data that are not spectra
+    assert npe.estimator_.summary == "log_power" and post.diagnostics["summary_features"] == "log_power"
     mean, cov = _analytic_linear(problem)
     g = torch.Generator().manual_seed(11)
     exact = mean + torch.randn(1000, 2, dtype=F64, generator=g) @ torch.linalg.cholesky(cov).T
@@ -247,7 +249,9 @@ def test_train_npe_writes_a_self_describing_estimator(npe_spectrum_estimator):
     meta = json.loads((path / "metadata.json").read_text())
     assert meta["format"] == "jrinfer-npe" and meta["format_version"] == 1
     assert {"jrinfer", "sbi", "torch"} <= set(meta["versions"])
-    assert meta["features"]["grid"][0] == 2.0 and meta["features"]["grid"][-1] == 40.0 and meta["features"]["n_features"] == 77
+    # train-npe's default features: log-power on the grid and the five spectral-shape features
+    assert meta["features"]["grid"][0] == 2.0 and meta["features"]["grid"][-1] == 40.0 and meta["features"]["n_features"] == 82
+    assert meta["features"]["summary"] == "log_power+shape" and est.summary == "log_power+shape"
     assert meta["observation"]["class"] == "SpectrumObservation" and meta["observation"]["settings"]["method"] == "simulation"
     t = meta["training"]
     assert t["n_simulations"] == 4000 and t["n_valid"] + t["n_failed"] == 4000
@@ -360,7 +364,7 @@ def test_calibration_on_held_out_simulations(npe_spectrum_estimator):
 @pytest.mark.slow
 def test_recovery_on_held_out_simulations(npe_spectrum_estimator):
     _, est = npe_spectrum_estimator
-    held = simulate_training_set(est.problem, 60, seed=4321, chunk_size=60, progress=False)
+    held = simulate_training_set(est.problem, 60, seed=4321, chunk_size=60, progress=False, summary=est.summary)
     truth = held.theta[held.valid]
     x = held.x[held.valid]
     med, inside = [], []
@@ -722,16 +726,29 @@ def jr_refined(npe_spectrum_estimator):
     _, est = npe_spectrum_estimator
     out = {}
     for p in (220.0, 70.0):
-        data, _ = _jr_spectrum(est, p, seed=101)
-        out[p] = (data, est.refine(data, rounds=ROUNDS, simulations_per_round=PER_ROUND, seed=3))
+        data, truth = _jr_spectrum(est, p, seed=101)
+        out[p] = (data, est.refine(data, rounds=ROUNDS, simulations_per_round=PER_ROUND, seed=3), truth)
     return est, out
+
+
+def _truth_r2(est, data, truth, n=50) -> float:
+    """R^2 of log-power of the truth's own predictive (pointwise median of ``n`` simulations at the true
+    parameters, as ``fit_quality`` scores a posterior's): the ceiling at this noise level."""
+    problem = est.problem_for(data)
+    theta = torch.tensor([[truth[k] for k in problem.names]], dtype=F64).expand(n, -1)
+    params = problem.parameters(theta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pred = problem.observation.with_seed(7).predict(params, problem.data)
+    fq = problem.observation.goodness_of_fit(problem.data, pred.value.median(0).values, problem.parameters(theta[0]))
+    return float(fq.metrics["r2_log_power"])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("p_mean, regime", [(220.0, "limit_cycle"), (70.0, "stable")])
 def test_regime_spectra_with_truncated_rounds(jr_refined, p_mean, regime):
     est, out = jr_refined
-    data, ref = out[p_mean]
+    data, ref, truth = out[p_mean]
     rounds = ref.training["rounds"]
     assert [r["round"] for r in rounds] == list(range(ROUNDS + 1)) and not ref.amortized
     # each round keeps a smaller part of the box: the truncation rejects most prior draws, more every round
@@ -742,17 +759,39 @@ def test_regime_spectra_with_truncated_rounds(jr_refined, p_mean, regime):
     d, fq = post.diagnostics, post.fit_quality
     assert d["amortized"] is False and "round-0" in d["note_rounds"] and "round-0" in d["calibration"]["applies_to"]
     assert d["invalid_draws"]["n_invalid"] == 0 and np.isfinite(post.predictive).all()
-    # the regime: never a confident wrong label; an unresolved mix is reported as such
+    # The regime: never a confident wrong label; an unresolved mix is reported as such, with the reason.
+    # Measured (benchmarks/npe_regimes.py, npe_stable.py; RESULTS.md "regime identifiability"): on the 2,000
+    # simulations of the last of 3 truncated rounds for these spectra (the posterior's 99.9 % region; stable /
+    # limit cycle / lower branch 35/43/22 % for p = 70, 32/52/16 % for p = 220), logistic-regression and MLP
+    # classifiers of the regime from NPE's features are right in 79-81 % (log-power), 74-81 % (shape) and
+    # 81-84 % (both) of held-out cases for p = 70, 81-86 % for p = 220; 120 s instead of 30 s of simulated
+    # signal gives the same (0.83), less observation noise (sd 0.05 instead of 0.2) 0.89-0.91. Applied to the
+    # test spectra they give the right regime 0.69-0.78 (p = 70) and 0.82-0.85 (p = 220) with both feature
+    # sets. The regime is partly identifiable here, never at the 90 % a resolved verdict asks.
     assert not (d["regime_resolved"] and d["regime"] != regime), d["regime_verdict"]
     if not d["regime_resolved"]:
-        assert d["regime_verdict"].startswith("unresolved")
+        assert d["regime_verdict"].startswith("unresolved") and "classifiers of the regime" in d["regime_verdict"]
+    if p_mean == 220.0:
+        # where the classifiers side with the right regime (0.82-0.85), so does the posterior's mass (measured
+        # at the CI budget: limit cycle 69 %, stable 17 %, lower branch 14 %)
+        assert d["regime"] == regime, d["regime_verdict"]
     # the issue's thresholds: the peak within a grid step (0.5 Hz) and R^2 >= 0.9. Measured
-    # (benchmarks/RESULTS.md): log-power features, 3 rounds of 2,000 on a 4,000-simulation estimator give
-    # the peak (0-0.5 Hz) but R^2 0.77-0.78; the truth's own predictive reaches 0.95 (p = 70) and 0.96
-    # (p = 220). At the CI budget neither is reached: an expected failure, with the figures.
+    # (benchmarks/RESULTS.md, benchmarks/npe_stable.py): 3 rounds of 2,000 on a 4,000-simulation estimator
+    # give the peak (0-0.5 Hz) and R^2 0.77-0.78 with log-power features; with the shape features (the
+    # default) 0.92-0.93 for p = 220 but 0.86-0.88 for p = 70, where the truth's own predictive reaches 0.95
+    # (p = 70) and 0.96 (p = 220). What limits p = 70: the posterior is too wide (p_mean sd 95 pulses/s
+    # where the data allow about 50-80 at the true a, b; predictive SD of log-power 0.38 against the truth's 0.04)
+    # and keeps 13 % on the lower branch, whose best simulations reach R^2 0.68. Neither 2 more rounds
+    # (0.86-0.88), rounds of 4,000 (0.88), a wider flow (100 hidden features: 0.84) nor a flow z-scored on
+    # the truncated rounds (0.79) fixes it. At the CI budget (1 round of 1,000) p = 220 met both thresholds
+    # in the measured run; p = 70 did not (R^2 0.757): an expected failure, with the figures.
+    # the reference: the truth's own predictive reaches the threshold (0.95-0.96), so R^2 >= 0.9 is attainable
+    r2_truth = _truth_r2(est, data, truth)
+    assert r2_truth > 0.93, r2_truth
     if abs(fq["peak_shift_hz"]) > 0.5 or fq["r2_log_power"] < 0.9:
-        pytest.xfail(f"p_mean {p_mean:g}: R^2 {fq['r2_log_power']:.3f}, peak shift {fq['peak_shift_hz']:+.1f} Hz at "
-                     f"the CI budget ({ROUNDS} round of {PER_ROUND}); regime {d['regime_verdict']}")
+        pytest.xfail(f"p_mean {p_mean:g}: R^2 {fq['r2_log_power']:.3f} (the truth's own predictive: {r2_truth:.3f}), "
+                     f"peak shift {fq['peak_shift_hz']:+.1f} Hz at the CI budget ({ROUNDS} round of {PER_ROUND}); "
+                     f"regime {d['regime_verdict']}")
 
 
 @pytest.mark.slow
@@ -826,6 +865,21 @@ def test_shape_summary_is_saved_and_checked_on_load(tmp_path, capsys):
     (out / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="wavelets"):
         AmortizedPosterior.load(out)
+    # log-power only (the default before shape features were): saved, and an estimator saved before the summary
+    # was recorded loads as log-power and says so
+    out2 = tmp_path / "log_power"
+    code = main(["train-npe", "--kind", "spectrum", "--method", "transfer", "--simulations", "120", "--max-epochs", "2",
+                 "--calibrate", "0", "--summary", "log_power", "--out", str(out2), "--no-progress", "--json"])
+    assert code in (0, 1), capsys.readouterr().err
+    meta2 = json.loads((out2 / "metadata.json").read_text())
+    assert meta2["features"]["summary"] == "log_power" and meta2["features"]["n_features"] == 77
+    del meta2["features"]["summary"]
+    (out2 / "metadata.json").write_text(json.dumps(meta2))
+    old = AmortizedPosterior.load(out2)
+    assert old.summary == "log_power" and old.n_features == 77 and "features: log_power (77)" in repr(old)
+    assert torch.equal(old.features(data), x[:77])
+    post = old.condition(data, n_draws=20, n_predictive=0)
+    assert post.diagnostics["summary_features"] == "log_power"
     # spectra only
     with pytest.raises(ValueError, match="summary='log_power'"):
         NPE(n_simulations=100, summary="log_power+shape").train(_linear_problem())
