@@ -257,12 +257,12 @@ class _FlowCoordinates:
 
 # ======================================================== regimes
 def _regime_mix(codes: torch.Tensor | None, names, mask: torch.Tensor | None = None) -> dict | None:
-    """``{regime: {"n": count, "fraction": share}}`` of ``codes`` into ``names`` (where ``mask``)."""
+    """``{regime: {"n": count, "fraction": share}}`` of ``codes`` into ``names`` (where ``mask``): the assembly's mix."""
+    from jrinfer.backends._assembly import _regime_mix as mix
+
     if codes is None:
         return None
-    c = codes if mask is None else codes[mask]
-    n = max(int(c.numel()), 1)
-    return {name: {"n": int((c == i).sum()), "fraction": float((c == i).sum()) / n} for i, name in enumerate(names)}
+    return mix(codes if mask is None else codes[mask], names)
 
 
 # ======================================================== summary features
