@@ -229,3 +229,37 @@ def test_cli_fit_starts_option_reaches_summary_json(tmp_path, capsys):
         code = main(["fit", str(csv), "--kind", "spectrum", "--units", "uV^2/Hz", *bad, "--out", str(tmp_path / "p")])
         err = capsys.readouterr().err
         assert code != 0 and "--starts" in err
+
+
+def test_optima_on_one_ridge_are_not_separate_modes():
+    """Two end points of one flat ridge are one mode; two peaks with a valley between them are two.
+
+    ``mark_barriers`` checks the log density on the straight segment between the best optimum and a
+    would-be competitor (within 3 nats, more than 3 posterior SDs away): a ridge (the density rises
+    monotonically from one end to the other) has no barrier; two Gaussian bumps 8 SDs apart have a
+    barrier at the midpoint of 8 - 0.5 - log(1 + e^-0.5) nats (the lower end is 0.5 nats down)."""
+    from types import SimpleNamespace
+
+    from jrinfer.backends._multistart import MODE_BARRIER_NATS, competing, mark_barriers, multimodality
+
+    cov = torch.eye(2, dtype=torch.float64) * 0.01  # posterior SD 0.1 at each end point
+
+    def optimum(x, F):
+        return {"free_energy": F, "result": SimpleNamespace(mean=torch.tensor(x, dtype=torch.float64), cov=cov),
+                "n_starts": 1, "starts": [0 if F == 0.0 else 1]}
+
+    def ridge(z):  # flat along x (slope 0.5 nats per unit), narrow across (SD 0.1)
+        return -0.5 * z[:, 0] - 0.5 * (z[:, 1] / 0.1) ** 2
+
+    def two_bumps(z):
+        a = -0.5 * ((z - torch.tensor([0.0, 0.0])) ** 2).sum(-1) / 0.01
+        b = -0.5 * ((z - torch.tensor([0.8, 0.0])) ** 2).sum(-1) / 0.01 - 0.5
+        return torch.logaddexp(a, b)
+
+    for density, separate in ((ridge, False), (two_bumps, True)):
+        optima = [optimum([0.0, 0.0], 0.0), optimum([0.8, 0.0], -0.5)]  # 8 SDs apart, 0.5 nats lower
+        mark_barriers(optima, density, [o["result"].mean for o in optima])
+        assert (optima[1]["barrier_nats"] >= MODE_BARRIER_NATS) == separate, optima[1]["barrier_nats"]
+        warns, _ = multimodality(optima)
+        assert bool(warns) == separate and (len(competing(optima)) == 2) == separate
+    assert optima[1]["barrier_nats"] == pytest.approx(8.0 - 0.5 - math.log1p(math.exp(-0.5)), abs=1e-6)

@@ -43,6 +43,13 @@ _DTYPE = torch.float64
 MULTIMODAL_NATS = 3.0
 #: Mahalanobis distance (posterior SDs of the best optimum) beyond which an optimum is a separate mode.
 MULTIMODAL_SD = 3.0
+#: A competing optimum is a separate mode only when the log joint density on the straight segment from the best to
+#: it falls more than this many nats below the lower of the two (a barrier): without one, the runs stopped at two
+#: points of one ridge (a flat, curved posterior the Gauss-Newton runs end on at different places), which is not a
+#: second mode. 1 nat: the density between them stays above e^-1 of the lower one.
+MODE_BARRIER_NATS = 1.0
+#: Points on that segment (the ends included).
+_BARRIER_POINTS = 21
 #: A better optimum than the prior mean's is noted when it is at least this much higher in free energy (nats);
 #: below it the runs ended on the same flat ridge, apart by the optimiser's tolerance.
 NOTE_NATS = 1.0
@@ -199,15 +206,58 @@ def _competes(gap: float, dist: float) -> bool:
 
 
 def competing(optima: list[dict]) -> list[int]:
-    """Indices into ``optima`` (best first, from :func:`group_optima`) of the best and every competing mode."""
+    """Indices into ``optima`` (best first, from :func:`group_optima`) of the best and every competing mode.
+
+    An optimum marked ``"same_mode": True`` (no barrier between it and the best, see
+    :func:`mark_barriers`) never competes.
+    """
     if not optima:
         return []
     best = optima[0]
     return [0] + [
         i for i, o in enumerate(optima[1:], 1)
-        if _competes(best["free_energy"] - o["free_energy"],
-                     _mahalanobis(o["result"].mean, best["result"].mean, best["result"].cov))
+        if not o.get("same_mode")
+        and _competes(best["free_energy"] - o["free_energy"],
+                      _mahalanobis(o["result"].mean, best["result"].mean, best["result"].cov))
     ]
+
+
+def mark_barriers(optima: list[dict], log_density, points: list[torch.Tensor]) -> None:
+    """Mark each would-be competing optimum with the barrier between it and the best (in place).
+
+    Parameters
+    ----------
+    optima : list of dict
+        From :func:`group_optima`, best first.
+    log_density : callable
+        ``(B, n) -> (B,)`` log joint density (nats) at points in the coordinates of ``points``.
+    points : list of torch.Tensor
+        ``(n,)`` location of each optimum, in the order of ``optima``.
+
+    Each optimum that :func:`_competes` with the best gets ``"barrier_nats"``:
+    how far the density on the straight segment between the two falls below
+    the lower of the two ends (``inf`` when some point between them cannot be
+    evaluated) and ``"same_mode"``: True when that barrier is below
+    :data:`MODE_BARRIER_NATS`. Two separate local maxima always have a barrier
+    on any path between them; the segment is the cheapest path to check
+    (a curved ridge can show a small barrier on it, so this errs toward
+    keeping a warning).
+    """
+    if len(optima) < 2:
+        return
+    best = optima[0]
+    t = torch.linspace(0.0, 1.0, _BARRIER_POINTS, dtype=_DTYPE)[:, None]
+    for o, z in zip(optima[1:], points[1:]):
+        if not _competes(best["free_energy"] - o["free_energy"],
+                         _mahalanobis(o["result"].mean, best["result"].mean, best["result"].cov)):
+            continue
+        with torch.no_grad():
+            lj = log_density(points[0] + t * (z - points[0])).reshape(-1)
+        lower = torch.minimum(lj[0], lj[-1])
+        inner = lj[1:-1]
+        barrier = math.inf if not bool(torch.isfinite(inner).all()) else float(lower - inner.min())
+        o["barrier_nats"] = barrier
+        o["same_mode"] = bool(barrier < MODE_BARRIER_NATS)
 
 
 #: Log Bayes factor (nats) beyond which the evidence for or against an effect counts (Kass & Raftery 1995: 1 nat,
@@ -298,6 +348,8 @@ def multimodality(optima: list[dict]) -> tuple[list[str], list[str]]:
         return warns, notes
     best = optima[0]
     for other in optima[1:]:
+        if other.get("same_mode"):
+            continue
         gap = best["free_energy"] - other["free_energy"]
         dist = _mahalanobis(other["result"].mean, best["result"].mean, best["result"].cov)
         if _competes(gap, dist):
@@ -495,7 +547,15 @@ def fit_problem_multistart(engine, problem, *, n_starts: int = 1, seed: int = 0)
         if raise_on_failure:
             raise LaplaceConvergenceError(res.message, res)
         _w.warn(f"VariationalLaplace: {res.message}", RuntimeWarning, stacklevel=3)
+    mark_barriers(optima, problem.log_joint_unconstrained, [mapped[id(o["result"])][1] for o in optima])
     warns, notes = multimodality(optima)
+    ridge = [o for o in optima[1:] if o.get("same_mode")]
+    if ridge and not warns:
+        notes.append(
+            f"{len(ridge)} other Gauss-Newton end point(s) within {MULTIMODAL_NATS:g} nats lie on one ridge with the "
+            f"best (no barrier of {MODE_BARRIER_NATS:g} nat between them): the posterior is long and flat there, "
+            "not multimodal; the Pareto k-hat says how well the Gaussian covers it"
+        )
     out = []
     for opt in optima:
         _, m, c = mapped[id(opt["result"])]
@@ -509,6 +569,8 @@ def fit_problem_multistart(engine, problem, *, n_starts: int = 1, seed: int = 0)
                 "n_starts": int(opt["n_starts"]),
                 "from_prior_mean": 0 in opt["starts"],
                 "status": opt["result"].status,
+                **({"barrier_nats": opt["barrier_nats"], "same_mode_as_best": opt["same_mode"]}
+                   if "barrier_nats" in opt else {}),
             }
         )
     effects = [nm for nm in problem.observation.effect_parameters(problem.data) if nm in names]
