@@ -1008,7 +1008,8 @@ class SpectrumObservation(_JansenRitObservation):
         sd = metrics.get("noise_sd_log_power", metrics.get("residual_rms_log_power"))
         if isinstance(excess, float) and isinstance(sd, float) and sd > 0 and excess > 3.0 * sd:
             out["suggested"] = "limit_cycle"
-            out["why"] = f"a harmonic at twice the alpha peak that the fit lacks, {excess / sd:.1f} residual SDs"
+            out["why"] = (f"a peak at twice the alpha frequency that the fit lacks, {excess / sd:.1f} residual SDs: a "
+                          "harmonic, unless it is a beta rhythm")
             out["advice_suggested"] = (
                 "use method='simulation' (--method simulation): the linearised spectrum has no limit cycle"
                 if method == "transfer" else
@@ -1107,8 +1108,11 @@ class SpectrumObservation(_JansenRitObservation):
             f2 = 2.0 * metrics["peak_frequency_data_hz"]
             near = (f - f2).abs() <= 1.0
             if int(near.sum()) >= 1 and f2 + 1.0 <= float(f[-1]):
-                excess = float((y[near] - yhat[near]).max())
+                resid_near = y[near] - yhat[near]
+                excess = float(resid_near.max())
+                f_bump = float(f[near][resid_near.argmax()])
                 metrics["harmonic_excess_log_power"] = excess
+                metrics["harmonic_excess_frequency_hz"] = f_bump
                 if excess > 3.0 * sd:
                     # the fitted point's regime (JansenRit.regimes), so that the advice fits where the fit is
                     on_cycle = False
@@ -1127,13 +1131,16 @@ class SpectrumObservation(_JansenRitObservation):
                         "p_mean that reaches the oscillatory regime (about 90-315 pulses/s with the JR 1995 "
                         "constants) lets the model produce it"
                         if simulated else
-                        "the linearised spectrum cannot produce it; use method='simulation' (--method "
-                        "simulation) or a simulation-based backend"
+                        "the linearised spectrum cannot produce a harmonic; method='simulation' (--method "
+                        "simulation) or a simulation-based backend can"
                     )
                     warns.append(
                         f"the data have a peak near {f2:.1f} Hz, twice the alpha peak, that the prediction lacks "
-                        f"(log-power excess {excess:.2f}, {excess / sd:.1f} residual SDs): a harmonic, the mark of "
-                        f"a limit cycle (the oscillatory regime); {what}"
+                        f"(log-power excess {excess:.2f} at {f_bump:.2f} Hz, {excess / sd:.1f} residual SDs): either "
+                        "a harmonic of a limit cycle (the oscillatory regime) or a beta rhythm that one Jansen-Rit "
+                        "population does not produce, which the spectrum alone cannot tell apart (a harmonic sits at "
+                        f"exactly twice the peak); if a harmonic: {what}; if beta, or to fit the alpha rhythm "
+                        f"alone: fit below it (--fmax {max(f2 - 3.0, float(f[0]) + 1.0):.0f})"
                     )
         return FitQuality(metrics, warns)
 
