@@ -171,7 +171,13 @@ class PoleMap:
             )
         replace = tuple(replace)
         if len(replace) != 2 or any(n not in problem.names for n in replace) or replace[0] == replace[1]:
+            missing = [n for n in replace if n not in problem.names]
             raise ValueError(
+                f"boundary='pole' (CLI --boundary pole) replaces {' and '.join(replace)} by the dominant pole, so "
+                f"both must be free; {', '.join(missing) or 'they'} "
+                f"{'is' if len(missing) == 1 else 'are'} not free in this problem (free: {', '.join(problem.names)}): "
+                "free it (no --fix of it) or use --boundary hopf"
+                if missing else
                 f"replace must name two different free parameters of the problem ({', '.join(problem.names)}), "
                 f"got {replace!r}"
             )

@@ -293,7 +293,9 @@ class Posterior:
         lines.append(f"  {'parameter':>16s}  {'mean':>10s}  {'sd':>9s}  {'units':<12s} contraction")
         for n, m, s in zip(self.names, self.mean, self.sd):
             c = self.contraction.get(n)
-            tag = "" if c is None else f"{c:6.2f}" + ("  (not informed by the data)" if c < CONTRACTION_UNINFORMED else "")
+            tag = "" if c is None else f"{c:6.2f}" + (
+                "  (not informed by the data; negative: the posterior is wider than the prior)" if c < 0
+                else "  (not informed by the data)" if c < CONTRACTION_UNINFORMED else "")
             if n in flagged:
                 r = flagged[n]
                 tag += (f"  ({r.get('shape', 'not Gaussian')}; importance-weighted, the Gaussian's "

@@ -114,6 +114,17 @@ def _alternatives(backend: str, diagnostics: dict, *, hopf: bool = True) -> str:
     return "; or ".join(options)
 
 
+def _failing_approximation(backend: str) -> str:
+    """What fails when a backend's draws predict data the observed ones rule out, in words."""
+    return {
+        "laplace": "the Gaussian approximation fails, e.g. by reaching parameter sets near instability",
+        "npe": "the neural posterior is too wide for this recording: more simulations, truncated rounds (--rounds) "
+               "or a likelihood-based backend",
+        "nuts": "the chains have not found the posterior's bulk: see R-hat and divergences",
+        "smc": "the particles have not found the posterior's bulk: see R-hat",
+    }.get(backend, "an approximation that fails")
+
+
 def _non_gaussian_marginals(diagnostics: dict, contraction: dict, units: dict, backend: str) -> list[str]:
     """A warning naming the parameters whose Gaussian marginal the importance-weighted one contradicts.
 
@@ -408,8 +419,8 @@ def assemble_posterior(
                     f"{ruled['threshold_nats']:.0f}: one per data point and four per parameter; the 95th percentile "
                     "of the draws' largest predicted |value| is "
                     f"{ruled['predictive_max_abs_q95_over_data']:.3g} x the data's): these draws are not from the "
-                    "posterior the data define (an approximation that fails, e.g. a Gaussian reaching parameter sets "
-                    "near instability), so the predictive band is far wider than the data allow; use "
+                    f"posterior the data define ({_failing_approximation(backend)}), so the predictive band is far "
+                    "wider than the data allow; use "
                     f"{_alternatives(backend, diagnostics)}"
                 )
         quality: dict = {}
