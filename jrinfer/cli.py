@@ -1656,6 +1656,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train-npe",
         help="simulate and train an amortized neural posterior estimator (sbi); writes DIR/estimator.pt, metadata.json",
+        description="Simulate and train an amortized neural posterior estimator (sbi); writes DIR/estimator.pt and "
+        "metadata.json. Exit status 0 when training converged and the calibration check (SBC/TARP on held-out "
+        "simulations) passed; 1 when either failed (the estimator is written all the same; read the verdict); 2 for "
+        "bad input.",
     )
     p.add_argument("--kind", required=True, choices=["spectrum"], help="what the estimator will fit")
     p.add_argument("--method", default="simulation", choices=["transfer", "simulation"],
