@@ -68,7 +68,9 @@ def map_chunks(
     client : dask.distributed.Client, optional
         Run on this Dask client instead of in this process.
     progress : bool
-        Show a tqdm progress bar (one step per finished chunk).
+        Show progress: a tqdm bar (one step per finished chunk) when stderr
+        is a terminal; elsewhere (logs, pipes, notebooks) a line at most
+        every 10 s and one at the end, never a bar's carriage returns.
     desc : str
         Label of the progress bar.
     retries : int
@@ -93,12 +95,67 @@ def map_chunks(
         raise ValueError(f"retries: expected a non-negative int, got {retries!r}")
     if client is not None:
         return _map_chunks_dask(function, list(arguments), client, progress=progress, desc=desc, retries=retries)
-    from tqdm.auto import tqdm
-
     results = []
-    for args in tqdm(arguments, desc=desc, unit="chunk", disable=not progress):
-        results.append(function(*args))
+    with _ChunkProgress(len(arguments), desc, progress) as bar:
+        for args in arguments:
+            results.append(function(*args))
+            bar.update()
     return results
+
+
+class _ChunkProgress:
+    """Progress over chunks: a tqdm bar on a terminal, else a line at most every ``INTERVAL_S`` and one at the end."""
+
+    INTERVAL_S = 10.0
+
+    def __init__(self, total: int, desc: str, show: bool):
+        import sys
+        import time
+
+        self.total, self.desc, self.done = total, desc, 0
+        self.bar = None
+        self.lines = False
+        self.t0 = self.last = time.perf_counter()
+        if not show:
+            return
+        isatty = getattr(sys.stderr, "isatty", None)
+        if isatty is not None and isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="chunk")
+        else:
+            self.lines = True
+
+    def _say(self, message: str) -> None:
+        import sys
+
+        print(f"{self.desc}: {message}", file=sys.stderr, flush=True)
+
+    def update(self) -> None:
+        import time
+
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.lines:
+            now = time.perf_counter()
+            if now - self.last >= self.INTERVAL_S and self.done < self.total:
+                self.last = now
+                elapsed = now - self.t0
+                left = elapsed * (self.total - self.done) / self.done
+                self._say(f"{self.done} of {self.total} chunks, {elapsed:.0f} s elapsed, about {left:.0f} s left")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        import time
+
+        if self.bar is not None:
+            self.bar.close()
+        elif self.lines and exc[0] is None and self.total:
+            self._say(f"{self.done} of {self.total} chunks in {time.perf_counter() - self.t0:.0f} s")
+        return False
 
 
 def task_key(prefix: str, function: Callable, args: tuple, index: int) -> str:
@@ -125,8 +182,6 @@ def _map_chunks_dask(function, arguments: list, client, *, progress: bool, desc:
     from jrinfer._optional import optional_import
 
     distributed = optional_import("distributed", purpose="map_chunks on a Dask client")
-    from tqdm.auto import tqdm
-
     name = getattr(function, "__name__", "chunk").strip("<>_") or "chunk"
     futures = [
         client.submit(_call_in_worker, function, args, key=task_key(f"jrinfer-{name}", function, args, i),
@@ -134,11 +189,11 @@ def _map_chunks_dask(function, arguments: list, client, *, progress: bool, desc:
         for i, args in enumerate(arguments)
     ]
     try:
-        with tqdm(total=len(futures), desc=desc, unit="chunk", disable=not progress) as bar:
+        with _ChunkProgress(len(futures), desc, progress) as bar:
             for future in distributed.as_completed(futures):
                 if future.status == "error":
                     future.result()  # raises the chunk's own error
-                bar.update(1)
+                bar.update()
         return [f.result() for f in futures]  # the futures are released when this returns
     except BaseException:
         client.cancel(futures)  # stop the chunks still pending

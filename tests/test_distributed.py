@@ -540,3 +540,17 @@ def test_fit_many_problems_nuts_draws_have_the_requested_shape():
     assert post.diagnostics["settings"] == {**post.diagnostics["settings"], "chains": 2, "tune": 20, "draws": 15,
                                             "seed": 1}
     assert post.to_arviz().posterior.sizes["chain"] == 2 and post.to_arviz().posterior.sizes["draw"] == 15
+
+
+def test_map_chunks_progress_off_a_terminal_is_lines_not_a_bar(capsys, monkeypatch):
+    """Off a terminal (logs, pipes) progress is a line at most every 10 s and an end line, never tqdm's \\r."""
+    import jrinfer._chunks as chunks
+
+    monkeypatch.setattr(chunks._ChunkProgress, "INTERVAL_S", 0.0)  # every chunk gets its line
+    assert map_chunks(operator.pow, [(k, 2) for k in range(4)], desc="simulating") == [0, 1, 4, 9]
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.strip().splitlines()
+    assert lines[:3] == [ln for ln in lines[:3] if ln.startswith("simulating: ") and "of 4 chunks" in ln]
+    assert len(lines) == 4 and lines[-1].startswith("simulating: 4 of 4 chunks in ")
+    assert map_chunks(operator.pow, [(2, 2)], progress=False) == [4] and capsys.readouterr().err == ""
