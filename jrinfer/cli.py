@@ -715,6 +715,15 @@ def _check_names_before_reading(args) -> None:
             if base not in known and name not in extra:
                 _parse_assignments([f"{name}=0"], option, known=known + extra)
 
+    if getattr(args, "free", None) and hasattr(obs, "model_parameter_names"):
+        model = list(obs.model_parameter_names())
+        for name in (s.strip() for s in args.free.split(",") if s.strip()):
+            if name in known and name not in model:
+                raise UsageError(f"--free {name}: {name} is a parameter of the observation, free in every fit; "
+                                 f"--free chooses among the model's constants ({', '.join(model)}); to hold it, "
+                                 f"use --fix {name}=VALUE")
+            if name not in model:  # --free takes the model's constants (the observation's are always free)
+                _parse_assignments([f"{name}=0"], "--free", known=model)
     if args.fix:
         check(_parse_assignments(args.fix, "--fix"), "--fix")
     if args.prior:

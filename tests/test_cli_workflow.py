@@ -1,5 +1,5 @@
 """Real-data workflow of the command line: --strict and the status of untrusted fits, progress off a terminal,
---quiet, and --fix/--vary/--prior checked before any data file is read."""
+--quiet, and --fix/--vary/--prior/--free checked before any data file is read."""
 
 import json
 import math
@@ -153,6 +153,8 @@ def test_lines_progress_rate_is_modest(capsys):
         (["--conditions", "rest,task", "--vary", "zz"], "--vary: unknown parameter 'zz'; known: A, B"),
         (["--conditions", "rest,task", "--vary", "a", "--fix", "delta_b_task=0"],
          "--fix: unknown parameter 'delta_b_task'"),
+        (["--free", "A,B,zz"], "--free: unknown parameter 'zz'; known: A, B, a, b, C"),
+        (["--free", "A,gain"], "--free gain: gain is a parameter of the observation, free in every fit"),
     ],
 )
 def test_bad_names_fail_before_any_file_is_read(flags, expected, tmp_path, capsys, monkeypatch):
