@@ -860,6 +860,17 @@ def test_regime_spectra_with_truncated_rounds(jr_refined, p_mean, regime):
     # the reference: the truth's own predictive reaches the threshold (0.95-0.96), so R^2 >= 0.9 is attainable
     r2_truth = _truth_r2(est, data, truth)
     assert r2_truth > 0.93, r2_truth
+    if p_mean == 70.0:
+        # Neural importance sampling of the refined flow against the known likelihood (Dax et al. 2023) says
+        # how far the flow can be trusted. Measured (benchmarks/npe_importance.py, RESULTS.md): the flow is far
+        # wider than the posterior (p_mean sd 99 pulses/s) in 8 dimensions, so of 5,000 proposals one or two
+        # carry the weight (k-hat 10.7, ESS 1.0). The resampled draws then reach R^2 0.955 and the peak, but
+        # they are two parameter sets, not a posterior: the status says so (warning, k-hat > 0.7), and the
+        # thresholds below are judged on the flow's draws, not on these.
+        nis = ref.condition(data, n_draws=1000, n_predictive=20, seed=2, importance_sampling=True, n_proposals=2000)
+        k = nis.diagnostics["pareto_k"]
+        assert k > 0.7 and nis.status == "warning" and "Pareto k-hat" in nis.status_message, k
+        assert nis.diagnostics["importance_sampling"]["n_failed"] == 0
     if abs(fq["peak_shift_hz"]) > 0.5 or fq["r2_log_power"] < 0.9:
         pytest.xfail(f"p_mean {p_mean:g}: R^2 {fq['r2_log_power']:.3f} (the truth's own predictive: {r2_truth:.3f}), "
                      f"peak shift {fq['peak_shift_hz']:+.1f} Hz at the CI budget ({ROUNDS} round of {PER_ROUND}); "
