@@ -574,6 +574,19 @@ def test_cli_train_npe_bad_input(tmp_path, capsys):
         assert not (tmp_path / "e").exists()
 
 
+def test_cli_importance_sampling_flag_is_npe_only_and_resample_is_not_npe(tmp_path, capsys):
+    """--importance-sampling applies to --backend npe; laplace's --resample given to npe points to it."""
+    from jrinfer.cli import main
+
+    csv = tmp_path / "s.csv"
+    csv.write_text("freq,power\n" + "".join(f"{f},{1.0 / f}\n" for f in range(2, 30)))
+    for args, match in [(["--backend", "laplace", "--importance-sampling"], "--importance-sampling apply to --backend npe"),
+                        (["--backend", "npe", "--resample"], "use --importance-sampling")]:
+        code = main(["fit", str(csv), "--kind", "spectrum", "--out", str(tmp_path / "o"), *args])
+        err = capsys.readouterr().err
+        assert code == 2 and match in err, (args, err)
+
+
 # ------------------------------------------------------------ real data
 @pytest.mark.slow
 def test_eegmat_resting_spectrum(npe_spectrum_estimator, tmp_path, capsys):
