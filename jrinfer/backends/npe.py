@@ -1046,6 +1046,7 @@ class AmortizedPosterior:
             flow's own regime mix stays in ``regime_mix_flow``.
         """
         from jrinfer.backends._assembly import assemble_posterior
+        from jrinfer.posterior import PARETO_K_UNRELIABLE
 
         n_draws = _checks.check_int("n_draws", n_draws, minimum=2)
         n_predictive = _checks.check_int("n_predictive", n_predictive, minimum=0)
@@ -1112,6 +1113,15 @@ class AmortizedPosterior:
                 "79-86 % of cases, and 120 s instead of 30 s of signal does not change that, so the spectrum "
                 "rarely settles the regime at 90 %; see benchmarks/RESULTS.md)"
             )
+            k_hat = diagnostics.get("pareto_k")
+            if importance_sampling and not (k_hat is not None and k_hat <= PARETO_K_UNRELIABLE):
+                # a handful of heavily weighted proposals is no evidence for a regime
+                diagnostics["regime_resolved"] = False
+                diagnostics["regime_verdict"] = (
+                    f"unresolved: the importance-resampled draws ({shares}) repeat "
+                    f"{importance['n_unique_draws']} proposals (Pareto k-hat {k_hat if k_hat is None else round(k_hat, 2)} "
+                    f"> {PARETO_K_UNRELIABLE}): not a posterior to read a regime from"
+                )
         diagnostics["amortized"] = self.amortized
         diagnostics["summary_features"] = self.summary
         if not self.amortized:
