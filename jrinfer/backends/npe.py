@@ -65,6 +65,21 @@ the region, so the posterior there is unchanged). The result is for that
 recording only (not amortized); its calibration verdict is the round-0
 estimator's.
 
+Neural importance sampling
+--------------------------
+Every jrinfer observation's likelihood is known (``problem.log_likelihood``:
+the noise model ``sample`` draws from, around a prediction that is a
+deterministic function of the parameters), so the flow can be corrected
+exactly: :meth:`AmortizedPosterior.condition` with ``importance_sampling=True``
+(``NPE.fit(..., importance_sampling=True)``, ``jrinfer fit --backend npe
+--importance-sampling``) weighs flow draws by box prior x likelihood / flow
+density in flow coordinates, Pareto-smooths the weights and resamples
+(Dax et al. 2023); ``diagnostics["pareto_k"]`` above 0.7 makes the status
+``"warning"``. For ``method="simulation"`` the training simulations use a
+seed per chunk while the likelihood uses the observation's own seed (common
+random numbers, as every backend): the weights correct to the latter
+posterior.
+
 Precision and coordinates
 -------------------------
 jrinfer is float64; sbi works in float32. Features and parameters are cast
@@ -100,6 +115,11 @@ P. Lemos, A. Coogan, Y. Hezaveh, L. Perreault-Levasseur (2023), "Sampling-based
 accuracy testing of posterior estimators for general inference" (TARP), ICML.
 M. Deistler, P. J. Goncalves, J. H. Macke (2022), "Truncated proposals for
 scalable and hassle-free simulation-based inference", NeurIPS (TSNPE).
+M. Dax, S. R. Green, J. Gair, M. Puerrer, J. Wildberger, J. H. Macke, A. Buonanno,
+B. Schoelkopf (2023), "Neural importance sampling for rapid and reliable
+gravitational-wave inference", PRL 130:171403.
+A. Vehtari, D. Simpson, A. Gelman, Y. Yao, J. Gabry (2024), "Pareto smoothed
+importance sampling", JMLR 25:72.
 """
 
 from __future__ import annotations
