@@ -580,7 +580,8 @@ def test_cli_importance_sampling_flag_is_npe_only_and_resample_is_not_npe(tmp_pa
 
     csv = tmp_path / "s.csv"
     csv.write_text("freq,power\n" + "".join(f"{f},{1.0 / f}\n" for f in range(2, 30)))
-    for args, match in [(["--backend", "laplace", "--importance-sampling"], "--importance-sampling apply to --backend npe"),
+    for args, match in [(["--backend", "laplace", "--importance-sampling"],
+                         "--importance-sampling apply to --backend npe"),
                         (["--backend", "npe", "--resample"], "use --importance-sampling")]:
         code = main(["fit", str(csv), "--kind", "spectrum", "--out", str(tmp_path / "o"), *args])
         err = capsys.readouterr().err

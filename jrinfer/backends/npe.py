@@ -997,7 +997,8 @@ class AmortizedPosterior:
             "n_proposals": n_proposals,
             "n_failed": n_failed,
             "failed_fraction": n_failed / n_proposals,
-            "failures": [{"reason": examples[key], "n": v} for key, v in sorted(by_reason.items(), key=lambda kv: -kv[1])],
+            "failures": [{"reason": examples[key], "n": v}
+                         for key, v in sorted(by_reason.items(), key=lambda kv: -kv[1])],
             "n_unique_draws": n_unique,
             "resampled": resampled,
             "seconds": seconds,
@@ -1139,8 +1140,9 @@ class AmortizedPosterior:
                 diagnostics["regime_resolved"] = False
                 diagnostics["regime_verdict"] = (
                     f"unresolved: the importance-resampled draws ({shares}) repeat "
-                    f"{importance['n_unique_draws']} proposals (Pareto k-hat {k_hat if k_hat is None else round(k_hat, 2)} "
-                    f"> {PARETO_K_UNRELIABLE}): not a posterior to read a regime from"
+                    f"{importance['n_unique_draws']} proposals (Pareto k-hat "
+                    f"{k_hat if k_hat is None else round(k_hat, 2)} > {PARETO_K_UNRELIABLE}): not a posterior to read "
+                    "a regime from"
                 )
         diagnostics["amortized"] = self.amortized
         diagnostics["summary_features"] = self.summary
