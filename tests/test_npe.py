@@ -275,9 +275,9 @@ def test_importance_sampling_gives_failed_likelihoods_weight_zero_and_counts_the
         INVALID_ABOVE = 0.5
 
     problem = _linear_problem(InvalidAbove(), truth=(0.8, 0.4))
-    est = NPE(n_simulations=1000, seed=2).train(problem)
-    post = est.condition(problem.data, n_draws=1000, n_predictive=0, seed=4, importance_sampling=True,
-                         n_proposals=3000)
+    npe = NPE(n_simulations=1000, seed=2)
+    post = npe.fit(problem, n_draws=1000, n_predictive=0, seed=4, importance_sampling=True, n_proposals=3000)
+    est = npe.estimator_
     info = post.diagnostics["importance_sampling"]
     flow = est.sample(problem.data, 3000, seed=4)
     n_bad = int((flow[:, 1] > 0.5).sum())
