@@ -856,9 +856,13 @@ def _npe_estimator(args):
     CSV is cropped to it), so that the data land on the grid it was trained on.
     """
     if args.backend != "npe":
-        if args.estimator is not None or args.resample_grid or getattr(args, "rounds", 0):
-            raise UsageError("--estimator, --resample-grid and --rounds apply to --backend npe")
+        if args.estimator is not None or args.resample_grid or getattr(args, "rounds", 0) or \
+                getattr(args, "importance_sampling", False):
+            raise UsageError("--estimator, --resample-grid, --rounds and --importance-sampling apply to --backend npe")
         return None
+    if getattr(args, "resample", False):
+        raise UsageError("--resample (importance-resampled draws) is laplace's; for --backend npe use "
+                         "--importance-sampling (the flow's draws weighted by the likelihood, PSIS, resampled)")
     if getattr(args, "rounds", 0) < 0 or getattr(args, "simulations_per_round", 3000) < 50:
         raise UsageError(f"--rounds must be >= 0 and --simulations-per-round >= 50, got --rounds {args.rounds} "
                          f"--simulations-per-round {args.simulations_per_round}")
@@ -949,7 +953,9 @@ def _fit_npe(args, estimator, data):
             estimator = estimator.refine(data, rounds=args.rounds, simulations_per_round=args.simulations_per_round,
                                          resample=args.resample_grid,
                                          progress=args.progress is not False and not getattr(args, "quiet", False))
-        posterior = estimator.condition(data, seed=args.seed, resample=args.resample_grid)
+        posterior = estimator.condition(data, seed=args.seed, resample=args.resample_grid,
+                                        importance_sampling=getattr(args, "importance_sampling", False),
+                                        progress=args.progress is not False and not getattr(args, "quiet", False))
     except ValueError as err:
         raise UsageError(_cli_words(str(err).splitlines()[0])) from None
     return problem, posterior
@@ -1660,6 +1666,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "result is for this recording only, the estimator on disk is not changed; default 0)")
     p.add_argument("--simulations-per-round", type=int, default=3000,
                    help="npe: simulations per truncated round (default 3000)")
+    p.add_argument("--importance-sampling", action="store_true",
+                   help="npe: correct the flow by neural importance sampling (5000 flow draws weighted by prior x "
+                   "likelihood / flow density, Pareto-smoothed, resampled; Pareto k-hat > 0.7 gives status warning)")
     p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser(

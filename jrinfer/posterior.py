@@ -326,7 +326,8 @@ class Posterior:
             return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
         if num("pareto_k") is not None:
-            parts.append(f"Pareto k-hat {d['pareto_k']:.2f} (Gaussian vs true posterior; above 0.7 unreliable)")
+            what = "flow" if self.backend == "npe" else "Gaussian"
+            parts.append(f"Pareto k-hat {d['pareto_k']:.2f} ({what} vs true posterior; above 0.7 unreliable)")
         if num("rhat_max") is not None:
             parts.append(f"R-hat max {d['rhat_max']:.3f}")
         if num("ess_bulk_min") is not None and num("ess_tail_min") is not None:

@@ -216,6 +216,78 @@ def test_linear_gaussian_posterior_matches_the_analytic_one():
     assert npe.estimator_ is not None and again.diagnostics["training"] == post.diagnostics["training"]
     mean2, _ = _analytic_linear(other)
     assert np.all(np.abs(again.mean - mean2.numpy()) < 0.5 * sd)
+    # neural importance sampling (Dax et al. 2023) of the same flow against the known likelihood: closer to the
+    # analytic posterior (measured: mean errors 0.19/0.06 sd and sd ratios 1.11/1.11 raw, 0.05/0.05 sd and
+    # 0.98/0.99 corrected, k-hat 0.31, ESS 7,900 of 10,000), with a k-hat saying it can be trusted
+    est = npe.estimator_
+    raw = est.condition(problem.data, n_draws=2000, n_predictive=0, seed=3)
+    nis = est.condition(problem.data, n_draws=2000, n_predictive=0, seed=3, importance_sampling=True,
+                        n_proposals=10_000)
+    d = nis.diagnostics
+    assert d["importance_resampled"] is True and d["pareto_k"] < 0.7 and d["importance_ess"] > 2000, d["pareto_k"]
+    assert d["importance_sampling"]["n_proposals"] == 10_000 and d["importance_sampling"]["n_failed"] == 0
+    assert "Pareto" not in nis.status_message and "importance" in nis.message
+    err = lambda p: np.abs(p.mean - mean.numpy()) / sd + np.abs(np.log(p.sd / sd))  # noqa: E731
+    assert err(nis).sum() < 0.5 * err(raw).sum() and np.all(err(nis) < 0.15), (err(nis), err(raw))
+    assert "pareto_k" not in raw.diagnostics  # no importance sampling asked: no k-hat claimed
+    # a pure function of the seed
+    again = est.condition(problem.data, n_draws=2000, n_predictive=0, seed=3, importance_sampling=True,
+                          n_proposals=10_000)
+    np.testing.assert_array_equal(again.draws, nis.draws)
+
+
+def test_importance_weights_are_the_box_posterior_over_the_flow_in_flow_coordinates():
+    """log w = log p_box(z) + log p(y | theta(z)) - log q(z | x): the box prior's density in the flow's coordinates
+    (standard logistic per parameter, Jacobian included) is the flow's own prior's."""
+    problem = _linear_problem()
+    est = NPE(n_simulations=200, seed=2, max_epochs=5).train(problem)
+    z = torch.randn(500, 2, dtype=F64, generator=torch.Generator().manual_seed(0)) * 4
+    lp = est.prior.log_prob_unconstrained(z)
+    with torch.no_grad():
+        ref = est._coords.torch_prior.log_prob(z)
+    torch.testing.assert_close(lp, ref, rtol=1e-12, atol=1e-12)
+    # and in natural units: p_box(theta) |d theta / d z|
+    theta = est._coords.from_flow(z)
+    jac = torch.log(torch.tensor([5.0, 4.5], dtype=F64)) + torch.nn.functional.logsigmoid(z) + \
+        torch.nn.functional.logsigmoid(-z)  # uniform boxes of widths 5 and 4.5: d theta / d z = w s(z) (1 - s(z))
+    torch.testing.assert_close(est.prior.log_prob(theta) + jac.sum(-1), lp, rtol=1e-9, atol=1e-9)
+
+
+def test_importance_sampling_of_a_bad_flow_says_so_in_its_status():
+    """An overconfident flow (150 simulations): a high k-hat, a warning status naming it, never a silent answer."""
+    problem = _linear_problem()
+    est = NPE(n_simulations=150, seed=2).train(problem)
+    assert est.training["converged"]  # the training itself raises no flag: only the weights reveal the flow is off
+    post = est.condition(problem.data, n_draws=1000, n_predictive=20, seed=3, importance_sampling=True)
+    d = post.diagnostics
+    # measured: k-hat 0.97, ESS 80 of 5,000 proposals
+    assert d["pareto_k"] > 0.7 and d["importance_ess"] < 500, (d["pareto_k"], d["importance_ess"])
+    assert post.status == "warning" and "Pareto k-hat" in post.status_message and "flow (NPE)" in post.status_message
+    assert any(w.startswith("neural importance sampling: Pareto k-hat") and "not to be trusted" in w
+               for w in post.warnings), post.warnings
+    assert d["importance_sampling"]["n_unique_draws"] < 1000
+
+
+def test_importance_sampling_gives_failed_likelihoods_weight_zero_and_counts_them():
+    """Proposals the observation cannot predict (slope above 0.5) get weight 0, are counted with the reason, and no
+    resampled draw is one of them."""
+    class InvalidAbove(LinearGaussian):
+        INVALID_ABOVE = 0.5
+
+    problem = _linear_problem(InvalidAbove(), truth=(0.8, 0.4))
+    npe = NPE(n_simulations=1000, seed=2)
+    post = npe.fit(problem, n_draws=1000, n_predictive=0, seed=4, importance_sampling=True, n_proposals=3000)
+    est = npe.estimator_
+    info = post.diagnostics["importance_sampling"]
+    flow = est.sample(problem.data, 3000, seed=4)
+    n_bad = int((flow[:, 1] > 0.5).sum())
+    assert n_bad > 0 and info["n_failed"] == n_bad, (n_bad, info["n_failed"])
+    assert info["failures"][0]["n"] == n_bad and info["failures"][0]["reason"].startswith("slope above 0.5")
+    assert float(post.draws[0, :, 1].max()) <= 0.5
+    with pytest.raises(ValueError, match="importance_sampling"):
+        est.condition(problem.data, importance_sampling="yes")
+    with pytest.raises(ValueError, match="n_proposals"):
+        est.condition(problem.data, importance_sampling=True, n_proposals=3)
 
 
 # ------------------------------------------------------------ Jansen-Rit spectra (shared estimator)
@@ -500,6 +572,20 @@ def test_cli_train_npe_bad_input(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and match in err and len(err.strip().splitlines()) == 1, (args, err)
         assert not (tmp_path / "e").exists()
+
+
+def test_cli_importance_sampling_flag_is_npe_only_and_resample_is_not_npe(tmp_path, capsys):
+    """--importance-sampling applies to --backend npe; laplace's --resample given to npe points to it."""
+    from jrinfer.cli import main
+
+    csv = tmp_path / "s.csv"
+    csv.write_text("freq,power\n" + "".join(f"{f},{1.0 / f}\n" for f in range(2, 30)))
+    for args, match in [(["--backend", "laplace", "--importance-sampling"],
+                         "--importance-sampling apply to --backend npe"),
+                        (["--backend", "npe", "--resample"], "use --importance-sampling")]:
+        code = main(["fit", str(csv), "--kind", "spectrum", "--out", str(tmp_path / "o"), *args])
+        err = capsys.readouterr().err
+        assert code == 2 and match in err, (args, err)
 
 
 # ------------------------------------------------------------ real data
@@ -788,6 +874,19 @@ def test_regime_spectra_with_truncated_rounds(jr_refined, p_mean, regime):
     # the reference: the truth's own predictive reaches the threshold (0.95-0.96), so R^2 >= 0.9 is attainable
     r2_truth = _truth_r2(est, data, truth)
     assert r2_truth > 0.93, r2_truth
+    if p_mean == 70.0:
+        # Neural importance sampling of the refined flow against the known likelihood (Dax et al. 2023) says
+        # how far the flow can be trusted. Measured (benchmarks/npe_importance.py, RESULTS.md): the flow is far
+        # wider than the posterior (p_mean sd 99 pulses/s) in 8 dimensions, so of 5,000 proposals one or two
+        # carry the weight (k-hat 10.7, ESS 1.0). The resampled draws then reach R^2 0.955 and the peak, but
+        # they are two parameter sets, not a posterior: the status says so (warning, k-hat > 0.7), and the
+        # thresholds below are judged on the flow's draws, not on these.
+        nis = ref.condition(data, n_draws=1000, n_predictive=20, seed=2, importance_sampling=True, n_proposals=2000)
+        k = nis.diagnostics["pareto_k"]
+        assert k > 0.7 and nis.status == "warning" and "Pareto k-hat" in nis.status_message, k
+        assert nis.diagnostics["importance_sampling"]["n_failed"] == 0
+        # a handful of proposals is no evidence for a regime: never a resolved verdict from them
+        assert not nis.diagnostics["regime_resolved"] and "Pareto k-hat" in nis.diagnostics["regime_verdict"]
     if abs(fq["peak_shift_hz"]) > 0.5 or fq["r2_log_power"] < 0.9:
         pytest.xfail(f"p_mean {p_mean:g}: R^2 {fq['r2_log_power']:.3f} (the truth's own predictive: {r2_truth:.3f}), "
                      f"peak shift {fq['peak_shift_hz']:+.1f} Hz at the CI budget ({ROUNDS} round of {PER_ROUND}); "

@@ -254,9 +254,8 @@ def _fit_status(backend: str, status: str, message: str, diagnostics: dict, qual
         reasons.append(f"{backend} reported {status!r}" + (f" ({message})" if message else ""))
     k = diagnostics.get("pareto_k")
     if isinstance(k, (int, float)) and not isinstance(k, bool) and (k > PARETO_K_UNRELIABLE or math.isnan(k)):
-        reasons.append(
-            f"Pareto k-hat {k:.2f} > {PARETO_K_UNRELIABLE}: the Gaussian approximation cannot be trusted"
-        )
+        what = "the flow (NPE)" if backend == "npe" else "the Gaussian approximation"
+        reasons.append(f"Pareto k-hat {k:.2f} > {PARETO_K_UNRELIABLE}: {what} cannot be trusted")
     if diagnostics.get("multimodal") is True:
         n = sum(1 for o in diagnostics.get("optima") or ())
         reasons.append(

@@ -21,6 +21,7 @@ import torch
 from jrinfer._optional import optional_import
 from jrinfer._rng import generator
 from jrinfer.backends._multistart import DEFAULT_N_STARTS, fit_problem_multistart
+from jrinfer.backends._psis import _psis
 from jrinfer.backends._vl_engine import _DTYPE, LaplaceConvergenceError, LaplaceEngine, LaplaceResult
 from jrinfer.posterior import CONTRACTION_UNINFORMED, PARETO_K_UNRELIABLE
 
@@ -224,35 +225,6 @@ class VariationalLaplace(LaplaceEngine):
             n_predictive=n_predictive,
             seed=seed,
         )
-
-
-def _psis(log_weights: torch.Tensor):
-    """Pareto-smoothed importance weights (ArviZ's ``psislw``): k-hat, ESS, normalised weights.
-
-    Draws with ``-inf`` log weight (where the true posterior is zero) get
-    weight zero. Returns ``(None, None, None)`` when ArviZ is not installed.
-    """
-    try:
-        az = optional_import("arviz", purpose="Pareto-smoothed importance sampling")
-    except ImportError:
-        return None, None, None
-    import warnings as _w
-
-    import numpy as np
-
-    lw = log_weights.detach().numpy().astype(float)
-    finite = np.isfinite(lw)
-    if finite.sum() < 5:
-        return float("inf"), 0.0, None
-    lw_f = np.where(finite, lw, lw[finite].min() - 1e3)
-    with _w.catch_warnings():
-        _w.simplefilter("ignore")
-        smoothed, k = az.psislw(lw_f)
-    smoothed = np.where(finite, smoothed, -np.inf)
-    w = np.exp(smoothed - smoothed[finite].max())
-    w = w / w.sum()
-    ess = float(1.0 / np.sum(w**2))
-    return float(k), ess, torch.from_numpy(w)
 
 
 def _importance_marginals(z, weights, mean, cov, prior_var, ess, problem) -> dict | None:

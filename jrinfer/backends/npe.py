@@ -65,6 +65,21 @@ the region, so the posterior there is unchanged). The result is for that
 recording only (not amortized); its calibration verdict is the round-0
 estimator's.
 
+Neural importance sampling
+--------------------------
+Every jrinfer observation's likelihood is known (``problem.log_likelihood``:
+the noise model ``sample`` draws from, around a prediction that is a
+deterministic function of the parameters), so the flow can be corrected
+exactly: :meth:`AmortizedPosterior.condition` with ``importance_sampling=True``
+(``NPE.fit(..., importance_sampling=True)``, ``jrinfer fit --backend npe
+--importance-sampling``) weighs flow draws by box prior x likelihood / flow
+density in flow coordinates, Pareto-smooths the weights and resamples
+(Dax et al. 2023); ``diagnostics["pareto_k"]`` above 0.7 makes the status
+``"warning"``. For ``method="simulation"`` the training simulations use a
+seed per chunk while the likelihood uses the observation's own seed (common
+random numbers, as every backend): the weights correct to the latter
+posterior.
+
 Precision and coordinates
 -------------------------
 jrinfer is float64; sbi works in float32. Features and parameters are cast
@@ -100,6 +115,11 @@ P. Lemos, A. Coogan, Y. Hezaveh, L. Perreault-Levasseur (2023), "Sampling-based
 accuracy testing of posterior estimators for general inference" (TARP), ICML.
 M. Deistler, P. J. Goncalves, J. H. Macke (2022), "Truncated proposals for
 scalable and hassle-free simulation-based inference", NeurIPS (TSNPE).
+M. Dax, S. R. Green, J. Gair, M. Puerrer, J. Wildberger, J. H. Macke, A. Buonanno,
+B. Schoelkopf (2023), "Neural importance sampling for rapid and reliable
+gravitational-wave inference", PRL 130:171403.
+A. Vehtari, D. Simpson, A. Gelman, Y. Yao, J. Gabry (2024), "Pareto smoothed
+importance sampling", JMLR 25:72.
 """
 
 from __future__ import annotations
@@ -501,6 +521,31 @@ def _simulate_chunk(theta, seed: int, problem, summary: str = "log_power") -> di
     return {"x": x, "valid": ok, "reasons": reasons, "regime": regime}
 
 
+def _log_likelihood_chunk(theta, problem) -> dict:
+    """``problem.log_likelihood`` of one chunk of parameter sets (natural units), failures marked with reasons.
+
+    Top-level, so that it pickles like :func:`_simulate_chunk`. Returns
+    ``{"log_lik": (n,) float64 with -inf where invalid or not finite,
+    "reasons": {index: reason}}``.
+    """
+    theta = torch.as_tensor(theta, dtype=torch.float64)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # diverged simulations are counted below, with their reason
+        params = problem.parameters(theta)
+        pred = problem.observation.predict(params, problem.data)
+        ll = problem.observation.log_likelihood(pred, params, problem.data).reshape(-1)
+    valid = pred.valid.reshape(-1)
+    reasons: dict[int, str] = {}
+    bad = torch.nonzero(~valid).flatten().tolist()
+    given = list(pred.reasons)
+    for k, i in enumerate(bad):
+        reasons[i] = given[k] if len(given) == len(bad) else (given[0] if given else "invalid prediction")
+    for i in torch.nonzero(valid & ~torch.isfinite(ll)).flatten().tolist():
+        reasons[i] = "non-finite log-likelihood (NaN or inf)"
+    ok = valid & torch.isfinite(ll)
+    return {"log_lik": torch.where(ok, ll, torch.full_like(ll, -math.inf)), "reasons": reasons}
+
+
 def _chunk_arguments(problem, n: int, seed: int, chunk_size: int, theta=None, summary: str = "log_power") -> list[tuple]:
     """``(theta_chunk, chunk_seed, problem, summary)`` per chunk; parameters drawn from the chunk's own seed
     (or sliced from the given ``theta``)."""
@@ -847,9 +892,135 @@ class AmortizedPosterior:
             "outside": d2 > float(s["d2_max"]),
         }
 
+    # --------------------------------------------------------- neural importance sampling
+    def _importance_sample(self, problem, x: torch.Tensor, n_draws: int, n_proposals: int, seed: int, *,
+                           chunk_size: int = 500, progress: bool = False) -> tuple[torch.Tensor, dict, list]:
+        """Neural importance sampling: flow draws weighted to the posterior ``problem`` defines, PSIS, resampled.
+
+        ``n_proposals`` draws ``z_i ~ q(z | x)`` from the flow (flow
+        coordinates, seeded by ``seed``) get log weights
+
+            ``log w_i = log p_box(z_i) + log p(y | theta(z_i)) - log q(z_i | x)``
+
+        with ``p_box`` the box prior's density *in flow coordinates* (the
+        standard logistic per parameter: the box prior's density in natural
+        units times the Jacobian of ``theta(z)``, :meth:`Prior.log_prob_unconstrained`),
+        ``p(y | theta)`` :meth:`InverseProblem.log_likelihood` of the
+        recording (all its channels) and ``q`` the flow's density at the same
+        ``z``, so both densities are in the same coordinates. The likelihood is
+        evaluated in chunks of ``chunk_size`` (batched through the
+        observation; a progress bar with ``progress``); a failed evaluation
+        (invalid prediction, non-finite value) gets weight 0 and is counted
+        with its reason. The weights are Pareto-smoothed
+        (:func:`jrinfer.backends._psis._psis`), and ``n_draws`` draws are
+        resampled from the proposals with replacement, with probability equal
+        to their smoothed weights (seed ``chunk_seed(seed, 1)``).
+
+        Returns
+        -------
+        theta : torch.Tensor
+            ``(n_draws, n_params)`` float64 natural units: the resampled draws,
+            or the first ``n_draws`` proposals when no weight is usable (fewer
+            than 5 finite; then ``pareto_k`` is inf and a warning says so).
+        info : dict
+            JSON-ready: ``pareto_k``, ``importance_ess``, ``n_proposals``,
+            ``n_failed`` with ``failures`` by reason, ``n_unique_draws``,
+            ``seconds`` (total) and ``likelihood_seconds``, ``target``, ``note``.
+        warns : list of str
+
+        References
+        ----------
+        M. Dax, S. R. Green, J. Gair, M. Puerrer, J. Wildberger, J. H. Macke,
+        A. Buonanno, B. Schoelkopf (2023), "Neural importance sampling for rapid
+        and reliable gravitational-wave inference", PRL 130:171403.
+        A. Vehtari, D. Simpson, A. Gelman, Y. Yao, J. Gabry (2024), "Pareto
+        smoothed importance sampling", JMLR 25:72.
+        """
+        from jrinfer.backends._psis import _psis
+        from jrinfer.posterior import PARETO_K_UNRELIABLE
+
+        optional_import("arviz", purpose="importance_sampling=True (Pareto-smoothed importance sampling)")
+        t0 = time.perf_counter()
+        with _one_thread():
+            z32 = self._sample_flow(x, n_proposals, seed)
+        log_q = self._flow_log_prob(z32, x)  # float32 flow at the very float32 draws
+        z = z32.to(torch.float64).clamp(-_FlowCoordinates.Z_MAX, _FlowCoordinates.Z_MAX)
+        theta = self._coords.from_flow(z)
+        log_prior = self.prior.log_prob_unconstrained(z)  # box prior density in flow coordinates (Jacobian included)
+        t1 = time.perf_counter()
+        args = [(theta[sl], problem) for sl in chunk_slices(n_proposals, chunk_size)]
+        results = map_chunks(_log_likelihood_chunk, args, progress=progress, desc="importance weights (likelihood)")
+        log_lik = torch.cat([r["log_lik"] for r in results])
+        likelihood_seconds = time.perf_counter() - t1
+        reasons = [r["reasons"][i] for r in results for i in sorted(r["reasons"])]
+        by_reason: dict[str, int] = {}
+        examples: dict[str, str] = {}
+        for r in reasons:
+            key = r.split("(")[0].strip().rstrip(":;,") or r
+            by_reason[key] = by_reason.get(key, 0) + 1
+            examples.setdefault(key, r)
+        log_w = log_prior + log_lik - log_q
+        log_w = torch.where(torch.isfinite(log_w), log_w, torch.full_like(log_w, -math.inf))
+        n_failed = int((~torch.isfinite(log_lik)).sum())
+        k, ess, weights = _psis(log_w)
+        warns = []
+        if weights is None:
+            theta_out = theta[:n_draws]
+            resampled = False
+            n_unique = int(torch.unique(theta_out, dim=0).shape[0])
+            warns.append(
+                f"neural importance sampling failed: {n_proposals - n_failed} of {n_proposals} proposals have a finite "
+                "likelihood (5 needed); these draws are the flow's, uncorrected and not to be trusted"
+            )
+        else:
+            idx = torch.multinomial(weights, n_draws, replacement=True, generator=generator(chunk_seed(seed, 1)))
+            theta_out = theta[idx]
+            resampled = True
+            n_unique = int(torch.unique(idx).numel())
+            if k > PARETO_K_UNRELIABLE:
+                warns.append(
+                    f"neural importance sampling: Pareto k-hat = {k:.2f} (> {PARETO_K_UNRELIABLE}) over {n_proposals} "
+                    f"flow proposals (ESS {ess:.1f}; the {n_draws} resampled draws repeat {n_unique} proposals): the "
+                    "flow is too far from the posterior for its weights to correct it, and these draws are not to be "
+                    "trusted; refine it for this recording (rounds, CLI --rounds), train on more simulations, or use "
+                    "a sampler (nuts, smc)"
+                )
+        seconds = time.perf_counter() - t0
+        obs = problem.observation
+        target = ("the box prior x the observation's likelihood of the recording (problem.log_likelihood: every "
+                  "channel, not only the summary features the flow sees)")
+        info = {
+            "method": "neural importance sampling (Dax et al. 2023): flow draws weighted by box prior x likelihood / "
+                      "flow density in flow coordinates, Pareto-smoothed (PSIS, Vehtari et al. 2024), resampled",
+            "pareto_k": k,
+            "importance_ess": ess,
+            "n_proposals": n_proposals,
+            "n_failed": n_failed,
+            "failed_fraction": n_failed / n_proposals,
+            "failures": [{"reason": examples[key], "n": v}
+                         for key, v in sorted(by_reason.items(), key=lambda kv: -kv[1])],
+            "n_unique_draws": n_unique,
+            "resampled": resampled,
+            "seconds": seconds,
+            "likelihood_seconds": likelihood_seconds,
+            "target": target,
+            "note": (f"the {n_draws} draws are resampled with replacement from the {n_proposals} proposals with "
+                     "probability equal to their Pareto-smoothed weights (failed likelihood evaluations: weight 0): "
+                     "draws from the posterior the likelihood defines where pareto_k <= 0.7, the flow's otherwise"
+                     if resampled else "no usable weights: the draws are the flow's"),
+        }
+        if getattr(obs, "method", None) == "simulation" and obs.with_seed(obs.seed + 1) is not obs:
+            info["note_simulation_seed"] = (
+                f"method='simulation': the likelihood predicts with the observation's own simulation seed "
+                f"({obs.seed}; common random numbers, as every backend's likelihood), while the flow was trained on "
+                "simulations with a seed per chunk; the weights correct the flow to the former posterior"
+            )
+        return theta_out, info, warns
+
     # --------------------------------------------------------- conditioning
     def condition(self, data, *, n_draws: int = 1000, n_predictive: int = 200, seed: int = 0,
-                  resample: bool = False):
+                  resample: bool = False, importance_sampling: bool = False, n_proposals: int | None = None,
+                  progress: bool = False):
         """The posterior for ``data``: draws from the flow, assembled like every backend's.
 
         Parameters
@@ -866,6 +1037,20 @@ class AmortizedPosterior:
             Seed of the draws and of the predictive noise.
         resample : bool
             See :meth:`problem_for`.
+        importance_sampling : bool
+            Correct the flow by neural importance sampling (Dax et al. 2023):
+            ``n_proposals`` flow draws weighted by box prior x likelihood /
+            flow density, Pareto-smoothed, and ``n_draws`` of them resampled
+            (:meth:`_importance_sample`). The likelihood is the observation's
+            (:meth:`InverseProblem.log_likelihood` of the recording), so the
+            draws are from the posterior every other backend targets, where
+            Pareto k-hat is at most 0.7; above it the status is ``"warning"``.
+            CLI: ``jrinfer fit --backend npe --importance-sampling``.
+        n_proposals : int, optional
+            Flow draws weighted (default ``max(5 n_draws, 2000)``); each costs
+            one likelihood evaluation (a simulation for ``method="simulation"``).
+        progress : bool
+            A progress bar over the likelihood evaluations of importance sampling.
 
         Returns
         -------
@@ -875,20 +1060,40 @@ class AmortizedPosterior:
             ``diagnostics`` holds the training report (simulations, failures
             by reason, training regime mix, prior box), the posterior's regime
             mix, the out-of-distribution score and the calibration verdict if
-            computed.
+            computed. With ``importance_sampling``: ``pareto_k``,
+            ``importance_ess``, ``importance_resampled`` (True: the draws are
+            the PSIS-resampled ones) and ``importance_sampling`` (proposals,
+            failed evaluations by reason, unique draws, seconds, target); the
+            flow's own regime mix stays in ``regime_mix_flow``.
         """
         from jrinfer.backends._assembly import assemble_posterior
+        from jrinfer.posterior import PARETO_K_UNRELIABLE
 
         n_draws = _checks.check_int("n_draws", n_draws, minimum=2)
         n_predictive = _checks.check_int("n_predictive", n_predictive, minimum=0)
         seed = _checks.check_int("seed", seed, minimum=0)
+        importance_sampling = _checks.check_bool("importance_sampling", importance_sampling)
+        progress = _checks.check_bool("progress", progress)
+        if n_proposals is None:
+            n_proposals = max(5 * n_draws, 2000)
+        n_proposals = _checks.check_int("n_proposals", n_proposals, minimum=10)
         problem = self.problem_for(data, resample=resample)
         x = _summary_features(problem, problem.observed().values, self.summary).reshape(-1)
         self._check_refined_for(x)
         t0 = time.perf_counter()
-        theta = self.sample(x, n_draws, seed=seed)
-        sample_seconds = time.perf_counter() - t0
         warns = []
+        flow_mix = None
+        if importance_sampling:
+            theta, importance, is_warns = self._importance_sample(problem, x, n_draws, n_proposals, seed,
+                                                                  chunk_size=int(self.training.get("chunk_size", 500)),
+                                                                  progress=progress)
+            warns += is_warns
+            codes = problem.regimes(self._coords.from_flow(self._sample_flow(x, n_draws, seed)))
+            if codes is not None:
+                flow_mix = _regime_mix(codes, problem.observation.REGIMES)
+        else:
+            theta = self.sample(x, n_draws, seed=seed)
+        sample_seconds = time.perf_counter() - t0
         diagnostics = {
             "sampling_seconds": sample_seconds,
             "training": self.training,
@@ -896,6 +1101,11 @@ class AmortizedPosterior:
             "box_quantiles": list(self.box_quantiles),
             "flow": self.architecture,
         }
+        if importance_sampling:
+            diagnostics["pareto_k"] = importance["pareto_k"]
+            diagnostics["importance_ess"] = importance["importance_ess"]
+            diagnostics["importance_resampled"] = importance["resampled"]
+            diagnostics["importance_sampling"] = importance
         ood = self.out_of_distribution(x)
         diagnostics["out_of_distribution"] = ood
         if ood["outside"]:
@@ -909,6 +1119,8 @@ class AmortizedPosterior:
         if codes is not None:
             mix = _regime_mix(codes, problem.observation.REGIMES)
             diagnostics["regime_mix"] = mix
+            if flow_mix is not None:
+                diagnostics["regime_mix_flow"] = flow_mix  # the uncorrected flow's, for comparison
             top = max(mix, key=lambda k: mix[k]["fraction"])
             diagnostics["regime"] = top  # the most probable regime (see regime_verdict for how sure)
             resolved = mix[top]["fraction"] >= REGIME_RESOLVED
@@ -922,6 +1134,16 @@ class AmortizedPosterior:
                 "79-86 % of cases, and 120 s instead of 30 s of signal does not change that, so the spectrum "
                 "rarely settles the regime at 90 %; see benchmarks/RESULTS.md)"
             )
+            k_hat = diagnostics.get("pareto_k")
+            if importance_sampling and not (k_hat is not None and k_hat <= PARETO_K_UNRELIABLE):
+                # a handful of heavily weighted proposals is no evidence for a regime
+                diagnostics["regime_resolved"] = False
+                diagnostics["regime_verdict"] = (
+                    f"unresolved: the importance-resampled draws ({shares}) repeat "
+                    f"{importance['n_unique_draws']} proposals (Pareto k-hat "
+                    f"{k_hat if k_hat is None else round(k_hat, 2)} > {PARETO_K_UNRELIABLE}): not a posterior to read "
+                    "a regime from"
+                )
         diagnostics["amortized"] = self.amortized
         diagnostics["summary_features"] = self.summary
         if not self.amortized:
@@ -955,7 +1177,10 @@ class AmortizedPosterior:
                 theta[None],
                 backend="npe",
                 status="converged" if converged else "max_epochs",
-                message=f"{self.architecture['density_estimator']} flow trained on {t.get('n_valid')} simulations",
+                message=f"{self.architecture['density_estimator']} flow trained on {t.get('n_valid')} simulations"
+                        + (f"; neural importance sampling of {n_proposals} proposals (Pareto k-hat "
+                           f"{diagnostics['pareto_k']:.2f}, ESS {diagnostics['importance_ess']:.0f})"
+                           if importance_sampling and diagnostics["importance_ess"] is not None else ""),
                 diagnostics=diagnostics,
                 warnings=warns,
                 n_predictive=n_predictive,
@@ -1745,7 +1970,8 @@ class NPE:
         return True
 
     def fit(self, problem, *, n_draws: int = 1000, n_predictive: int = 200, seed: int = 0, resample: bool = False,
-            client=None, rounds: int = 0, simulations_per_round: int = 3000, truncation_quantile: float = 1e-3):
+            client=None, rounds: int = 0, simulations_per_round: int = 3000, truncation_quantile: float = 1e-3,
+            importance_sampling: bool = False, n_proposals: int | None = None):
         """Train (unless :attr:`estimator_` was trained for this problem's observation, prior and grid) and condition.
 
         Parameters
@@ -1765,12 +1991,16 @@ class NPE:
             verdict refers.
         simulations_per_round, truncation_quantile
             See :meth:`AmortizedPosterior.refine`.
+        importance_sampling, n_proposals
+            Neural importance sampling of the (refined) flow against the
+            problem's likelihood: see :meth:`AmortizedPosterior.condition`.
 
         Returns
         -------
         Posterior
             With rounds, ``diagnostics["amortized"]`` is False and
-            ``diagnostics["rounds"]`` reports every round.
+            ``diagnostics["rounds"]`` reports every round; with importance
+            sampling, ``diagnostics["pareto_k"]`` and ``["importance_ess"]``.
         """
         from jrinfer.problem import InverseProblem
 
@@ -1787,4 +2017,5 @@ class NPE:
             est = est.refine(problem.data, rounds=rounds, simulations_per_round=simulations_per_round,
                              truncation_quantile=truncation_quantile, resample=resample, client=client,
                              progress=self.progress)
-        return est.condition(problem.data, n_draws=n_draws, n_predictive=n_predictive, seed=seed, resample=resample)
+        return est.condition(problem.data, n_draws=n_draws, n_predictive=n_predictive, seed=seed, resample=resample,
+                             importance_sampling=importance_sampling, n_proposals=n_proposals, progress=self.progress)
