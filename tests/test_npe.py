@@ -984,3 +984,25 @@ def test_shape_summary_is_saved_and_checked_on_load(tmp_path, capsys):
         NPE(n_simulations=100, summary="log_power+shape").train(_linear_problem())
     with pytest.raises(ValueError, match="summary"):
         NPE(summary="shape")
+
+
+@pytest.mark.slow
+def test_rounds_that_make_the_fit_worse_say_so(linear_rounds):
+    """A refined posterior whose last round's R^2 check fell below round 0's by more than 0.02 warns."""
+    problem, _, _, ref = linear_rounds
+    rounds = ref.training["rounds"]
+    original = [dict(r) for r in rounds]
+    try:
+        for r, r2 in zip(rounds, (0.90, 0.89, 0.85)):
+            r["r2_log_power"] = r2
+        post = ref.condition(problem.data, n_draws=200, n_predictive=0, seed=2)
+        assert any(w.startswith("the truncated rounds made the fit worse: R^2 of log-power 0.900 after round 0, "
+                                "0.850 after round 2") for w in post.warnings), post.warnings
+        for r, r2 in zip(rounds, (0.90, 0.89, 0.89)):  # within the checks' scatter: no warning
+            r["r2_log_power"] = r2
+        post = ref.condition(problem.data, n_draws=200, n_predictive=0, seed=2)
+        assert not any("rounds made the fit worse" in w for w in post.warnings)
+    finally:
+        for r, o in zip(rounds, original):
+            r.clear()
+            r.update(o)
