@@ -231,7 +231,11 @@ def test_cli_fit_evoked_csv(tmp_path, capsys):
     code = main(["fit", str(csv), "--kind", "evoked", "--units", "uV", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "converged"
+    # with 16 starts a second optimum (1.5 nats lower, 3.3 SDs away, a barrier between them) competes: the status
+    # says so, and only so (no misfit, no unreliable k-hat)
+    assert summary["diagnostics"]["optimizer_converged"] is True
+    assert summary["status"] == "converged" or summary["status_message"].startswith("the posterior is multimodal") \
+        and ";" not in summary["status_message"], summary["status_message"]
     latency = summary["parameters"]["input_latency"]["mean"]
     width = summary["parameters"]["input_width"]["mean"]
     assert 0.0 < latency + 7 * width < 0.093  # the input pulse peaks before the N100 at 93 ms
