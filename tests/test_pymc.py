@@ -575,18 +575,29 @@ def test_nuts_samples_a_posterior_cut_by_the_hopf_boundary():
 @pytest.mark.slow
 def test_nuts_pole_coordinates_with_two_cores_match_one_core():
     """boundary="pole" with cores=2 (the pole Op and its solver pickled to PyMC's worker processes) runs and
-    gives the draws of cores=1 for the same seed (PyMC seeds each chain alike): chain 0 to 1e-9, chain 1 to a
-    relative 1e-5, not bit for bit: with one core chain 1's pole solves are warm-started from chain 0's last
-    solutions, in a worker from the initial ones, and the Newton solves agree to their tolerance only
-    (measured: 5e-11 and 9e-6 absolute, relative 8e-8, at 2 x (30 + 30))."""
+    gives the draws of cores=1 for the same seed (PyMC seeds each chain alike) to a relative 1e-5, not bit for
+    bit: with one core chain 1's pole solves are warm-started from chain 0's last solutions, in a worker from
+    the pickled map's, and the Newton solves agree to their tolerance only (measured with forkserver workers:
+    relative 8e-8 in both chains at 2 x (20 + 20)).
+
+    torch's intra-op thread pool runs first, as it has in any session that computed something: workers forked
+    from such a process deadlocked (the full test suite hung here); they now come from a forkserver."""
     problem = _near_boundary_jr_problem()
     kw = dict(chains=2, tune=20, draws=20, seed=1, boundary="pole", max_treedepth=5)
     one = NUTS(cores=1, **kw).fit(problem, n_predictive=0)
-    two = NUTS(cores=2, **kw).fit(problem, n_predictive=0)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a = torch.randn(1500, 1500, dtype=torch.float64)
+        float((a @ a).sum())  # the thread pool is up
+        two = NUTS(cores=2, **kw).fit(problem, n_predictive=0)
+    finally:
+        torch.set_num_threads(threads)
     assert one.draws.shape == two.draws.shape == (2, 20, problem.n_params)
     assert np.isfinite(two.draws).all() and two.diagnostics["boundary"] == "pole"
     assert two.diagnostics["pole_evaluations"] is None and one.diagnostics["pole_evaluations"] > 0  # counted in workers
-    np.testing.assert_allclose(two.draws[0], one.draws[0], rtol=1e-9, atol=0)
+    # each worker starts its pole solves from the pickled map, not from where this process's solves ended
+    np.testing.assert_allclose(two.draws[0], one.draws[0], rtol=1e-5, atol=0)
     np.testing.assert_allclose(two.draws[1], one.draws[1], rtol=1e-5, atol=0)
     theta = torch.from_numpy(two.draws.reshape(-1, problem.n_params))
     assert bool(torch.isfinite(problem.log_likelihood(theta)).all())  # no draw past the boundary

@@ -995,7 +995,12 @@ class NUTS:
     seed : int
         Seed of the chains' initial jitter and of the sampler.
     cores : int
-        Processes for chains (``1``: sequential, in this process).
+        Processes for chains (``1``: sequential, in this process). With
+        more than one, PyMC's workers start from a fresh server process
+        (``multiprocessing`` "forkserver"), never forked from this one: a
+        fork of a process whose torch/OpenMP thread pool has run can
+        deadlock. As with every non-fork start method, a script that calls
+        ``fit`` must do so under ``if __name__ == "__main__":``.
     progress : bool or {"auto", "bar", "lines"}
         ``True`` or ``"bar"``: PyMC's progress bar. ``"lines"``: one-line
         messages on stderr: a start line (chains, tuning and draws, cores,
@@ -1238,6 +1243,9 @@ class NUTS:
                         compute_convergence_checks=False,
                         return_inferencedata=True,
                         callback=callback if callbacks else None,
+                        # worker processes from a fresh server, not forked from this one: a fork of a process whose
+                        # torch/OpenMP thread pool is running can deadlock in the child (it did in the test suite)
+                        **({"mp_ctx": "forkserver"} if self.cores > 1 and self.chains > 1 else {}),
                         **sample_kw,
                     )
                 except ValueError as err:
