@@ -12,64 +12,23 @@ import pytest
 import torch
 
 import jrinfer
-from jrinfer import EvokedData, InverseProblem, Observation, SpectrumData, SpectrumObservation
+from jrinfer import EvokedData, InverseProblem, SpectrumData, SpectrumObservation
 from jrinfer.backends._assembly import assemble_posterior
 from jrinfer.backends.laplace import VariationalLaplace
-from jrinfer.observation import GaussianTarget, ObservedData, Prediction
+from test_pymc import SIGMA, _ToyGaussian
 
 pytest.importorskip("arviz")
 
 F64 = torch.float64
-SIGMA = 0.5  # known noise SD
+
 #: One-sided model: y(t) = b0 + exp(K (u - U0)) t + noise. The slope is >= 0 and the data (true slope 0) bound it
 #: above by about 2 SEs (0.4), i.e. u <~ U0 + log(0.4) / K = 0.82; at the prior mean u = 0 the slope's
 #: derivative is K exp(-K U0) = 0.034, far below its SE (0.19): the likelihood is flat at the mode.
 K, U0 = 5.0, 1.0
 
 
-class _Toy(Observation):
-    """Gaussian noise of known SD around ``mean(params, t)`` on EvokedData (t = times)."""
-
-    data_type = EvokedData
-    PRIOR: dict = {}
-
-    def required_parameters(self, data=None):
-        return (*self.parameter_names(data), "log_precision")
-
-    def accepted_parameters(self, data=None):
-        return self.required_parameters(data)
-
-    def parameter_units(self, data=None):
-        return {n: "1" for n in self.required_parameters(data)}
-
-    def observed_data(self, data):
-        return ObservedData(data.values, "time", data.times, "s", tuple(data.channel_names), data.units)
-
-    def predict(self, params, data):
-        value = self.mean(params, data.times)
-        return Prediction(value, torch.ones(value.shape[:-1], dtype=torch.bool), [])
-
-    def pointwise_log_likelihood(self, prediction, params, data):
-        lam = torch.as_tensor(params["log_precision"], dtype=F64)[..., None, None]
-        r = data.values - prediction.value.unsqueeze(-2)
-        return 0.5 * lam - 0.5 * math.log(2 * math.pi) - 0.5 * torch.exp(lam) * r * r
-
-    def sample(self, prediction, params, data, generator):
-        lam = torch.as_tensor(params["log_precision"], dtype=F64)[..., None, None]
-        pred = prediction.value.unsqueeze(-2).expand(prediction.value.shape[:-1] + data.values.shape)
-        return pred + torch.randn(pred.shape, dtype=F64, generator=generator) * torch.exp(-0.5 * lam)
-
-    def gaussian_target(self, data):
-        return GaussianTarget(
-            data.values, lambda v: v.unsqueeze(-2), ("log_precision",), torch.ones(1, data.values.numel(), dtype=F64), "y"
-        )
-
-    def features(self, values, data):
-        return values.mean(-2)
-
-    def default_prior(self, data, *, free=None):
-        return {"distributions": self.PRIOR, "fixed": {"log_precision": -2 * math.log(SIGMA)},
-                "units": self.parameter_units(data)}
+# the toy observation of the PyMC tests: Gaussian noise of SD SIGMA (0.5 there too) around mean(params, t)
+_Toy = _ToyGaussian
 
 
 class OneSided(_Toy):
