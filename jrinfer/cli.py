@@ -1145,8 +1145,11 @@ def _cmd_compare(args) -> int:
         # what was fitted (observation and prior), None when the summary does not record it
         model = (None if s.get("observation") is None and s.get("prior") is None else
                  json.dumps({"observation": s.get("observation"), "prior": s.get("prior")}, sort_keys=True, default=str))
+        diag = s.get("diagnostics") or {}
         rows.append({"dir": d, "backend": s.get("backend"), "status": s.get("status"), "free_energy": float(F),
-                     "n_free": len(s.get("parameters") or {}), "data": ident, "model": model})
+                     "n_free": len(s.get("parameters") or {}), "data": ident, "model": model,
+                     "spread": diag.get("log_evidence_spread"), "reliable": diag.get("log_evidence_reliable"),
+                     "chains": diag.get("log_marginal_likelihood_chains")})
     first = rows[0]["data"]
     for r in rows[1:]:
         if r["data"] != first:
@@ -1161,7 +1164,15 @@ def _cmd_compare(args) -> int:
     for r, p in zip(rows, probs):
         table.append({"dir": r["dir"], "backend": r["backend"], "status": r["status"], "n_free": r["n_free"],
                       "log_evidence": r["free_energy"], "delta_to_best": r["free_energy"] - best,
-                      "probability": p, "best": r["free_energy"] == best})
+                      "probability": p, "best": r["free_energy"] == best,
+                      "log_evidence_spread": r["spread"], "log_evidence_reliable": r["reliable"]})
+    # an SMC estimate whose independent chains disagree has an error at least their spread (backends.pymc)
+    unreliable = [f"{r['dir']}: its SMC chains disagree on the log evidence by {r['spread']:.1f} nats "
+                  f"({', '.join(f'{x:.2f}' for x in r['chains'] or [])}), so differences smaller than that mean "
+                  "nothing; refit with more particles per chain (--draws)"
+                  for r in rows if r["reliable"] is False and r["spread"] is not None]
+    unreliable += [f"{r['dir']}: some of its SMC chains gave no finite log evidence; its error is unknown"
+                   for r in rows if r["reliable"] is False and r["spread"] is None]
     # the same model (observation and prior) fitted twice, e.g. by two backends: its log evidences estimate one
     # number, so their difference is the estimators' error (Laplace vs SMC), not evidence for either
     same = []
@@ -1173,7 +1184,8 @@ def _cmd_compare(args) -> int:
                             f"{abs(r['free_energy'] - q['free_energy']):.2f} nats between them is the estimators' "
                             "error, not evidence")
     if args.json:
-        print(json.dumps({"models": table, "same_model": same, "note": "log evidence in nats (free energy for "
+        print(json.dumps({"models": table, "same_model": same, "unreliable": unreliable,
+                          "note": "log evidence in nats (free energy for "
                           "laplace, SMC estimate for smc); probability: posterior model probability with equal "
                           "prior odds"}))
         return 0
@@ -1187,6 +1199,8 @@ def _cmd_compare(args) -> int:
           "models")
     for line in same:
         print(f"note: {line}")
+    for line in unreliable:
+        print(f"WARNING: {line}")
     return 0
 
 

@@ -69,6 +69,18 @@ def test_compare_table_json_and_refusals(tmp_path, capsys):
     assert len(same) == 1 and "laplace vs smc" in same[0] and "3.60 nats" in same[0] and "not evidence" in same[0]
     assert main(["compare", fits["small"], str(tmp_path / "small_smc")]) == 0
     assert "note: " in capsys.readouterr().out
+    assert res["unreliable"] == []  # laplace fits: nothing to flag
+    # an SMC fit whose chains disagree on the log evidence (backends.pymc._evidence_agreement) is said to be
+    # unreliable beside the table, with the chains' values
+    s["diagnostics"] = {**(s.get("diagnostics") or {}), "log_marginal_likelihood_chains": [-28.89, -32.69],
+                        "log_evidence_spread": 3.8, "log_evidence_reliable": False}
+    (tmp_path / "small_smc" / "summary.json").write_text(json.dumps(s))
+    assert main(["compare", fits["full"], str(tmp_path / "small_smc"), "--json"]) == 0
+    res2 = json.loads(capsys.readouterr().out)
+    assert len(res2["unreliable"]) == 1 and "3.8 nats" in res2["unreliable"][0] and "-28.89" in res2["unreliable"][0]
+    assert [m["log_evidence_reliable"] for m in res2["models"]] == [None, False]
+    assert main(["compare", fits["full"], str(tmp_path / "small_smc")]) == 0
+    assert "WARNING: " in capsys.readouterr().out
     # other data (another file, or the same file in another frequency window): refused
     assert main(["compare", fits["full"], fits["other"]]) == 2
     assert "other data" in capsys.readouterr().err

@@ -795,6 +795,44 @@ def _convergence(problem, z: np.ndarray, seconds: float, sampler: str = "nuts") 
     return diag, warns
 
 
+#: Largest spread (max - min, nats) of the SMC chains' log marginal likelihoods for the log evidence to be
+#: used: 2 nats is a Bayes factor of about 7, "positive" evidence on Kass & Raftery's (1995) scale, so
+#: chains further apart than that cannot rank models that differ by it.
+EVIDENCE_SPREAD_MAX = 2.0
+
+
+def _evidence_agreement(lml: np.ndarray) -> tuple[dict, list[str]]:
+    """Whether independent SMC chains agree on ``log p(y)``: diagnostics and a warning when they do not.
+
+    Each chain is an independent run of the sampler, so the chains' log
+    marginal likelihoods ``lml`` (one per chain, nats) are independent
+    estimates of one number; their spread is the only measure of the
+    estimate's error a single fit has (Del Moral et al. 2006). Returns
+    ``({"log_evidence_spread": ..., "log_evidence_reliable": ...}, warnings)``;
+    with one chain the spread is unknown (``None``) and so is the reliability.
+    """
+    lml = np.asarray(lml, dtype=float).reshape(-1)
+    finite = np.isfinite(lml)
+    if lml.size < 2 or not finite.any():
+        return {"log_evidence_spread": None, "log_evidence_reliable": None}, []
+    if not finite.all():
+        return ({"log_evidence_spread": None, "log_evidence_reliable": False},
+                [f"{int((~finite).sum())} of {lml.size} chains gave no finite log marginal likelihood: the log "
+                 "evidence comes from the others and its error is unknown; do not use it to compare models"])
+    spread = float(lml.max() - lml.min())
+    reliable = spread <= EVIDENCE_SPREAD_MAX
+    warns = []
+    if not reliable:
+        values = ", ".join(f"{x:.2f}" for x in lml)
+        warns.append(
+            f"the chains disagree on the log evidence by {spread:.1f} nats ({values}; more than "
+            f"{EVIDENCE_SPREAD_MAX:g}): its error is at least that large, so do not use it to compare models "
+            "(jrinfer compare) until the chains agree; run more particles per chain (draws), or compare with "
+            "backend laplace's free energy if its fit converged"
+        )
+    return {"log_evidence_spread": spread, "log_evidence_reliable": reliable}, warns
+
+
 # ------------------------------------------------------------------ progress
 #: ``progress`` values of the samplers besides True (PyMC's bar) and False (silent).
 _PROGRESS_MODES = ("auto", "bar", "lines")
@@ -1518,6 +1556,9 @@ class SMC:
         diag["log_evidence_se"] = (
             float(np.std(lml, ddof=1) / math.sqrt(lml.size)) if lml.size > 1 and finite.all() else None
         )
+        ev_diag, ev_warns = _evidence_agreement(lml)
+        diag.update(ev_diag)
+        warns.extend(ev_warns)
         betas = idata.sample_stats["beta"].values if "beta" in idata.sample_stats else None
         if betas is not None:
             diag["n_stages"] = [int(r.size) for r in _stages(betas)]
