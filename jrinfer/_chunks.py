@@ -108,11 +108,11 @@ class _ChunkProgress:
 
     INTERVAL_S = 10.0
 
-    def __init__(self, total: int, desc: str, show: bool):
+    def __init__(self, total: int, desc: str, show: bool, unit: str = "chunk"):
         import sys
         import time
 
-        self.total, self.desc, self.done = total, desc, 0
+        self.total, self.desc, self.done, self.unit = total, desc, 0, unit
         self.bar = None
         self.lines = False
         self.t0 = self.last = time.perf_counter()
@@ -122,7 +122,7 @@ class _ChunkProgress:
         if isatty is not None and isatty():
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit="chunk")
+            self.bar = tqdm(total=total, desc=desc, unit=unit)
         else:
             self.lines = True
 
@@ -143,7 +143,7 @@ class _ChunkProgress:
                 self.last = now
                 elapsed = now - self.t0
                 left = elapsed * (self.total - self.done) / self.done
-                self._say(f"{self.done} of {self.total} chunks, {elapsed:.0f} s elapsed, about {left:.0f} s left")
+                self._say(f"{self.done} of {self.total} {self.unit}s, {elapsed:.0f} s elapsed, about {left:.0f} s left")
 
     def __enter__(self):
         return self
@@ -154,7 +154,7 @@ class _ChunkProgress:
         if self.bar is not None:
             self.bar.close()
         elif self.lines and exc[0] is None and self.total:
-            self._say(f"{self.done} of {self.total} chunks in {time.perf_counter() - self.t0:.0f} s")
+            self._say(f"{self.done} of {self.total} {self.unit}s in {time.perf_counter() - self.t0:.0f} s")
         return False
 
 

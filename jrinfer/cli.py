@@ -1381,14 +1381,16 @@ def _cmd_fit_many(args) -> int:
     settings = {"kind": args.kind, "backend": args.backend, "per_channel": args.per_channel,
                 "options": {a.dest: getattr(args, a.dest) for a in dist.fit_option_actions() if hasattr(args, a.dest)}}
     marker = out / "fit-many.json"
+    before = json.loads(marker.read_text()) if marker.is_file() else None
+    changed = before is not None and before != json.loads(json.dumps(settings))
     if out.exists() and any(out.iterdir()) and not args.force:
-        if not marker.is_file():
+        if before is None:
             raise UsageError(f"--out {args.out}: directory is not empty and holds no fit-many run; pass --force to "
                              "write into it")
-        before = json.loads(marker.read_text())
-        if before != json.loads(json.dumps(settings)):
+        if changed:
             raise UsageError(f"--out {args.out}: holds a fit-many run with other --kind/--backend/fit options "
-                             f"({before}); use another --out, or --force to resume with these")
+                             f"({before}); use another --out, or --force to fit every item again with these (the "
+                             "earlier run's results are moved into a superseded-N folder inside it, not deleted)")
     if args.workers is not None and args.workers < 0:
         raise UsageError(f"--workers expects a number of worker processes >= 0 (0: no Dask), got {args.workers}")
     if args.scheduler and args.workers is not None:
@@ -1399,9 +1401,15 @@ def _cmd_fit_many(args) -> int:
         raise UsageError(str(err).replace("manifest", "MANIFEST", 1)) from None
     options = {a.option_strings[0]: getattr(args, a.dest) for a in dist.fit_option_actions() if hasattr(args, a.dest)}
     try:  # bad options are refused before a cluster starts or DIR is touched
-        dist._file_specs(items, args.backend, args.kind, options, per_channel=args.per_channel)
+        specs = dist._file_specs(items, args.backend, args.kind, options, per_channel=args.per_channel)
     except ValueError as err:
         raise UsageError(_cli_words(str(err))) from None
+    if changed:  # --force with other options: the finished items were fitted with the old ones; keep them aside
+        moved = _supersede_fit_many_run(out, before)
+        if not args.json:
+            print(f"jrinfer fit-many: --out {args.out} held a run with other options; its results are now in "
+                  f"{moved} and every item is fitted again", file=sys.stderr)
+    resumed = sum((out / s["id"] / "result.json").is_file() for s in specs)
     client = None
     if args.scheduler or args.workers != 0:
         try:
@@ -1436,11 +1444,33 @@ def _cmd_fit_many(args) -> int:
         for r in rows:
             if r["status"] != "ok":
                 print(f"jrinfer fit-many: {r['item']}: error: {r['error']}", file=sys.stderr)
-        print(f"fitted {len(rows)} items ({len(rows) - n_err} ok, {n_err} errors; {n_warn} with a fit status other "
-              f"than converged, see fit_status in results.csv); wrote {out}/results.csv")
+        again = (f"{resumed} finished by an earlier run and kept, {len(rows) - resumed} fitted now" if resumed
+                 else f"{len(rows)} fitted now")
+        print(f"{len(rows)} items ({again}; {len(rows) - n_err} ok, {n_err} errors; {n_warn} with a fit status "
+              f"other than converged, see fit_status in results.csv); wrote {out}/results.csv")
     if n_err:
         return 1
     return EXIT_STRICT if args.strict and n_warn else 0
+
+
+def _supersede_fit_many_run(out: Path, settings: dict) -> Path:
+    """Move a fit-many run's results (item folders, results.csv, fit-many.json) into ``out/superseded-N``.
+
+    Used when ``--force`` reruns a folder with other options: the finished
+    items must be fitted again, and nothing the earlier run wrote is deleted.
+    Returns the new folder.
+    """
+    n = 1
+    while (out / f"superseded-{n}").exists():
+        n += 1
+    dest = out / f"superseded-{n}"
+    dest.mkdir()
+    for p in sorted(out.iterdir()):
+        if p == dest or p.name.startswith("superseded-"):
+            continue
+        if (p.is_dir() and (p / "result.json").is_file()) or p.name in ("results.csv", "fit-many.json"):
+            p.rename(dest / p.name)
+    return dest
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -1808,7 +1838,9 @@ def _add_fit_many_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="local cluster: worker processes (default: cores, at most one per item); 0: no Dask, "
                    "fit in this process")
-    p.add_argument("--force", action="store_true", help="write into a non-empty DIR that holds no (or another) run")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty DIR that holds no fit-many run; for a run with other options, fit "
+                        "every item again (the earlier results move to DIR/superseded-N, nothing is deleted)")
     p.add_argument("--per-channel", action="store_true",
                    help="one item per channel of each row's --picks (or picks column) instead of their average")
     p.add_argument("--retry-errors", action="store_true", help="resuming: fit the items that ended in an error again")

@@ -31,6 +31,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -415,15 +416,16 @@ def fit_many(
 
 def _run(specs: list[dict], out: Path | None, *, client, progress: bool, retries: int):
     """Yield the result rows of ``specs`` as they finish (locally or on ``client``)."""
-    from tqdm.auto import tqdm
+    from jrinfer._chunks import _ChunkProgress
 
     out_s = None if out is None else str(out)
-    bar = tqdm(total=len(specs), desc="fitting", unit="item", disable=not progress or not specs)
+    # a bar on a terminal, else a line at most every 10 s and one at the end (no \r in logs)
+    bar = _ChunkProgress(len(specs), "fitting", bool(progress and specs), unit="item")
     try:
         if client is None:
             for spec in specs:
                 yield fit_item(spec, out_s)
-                bar.update(1)
+                bar.update()
             return
         from jrinfer._chunks import task_key
 
@@ -444,7 +446,7 @@ def _run(specs: list[dict], out: Path | None, *, client, progress: bool, retries
                                            "run again to resume")
                     if out is None:
                         row["posterior"] = None
-                bar.update(1)
+                bar.update()
                 yield row
             finished = True
         finally:
@@ -455,7 +457,7 @@ def _run(specs: list[dict], out: Path | None, *, client, progress: bool, retries
                     pass
             futures.clear()
     finally:
-        bar.close()
+        bar.__exit__(*sys.exc_info())  # the end line only when the run was not interrupted
 
 
 def fit_item(spec: dict, out: str | None) -> dict:
@@ -500,7 +502,8 @@ def fit_item(spec: dict, out: str | None) -> dict:
         return {**row, "posterior": posterior}
     from jrinfer._io import write_text
 
-    write_text(tmp / "log.txt", log.getvalue())
+    # the fit wrote into the temporary folder; the log names the folder its files end up in
+    write_text(tmp / "log.txt", log.getvalue().replace(str(tmp), str(final)))
     write_text(tmp / "result.json", json.dumps(row, indent=1, default=_json_default))
     try:
         os.rename(tmp, final)

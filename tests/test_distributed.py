@@ -554,3 +554,34 @@ def test_map_chunks_progress_off_a_terminal_is_lines_not_a_bar(capsys, monkeypat
     assert lines[:3] == [ln for ln in lines[:3] if ln.startswith("simulating: ") and "of 4 chunks" in ln]
     assert len(lines) == 4 and lines[-1].startswith("simulating: 4 of 4 chunks in ")
     assert map_chunks(operator.pow, [(2, 2)], progress=False) == [4] and capsys.readouterr().err == ""
+
+
+def test_fit_many_force_with_other_options_refits_and_keeps_the_old_run(cohort, tmp_path, capsys):
+    """--force after the options changed fits every item again; the earlier results move aside, not mixed in."""
+    (tmp_path / "m.csv").write_text(f"path\n{cohort / 'a.csv'}\n{cohort / 'bad.csv'}\n")
+    out = tmp_path / "out"
+    args = ["fit-many", str(tmp_path / "m.csv"), *FIT_OPTS, "--out", str(out), "--workers", "0"]
+    assert main(args) == 1  # bad.csv is an error row
+    err = capsys.readouterr().err
+    assert "\r" not in err and "fitting: 2 of 2 items in" in err  # progress lines off a terminal, no bar
+    log = (out / "0001-a" / "log.txt").read_text()
+    assert ".partial-" not in log and str(out / "0001-a") in log  # the log names where the files are
+    first = _rows(out / "results.csv")
+    # the same options again: nothing is refitted, and the summary says so
+    assert main(args) == 1
+    assert "2 items (2 finished by an earlier run and kept, 0 fitted now" in capsys.readouterr().out
+    # other options: refused without --force, naming what --force does
+    assert main([*args, "--fmax", "30"]) == 2
+    assert "superseded" in capsys.readouterr().err
+    assert main([*args, "--fmax", "30", "--force"]) == 1
+    captured = capsys.readouterr()
+    assert "superseded-1" in captured.err and "2 fitted now" in captured.out
+    old = out / "superseded-1"
+    assert sorted(p.name for p in old.iterdir()) == ["0001-a", "0002-bad", "fit-many.json", "results.csv"]
+    assert _rows(old / "results.csv") == first  # the earlier run, intact
+    assert "fmax" not in json.loads((old / "fit-many.json").read_text())["options"]
+    assert json.loads((out / "fit-many.json").read_text())["options"]["fmax"] == 30.0
+    new = _rows(out / "results.csv")
+    n_points = [json.loads((d / "0001-a" / "summary.json").read_text())["data"]["n_points"] for d in (old, out)]
+    assert n_points[1] < n_points[0], n_points  # the new fit saw the narrower range
+    assert _params(new[0]) != _params(first[0])  # refitted, not the earlier fit relabelled
