@@ -78,6 +78,11 @@ def non_eeg_reason(name: str, kind: str) -> str | None:
     first = re.split(r"[\s:_-]+", name.strip(), maxsplit=1)[0].upper()
     if first in NON_EEG_PREFIXES:
         return f"its label says {first} (an EDF type prefix), not EEG"
+    # numbered or sided labels of the same kinds, as EEGLAB and BrainVision files carry them typed as EEG:
+    # "EOG1", "VEOG", "HEOGL", "ECG2", "EMG1"
+    m = re.fullmatch(r"[HV]?(EOG|ECG|EKG|EMG)[0-9LRHV]*", first)
+    if m:
+        return f"its label says {m.group(1)} ({name.strip()}), not EEG"
     parts = electrodes(name)
     if parts and all(p in REFERENCE_SITES for p in parts):
         return "reference electrodes only (" + "-".join(parts) + "), no scalp EEG source"

@@ -99,6 +99,21 @@ def test_default_picks_leave_out_ecg_and_reference_only_channels():
     json.dumps(s.metadata)  # JSON-serialisable for summary.json
 
 
+def test_default_picks_leave_out_numbered_eog_ecg_emg_labels():
+    # EEGLAB's sample recording types EOG1/EOG2 as EEG; numbered and sided labels are not scalp EEG either
+    from jrinfer._datachecks import non_eeg_reason
+
+    for name in ("EOG1", "EOG2", "VEOG", "HEOG", "HEOGL", "ECG2", "EKG", "EMG1", "EOG L"):
+        assert non_eeg_reason(name, "eeg") is not None, name
+    for name in ("O1", "Fp1", "EEG O1-A1", "FCz", "POz", "Oz", "T7", "EX1", "E12"):  # EGI's E12 is EEG
+        assert non_eeg_reason(name, "eeg") is None, name
+    raw = _raw(["O1", "O2", "EOG1", "EOG2"])
+    with pytest.warns(UserWarning, match=r"left out of the default picks.*EOG1 \(its label says EOG"):
+        s = SpectrumData.from_mne(raw, fmin=2, fmax=40)
+    assert s.channel_names == ("O1", "O2")
+    assert [d["channel"] for d in s.metadata["channels_dropped"]] == ["EOG1", "EOG2"]
+
+
 def test_eegmat_default_picks_keep_the_alpha(tmp_path, capsys):
     require_recordings("eegmat/Subject00_1.edf")
     path = os.path.join(os.environ["JRINFER_DATA"], "eegmat", "Subject00_1.edf")
