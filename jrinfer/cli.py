@@ -962,6 +962,10 @@ def _fit_npe(args, estimator, data):
 
 
 
+#: The files ``jrinfer fit`` writes into --out; with --force, an earlier fit's are removed first.
+_FIT_OUTPUTS = ("summary.json", "posterior.nc", "fit.png", "trace.png", "pair.png", "report.html")
+
+
 def _cmd_fit(args) -> int:
     import torch  # noqa: F401  (torch is a core dependency; imported here to keep --help fast)
 
@@ -1013,6 +1017,11 @@ def _cmd_fit(args) -> int:
         summary["input_pulse"] = pulse
     effects = _condition_summary(summary, posterior, problem)
     out.mkdir(parents=True, exist_ok=True)
+    # --force into a folder with an earlier fit: that fit's outputs go (a trace.png or report.html left beside
+    # this fit's summary.json would describe another fit); the user's own files stay
+    replaced = [p.name for p in (out / n for n in _FIT_OUTPUTS) if p.is_file()]
+    for name in replaced:
+        (out / name).unlink()
     from jrinfer._io import write_text
 
     write_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
@@ -1049,7 +1058,8 @@ def _cmd_fit(args) -> int:
                   f"{pulse['shape_n']:g} input_width")
         for line in effects:
             print(line)
-        print(f"wrote {out}/summary.json, posterior.nc{', ' + plotted if plotted else ''}{', report.html' if report else ''}")
+        print(f"wrote {out}/summary.json, posterior.nc{', ' + plotted if plotted else ''}{', report.html' if report else ''}"
+              + (f" (replacing an earlier fit's {', '.join(replaced)})" if replaced else ""))
     if args.json:  # the printed summary shows them otherwise
         for w in posterior.warnings:
             print(f"jrinfer fit: warning: {w}", file=sys.stderr)

@@ -164,6 +164,25 @@ def test_demo_runs_and_writes_outputs(tmp_path, capsys):
     assert code == 2 and "--force" in err
 
 
+def test_fit_force_replaces_an_earlier_fits_outputs_and_keeps_the_users_files(tmp_path, capsys):
+    csv = tmp_path / "s.csv"
+    freqs = np.arange(2.0, 30.01, 0.5)
+    csv.write_text("freq,power\n" + "\n".join(f"{f},{1.0 / f + np.exp(-0.5 * ((f - 10) / 1.5) ** 2)}" for f in freqs))
+    out = tmp_path / "o"
+    out.mkdir()
+    # what an earlier NUTS fit with --report left, and a note of the user's
+    for name in ("summary.json", "posterior.nc", "trace.png", "pair.png", "report.html"):
+        (out / name).write_text("earlier fit")
+    (out / "notes.txt").write_text("mine")
+    code, stdout, err = run(capsys, "fit", str(csv), "--kind", "spectrum", "--units", "uV^2/Hz", "--free", "a,b",
+                            "--out", str(out), "--force")
+    assert code in (0, 1), err
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not (out / "trace.png").exists() and not (out / "pair.png").exists() and not (out / "report.html").exists()
+    assert (out / "summary.json").read_text() != "earlier fit"
+    assert "replacing an earlier fit's" in stdout and "report.html" in stdout
+
+
 def test_fit_with_p_mean_not_free_holds_it_in_the_stable_regime(tmp_path, capsys):
     """--free without p_mean: the transfer method's default prior fixes p_mean at 60 (JR 1995's 220 is on the limit cycle)."""
     csv = tmp_path / "s.csv"
