@@ -228,8 +228,10 @@ def _cli_words(msg: str) -> str:
     import re
 
     def picks(m):
+        import shlex
+
         names = re.findall(r"'([^']*)'", m.group(1))
-        return "--picks " + ",".join(names)
+        return "--picks " + shlex.quote(",".join(names))  # quoted when a name has a space ('EEG O1,EEG O2')
 
     def bands(m):
         pairs = re.findall(r"\(([^,()]+),\s*([^()]+)\)", m.group(1))

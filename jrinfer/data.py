@@ -989,6 +989,7 @@ class SpectrumData:
             n_overlap = int(round(ov * n_per_seg))
             n_overlap = min(n_overlap, n_per_seg - 1)
             if isinstance(inst, mne.io.BaseRaw):
+                inst = _mark_non_finite_spans(inst, ch_names, metadata)
                 inst = _drop_short_spans(inst, n_per_seg, seg, metadata)
             _check_flat(inst, ch_names, metadata)
             _amplitude_plausibility(inst, ch_names, metadata)
@@ -1212,6 +1213,39 @@ def _good_spans(raw) -> list[tuple[int, int]]:
     edges = np.diff(np.concatenate([[0], good.astype(np.int8), [0]]))
     starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
     return [(int(a), int(b)) for a, b in zip(starts, stops)]
+
+
+def _mark_non_finite_spans(raw, ch_names: list[str], metadata: dict):
+    """Mark the spans where a picked channel is NaN or inf as ``BAD_non_finite`` (on a copy), with a warning.
+
+    MNE's Welch estimate leaves NaN samples out but then cuts the recording
+    into pieces that may be shorter than a segment (SciPy's "noverlap must be
+    less than nperseg"); as annotations, the spans go through the same
+    checks as the recording's own ``BAD_`` spans (:func:`_drop_short_spans`)
+    and the count of averaged segments stays right.
+    """
+    data = raw.get_data(picks=ch_names, verbose="error")
+    bad = ~np.isfinite(data)
+    if not bad.any():
+        return raw
+    per_channel = bad.sum(axis=1)
+    if (per_channel == data.shape[1]).any():
+        empty = [n for n, k in zip(ch_names, per_channel) if k == data.shape[1]]
+        raise ValueError(f"channel(s) {empty} hold no finite sample (NaN or inf throughout); leave them out with "
+                         f"{_dc.fmt_picks([n for n in ch_names if n not in empty])}")
+    any_bad = bad.any(axis=0)
+    edges = np.diff(np.concatenate([[0], any_bad.astype(np.int8), [0]]))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    sfreq = float(raw.info["sfreq"])
+    raw = raw.copy()
+    raw.annotations.append([raw.first_time + a / sfreq for a in starts], [(b - a) / sfreq for a, b in zip(starts, stops)],
+                           ["BAD_non_finite"] * len(starts))
+    which = ", ".join(f"{n} ({k} samples)" for n, k in zip(ch_names, per_channel) if k)
+    first = starts[0] / sfreq
+    _dc.warn(metadata, f"NaN or inf samples in {which}: {len(starts)} span(s), {any_bad.sum() / sfreq:.3g} s in all "
+                       f"(the first at {first:.3g} s), left out of the Welch estimate as bad for every channel",
+             stacklevel=5)
+    return raw
 
 
 def _drop_short_spans(raw, n_per_seg: int, seg: float, metadata: dict):

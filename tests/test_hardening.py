@@ -99,6 +99,24 @@ def test_default_picks_leave_out_ecg_and_reference_only_channels():
     json.dumps(s.metadata)  # JSON-serialisable for summary.json
 
 
+def test_nan_samples_are_left_out_as_bad_spans_with_a_warning():
+    """A NaN span in one channel: left out for every channel, the segment count right, the spectrum unchanged
+    where the span is (it was SciPy's "noverlap must be less than nperseg")."""
+    raw = _raw(["O1", "O2"], seconds=60.0)
+    clean = SpectrumData.from_mne(raw, fmin=2, fmax=40, seg_length=4.0)
+    x = raw.get_data()
+    x[1, 500:550] = np.nan  # 0.2 s at 2 s
+    broken = mne.io.RawArray(x, raw.info, verbose="error")
+    with pytest.warns(UserWarning, match=r"NaN or inf samples in O2 \(50 samples\): 1 span\(s\)"):
+        s = SpectrumData.from_mne(broken, fmin=2, fmax=40, seg_length=4.0)
+    assert torch.isfinite(s.power).all() and s.n_segments < clean.n_segments
+    # the first 2.2 s are lost (the span and the 2 s before it, shorter than a segment): the rest is the same data
+    assert torch.allclose(s.power.log().mean(), clean.power.log().mean(), atol=0.1)
+    x[0] = np.nan
+    with pytest.raises(ValueError, match=r"\['O1'\] hold no finite sample"):
+        SpectrumData.from_mne(mne.io.RawArray(x, raw.info, verbose="error"), fmin=2, fmax=40)
+
+
 def test_default_picks_leave_out_numbered_eog_ecg_emg_labels():
     # EEGLAB's sample recording types EOG1/EOG2 as EEG; numbered and sided labels are not scalp EEG either
     from jrinfer._datachecks import non_eeg_reason
