@@ -628,7 +628,19 @@ def _mne_picks(argname: str, picks, info, metadata: dict | None = None) -> list[
         raise ValueError(f"{argname} must be a channel name or a list of names; got {picks!r}") from None
     if not picks:
         raise ValueError(f"{argname} must name at least one channel; got an empty list")
-    resolved = [_dc.match_channel(argname, p, names) if isinstance(p, str) else p for p in picks]
+    resolved, unknown = [], []
+    for p in picks:
+        if not isinstance(p, str):
+            resolved.append(p)
+            continue
+        try:
+            resolved.append(_dc.match_channel(argname, p, names))
+        except ValueError as err:
+            if "ambiguous" in str(err):
+                raise
+            unknown.append(p)
+    if unknown:  # every name that matches nothing, not only the first
+        raise ValueError(f"{argname}: unknown channel name(s) {unknown}; available channels: {names}")
     idx = _channel_indices(argname, resolved, names)
     md["channels_used"] = [names[i] for i in idx]
     return idx
@@ -932,6 +944,12 @@ class SpectrumData:
         if fmin_v == 0:
             raise ValueError("fmin must be > 0 Hz; got fmin=0 Hz (the 0 Hz bin carries no information after mean "
                              "removal and is often exactly 0)")
+        if fmax_v is not None and fmax_v > nyquist + 1e-9:
+            raise ValueError(
+                f"fmax={fmax_v:g} Hz is above the Nyquist frequency of the recording ({nyquist:g} Hz, half its "
+                f"sampling rate {sfreq:g} Hz): no power is measured there. Use fmax="
+                f"{float(lowpass) if filtered else nyquist:g} or lower"
+            )
         if fmax_v is not None and filtered and fmax_v > float(lowpass) + 1e-9:
             raise ValueError(
                 f"fmax={fmax_v:g} Hz is above the recording's low-pass filter at {float(lowpass):g} Hz "

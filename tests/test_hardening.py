@@ -117,6 +117,14 @@ def test_nan_samples_are_left_out_as_bad_spans_with_a_warning():
         SpectrumData.from_mne(mne.io.RawArray(x, raw.info, verbose="error"), fmin=2, fmax=40)
 
 
+def test_every_unknown_pick_is_named_and_fmax_above_nyquist_is_refused():
+    raw = _raw(["O1", "O2"], sfreq=160.0, lowpass=80.0)
+    with pytest.raises(ValueError, match=r"unknown channel name\(s\) \['O9', 'Oz'\]; available channels: \['O1', 'O2'\]"):
+        SpectrumData.from_mne(raw, picks=["O9", "Oz", "O1"])
+    with pytest.raises(ValueError, match=r"fmax=100 Hz is above the Nyquist frequency of the recording \(80 Hz"):
+        SpectrumData.from_mne(raw, fmax=100)
+
+
 def test_default_picks_leave_out_numbered_eog_ecg_emg_labels():
     # EEGLAB's sample recording types EOG1/EOG2 as EEG; numbered and sided labels are not scalp EEG either
     from jrinfer._datachecks import non_eeg_reason
