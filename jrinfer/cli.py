@@ -987,6 +987,13 @@ def _cmd_fit(args) -> int:
     summary = posterior.summary()
     summary["free_energy"] = posterior.log_evidence
     summary["n_iter"] = posterior.diagnostics.get("n_iter")
+    import datetime
+
+    import jrinfer
+
+    # provenance: which jrinfer judged this fit's status and warnings, and when (jrinfer report shows it)
+    summary["jrinfer_version"] = jrinfer.__version__
+    summary["created_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     observed = problem.observed()
     from jrinfer._io import observed_sha256
 

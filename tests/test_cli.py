@@ -179,7 +179,10 @@ def test_fit_force_replaces_an_earlier_fits_outputs_and_keeps_the_users_files(tm
     assert code in (0, 1), err
     assert (out / "notes.txt").read_text() == "mine"
     assert not (out / "trace.png").exists() and not (out / "pair.png").exists() and not (out / "report.html").exists()
-    assert (out / "summary.json").read_text() != "earlier fit"
+    summary = json.loads((out / "summary.json").read_text())
+    import jrinfer
+
+    assert summary["jrinfer_version"] == jrinfer.__version__ and summary["created_utc"].endswith("+00:00")
     assert "replacing an earlier fit's" in stdout and "report.html" in stdout
 
 
