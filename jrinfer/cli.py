@@ -306,7 +306,21 @@ def _read_data(args, path: Path):
     if bands and args.kind != "spectrum":
         raise UsageError("--exclude applies to --kind spectrum only (frequency bands in Hz)")
     name = path.name.lower()
-    if name.endswith(".csv"):
+    if name.endswith(".csv") and args.kind == "spectrum" and _csv_first_header(path) in ("time", "times", "time_s"):
+        # a recording kept as a text time series: Welch through MNE, as for EEG files
+        from jrinfer.data import AMPLITUDE_UNITS, _raw_from_series_csv
+
+        amplitude = args.units is not None and args.units.replace("µ", "u") in AMPLITUDE_UNITS
+        raw = _raw_from_series_csv(path, units=args.units if amplitude else None)
+        if channels is not None:
+            channels = [_match_channel(c, raw.ch_names) for c in channels]
+        fmax = args.fmax if args.fmax is not None else min(_DEFAULT_FMAX, raw.info["sfreq"] / 2)
+        data = SpectrumData.from_mne(raw, picks=channels, fmin=_DEFAULT_FMIN if args.fmin is None else args.fmin,
+                                     fmax=fmax, seg_length=_DEFAULT_SEGMENT if segment is None else segment,
+                                     units="uV^2/Hz" if amplitude or args.units is None else args.units,
+                                     exclude=bands)
+        data.metadata["source"] = str(path)
+    elif name.endswith(".csv"):
         if segment is not None:
             raise UsageError("--segment applies to EEG recordings; a CSV spectrum is already estimated")
         if args.kind == "spectrum":
@@ -360,6 +374,18 @@ def _read_data(args, path: Path):
             f"DATA {args.data}: unknown file type; expected .csv or an EEG file MNE reads ({', '.join(_EEG_SUFFIXES)})"
         )
     return _finish_data(args, data)
+
+
+def _csv_first_header(path: Path) -> str | None:
+    """The first header cell of a CSV, lower case, without a bracketed unit (None if unreadable)."""
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            for line in fh:
+                if line.strip():
+                    return line.split(",")[0].split("[")[0].strip().lower()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None
 
 
 def _finish_data(args, data):
@@ -1585,7 +1611,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="fit the JR model to a spectrum or evoked response; writes summary.json, posterior.nc")
     p.add_argument(
         "data", metavar="DATA", nargs="+",
-        help="CSV (freq,power[,...] or time,value[,...]) or an EEG file MNE reads; several files with --conditions "
+        help="CSV (freq,power[,...]; time,value[,...]: an ERP, or with --kind spectrum a text recording whose Welch "
+             "spectrum is fitted) or an EEG file MNE reads; several files with --conditions "
         "to fit them jointly",
     )
     p.add_argument(

@@ -1233,6 +1233,39 @@ def _good_spans(raw) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(starts, stops)]
 
 
+def _raw_from_series_csv(path, units: str | None = None):
+    """An ``mne.io.RawArray`` (EEG, volts) from a CSV time series ``time,value[,...]`` sampled at a fixed rate.
+
+    For recordings kept as text (e.g. the Bonn segments, 173.61 Hz): the
+    sampling rate comes from the time column (uniform to 0.1 % of a step),
+    the values' units from the header (``value [uV]``), else ``units``
+    (``"V"``, ``"mV"``, ``"uV"``), else uV when plausible. The result goes
+    through :meth:`SpectrumData.from_mne` like any recording.
+    """
+    mne = optional_import("mne", purpose="a spectrum from a CSV time series (Welch through MNE)")
+    units = None if units is None else _normalise_units("units", units, AMPLITUDE_UNITS)
+    names, t, v, t_unit, v_unit = _read_csv(path, _TIME_HEADERS, "time,value[,...]",
+                                            (_FREQ_HEADERS, "a spectrum CSV 'freq,power'"))
+    where = f"path {str(path)!r}"
+    t = t * _axis_unit(where, t_unit, {"s": 1.0, "ms": 1e-3}, "time")
+    dt = torch.diff(t)
+    if t.numel() < 16 or not bool((dt > 0).all()):
+        raise ValueError(f"{where}: the time column must increase, with at least 16 samples; got {t.numel()}")
+    step = float(dt.median())
+    if float((dt - step).abs().max()) > 1e-3 * step:
+        raise ValueError(f"{where}: the time column is not evenly sampled (steps {float(dt.min()):.6g}-"
+                         f"{float(dt.max()):.6g} s); a Welch spectrum needs a fixed sampling rate")
+    md: dict = {}
+    typical = float(v.abs().max(dim=1).values.median()) if v.numel() else 0.0
+    units = _resolve_csv_units(where, v_unit, units, AMPLITUDE_UNITS, "uV", typical,
+                               lambda x, u: _dc.amplitude_units_guess(x, u), "'value [uV]'", md)
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{where}: the values must be finite numbers")
+    volts = v.numpy() * AMPLITUDE_UNITS[units]  # table values are volts per unit
+    info = mne.create_info(list(names), 1.0 / step, "eeg")
+    return mne.io.RawArray(volts, info, verbose="error")
+
+
 def _mark_non_finite_spans(raw, ch_names: list[str], metadata: dict):
     """Mark the spans where a picked channel is NaN or inf as ``BAD_non_finite`` (on a copy), with a warning.
 

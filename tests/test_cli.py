@@ -186,6 +186,34 @@ def test_fit_force_replaces_an_earlier_fits_outputs_and_keeps_the_users_files(tm
     assert "replacing an earlier fit's" in stdout and "report.html" in stdout
 
 
+def test_fit_spectrum_of_a_csv_time_series(tmp_path, capsys):
+    """A recording kept as text (time,value, e.g. the Bonn segments): Welch through MNE, units from the header."""
+    rng = np.random.default_rng(0)
+    fs = 200.0
+    t = np.arange(int(60 * fs)) / fs
+    x = 20.0 * np.sin(2 * np.pi * 10.0 * t) + 10.0 * rng.standard_normal(t.size)  # uV
+    series = tmp_path / "series.csv"
+    series.write_text("time,O1 [mV]\n" + "".join(f"{a!r},{b / 1000.0!r}\n" for a, b in zip(t.tolist(), x.tolist())))
+    out = tmp_path / "o"
+    code, _, err = run(capsys, "fit", str(series), "--kind", "spectrum", "--free", "a,b", "--out", str(out), "--json")
+    assert code in (0, 1), err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["fit_quality"]["peak_frequency_data_hz"] == pytest.approx(10.0, abs=0.25)
+    assert summary["data"]["units"] == "uV^2/Hz" and summary["data"]["channels"] == ["O1"]
+    # 4 s segments, half overlap, over 60 s: 29 averaged segments, and uV^2/Hz from the mV header (white noise of
+    # 10 uV rms at 200 Hz has a one-sided density 2 * 100 / 200 = 1 uV^2/Hz)
+    from jrinfer import Posterior
+
+    post = Posterior.from_netcdf(out / "posterior.nc")
+    power = np.asarray(post.observed["values"]).reshape(-1)
+    freqs = np.asarray(post.observed["coord_values"])
+    assert np.median(power[freqs > 20]) == pytest.approx(1.0, rel=0.25)
+    # an uneven time column is refused with the reason
+    series.write_text("time,O1\n0,1\n0.01,2\n0.03,1\n" + "".join(f"{0.03 + 0.01 * k!r},1\n" for k in range(1, 20)))
+    code, _, err = run(capsys, "fit", str(series), "--kind", "spectrum", "--out", str(tmp_path / "u"))
+    assert code == 2 and "not evenly sampled" in err
+
+
 def test_fit_with_p_mean_not_free_holds_it_in_the_stable_regime(tmp_path, capsys):
     """--free without p_mean: the transfer method's default prior fixes p_mean at 60 (JR 1995's 220 is on the limit cycle)."""
     csv = tmp_path / "s.csv"
