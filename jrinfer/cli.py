@@ -1167,6 +1167,21 @@ def _data_identity(s: dict):
     return None
 
 
+def _data_difference(a: dict, b: dict) -> str:
+    """What differs between the data two fit summaries saw, in words (for compare's refusal)."""
+    da, db = a.get("data") or {}, b.get("data") or {}
+    parts = []
+    if da.get("sha256") != db.get("sha256"):
+        parts.append(f"file {da.get('file')} vs {db.get('file')}")
+    for key, what in (("channels", "channels"), ("units", "units"), ("n_points", "number of points (range)")):
+        if da.get(key) != db.get(key):
+            parts.append(f"{what} {da.get(key)} vs {db.get(key)}")
+    if not parts:
+        parts.append("the same file, channels, units and number of points, but other values (another frequency or "
+                     "time window, segment length or preprocessing)")
+    return "; ".join(parts)
+
+
 def _cmd_compare(args) -> int:
     from jrinfer.comparison import model_probabilities
 
@@ -1196,11 +1211,11 @@ def _cmd_compare(args) -> int:
                      "spread": diag.get("log_evidence_spread"), "reliable": diag.get("log_evidence_reliable"),
                      "chains": diag.get("log_marginal_likelihood_chains")})
     first = rows[0]["data"]
-    for r in rows[1:]:
+    for r, s in zip(rows[1:], summaries[1:]):
         if r["data"] != first:
             raise UsageError(
-                f"DIR {r['dir']} fitted other data than DIR {rows[0]['dir']} (different file, channels, range or "
-                "units): log evidences are comparable only for fits of the same data"
+                f"DIR {r['dir']} fitted other data than DIR {rows[0]['dir']} ({_data_difference(summaries[0], s)}): "
+                "log evidences are comparable only for fits of the same data"
             )
     F = [r["free_energy"] for r in rows]
     probs = model_probabilities(F).tolist()

@@ -83,9 +83,11 @@ def test_compare_table_json_and_refusals(tmp_path, capsys):
     assert "WARNING: " in capsys.readouterr().out
     # other data (another file, or the same file in another frequency window): refused
     assert main(["compare", fits["full"], fits["other"]]) == 2
-    assert "other data" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "other data" in err and "s.csv vs" in err and "o.csv" in err  # says what differs: the file
     assert main(["compare", fits["small"], fits["narrow"]]) == 2
-    assert "other data" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "other data" in err and "number of points (range)" in err and "file" not in err.split("(")[1]
     # a fit without a log evidence (e.g. NUTS): refused, naming the backends that give one
     s = json.loads((tmp_path / "small" / "summary.json").read_text())
     s["log_evidence"], s["backend"] = None, "nuts"
