@@ -1396,14 +1396,25 @@ def _cmd_identifiability(args) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise UsageError(f"--out {args.out}: directory is not empty; pass --force to write into it")
-    values = _parse_assignments(args.set, "--set")
+    fit = _identifiability_from_fit(args.from_fit) if args.from_fit else None
+    if fit is not None:
+        if args.kind is not None and args.kind != fit["kind"]:
+            raise UsageError(f"--kind {args.kind}: the fit in --from-fit {args.from_fit} is of kind {fit['kind']}")
+        args.kind = fit["kind"]
+    elif args.kind is None:
+        raise UsageError("--kind is required (spectrum or evoked), unless --from-fit names a fit folder")
+    values = {**(fit["values"] if fit else {}), **_parse_assignments(args.set, "--set")}
     default_free = (
         "A,B,a,b,C,e0,v0,r,gain"
         if args.kind == "spectrum"
         else "A,B,a,b,C,e0,v0,r,gain,input_amplitude,input_latency,input_width"
     )
+    if fit is not None and not args.free:  # the fit's own free parameters (the noise is fixed at the fit's)
+        default_free = ",".join(fit["free"])
     free = [s.strip() for s in (args.free or default_free).split(",") if s.strip()]
-    if args.kind == "spectrum":
+    if fit is not None:
+        grid = fit["grid"]
+    elif args.kind == "spectrum":
         grid = torch.arange(args.fmin, args.fmax + 0.5 * args.df, args.df, dtype=torch.float64)
     else:
         grid = torch.arange(args.tmin, args.tmax + 0.5 * args.step, args.step, dtype=torch.float64)
@@ -1414,9 +1425,17 @@ def _cmd_identifiability(args) -> int:
             raise UsageError(
                 f"--profile {name}: not a free parameter; add it to --free (free now: {','.join(free)})"
             )
-    noise = args.noise if args.noise is not None else (0.1 if args.kind == "spectrum" else 0.5)
-    problem, theta = idf.jansen_rit_problem(args.kind, values, free, noise=noise, grid=grid)
+    noise = (args.noise if args.noise is not None else fit["noise"] if fit is not None and fit["noise"] is not None
+             else (0.1 if args.kind == "spectrum" else 0.5))
+    values.pop("log_precision", None)  # the noise is --noise (from the fit's log_precision with --from-fit)
+    try:
+        problem, theta = idf.jansen_rit_problem(args.kind, values, free, noise=noise, grid=grid,
+                                                units=fit["units"] if fit else None)
+    except ValueError as err:
+        raise UsageError(_cli_words(str(err))) from None
     meta = {"kind": args.kind, "theta": theta, "noise": noise, "n_points": int(grid.numel())}
+    if fit is not None:
+        meta["from_fit"] = {"dir": str(args.from_fit), "backend": fit["backend"], "status": fit["status"]}
     report = idf.identifiability_report(problem, theta, profiles=args.profile or (), n_points=args.points, meta=meta)
     out.mkdir(parents=True, exist_ok=True)
     report.to_json(out / "report.json")
@@ -1429,8 +1448,61 @@ def _cmd_identifiability(args) -> int:
         print(json.dumps(report.to_dict()))
     else:
         print(report.to_text())
+        if fit is not None:
+            print(_identifiability_vs_fit(report.to_dict(), fit, args.from_fit))
         print(f"wrote {out}/report.json{' and plots' if plotted else ''}")
     return 0
+
+
+def _identifiability_vs_fit(report: dict, fit: dict, folder: str) -> str:
+    """One paragraph: the fit's contractions beside these verdicts, and why they need not agree."""
+    verdicts = {n: v.get("verdict") for n, v in ((report.get("local") or {}).get("parameters") or {}).items()}
+    contraction = fit.get("contraction") or {}
+    both = [n for n, v in verdicts.items() if v == "not identifiable" and (contraction.get(n) or 0) >= 0.2]
+    text = f"the fit in {folder} ({fit['backend']}, {fit['status']}): "
+    if not both:
+        return text + "no parameter it calls informed is unidentifiable here"
+    listed = ", ".join(f"{n} (contraction {contraction[n]:.2f})" for n in both)
+    return (text + f"it calls {listed} informed, which the data alone cannot identify here: they contract through "
+            "the prior on the parameters they trade with (the null directions above), not through the data; their "
+            "posteriors restate the prior along those directions")
+
+
+def _identifiability_from_fit(folder: str) -> dict:
+    """The parameter set, grid, kind, units and noise of a ``jrinfer fit`` folder (for ``identifiability --from-fit``).
+
+    Values: the prior's fixed values and the posterior means of the free
+    parameters (natural units); grid: the fitted data's frequencies or times;
+    noise: ``exp(-log_precision / 2)`` at the posterior mean (None without one).
+    """
+    import torch
+
+    d = Path(folder)
+    if not (d / "summary.json").is_file() or not (d / "posterior.nc").is_file():
+        raise UsageError(f"--from-fit {folder}: not the --out folder of a 'jrinfer fit' (summary.json and posterior.nc "
+                         "expected)")
+    s = json.loads((d / "summary.json").read_text())
+    if s.get("conditions") or (s.get("diagnostics") or {}).get("conditions"):
+        raise UsageError(f"--from-fit {folder}: a condition fit; give the folder of a single-recording fit")
+    from jrinfer import Posterior
+
+    post = Posterior.from_netcdf(d / "posterior.nc")
+    observed = post.observed or {}
+    kind = (s.get("data") or {}).get("kind") or ("spectrum" if observed.get("coord") == "freq" else "evoked")
+    values = dict((s.get("prior") or {}).get("fixed") or {})
+    values.update({k: float(v["mean"]) for k, v in (s.get("parameters") or {}).items()})
+    lp = values.get("log_precision")
+    return {
+        "kind": kind,
+        "values": values,
+        "grid": torch.tensor(list(observed["coord_values"]), dtype=torch.float64),
+        "free": [n for n in (s.get("parameters") or {}) if n != "log_precision"],
+        "contraction": {k: v.get("contraction") for k, v in (s.get("parameters") or {}).items()},
+        "units": observed.get("units"),
+        "noise": None if lp is None else math.exp(-0.5 * float(lp)),
+        "backend": s.get("backend"),
+        "status": s.get("status"),
+    }
 
 
 def _cmd_fit_many(args) -> int:
@@ -1830,7 +1902,14 @@ def build_parser() -> argparse.ArgumentParser:
         "identifiability",
         help="which parameters and combinations a spectrum or ERP can pin down at a parameter set; writes report.json",
     )
-    p.add_argument("--kind", required=True, choices=["spectrum", "evoked"], help="observation model")
+    p.add_argument("--kind", default=None, choices=["spectrum", "evoked"],
+                   help="observation model (required unless --from-fit)")
+    p.add_argument(
+        "--from-fit", default=None, metavar="DIR",
+        help="the --out folder of a 'jrinfer fit': its posterior means (and fixed values) as the parameter set, its "
+             "data's grid, kind and units, its noise (log_precision) and its free parameters; --set, --noise and "
+             "--free still apply",
+    )
     p.add_argument(
         "--set", action="append", metavar="NAME=VALUE",
         help="parameter value (JR constants or observation parameters such as gain), repeatable",

@@ -280,6 +280,45 @@ def test_cli_identifiability_bad_input(tmp_path, capsys):
     assert "unstable" in capsys.readouterr().err
 
 
+def test_cli_identifiability_from_a_fit_folder(tmp_path, capsys):
+    """--from-fit DIR: the fit's parameter set, grid, units, noise and free parameters; its contractions beside."""
+    from jrinfer import Posterior
+    from jrinfer.cli import main
+
+    f = np.arange(2.0, 30.01, 0.5)
+    csv = tmp_path / "s.csv"
+    csv.write_text("freq,power [uV^2/Hz]\n" + "".join(f"{x},{2.0 / x + np.exp(-0.5 * ((x - 10) / 1.2) ** 2)}\n" for x in f))
+    fit = tmp_path / "fit"
+    assert main(["fit", str(csv), "--kind", "spectrum", "--out", str(fit), "--quiet"]) in (0, 1)
+    summary = json.loads((fit / "summary.json").read_text())
+    capsys.readouterr()
+    out = tmp_path / "ident"
+    assert main(["identifiability", "--from-fit", str(fit), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    rep = json.loads((out / "report.json").read_text())
+    meta = rep["meta"]
+    assert meta["kind"] == "spectrum" and meta["n_points"] == f.size and meta["from_fit"]["dir"] == str(fit)
+    assert meta["noise"] == pytest.approx(math.exp(-0.5 * summary["parameters"]["log_precision"]["mean"]))
+    free = [n for n in summary["parameters"] if n != "log_precision"]
+    assert rep["local"]["names"] == free
+    for n in free:  # the parameter set is the fit's posterior means
+        assert meta["theta"][n] == pytest.approx(summary["parameters"][n]["mean"])
+    # the fit's contractions are set beside the verdicts: an "informed" parameter the data alone cannot identify
+    # contracts through the prior (here p_mean or gain trade with A, C: structural null directions)
+    verdicts = rep["local"]["parameters"]
+    both = [n for n in free if verdicts[n]["verdict"] == "not identifiable"
+            and summary["parameters"][n]["contraction"] >= 0.2]
+    assert (f"the fit in {fit}" in text) and (all(f"{n} (contraction" in text for n in both))
+    # refusals name the flag
+    assert main(["identifiability", "--from-fit", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "--from-fit" in capsys.readouterr().err
+    assert main(["identifiability", "--from-fit", str(fit), "--kind", "evoked", "--out", str(tmp_path / "y")]) == 2
+    assert "--kind evoked" in capsys.readouterr().err
+    assert main(["identifiability", "--out", str(tmp_path / "z")]) == 2
+    assert "--kind is required" in capsys.readouterr().err
+    assert Posterior.from_netcdf(fit / "posterior.nc").observed["units"] == "uV^2/Hz"
+
+
 def test_errors_name_the_argument(spectral_small):
     problem, theta = spectral_small
     with pytest.raises(ValueError, match="theta misses"):
