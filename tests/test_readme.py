@@ -8,8 +8,9 @@ from conftest import require_recordings
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def test_readme_python_blocks_run():
+def test_readme_python_blocks_run(tmp_path, monkeypatch):
     require_recordings()
+    monkeypatch.chdir(tmp_path)  # the blocks write fit.png, marginals.png and fit.nc where they run
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     assert len(blocks) >= 2
     namespace: dict = {}
@@ -17,6 +18,8 @@ def test_readme_python_blocks_run():
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - our own documentation
     assert namespace["sim"].v.shape == (2, 60000)
     assert namespace["posterior"].converged
+    assert all((tmp_path / f).stat().st_size > 1000 for f in ("fit.png", "marginals.png", "fit.nc"))
+    assert set(namespace["estimates"]) == set(namespace["posterior"].names)
 
 
 def _readme_table(after: str) -> dict[str, tuple[str, str]]:
