@@ -1563,10 +1563,22 @@ def _cmd_fit_many(args) -> int:
         raise UsageError(_cli_words(str(err))) from None
     finally:
         if client is not None:
-            cluster = client.cluster if not args.scheduler else None
-            client.close()
-            if cluster is not None:
-                cluster.close()
+            import logging
+
+            # the local cluster's shutdown: its nannies log "Worker process still alive ... killing" when a worker
+            # takes longer than their timeout to exit; nothing is lost (every item is written), so it is not shown
+            quiet = [logging.getLogger(n) for n in ("distributed", "distributed.nanny", "distributed.process")]
+            levels = [q.level for q in quiet]
+            for q in quiet:
+                q.setLevel(logging.ERROR)
+            try:
+                cluster = client.cluster if not args.scheduler else None
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+            finally:
+                for q, level in zip(quiet, levels):
+                    q.setLevel(level)
     n_err = sum(r["status"] != "ok" for r in rows)
     n_warn = sum(r["status"] == "ok" and r.get("fit_status") != "converged" for r in rows)
     if args.json:
