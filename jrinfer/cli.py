@@ -928,6 +928,9 @@ def _npe_summary(estimator_dir: str, posterior) -> dict:
         "training_failures": t["failures"],
         "training_regime_mix": t.get("regime_mix"),
         "out_of_distribution": d.get("out_of_distribution", {}).get("outside"),
+        "out_of_distribution_percentile": d.get("out_of_distribution", {}).get("mahalanobis2_percentile"),
+        "gain_x_p_std": d.get("gain_x_p_std"),
+        "contraction_against": d.get("contraction_against"),
         "amortized": d.get("amortized", True),
         "rounds": d.get("rounds"),
         "headline": (f"{t['n_valid']} of {t['n_simulations']} training simulations valid; calibration"
