@@ -917,6 +917,8 @@ def _npe_summary(estimator_dir: str, posterior) -> dict:
     regime = ""
     if mix:
         regime = f"; regime {d.get('regime_verdict')}"
+    ood = d.get("out_of_distribution") or {}
+    ood_pct = ood.get("mahalanobis2_percentile")
     return {
         "estimator": str(Path(estimator_dir).resolve()),
         "calibration": None if cal is None else cal["verdict"],
@@ -938,7 +940,11 @@ def _npe_summary(estimator_dir: str, posterior) -> dict:
                      f"{'not run' if cal is None else cal['verdict']}{regime}"
                      + ("" if d.get("amortized", True) else
                         f"; refined by {_n_rounds(d)} truncated round{'' if _n_rounds(d) == 1 else 's'} for "
-                        "this recording only (not amortized)")),
+                        "this recording only (not amortized)")
+                     + (f"; the data's distance from the training simulations is at their {ood_pct:.0f}th percentile"
+                        f"{' (outside: see the warnings)' if ood.get('outside') else ''}" if ood_pct is not None else "")
+                     + ("; contraction is against the box prior the estimator was trained on"
+                        if d.get("contraction_against") else "")),
     }
 
 
