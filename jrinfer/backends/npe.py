@@ -1524,9 +1524,9 @@ class AmortizedPosterior:
         note = (f"gain is the scale of a Jansen-Rit output driven by input noise p_std = {p_std:g} (fixed in "
                 "training); a spectrum informs gain x p_std only, here median "
                 f"{q50:.3g} (90 %: {q05:.3g}-{q95:.3g}). Transfer-method fits (laplace, nuts, smc defaults) fix "
-                f"p_std = 1, so their gain compares with this gain x {p_std:g}, not 1:1; beyond that factor the "
-                "simulated alpha peak at the same stable parameters is 0.5-0.7 x the linearised one, and p_mean, "
-                "A and C trade with gain")
+                f"p_std = 1, so their gain compares with this gain x {p_std:g}, not 1:1. Beyond that factor the "
+                "two differ as posteriors, not by a bug: the simulated alpha peak at the same stable parameters has "
+                "0.5-0.7 x the linearised one's power, and A and C, free in those fits, trade with gain")
         return {"median": q50, "q05": q05, "q95": q95, "p_std": p_std}, note
 
     def _box_prior_view(self, post, theta: torch.Tensor, outside: bool):
