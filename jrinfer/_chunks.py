@@ -67,10 +67,11 @@ def map_chunks(
         One argument tuple per chunk.
     client : dask.distributed.Client, optional
         Run on this Dask client instead of in this process.
-    progress : bool
+    progress : bool or {"lines", "bar"}
         Show progress: a tqdm bar (one step per finished chunk) when stderr
         is a terminal; elsewhere (logs, pipes, notebooks) a line at most
         every 10 s and one at the end, never a bar's carriage returns.
+        ``"lines"`` or ``"bar"`` choose one whatever stderr is.
     desc : str
         Label of the progress bar.
     retries : int
@@ -118,8 +119,11 @@ class _ChunkProgress:
         self.t0 = self.last = time.perf_counter()
         if not show:
             return
+        if show == "lines":  # lines even on a terminal (``--no-progress``)
+            self.lines = True
+            return
         isatty = getattr(sys.stderr, "isatty", None)
-        if isatty is not None and isatty():
+        if show == "bar" or (isatty is not None and isatty()):
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc=desc, unit=unit)

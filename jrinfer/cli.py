@@ -945,6 +945,8 @@ def _npe_summary(estimator_dir: str, posterior) -> dict:
     regime = ""
     if mix:
         regime = f"; regime {d.get('regime_verdict')}"
+    ood = d.get("out_of_distribution") or {}
+    ood_pct = ood.get("mahalanobis2_percentile")
     return {
         "estimator": str(Path(estimator_dir).resolve()),
         "calibration": None if cal is None else cal["verdict"],
@@ -956,6 +958,9 @@ def _npe_summary(estimator_dir: str, posterior) -> dict:
         "training_failures": t["failures"],
         "training_regime_mix": t.get("regime_mix"),
         "out_of_distribution": d.get("out_of_distribution", {}).get("outside"),
+        "out_of_distribution_percentile": d.get("out_of_distribution", {}).get("mahalanobis2_percentile"),
+        "gain_x_p_std": d.get("gain_x_p_std"),
+        "contraction_against": d.get("contraction_against"),
         "amortized": d.get("amortized", True),
         "rounds": d.get("rounds"),
         "headline": (f"{t['n_valid']} of {t['n_simulations']} training simulations valid; calibration"
@@ -963,7 +968,11 @@ def _npe_summary(estimator_dir: str, posterior) -> dict:
                      f"{'not run' if cal is None else cal['verdict']}{regime}"
                      + ("" if d.get("amortized", True) else
                         f"; refined by {_n_rounds(d)} truncated round{'' if _n_rounds(d) == 1 else 's'} for "
-                        "this recording only (not amortized)")),
+                        "this recording only (not amortized)")
+                     + (f"; the data's distance from the training simulations is at their {ood_pct:.0f}th percentile"
+                        f"{' (outside: see the warnings)' if ood.get('outside') else ''}" if ood_pct is not None else "")
+                     + ("; contraction is against the box prior the estimator was trained on"
+                        if d.get("contraction_against") else "")),
     }
 
 
@@ -980,10 +989,10 @@ def _fit_npe(args, estimator, data):
             # trained on top of the loaded estimator in memory: nothing under --estimator is written
             estimator = estimator.refine(data, rounds=args.rounds, simulations_per_round=args.simulations_per_round,
                                          resample=args.resample_grid,
-                                         progress=args.progress is not False and not getattr(args, "quiet", False))
+                                         progress=_progress(args))
         posterior = estimator.condition(data, seed=args.seed, resample=args.resample_grid,
                                         importance_sampling=getattr(args, "importance_sampling", False),
-                                        progress=args.progress is not False and not getattr(args, "quiet", False))
+                                        progress=_progress(args))
     except ValueError as err:
         raise UsageError(_cli_words(str(err).splitlines()[0])) from None
     return problem, posterior
@@ -1341,7 +1350,7 @@ def _cmd_train_npe(args) -> int:
         n_simulations=args.simulations, chunk_size=args.chunk_size, seed=args.seed, density_estimator=args.flow,
         hidden_features=args.hidden_features, num_transforms=args.transforms,
         embedding=None if args.embedding == "none" else args.embedding, max_epochs=args.max_epochs,
-        calibration_simulations=args.calibrate, summary=args.summary, progress=not args.no_progress,
+        calibration_simulations=args.calibrate, summary=args.summary, progress=_progress(args),
     )
     estimator = npe.train(problem)
     estimator.save(out, overwrite=args.force)
@@ -1897,7 +1906,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=int, default=300, help="training epochs at most (default 300)")
     p.add_argument("--calibrate", type=int, default=200, metavar="N",
                    help="held-out simulations for SBC and TARP after training (default 200; 0 skips)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress on stderr (default: bars when stderr is a terminal, else one-line messages: a line at the "
+        "start of the simulations, the training and the calibration, one at most every 10 s while each runs, and one "
+        "at its end); --progress: the bars; --no-progress: the one-line messages only; --quiet: nothing",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the training report as JSON")
     p.set_defaults(func=_cmd_train_npe)
 

@@ -506,6 +506,11 @@ def test_cli_fit_with_a_trained_estimator(npe_spectrum_estimator, tmp_path, caps
     assert summary["diagnostics"]["training"]["regime_mix"] and summary["diagnostics"]["calibration"]["verdict"]
     assert "ranks" not in summary["diagnostics"]["calibration"]  # raw SBC ranks stay in metadata.json
     assert summary["prior_validity"]["n_samples"] == 4000
+    # where the data lie among the training simulations, against which prior the contraction is, gain x p_std
+    assert npe["out_of_distribution"] is False and 0 < npe["out_of_distribution_percentile"] < 99.7
+    assert "th percentile" in npe["headline"] and "box prior" in npe["headline"]
+    assert "box prior the estimator was trained on" in npe["contraction_against"]
+    assert npe["gain_x_p_std"]["p_std"] == 0.5 and npe["gain_x_p_std"]["q05"] < npe["gain_x_p_std"]["q95"]
     assert (out / "posterior.nc").exists() and (out / "fit.png").exists()
     # another grid: refused in one line naming the way out, unless resampled
     fine = SpectrumData.from_arrays(torch.arange(2.0, 40.01, 0.25, dtype=F64),
