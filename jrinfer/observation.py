@@ -217,6 +217,167 @@ def _welch_noise(y: torch.Tensor, yhat: torch.Tensor, n_segments) -> dict:
     }
 
 
+#: Classical EEG bands (Hz) used to name where a spectrum's systematic misfit lies.
+EEG_BANDS_HZ = (("delta", 0.0, 4.0), ("theta", 4.0, 8.0), ("alpha", 8.0, 13.0), ("beta", 13.0, 30.0),
+                ("gamma", 30.0, float("inf")))
+#: A run of same-sign residuals is named as systematic misfit when its summed residual exceeds this many noise
+#: SDs of a sum of independent residuals (``|sum r| / (sd sqrt(n))``; neighbouring Welch bins are correlated
+#: through the window, so the threshold is well above what noise reaches).
+MISFIT_RUN_Z = 5.0
+#: An ERP's residuals are "within the noise" when their RMS is at most this multiple of the noise SD of the
+#: average estimated from its pre-stimulus baseline (the noise of an average is autocorrelated, so a chi-square
+#: test over samples would overstate the evidence; the ratio itself is the figure reported).
+ERP_NOISE_RATIO_OK = 1.5
+
+
+def _same_sign_runs(x: torch.Tensor, r: torch.Tensor, sd: float, smooth: int) -> list[dict]:
+    """Runs of same-sign residuals, largest first: where a prediction misses the data systematically.
+
+    ``r`` (shape ``(N,)``) is the residual data - model on the grid ``x``;
+    its sign is read after a centred moving average over ``smooth`` points
+    (so that single noisy points do not split a run). Each run is scored by
+    ``|sum r| / (sd sqrt(n))``: its summed residual in SDs of a sum of ``n``
+    independent residuals of SD ``sd``. Returns dicts ``from``, ``to``
+    (grid values), ``n``, ``peak`` (where the smoothed residual is largest),
+    ``mean`` (mean residual), ``sign`` (+1: data above
+    the model) and ``z``, sorted by ``z`` descending.
+    """
+    r = r.detach().reshape(-1).double()
+    n = int(r.numel())
+    if n == 0 or not sd > 0:
+        return []
+    k = max(1, int(smooth)) | 1  # odd
+    if k > 1 and n >= k:
+        pad = torch.nn.functional.pad(r[None, None], (k // 2, k // 2), mode="replicate")
+        rs = torch.nn.functional.avg_pool1d(pad, k, stride=1).reshape(-1)
+    else:
+        rs = r
+    sign = torch.sign(rs)
+    runs, start = [], 0
+    for i in range(1, n + 1):
+        if i == n or sign[i] != sign[start]:
+            if sign[start] != 0:
+                seg = r[start:i]
+                total = float(seg.sum())
+                peak = start + int(rs[start:i].abs().argmax())
+                runs.append({"from": float(x[start]), "to": float(x[i - 1]), "n": i - start, "peak": float(x[peak]),
+                             "mean": total / (i - start), "sign": 1 if sign[start] > 0 else -1,
+                             "z": abs(total) / (sd * math.sqrt(i - start))})
+            start = i
+    return sorted(runs, key=lambda d: -d["z"])
+
+
+def _band_name(f: float) -> str:
+    """The classical EEG band (:data:`EEG_BANDS_HZ`) frequency ``f`` (Hz) lies in."""
+    return next(name for name, a, b in EEG_BANDS_HZ if a <= f < b)
+
+
+def _where_spectrum(run: dict) -> str:
+    """``"18-27.5 Hz, largest at 22 Hz (beta?; data above the model: the model lacks power there, ...)"``."""
+    side = ("data above the model: the model lacks power there" if run["sign"] > 0
+            else "data below the model: the model has too much power there")
+    return (f"{run['from']:.3g}-{run['to']:.3g} Hz, largest at {run['peak']:.3g} Hz ({_band_name(run['peak'])}?; "
+            f"{side}, by a factor {math.exp(abs(run['mean'])):.2g} on average)")
+
+
+def _spectrum_verdict(f: torch.Tensor, y: torch.Tensor, yhat: torch.Tensor, r2: float, noise: dict,
+                      n_segments) -> dict:
+    """One plain-language line on how well a spectrum fits, beyond R² (see ``goodness_of_fit``).
+
+    Returns metrics ``verdict`` (str), and where the Welch noise is known
+    ``residual_noise_ratio`` (RMS residual / Welch noise SD); where a run of
+    same-sign residuals is systematic (:data:`MISFIT_RUN_Z`) also
+    ``misfit_from_hz``, ``misfit_to_hz``, ``misfit_peak_hz`` and
+    ``misfit_sign`` (+1: data above the model) of the largest; its band is
+    named by :data:`EEG_BANDS_HZ` at the peak, with a question mark (a
+    frequency range is not a rhythm).
+    """
+    out: dict = {}
+    rms = float((y - yhat).pow(2).mean().sqrt())
+    meets = f"R^2 {r2:.3f} {'meets' if r2 >= R2_WARN else 'is below'} {R2_WARN:g}"
+    df = float((f[-1] - f[0]) / max(f.numel() - 1, 1)) if f.numel() > 1 else 1.0
+    smooth = max(1, int(round(1.0 / df))) if df > 0 else 1
+    sd = noise.get("noise_sd_welch")
+    if sd is None:
+        runs = [d for d in _same_sign_runs(f, y - yhat, rms, smooth) if d["n"] >= 3]
+        where = f"; the largest run of same-sign residuals is at {_where_spectrum(runs[0])}" if runs else ""
+        out["verdict"] = (f"{meets}; the data's own noise is unknown (the number of averaged Welch segments is not "
+                          f"given), so whether the residuals are noise or misfit cannot be told{where}")
+        return out
+    ratio = rms / sd
+    out["residual_noise_ratio"] = ratio
+    if noise.get("residuals_within_noise"):
+        out["verdict"] = (f"{meets}, and the residuals are within the data's own noise (RMS {ratio:.2g} x the SD of "
+                          f"a Welch estimate from {n_segments} segments): the model describes what these data resolve")
+        return out
+    runs = [d for d in _same_sign_runs(f, y - yhat, sd, smooth) if d["z"] > MISFIT_RUN_Z]
+    if runs:
+        top = runs[0]
+        out.update(misfit_from_hz=top["from"], misfit_to_hz=top["to"], misfit_peak_hz=top["peak"],
+                   misfit_sign=top["sign"])
+        where = f", most at {_where_spectrum(top)}"
+        if len(runs) > 1 and runs[1]["z"] >= 0.5 * top["z"]:
+            where += f", then at {_where_spectrum(runs[1])}"
+    else:
+        where = ", spread over the range with no band standing out"
+    out["verdict"] = (f"{meets}{', but' if r2 >= R2_WARN else ', and'} the residuals are {ratio:.2g} x the Welch noise "
+                      f"SD ({n_segments} segments): the model misses structure the data resolve{where}")
+    return out
+
+
+def _evoked_verdict(data, y: torch.Tensor, yhat: torch.Tensor, ev: float) -> dict:
+    """One plain-language line on how well an ERP fits, beyond the explained variance.
+
+    The noise of the averaged potentials is estimated from their pre-stimulus
+    baseline (times < 0, at least 10 samples): the SD about each channel's
+    baseline mean, pooled over channels; for an average of ``n`` trials this
+    is the across-trial SD / sqrt(n) where the noise is stationary. Returns
+    metrics ``verdict`` and, with a baseline, ``noise_sd_baseline`` (data
+    units), ``residual_noise_ratio`` (RMS residual over the epoch / that
+    SD; within :data:`ERP_NOISE_RATIO_OK` counts as within the noise) and,
+    for a systematic run of same-sign residuals (:data:`MISFIT_RUN_Z`),
+    ``misfit_from_s``, ``misfit_to_s``, ``misfit_sign`` and ``misfit_channel``.
+    """
+    out: dict = {}
+    r = y - yhat
+    rms = float(r.pow(2).mean().sqrt())
+    meets = (f"explained variance {100 * ev:.0f} % "
+             f"{'meets' if ev >= EXPLAINED_VARIANCE_WARN else 'is below'} {100 * EXPLAINED_VARIANCE_WARN:.0f} %")
+    pre = data.times < 0
+    if int(pre.sum()) < 10:
+        out["verdict"] = (f"{meets}; the noise of the average is unknown (fewer than 10 pre-stimulus samples to "
+                          "estimate it from), so whether the residuals are noise or misfit cannot be told")
+        return out
+    sd = float(y[:, pre].var(-1).mean().sqrt())
+    if not sd > 0:
+        out["verdict"] = f"{meets}; the pre-stimulus baseline is flat, so the noise of the average is unknown"
+        return out
+    ratio = rms / sd
+    n = data.n_averaged
+    of = f"the noise SD of the average ({n} trials)" if n else "the noise SD of the average"
+    out.update(noise_sd_baseline=sd, residual_noise_ratio=ratio)
+    if ratio <= ERP_NOISE_RATIO_OK:
+        out["verdict"] = (f"{meets}, and the residuals are within the data's own noise (RMS {ratio:.2g} x {of}, from "
+                          "its pre-stimulus baseline): the model describes what these data resolve")
+        return out
+    dt = float((data.times[-1] - data.times[0]) / max(data.times.numel() - 1, 1))
+    smooth = max(1, int(round(0.01 / dt))) if dt > 0 else 1
+    c = int(r.pow(2).sum(-1).argmax())
+    runs = [d for d in _same_sign_runs(data.times, r[c], sd, smooth) if d["z"] > MISFIT_RUN_Z]
+    if runs:
+        top = runs[0]
+        out.update(misfit_from_s=top["from"], misfit_to_s=top["to"], misfit_sign=top["sign"],
+                   misfit_channel=str(data.channel_names[c]))
+        side = "data above the model" if top["sign"] > 0 else "data below the model"
+        where = (f", most at {1e3 * top['from']:.0f}-{1e3 * top['to']:.0f} ms on {data.channel_names[c]} ({side}, "
+                 f"by {abs(top['mean']):.2g} {data.units} on average)")
+    else:
+        where = ", spread over the epoch with no interval standing out"
+    out["verdict"] = (f"{meets}{', but' if ev >= EXPLAINED_VARIANCE_WARN else ', and'} the residuals are {ratio:.2g} x "
+                      f"{of}, from its pre-stimulus baseline: the model misses structure the data resolve{where}")
+    return out
+
+
 def _r2(y: torch.Tensor, yhat: torch.Tensor) -> float:
     """Coefficient of determination of ``yhat`` for ``y`` (all points pooled)."""
     ss_res = float(((y - yhat) ** 2).sum())
@@ -1056,6 +1217,7 @@ class SpectrumObservation(_JansenRitObservation):
         metrics["residual_rms_log_power"] = float((y - yhat).pow(2).mean().sqrt())
         noise = _welch_noise(y, yhat, data.n_segments)
         metrics.update(noise)
+        metrics.update(_spectrum_verdict(f, y, yhat, r2, noise, data.n_segments))
         if not r2 >= R2_WARN and noise.get("residuals_within_noise"):
             warns.append(
                 f"R^2 of log-power = {r2:.3f} is limited by the noise, not a misfit: the residuals are within the "
@@ -1461,6 +1623,7 @@ class EvokedObservation(_JansenRitObservation):
         total = ((y - y.mean(-1, keepdim=True)) ** 2).sum()
         ev = float(1.0 - resid / total) if float(total) > 0 else float("nan")
         metrics: dict = {"explained_variance": ev}
+        metrics.update(_evoked_verdict(data, y, yhat, ev))
         warns = []
         post = data.times >= min(0.0, float(data.times[-1]))
         t = data.times[post]

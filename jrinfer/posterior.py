@@ -281,8 +281,13 @@ class Posterior:
         quality = ", ".join(
             f"{k} {v:.4g}" for k, v in self.fit_quality.items() if isinstance(v, float) and math.isfinite(v)
         )
-        if quality:
-            lines.append(f"  fit: {quality}")
+        verdicts = self.fit_verdicts
+        if len(verdicts) == 1:  # the verdict leads the line that holds R²
+            lines.append(f"  fit: {next(iter(verdicts.values()))}" + (f" [{quality}]" if quality else ""))
+        else:
+            if quality:
+                lines.append(f"  fit: {quality}")
+            lines.extend(f"  fit, {c}: {v}" for c, v in verdicts.items())
         trust = self._trust_summary()
         if trust:
             lines.append(f"  trust: {trust}")
@@ -304,6 +309,20 @@ class Posterior:
         for w in self.warnings:
             lines.append(f"  WARNING: {w}")
         return "\n".join(lines)
+
+    @property
+    def fit_verdicts(self) -> dict:
+        """The fit verdict(s) in words: ``{"": verdict}``, or ``{condition: verdict}`` for a fit of conditions.
+
+        Read from ``fit_quality["verdict"]`` (``"verdict_<condition>"``): one
+        line saying whether the residuals are within the data's own noise
+        and, if not, by what factor and where the misfit is largest
+        (:meth:`jrinfer.SpectrumObservation.goodness_of_fit`,
+        :meth:`jrinfer.EvokedObservation.goodness_of_fit`).
+        """
+        q = self.fit_quality or {}
+        return {("" if k == "verdict" else k[len("verdict_"):]): v for k, v in q.items()
+                if (k == "verdict" or k.startswith("verdict_")) and isinstance(v, str)}
 
     def _regime_summary(self) -> str:
         """One line: the posterior's regime mix and the point estimate's regime (empty without regimes)."""

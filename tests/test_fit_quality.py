@@ -310,3 +310,83 @@ def test_without_the_number_of_segments_the_r2_rule_stands():
     q = SpectrumObservation().goodness_of_fit(data, truth)
     assert "r2_noise_ceiling" not in q.metrics
     assert any(w.startswith("poor fit") for w in q.warnings)
+
+
+# ------------------------------------------------------------------ fit verdict (issue 11, item 1)
+def test_verdict_of_the_truth_says_within_noise_and_names_no_band():
+    """The true spectrum against its own Welch-noisy estimate (K = 40): the verdict says "within ... noise" and
+    names no misfit band, over 20 noise draws (the chi-square test's false-alarm rate is 0.001)."""
+    truth = 5.0 * FREQS**-1.0 * (1.0 + 4.0 * torch.exp(-0.5 * ((FREQS - 10.0) / 1.0) ** 2))
+    for seed in range(20):
+        data = SpectrumData.from_arrays(FREQS, _welch_log_noise(truth, 40, seed)[None], units="uV^2/Hz",
+                                        n_segments=40)
+        m = SpectrumObservation().goodness_of_fit(data, truth).metrics
+        assert "within the data's own noise" in m["verdict"], m["verdict"]
+        assert "misfit_from_hz" not in m and 0.8 < m["residual_noise_ratio"] < 1.2, m
+
+
+@pytest.mark.parametrize("centre, band", [(22.0, "beta"), (6.0, "theta")])
+def test_verdict_names_the_band_of_a_bump_the_prediction_lacks(centre, band):
+    """Data = truth x a 2 Hz-wide bump (x 2.5 at ``centre``) with Welch noise; prediction = the truth: the verdict
+    gives the residual/noise factor and names the bump's band, data above the model."""
+    truth = 5.0 * FREQS**-1.0 * (1.0 + 4.0 * torch.exp(-0.5 * ((FREQS - 10.0) / 1.0) ** 2))
+    bump = 1.0 + 1.5 * torch.exp(-0.5 * ((FREQS - centre) / 1.0) ** 2)
+    data = SpectrumData.from_arrays(FREQS, _welch_log_noise(truth * bump, 40, 0)[None], units="uV^2/Hz",
+                                    n_segments=40)
+    m = SpectrumObservation().goodness_of_fit(data, truth).metrics
+    assert m["residual_noise_ratio"] > 1.5 and f"{m['residual_noise_ratio']:.2g} x the Welch noise" in m["verdict"]
+    assert m["misfit_sign"] == 1 and m["misfit_from_hz"] <= centre <= m["misfit_to_hz"], m
+    assert abs(m["misfit_peak_hz"] - centre) <= 1.0, m
+    assert m["misfit_to_hz"] - m["misfit_from_hz"] < 8.0, m  # the bump (FWHM 2.4 Hz), not the whole range
+    assert f"most at {m['misfit_from_hz']:.3g}-{m['misfit_to_hz']:.3g} Hz" in m["verdict"]
+    assert f"({band}?; data above the model" in m["verdict"], m["verdict"]
+
+
+@pytest.mark.slow
+def test_fit_verdict_of_model_spectra_with_and_without_a_beta_bump():
+    """Variational Laplace fits of a JR spectrum (transfer method, Welch noise from K = 60 segments): of the model's
+    own spectrum, the verdict says "within noise"; with a beta bump (x 3 at 21 Hz,
+    which one JR population cannot make) it names the bump's band, on the printed fit line, while R^2 stays above
+    0.9 (no misfit warning: R^2 alone would call this fit good) and the verdict is no reason for the status."""
+    obs = SpectrumObservation()
+    truth_params = {"p_mean": torch.tensor(75.0, dtype=F64), "gain": torch.tensor(0.05, dtype=F64),
+                    "ap_amplitude": torch.tensor(50.0, dtype=F64), "ap_exponent": torch.tensor(1.5, dtype=F64),
+                    "floor": torch.tensor(0.05, dtype=F64)}
+    template = SpectrumData.from_arrays(FREQS, torch.ones(1, FREQS.numel(), dtype=F64), units="uV^2/Hz",
+                                        n_segments=60)
+    truth = obs.predict(truth_params, template).value.reshape(-1)
+    bump = 1.0 + 2.0 * torch.exp(-0.5 * ((FREQS - 21.0) / 1.2) ** 2)
+    verdicts = {}
+    for name, power in (("model", truth), ("bump", truth * bump)):
+        data = SpectrumData.from_arrays(FREQS, _welch_log_noise(power, 60, 1)[None], units="uV^2/Hz", n_segments=60)
+        post = _fit(InverseProblem(obs, None, data))
+        verdicts[name] = post
+        fit_line = next(line for line in repr(post).splitlines() if line.startswith("  fit:"))
+        assert "r2_log_power" in fit_line and post.fit_quality["verdict"] in fit_line
+    m = verdicts["model"].fit_quality
+    assert "within the data's own noise" in m["verdict"], m
+    b = verdicts["bump"].fit_quality
+    assert "misses structure the data resolve" in b["verdict"] and b["misfit_sign"] == 1, b
+    assert b["misfit_from_hz"] <= 21.0 <= b["misfit_to_hz"] and "(beta?; data above" in b["verdict"], b
+    # the verdict alone is no reason for the status (that keeps to the misfit thresholds and the backend's trust)
+    assert all("noise" not in post.status_message for post in verdicts.values())
+    assert b["r2_log_power"] >= 0.9 and not any(w.startswith(MISFIT) for w in verdicts["bump"].warnings), b
+
+
+def test_evoked_verdict_against_the_baseline_noise():
+    """ERP with white noise (SD 0.5 uV) around a +10 uV component at 430 ms: the true waveform is "within the
+    data's own noise" (RMS ratio near 1); a prediction without the component misses it, and the verdict names the
+    interval around 430 ms, data above the model; without a pre-stimulus baseline the noise is unknown."""
+    data = _late_component_erp()
+    wave = 10.0 * torch.exp(-0.5 * ((data.times - 0.43) / 0.06) ** 2)
+    obs = EvokedObservation()
+    m = obs.goodness_of_fit(data, wave[None]).metrics
+    assert "within the data's own noise" in m["verdict"] and 0.7 < m["residual_noise_ratio"] < 1.3, m
+    assert m["noise_sd_baseline"] == pytest.approx(0.5, rel=0.3) and "misfit_from_s" not in m
+    m = obs.goodness_of_fit(data, torch.zeros_like(data.values)).metrics
+    assert m["residual_noise_ratio"] > 3 and m["misfit_sign"] == 1, m
+    assert m["misfit_from_s"] < 0.43 < m["misfit_to_s"] and m["misfit_to_s"] - m["misfit_from_s"] < 0.4, m
+    assert f"most at {1e3 * m['misfit_from_s']:.0f}-{1e3 * m['misfit_to_s']:.0f} ms" in m["verdict"]
+    late = EvokedData.from_arrays(data.times[data.times >= 0], data.values[:, data.times >= 0], units="uV")
+    m = obs.goodness_of_fit(late, torch.zeros_like(late.values)).metrics
+    assert "noise of the average is unknown" in m["verdict"] and "residual_noise_ratio" not in m

@@ -183,3 +183,17 @@ def test_eeglab_erp_band_of_a_failing_gaussian_is_flagged(tmp_path, capsys):
     assert s["status"] == "warning" and "ruled out by the data" in s["status_message"]
     assert any(w.startswith("predictive ruled out by the data") for w in s["warnings"])
     assert bands["resampled"][0] < 3  # the importance-resampled posterior's band is of the data's size
+
+
+@pytest.mark.slow
+def test_eegmat_rest_fit_verdict_reads_out_the_misfit_beyond_r2():
+    """EEGMAT Subject00_1 (O1, O2; the cached Laplace fit): R^2 0.908 meets 0.9, yet the residuals are about
+    5 x the Welch noise (chi-square 4035 over 153 frequencies); the verdict says so and names the broad
+    17-28 Hz bump, data above the model (measured: ratio 5.1, largest run 17.75-28 Hz peaking at 22 Hz)."""
+    post = _fit(0, "laplace")
+    q = post.fit_quality
+    assert q["r2_log_power"] >= 0.9 and not q["residuals_within_noise"], q
+    assert 3.0 < q["residual_noise_ratio"] < 8.0, q
+    assert q["misfit_sign"] == 1 and 13.0 <= q["misfit_peak_hz"] <= 30.0, q
+    assert "misses structure the data resolve" in q["verdict"] and "(beta?; data above the model" in q["verdict"]
+    assert q["verdict"] in next(line for line in repr(post).splitlines() if line.startswith("  fit:"))
