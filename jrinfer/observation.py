@@ -624,6 +624,21 @@ class Observation(abc.ABC):
         """
         return None
 
+    def regimes_by_part(self, params: dict) -> dict[str, torch.Tensor] | None:
+        """Regimes of each part of a joint observation, ``{part: codes}`` (e.g. each condition of a fit of conditions).
+
+        A joint observation whose parts have their own parameter values (and so
+        their own regimes) returns one int64 code tensor (shape ``batch``, into
+        :attr:`REGIMES`) per part; the posterior assembly then reports the
+        regime mix of each part and warns when they differ. The default returns
+        ``None``: one part, classified by :meth:`regimes`.
+        """
+        return None
+
+    def regime_context_by_part(self, data, metrics: dict) -> dict[str, dict]:
+        """:meth:`regime_context` of each part named by :meth:`regimes_by_part` (default: ``{}``)."""
+        return {}
+
     #: What :meth:`effect_parameters` are, in words (for messages).
     EFFECTS: ClassVar[str] = "effects"
 

@@ -291,9 +291,8 @@ class Posterior:
         trust = self._trust_summary()
         if trust:
             lines.append(f"  trust: {trust}")
-        regime = self._regime_summary()
-        if regime:
-            lines.append(f"  regime: {regime}")
+        for part, regime in self._regime_lines():
+            lines.append(f"  regime{f' ({part})' if part else ''}: {regime}")
         flagged = self.non_gaussian_marginals
         lines.append(f"  {'parameter':>16s}  {'mean':>10s}  {'sd':>9s}  {'units':<12s} contraction")
         for n, m, s in zip(self.names, self.mean, self.sd):
@@ -325,15 +324,31 @@ class Posterior:
                 if (k == "verdict" or k.startswith("verdict_")) and isinstance(v, str)}
 
     def _regime_summary(self) -> str:
-        """One line: the posterior's regime mix and the point estimate's regime (empty without regimes)."""
+        """One line: the posterior's regime mix and the point estimate's regime (empty without regimes).
+
+        For a fit of conditions, the conditions' lines joined by `` | ``
+        (``rest: stable 97 %, ...``); :meth:`_regime_lines` gives them one by one.
+        """
+        return " | ".join(f"{part}: {text}" if part else text for part, text in self._regime_lines())
+
+    def _regime_lines(self) -> list[tuple[str, str]]:
+        """``[(part, line)]``: ``("", line)`` for one recording, ``(condition, line)`` per condition of a joint fit."""
         d = self.diagnostics or {}
-        mix = d.get("regime_mix")
-        if not isinstance(mix, dict) or not mix:
-            return ""
-        shares = ", ".join(_percent(k, v["fraction"]) for k, v in mix.items()
-                           if isinstance(v, dict) and v.get("fraction", 0) > 0)
-        point = d.get("regime_point")
-        return f"{shares} of the posterior draws" + (f"; point estimate {point}" if point else "")
+
+        def line(entry) -> str:
+            mix = entry.get("regime_mix")
+            if not isinstance(mix, dict) or not mix:
+                return ""
+            shares = ", ".join(_percent(k, v["fraction"]) for k, v in mix.items()
+                               if isinstance(v, dict) and v.get("fraction", 0) > 0)
+            point = entry.get("regime_point")
+            return f"{shares} of the posterior draws" + (f"; point estimate {point}" if point else "")
+
+        by = d.get("regime_by_condition")
+        if isinstance(by, dict) and by:
+            return [(c, text) for c, e in by.items() if isinstance(e, dict) and (text := line(e))]
+        text = line(d)
+        return [("", text)] if text else []
 
     def _trust_summary(self) -> str:
         """One line of the backend's own reliability figures found in ``diagnostics`` (empty if none)."""

@@ -461,6 +461,10 @@ def _diagnostics(posterior, summary) -> str:
         d.pop("regime_mix")
         d.pop("regime_point", None)
         row("regime mix of the posterior draws", _e(posterior._regime_summary()), _e(d.pop("regime", "")))
+    if isinstance(d.get("regime_by_condition"), dict):
+        by = d.pop("regime_by_condition")
+        for c, text in posterior._regime_lines():
+            row(f"regime mix of the posterior draws, {c}", _e(text), _e((by.get(c) or {}).get("regime", "")))
     eff = d.pop("effects_across_optima", None)
     if isinstance(eff, dict):
         row("effects across the competing optima", "agree" if eff.get("agree") else "differ", _e(eff.get("sentence", "")))
