@@ -378,6 +378,14 @@ def _evoked_verdict(data, y: torch.Tensor, yhat: torch.Tensor, ev: float) -> dic
     return out
 
 
+#: Fraction of its peak deviation from rest above which a simulated evoked response counts as not returned
+#: (:meth:`EvokedObservation._onto_cycle`; :meth:`EvokedObservation.goodness_of_fit` for the fitted response at
+#: the end of the epoch uses :data:`RESPONSE_END_WARN`).
+_NOT_RETURNED = 0.05
+#: The fitted ERP still this fraction of its peak away from its baseline at the end of the epoch: a warning.
+RESPONSE_END_WARN = 0.2
+
+
 def _r2(y: torch.Tensor, yhat: torch.Tensor) -> float:
     """Coefficient of determination of ``yhat`` for ``y`` (all points pooled)."""
     ss_res = float(((y - yhat) ** 2).sum())
@@ -1510,15 +1518,21 @@ class EvokedObservation(_JansenRitObservation):
         v = sim.v - v_rest.unsqueeze(-1)
         v_t = _interp(data.times - t0, sim.time, v)  # (*batch, T)
         switched = self._switched(sim, up, lo, use_upper, valid)
+        cycled = self._onto_cycle(sim, v_rest, use_upper, valid) & ~switched
         reasons = [
             "the input pulse switched the model to its other stable equilibrium (the response does not return to "
             "rest): outside the evoked regime; a smaller input_amplitude or another p_mean keeps it at rest"
-            if bool(sw)
-            else "no stable resting equilibrium (the model oscillates without input)"
-            for sw, ok in zip(switched.reshape(-1).tolist(), valid.reshape(-1).tolist())
-            if sw or not ok
+            if bool(sw) else
+            "the input pulse kicked the model from its low equilibrium (the lower branch) onto the limit cycle that "
+            "coexists with it: it oscillates from then on and the response does not return to rest; outside the "
+            "evoked regime; a smaller input_amplitude, or a p_mean where the high equilibrium is stable, keeps it at "
+            "rest"
+            if bool(cy) else
+            "no stable resting equilibrium (the model oscillates without input)"
+            for sw, cy, ok in zip(switched.reshape(-1).tolist(), cycled.reshape(-1).tolist(), valid.reshape(-1).tolist())
+            if sw or cy or not ok
         ]
-        valid = valid & ~switched
+        valid = valid & ~switched & ~cycled
         n_ch = data.values.shape[0]
         lf = torch.ones(n_ch, dtype=torch.float64) if self.lead_field is None else self.lead_field
         if lf.numel() != n_ch:
@@ -1535,6 +1549,118 @@ class EvokedObservation(_JansenRitObservation):
             x = x + ex(obs["baseline"])
         x = torch.where(valid[..., None, None], x, torch.zeros_like(x))
         return Prediction(x, valid, reasons)
+
+    def _resting_state(self, data: "EvokedData", yhat: torch.Tensor, params: dict,
+                       data_returned: bool = True) -> tuple[dict, list]:
+        """What the fitted population is and does: its resting state, and whether its response returns.
+
+        For one parameter set (the point estimate). Metrics: ``rest_equilibrium``
+        (``"upper"``: the high-activity equilibrium, stable; ``"lower"``: the
+        lower branch, where the upper one is unstable), ``rest_firing_rate``
+        (pyramidal firing ``S(v)`` at rest, pulses/s, of at most ``2 e0``),
+        ``response_return_s`` (time after the stimulus from which the fitted
+        response stays within 5 % of its peak deviation from its baseline; NaN
+        when it does not within the epoch), ``response_end_fraction`` (its
+        largest deviation over the last 10 % of the epoch / its peak) and
+        ``resting_state`` (the same in words). On the lower branch also
+        ``upper_firing_rate`` and ``upper_growth_rate`` (largest real part of
+        the upper equilibrium's eigenvalues, 1/s: how far past its Hopf point).
+
+        Warnings: a point estimate on the lower branch (a near-silent
+        population whose response depends on its starting there: the same
+        parameters sustain a limit cycle, and across the Hopf point the
+        prediction starts from the high equilibrium instead), and a fitted
+        response still more than :data:`RESPONSE_END_WARN` of its peak away
+        from its baseline at the end of the epoch while the data have returned
+        to their pre-stimulus level (``data_returned``; where they have not,
+        the data's own warning says so).
+        """
+        model = {k: torch.as_tensor(v, dtype=torch.float64).detach().reshape(-1)[0]
+                 for k, v in params.items() if k in MODEL_PARAMETERS}
+        model["p_std"] = torch.tensor(0.0, dtype=torch.float64)
+        jr = JansenRit(**model)
+        with torch.no_grad():
+            fp = jr.fixed_points()
+            up, lo = fp.upper(), fp.lower()
+            if not bool(up.stable | lo.stable):
+                return {}, []
+            lower = not bool(up.stable)
+            v_rest = lo.v if lower else up.v
+            rate = float(jr.sigmoid(v_rest))
+            top = 2.0 * float(jr._params["e0"])
+        base = float(torch.as_tensor(params.get("baseline", 0.0), dtype=torch.float64).reshape(-1)[0])
+        dev = (yhat - base).abs().amax(0)  # (T,): largest deviation over channels
+        peak = float(dev.max())
+        t = data.times
+        metrics: dict = {"rest_equilibrium": "lower" if lower else "upper", "rest_firing_rate": rate}
+        warns: list = []
+        ret, end = float("nan"), float("nan")
+        if peak > 0:
+            tail = t >= float(t[-1]) - 0.1 * float(t[-1] - t[0])
+            end = float(dev[tail].max()) / peak
+            above = torch.nonzero(dev > 0.05 * peak).reshape(-1)
+            last = int(above[-1]) if above.numel() else -1
+            if last < t.numel() - 1:
+                ret = float(t[last + 1])
+        metrics.update(response_return_s=ret, response_end_fraction=end)
+        q_rate, q_time = self.input_peak(params["input_amplitude"], params["input_latency"], params["input_width"])
+        q_rate = float(q_rate.reshape(-1)[0])
+        returns = (f"its response returns to rest {1e3 * ret:.0f} ms after the stimulus" if math.isfinite(ret)
+                   else "its response has not returned to rest by the end of the epoch")
+        if lower:
+            growth = float(up.eigenvalues.real.amax(-1))
+            metrics.update(upper_firing_rate=float(jr.sigmoid(up.v)), upper_growth_rate=growth)
+            what = (f"a near-silent population at its low equilibrium (pyramidal firing {rate:.2g} of at most "
+                    f"{top:.0f} pulses/s, against {metrics['upper_firing_rate']:.2g} at its unstable high "
+                    f"equilibrium), beside a limit cycle; the input pulse (peak {q_rate:.3g} pulses/s) does not "
+                    f"switch it onto the cycle, and {returns}")
+            edge = (
+                f" The point estimate sits on that Hopf point (growth rate {growth:.2g} 1/s: within an epoch the high "
+                "equilibrium is as good as neutral), where the prediction jumps from one resting state to the other: "
+                "the optimum is pinned to that edge, not a smooth maximum, and its Gaussian spans both sides."
+                if growth < 1.0 else ""
+            )
+            warns.append(
+                f"the point estimate is on the lower branch: {what}. This response depends on the population resting "
+                "at its low equilibrium: the same parameters sustain an oscillation (a limit cycle around the high "
+                "equilibrium), and a population resting on it would not respond so; and where the high equilibrium "
+                f"is stable (its leading eigenvalue's real part is {growth:.3g} 1/s here, 0 at the Hopf point) the "
+                "prediction starts from that equilibrium instead, so parameter sets on either side predict responses "
+                f"from different resting states (read the regime mix of the posterior draws).{edge} Check the fit "
+                "against one with p_mean or the constants in the evoked regime of the high equilibrium (--prior / "
+                "--fix), or sample the posterior (--backend smc)"
+            )
+        else:
+            what = (f"a population at its high equilibrium (pyramidal firing {rate:.2g} of at most {top:.0f} "
+                    f"pulses/s); {returns}")
+        metrics["resting_state"] = what
+        if math.isfinite(end) and end > RESPONSE_END_WARN and data_returned:
+            warns.append(
+                f"the fitted response is still {100 * end:.0f} % of its peak away from its baseline at the end of "
+                f"the epoch ({returns}): the model rings or drifts past the window, so the fit cannot show that it "
+                "describes a response that ends; extend the epoch (--tmax) or check for a slowly damped fit near a "
+                "Hopf point (the regime line)"
+            )
+        return metrics, warns
+
+    def _onto_cycle(self, sim, v_rest, use_upper, valid) -> torch.Tensor:
+        """Bool ``batch``: started on the lower branch, the run has not come back to rest by its end.
+
+        On the lower branch (upper equilibrium unstable, lower stable: between
+        the first Hopf point and the fold) the resting state coexists with the
+        alpha limit cycle around the upper equilibrium; a strong, long enough
+        pulse carries the state into the cycle's basin and it oscillates for
+        good (with the JR 1995 constants at p_mean = 110: q = 1, w = 20 ms).
+        The lower equilibrium is strongly damped, so a response still more
+        than :data:`_NOT_RETURNED` of its peak away from rest over the last
+        50 ms of the ``settle`` time did not return.
+        """
+        with torch.no_grad():
+            n_tail = max(1, int(round(0.05 / self.dt)))
+            dev = (sim.v.detach() - v_rest.detach().unsqueeze(-1)).abs()
+            peak = dev.amax(-1)
+            tail = dev[..., -n_tail:].amax(-1)
+            return valid & ~use_upper & (peak > 0) & (tail > _NOT_RETURNED * peak)
 
     def _switched(self, sim, up, lo, use_upper, valid) -> torch.Tensor:
         """Bool ``batch``: the run ends nearer the other stable equilibrium than the resting one.
@@ -1662,17 +1788,23 @@ class EvokedObservation(_JansenRitObservation):
         # response of a system at rest (or the epoch is too short).
         pre = data.times < 0
         tail = data.times >= float(data.times[-1]) - 0.1 * float(data.times[-1] - data.times[0])
+        data_returned = True
         if int(pre.sum()) >= 3 and int(tail.sum()) >= 3:
             base, noise = y[c, pre].mean(), y[c, pre].std()
             step = float(y[c, tail].mean() - base)
             metrics["end_offset_from_baseline"] = step
             if abs(step) > max(3.0 * float(noise), 0.2 * float((y[c] - base).abs().max())):
+                data_returned = False
                 warns.append(
                     f"the data end {step:+.3g} {data.units} away from their pre-stimulus level on "
                     f"{data.channel_names[c]}: the response does not return to rest (a slow drift, a sustained "
                     "potential or an epoch that ends too early); the evoked model returns to rest, so detrend, "
                     "baseline-correct or extend the epoch (--tmax)"
                 )
+        if params is not None and all(k in params for k in ("input_amplitude", "input_latency", "input_width")):
+            rest_metrics, rest_warns = self._resting_state(data, yhat, params, data_returned)
+            metrics.update(rest_metrics)
+            warns.extend(rest_warns)
         if params is not None and "input_latency" in params:
             latency = float(torch.as_tensor(params["input_latency"], dtype=torch.float64).reshape(-1)[0])
             if latency < 0.0:

@@ -334,20 +334,24 @@ class Posterior:
     def _regime_lines(self) -> list[tuple[str, str]]:
         """``[(part, line)]``: ``("", line)`` for one recording, ``(condition, line)`` per condition of a joint fit."""
         d = self.diagnostics or {}
+        q = self.fit_quality or {}
 
-        def line(entry) -> str:
+        def line(entry, rest) -> str:
             mix = entry.get("regime_mix")
             if not isinstance(mix, dict) or not mix:
                 return ""
             shares = ", ".join(_percent(k, v["fraction"]) for k, v in mix.items()
                                if isinstance(v, dict) and v.get("fraction", 0) > 0)
             point = entry.get("regime_point")
-            return f"{shares} of the posterior draws" + (f"; point estimate {point}" if point else "")
+            # what the fitted population is doing (ERPs: its resting state and whether its response returns)
+            rest = f": {rest}" if isinstance(rest, str) and rest else ""
+            return f"{shares} of the posterior draws" + (f"; point estimate {point}{rest}" if point else "")
 
         by = d.get("regime_by_condition")
         if isinstance(by, dict) and by:
-            return [(c, text) for c, e in by.items() if isinstance(e, dict) and (text := line(e))]
-        text = line(d)
+            return [(c, text) for c, e in by.items()
+                    if isinstance(e, dict) and (text := line(e, q.get(f"resting_state_{c}")))]
+        text = line(d, q.get("resting_state"))
         return [("", text)] if text else []
 
     def _trust_summary(self) -> str:

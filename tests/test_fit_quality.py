@@ -390,3 +390,69 @@ def test_evoked_verdict_against_the_baseline_noise():
     late = EvokedData.from_arrays(data.times[data.times >= 0], data.values[:, data.times >= 0], units="uV")
     m = obs.goodness_of_fit(late, torch.zeros_like(late.values)).metrics
     assert "noise of the average is unknown" in m["verdict"] and "residual_noise_ratio" not in m
+
+
+# ------------------------------------------------------- ERPs on the lower branch (issue 11, item 3)
+def _pulse_params(p_mean, q, width=0.02, latency=0.01):
+    t = lambda x: torch.as_tensor(x, dtype=F64)  # noqa: E731
+    return {"p_mean": t(p_mean), "input_amplitude": t(q), "input_latency": t(latency), "input_width": t(width),
+            "gain": t(1.0), "baseline": t(0.0)}
+
+
+def test_a_pulse_that_kicks_the_lower_branch_onto_the_limit_cycle_is_invalid_with_a_reason():
+    """JR 1995 constants at p_mean 110 (between the first Hopf point 89.83 and the fold 113.59: the lower branch,
+    with the limit cycle beside it): a weak pulse (q 0.01, w 20 ms, peak 7.5 pulses/s) returns to rest; a strong one
+    (q 1, peak 751 pulses/s) carries the state onto the cycle, where it oscillates for good (measured: 2.2 mV
+    peak-to-peak 2.5-3 s later). The first is a valid prediction, the second is not, with its reason."""
+    from jrinfer import JansenRit
+
+    data = _evoked_template()
+    assert int(JansenRit(p_mean=110.0).regimes()) == 2  # lower_branch
+    pred = EvokedObservation().predict(_pulse_params(110.0, [0.01, 1.0]), data)
+    assert pred.valid.tolist() == [True, False]
+    assert len(pred.reasons) == 1 and "onto the limit cycle" in pred.reasons[0], pred.reasons
+    # the weak response has returned to rest by the end of the epoch
+    v = pred.value[0, 0]
+    assert float(v[-10:].abs().max()) < 0.05 * float(v.abs().max())
+
+
+@pytest.mark.parametrize("p_mean, rest", [(60.0, "upper"), (100.0, "lower")])
+def test_the_fit_says_where_the_population_rests_and_warns_on_the_lower_branch(p_mean, rest):
+    """A point estimate at p_mean 60 (upper equilibrium stable) rests at the high equilibrium; at 100 (lower branch)
+    at the low one, a near-silent population: S(v_lower) = 0.38 pulses/s (computed here from the equilibrium), and
+    the fit warns that the response depends on that resting state; the first gets no such warning."""
+    from jrinfer import JansenRit
+
+    data = _evoked_template(-0.1, 0.5)
+    obs = EvokedObservation()
+    params = _pulse_params(p_mean, 0.03, width=0.005)
+    pred = obs.predict(params, data)
+    assert bool(pred.valid)
+    fq = obs.goodness_of_fit(data, pred.value.reshape(1, -1) + 0.01 * data.values, params)
+    m = fq.metrics
+    fp = JansenRit(p_mean=p_mean).fixed_points()
+    v = float((fp.lower() if rest == "lower" else fp.upper()).v)
+    assert m["rest_equilibrium"] == rest
+    assert m["rest_firing_rate"] == pytest.approx(5.0 / (1.0 + math.exp(0.56 * (6.0 - v))), rel=1e-9)
+    lower = [w for w in fq.warnings if w.startswith("the point estimate is on the lower branch")]
+    if rest == "lower":  # the low equilibrium is strongly damped: back at rest well within the epoch
+        assert 0.0 < m["response_return_s"] < 0.4 and m["response_end_fraction"] < 0.05, m
+        assert m["rest_firing_rate"] < 1.0 and m["upper_growth_rate"] > 0, m
+        assert len(lower) == 1 and "near-silent population" in lower[0] and "does not switch it" in lower[0]
+        assert "near-silent population" in m["resting_state"]
+    else:
+        assert not lower and m["rest_firing_rate"] > 1.0 and "high equilibrium" in m["resting_state"], m
+
+
+def test_a_fitted_response_that_outlasts_the_epoch_is_warned():
+    """A lower-branch response (p_mean 100, pulse peaking at 10 + 7 x 5 ms) in an epoch ending at 60 ms has not
+    returned at its end while the data (noise) have: warned; in a 500 ms epoch it has returned: silent."""
+    obs = EvokedObservation()
+    params = _pulse_params(100.0, 0.03, width=0.005)
+    for t1, warned in ((0.06, True), (0.5, False)):
+        data = _evoked_template(-0.1, t1)
+        pred = obs.predict(params, data)
+        data = data if warned else EvokedData.from_arrays(data.times, pred.value.reshape(1, -1), units="uV")
+        fq = obs.goodness_of_fit(data, pred.value.reshape(1, -1), params)
+        said = [w for w in fq.warnings if "end of the epoch" in w and w.startswith("the fitted response is still")]
+        assert bool(said) == warned, (t1, fq.metrics, fq.warnings)
