@@ -677,7 +677,11 @@ class Observation(abc.ABC):
             the others), ``suggested`` (the regime the data point to, or
             absent), ``why`` (the evidence, in words) and ``advice_suggested``
             (what to try when the posterior is elsewhere; never this
-            observation's own method). The default: ``{}``.
+            observation's own method), ``starts`` (``{regime: words}``: the
+            state a prediction starts from in each regime, where it differs
+            between regimes; a posterior with more than 10 % of its draws in
+            each of two regimes that start differently is warned about).
+            The default: ``{}``.
         """
         return {}
 
@@ -1435,7 +1439,10 @@ class EvokedObservation(_JansenRitObservation):
         equilibrium (the "ERP" would end as a permanent step) are invalid,
         with a reason, like an oscillating resting state: an evoked response
         returns to rest by definition, and predictive summaries never average
-        across the two regimes.
+        across the two regimes. So are parameter sets on the lower branch
+        (upper equilibrium unstable) whose pulse carries the state onto the
+        coexisting limit cycle (still more than 5 % of its peak away from
+        rest at the end of ``settle``).
     """
 
     data_type = EvokedData
@@ -1559,7 +1566,7 @@ class EvokedObservation(_JansenRitObservation):
         lower branch, where the upper one is unstable), ``rest_firing_rate``
         (pyramidal firing ``S(v)`` at rest, pulses/s, of at most ``2 e0``),
         ``response_return_s`` (time after the stimulus from which the fitted
-        response stays within 5 % of its peak deviation from its baseline; NaN
+        response stays within 5 % of its peak deviation from its baseline; None
         when it does not within the epoch), ``response_end_fraction`` (its
         largest deviation over the last 10 % of the epoch / its peak) and
         ``resting_state`` (the same in words). On the lower branch also
@@ -1594,7 +1601,7 @@ class EvokedObservation(_JansenRitObservation):
         t = data.times
         metrics: dict = {"rest_equilibrium": "lower" if lower else "upper", "rest_firing_rate": rate}
         warns: list = []
-        ret, end = float("nan"), float("nan")
+        ret, end = None, None
         if peak > 0:
             tail = t >= float(t[-1]) - 0.1 * float(t[-1] - t[0])
             end = float(dev[tail].max()) / peak
@@ -1605,7 +1612,7 @@ class EvokedObservation(_JansenRitObservation):
         metrics.update(response_return_s=ret, response_end_fraction=end)
         q_rate, q_time = self.input_peak(params["input_amplitude"], params["input_latency"], params["input_width"])
         q_rate = float(q_rate.reshape(-1)[0])
-        returns = (f"its response returns to rest {1e3 * ret:.0f} ms after the stimulus" if math.isfinite(ret)
+        returns = (f"its response returns to rest {1e3 * ret:.0f} ms after the stimulus" if ret is not None
                    else "its response has not returned to rest by the end of the epoch")
         if lower:
             growth = float(up.eigenvalues.real.amax(-1))
@@ -1634,7 +1641,7 @@ class EvokedObservation(_JansenRitObservation):
             what = (f"a population at its high equilibrium (pyramidal firing {rate:.2g} of at most {top:.0f} "
                     f"pulses/s); {returns}")
         metrics["resting_state"] = what
-        if math.isfinite(end) and end > RESPONSE_END_WARN and data_returned:
+        if end is not None and end > RESPONSE_END_WARN and data_returned:
             warns.append(
                 f"the fitted response is still {100 * end:.0f} % of its peak away from its baseline at the end of "
                 f"the epoch ({returns}): the model rings or drifts past the window, so the fit cannot show that it "
@@ -1704,6 +1711,18 @@ class EvokedObservation(_JansenRitObservation):
 
     def observed_data(self, data: "EvokedData") -> ObservedData:
         return ObservedData(data.values, "time", data.times, "s", tuple(data.channel_names), data.units)
+
+    def regime_context(self, data, metrics: dict) -> dict:
+        """Regimes for an ERP fit (see :meth:`Observation.regime_context`).
+
+        Every regime with a stable equilibrium is predicted, but the response
+        starts from the high (upper) equilibrium in the ``stable`` regime and
+        from the low one on the ``lower_branch``: ``starts`` says so, so that
+        a posterior spread over both is warned about (its predictive mixes
+        responses from two resting states).
+        """
+        return {"method": "evoked response",
+                "starts": {"stable": "the high equilibrium", "lower_branch": "the low equilibrium (near-silent)"}}
 
     def input_peak(self, input_amplitude, input_latency, input_width) -> tuple[torch.Tensor, torch.Tensor]:
         """Peak rate and time of the input pulse: what ``input_amplitude`` means in pulses/s.

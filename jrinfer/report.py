@@ -363,6 +363,15 @@ _QUALITY_LABELS = {
                                                                         "residuals are noise"),
     "residuals_within_noise": ("residuals within the Welch noise", "chi-square test at 0.001: a low R² is then the "
                                                                    "data's noise, not a misfit"),
+    "resting_state": ("resting state of the point estimate", "where the fitted population rests and whether its "
+                                                              "response returns"),
+    "rest_equilibrium": ("resting equilibrium", "upper: the high equilibrium (stable); lower: the lower branch"),
+    "rest_firing_rate": ("pyramidal firing at rest (pulses/s)", "S(v) at the resting equilibrium, at most 2 e0"),
+    "upper_firing_rate": ("firing at the unstable high equilibrium (pulses/s)", "lower branch only"),
+    "upper_growth_rate": ("growth rate of the high equilibrium (1/s)", "largest real part of its eigenvalues; near 0: "
+                                                                       "at its Hopf point"),
+    "response_return_s": ("response back at rest from (s)", "within 5 % of its peak from then on; — : not in the epoch"),
+    "response_end_fraction": ("fitted response at the epoch's end / its peak", "above 0.2: it outlasts the epoch"),
     "verdict": ("fit verdict", "the residuals against the data's own noise, and where the misfit is largest"),
     "residual_noise_ratio": ("RMS residual / noise sd of the data", "about 1 when the residuals are the data's "
                                                                     "noise (spectra: Welch; ERPs: pre-stimulus)"),

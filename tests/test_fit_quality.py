@@ -456,3 +456,29 @@ def test_a_fitted_response_that_outlasts_the_epoch_is_warned():
         fq = obs.goodness_of_fit(data, pred.value.reshape(1, -1), params)
         said = [w for w in fq.warnings if "end of the epoch" in w and w.startswith("the fitted response is still")]
         assert bool(said) == warned, (t1, fq.metrics, fq.warnings)
+
+
+@pytest.mark.parametrize("p_values, warned", [((60.0, 70.0), False), ((70.0, 100.0), True)])
+def test_an_erp_posterior_across_the_hopf_point_is_warned(p_values, warned):
+    """Draws of p_mean half at each of two values (JR 1995 constants; assembled, no fit): 60 and 70 both start the
+    response from the high equilibrium (stable), silent; 70 and 100 start it from the high and the low (lower
+    branch) equilibrium: the predictive mixes two resting states, warned, naming both shares."""
+    from jrinfer.backends._assembly import assemble_posterior
+
+    data = _late_component_erp()
+    obs = EvokedObservation()
+    spec = obs.default_prior(data, free=("A",))
+    spec["distributions"]["p_mean"] = {"dist": "lognormal", "median": 70.0, "sd_log": 0.3}
+    spec["fixed"].pop("p_mean")
+    problem = InverseProblem(obs, spec, data)
+    point = {"A": 3.25, "p_mean": p_values[0], "input_amplitude": 0.03, "input_latency": 0.3, "input_width": 0.01,
+             "gain": 1.0, "baseline": 0.0, "log_precision": 0.0}
+    theta = torch.tensor([point[n] for n in problem.names], dtype=F64)
+    draws = theta.repeat(40, 1)
+    draws[20:, problem.names.index("p_mean")] = p_values[1]
+    post = assemble_posterior(problem, draws[None].numpy(), backend="laplace", status="converged",
+                              point=theta.numpy(), n_predictive=40, n_prior=0)
+    said = [w for w in post.warnings if "start their evoked response from different resting states" in w]
+    assert bool(said) == warned, post.warnings
+    if warned:
+        assert "50 % in stable, from the high equilibrium" in said[0] and "50 % in lower_branch" in said[0]

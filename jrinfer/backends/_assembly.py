@@ -243,6 +243,17 @@ def _regime_warnings(mix: dict, point_regime, context: dict, backend: str, diagn
                 f"{context.get('advice_describes', 'use an observation that describes them')}; or "
                 f"{_alternatives(backend, diagnostics)}"
             )
+    starts = context.get("starts") or {}
+    spread = {k: mix[k]["fraction"] for k in starts if k in mix and mix[k]["fraction"] > INVALID_FRACTION_WARN}
+    if len({starts[k] for k in spread}) > 1:
+        each = "; ".join(f"{100 * f:.0f} % in {k}, from {starts[k]}" for k, f in spread.items())
+        warns.append(
+            f"the posterior's draws start their {context.get('method', 'prediction')} from different resting states "
+            f"({each}{at}): across the boundary between these regimes (a Hopf point of the high equilibrium) the "
+            "prediction jumps from one to the other, so the posterior predictive mixes responses of differently "
+            "resting populations and the Gaussian's summary spans a discontinuity; sample the posterior (nuts, smc) "
+            "or keep the prior inside one regime (--prior / --fix)"
+        )
     suggested = context.get("suggested")
     if suggested in mix:
         share = mix[suggested]["fraction"]
