@@ -1635,7 +1635,7 @@ class EvokedObservation(_JansenRitObservation):
                 "prediction starts from that equilibrium instead, so parameter sets on either side predict responses "
                 f"from different resting states (read the regime mix of the posterior draws).{edge} Check the fit "
                 "against one with p_mean or the constants in the evoked regime of the high equilibrium (--prior / "
-                "--fix), or sample the posterior (--backend smc)"
+                "--fix)"
             )
         else:
             what = (f"a population at its high equilibrium (pyramidal firing {rate:.2g} of at most {top:.0f} "

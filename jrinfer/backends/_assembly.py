@@ -251,8 +251,8 @@ def _regime_warnings(mix: dict, point_regime, context: dict, backend: str, diagn
             f"the posterior's draws start their {context.get('method', 'prediction')} from different resting states "
             f"({each}{at}): across the boundary between these regimes (a Hopf point of the high equilibrium) the "
             "prediction jumps from one to the other, so the posterior predictive mixes responses of differently "
-            "resting populations and the Gaussian's summary spans a discontinuity; sample the posterior (nuts, smc) "
-            "or keep the prior inside one regime (--prior / --fix)"
+            "resting populations and a Gaussian summary spans a discontinuity; keep the prior inside one regime "
+            f"(--prior / --fix), or use {_alternatives(backend, diagnostics, hopf=False)}"
         )
     suggested = context.get("suggested")
     if suggested in mix:
