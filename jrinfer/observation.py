@@ -252,7 +252,7 @@ def _same_sign_runs(x: torch.Tensor, r: torch.Tensor, sd: float, smooth: int) ->
         rs = torch.nn.functional.avg_pool1d(pad, k, stride=1).reshape(-1)
     else:
         rs = r
-    sign = torch.sign(rs)
+    sign = torch.sign(rs).tolist()
     runs, start = [], 0
     for i in range(1, n + 1):
         if i == n or sign[i] != sign[start]:
