@@ -121,7 +121,11 @@ class Posterior:
         pointwise median over valid posterior draws).
     fit_quality : dict
         Goodness of fit (e.g. ``r2_log_power``, peak frequencies; for ERPs
-        ``explained_variance`` and peak latencies).
+        ``explained_variance``, peak latencies and the resting state of the
+        point estimate), JSON-ready, with ``verdict`` (``verdict_<condition>``
+        for a fit of conditions): one line on whether the residuals are within
+        the data's own noise, by what factor (``residual_noise_ratio``) and
+        where the misfit is largest (:attr:`fit_verdicts`).
     contraction : dict
         Per parameter ``1 - var_post / var_prior`` in unconstrained
         coordinates; below :data:`CONTRACTION_UNINFORMED` the data did not
