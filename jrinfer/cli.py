@@ -691,6 +691,8 @@ def _condition_summary(summary: dict, posterior, problem) -> list[str]:
         "(Friston & Penny 2011); P(difference) with equal prior odds",
         "no_difference": joint,
         "effects": effects,
+        # each condition's regime mix, dominant regime and point-estimate regime (as diagnostics["regime_by_condition"])
+        "regimes": posterior.diagnostics.get("regime_by_condition"),
         "warnings": warns,
     }
     return format_effects(effects, obs.reference, joint) + [f"    WARNING: {w}" for w in warns]

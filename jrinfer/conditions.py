@@ -503,6 +503,38 @@ class ConditionObservation(Observation):
                 units[key] = all_units.get(key, "")
         return {"distributions": dists, "fixed": fixed, "units": units}
 
+    # ---------------------------------------------------------- regimes
+    @property
+    def REGIMES(self) -> tuple[str, ...]:  # noqa: N802 (the Observation attribute, from the base)
+        """The base observation's regime names: each condition is classified by them."""
+        return tuple(getattr(self.base, "REGIMES", ()) or ())
+
+    def regimes(self, params: dict) -> None:
+        """None: the conditions have their own parameter values, so there is no one regime (see :meth:`regimes_by_part`)."""
+        return None
+
+    def regimes_by_part(self, params: dict) -> dict[str, torch.Tensor] | None:
+        """Each condition's regime: the base's :meth:`~jrinfer.observation.Observation.regimes` of its parameters.
+
+        Returns ``{condition: int64 codes (batch)}`` into :attr:`REGIMES`, or
+        None when the base observation has no regimes.
+        """
+        out = {}
+        for c in self.conditions:
+            codes = self.base.regimes(self.condition_parameters(params, c))
+            if codes is None:
+                return None
+            out[c] = codes
+        return out
+
+    def regime_context_by_part(self, data, metrics: dict) -> dict[str, dict]:
+        """The base's regime context of each condition, from that condition's fit-quality metrics."""
+        out = {}
+        for c in self.conditions:
+            own = {k[: -len(c) - 1]: v for k, v in metrics.items() if k.endswith(f"_{c}")}
+            out[c] = self.base.regime_context(data[c], own) or {}
+        return out
+
     # ---------------------------------------------------------- quality
     def goodness_of_fit(self, data, predicted: torch.Tensor, params: dict | None = None) -> FitQuality:
         """The base's fit quality per condition: metrics ``<metric>_<condition>``, warnings prefixed."""

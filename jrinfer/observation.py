@@ -217,6 +217,175 @@ def _welch_noise(y: torch.Tensor, yhat: torch.Tensor, n_segments) -> dict:
     }
 
 
+#: Classical EEG bands (Hz) used to name where a spectrum's systematic misfit lies.
+EEG_BANDS_HZ = (("delta", 0.0, 4.0), ("theta", 4.0, 8.0), ("alpha", 8.0, 13.0), ("beta", 13.0, 30.0),
+                ("gamma", 30.0, float("inf")))
+#: A run of same-sign residuals is named as systematic misfit when its summed residual exceeds this many noise
+#: SDs of a sum of independent residuals (``|sum r| / (sd sqrt(n))``; neighbouring Welch bins are correlated
+#: through the window, so the threshold is well above what noise reaches).
+MISFIT_RUN_Z = 5.0
+#: An ERP's residuals are "within the noise" when their RMS is at most this multiple of the noise SD of the
+#: average estimated from its pre-stimulus baseline (the noise of an average is autocorrelated, so a chi-square
+#: test over samples would overstate the evidence; the ratio itself is the figure reported).
+ERP_NOISE_RATIO_OK = 1.5
+
+
+def _same_sign_runs(x: torch.Tensor, r: torch.Tensor, sd: float, smooth: int) -> list[dict]:
+    """Runs of same-sign residuals, largest first: where a prediction misses the data systematically.
+
+    ``r`` (shape ``(N,)``) is the residual data - model on the grid ``x``;
+    its sign is read after a centred moving average over ``smooth`` points
+    (so that single noisy points do not split a run). Each run is scored by
+    ``|sum r| / (sd sqrt(n))``: its summed residual in SDs of a sum of ``n``
+    independent residuals of SD ``sd``. Returns dicts ``from``, ``to``
+    (grid values), ``n``, ``peak`` (where the smoothed residual is largest),
+    ``mean`` (mean residual), ``sign`` (+1: data above
+    the model) and ``z``, sorted by ``z`` descending.
+    """
+    r = r.detach().reshape(-1).double()
+    n = int(r.numel())
+    if n == 0 or not sd > 0:
+        return []
+    k = max(1, int(smooth)) | 1  # odd
+    if k > 1 and n >= k:
+        pad = torch.nn.functional.pad(r[None, None], (k // 2, k // 2), mode="replicate")
+        rs = torch.nn.functional.avg_pool1d(pad, k, stride=1).reshape(-1)
+    else:
+        rs = r
+    sign = torch.sign(rs).tolist()
+    runs, start = [], 0
+    for i in range(1, n + 1):
+        if i == n or sign[i] != sign[start]:
+            if sign[start] != 0:
+                seg = r[start:i]
+                total = float(seg.sum())
+                peak = start + int(rs[start:i].abs().argmax())
+                runs.append({"from": float(x[start]), "to": float(x[i - 1]), "n": i - start, "peak": float(x[peak]),
+                             "mean": total / (i - start), "sign": 1 if sign[start] > 0 else -1,
+                             "z": abs(total) / (sd * math.sqrt(i - start))})
+            start = i
+    return sorted(runs, key=lambda d: -d["z"])
+
+
+def _band_name(f: float) -> str:
+    """The classical EEG band (:data:`EEG_BANDS_HZ`) frequency ``f`` (Hz) lies in."""
+    return next(name for name, a, b in EEG_BANDS_HZ if a <= f < b)
+
+
+def _where_spectrum(run: dict) -> str:
+    """``"18-27.5 Hz, largest at 22 Hz (beta?; data above the model: the model lacks power there, ...)"``."""
+    side = ("data above the model: the model lacks power there" if run["sign"] > 0
+            else "data below the model: the model has too much power there")
+    return (f"{run['from']:.3g}-{run['to']:.3g} Hz, largest at {run['peak']:.3g} Hz ({_band_name(run['peak'])}?; "
+            f"{side}, by a factor {math.exp(abs(run['mean'])):.2g} on average)")
+
+
+def _spectrum_verdict(f: torch.Tensor, y: torch.Tensor, yhat: torch.Tensor, r2: float, noise: dict,
+                      n_segments) -> dict:
+    """One plain-language line on how well a spectrum fits, beyond R² (see ``goodness_of_fit``).
+
+    Returns metrics ``verdict`` (str), and where the Welch noise is known
+    ``residual_noise_ratio`` (RMS residual / Welch noise SD); where a run of
+    same-sign residuals is systematic (:data:`MISFIT_RUN_Z`) also
+    ``misfit_from_hz``, ``misfit_to_hz``, ``misfit_peak_hz`` and
+    ``misfit_sign`` (+1: data above the model) of the largest; its band is
+    named by :data:`EEG_BANDS_HZ` at the peak, with a question mark (a
+    frequency range is not a rhythm).
+    """
+    out: dict = {}
+    rms = float((y - yhat).pow(2).mean().sqrt())
+    meets = f"R^2 {r2:.3f} {'meets' if r2 >= R2_WARN else 'is below'} {R2_WARN:g}"
+    df = float((f[-1] - f[0]) / max(f.numel() - 1, 1)) if f.numel() > 1 else 1.0
+    smooth = max(1, int(round(1.0 / df))) if df > 0 else 1
+    sd = noise.get("noise_sd_welch")
+    if sd is None:
+        runs = [d for d in _same_sign_runs(f, y - yhat, rms, smooth) if d["n"] >= 3]
+        where = f"; the largest run of same-sign residuals is at {_where_spectrum(runs[0])}" if runs else ""
+        out["verdict"] = (f"{meets}; the data's own noise is unknown (the number of averaged Welch segments is not "
+                          f"given), so whether the residuals are noise or misfit cannot be told{where}")
+        return out
+    ratio = rms / sd
+    out["residual_noise_ratio"] = ratio
+    if noise.get("residuals_within_noise"):
+        out["verdict"] = (f"{meets}, and the residuals are within the data's own noise (RMS {ratio:.2g} x the SD of "
+                          f"a Welch estimate from {n_segments} segments): the model describes what these data resolve")
+        return out
+    runs = [d for d in _same_sign_runs(f, y - yhat, sd, smooth) if d["z"] > MISFIT_RUN_Z]
+    if runs:
+        top = runs[0]
+        out.update(misfit_from_hz=top["from"], misfit_to_hz=top["to"], misfit_peak_hz=top["peak"],
+                   misfit_sign=top["sign"])
+        where = f", most at {_where_spectrum(top)}"
+        if len(runs) > 1 and runs[1]["z"] >= 0.5 * top["z"]:
+            where += f", then at {_where_spectrum(runs[1])}"
+    else:
+        where = ", spread over the range with no band standing out"
+    out["verdict"] = (f"{meets}{', but' if r2 >= R2_WARN else ', and'} the residuals are {ratio:.2g} x the Welch noise "
+                      f"SD ({n_segments} segments): the model misses structure the data resolve{where}")
+    return out
+
+
+def _evoked_verdict(data, y: torch.Tensor, yhat: torch.Tensor, ev: float) -> dict:
+    """One plain-language line on how well an ERP fits, beyond the explained variance.
+
+    The noise of the averaged potentials is estimated from their pre-stimulus
+    baseline (times < 0, at least 10 samples): the SD about each channel's
+    baseline mean, pooled over channels; for an average of ``n`` trials this
+    is the across-trial SD / sqrt(n) where the noise is stationary. Returns
+    metrics ``verdict`` and, with a baseline, ``noise_sd_baseline`` (data
+    units), ``residual_noise_ratio`` (RMS residual over the epoch / that
+    SD; within :data:`ERP_NOISE_RATIO_OK` counts as within the noise) and,
+    for a systematic run of same-sign residuals (:data:`MISFIT_RUN_Z`),
+    ``misfit_from_s``, ``misfit_to_s``, ``misfit_sign`` and ``misfit_channel``.
+    """
+    out: dict = {}
+    r = y - yhat
+    rms = float(r.pow(2).mean().sqrt())
+    meets = (f"explained variance {100 * ev:.0f} % "
+             f"{'meets' if ev >= EXPLAINED_VARIANCE_WARN else 'is below'} {100 * EXPLAINED_VARIANCE_WARN:.0f} %")
+    pre = data.times < 0
+    if int(pre.sum()) < 10:
+        out["verdict"] = (f"{meets}; the noise of the average is unknown (fewer than 10 pre-stimulus samples to "
+                          "estimate it from), so whether the residuals are noise or misfit cannot be told")
+        return out
+    sd = float(y[:, pre].var(-1).mean().sqrt())
+    if not sd > 0:
+        out["verdict"] = f"{meets}; the pre-stimulus baseline is flat, so the noise of the average is unknown"
+        return out
+    ratio = rms / sd
+    n = data.n_averaged
+    of = f"the noise SD of the average ({n} trials)" if n else "the noise SD of the average"
+    out.update(noise_sd_baseline=sd, residual_noise_ratio=ratio)
+    if ratio <= ERP_NOISE_RATIO_OK:
+        out["verdict"] = (f"{meets}, and the residuals are within the data's own noise (RMS {ratio:.2g} x {of}, from "
+                          "its pre-stimulus baseline): the model describes what these data resolve")
+        return out
+    dt = float((data.times[-1] - data.times[0]) / max(data.times.numel() - 1, 1))
+    smooth = max(1, int(round(0.01 / dt))) if dt > 0 else 1
+    c = int(r.pow(2).sum(-1).argmax())
+    runs = [d for d in _same_sign_runs(data.times, r[c], sd, smooth) if d["z"] > MISFIT_RUN_Z]
+    if runs:
+        top = runs[0]
+        out.update(misfit_from_s=top["from"], misfit_to_s=top["to"], misfit_sign=top["sign"],
+                   misfit_channel=str(data.channel_names[c]))
+        side = "data above the model" if top["sign"] > 0 else "data below the model"
+        where = (f", most at {1e3 * top['from']:.0f}-{1e3 * top['to']:.0f} ms on {data.channel_names[c]} ({side}, "
+                 f"by {abs(top['mean']):.2g} {data.units} on average)")
+    else:
+        where = ", spread over the epoch with no interval standing out"
+    out["verdict"] = (f"{meets}{', but' if ev >= EXPLAINED_VARIANCE_WARN else ', and'} the residuals are {ratio:.2g} x "
+                      f"{of}, from its pre-stimulus baseline: the model misses structure the data resolve{where}")
+    return out
+
+
+#: Fraction of its peak deviation from rest above which a simulated evoked response counts as not returned
+#: (:meth:`EvokedObservation._onto_cycle`; :meth:`EvokedObservation.goodness_of_fit` for the fitted response at
+#: the end of the epoch uses :data:`RESPONSE_END_WARN`).
+_NOT_RETURNED = 0.05
+#: The fitted ERP still this fraction of its peak away from its baseline at the end of the epoch: a warning.
+RESPONSE_END_WARN = 0.2
+
+
 def _r2(y: torch.Tensor, yhat: torch.Tensor) -> float:
     """Coefficient of determination of ``yhat`` for ``y`` (all points pooled)."""
     ss_res = float(((y - yhat) ** 2).sum())
@@ -463,6 +632,21 @@ class Observation(abc.ABC):
         """
         return None
 
+    def regimes_by_part(self, params: dict) -> dict[str, torch.Tensor] | None:
+        """Regimes of each part of a joint observation, ``{part: codes}`` (e.g. each condition of a fit of conditions).
+
+        A joint observation whose parts have their own parameter values (and so
+        their own regimes) returns one int64 code tensor (shape ``batch``, into
+        :attr:`REGIMES`) per part; the posterior assembly then reports the
+        regime mix of each part and warns when they differ. The default returns
+        ``None``: one part, classified by :meth:`regimes`.
+        """
+        return None
+
+    def regime_context_by_part(self, data, metrics: dict) -> dict[str, dict]:
+        """:meth:`regime_context` of each part named by :meth:`regimes_by_part` (default: ``{}``)."""
+        return {}
+
     #: What :meth:`effect_parameters` are, in words (for messages).
     EFFECTS: ClassVar[str] = "effects"
 
@@ -493,7 +677,11 @@ class Observation(abc.ABC):
             the others), ``suggested`` (the regime the data point to, or
             absent), ``why`` (the evidence, in words) and ``advice_suggested``
             (what to try when the posterior is elsewhere; never this
-            observation's own method). The default: ``{}``.
+            observation's own method), ``starts`` (``{regime: words}``: the
+            state a prediction starts from in each regime, where it differs
+            between regimes; a posterior with more than 10 % of its draws in
+            each of two regimes that start differently is warned about).
+            The default: ``{}``.
         """
         return {}
 
@@ -1056,6 +1244,7 @@ class SpectrumObservation(_JansenRitObservation):
         metrics["residual_rms_log_power"] = float((y - yhat).pow(2).mean().sqrt())
         noise = _welch_noise(y, yhat, data.n_segments)
         metrics.update(noise)
+        metrics.update(_spectrum_verdict(f, y, yhat, r2, noise, data.n_segments))
         if not r2 >= R2_WARN and noise.get("residuals_within_noise"):
             warns.append(
                 f"R^2 of log-power = {r2:.3f} is limited by the noise, not a misfit: the residuals are within the "
@@ -1250,7 +1439,10 @@ class EvokedObservation(_JansenRitObservation):
         equilibrium (the "ERP" would end as a permanent step) are invalid,
         with a reason, like an oscillating resting state: an evoked response
         returns to rest by definition, and predictive summaries never average
-        across the two regimes.
+        across the two regimes. So are parameter sets on the lower branch
+        (upper equilibrium unstable) whose pulse carries the state onto the
+        coexisting limit cycle (still more than 5 % of its peak away from
+        rest at the end of ``settle``).
     """
 
     data_type = EvokedData
@@ -1333,15 +1525,21 @@ class EvokedObservation(_JansenRitObservation):
         v = sim.v - v_rest.unsqueeze(-1)
         v_t = _interp(data.times - t0, sim.time, v)  # (*batch, T)
         switched = self._switched(sim, up, lo, use_upper, valid)
+        cycled = self._onto_cycle(sim, v_rest, use_upper, valid) & ~switched
         reasons = [
             "the input pulse switched the model to its other stable equilibrium (the response does not return to "
             "rest): outside the evoked regime; a smaller input_amplitude or another p_mean keeps it at rest"
-            if bool(sw)
-            else "no stable resting equilibrium (the model oscillates without input)"
-            for sw, ok in zip(switched.reshape(-1).tolist(), valid.reshape(-1).tolist())
-            if sw or not ok
+            if bool(sw) else
+            "the input pulse kicked the model from its low equilibrium (the lower branch) onto the limit cycle that "
+            "coexists with it: it oscillates from then on and the response does not return to rest; outside the "
+            "evoked regime; a smaller input_amplitude, or a p_mean where the high equilibrium is stable, keeps it at "
+            "rest"
+            if bool(cy) else
+            "no stable resting equilibrium (the model oscillates without input)"
+            for sw, cy, ok in zip(switched.reshape(-1).tolist(), cycled.reshape(-1).tolist(), valid.reshape(-1).tolist())
+            if sw or cy or not ok
         ]
-        valid = valid & ~switched
+        valid = valid & ~switched & ~cycled
         n_ch = data.values.shape[0]
         lf = torch.ones(n_ch, dtype=torch.float64) if self.lead_field is None else self.lead_field
         if lf.numel() != n_ch:
@@ -1358,6 +1556,118 @@ class EvokedObservation(_JansenRitObservation):
             x = x + ex(obs["baseline"])
         x = torch.where(valid[..., None, None], x, torch.zeros_like(x))
         return Prediction(x, valid, reasons)
+
+    def _resting_state(self, data: "EvokedData", yhat: torch.Tensor, params: dict,
+                       data_returned: bool = True) -> tuple[dict, list]:
+        """What the fitted population is and does: its resting state, and whether its response returns.
+
+        For one parameter set (the point estimate). Metrics: ``rest_equilibrium``
+        (``"upper"``: the high-activity equilibrium, stable; ``"lower"``: the
+        lower branch, where the upper one is unstable), ``rest_firing_rate``
+        (pyramidal firing ``S(v)`` at rest, pulses/s, of at most ``2 e0``),
+        ``response_return_s`` (time after the stimulus from which the fitted
+        response stays within 5 % of its peak deviation from its baseline; None
+        when it does not within the epoch), ``response_end_fraction`` (its
+        largest deviation over the last 10 % of the epoch / its peak) and
+        ``resting_state`` (the same in words). On the lower branch also
+        ``upper_firing_rate`` and ``upper_growth_rate`` (largest real part of
+        the upper equilibrium's eigenvalues, 1/s: how far past its Hopf point).
+
+        Warnings: a point estimate on the lower branch (a near-silent
+        population whose response depends on its starting there: the same
+        parameters sustain a limit cycle, and across the Hopf point the
+        prediction starts from the high equilibrium instead), and a fitted
+        response still more than :data:`RESPONSE_END_WARN` of its peak away
+        from its baseline at the end of the epoch while the data have returned
+        to their pre-stimulus level (``data_returned``; where they have not,
+        the data's own warning says so).
+        """
+        model = {k: torch.as_tensor(v, dtype=torch.float64).detach().reshape(-1)[0]
+                 for k, v in params.items() if k in MODEL_PARAMETERS}
+        model["p_std"] = torch.tensor(0.0, dtype=torch.float64)
+        jr = JansenRit(**model)
+        with torch.no_grad():
+            fp = jr.fixed_points()
+            up, lo = fp.upper(), fp.lower()
+            if not bool(up.stable | lo.stable):
+                return {}, []
+            lower = not bool(up.stable)
+            v_rest = lo.v if lower else up.v
+            rate = float(jr.sigmoid(v_rest))
+            top = 2.0 * float(jr._params["e0"])
+        base = float(torch.as_tensor(params.get("baseline", 0.0), dtype=torch.float64).reshape(-1)[0])
+        dev = (yhat - base).abs().amax(0)  # (T,): largest deviation over channels
+        peak = float(dev.max())
+        t = data.times
+        metrics: dict = {"rest_equilibrium": "lower" if lower else "upper", "rest_firing_rate": rate}
+        warns: list = []
+        ret, end = None, None
+        if peak > 0:
+            tail = t >= float(t[-1]) - 0.1 * float(t[-1] - t[0])
+            end = float(dev[tail].max()) / peak
+            above = torch.nonzero(dev > 0.05 * peak).reshape(-1)
+            last = int(above[-1]) if above.numel() else -1
+            if last < t.numel() - 1:
+                ret = float(t[last + 1])
+        metrics.update(response_return_s=ret, response_end_fraction=end)
+        q_rate, q_time = self.input_peak(params["input_amplitude"], params["input_latency"], params["input_width"])
+        q_rate = float(q_rate.reshape(-1)[0])
+        returns = (f"its response returns to rest {1e3 * ret:.0f} ms after the stimulus" if ret is not None
+                   else "its response has not returned to rest by the end of the epoch")
+        if lower:
+            growth = float(up.eigenvalues.real.amax(-1))
+            metrics.update(upper_firing_rate=float(jr.sigmoid(up.v)), upper_growth_rate=growth)
+            what = (f"a near-silent population at its low equilibrium (pyramidal firing {rate:.2g} of at most "
+                    f"{top:.0f} pulses/s, against {metrics['upper_firing_rate']:.2g} at its unstable high "
+                    f"equilibrium), beside a limit cycle; the input pulse (peak {q_rate:.3g} pulses/s) does not "
+                    f"switch it onto the cycle, and {returns}")
+            edge = (
+                f" The point estimate sits on that Hopf point (growth rate {growth:.2g} 1/s: within an epoch the high "
+                "equilibrium is as good as neutral), where the prediction jumps from one resting state to the other: "
+                "the optimum is pinned to that edge, not a smooth maximum, and its Gaussian spans both sides."
+                if growth < 1.0 else ""
+            )
+            warns.append(
+                f"the point estimate is on the lower branch: {what}. This response depends on the population resting "
+                "at its low equilibrium: the same parameters sustain an oscillation (a limit cycle around the high "
+                "equilibrium), and a population resting on it would not respond so; and where the high equilibrium "
+                f"is stable (its leading eigenvalue's real part is {growth:.3g} 1/s here, 0 at the Hopf point) the "
+                "prediction starts from that equilibrium instead, so parameter sets on either side predict responses "
+                f"from different resting states (read the regime mix of the posterior draws).{edge} Check the fit "
+                "against one with p_mean or the constants in the evoked regime of the high equilibrium (--prior / "
+                "--fix)"
+            )
+        else:
+            what = (f"a population at its high equilibrium (pyramidal firing {rate:.2g} of at most {top:.0f} "
+                    f"pulses/s); {returns}")
+        metrics["resting_state"] = what
+        if end is not None and end > RESPONSE_END_WARN and data_returned:
+            warns.append(
+                f"the fitted response is still {100 * end:.0f} % of its peak away from its baseline at the end of "
+                f"the epoch ({returns}): the model rings or drifts past the window, so the fit cannot show that it "
+                "describes a response that ends; extend the epoch (--tmax) or check for a slowly damped fit near a "
+                "Hopf point (the regime line)"
+            )
+        return metrics, warns
+
+    def _onto_cycle(self, sim, v_rest, use_upper, valid) -> torch.Tensor:
+        """Bool ``batch``: started on the lower branch, the run has not come back to rest by its end.
+
+        On the lower branch (upper equilibrium unstable, lower stable: between
+        the first Hopf point and the fold) the resting state coexists with the
+        alpha limit cycle around the upper equilibrium; a strong, long enough
+        pulse carries the state into the cycle's basin and it oscillates for
+        good (with the JR 1995 constants at p_mean = 110: q = 1, w = 20 ms).
+        The lower equilibrium is strongly damped, so a response still more
+        than :data:`_NOT_RETURNED` of its peak away from rest over the last
+        50 ms of the ``settle`` time did not return.
+        """
+        with torch.no_grad():
+            n_tail = max(1, int(round(0.05 / self.dt)))
+            dev = (sim.v.detach() - v_rest.detach().unsqueeze(-1)).abs()
+            peak = dev.amax(-1)
+            tail = dev[..., -n_tail:].amax(-1)
+            return valid & ~use_upper & (peak > 0) & (tail > _NOT_RETURNED * peak)
 
     def _switched(self, sim, up, lo, use_upper, valid) -> torch.Tensor:
         """Bool ``batch``: the run ends nearer the other stable equilibrium than the resting one.
@@ -1401,6 +1711,18 @@ class EvokedObservation(_JansenRitObservation):
 
     def observed_data(self, data: "EvokedData") -> ObservedData:
         return ObservedData(data.values, "time", data.times, "s", tuple(data.channel_names), data.units)
+
+    def regime_context(self, data, metrics: dict) -> dict:
+        """Regimes for an ERP fit (see :meth:`Observation.regime_context`).
+
+        Every regime with a stable equilibrium is predicted, but the response
+        starts from the high (upper) equilibrium in the ``stable`` regime and
+        from the low one on the ``lower_branch``: ``starts`` says so, so that
+        a posterior spread over both is warned about (its predictive mixes
+        responses from two resting states).
+        """
+        return {"method": "evoked response",
+                "starts": {"stable": "the high equilibrium", "lower_branch": "the low equilibrium (near-silent)"}}
 
     def input_peak(self, input_amplitude, input_latency, input_width) -> tuple[torch.Tensor, torch.Tensor]:
         """Peak rate and time of the input pulse: what ``input_amplitude`` means in pulses/s.
@@ -1461,6 +1783,7 @@ class EvokedObservation(_JansenRitObservation):
         total = ((y - y.mean(-1, keepdim=True)) ** 2).sum()
         ev = float(1.0 - resid / total) if float(total) > 0 else float("nan")
         metrics: dict = {"explained_variance": ev}
+        metrics.update(_evoked_verdict(data, y, yhat, ev))
         warns = []
         post = data.times >= min(0.0, float(data.times[-1]))
         t = data.times[post]
@@ -1484,17 +1807,23 @@ class EvokedObservation(_JansenRitObservation):
         # response of a system at rest (or the epoch is too short).
         pre = data.times < 0
         tail = data.times >= float(data.times[-1]) - 0.1 * float(data.times[-1] - data.times[0])
+        data_returned = True
         if int(pre.sum()) >= 3 and int(tail.sum()) >= 3:
             base, noise = y[c, pre].mean(), y[c, pre].std()
             step = float(y[c, tail].mean() - base)
             metrics["end_offset_from_baseline"] = step
             if abs(step) > max(3.0 * float(noise), 0.2 * float((y[c] - base).abs().max())):
+                data_returned = False
                 warns.append(
                     f"the data end {step:+.3g} {data.units} away from their pre-stimulus level on "
                     f"{data.channel_names[c]}: the response does not return to rest (a slow drift, a sustained "
                     "potential or an epoch that ends too early); the evoked model returns to rest, so detrend, "
                     "baseline-correct or extend the epoch (--tmax)"
                 )
+        if params is not None and all(k in params for k in ("input_amplitude", "input_latency", "input_width")):
+            rest_metrics, rest_warns = self._resting_state(data, yhat, params, data_returned)
+            metrics.update(rest_metrics)
+            warns.extend(rest_warns)
         if params is not None and "input_latency" in params:
             latency = float(torch.as_tensor(params["input_latency"], dtype=torch.float64).reshape(-1)[0])
             if latency < 0.0:

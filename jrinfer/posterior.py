@@ -121,7 +121,11 @@ class Posterior:
         pointwise median over valid posterior draws).
     fit_quality : dict
         Goodness of fit (e.g. ``r2_log_power``, peak frequencies; for ERPs
-        ``explained_variance`` and peak latencies).
+        ``explained_variance``, peak latencies and the resting state of the
+        point estimate), JSON-ready, with ``verdict`` (``verdict_<condition>``
+        for a fit of conditions): one line on whether the residuals are within
+        the data's own noise, by what factor (``residual_noise_ratio``) and
+        where the misfit is largest (:attr:`fit_verdicts`).
     contraction : dict
         Per parameter ``1 - var_post / var_prior`` in unconstrained
         coordinates; below :data:`CONTRACTION_UNINFORMED` the data did not
@@ -281,14 +285,18 @@ class Posterior:
         quality = ", ".join(
             f"{k} {v:.4g}" for k, v in self.fit_quality.items() if isinstance(v, float) and math.isfinite(v)
         )
-        if quality:
-            lines.append(f"  fit: {quality}")
+        verdicts = self.fit_verdicts
+        if len(verdicts) == 1:  # the verdict leads the line that holds R²
+            lines.append(f"  fit: {next(iter(verdicts.values()))}" + (f" [{quality}]" if quality else ""))
+        else:
+            if quality:
+                lines.append(f"  fit: {quality}")
+            lines.extend(f"  fit, {c}: {v}" for c, v in verdicts.items())
         trust = self._trust_summary()
         if trust:
             lines.append(f"  trust: {trust}")
-        regime = self._regime_summary()
-        if regime:
-            lines.append(f"  regime: {regime}")
+        for part, regime in self._regime_lines():
+            lines.append(f"  regime{f' ({part})' if part else ''}: {regime}")
         flagged = self.non_gaussian_marginals
         lines.append(f"  {'parameter':>16s}  {'mean':>10s}  {'sd':>9s}  {'units':<12s} contraction")
         for n, m, s in zip(self.names, self.mean, self.sd):
@@ -305,16 +313,50 @@ class Posterior:
             lines.append(f"  WARNING: {w}")
         return "\n".join(lines)
 
+    @property
+    def fit_verdicts(self) -> dict:
+        """The fit verdict(s) in words: ``{"": verdict}``, or ``{condition: verdict}`` for a fit of conditions.
+
+        Read from ``fit_quality["verdict"]`` (``"verdict_<condition>"``): one
+        line saying whether the residuals are within the data's own noise
+        and, if not, by what factor and where the misfit is largest
+        (:meth:`jrinfer.SpectrumObservation.goodness_of_fit`,
+        :meth:`jrinfer.EvokedObservation.goodness_of_fit`).
+        """
+        q = self.fit_quality or {}
+        return {("" if k == "verdict" else k[len("verdict_"):]): v for k, v in q.items()
+                if (k == "verdict" or k.startswith("verdict_")) and isinstance(v, str)}
+
     def _regime_summary(self) -> str:
-        """One line: the posterior's regime mix and the point estimate's regime (empty without regimes)."""
+        """One line: the posterior's regime mix and the point estimate's regime (empty without regimes).
+
+        For a fit of conditions, the conditions' lines joined by `` | ``
+        (``rest: stable 97 %, ...``); :meth:`_regime_lines` gives them one by one.
+        """
+        return " | ".join(f"{part}: {text}" if part else text for part, text in self._regime_lines())
+
+    def _regime_lines(self) -> list[tuple[str, str]]:
+        """``[(part, line)]``: ``("", line)`` for one recording, ``(condition, line)`` per condition of a joint fit."""
         d = self.diagnostics or {}
-        mix = d.get("regime_mix")
-        if not isinstance(mix, dict) or not mix:
-            return ""
-        shares = ", ".join(_percent(k, v["fraction"]) for k, v in mix.items()
-                           if isinstance(v, dict) and v.get("fraction", 0) > 0)
-        point = d.get("regime_point")
-        return f"{shares} of the posterior draws" + (f"; point estimate {point}" if point else "")
+        q = self.fit_quality or {}
+
+        def line(entry, rest) -> str:
+            mix = entry.get("regime_mix")
+            if not isinstance(mix, dict) or not mix:
+                return ""
+            shares = ", ".join(_percent(k, v["fraction"]) for k, v in mix.items()
+                               if isinstance(v, dict) and v.get("fraction", 0) > 0)
+            point = entry.get("regime_point")
+            # what the fitted population is doing (ERPs: its resting state and whether its response returns)
+            rest = f": {rest}" if isinstance(rest, str) and rest else ""
+            return f"{shares} of the posterior draws" + (f"; point estimate {point}{rest}" if point else "")
+
+        by = d.get("regime_by_condition")
+        if isinstance(by, dict) and by:
+            return [(c, text) for c, e in by.items()
+                    if isinstance(e, dict) and (text := line(e, q.get(f"resting_state_{c}")))]
+        text = line(d, q.get("resting_state"))
+        return [("", text)] if text else []
 
     def _trust_summary(self) -> str:
         """One line of the backend's own reliability figures found in ``diagnostics`` (empty if none)."""

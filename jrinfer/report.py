@@ -42,6 +42,7 @@ padding-bottom:.2em}
 .bad{background:#fdecec;border-color:#c62828}
 .verdict .head{font-size:1.15em;font-weight:600}
 .verdict ul{margin:.5em 0 0 1.1em;padding:0}.verdict li{margin:.3em 0}
+.verdict .fitverdict{margin:.4em 0}
 .metrics{display:flex;flex-wrap:wrap;gap:10px;margin:10px 0}
 .metric{background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px 12px;min-width:120px}
 .metric .v{font-size:1.25em;font-weight:600}.metric .k{font-size:.8em;color:#555}
@@ -167,9 +168,12 @@ def _verdict(posterior, summary) -> str:
     data_warns = (summary.get("data") or {}).get("warnings") or []
     items += "".join(f"<li>data: {_e(w)}</li>" for w in data_warns)
     msg = f'<div class="note">{_e(posterior.message)}</div>' if posterior.message else ""
+    # the fit verdict (residuals against the data's own noise) sits next to the status, where the user reads
+    fits = "".join(f'<div class="fitverdict"><b>fit{", " + _e(c) if c else ""}:</b> {_e(v)}</div>'
+                   for c, v in posterior.fit_verdicts.items())
     if posterior.status_message:  # why the fit's status is not "converged"
         msg = f'<div class="note"><b>status {_e(posterior.status)}:</b> {_e(posterior.status_message)}</div>' + msg
-    return (f'<div class="verdict {sev}"><div class="head">{_e(head)}</div>'
+    return (f'<div class="verdict {sev}"><div class="head">{_e(head)}</div>' + fits
             + (f"<ul>{items}</ul>" if items else "") + msg + "</div>")
 
 
@@ -359,6 +363,26 @@ _QUALITY_LABELS = {
                                                                         "residuals are noise"),
     "residuals_within_noise": ("residuals within the Welch noise", "chi-square test at 0.001: a low R² is then the "
                                                                    "data's noise, not a misfit"),
+    "resting_state": ("resting state of the point estimate", "where the fitted population rests and whether its "
+                                                              "response returns"),
+    "rest_equilibrium": ("resting equilibrium", "upper: the high equilibrium (stable); lower: the lower branch"),
+    "rest_firing_rate": ("pyramidal firing at rest (pulses/s)", "S(v) at the resting equilibrium, at most 2 e0"),
+    "upper_firing_rate": ("firing at the unstable high equilibrium (pulses/s)", "lower branch only"),
+    "upper_growth_rate": ("growth rate of the high equilibrium (1/s)", "largest real part of its eigenvalues; near 0: "
+                                                                       "at its Hopf point"),
+    "response_return_s": ("response back at rest from (s)", "within 5 % of its peak from then on; — : not in the epoch"),
+    "response_end_fraction": ("fitted response at the epoch's end / its peak", "above 0.2: it outlasts the epoch"),
+    "verdict": ("fit verdict", "the residuals against the data's own noise, and where the misfit is largest"),
+    "residual_noise_ratio": ("RMS residual / noise sd of the data", "about 1 when the residuals are the data's "
+                                                                    "noise (spectra: Welch; ERPs: pre-stimulus)"),
+    "misfit_from_hz": ("largest systematic misfit from (Hz)", "the run of same-sign residuals that stands out most"),
+    "misfit_to_hz": ("largest systematic misfit to (Hz)", ""),
+    "misfit_peak_hz": ("largest systematic misfit peaks at (Hz)", ""),
+    "misfit_sign": ("sign of that misfit", "+1: data above the model; -1: below"),
+    "misfit_from_s": ("largest systematic misfit from (s)", "the run of same-sign residuals that stands out most"),
+    "misfit_to_s": ("largest systematic misfit to (s)", ""),
+    "misfit_channel": ("channel of that misfit", "the channel with the largest residual sum of squares"),
+    "noise_sd_baseline": ("noise sd of the average ({units})", "SD of the pre-stimulus baseline, pooled over channels"),
     "peak_residual_noise_sds": ("residual at the two alpha peaks (noise sd)", "above 3: the peak shift is real"),
     "explained_variance": ("explained variance", "1 − residual / total sum of squares of the waveforms"),
     "peak_latency_data_s": ("main peak of the data (s)", "largest deflection after time 0"),
@@ -446,6 +470,10 @@ def _diagnostics(posterior, summary) -> str:
         d.pop("regime_mix")
         d.pop("regime_point", None)
         row("regime mix of the posterior draws", _e(posterior._regime_summary()), _e(d.pop("regime", "")))
+    if isinstance(d.get("regime_by_condition"), dict):
+        by = d.pop("regime_by_condition")
+        for c, text in posterior._regime_lines():
+            row(f"regime mix of the posterior draws, {c}", _e(text), _e((by.get(c) or {}).get("regime", "")))
     eff = d.pop("effects_across_optima", None)
     if isinstance(eff, dict):
         row("effects across the competing optima", "agree" if eff.get("agree") else "differ", _e(eff.get("sentence", "")))

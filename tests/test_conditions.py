@@ -175,8 +175,15 @@ def test_cli_conditions_summary_and_report(data, tmp_path, capsys):
     a, b = ce["effects"]["a"]["task"], ce["effects"]["b"]["task"]
     assert a["log_bayes_factor"] > 5 and b["log_bayes_factor"] < 0
     assert set(s["data"]["file"]) == {"rest", "task"} and len(s["data"]["sha256"]["task"]) == 64
+    # each condition's regime (both simulated at p_mean 70: stable), printed, in summary.json and the report
+    regimes = s["condition_effects"]["regimes"]
+    assert regimes == s["diagnostics"]["regime_by_condition"] and set(regimes) == {"rest", "task"}
+    assert all(regimes[c]["regime_point"] == "stable" for c in ("rest", "task")), regimes
+    assert "  regime (rest): " in printed and "  regime (task): " in printed
+    assert not any("different regimes" in w for w in s["warnings"])
     page = (out / "report.html").read_text()
     assert "Condition effects" in page and "No parameter differs between conditions" in page
+    assert "regime mix of the posterior draws, task" in page and "fit, task:</b> R^2" in page
     # bad combinations: one line, exit 2, in the command's words
     assert main(["fit", rest, task, "--kind", "spectrum", "--out", str(tmp_path / "x")]) == 2
     assert "--conditions" in capsys.readouterr().err
@@ -214,6 +221,13 @@ def test_eegmat_rest_vs_arithmetic(tmp_path, capsys):
     assert q["r2_log_power_rest"] > 0.8 and q["r2_log_power_task"] > 0.8
     # both alpha peaks reproduced within a bin or two (data: 10.5 and 10.75 Hz)
     assert abs(q["peak_shift_hz_rest"]) <= 0.5 and abs(q["peak_shift_hz_task"]) <= 0.5
+    # each condition's regime (measured: stable > 99 % in both, point estimates stable) and fit verdict (residuals
+    # 5.2 x and 2.7 x the Welch noise, most at 17.5-28 and 18-29.5 Hz: the beta bump)
+    regimes = s["condition_effects"]["regimes"]
+    assert {c: regimes[c]["regime_point"] for c in ("rest", "task")} == {"rest": "stable", "task": "stable"}
+    assert not any("different regimes" in w for w in s["warnings"])
+    for c in ("rest", "task"):
+        assert q[f"residual_noise_ratio_{c}"] > 1.5 and 13.0 <= q[f"misfit_peak_hz_{c}"] <= 30.0, q
     for name in ("a", "b", "gain"):
         e = s["condition_effects"]["effects"][name]["task"]
         assert e["lower"] < e["mean"] < e["upper"] and 0 < e["p_difference"] < 1
@@ -388,3 +402,47 @@ def test_no_difference_on_simulated_conditions(data, full_fit):
     problem0, post0 = _vl_fit(same, ("a", "b"), n_starts=1)  # the truth is the prior mean: one start suffices
     joint0 = no_difference(post0, problem0)
     assert joint0["log_bayes_factor"] < 0 and joint0["p_difference"] < 0.5, joint0
+
+
+def _regime_post(p_task: float, seed: int = 0):
+    """A joint rest/task posterior assembled (no fit) from draws around rest p_mean 70 and task p_mean ``p_task``."""
+    from jrinfer.backends._assembly import assemble_posterior
+
+    rest = _spectrum({}, 0, math.log(100.0))
+    cdata = ConditionData({"rest": rest, "task": rest})
+    obs = ConditionObservation(SpectrumObservation(), ("rest", "task"), vary=("p_mean",))
+    problem = InverseProblem(obs, obs.default_prior(cdata, free=("a", "p_mean")), cdata)
+    point = {n: float(problem.prior.distributions[n].median) if hasattr(problem.prior.distributions[n], "median")
+             else 0.0 for n in problem.names}
+    point.update(a=100.0, p_mean=70.0, delta_p_mean_task=math.log(p_task / 70.0))
+    theta = torch.tensor([point[n] for n in problem.names], dtype=F64)
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.zeros_like(theta)
+    scale[problem.names.index("p_mean")] = 1.0  # +-1 pulse/s: every draw in the point's regime
+    draws = theta + scale * torch.randn((200, theta.numel()), generator=g, dtype=F64)
+    return assemble_posterior(problem, draws[None].numpy(), backend="laplace", status="converged", point=theta.numpy(),
+                              n_predictive=20, n_prior=0)
+
+
+@pytest.mark.parametrize("p_task, regimes", [(60.0, ("stable", "stable")), (100.0, ("stable", "lower_branch"))])
+def test_condition_regimes_are_reported_and_a_crossing_is_warned(p_task, regimes):
+    """Each condition's regime mix and point regime (JR 1995 constants: p_mean 60 and 70 stable, 100 between the
+    first Hopf point 89.83 and the fold 113.59: lower branch); one 'regime (condition):' line each; a warning when
+    the conditions sit in different regimes, and, for the transfer method, that the task's mass lies where it
+    cannot describe; neither when both are stable."""
+    post = _regime_post(p_task)
+    by = post.diagnostics["regime_by_condition"]
+    assert [by[c]["regime_point"] for c in ("rest", "task")] == list(regimes)
+    assert [by[c]["regime"] for c in ("rest", "task")] == list(regimes)
+    assert by["task"]["regime_mix"][regimes[1]]["fraction"] == 1.0
+    text = repr(post)
+    for c, r in zip(("rest", "task"), regimes):
+        assert f"  regime ({c}): {r} 100 % of the posterior draws; point estimate {r}" in text, text
+    crossing = [w for w in post.warnings if w.startswith("the conditions sit in different regimes")]
+    outside = [w for w in post.warnings if w.startswith("task: ") and "cannot describe" in w]
+    if regimes[0] == regimes[1]:
+        assert not crossing and not outside, post.warnings
+    else:
+        assert len(crossing) == 1 and "rest: stable 100 %, point estimate stable" in crossing[0]
+        assert "task: lower_branch 100 %, point estimate lower_branch" in crossing[0]
+        assert len(outside) == 1 and "transfer method" in outside[0]

@@ -126,6 +126,18 @@ def test_cli_fits_auditory_n100_and_visual_erp_from_the_table(tmp_path, capsys):
     assert abs(q["peak_latency_model_s"] - q["peak_latency_data_s"]) <= 0.010  # N100 within 10 ms
     assert q["explained_variance"] > 0.7
     assert res["audio"]["data"]["epochs"]["n_averaged"] == 145
+    # the fit says how well it fits beyond the explained variance (measured: residuals 2.3 x the baseline noise of
+    # the 145-trial average, most at 433-500 ms) and where its population rests (measured: on the lower branch,
+    # pyramidal firing 0.14 pulses/s, the optimum on the high equilibrium's Hopf point; 34 % of the draws there)
+    assert 1.5 < q["residual_noise_ratio"] < 5 and "misses structure the data resolve" in q["verdict"], q
+    warns = res["audio"]["warnings"]
+    lower = [w for w in warns if w.startswith("the point estimate is on the lower branch")]
+    assert bool(lower) == (q["rest_equilibrium"] == "lower"), (q, warns)
+    if lower:
+        assert q["rest_firing_rate"] < 1.0 and "near-silent population" in lower[0]
+    mix = res["audio"]["diagnostics"]["regime_mix"]
+    both = all(mix[k]["fraction"] > 0.1 for k in ("stable", "lower_branch"))
+    assert both == any("start their evoked response from different resting states" in w for w in warns), mix
     v = res["visual"]["fit_quality"]
     assert v["explained_variance"] > 0.5  # fitted, not flat
     assert abs(v["peak_latency_model_s"] - v["peak_latency_data_s"]) <= 0.02

@@ -310,3 +310,175 @@ def test_without_the_number_of_segments_the_r2_rule_stands():
     q = SpectrumObservation().goodness_of_fit(data, truth)
     assert "r2_noise_ceiling" not in q.metrics
     assert any(w.startswith("poor fit") for w in q.warnings)
+
+
+# ------------------------------------------------------------------ fit verdict (issue 11, item 1)
+def test_verdict_of_the_truth_says_within_noise_and_names_no_band():
+    """The true spectrum against its own Welch-noisy estimate (K = 40): the verdict says "within ... noise" and
+    names no misfit band, over 20 noise draws (the chi-square test's false-alarm rate is 0.001)."""
+    truth = 5.0 * FREQS**-1.0 * (1.0 + 4.0 * torch.exp(-0.5 * ((FREQS - 10.0) / 1.0) ** 2))
+    for seed in range(20):
+        data = SpectrumData.from_arrays(FREQS, _welch_log_noise(truth, 40, seed)[None], units="uV^2/Hz",
+                                        n_segments=40)
+        m = SpectrumObservation().goodness_of_fit(data, truth).metrics
+        assert "within the data's own noise" in m["verdict"], m["verdict"]
+        assert "misfit_from_hz" not in m and 0.8 < m["residual_noise_ratio"] < 1.2, m
+
+
+@pytest.mark.parametrize("centre, band", [(22.0, "beta"), (6.0, "theta")])
+def test_verdict_names_the_band_of_a_bump_the_prediction_lacks(centre, band):
+    """Data = truth x a 2 Hz-wide bump (x 2.5 at ``centre``) with Welch noise; prediction = the truth: the verdict
+    gives the residual/noise factor and names the bump's band, data above the model."""
+    truth = 5.0 * FREQS**-1.0 * (1.0 + 4.0 * torch.exp(-0.5 * ((FREQS - 10.0) / 1.0) ** 2))
+    bump = 1.0 + 1.5 * torch.exp(-0.5 * ((FREQS - centre) / 1.0) ** 2)
+    data = SpectrumData.from_arrays(FREQS, _welch_log_noise(truth * bump, 40, 0)[None], units="uV^2/Hz",
+                                    n_segments=40)
+    m = SpectrumObservation().goodness_of_fit(data, truth).metrics
+    assert m["residual_noise_ratio"] > 1.5 and f"{m['residual_noise_ratio']:.2g} x the Welch noise" in m["verdict"]
+    assert m["misfit_sign"] == 1 and m["misfit_from_hz"] <= centre <= m["misfit_to_hz"], m
+    assert abs(m["misfit_peak_hz"] - centre) <= 1.0, m
+    assert m["misfit_to_hz"] - m["misfit_from_hz"] < 8.0, m  # the bump (FWHM 2.4 Hz), not the whole range
+    assert f"most at {m['misfit_from_hz']:.3g}-{m['misfit_to_hz']:.3g} Hz" in m["verdict"]
+    assert f"({band}?; data above the model" in m["verdict"], m["verdict"]
+
+
+@pytest.mark.slow
+def test_fit_verdict_of_model_spectra_with_and_without_a_beta_bump():
+    """Variational Laplace fits of a JR spectrum (transfer method, Welch noise from K = 60 segments): of the model's
+    own spectrum, the verdict says "within noise"; with a beta bump (x 3 at 21 Hz,
+    which one JR population cannot make) it names the bump's band, on the printed fit line, while R^2 stays above
+    0.9 (no misfit warning: R^2 alone would call this fit good) and the verdict is no reason for the status."""
+    obs = SpectrumObservation()
+    truth_params = {"p_mean": torch.tensor(75.0, dtype=F64), "gain": torch.tensor(0.05, dtype=F64),
+                    "ap_amplitude": torch.tensor(50.0, dtype=F64), "ap_exponent": torch.tensor(1.5, dtype=F64),
+                    "floor": torch.tensor(0.05, dtype=F64)}
+    template = SpectrumData.from_arrays(FREQS, torch.ones(1, FREQS.numel(), dtype=F64), units="uV^2/Hz",
+                                        n_segments=60)
+    truth = obs.predict(truth_params, template).value.reshape(-1)
+    bump = 1.0 + 2.0 * torch.exp(-0.5 * ((FREQS - 21.0) / 1.2) ** 2)
+    verdicts = {}
+    for name, power in (("model", truth), ("bump", truth * bump)):
+        data = SpectrumData.from_arrays(FREQS, _welch_log_noise(power, 60, 1)[None], units="uV^2/Hz", n_segments=60)
+        post = _fit(InverseProblem(obs, None, data))
+        verdicts[name] = post
+        fit_line = next(line for line in repr(post).splitlines() if line.startswith("  fit:"))
+        assert "r2_log_power" in fit_line and post.fit_quality["verdict"] in fit_line
+    m = verdicts["model"].fit_quality
+    assert "within the data's own noise" in m["verdict"], m
+    b = verdicts["bump"].fit_quality
+    assert "misses structure the data resolve" in b["verdict"] and b["misfit_sign"] == 1, b
+    assert b["misfit_from_hz"] <= 21.0 <= b["misfit_to_hz"] and "(beta?; data above" in b["verdict"], b
+    # the verdict alone is no reason for the status (that keeps to the misfit thresholds and the backend's trust)
+    assert all("noise" not in post.status_message for post in verdicts.values())
+    assert b["r2_log_power"] >= 0.9 and not any(w.startswith(MISFIT) for w in verdicts["bump"].warnings), b
+
+
+def test_evoked_verdict_against_the_baseline_noise():
+    """ERP with white noise (SD 0.5 uV) around a +10 uV component at 430 ms: the true waveform is "within the
+    data's own noise" (RMS ratio near 1); a prediction without the component misses it, and the verdict names the
+    interval around 430 ms, data above the model; without a pre-stimulus baseline the noise is unknown."""
+    data = _late_component_erp()
+    wave = 10.0 * torch.exp(-0.5 * ((data.times - 0.43) / 0.06) ** 2)
+    obs = EvokedObservation()
+    m = obs.goodness_of_fit(data, wave[None]).metrics
+    assert "within the data's own noise" in m["verdict"] and 0.7 < m["residual_noise_ratio"] < 1.3, m
+    assert m["noise_sd_baseline"] == pytest.approx(0.5, rel=0.3) and "misfit_from_s" not in m
+    m = obs.goodness_of_fit(data, torch.zeros_like(data.values)).metrics
+    assert m["residual_noise_ratio"] > 3 and m["misfit_sign"] == 1, m
+    assert m["misfit_from_s"] < 0.43 < m["misfit_to_s"] and m["misfit_to_s"] - m["misfit_from_s"] < 0.4, m
+    assert f"most at {1e3 * m['misfit_from_s']:.0f}-{1e3 * m['misfit_to_s']:.0f} ms" in m["verdict"]
+    late = EvokedData.from_arrays(data.times[data.times >= 0], data.values[:, data.times >= 0], units="uV")
+    m = obs.goodness_of_fit(late, torch.zeros_like(late.values)).metrics
+    assert "noise of the average is unknown" in m["verdict"] and "residual_noise_ratio" not in m
+
+
+# ------------------------------------------------------- ERPs on the lower branch (issue 11, item 3)
+def _pulse_params(p_mean, q, width=0.02, latency=0.01):
+    t = lambda x: torch.as_tensor(x, dtype=F64)  # noqa: E731
+    return {"p_mean": t(p_mean), "input_amplitude": t(q), "input_latency": t(latency), "input_width": t(width),
+            "gain": t(1.0), "baseline": t(0.0)}
+
+
+def test_a_pulse_that_kicks_the_lower_branch_onto_the_limit_cycle_is_invalid_with_a_reason():
+    """JR 1995 constants at p_mean 110 (between the first Hopf point 89.83 and the fold 113.59: the lower branch,
+    with the limit cycle beside it): a weak pulse (q 0.01, w 20 ms, peak 7.5 pulses/s) returns to rest; a strong one
+    (q 1, peak 751 pulses/s) carries the state onto the cycle, where it oscillates for good (measured: 2.2 mV
+    peak-to-peak 2.5-3 s later). The first is a valid prediction, the second is not, with its reason."""
+    from jrinfer import JansenRit
+
+    data = _evoked_template()
+    assert int(JansenRit(p_mean=110.0).regimes()) == 2  # lower_branch
+    pred = EvokedObservation().predict(_pulse_params(110.0, [0.01, 1.0]), data)
+    assert pred.valid.tolist() == [True, False]
+    assert len(pred.reasons) == 1 and "onto the limit cycle" in pred.reasons[0], pred.reasons
+    # the weak response has returned to rest by the end of the epoch
+    v = pred.value[0, 0]
+    assert float(v[-10:].abs().max()) < 0.05 * float(v.abs().max())
+
+
+@pytest.mark.parametrize("p_mean, rest", [(60.0, "upper"), (100.0, "lower")])
+def test_the_fit_says_where_the_population_rests_and_warns_on_the_lower_branch(p_mean, rest):
+    """A point estimate at p_mean 60 (upper equilibrium stable) rests at the high equilibrium; at 100 (lower branch)
+    at the low one, a near-silent population: S(v_lower) = 0.38 pulses/s (computed here from the equilibrium), and
+    the fit warns that the response depends on that resting state; the first gets no such warning."""
+    from jrinfer import JansenRit
+
+    data = _evoked_template(-0.1, 0.5)
+    obs = EvokedObservation()
+    params = _pulse_params(p_mean, 0.03, width=0.005)
+    pred = obs.predict(params, data)
+    assert bool(pred.valid)
+    fq = obs.goodness_of_fit(data, pred.value.reshape(1, -1) + 0.01 * data.values, params)
+    m = fq.metrics
+    fp = JansenRit(p_mean=p_mean).fixed_points()
+    v = float((fp.lower() if rest == "lower" else fp.upper()).v)
+    assert m["rest_equilibrium"] == rest
+    assert m["rest_firing_rate"] == pytest.approx(5.0 / (1.0 + math.exp(0.56 * (6.0 - v))), rel=1e-9)
+    lower = [w for w in fq.warnings if w.startswith("the point estimate is on the lower branch")]
+    if rest == "lower":  # the low equilibrium is strongly damped: back at rest well within the epoch
+        assert 0.0 < m["response_return_s"] < 0.4 and m["response_end_fraction"] < 0.05, m
+        assert m["rest_firing_rate"] < 1.0 and m["upper_growth_rate"] > 0, m
+        assert len(lower) == 1 and "near-silent population" in lower[0] and "does not switch it" in lower[0]
+        assert "near-silent population" in m["resting_state"]
+    else:
+        assert not lower and m["rest_firing_rate"] > 1.0 and "high equilibrium" in m["resting_state"], m
+
+
+def test_a_fitted_response_that_outlasts_the_epoch_is_warned():
+    """A lower-branch response (p_mean 100, pulse peaking at 10 + 7 x 5 ms) in an epoch ending at 60 ms has not
+    returned at its end while the data (noise) have: warned; in a 500 ms epoch it has returned: silent."""
+    obs = EvokedObservation()
+    params = _pulse_params(100.0, 0.03, width=0.005)
+    for t1, warned in ((0.06, True), (0.5, False)):
+        data = _evoked_template(-0.1, t1)
+        pred = obs.predict(params, data)
+        data = data if warned else EvokedData.from_arrays(data.times, pred.value.reshape(1, -1), units="uV")
+        fq = obs.goodness_of_fit(data, pred.value.reshape(1, -1), params)
+        said = [w for w in fq.warnings if "end of the epoch" in w and w.startswith("the fitted response is still")]
+        assert bool(said) == warned, (t1, fq.metrics, fq.warnings)
+
+
+@pytest.mark.parametrize("p_values, warned", [((60.0, 70.0), False), ((70.0, 100.0), True)])
+def test_an_erp_posterior_across_the_hopf_point_is_warned(p_values, warned):
+    """Draws of p_mean half at each of two values (JR 1995 constants; assembled, no fit): 60 and 70 both start the
+    response from the high equilibrium (stable), silent; 70 and 100 start it from the high and the low (lower
+    branch) equilibrium: the predictive mixes two resting states, warned, naming both shares."""
+    from jrinfer.backends._assembly import assemble_posterior
+
+    data = _late_component_erp()
+    obs = EvokedObservation()
+    spec = obs.default_prior(data, free=("A",))
+    spec["distributions"]["p_mean"] = {"dist": "lognormal", "median": 70.0, "sd_log": 0.3}
+    spec["fixed"].pop("p_mean")
+    problem = InverseProblem(obs, spec, data)
+    point = {"A": 3.25, "p_mean": p_values[0], "input_amplitude": 0.03, "input_latency": 0.3, "input_width": 0.01,
+             "gain": 1.0, "baseline": 0.0, "log_precision": 0.0}
+    theta = torch.tensor([point[n] for n in problem.names], dtype=F64)
+    draws = theta.repeat(40, 1)
+    draws[20:, problem.names.index("p_mean")] = p_values[1]
+    post = assemble_posterior(problem, draws[None].numpy(), backend="laplace", status="converged",
+                              point=theta.numpy(), n_predictive=40, n_prior=0)
+    said = [w for w in post.warnings if "start their evoked response from different resting states" in w]
+    assert bool(said) == warned, post.warnings
+    if warned:
+        assert "50 % in stable, from the high equilibrium" in said[0] and "50 % in lower_branch" in said[0]

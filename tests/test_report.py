@@ -309,3 +309,21 @@ def test_fit_legends_do_not_cover_the_data_even_under_a_wide_band(kind):
     for i in (0, -1):
         (_, y_lo), (_, y_hi) = to_axes.transform([(x[i], lo[i]), (x[i], hi[i])])
         assert y_hi - y_lo > 0.5, (kind, i, y_lo, y_hi)
+
+
+def test_report_puts_the_fit_verdicts_in_the_verdict_box(tmp_path):
+    """The fit verdict (residuals against the data's own noise) sits in the verdict box above the warnings, one per
+    condition for a fit of conditions; none where the fit has no verdict."""
+    import dataclasses
+
+    from jrinfer.report import report_html
+
+    post = _posterior()
+    verdict = "R^2 0.908 meets 0.9, but the residuals are 5.1 x the Welch noise SD (90 segments): the model misses"
+    page = report_html(dataclasses.replace(post, fit_quality={**post.fit_quality, "verdict": verdict}), {})
+    box = page[page.index('class="verdict'):page.index("<h2>")]
+    assert "<b>fit:</b> " + verdict in box and box.index(verdict) < box.index("<ul>")
+    both = {**post.fit_quality, "verdict_rest": "within noise R", "verdict_task": "beyond noise T"}
+    page = report_html(dataclasses.replace(post, fit_quality=both), {})
+    assert "<b>fit, rest:</b> within noise R" in page and "<b>fit, task:</b> beyond noise T" in page
+    assert "fitverdict" not in report_html(post, {}).split("<style>")[0] + report_html(post, {}).split("</style>")[1]

@@ -189,16 +189,29 @@ def _regime_check(problem, theta: torch.Tensor, point, metrics: dict, backend: s
     :data:`REGIME_MISSED` of it (or the point estimate) lies in the regime the
     data suggest. The advice comes from the observation (its method) and from
     :func:`_alternatives` (the backend): never the method or backend the fit used.
+
+    A joint observation whose parts (the conditions of
+    :class:`~jrinfer.conditions.ConditionObservation`) have their own
+    parameter values classifies each part
+    (:meth:`~jrinfer.observation.Observation.regimes_by_part`): see
+    :func:`_regime_check_parts`.
     """
     names = tuple(getattr(problem.observation, "REGIMES", ()) or ())
     if not names:
         return []
-    mix = diagnostics.get("regime_mix")
-    if not (isinstance(mix, dict) and set(mix) == set(names)):  # a backend's own mix of all its draws is kept
+
+    def thinned():
         flat = theta.reshape(-1, problem.n_params)
         if flat.shape[0] > 2000:
             flat = flat[torch.linspace(0, flat.shape[0] - 1, 2000).round().long()]
-        codes = problem.regimes(flat)
+        return flat
+
+    parts = problem.observation.regimes_by_part(problem.parameters(thinned()))
+    if parts:
+        return _regime_check_parts(problem, parts, point, metrics, backend, diagnostics, invalid_warned, names)
+    mix = diagnostics.get("regime_mix")
+    if not (isinstance(mix, dict) and set(mix) == set(names)):  # a backend's own mix of all its draws is kept
+        codes = problem.regimes(thinned())
         if codes is None:
             return []
         mix = _regime_mix(codes.reshape(-1), names)
@@ -211,6 +224,12 @@ def _regime_check(problem, theta: torch.Tensor, point, metrics: dict, backend: s
             point_regime = names[int(pc.reshape(-1)[0])]
             diagnostics["regime_point"] = point_regime
     context = problem.observation.regime_context(problem.data, metrics) or {}
+    return _regime_warnings(mix, point_regime, context, backend, diagnostics, invalid_warned)
+
+
+def _regime_warnings(mix: dict, point_regime, context: dict, backend: str, diagnostics: dict,
+                     invalid_warned: bool) -> list[str]:
+    """The warnings of one regime mix against what its observation describes and what the data suggest."""
     warns = []
     at = f"; point estimate: {point_regime}" if point_regime else ""
     describes = context.get("describes")
@@ -224,6 +243,17 @@ def _regime_check(problem, theta: torch.Tensor, point, metrics: dict, backend: s
                 f"{context.get('advice_describes', 'use an observation that describes them')}; or "
                 f"{_alternatives(backend, diagnostics)}"
             )
+    starts = context.get("starts") or {}
+    spread = {k: mix[k]["fraction"] for k in starts if k in mix and mix[k]["fraction"] > INVALID_FRACTION_WARN}
+    if len({starts[k] for k in spread}) > 1:
+        each = "; ".join(f"{100 * f:.0f} % in {k}, from {starts[k]}" for k, f in spread.items())
+        warns.append(
+            f"the posterior's draws start their {context.get('method', 'prediction')} from different resting states "
+            f"({each}{at}): across the boundary between these regimes (a Hopf point of the high equilibrium) the "
+            "prediction jumps from one to the other, so the posterior predictive mixes responses of differently "
+            "resting populations and a Gaussian summary spans a discontinuity; keep the prior inside one regime "
+            f"(--prior / --fix), or use {_alternatives(backend, diagnostics, hopf=False)}"
+        )
     suggested = context.get("suggested")
     if suggested in mix:
         share = mix[suggested]["fraction"]
@@ -233,6 +263,50 @@ def _regime_check(problem, theta: torch.Tensor, point, metrics: dict, backend: s
                 f"posterior is there (regime mix: {_shares(mix)}{at}): the fit explains the data with another "
                 f"regime; {context.get('advice_suggested', '')}".rstrip("; ")
             )
+    return warns
+
+
+def _regime_check_parts(problem, parts: dict, point, metrics: dict, backend: str, diagnostics: dict,
+                        invalid_warned: bool, names: tuple) -> list[str]:
+    """Regimes of each condition of a joint fit: ``diagnostics["regime_by_condition"]`` and the warnings.
+
+    ``parts`` is ``{condition: codes}`` of the (thinned) draws. Each condition
+    gets its regime mix, dominant regime and point-estimate regime, and the
+    warnings of a single fit (:func:`_regime_warnings`, with that condition's
+    :meth:`~jrinfer.observation.Observation.regime_context_by_part`), prefixed
+    by its name. A further warning when the conditions sit in different
+    regimes (their point estimates, or the regimes holding most of their
+    posteriors, differ): a condition difference that crosses a bifurcation
+    changes the kind of dynamics, not a parameter within one regime.
+    """
+    point_parts = None
+    if point is not None:
+        pt = torch.as_tensor(np.asarray(point, dtype=float), dtype=torch.float64)[None]
+        point_parts = problem.observation.regimes_by_part(problem.parameters(pt))
+    contexts = problem.observation.regime_context_by_part(problem.data, metrics) or {}
+    by, warns = {}, []
+    for c, codes in parts.items():
+        mix = _regime_mix(codes.reshape(-1), names)
+        entry = {"regime_mix": mix, "regime": max(mix, key=lambda k: mix[k]["fraction"])}
+        point_regime = names[int(point_parts[c].reshape(-1)[0])] if point_parts else None
+        if point_regime:
+            entry["regime_point"] = point_regime
+        by[c] = entry
+        warns += [f"{c}: {w}" for w in _regime_warnings(mix, point_regime, contexts.get(c, {}), backend, diagnostics,
+                                                          invalid_warned)]
+    diagnostics["regime_by_condition"] = by
+    dominant = {e["regime"] for e in by.values()}
+    points = {e["regime_point"] for e in by.values() if "regime_point" in e}
+    if len(dominant) > 1 or len(points) > 1:
+        each = "; ".join(
+            f"{c}: {_shares(e['regime_mix'])}" + (f", point estimate {e['regime_point']}" if "regime_point" in e else "")
+            for c, e in by.items())
+        warns.append(
+            f"the conditions sit in different regimes ({each}): the difference between them crosses a bifurcation, "
+            "a change in the kind of dynamics (e.g. from a damped resonance to a limit cycle), not a shift of the "
+            "parameters within one regime; read the condition effects as such, and check that each condition's "
+            "regime is one its data support (fit the conditions separately and compare their regimes)"
+        )
     return warns
 
 
