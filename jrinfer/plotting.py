@@ -118,10 +118,16 @@ def _headline(posterior) -> str:
 
 
 def _peak(x, values, band=PEAK_BAND_HZ):
+    """(frequency, value) of the spectrum's peak in ``band`` (a local maximum, as fit_quality's), None if none."""
+    from jrinfer.observation import band_peak
+
     inside = (x >= band[0]) & (x <= band[1])
     if int(inside.sum()) < 3:
         return None
-    i = np.nonzero(inside)[0][np.argmax(values[inside])]
+    fp = band_peak(np.asarray(x, dtype=float), np.asarray(values, dtype=float), band)
+    if fp is None:
+        return None
+    i = int(np.argmin(np.abs(np.asarray(x, dtype=float) - fp)))
     return float(x[i]), float(values[i])
 
 

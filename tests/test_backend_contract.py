@@ -232,7 +232,10 @@ def test_bad_inputs_name_the_argument(backend, problem):
 
 
 def test_status_follows_one_rule_for_every_backend(fitted):
-    """status: the backend's failure code, else 'warning' for a misfit, k-hat > 0.7 or a ruled-out predictive."""
+    """status: the backend's failure code, else 'warning' for a misfit, k-hat > 0.7, a competing optimum, a
+    ruled-out predictive, more than 10 % of the draws where the observation cannot predict, or (NPE) data outside
+    the training distribution."""
+    from jrinfer.backends._assembly import INVALID_FRACTION_WARN
     from jrinfer.posterior import PARETO_K_UNRELIABLE, _is_misfit
 
     _, post = fitted
@@ -242,7 +245,10 @@ def test_status_follows_one_rule_for_every_backend(fitted):
     untrusted = (
         any(_is_misfit(w) for w in post.warnings)
         or (d.get("pareto_k") or 0.0) > PARETO_K_UNRELIABLE
+        or d.get("multimodal") is True
         or d["predictive_ruled_out"]["ruled_out"]
+        or (d.get("invalid_draws") or {}).get("fraction", 0.0) > INVALID_FRACTION_WARN
+        or (d.get("out_of_distribution") or {}).get("outside") is True
     )
     if d["backend_status"] != "converged":
         assert post.status == d["backend_status"]
@@ -257,7 +263,11 @@ def test_untrusted_fits_say_so_in_their_status(fitted, problem):
     from jrinfer.backends._assembly import assemble_posterior
 
     _, post = fitted
-    good = post.draws[:, :50]
+    # 50 draws the observation can predict (a fit with > 10 % unpredictable draws is itself a 'warning')
+    flat = post.draws.reshape(-1, post.draws.shape[-1])
+    valid = problem.observation.predict(problem.parameters(torch.as_tensor(flat)), problem.data).valid.numpy()
+    good = flat[valid][None, :50]
+    assert good.shape[1] == 50
     kw = dict(backend="laplace", message="converged after 9 iterations", n_predictive=20, n_prior=0)
     ok = assemble_posterior(problem, good, status="converged", diagnostics={"pareto_k": 0.3}, **kw)
     assert ok.status == "converged" and ok.status_message == "" and ok.converged
@@ -268,6 +278,9 @@ def test_untrusted_fits_say_so_in_their_status(fitted, problem):
     off[..., problem.names.index("gain")] *= 30.0  # 900 x the power: a misfit by the README's definition
     bad = assemble_posterior(problem, off, status="converged", **kw)
     assert bad.status == "warning" and "poor fit" in bad.status_message and bad.converged
+    ood = assemble_posterior(problem, good, status="converged", diagnostics={"out_of_distribution": {"outside": True}},
+                             **kw)
+    assert ood.status == "warning" and "outside what the estimator was trained on" in ood.status_message
     assert "converged" not in repr(bad).splitlines()[0] and "status warning: " in repr(bad)
     failed = assemble_posterior(problem, off, status="max_iter", **kw)
     assert failed.status == "max_iter" and not failed.converged and "poor fit" in failed.status_message

@@ -290,6 +290,37 @@ def test_a_flat_noisy_spectrum_fitted_by_its_truth_is_not_a_misfit():
     assert abs(np.mean(r2) - np.mean(ceiling)) < 0.1, (np.mean(r2), np.mean(ceiling))
 
 
+def test_a_prediction_without_an_alpha_peak_has_no_model_peak_and_misses_the_datas():
+    """The peak of a spectrum is a local maximum: a prediction that falls through 6-14 Hz has none (it was
+    reported at the band's edge, 6.00 Hz, and plotted there), and a data peak it lacks is a misfit."""
+    from jrinfer.observation import band_peak
+
+    falling = 10.0 * FREQS**-1.0
+    assert band_peak(FREQS, torch.log(falling)) is None
+    peaked = falling * (1.0 + 5.0 * torch.exp(-0.5 * ((FREQS - 12.5) / 0.5) ** 2))
+    assert band_peak(FREQS, torch.log(peaked)) == pytest.approx(12.5)
+    obs = SpectrumObservation()
+    data = SpectrumData.from_arrays(FREQS, peaked[None], units="uV^2/Hz", n_segments=40)
+    q = obs.goodness_of_fit(data, falling)
+    assert q.metrics["peak_frequency_data_hz"] == pytest.approx(12.5)
+    assert q.metrics["peak_frequency_model_hz"] is None and q.metrics["peak_shift_hz"] is None
+    assert any(w.startswith("alpha peak missed: data 12.50 Hz, the model has no peak") for w in q.warnings), q.warnings
+    # data without a peak (a falling spectrum) and a prediction with one: no data peak, nothing to miss
+    q = obs.goodness_of_fit(SpectrumData.from_arrays(FREQS, falling[None], units="uV^2/Hz", n_segments=40), peaked)
+    assert q.metrics["peak_frequency_data_hz"] is None and not any("peak missed" in w for w in q.warnings)
+    # both with a peak: the shift as before
+    shifted = falling * (1.0 + 5.0 * torch.exp(-0.5 * ((FREQS - 10.0) / 0.5) ** 2))
+    q = obs.goodness_of_fit(data, shifted)
+    assert q.metrics["peak_shift_hz"] == pytest.approx(-2.5) and any("peak missed" in w for w in q.warnings)
+    # a noisy spectrum without a peak, fitted by its truth: its largest local maximum in the band is noise, and
+    # the band-wide threshold keeps it from being called a missed peak (40 noise draws, K = 20)
+    for seed in range(40):
+        noisy = SpectrumData.from_arrays(FREQS, _welch_log_noise(falling, 20, seed)[None], units="uV^2/Hz",
+                                         n_segments=20)
+        q = obs.goodness_of_fit(noisy, falling)
+        assert not any("peak missed" in w for w in q.warnings), (seed, q.metrics)
+
+
 def test_a_wrong_model_of_a_noisy_spectrum_is_still_a_misfit():
     """Same noise, but the data hold a 10 Hz peak the prediction lacks: residuals far beyond the noise."""
     truth = 5.0 * FREQS**-0.3 * (1.0 + 3.0 * torch.exp(-0.5 * ((FREQS - 10.0) / 1.0) ** 2))

@@ -320,8 +320,12 @@ def _fit_status(backend: str, status: str, message: str, diagnostics: dict, qual
     (``diagnostics["multimodal"]``: the Gaussian summary leaves out more than
     5 % of the posterior mass), or the goodness of fit reports a misfit (README: R²
     of log-power below 0.9 or the alpha peak missed by more than 1 Hz; ERPs:
-    explained variance too low or the main peak missed), or the median
-    predictive draw is ruled out by the data (:func:`_ruled_out`).
+    explained variance too low or the main peak missed), the median
+    predictive draw is ruled out by the data (:func:`_ruled_out`), more than
+    :data:`INVALID_FRACTION_WARN` of the posterior draws lie where the
+    observation cannot predict (``diagnostics["invalid_draws"]``), or an
+    amortized estimator's data lie outside its training distribution
+    (``diagnostics["out_of_distribution"]["outside"]``).
     """
     reasons = []
     if status != "converged":
@@ -338,6 +342,15 @@ def _fit_status(backend: str, status: str, message: str, diagnostics: dict, qual
             + " and leaves out a competing one (see the warnings)"
         )
     reasons += [w.split(";")[0] for w in quality_warnings if _is_misfit(w)]
+    invalid = diagnostics.get("invalid_draws") or {}
+    if (invalid.get("fraction") or 0.0) > INVALID_FRACTION_WARN:
+        reasons.append(
+            f"{100 * invalid['fraction']:.0f} % of the posterior draws lie where the observation cannot predict "
+            "(a regime it does not describe): the posterior's mass there is not described by this fit"
+        )
+    ood = diagnostics.get("out_of_distribution") or {}
+    if ood.get("outside") is True:
+        reasons.append("the recording lies outside what the estimator was trained on (see the warnings)")
     ruled = diagnostics.get("predictive_ruled_out") or {}
     if ruled.get("ruled_out"):
         reasons.append(

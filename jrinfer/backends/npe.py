@@ -1503,7 +1503,7 @@ class AmortizedPosterior:
                 n_predictive=n_predictive,
                 seed=seed,
             )
-        return self._box_prior_view(post, theta, ood["outside"])
+        return self._box_prior_view(post, theta)
 
     def _gain_note(self, theta: torch.Tensor):
         """``(gain x p_std quantiles, note)`` for simulated-spectrum estimators with a free gain and a fixed p_std.
@@ -1529,7 +1529,7 @@ class AmortizedPosterior:
                 "0.5-0.7 x the linearised one's power, and A and C, free in those fits, trade with gain")
         return {"median": q50, "q05": q05, "q95": q95, "p_std": p_std}, note
 
-    def _box_prior_view(self, post, theta: torch.Tensor, outside: bool):
+    def _box_prior_view(self, post, theta: torch.Tensor):
         """``post`` with its contraction against the box prior in box coordinates, and the status the checks ask.
 
         The assembly measures contraction in the flow's logit coordinates,
@@ -1537,9 +1537,9 @@ class AmortizedPosterior:
         arbitrarily negative (-3.8 for ``ap_exponent`` on an EEGMAT recording);
         :func:`_box_contraction` measures it against the same box prior in the
         coordinates where that prior is uniform. The "not informed" warning is
-        redone from it. A recording outside the training distribution makes a
-        converged fit's status ``"warning"`` (the training's own
-        ``optimizer_converged`` is left as it is).
+        redone from it. (A recording outside the training distribution has
+        made the status ``"warning"`` already, through the assembly's status
+        rule.)
         """
         from jrinfer.posterior import CONTRACTION_UNINFORMED
 
@@ -1560,14 +1560,8 @@ class AmortizedPosterior:
                 f"< {CONTRACTION_UNINFORMED}): {', '.join(uninformed)}; their estimates restate that box (fix them, or "
                 "see the identifiability report for the combinations the data do constrain)"
             )
-        status, message = post.status, post.status_message
-        reasons = []
-        if outside:
-            reasons.append("the recording lies outside what the estimator was trained on (see the warnings)")
-        if reasons and status in ("converged", "warning"):
-            status, message = "warning", "; ".join(m for m in (message, *reasons) if m)
-        return dataclasses.replace(post, contraction=contraction, diagnostics=diagnostics, warnings=tuple(warns),
-                                   status=status, status_message=message)
+        # data outside the training distribution already made the status "warning" (the assembly's _fit_status)
+        return dataclasses.replace(post, contraction=contraction, diagnostics=diagnostics, warnings=tuple(warns))
 
     # --------------------------------------------------------- calibration
     def calibrate(self, n_simulations: int = 200, *, n_posterior_samples: int = 500, seed: int | None = None,
