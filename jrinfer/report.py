@@ -173,8 +173,29 @@ def _verdict(posterior, summary) -> str:
                    for c, v in posterior.fit_verdicts.items())
     if posterior.status_message:  # why the fit's status is not "converged"
         msg = f'<div class="note"><b>status {_e(posterior.status)}:</b> {_e(posterior.status_message)}</div>' + msg
+    msg = _provenance(posterior, summary) + msg
     return (f'<div class="verdict {sev}"><div class="head">{_e(head)}</div>' + fits
             + (f"<ul>{items}</ul>" if items else "") + msg + "</div>")
+
+
+def _provenance(posterior, summary) -> str:
+    """Which jrinfer judged the status and warnings, and when; a note when today's misfit rule disagrees."""
+    import jrinfer
+    from jrinfer.observation import R2_WARN
+
+    version, created = summary.get("jrinfer_version"), summary.get("created_utc")
+    if version is None:
+        text = ("fitted by an older jrinfer (before fits recorded their version and date): the status and warnings "
+                "are as that version judged them; refit to apply this version's checks")
+    else:
+        text = f"fitted by jrinfer {version} on {created}" + (
+            "" if version == jrinfer.__version__ else
+            f"; this report is by jrinfer {jrinfer.__version__}, the status and warnings are the fit's own")
+    r2 = (posterior.fit_quality or {}).get("r2_log_power")
+    if posterior.status == "converged" and isinstance(r2, (int, float)) and r2 < R2_WARN:
+        text += (f". Recorded as converged, yet its R² of log-power {r2:.3f} is below {R2_WARN}, which this version "
+                 "calls a misfit: refit before using it")
+    return f'<div class="note provenance">{_e(text)}</div>'
 
 
 def _data_section(posterior, summary) -> str:

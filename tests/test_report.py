@@ -327,3 +327,26 @@ def test_report_puts_the_fit_verdicts_in_the_verdict_box(tmp_path):
     page = report_html(dataclasses.replace(post, fit_quality=both), {})
     assert "<b>fit, rest:</b> within noise R" in page and "<b>fit, task:</b> beyond noise T" in page
     assert "fitverdict" not in report_html(post, {}).split("<style>")[0] + report_html(post, {}).split("</style>")[1]
+
+
+def test_report_says_which_jrinfer_judged_the_fit_and_flags_an_old_converged_misfit(tmp_path):
+    """An old fit (no version recorded) with status 'converged' and R^2 0.41: the report says who judged it and
+    that this version calls it a misfit; a current fit shows its version and date."""
+    import dataclasses
+
+    import jrinfer
+    from jrinfer.report import render_report
+
+    d = _fit_dir(tmp_path)
+    old = dataclasses.replace(Posterior.from_netcdf(d / "posterior.nc"), status="converged", status_message="",
+                              warnings=())
+    (d / "posterior.nc").unlink()
+    old.to_netcdf(d / "posterior.nc")
+    page = render_report(d, d / "old.html").read_text(encoding="utf-8")
+    assert "fitted by an older jrinfer" in page and "Recorded as converged, yet its R² of log-power 0.410" in page
+    s = json.loads((d / "summary.json").read_text())
+    s.update(jrinfer_version=jrinfer.__version__, created_utc="2026-11-30T09:00:00+00:00")
+    (d / "summary.json").write_text(json.dumps(s))
+    page = render_report(d, d / "new.html").read_text(encoding="utf-8")
+    assert f"fitted by jrinfer {jrinfer.__version__} on 2026-11-30T09:00:00+00:00" in page
+    assert "older jrinfer" not in page
