@@ -313,7 +313,7 @@ def _read_data(args, path: Path):
         amplitude = args.units is not None and args.units.replace("µ", "u") in AMPLITUDE_UNITS
         raw = _raw_from_series_csv(path, units=args.units if amplitude else None)
         if channels is not None:
-            channels = [_match_channel(c, raw.ch_names) for c in channels]
+            channels = _match_channels(channels, raw.ch_names)
         fmax = args.fmax if args.fmax is not None else min(_DEFAULT_FMAX, raw.info["sfreq"] / 2)
         data = SpectrumData.from_mne(raw, picks=channels, fmin=_DEFAULT_FMIN if args.fmin is None else args.fmin,
                                      fmax=fmax, seg_length=_DEFAULT_SEGMENT if segment is None else segment,
@@ -328,7 +328,7 @@ def _read_data(args, path: Path):
                 path, units=args.units, n_segments=args.n_segments, exclude=bands, fmin=args.fmin, fmax=args.fmax
             )
             if channels is not None:
-                channels = [_match_channel(c, list(data.channel_names)) for c in channels]
+                channels = _match_channels(channels, list(data.channel_names))
             data = data.select(channels=channels, fmin=args.fmin, fmax=args.fmax)
             if channels is not None:
                 data.metadata["channels_used"] = list(data.channel_names)
@@ -337,7 +337,7 @@ def _read_data(args, path: Path):
         else:
             data = EvokedData.from_csv(path, units=args.units)
             if channels is not None:
-                channels = [_match_channel(c, list(data.channel_names)) for c in channels]
+                channels = _match_channels(channels, list(data.channel_names))
             data = data.select(channels=channels, tmin=args.tmin, tmax=args.tmax)
     elif name.endswith(_EEG_SUFFIXES):
         try:
@@ -357,7 +357,7 @@ def _read_data(args, path: Path):
         except Exception as err:  # MNE raises many types for unreadable files
             raise UsageError(f"DATA {args.data}: not readable as EEG by MNE ({type(err).__name__}: {err})") from None
         if channels is not None:
-            channels = [_match_channel(c, inst.ch_names) for c in channels]
+            channels = _match_channels(channels, inst.ch_names)
         if args.kind == "spectrum":
             fmin = _DEFAULT_FMIN if args.fmin is None else args.fmin
             fmax = args.fmax
@@ -421,7 +421,7 @@ def _read_trials_table(args, path: Path, channels):
         with open(path, newline="") as fh:
             header = [h.strip() for h in fh.readline().split(",")]
         names = [h for h in header if h.lower() not in ("label", "epoch", "trial", "condition", "time")]
-        channels = [_match_channel(c, names) for c in channels]
+        channels = _match_channels(channels, names)
     try:
         # --units: the units the table's values are in (as for any CSV data; MNE's tables are in volts)
         return EvokedData.from_trials_table(path, condition, picks=channels, tmin=args.tmin, tmax=args.tmax,
@@ -485,7 +485,7 @@ def _epochs_from_raw(args, mne, path: Path, channels):
     if events != "annotations" or (event_id.isdigit() and event_id not in set(raw.annotations.description)):
         event_id = int(event_id) if event_id.lstrip("-").isdigit() else event_id
     if channels is not None:
-        channels = [_match_channel(c, raw.ch_names) for c in channels]
+        channels = _match_channels(channels, raw.ch_names)
     tmin = -0.1 if args.tmin is None else args.tmin
     tmax = 0.5 if args.tmax is None else args.tmax
     try:
@@ -499,17 +499,25 @@ def _epochs_from_raw(args, mne, path: Path, channels):
         raise UsageError(f"DATA {args.data}: {msg}") from None
 
 
-def _match_channel(name: str, available: list[str]) -> str:
-    """The channel ``name`` means: exact, else after normalisation (``O1`` -> ``EEG O1-A1``, ``O1..``).
+def _match_channels(names: list[str], available) -> list[str]:
+    """The channels ``names`` mean: exact, else after normalisation (``O1`` -> ``EEG O1-A1``, ``O1..``).
 
-    Raises UsageError naming the available channels (or the ambiguous matches).
+    Raises UsageError naming every unknown name and the available channels (or the ambiguous matches).
     """
     from jrinfer import _datachecks
 
-    try:
-        return _datachecks.match_channel("--picks", name, available)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    available = list(available)
+    matched, unknown = [], []
+    for name in names:
+        try:
+            matched.append(_datachecks.match_channel("--picks", name, available))
+        except ValueError as err:
+            if "ambiguous" in str(err):
+                raise UsageError(str(err)) from None
+            unknown.append(name)
+    if unknown:
+        raise UsageError(f"--picks: unknown channel name(s) {unknown}; available channels: {available}")
+    return matched
 
 
 def _read_prior_file(path: str) -> dict:

@@ -214,6 +214,15 @@ def test_fit_spectrum_of_a_csv_time_series(tmp_path, capsys):
     assert code == 2 and "not evenly sampled" in err
 
 
+def test_fit_names_every_unknown_pick(tmp_path, capsys):
+    csv = tmp_path / "s.csv"
+    freqs = np.arange(2.0, 30.01, 0.5)
+    csv.write_text("freq,O1,O2\n" + "\n".join(f"{f},{1.0 / f},{1.0 / f}" for f in freqs))
+    code, _, err = run(capsys, "fit", str(csv), "--kind", "spectrum", "--units", "uV^2/Hz", "--picks", "Xx,O1,Yy",
+                       "--out", str(tmp_path / "o"))
+    assert code == 2 and "unknown channel name(s) ['Xx', 'Yy']; available channels: ['O1', 'O2']" in err, err
+
+
 def test_fit_with_p_mean_not_free_holds_it_in_the_stable_regime(tmp_path, capsys):
     """--free without p_mean: the transfer method's default prior fixes p_mean at 60 (JR 1995's 220 is on the limit cycle)."""
     csv = tmp_path / "s.csv"
