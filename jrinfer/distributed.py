@@ -345,7 +345,9 @@ def fit_many(
         status: ``converged``, ``warning`` for a misfit or an untrustworthy
         approximation, or the backend's failure code) and
         ``fit_status_message`` (why it is not converged), ``backend``, ``log_evidence``, ``n_warnings``, ``warnings``,
-        ``<parameter>_mean``/``<parameter>_sd``, ``fit_<measure>`` (fit quality),
+        ``<parameter>_mean``/``<parameter>_sd`` (the importance-weighted ones where
+        the fit found its Gaussian marginal misstated, then with
+        ``<parameter>_marginal`` naming the shape), ``fit_<measure>`` (fit quality),
         ``npe_*`` (NPE: calibration verdict, regime, the data's distance from the
         training simulations), ``diag_<name>`` (scalar backend diagnostics: free energy, R-hat, ESS,
         ...) and the manifest's extra columns. Without ``out``, each row also
@@ -788,8 +790,12 @@ def _summary_row(spec: dict, summary: dict) -> dict:
         row["channels"] = ",".join(map(str, data["channels"]))
     row["data_units"] = summary.get("data_units")
     for name, p in (summary.get("parameters") or {}).items():
-        row[f"{name}_mean"] = p.get("mean")
-        row[f"{name}_sd"] = p.get("sd")
+        # where the fit found the Gaussian marginal misstated, the importance-weighted figures (as it prints them)
+        weighted = p.get("weighted_mean") is not None
+        row[f"{name}_mean"] = p.get("weighted_mean") if weighted else p.get("mean")
+        row[f"{name}_sd"] = p.get("weighted_sd") if weighted else p.get("sd")
+        if weighted:
+            row[f"{name}_marginal"] = p.get("marginal")
     for key, value in (summary.get("fit_quality") or {}).items():
         if _is_scalar(value):
             row[f"fit_{key}"] = value

@@ -56,6 +56,16 @@ def _json_default(x):
     return str(x)
 
 
+#: fit_quality keys shown on the printed ``fit:`` line (with their ``_<condition>`` variants); the rest are in
+#: summary.json and the report.
+_HEADLINE_QUALITY = ("r2_log_power", "peak_frequency_data_hz", "peak_frequency_model_hz", "peak_shift_hz",
+                     "residual_noise_ratio", "explained_variance", "peak_latency_data_s", "peak_latency_model_s")
+
+
+def _headline_quality(key: str) -> bool:
+    return any(key == k or key.startswith(k + "_") for k in _HEADLINE_QUALITY)
+
+
 @dataclass(frozen=True)
 class Posterior:
     """Posterior over named parameters, backend-independent.
@@ -282,8 +292,10 @@ class Posterior:
             lines.append(f"  status {self.status}: {self.status_message}")
         if self.log_evidence is not None and math.isfinite(self.log_evidence):
             lines.append(f"  log evidence: {self.log_evidence:.3f} nats")
+        # the headline figures only (every figure is in summary.json's fit_quality and the report)
         quality = ", ".join(
-            f"{k} {v:.4g}" for k, v in self.fit_quality.items() if isinstance(v, float) and math.isfinite(v)
+            f"{k} {v:.4g}" for k, v in self.fit_quality.items()
+            if isinstance(v, float) and math.isfinite(v) and _headline_quality(k)
         )
         verdicts = self.fit_verdicts
         if len(verdicts) == 1:  # the verdict leads the line that holds R²
@@ -304,7 +316,15 @@ class Posterior:
             tag = "" if c is None else f"{c:6.2f}" + (
                 "  (not informed by the data; negative: the posterior is wider than the prior)" if c < 0
                 else "  (not informed by the data)" if c < CONTRACTION_UNINFORMED else "")
-            if n in flagged:
+            if n in flagged and "weighted_mean" in flagged[n]:
+                # where the Gaussian misstates the marginal, the row shows the importance-weighted figures (those
+                # the contraction is from); the Gaussian's follow in the note
+                r = flagged[n]
+                tag += (f"  ({r.get('shape', 'not Gaussian')}; importance-weighted, 5-95 % {r['weighted_q05']:.3g} "
+                        f"to {r['weighted_q95']:.3g}; the Gaussian's: mean {m:.4g}, sd {s:.3g}, contraction "
+                        f"{r['gaussian_contraction']:.2f})")
+                m, s = r["weighted_mean"], r["weighted_sd"]
+            elif n in flagged:
                 r = flagged[n]
                 tag += (f"  ({r.get('shape', 'not Gaussian')}; importance-weighted, the Gaussian's "
                         f"{r['gaussian_contraction']:.2f}: 5-95 % {r['weighted_q05']:.3g} to {r['weighted_q95']:.3g})")

@@ -585,3 +585,15 @@ def test_fit_many_force_with_other_options_refits_and_keeps_the_old_run(cohort, 
     n_points = [json.loads((d / "0001-a" / "summary.json").read_text())["data"]["n_points"] for d in (old, out)]
     assert n_points[1] < n_points[0], n_points  # the new fit saw the narrower range
     assert _params(new[0]) != _params(first[0])  # refitted, not the earlier fit relabelled
+
+
+def test_results_rows_carry_the_weighted_figures_where_the_gaussian_misstates_a_marginal():
+    from jrinfer.distributed import _summary_row
+
+    summary = {"status": "converged", "parameters": {
+        "a": {"mean": 100.0, "sd": 3.0},
+        "floor": {"mean": 0.0099, "sd": 0.053, "weighted_mean": 0.0014, "weighted_sd": 0.0016,
+                  "marginal": "one-sided: bounded above by the data"}}}
+    row = _summary_row({"id": "0001-x", "path": "x.edf", "meta": {}}, summary)
+    assert (row["a_mean"], row["a_sd"]) == (100.0, 3.0) and "a_marginal" not in row
+    assert (row["floor_mean"], row["floor_sd"]) == (0.0014, 0.0016) and row["floor_marginal"].startswith("one-sided")

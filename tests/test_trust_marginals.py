@@ -116,6 +116,10 @@ def test_one_sided_laplace_marginal_is_flagged_and_matches_quadrature():
     s = post.summary()["parameters"]["u"]
     assert s["marginal"].startswith("one-sided") and s["informed"] and s["weighted_q95"] == rec["weighted_q95"]
     assert "one-sided: bounded above by the data; importance-weighted" in repr(post)
+    # the printed row carries the weighted mean and sd (those the contraction is from), the Gaussian's in the note
+    row = next(line for line in repr(post).splitlines() if line.split()[:1] == ["u"])
+    assert row.split()[1:3] == [f"{rec['weighted_mean']:.4g}", f"{rec['weighted_sd']:.3g}"], row
+    assert "the Gaussian's: mean" in row
     from jrinfer.identifiability import posterior_summary
 
     assert "u" not in posterior_summary(post, problem.prior).not_informed  # the identifiability headline agrees
