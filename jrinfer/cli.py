@@ -1475,16 +1475,30 @@ def _cmd_identifiability(args) -> int:
 
 def _identifiability_vs_fit(report: dict, fit: dict, folder: str) -> str:
     """One paragraph: the fit's contractions beside these verdicts, and why they need not agree."""
-    verdicts = {n: v.get("verdict") for n, v in ((report.get("local") or {}).get("parameters") or {}).items()}
+    local = (report.get("local") or {}).get("parameters") or {}
     contraction = fit.get("contraction") or {}
-    both = [n for n, v in verdicts.items() if v == "not identifiable" and (contraction.get(n) or 0) >= 0.2]
+    prior_sd = fit.get("prior_sd_log") or {}
     text = f"the fit in {folder} ({fit['backend']}, {fit['status']}): "
-    if not both:
-        return text + "no parameter it calls informed is unidentifiable here"
-    listed = ", ".join(f"{n} (contraction {contraction[n]:.2f})" for n in both)
-    return (text + f"it calls {listed} informed, which the data alone cannot identify here: they contract through "
-            "the prior on the parameters they trade with (the null directions above), not through the data; their "
-            "posteriors restate the prior along those directions")
+    # informed in the fit (contraction >= 0.2) but not by the data alone: unidentifiable, or a Cramer-Rao sd (the
+    # data alone, every other parameter free) wider than the prior's own sd in the same (log) coordinates
+    null = [n for n, v in local.items() if v.get("verdict") == "not identifiable" and (contraction.get(n) or 0) >= 0.2]
+    wide = [n for n, v in local.items() if n not in null and (contraction.get(n) or 0) >= 0.2
+            and isinstance(v.get("sd"), (int, float)) and n in prior_sd and v["sd"] > prior_sd[n]]
+    if not null and not wide:
+        return text + ("every parameter it calls informed is identified here by the data alone, more tightly than "
+                       "its prior")
+    parts = []
+    if null:
+        parts.append(", ".join(f"{n} (contraction {contraction[n]:.2f})" for n in null)
+                     + " informed, which the data alone cannot identify here (null directions above)")
+    if wide:
+        parts.append(", ".join(f"{n} (contraction {contraction[n]:.2f}; the data alone: sd {local[n]['sd']:.2g} in "
+                               f"log units, its prior's {prior_sd[n]:.2g})" for n in wide)
+                     + " informed, which the data alone pin down only more loosely than its prior (a sloppy "
+                       "direction above)")
+    return (text + "it calls " + "; and ".join(parts) + ": these contract through the data together with the priors "
+            "on the parameters they trade with, not through the data alone; along those directions their "
+            "posteriors restate the prior")
 
 
 def _identifiability_from_fit(folder: str) -> dict:
@@ -1517,6 +1531,8 @@ def _identifiability_from_fit(folder: str) -> dict:
         "grid": torch.tensor(list(observed["coord_values"]), dtype=torch.float64),
         "free": [n for n in (s.get("parameters") or {}) if n != "log_precision"],
         "contraction": {k: v.get("contraction") for k, v in (s.get("parameters") or {}).items()},
+        "prior_sd_log": {k: float(d["sd_log"]) for k, d in ((s.get("prior") or {}).get("distributions") or {}).items()
+                         if isinstance(d, dict) and d.get("dist") == "lognormal" and "sd_log" in d},
         "units": observed.get("units"),
         "noise": None if lp is None else math.exp(-0.5 * float(lp)),
         "backend": s.get("backend"),
@@ -1940,6 +1956,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "identifiability",
         help="which parameters and combinations a spectrum or ERP can pin down at a parameter set; writes report.json",
+        description="Local identifiability from the Fisher information of the data alone (no prior), in the "
+                    "prior's unconstrained (log) coordinates. Verdicts per parameter: 'not identifiable' (it has "
+                    "weight in a structural null direction: some combination with others leaves the prediction "
+                    "unchanged), 'weak' (Cramer-Rao sd above 1 in those coordinates, a factor e either way), "
+                    "'identified' otherwise. A fit can still contract a parameter the data alone do not identify: "
+                    "through the priors on the parameters it trades with (--from-fit says which).",
     )
     p.add_argument("--kind", default=None, choices=["spectrum", "evoked"],
                    help="observation model (required unless --from-fit)")

@@ -1667,7 +1667,8 @@ class IdentifiabilityReport:
     def to_text(self) -> str:
         parts = []
         if self.meta:
-            parts.append("  ".join(f"{k}: {v}" for k, v in self.meta.items() if not isinstance(v, (dict, list))))
+            parts.append("  ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}"
+                                   for k, v in self.meta.items() if not isinstance(v, (dict, list))))
         if self.local is not None:
             parts.append(self.local.to_text())
         if self.derived is not None:
