@@ -407,6 +407,22 @@ _NOT_RETURNED = 0.05
 RESPONSE_END_WARN = 0.2
 
 
+def _verdict_with_misfits(metrics: dict, warns: list[str]) -> dict:
+    """A verdict of residuals "within the noise" does not stand beside a failed misfit check: say both.
+
+    A noisy average (an ERP of few trials, a short recording) can hide a
+    missed peak in the residuals' overall size; the verdict then names the
+    failed check instead of "the model describes what these data resolve".
+    """
+    verdict = metrics.get("verdict")
+    failed = [w.split(";")[0] for w in warns if w.startswith(("poor fit", "main peak missed", "alpha peak missed"))]
+    if isinstance(verdict, str) and failed and "within the data's own noise" in verdict:
+        metrics["verdict"] = verdict.replace(
+            ": the model describes what these data resolve",
+            f", yet {failed[0]}: the noise is large enough to hide that misfit in the residuals' overall size")
+    return metrics
+
+
 def _r2(y: torch.Tensor, yhat: torch.Tensor) -> float:
     """Coefficient of determination of ``yhat`` for ``y`` (all points pooled)."""
     ss_res = float(((y - yhat) ** 2).sum())
@@ -1376,7 +1392,7 @@ class SpectrumObservation(_JansenRitObservation):
                         f"exactly twice the peak); if a harmonic: {what}; if beta, or to fit the alpha rhythm "
                         f"alone: fit below it (--fmax {max(f2 - 3.0, float(f[0]) + 1.0):.0f})"
                     )
-        return FitQuality(metrics, warns)
+        return FitQuality(_verdict_with_misfits(metrics, warns), warns)
 
     # -------------------------------------------------------- default prior
     def default_prior(
@@ -1886,7 +1902,7 @@ class EvokedObservation(_JansenRitObservation):
                 standardised_residual_max_abs=float(z.abs().max()),
                 fraction_beyond_3sd=float((z.abs() > 3).double().mean()),
             )
-        return FitQuality(metrics, warns)
+        return FitQuality(_verdict_with_misfits(metrics, warns), warns)
 
     def sample(self, prediction: Prediction, params, data, generator: torch.Generator) -> torch.Tensor:
         """Noisy evoked potentials, shape ``(*batch, C, T)``."""

@@ -423,6 +423,27 @@ def test_evoked_verdict_against_the_baseline_noise():
     assert "noise of the average is unknown" in m["verdict"] and "residual_noise_ratio" not in m
 
 
+def test_a_verdict_within_noise_does_not_stand_beside_a_missed_peak():
+    """A noisy average (baseline SD 4 uV) of a 10 uV component at 430 ms, predicted 60 ms late: the residuals
+    are within the noise, yet the main peak is missed; the verdict says both (it said "the model describes what
+    these data resolve" on the EEGLAB ERP beside a 55 ms miss)."""
+    data = _late_component_erp()
+    rng = torch.Generator().manual_seed(3)
+    noisy = EvokedData.from_arrays(data.times, data.values + 4.0 * torch.randn(data.values.shape, generator=rng,
+                                                                               dtype=F64), units="uV")
+    late = 10.0 * torch.exp(-0.5 * ((data.times - 0.49) / 0.06) ** 2)
+    q = EvokedObservation().goodness_of_fit(noisy, late[None])
+    failed = [w for w in q.warnings if w.startswith(("main peak missed", "poor fit"))]
+    assert failed, q.warnings
+    v = q.metrics["verdict"]
+    assert "within the data's own noise" in v and f"yet {failed[0].split(';')[0]}" in v, v
+    assert "the model describes what these data resolve" not in v
+    # the true waveform: within the noise and no failed check, so the verdict stands as it is
+    wave = 10.0 * torch.exp(-0.5 * ((data.times - 0.43) / 0.06) ** 2)
+    q = EvokedObservation().goodness_of_fit(data, wave[None])
+    assert "the model describes what these data resolve" in q.metrics["verdict"] and not q.warnings
+
+
 # ------------------------------------------------------- ERPs on the lower branch (issue 11, item 3)
 def _pulse_params(p_mean, q, width=0.02, latency=0.01):
     t = lambda x: torch.as_tensor(x, dtype=F64)  # noqa: E731
