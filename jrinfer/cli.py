@@ -370,8 +370,11 @@ def _read_data(args, path: Path):
         else:
             data = EvokedData.from_mne(inst, picks=channels, tmin=args.tmin, tmax=args.tmax, units=args.units or "uV")
     else:
+        hint = ("; a text file of samples (one column, e.g. the Bonn segments) becomes a CSV 'time,O1 [uV]' with a "
+                "time column at its sampling rate (README: DATA)") if name.endswith((".txt", ".dat", ".asc")) else ""
         raise UsageError(
             f"DATA {args.data}: unknown file type; expected .csv or an EEG file MNE reads ({', '.join(_EEG_SUFFIXES)})"
+            + hint
         )
     return _finish_data(args, data)
 
@@ -1555,9 +1558,15 @@ def _cmd_fit_many(args) -> int:
             raise UsageError(f"--out {args.out}: directory is not empty and holds no fit-many run; pass --force to "
                              "write into it")
         if changed:
-            raise UsageError(f"--out {args.out}: holds a fit-many run with other --kind/--backend/fit options "
-                             f"({before}); use another --out, or --force to fit every item again with these (the "
-                             "earlier run's results are moved into a superseded-N folder inside it, not deleted)")
+            now = json.loads(json.dumps(settings))
+            diff = [f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in ("kind", "backend", "per_channel")
+                    if before.get(k) != now.get(k)]
+            old_o, new_o = before.get("options") or {}, now.get("options") or {}
+            diff += [f"--{k.replace('_', '-')}: {old_o.get(k)!r} then, {new_o.get(k)!r} now"
+                     for k in sorted(set(old_o) | set(new_o)) if old_o.get(k) != new_o.get(k)]
+            raise UsageError(f"--out {args.out}: holds a fit-many run with other options ({'; '.join(diff)}); use "
+                             "another --out, or --force to fit every item again with these (the earlier run's results "
+                             "are moved into a superseded-N folder inside it, not deleted)")
     if args.workers is not None and args.workers < 0:
         raise UsageError(f"--workers expects a number of worker processes >= 0 (0: no Dask), got {args.workers}")
     if args.scheduler and args.workers is not None:

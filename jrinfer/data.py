@@ -450,9 +450,10 @@ def _read_csv(path, axis_headers: Sequence[str], expected: str, other: tuple[Seq
                 f"{where}: columns must be separated by commas; header line {header_line} is {header[0]!r}. "
                 f"Expected a header {expected!r}"
             )
-        hint = ""
         if first in other[0]:
             hint = f" (this looks like {other[1]})"
+        else:  # neither axis: name both, so that a misspelt 'time' finds its way too
+            hint = f" (the first column names the axis: {axis_headers[0]!r}, or {other[0][0]!r} in {other[1].split(';')[0]})"
         raise ValueError(
             f"{where}: the first header column must be {axis_headers[0]!r}; got header {header}{hint}. "
             f"Expected a header {expected!r}"

@@ -572,7 +572,8 @@ def test_fit_many_force_with_other_options_refits_and_keeps_the_old_run(cohort, 
     assert "2 items (2 finished by an earlier run and kept, 0 fitted now" in capsys.readouterr().out
     # other options: refused without --force, naming what --force does
     assert main([*args, "--fmax", "30"]) == 2
-    assert "superseded" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "superseded" in err and "--fmax: None then, 30.0 now" in err, err
     assert main([*args, "--fmax", "30", "--force"]) == 1
     captured = capsys.readouterr()
     assert "superseded-1" in captured.err and "2 fitted now" in captured.out
