@@ -1240,7 +1240,15 @@ def _cmd_compare(args) -> int:
                 "log evidences are comparable only for fits of the same data"
             )
     F = [r["free_energy"] for r in rows]
-    probs = model_probabilities(F).tolist()
+    # posterior model probabilities over distinct models: a model fitted twice (two backends' estimates of one
+    # evidence) counts once, by the first of its fits on the command line; the others get no probability
+    first_of: dict = {}
+    for i, r in enumerate(rows):
+        key = r["model"] if r["model"] is not None else ("row", i)
+        first_of.setdefault(key, i)
+    reps = sorted(set(first_of.values()))
+    rep_probs = dict(zip(reps, model_probabilities([F[i] for i in reps]).tolist()))
+    probs = [rep_probs.get(i) for i in range(len(rows))]
     best = max(F)
     table = []
     for r, p in zip(rows, probs):
@@ -1269,16 +1277,18 @@ def _cmd_compare(args) -> int:
         print(json.dumps({"models": table, "same_model": same, "unreliable": unreliable,
                           "note": "log evidence in nats (free energy for "
                           "laplace, SMC estimate for smc); probability: posterior model probability with equal "
-                          "prior odds"}))
+                          "prior odds over distinct models (a model fitted twice counts once, by its first fit "
+                          "listed; the others have probability null)"}))
         return 0
     width = max(len(r["dir"]) for r in table)
     print(f"{'fit':<{width}s}  {'backend':<8s} {'free':>4s}  {'log evidence':>13s}  {'dF to best':>10s}  {'P(model)':>8s}")
     for r in table:
         flag = "" if r["status"] == "converged" else f"  ({r['status']})"
+        p = f"{r['probability']:>8.3f}" if r["probability"] is not None else f"{'(same)':>8s}"
         print(f"{r['dir']:<{width}s}  {str(r['backend']):<8s} {r['n_free']:>4d}  {r['log_evidence']:>13.2f}  "
-              f"{r['delta_to_best']:>10.2f}  {r['probability']:>8.3f}{'  best' if r['best'] else ''}{flag}")
+              f"{r['delta_to_best']:>10.2f}  {p}{'  best' if r['best'] else ''}{flag}")
     print("log evidence in nats; dF > 3 (about 20:1) is strong evidence (Kass & Raftery 1995) between different "
-          "models")
+          "models; P(model) over distinct models ('(same)': another fit of a model listed above)")
     for line in same:
         print(f"note: {line}")
     for line in unreliable:

@@ -67,6 +67,12 @@ def test_compare_table_json_and_refusals(tmp_path, capsys):
     assert main(["compare", fits["small"], str(tmp_path / "small_smc"), "--json"]) == 0
     same = json.loads(capsys.readouterr().out)["same_model"]
     assert len(same) == 1 and "laplace vs smc" in same[0] and "3.60 nats" in same[0] and "not evidence" in same[0]
+    # the model fitted twice counts once in the model probabilities (by its first fit listed)
+    assert main(["compare", fits["full"], fits["small"], str(tmp_path / "small_smc"), "--json"]) == 0
+    probs = [m["probability"] for m in json.loads(capsys.readouterr().out)["models"]]
+    assert probs[2] is None and probs[0] + probs[1] == pytest.approx(1.0)
+    assert probs[:2] == pytest.approx(torch.softmax(torch.tensor([F[fits["full"]], F[fits["small"]]],
+                                                                 dtype=torch.float64), 0).tolist())
     assert main(["compare", fits["small"], str(tmp_path / "small_smc")]) == 0
     assert "note: " in capsys.readouterr().out
     assert res["unreliable"] == []  # laplace fits: nothing to flag
