@@ -771,18 +771,18 @@ def _agreement(lower: float, upper: float, log_bf: float) -> str:
     """
     excludes = lower > 0.0 or upper < 0.0
     if excludes and log_bf >= 1.0:
-        return "agree: the interval excludes no difference and the evidence favours a difference"
+        return "agree: the interval leaves out 'no difference' and the evidence favours a difference"
     if not excludes and log_bf <= -1.0:
-        return "agree: the interval contains no difference and the evidence favours none"
+        return "agree: the interval holds 'no difference' and the evidence favours none"
     if excludes:
         return (
-            "differ: the interval excludes no difference but the evidence is "
+            "differ: the interval leaves out 'no difference' but the evidence is "
             + ("weak" if log_bf > -1.0 else "for no difference")
             + " (a shift small for the width of its prior): suggestive, not established"
         )
     if log_bf >= 1.0:
-        return "differ: the evidence favours a difference but the interval contains none: its size is uncertain"
-    return "agree: neither the interval (contains no difference) nor the evidence (|log BF| < 1) establishes one"
+        return "differ: the evidence favours a difference but the interval holds 'no difference': its size is uncertain"
+    return "agree: neither the interval (holds 'no difference') nor the evidence (|log BF| < 1) establishes one"
 
 
 def _words(log_bf: float) -> str:

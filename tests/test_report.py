@@ -210,14 +210,14 @@ def test_report_explains_interval_against_bayes_factor():
     e = {"parameter": "delta_a_task", "scale": "log", "mean": 0.18, "sd": 0.1, "lower": 0.016, "upper": 0.344,
          "interval": 0.9, "ratio": 1.2, "ratio_lower": 1.02, "ratio_upper": 1.41, "log_bayes_factor": 0.58,
          "p_difference": 0.64, "evidence": "inconclusive",
-         "agreement": "differ: the interval excludes no difference but the evidence is weak"}
+         "agreement": "differ: the interval leaves out 'no difference' but the evidence is weak"}
     summary = {"condition_effects": {"reference": "rest", "conditions": ["rest", "task"], "method": "BMR",
                                      "effects": {"a": {"task": e}}}}
     page = report_html(_posterior(), summary)
     import html
 
     assert html.escape(INTERVAL_VS_BF) in page
-    assert "differ: the interval excludes no difference" in page
+    assert "differ: the interval leaves out &#x27;no difference&#x27;" in page or "differ: the interval leaves out 'no difference'" in page
 
 
 def test_report_verdict_says_why_the_status_is_a_warning(tmp_path):
