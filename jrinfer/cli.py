@@ -827,6 +827,10 @@ def _check_backend_options(args) -> None:
     if getattr(args, "boundary", None) is not None and args.backend != "nuts":
         raise UsageError(f"--boundary applies to --backend nuts; got --boundary {args.boundary} with "
                          f"--backend {args.backend}")
+    ta = getattr(args, "target_accept", None)
+    if ta is not None and (args.backend != "nuts" or not 0.0 < ta < 1.0):
+        raise UsageError(f"--target-accept applies to --backend nuts, a probability in (0, 1); got --target-accept "
+                         f"{ta:g} with --backend {args.backend}")
 
 
 def _backend(args):
@@ -840,8 +844,9 @@ def _backend(args):
     if args.backend == "nuts":  # PyMC backends: R-hat, ESS, divergences land in summary["diagnostics"]
         from jrinfer.backends.pymc import NUTS
 
+        accept = {} if getattr(args, "target_accept", None) is None else {"target_accept": args.target_accept}
         return NUTS(seed=args.seed, progress=progress, boundary=getattr(args, "boundary", None),
-                    **_sampler_budget(args, "tune")), {}
+                    **_sampler_budget(args, "tune"), **accept), {}
     if args.backend == "smc":
         from jrinfer.backends.pymc import SMC
 
@@ -1885,6 +1890,9 @@ def build_parser() -> argparse.ArgumentParser:
         "onto its stable interval (README: Posteriors cut by the Hopf boundary)",
     )
     p.add_argument("--tune", type=int, default=None, help="nuts: tuning iterations per chain (default 1000)")
+    p.add_argument("--target-accept", type=float, default=None,
+                   help="nuts: target mean acceptance probability (default 0.9); raise it (0.95, 0.99) when the fit "
+                        "reports divergent transitions")
     p.add_argument("--draws", type=int, default=None,
                    help="nuts: kept draws per chain (default 1000); smc: particles per chain (default 2000)")
     p.add_argument("--json", action="store_true", help="print summary.json on stdout")

@@ -214,6 +214,20 @@ def test_fit_spectrum_of_a_csv_time_series(tmp_path, capsys):
     assert code == 2 and "not evenly sampled" in err
 
 
+def test_fit_target_accept_reaches_nuts_and_is_refused_elsewhere(tmp_path, capsys):
+    import argparse
+
+    from jrinfer.cli import _backend
+
+    ns = argparse.Namespace(backend="nuts", starts=None, boundary=None, target_accept=0.97, seed=0, chains=None,
+                            draws=None, tune=None, quiet=True, no_progress=True, progress=False)
+    nuts, _ = _backend(ns)
+    assert nuts.target_accept == 0.97
+    code, _, err = run(capsys, "fit", "x.csv", "--kind", "spectrum", "--backend", "laplace", "--target-accept", "0.95",
+                       "--out", str(tmp_path / "o"))
+    assert code == 2 and "--target-accept applies to --backend nuts" in err
+
+
 def test_fit_names_every_unknown_pick(tmp_path, capsys):
     csv = tmp_path / "s.csv"
     freqs = np.arange(2.0, 30.01, 0.5)

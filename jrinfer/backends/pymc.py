@@ -1359,8 +1359,8 @@ class NUTS:
                         "pole)")
             warns.append(
                 f"{n_div} divergent transition(s) after tuning: the sampler missed part of the posterior; raise "
-                f"target_accept (now {self.target_accept}) towards 0.99, or reparametrise (fix weakly identified "
-                f"parameters){wall}; do not trust the tails"
+                f"target_accept (now {self.target_accept}; CLI --target-accept) towards 0.99, or reparametrise (fix "
+                f"weakly identified parameters){wall}; do not trust the tails"
             )
         if saturated > 0.01:
             warns.append(
