@@ -157,7 +157,12 @@ def _headline_metrics(posterior, summary) -> str:
 def _verdict(posterior, summary) -> str:
     sev = _severity(posterior)
     n = len(posterior.warnings)
-    backend = "backend converged" if posterior.converged else "backend did NOT converge"
+    if posterior.converged:
+        backend = "backend converged"
+    elif posterior.backend in ("nuts", "smc"):  # R-hat, ESS or divergences past the library's thresholds
+        backend = "the sampler's own checks failed (R-hat, ESS or divergences: see Backend diagnostics)"
+    else:
+        backend = "backend did NOT converge"
     status = f"Status {posterior.status} ({backend})"
     head = {
         "ok": f"{status}; no warnings.",
