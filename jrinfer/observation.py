@@ -332,7 +332,15 @@ def _spectrum_verdict(f: torch.Tensor, y: torch.Tensor, yhat: torch.Tensor, r2: 
                           f"a Welch estimate from {n_segments} segments): the model describes what these data resolve")
         return out
     runs = [d for d in _same_sign_runs(f, y - yhat, sd, smooth) if d["z"] > MISFIT_RUN_Z]
-    if runs:
+    if runs and runs[0]["n"] > 0.5 * f.numel():
+        # one sign over most of the grid: the level is off, not a band (an NPE draw's offset spectrum)
+        top = runs[0]
+        out.update(misfit_from_hz=top["from"], misfit_to_hz=top["to"], misfit_peak_hz=top["peak"],
+                   misfit_sign=top["sign"])
+        side = "data above the model" if top["sign"] > 0 else "data below the model"
+        where = (f", over most of the range ({top['from']:.3g}-{top['to']:.3g} Hz): the overall level is off ({side} "
+                 f"by a factor {math.exp(abs(top['mean'])):.2g} on average)")
+    elif runs:
         top = runs[0]
         out.update(misfit_from_hz=top["from"], misfit_to_hz=top["to"], misfit_peak_hz=top["peak"],
                    misfit_sign=top["sign"])

@@ -423,6 +423,15 @@ def test_evoked_verdict_against_the_baseline_noise():
     assert "noise of the average is unknown" in m["verdict"] and "residual_noise_ratio" not in m
 
 
+def test_verdict_of_an_offset_prediction_says_the_level_is_off():
+    """A prediction 2x too low everywhere: one run of same-sign residuals over the whole grid is the level, not a
+    band (it was named "11-40 Hz, largest at 40 Hz (gamma?)")."""
+    power = 10.0 * FREQS**-1.0 * (1.0 + 5.0 * torch.exp(-0.5 * ((FREQS - 10.0) / 1.0) ** 2))
+    data = SpectrumData.from_arrays(FREQS, _welch_log_noise(power, 40, 2)[None], units="uV^2/Hz", n_segments=40)
+    v = SpectrumObservation().goodness_of_fit(data, power / 2.0).metrics["verdict"]
+    assert "the overall level is off (data above the model by a factor 2" in v and "gamma?" not in v, v
+
+
 def test_a_verdict_within_noise_does_not_stand_beside_a_missed_peak():
     """A noisy average (baseline SD 4 uV) of a 10 uV component at 430 ms, predicted 60 ms late: the residuals
     are within the noise, yet the main peak is missed; the verdict says both (it said "the model describes what
