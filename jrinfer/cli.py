@@ -827,6 +827,14 @@ def _check_backend_options(args) -> None:
     if getattr(args, "boundary", None) is not None and args.backend != "nuts":
         raise UsageError(f"--boundary applies to --backend nuts; got --boundary {args.boundary} with "
                          f"--backend {args.backend}")
+    if getattr(args, "kind", None) == "spectrum":  # evoked-only options would be silently ignored for a spectrum
+        given = [flag for flag, dest in (("--condition", "condition"), ("--events", "events"), ("--event-id", "event_id"),
+                                         ("--baseline", "baseline"), ("--reject", "reject"))
+                 if getattr(args, dest, None) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --kind evoked (epochs, "
+                             "conditions of an evoked file); for spectra of several conditions use --conditions with "
+                             "one DATA file per condition")
     ta = getattr(args, "target_accept", None)
     if ta is not None and (args.backend != "nuts" or not 0.0 < ta < 1.0):
         raise UsageError(f"--target-accept applies to --backend nuts, a probability in (0, 1); got --target-accept "

@@ -701,11 +701,16 @@ def _file_specs(items, backend, kind, options: Mapping, per_channel: bool = Fals
         except SystemExit:
             last = err.getvalue().strip().splitlines()[-1:] or ["bad option"]
             return last[0].split("error: ", 1)[-1]
-        if args.backend != "npe":  # --fix/--vary/--prior names, before any file is read
-            try:
+        try:
+            cli._check_backend_options(args)  # options given to a backend or kind they do not apply to
+            if args.backend != "npe":  # --fix/--vary/--prior names, before any file is read
                 cli._check_names_before_reading(args)
-            except cli.UsageError as bad:
-                return str(bad)
+        except cli.UsageError as bad:
+            msg = str(bad)
+            if msg.startswith("--condition applies"):  # a manifest column named "condition" is that option
+                msg += ("; a manifest column 'condition' is jrinfer fit's --condition: name a label column "
+                        "otherwise (e.g. 'state')")
+            return msg
         return None
 
     message = refused(base)

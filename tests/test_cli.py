@@ -226,6 +226,9 @@ def test_fit_target_accept_reaches_nuts_and_is_refused_elsewhere(tmp_path, capsy
     code, _, err = run(capsys, "fit", "x.csv", "--kind", "spectrum", "--backend", "laplace", "--target-accept", "0.95",
                        "--out", str(tmp_path / "o"))
     assert code == 2 and "--target-accept applies to --backend nuts" in err
+    # evoked-only options with a spectrum: refused, not ignored (a fit-many manifest's condition column was ignored)
+    code, _, err = run(capsys, "fit", "x.csv", "--kind", "spectrum", "--condition", "rest", "--out", str(tmp_path / "p"))
+    assert code == 2 and "--condition applies to --kind evoked" in err
 
 
 def test_fit_names_every_unknown_pick(tmp_path, capsys):

@@ -598,3 +598,13 @@ def test_results_rows_carry_the_weighted_figures_where_the_gaussian_misstates_a_
     row = _summary_row({"id": "0001-x", "path": "x.edf", "meta": {}}, summary)
     assert (row["a_mean"], row["a_sd"]) == (100.0, 3.0) and "a_marginal" not in row
     assert (row["floor_mean"], row["floor_sd"]) == (0.0014, 0.0016) and row["floor_marginal"].startswith("one-sided")
+
+
+def test_a_manifest_condition_column_with_spectra_is_refused_naming_the_option(cohort, tmp_path):
+    from jrinfer.distributed import read_manifest
+
+    (tmp_path / "m.csv").write_text(f"path,condition\n{cohort / 'a.csv'},rest\n")
+    rows = fit_many(read_manifest(tmp_path / "m.csv"), out=tmp_path / "o", kind="spectrum",
+                    options={"units": "uV^2/Hz"}, progress=False)
+    assert rows[0]["status"] == "error" and "--condition applies to --kind evoked" in rows[0]["error"]
+    assert "name a label column otherwise" in rows[0]["error"]
