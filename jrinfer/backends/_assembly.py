@@ -379,6 +379,8 @@ def assemble_posterior(
     n_predictive: int = 200,
     n_prior: int = 200,
     seed: int = 0,
+    contraction: dict | None = None,
+    contraction_against: str = "the prior",
 ) -> Posterior:
     """Build the common :class:`~jrinfer.Posterior` from a backend's draws.
 
@@ -417,6 +419,14 @@ def assemble_posterior(
         Prior draws (and prior predictive); 0 skips them.
     seed : int
         Seed of the observation noise in the predictive and of the prior draws.
+    contraction : dict, optional
+        The backend's own contraction per parameter, measured against another
+        prior than ``problem.prior`` in its unconstrained coordinates (NPE:
+        against its training box in the box's coordinates); the assembly's
+        own values then go to ``diagnostics["contraction_unconstrained"]``.
+    contraction_against : str
+        What the contraction is measured against, in words, for the "not
+        informed" warning.
 
     Returns
     -------
@@ -528,15 +538,20 @@ def assemble_posterior(
         else:
             z = problem.prior.to_unconstrained(theta.reshape(-1, problem.n_params))
             post_var = z.var(0) if z.shape[0] > 1 else torch.zeros_like(prior_var)
-        contraction = {n: float(1.0 - post_var[i] / prior_var[i]) for i, n in enumerate(problem.names)}
+        own = {n: float(1.0 - post_var[i] / prior_var[i]) for i, n in enumerate(problem.names)}
+        if contraction is None:
+            contraction = own
+        else:  # the backend's, against its own prior; the unconstrained-coordinate figures are kept beside
+            diagnostics["contraction_unconstrained"] = own
+            contraction = {n: float(contraction[n]) for n in problem.names}
         if cov_unconstrained is not None:
             warns.extend(_non_gaussian_marginals(diagnostics, contraction, problem.units, backend))
         uninformed = [n for n, c in contraction.items() if c < CONTRACTION_UNINFORMED]
         if uninformed:
             warns.append(
-                f"not informed by the data (posterior close to the prior, contraction < {CONTRACTION_UNINFORMED}): "
-                f"{', '.join(uninformed)}; their estimates restate the prior (fix them, or see the identifiability "
-                "report for the combinations the data do constrain)"
+                f"not informed by the data (posterior close to {contraction_against}, contraction < "
+                f"{CONTRACTION_UNINFORMED}): {', '.join(uninformed)}; their estimates restate {contraction_against} "
+                "(fix them, or see the identifiability report for the combinations the data do constrain)"
             )
 
         # ---------------------------------------------------- prior groups

@@ -125,7 +125,6 @@ importance sampling", JMLR 25:72.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import hashlib
 import io
@@ -1487,6 +1486,15 @@ class AmortizedPosterior:
                 f"training stopped at the epoch limit ({t.get('epochs')} epochs) before the validation loss stopped "
                 "improving: train longer (max_epochs) or with more simulations"
             )
+        # contraction against the box prior NPE trained with, in the box's own coordinates (_box_contraction): in
+        # the flow's logit coordinates draws pressed against a bound (|z| up to 30) make it arbitrarily negative
+        # (-3.8 for ap_exponent on an EEGMAT recording; kept as diagnostics["contraction_unconstrained"])
+        diagnostics["contraction_against"] = (
+            "the box prior the estimator was trained on (uniform, or log-uniform for scales: "
+            + ", ".join(f"{n} {d.low:.3g}-{d.high:.3g}" for n, d in self.prior.distributions.items())
+            + "), variances in its own coordinates (log for log-uniform parameters); not the prior it was derived from"
+        )
+        box = dict(zip(self.names, _box_contraction(self.prior, theta).tolist()))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # diverged predictive simulations are counted
             post = assemble_posterior(
@@ -1502,8 +1510,10 @@ class AmortizedPosterior:
                 warnings=warns,
                 n_predictive=n_predictive,
                 seed=seed,
+                contraction=box,
+                contraction_against="the box prior the estimator was trained on",
             )
-        return self._box_prior_view(post, theta)
+        return post
 
     def _gain_note(self, theta: torch.Tensor):
         """``(gain x p_std quantiles, note)`` for simulated-spectrum estimators with a free gain and a fixed p_std.
@@ -1528,40 +1538,6 @@ class AmortizedPosterior:
                 "two differ as posteriors, not by a bug: the simulated alpha peak at the same stable parameters has "
                 "0.5-0.7 x the linearised one's power, and A and C, free in those fits, trade with gain")
         return {"median": q50, "q05": q05, "q95": q95, "p_std": p_std}, note
-
-    def _box_prior_view(self, post, theta: torch.Tensor):
-        """``post`` with its contraction against the box prior in box coordinates, and the status the checks ask.
-
-        The assembly measures contraction in the flow's logit coordinates,
-        where draws pressed against a bound (``|z|`` up to 30) make it
-        arbitrarily negative (-3.8 for ``ap_exponent`` on an EEGMAT recording);
-        :func:`_box_contraction` measures it against the same box prior in the
-        coordinates where that prior is uniform. The "not informed" warning is
-        redone from it. (A recording outside the training distribution has
-        made the status ``"warning"`` already, through the assembly's status
-        rule.)
-        """
-        from jrinfer.posterior import CONTRACTION_UNINFORMED
-
-        c = _box_contraction(self.prior, theta)
-        contraction = {n: float(v) for n, v in zip(self.names, c.tolist())}
-        diagnostics = dict(post.diagnostics)
-        diagnostics["contraction_against"] = (
-            "the box prior the estimator was trained on (uniform, or log-uniform for scales: "
-            + ", ".join(f"{n} {d.low:.3g}-{d.high:.3g}" for n, d in self.prior.distributions.items())
-            + "), variances in its own coordinates (log for log-uniform parameters); not the prior it was derived from"
-        )
-        diagnostics["contraction_logit"] = dict(post.contraction)
-        warns = [w for w in post.warnings if not w.startswith("not informed by the data")]
-        uninformed = [n for n, v in contraction.items() if v < CONTRACTION_UNINFORMED]
-        if uninformed:
-            warns.append(
-                f"not informed by the data (posterior close to the box prior the estimator was trained on, contraction "
-                f"< {CONTRACTION_UNINFORMED}): {', '.join(uninformed)}; their estimates restate that box (fix them, or "
-                "see the identifiability report for the combinations the data do constrain)"
-            )
-        # data outside the training distribution already made the status "warning" (the assembly's _fit_status)
-        return dataclasses.replace(post, contraction=contraction, diagnostics=diagnostics, warnings=tuple(warns))
 
     # --------------------------------------------------------- calibration
     def calibrate(self, n_simulations: int = 200, *, n_posterior_samples: int = 500, seed: int | None = None,
