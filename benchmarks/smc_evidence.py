@@ -14,33 +14,12 @@ Run: ``python benchmarks/smc_evidence.py [default thr0.8 corr0.001 MH moved95]``
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 import warnings
 
 import numpy as np
 import torch
-
-
-def _problem():
-    from jrinfer import InverseProblem, Prior, SpectrumData, SpectrumObservation
-
-    f64 = torch.float64
-    n_seg, p_mean = 20, 45.0
-    freqs = torch.arange(2.0, 30.01, 0.5, dtype=f64)
-    obs = SpectrumObservation(floor=False)
-    template = SpectrumData.from_arrays(freqs, torch.ones(1, freqs.numel(), dtype=f64), units="uV^2/Hz",
-                                        n_segments=n_seg)
-    truth = {"a": 100.0, "b": 50.0, "p_mean": p_mean, "p_std": 1.0, "gain": 3e-3, "ap_amplitude": 2.0,
-             "ap_exponent": 1.2, "log_precision": math.log(n_seg)}
-    truth = {k: torch.tensor(v, dtype=f64) for k, v in truth.items()}
-    y = obs.sample(obs.predict(truth, template), truth, template, torch.Generator().manual_seed(11))
-    data = SpectrumData.from_arrays(freqs, y, units="uV^2/Hz", n_segments=n_seg)
-    spec = obs.default_prior(data, free=("a", "b", "p_mean"))
-    spec["distributions"].pop("p_mean")
-    spec["fixed"]["p_mean"] = p_mean
-    return InverseProblem(obs, Prior.from_dict(spec), data)
 
 
 def _moved_imh(fraction: float):
@@ -81,11 +60,12 @@ def main(argv=None) -> None:
     import pymc as pm
     import xarray as xr
 
+    from _problems import compare_backends_problem
     from jrinfer.backends.laplace import VariationalLaplace
     from jrinfer.backends.pymc import _final_stage, _z_draws, problem_to_pymc
 
     torch.set_num_threads(1)
-    problem = _problem()
+    problem = compare_backends_problem()
     configs = {
         "default": dict(threshold=0.5),
         "thr0.8": dict(threshold=0.8),

@@ -11,7 +11,6 @@ Run: PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/vl_calibration.py [n_st
 """
 
 import json
-import math
 import sys
 import time
 import warnings
@@ -19,7 +18,7 @@ import warnings
 import numpy as np
 import torch
 
-from jrinfer import InverseProblem, Prior, SpectrumData, SpectrumObservation
+from _problems import compare_backends_problem
 from jrinfer.backends.laplace import VariationalLaplace
 from jrinfer.identifiability import _with_data
 
@@ -29,19 +28,7 @@ N_STARTS = int(sys.argv[1]) if len(sys.argv) > 1 else None
 OUT = sys.argv[2] if len(sys.argv) > 2 else None
 N, SEED, Z90 = 200, 5, 1.6448536269514722
 
-N_SEGMENTS, P_MEAN = 20, 45.0
-freqs = torch.arange(2.0, 30.01, 0.5, dtype=F64)
-obs = SpectrumObservation(floor=False)
-tmpl = SpectrumData.from_arrays(freqs, torch.ones(1, freqs.numel(), dtype=F64), units="uV^2/Hz", n_segments=N_SEGMENTS)
-truth0 = {"a": 100.0, "b": 50.0, "p_mean": P_MEAN, "p_std": 1.0, "gain": 3e-3, "ap_amplitude": 2.0,
-          "ap_exponent": 1.2, "log_precision": math.log(N_SEGMENTS)}
-t0 = {k: torch.tensor(v, dtype=F64) for k, v in truth0.items()}
-y0 = obs.sample(obs.predict(t0, tmpl), t0, tmpl, torch.Generator().manual_seed(11))
-data = SpectrumData.from_arrays(freqs, y0, units="uV^2/Hz", n_segments=N_SEGMENTS)
-spec = obs.default_prior(data, free=("a", "b", "p_mean"))
-spec["distributions"].pop("p_mean")
-spec["fixed"]["p_mean"] = P_MEAN
-problem = InverseProblem(obs, Prior.from_dict(spec), data)
+problem = compare_backends_problem()
 
 # the truths and data of recovery_study(problem, N, seed=SEED): prior draws the observation can predict
 kept = []

@@ -1,0 +1,33 @@
+"""Test problems shared by the benchmark scripts (run them from the repository root: ``python benchmarks/X.py``)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def compare_backends_problem():
+    """The ``compare_backends`` notebook's problem: a JR spectrum (transfer method) with Welch noise of 20 segments.
+
+    JR 1995 constants, p_mean 45 fixed, p_std 1, gain 3e-3, 1/f amplitude 2 and exponent 1.2, noise precision 20;
+    2-30 Hz in 0.5 Hz steps, noise seed 11. Free: a, b, gain, ap_amplitude, ap_exponent, log_precision (the
+    default prior of ``free=("a", "b", "p_mean")`` with p_mean fixed). The posterior of log a has SD about 0.004.
+    """
+    from jrinfer import InverseProblem, Prior, SpectrumData, SpectrumObservation
+
+    f64 = torch.float64
+    n_seg, p_mean = 20, 45.0
+    freqs = torch.arange(2.0, 30.01, 0.5, dtype=f64)
+    obs = SpectrumObservation(floor=False)
+    template = SpectrumData.from_arrays(freqs, torch.ones(1, freqs.numel(), dtype=f64), units="uV^2/Hz",
+                                        n_segments=n_seg)
+    truth = {"a": 100.0, "b": 50.0, "p_mean": p_mean, "p_std": 1.0, "gain": 3e-3, "ap_amplitude": 2.0,
+             "ap_exponent": 1.2, "log_precision": math.log(n_seg)}
+    truth = {k: torch.tensor(v, dtype=f64) for k, v in truth.items()}
+    y = obs.sample(obs.predict(truth, template), truth, template, torch.Generator().manual_seed(11))
+    data = SpectrumData.from_arrays(freqs, y, units="uV^2/Hz", n_segments=n_seg)
+    spec = obs.default_prior(data, free=("a", "b", "p_mean"))
+    spec["distributions"].pop("p_mean")
+    spec["fixed"]["p_mean"] = p_mean
+    return InverseProblem(obs, Prior.from_dict(spec), data)
