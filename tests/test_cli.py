@@ -18,6 +18,16 @@ def run(capsys, *args):
     return code, out, err
 
 
+def _spectrum_csv(tmp_path, channels=("power",), peak=False):
+    """``tmp_path/s.csv``: a 2-30 Hz spectrum in 0.5 Hz steps, 1/f (with ``peak``, plus a 10 Hz bump), per channel."""
+    freqs = np.arange(2.0, 30.01, 0.5)
+    power = 1.0 / freqs + (np.exp(-0.5 * ((freqs - 10) / 1.5) ** 2) if peak else 0.0)
+    csv = tmp_path / "s.csv"
+    csv.write_text(f"freq,{','.join(channels)}\n"
+                   + "\n".join(f"{f}," + ",".join([f"{p}"] * len(channels)) for f, p in zip(freqs, power)))
+    return csv
+
+
 def test_fixed_points_json_contract(capsys):
     code, out, err = run(capsys, "fixed-points", "--set", "p_mean=60", "--json")
     assert code == 0, err
@@ -165,9 +175,7 @@ def test_demo_runs_and_writes_outputs(tmp_path, capsys):
 
 
 def test_fit_force_replaces_an_earlier_fits_outputs_and_keeps_the_users_files(tmp_path, capsys):
-    csv = tmp_path / "s.csv"
-    freqs = np.arange(2.0, 30.01, 0.5)
-    csv.write_text("freq,power\n" + "\n".join(f"{f},{1.0 / f + np.exp(-0.5 * ((f - 10) / 1.5) ** 2)}" for f in freqs))
+    csv = _spectrum_csv(tmp_path, peak=True)
     out = tmp_path / "o"
     out.mkdir()
     # what an earlier NUTS fit with --report left, and a note of the user's
@@ -232,9 +240,7 @@ def test_fit_target_accept_reaches_nuts_and_is_refused_elsewhere(tmp_path, capsy
 
 
 def test_fit_names_every_unknown_pick(tmp_path, capsys):
-    csv = tmp_path / "s.csv"
-    freqs = np.arange(2.0, 30.01, 0.5)
-    csv.write_text("freq,O1,O2\n" + "\n".join(f"{f},{1.0 / f},{1.0 / f}" for f in freqs))
+    csv = _spectrum_csv(tmp_path, channels=("O1", "O2"))
     code, _, err = run(capsys, "fit", str(csv), "--kind", "spectrum", "--units", "uV^2/Hz", "--picks", "Xx,O1,Yy",
                        "--out", str(tmp_path / "o"))
     assert code == 2 and "unknown channel name(s) ['Xx', 'Yy']; available channels: ['O1', 'O2']" in err, err
@@ -242,9 +248,7 @@ def test_fit_names_every_unknown_pick(tmp_path, capsys):
 
 def test_fit_with_p_mean_not_free_holds_it_in_the_stable_regime(tmp_path, capsys):
     """--free without p_mean: the transfer method's default prior fixes p_mean at 60 (JR 1995's 220 is on the limit cycle)."""
-    csv = tmp_path / "s.csv"
-    freqs = np.arange(2.0, 30.01, 0.5)
-    csv.write_text("freq,power\n" + "\n".join(f"{f},{1.0 / f + np.exp(-0.5 * ((f - 10) / 1.5) ** 2)}" for f in freqs))
+    csv = _spectrum_csv(tmp_path, peak=True)
     code, _, err = run(capsys, "fit", str(csv), "--kind", "spectrum", "--units", "uV^2/Hz", "--free", "A,a,b,C",
                        "--out", str(tmp_path / "o"), "--json")
     assert code in (0, 1), err
@@ -255,9 +259,7 @@ def test_fit_with_p_mean_not_free_holds_it_in_the_stable_regime(tmp_path, capsys
 
 def test_fix_names_unknown_parameters_as_such(tmp_path, capsys):
     """--fix Q=3 blames --fix and lists the parameters it knows (not the prior)."""
-    csv = tmp_path / "s.csv"
-    freqs = np.arange(2.0, 30.01, 0.5)
-    csv.write_text("freq,power\n" + "\n".join(f"{f},{1.0 / f}" for f in freqs))
+    csv = _spectrum_csv(tmp_path)
     code, _, err = run(capsys, "fit", str(csv), "--kind", "spectrum", "--units", "uV^2/Hz", "--fix", "Q=3",
                        "--out", str(tmp_path / "o"))
     assert code == 2 and "--fix: unknown parameter 'Q'; known: A, B, a, b, C" in err, err
