@@ -89,6 +89,28 @@ def non_eeg_reason(name: str, kind: str) -> str | None:
     return None
 
 
+def match_channels(argname: str, names: Sequence, available: Sequence[str]) -> list:
+    """:func:`match_channel` of every name (non-strings, e.g. indices, pass through as they are).
+
+    Raises ValueError naming every name that matches nothing (not only the
+    first) with the available channels, or the first ambiguous one.
+    """
+    matched, unknown = [], []
+    for name in names:
+        if not isinstance(name, str):
+            matched.append(name)
+            continue
+        try:
+            matched.append(match_channel(argname, name, available))
+        except ValueError as err:
+            if "ambiguous" in str(err):
+                raise
+            unknown.append(name)
+    if unknown:
+        raise ValueError(f"{argname}: unknown channel name(s) {unknown}; available channels: {list(available)}")
+    return matched
+
+
 def match_channel(argname: str, name: str, available: Sequence[str]) -> str:
     """The channel of ``available`` that ``name`` means.
 

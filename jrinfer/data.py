@@ -629,19 +629,7 @@ def _mne_picks(argname: str, picks, info, metadata: dict | None = None) -> list[
         raise ValueError(f"{argname} must be a channel name or a list of names; got {picks!r}") from None
     if not picks:
         raise ValueError(f"{argname} must name at least one channel; got an empty list")
-    resolved, unknown = [], []
-    for p in picks:
-        if not isinstance(p, str):
-            resolved.append(p)
-            continue
-        try:
-            resolved.append(_dc.match_channel(argname, p, names))
-        except ValueError as err:
-            if "ambiguous" in str(err):
-                raise
-            unknown.append(p)
-    if unknown:  # every name that matches nothing, not only the first
-        raise ValueError(f"{argname}: unknown channel name(s) {unknown}; available channels: {names}")
+    resolved = _dc.match_channels(argname, picks, names)
     idx = _channel_indices(argname, resolved, names)
     md["channels_used"] = [names[i] for i in idx]
     return idx
