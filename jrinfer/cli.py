@@ -296,7 +296,7 @@ def _load_data(args):
 
 
 def _read_data(args, path: Path):
-    from jrinfer.data import MIN_FIT_FREQS, EvokedData, SpectrumData
+    from jrinfer.data import _TIME_HEADERS, MIN_FIT_FREQS, EvokedData, SpectrumData
 
     channels = [c.strip() for c in args.channels.split(",") if c.strip()] if args.channels else None
     bands = _parse_bands(getattr(args, "exclude", None))
@@ -306,7 +306,7 @@ def _read_data(args, path: Path):
     if bands and args.kind != "spectrum":
         raise UsageError("--exclude applies to --kind spectrum only (frequency bands in Hz)")
     name = path.name.lower()
-    if name.endswith(".csv") and args.kind == "spectrum" and _csv_first_header(path) in ("time", "times", "time_s"):
+    if name.endswith(".csv") and args.kind == "spectrum" and _csv_first_header(path) in _TIME_HEADERS:
         # a recording kept as a text time series: Welch through MNE, as for EEG files
         from jrinfer.data import AMPLITUDE_UNITS, _raw_from_series_csv
 
@@ -509,18 +509,10 @@ def _match_channels(names: list[str], available) -> list[str]:
     """
     from jrinfer import _datachecks
 
-    available = list(available)
-    matched, unknown = [], []
-    for name in names:
-        try:
-            matched.append(_datachecks.match_channel("--picks", name, available))
-        except ValueError as err:
-            if "ambiguous" in str(err):
-                raise UsageError(str(err)) from None
-            unknown.append(name)
-    if unknown:
-        raise UsageError(f"--picks: unknown channel name(s) {unknown}; available channels: {available}")
-    return matched
+    try:
+        return _datachecks.match_channels("--picks", names, list(available))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def _read_prior_file(path: str) -> dict:

@@ -421,9 +421,8 @@ def _run(specs: list[dict], out: Path | None, *, client, progress: bool, retries
     from jrinfer._chunks import _ChunkProgress
 
     out_s = None if out is None else str(out)
-    # a bar on a terminal, else a line at most every 10 s and one at the end (no \r in logs)
-    bar = _ChunkProgress(len(specs), "fitting", bool(progress and specs), unit="item")
-    try:
+    # a bar on a terminal, else a line at most every 10 s and one at the end (none when interrupted; no \r in logs)
+    with _ChunkProgress(len(specs), "fitting", bool(progress and specs), unit="item") as bar:
         if client is None:
             for spec in specs:
                 yield fit_item(spec, out_s)
@@ -458,8 +457,6 @@ def _run(specs: list[dict], out: Path | None, *, client, progress: bool, retries
                 except Exception:  # the client or cluster is gone already
                     pass
             futures.clear()
-    finally:
-        bar.__exit__(*sys.exc_info())  # the end line only when the run was not interrupted
 
 
 def fit_item(spec: dict, out: str | None) -> dict:
