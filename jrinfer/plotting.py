@@ -7,6 +7,8 @@ registered with pyplot (no backend switch, nothing to close) and, given a
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from jrinfer._io import atomic_path
@@ -85,6 +87,22 @@ def pretty_units(units: str | None) -> str:
 def _with_units(label: str, units: str | None) -> str:
     u = pretty_units(units)
     return f"{label} ({u})" if u else label
+
+
+def _channel_title(name, n_shown: int = 4, width: int = 48) -> str:
+    """A panel title for a channel: a long ``mean(A,B,...)`` name as "mean of N channels: A, B, ... Z", wrapped."""
+    import textwrap
+
+    name = str(name)
+    m = re.fullmatch(r"mean\((.*)\)", name)
+    if m:
+        parts = [p.strip() for p in m.group(1).split(",") if p.strip()]
+        n = len(parts)
+        if n > n_shown:
+            parts = parts[: n_shown - 1] + ["...", parts[-1]]
+        # a line breaks between channel names, never inside one ('EEG Fp1'): no-break spaces within names
+        name = f"mean of {n} channels: " + ", ".join(p.replace(" ", "\u00a0") for p in parts)
+    return "\n".join(textwrap.wrap(name, width)) or name
 
 
 def _arrays(posterior):
@@ -209,7 +227,7 @@ def plot_spectrum_fit(posterior, path=None, *, title: str | None = None):
                         label=f"{who} peak {pk[0]:.2f} Hz")
         ax.set_yscale("log")
         ax.set_ylabel(_with_units("power", units))
-        ax.set_title(str(posterior.observed["channels"][c]))
+        ax.set_title(_channel_title(posterior.observed["channels"][c]), fontsize=10)
         _legend_outside(ax)
         ax.grid(True, which="major", alpha=0.3)
         z = logres[c] / sd
@@ -287,7 +305,7 @@ def plot_evoked_fit(posterior, path=None, *, title: str | None = None):
             top = float(max(np.abs(y[c]).max(), np.abs(fit[c]).max()))
             ax.set_ylim(-2.0 * top, 2.0 * top)
         ax.set_ylabel(_with_units("potential", units))
-        ax.set_title(str(posterior.observed["channels"][c]))
+        ax.set_title(_channel_title(posterior.observed["channels"][c]), fontsize=10)
         _legend_outside(ax)
         ax.grid(True, alpha=0.3)
         rax.fill_between(x, lo - fit[c], hi - fit[c], color=_BAND, alpha=0.2, lw=0)

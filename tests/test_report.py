@@ -141,6 +141,26 @@ def test_plots_people_expect(tmp_path):
     assert plotting.pretty_units("1") == "" and plotting.pretty_units("mV") == "mV"
 
 
+def test_a_long_channel_mean_title_is_shortened_and_stays_inside_the_figure():
+    """The CLI names an average of 32 channels mean(EEG Fp1,...): the panel title must not run off the figure."""
+    from jrinfer import plotting
+
+    names = [f"EEG Ch{i:02d}" for i in range(32)]
+    post = _posterior("evoked")
+    post.observed["channels"] = ["mean(" + ",".join(names) + ")"]
+    fig = plotting.plot_evoked_fit(post)
+    title = fig.axes[0].title
+    text = title.get_text()
+    assert text.replace("\n", " ").replace("\u00a0", " ") == "mean of 32 channels: EEG Ch00, EEG Ch01, EEG Ch02, ..., EEG Ch31"
+    assert "EEG\n" not in text  # lines break between channel names
+    fig.canvas.draw()
+    box, frame = title.get_window_extent(), fig.bbox
+    assert box.x0 >= frame.x0 - 1 and box.x1 <= frame.x1 + 1, (box, frame)
+    # a short name is left as it is
+    assert plotting._channel_title("Pz") == "Pz"
+    assert plotting._channel_title("mean(O1,O2)") == "mean of 2 channels: O1, O2"
+
+
 def test_bifurcation_diagram_labels_hopf_and_fold():
     from jrinfer import plotting
 
