@@ -55,6 +55,9 @@ _VOLT_UNIT_PER_MV = {"V": 1e-3, "mV": 1.0, "uV": 1e3}
 #: R² below 0.9 is a misfit: the acceptance criterion of a spectrum's log-power shape (issue 11).
 R2_WARN = 0.9
 PEAK_SHIFT_WARN_HZ = 1.0
+#: A model peak within this of the data's reproduces the peak (issue 9/11's criterion, one grid step of 0.5 Hz);
+#: beyond it the fit's verdict says by how much and whether the data resolve the difference.
+PEAK_SHIFT_OK_HZ = 0.5
 EXPLAINED_VARIANCE_WARN = 0.5
 #: Residual (in noise SDs of the Welch estimate) at the data's or the prediction's alpha peak above
 #: which a peak shift counts as a misfit; 3 SDs is a two-sided p of 0.0027 at each of the two points.
@@ -1343,6 +1346,23 @@ class SpectrumObservation(_JansenRitObservation):
                 worst = float((y[at] - yhat[at]).abs().max()) / noise["noise_sd_welch"]
                 metrics["peak_residual_noise_sds"] = worst
                 significant = worst > PEAK_RESIDUAL_SD
+        if fd is not None and fp is not None and abs(fp - fd) > PEAK_SHIFT_OK_HZ and "verdict" in metrics:
+            # a shift beyond the criterion gets words whether or not it is a misfit: is it the noise's or the model's?
+            side = "below" if fp < fd else "above"
+            words = f"; the model's alpha peak is {abs(fp - fd):.3g} Hz {side} the data's ({fp:.2f} vs {fd:.2f} Hz)"
+            worst = metrics.get("peak_residual_noise_sds")
+            if worst is None:
+                words += ": with the data's noise unknown, whether they resolve that cannot be told"
+            elif significant:
+                words += f", beyond the noise (the residual at the peaks reaches {worst:.1f} Welch noise SDs)"
+                resolved = ": the model describes what these data resolve"
+                if resolved in metrics["verdict"]:  # within the noise overall, but not at the peaks
+                    metrics["verdict"] = metrics["verdict"].replace(resolved, "")
+                    words = ", yet" + words[1:]
+            else:
+                words += (f", within the noise: at both peaks the data lie within {worst:.1f} Welch noise SDs of the "
+                          f"model ({data.n_segments} segments), so these data do not place the peak more finely")
+            metrics["verdict"] += words
         if fd is not None and fp is not None and abs(fp - fd) > PEAK_SHIFT_WARN_HZ and significant:
                 warns.append(
                     f"alpha peak missed: data {fd:.2f} Hz, model {fp:.2f} Hz (off by more than "

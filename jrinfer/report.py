@@ -23,6 +23,8 @@ import json
 import math
 from pathlib import Path
 
+from jrinfer.observation import PEAK_SHIFT_OK_HZ
+
 __all__ = ["render_report", "write_report", "report_html"]
 
 #: Pareto k-hat thresholds (Vehtari et al. 2024): below 0.5 good, up to 0.7 usable, above unreliable.
@@ -371,7 +373,7 @@ _QUALITY_LABELS = {
     "r2_log_power": ("R² of log-power", "1 − residual / total variance of the log spectrum; misfit below 0.9"),
     "peak_frequency_data_hz": ("alpha peak of the data (Hz)", "largest power in 6–14 Hz"),
     "peak_frequency_model_hz": ("alpha peak of the fit (Hz)", "largest predicted power in 6–14 Hz"),
-    "peak_shift_hz": ("peak shift, fit − data (Hz)", "within ±0.5 Hz reproduces the peak"),
+    "peak_shift_hz": ("peak shift, fit − data (Hz)", f"within ±{PEAK_SHIFT_OK_HZ:g} Hz reproduces the peak"),
     "noise_sd_log_power": ("noise sd of log-power", "exp(−log_precision / 2): the fitted scatter of "
                                                     "log-power about the model"),
     "residual_rms_log_power": ("residual RMS of log-power", "root mean square of data − fit (natural log); "

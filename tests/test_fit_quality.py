@@ -423,6 +423,41 @@ def test_evoked_verdict_against_the_baseline_noise():
     assert "noise of the average is unknown" in m["verdict"] and "residual_noise_ratio" not in m
 
 
+def test_verdict_says_whether_a_peak_shift_is_the_noise_or_the_model():
+    """A model peak more than 0.5 Hz off the data's gets words in the verdict, and they say whether the data
+    resolve the shift (the residual at the two peaks beyond PEAK_RESIDUAL_SD Welch noise SDs) or not (the Bonn
+    segment, 10 Welch segments: a 1.25 Hz shift within 2.9 SDs had no words). Broad peaks at 11 Hz (data) and
+    9.75 Hz (model), data with 3, 6 or 400 Welch segments, 6 noise draws each."""
+    from jrinfer.observation import PEAK_RESIDUAL_SD, PEAK_SHIFT_OK_HZ
+
+    def spectrum(centre):
+        return 10.0 / FREQS * (1 + 4 * torch.exp(-0.5 * ((FREQS - centre) / 1.5) ** 2))
+
+    seen = set()
+    for k in (3, 6, 400):
+        for seed in range(6):
+            data = SpectrumData.from_arrays(FREQS, _welch_log_noise(spectrum(11.0), k, seed)[None], units="uV^2/Hz",
+                                            n_segments=k)
+            m = SpectrumObservation().goodness_of_fit(data, spectrum(9.75)).metrics
+            v, shift = m["verdict"], m["peak_shift_hz"]
+            if abs(shift) <= PEAK_SHIFT_OK_HZ:
+                assert "alpha peak is" not in v, v
+                seen.add("reproduced")
+                continue
+            said = (f"the model's alpha peak is {abs(shift):.3g} Hz below the data's "
+                    f"({m['peak_frequency_model_hz']:.2f} vs {m['peak_frequency_data_hz']:.2f} Hz)")
+            assert said in v, v
+            if m["peak_residual_noise_sds"] > PEAK_RESIDUAL_SD:
+                assert "beyond the noise" in v and "describes what these data resolve" not in v, v
+                seen.add("yet" if "within the data's own noise" in v else "beyond")
+                if "within the data's own noise" in v:
+                    assert ", yet " + said in v, v
+            else:
+                assert f"within the noise: at both peaks the data lie within {m['peak_residual_noise_sds']:.1f}" in v, v
+                seen.add("within")
+    assert seen == {"reproduced", "within", "beyond", "yet"}, seen
+
+
 def test_verdict_of_an_offset_prediction_says_the_level_is_off():
     """A prediction 2x too low everywhere: one run of same-sign residuals over the whole grid is the level, not a
     band (it was named "11-40 Hz, largest at 40 Hz (gamma?)")."""
