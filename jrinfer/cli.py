@@ -1111,6 +1111,8 @@ def _cmd_fit(args) -> int:
             print(f"  note: {note}")
         if "npe" in summary:
             print(f"  NPE: {summary['npe']['headline']}")
+        elif (summary.get("prior_validity") or {}).get("explanation"):
+            print(f"  prior: {summary['prior_validity']['explanation']}")
         print(f"  {summary['identifiability']} (see jrinfer identifiability for the structural trade-offs)")
         if pulse is not None:
             r, t = pulse["peak_rate"], pulse["peak_time"]

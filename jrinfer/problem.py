@@ -454,14 +454,27 @@ class InverseProblem:
         -------
         dict
             ``{"n_samples", "invalid_fraction", "reasons"}`` with up to three
-            example reasons.
+            example reasons; where the observation classifies regimes also
+            ``regime_mix`` (fraction of the prior draws in each regime),
+            ``invalid_by_regime`` (fraction of the draws that cannot be
+            predicted, by regime) and, when some cannot, ``explanation``: a
+            sentence saying where they are and what it means for the fit.
         """
         n_samples = _checks.check_int("n_samples", n_samples, minimum=1)
         theta = self.prior.sample(n_samples, seed=seed)
         with torch.no_grad():
             pred = self.predict(theta)
+            codes = self.regimes(theta)
         invalid = 1.0 - float(pred.valid.double().mean())
-        return {"n_samples": n_samples, "invalid_fraction": invalid, "reasons": pred.reasons[:3]}
+        out = {"n_samples": n_samples, "invalid_fraction": invalid, "reasons": pred.reasons[:3]}
+        if codes is not None:
+            names = self.observation.REGIMES
+            bad = ~pred.valid
+            out["regime_mix"] = {r: float((codes == k).double().mean()) for k, r in enumerate(names)}
+            out["invalid_by_regime"] = {r: float(((codes == k) & bad).double().mean()) for k, r in enumerate(names)}
+            if invalid > 0:
+                out["explanation"] = _prior_validity_words(out)
+        return out
 
     # ---------------------------------------------------- Gaussian form
     def gaussian_form(self) -> GaussianForm:
@@ -683,3 +696,27 @@ class StabilityBoundary:
                 out = (lo, hi, glo, ghi) if lo < hi else (math.inf, -math.inf, np.zeros(n), np.zeros(n))
         self._last = (key, out)
         return out
+
+
+#: How :meth:`InverseProblem.prior_validity` names a regime whose draws cannot be predicted.
+_REGIME_WORDS = {
+    "limit_cycle": "on the limit cycle (the upper equilibrium unstable: the oscillatory regime)",
+    "lower_branch": "on the lower branch (the upper equilibrium unstable, a low-activity one stable)",
+    "stable": "at a stable equilibrium (predictions that failed otherwise: see the reasons)",
+}
+
+
+def _prior_validity_words(pv: dict) -> str:
+    """The sentence of ``prior_validity["explanation"]``: where the unpredictable prior draws are, and what it means."""
+    n, invalid = pv["n_samples"], pv["invalid_fraction"]
+    parts = [f"{100 * f:.0f} % {_REGIME_WORDS.get(r, r)}" for r, f in
+             sorted(pv["invalid_by_regime"].items(), key=lambda kv: -kv[1]) if f > 0]
+    valid = {r: pv["regime_mix"][r] - pv["invalid_by_regime"][r] for r in pv["regime_mix"]}
+    kept = [r for r, f in valid.items() if f > 0.005]
+    where = (f"the {kept[0].replace('_', ' ')} regime" if len(kept) == 1
+             else "the regimes " + ", ".join(r.replace("_", " ") for r in kept)) if kept else "no regime"
+    return (f"{100 * invalid:.0f} % of {n} prior draws cannot be predicted by this observation: "
+            + "; ".join(parts)
+            + f". The fit describes {where}, which holds {100 * (1 - invalid):.0f} % of the prior; the posterior "
+            "cannot reach the rest (those regimes need the simulation method, "
+            "--method simulation, or a simulation-based backend)")

@@ -289,6 +289,8 @@ def _prior_invalid(posterior, summary) -> str | None:
     else:
         return None
     of = f" of {n} prior draws" if n else " of the prior draws"
+    if isinstance(pv, dict) and pv.get("explanation"):
+        return f"{100 * frac:.1f} %{of}: {pv['explanation'].split(': ', 1)[-1]}"
     return f"{100 * frac:.1f} %{of} (outside the model's valid regime, e.g. an unstable equilibrium)"
 
 

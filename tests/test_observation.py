@@ -249,10 +249,25 @@ def test_prior_validity_reports_oscillatory_mass():
     # part of the prior (about 45 %) lies in the oscillatory regime. It is reported, not hidden.
     assert 0.2 < report["invalid_fraction"] < 0.7
     assert "unstable" in report["reasons"][0]
+    # ... and explained by regime: every unpredictable draw has an unstable upper equilibrium (limit cycle or
+    # lower branch), every stable one is predicted; the regime mix adds up
+    mix, bad = report["regime_mix"], report["invalid_by_regime"]
+    assert abs(sum(mix.values()) - 1) < 1e-12 and bad["stable"] == 0.0
+    assert abs(bad["limit_cycle"] + bad["lower_branch"] - report["invalid_fraction"]) < 1e-12
+    assert bad["limit_cycle"] == mix["limit_cycle"] and bad["lower_branch"] == mix["lower_branch"]
+    words = report["explanation"]
+    assert words.startswith(f"{100 * report['invalid_fraction']:.0f} % of 500 prior draws cannot be predicted")
+    assert f"{100 * bad['lower_branch']:.0f} % on the lower branch" in words
+    assert f"The fit describes the stable regime, which holds {100 * mix['stable']:.0f} % of the prior" in words
     # with the JR 1995 constants fixed, p_mean between the Hopf points (89.8-315.7) is all invalid
     hot = problem.prior.fix(A=3.25, B=22.0, a=100.0, b=50.0, C=135.0).free(p_mean=LogNormal(220.0, 0.1))
     report = InverseProblem(problem.observation, hot, problem.data).prior_validity(500, seed=0)
     assert report["invalid_fraction"] == 1.0
+    assert "100 % on the limit cycle" in report["explanation"] and "describes no regime" in report["explanation"]
+    # the simulation method predicts every regime: nothing to explain
+    sim = InverseProblem(SpectrumObservation(method="simulation", duration=2.0, transient=0.5, segment=1.0),
+                         problem.prior, problem.data).prior_validity(20, seed=0)
+    assert sim["invalid_fraction"] == 0.0 and "explanation" not in sim
 
 
 def test_gaussian_form_matches_prediction():

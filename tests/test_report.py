@@ -206,6 +206,12 @@ def test_report_labels_quality_keys_shows_one_prior_invalid_figure_and_a_sampler
     # one prior-invalid figure, labelled with its sample size; the backend's own count is not shown beside it
     assert page.count("prior draws the model cannot evaluate") == 1 and "8.1 % of 1000 prior draws" in page
     assert "prior_invalid_fraction" not in page and "12.0 %" not in page
+    # where the fit explains the figure by regime, the page gives the explanation beside it
+    explained = {"n_samples": 1000, "invalid_fraction": 0.46, "reasons": [],
+                 "explanation": "46 % of 1000 prior draws cannot be predicted by this observation: 29 % on the lower "
+                                "branch (...). The fit describes the stable regime, which holds 54 % of the prior"}
+    page2 = report_html(nuts, {"prior_validity": explained})
+    assert "46.0 % of 1000 prior draws: 29 % on the lower branch (...). The fit describes the stable regime" in page2
     # raw keys come with a label and their meaning
     assert "excess log-power at twice the alpha peak" in page and "R² of log-power" in page
     # sampler diagnostics: per-parameter rows with thresholds and pass/fail, not truncated JSON
