@@ -473,7 +473,7 @@ class InverseProblem:
             out["regime_mix"] = {r: float((codes == k).double().mean()) for k, r in enumerate(names)}
             out["invalid_by_regime"] = {r: float(((codes == k) & bad).double().mean()) for k, r in enumerate(names)}
             if invalid > 0:
-                out["explanation"] = _prior_validity_words(out)
+                out["explanation"] = _prior_validity_words(out, getattr(self.observation, "method", None))
         return out
 
     # ---------------------------------------------------- Gaussian form
@@ -706,17 +706,29 @@ _REGIME_WORDS = {
 }
 
 
-def _prior_validity_words(pv: dict) -> str:
-    """The sentence of ``prior_validity["explanation"]``: where the unpredictable prior draws are, and what it means."""
+def _prior_validity_words(pv: dict, method: str | None = None) -> str:
+    """The sentence of ``prior_validity["explanation"]``: where the unpredictable prior draws are, and what it means.
+
+    ``method``: the observation's (``"transfer"``: the spectrum of the stable
+    fixed point, whose draws elsewhere the simulation method can predict).
+    """
     n, invalid = pv["n_samples"], pv["invalid_fraction"]
-    parts = [f"{100 * f:.0f} % {_REGIME_WORDS.get(r, r)}" for r, f in
+
+    def pct(f):
+        return f"{100 * f:.0f} %" if f >= 0.005 else "< 1 %"
+
+    parts = [f"{pct(f)} {_REGIME_WORDS.get(r, r)}" for r, f in
              sorted(pv["invalid_by_regime"].items(), key=lambda kv: -kv[1]) if f > 0]
     valid = {r: pv["regime_mix"][r] - pv["invalid_by_regime"][r] for r in pv["regime_mix"]}
-    kept = [r for r, f in valid.items() if f > 0.005]
-    where = (f"the {kept[0].replace('_', ' ')} regime" if len(kept) == 1
-             else "the regimes " + ", ".join(r.replace("_", " ") for r in kept)) if kept else "no regime"
-    return (f"{100 * invalid:.0f} % of {n} prior draws cannot be predicted by this observation: "
-            + "; ".join(parts)
-            + f". The fit describes {where}, which holds {100 * (1 - invalid):.0f} % of the prior; the posterior "
-            "cannot reach the rest (those regimes need the simulation method, "
-            "--method simulation, or a simulation-based backend)")
+    kept = [r.replace("_", " ") for r, f in valid.items() if f > 0.005]
+    where = ("no regime" if not kept else f"the {kept[0]} regime" if len(kept) == 1
+             else "the " + ", ".join(kept[:-1]) + f" and {kept[-1]} regimes")
+    if method == "transfer":
+        advice = " (the simulation method, --method simulation, or a simulation-based backend predicts them)"
+    elif method is None and pv["invalid_by_regime"].get("limit_cycle", 0) > 0:  # an evoked response
+        advice = " (on the limit cycle there is no resting state for a response to start from and return to)"
+    else:
+        advice = ""
+    return (f"{pct(invalid)} of {n} prior draws cannot be predicted by this observation: " + "; ".join(parts)
+            + f". The fit describes {where}, which holds {pct(1 - invalid)} of the prior; the posterior cannot "
+            f"reach the rest{advice}")
