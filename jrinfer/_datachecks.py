@@ -89,6 +89,23 @@ def non_eeg_reason(name: str, kind: str) -> str | None:
     return None
 
 
+def short_channel_name(name, n_shown: int = 4) -> str:
+    """A channel average's long ``mean(A,B,...)`` name as ``mean of N channels: A, B, C, ..., Z`` (others as they are).
+
+    ``n_shown``: at most this many entries (the first ``n_shown - 1``, an
+    ellipsis and the last) for an average of more channels.
+    """
+    name = str(name)
+    m = re.fullmatch(r"mean\((.*)\)", name)
+    if not m:
+        return name
+    parts = [p.strip() for p in m.group(1).split(",") if p.strip()]
+    n = len(parts)
+    if n > n_shown:
+        parts = parts[: n_shown - 1] + ["...", parts[-1]]
+    return f"mean of {n} channels: " + ", ".join(parts)
+
+
 def match_channels(argname: str, names: Sequence, available: Sequence[str]) -> list:
     """:func:`match_channel` of every name (non-strings, e.g. indices, pass through as they are).
 

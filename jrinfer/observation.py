@@ -31,6 +31,7 @@ from typing import ClassVar, NamedTuple
 import torch
 
 from jrinfer import _checks
+from jrinfer._datachecks import short_channel_name
 from jrinfer.model import PARAMETERS as MODEL_PARAMETERS
 from jrinfer.model import REGIMES as MODEL_REGIMES
 from jrinfer.model import JansenRit, PulseInput
@@ -401,7 +402,7 @@ def _evoked_verdict(data, y: torch.Tensor, yhat: torch.Tensor, ev: float) -> dic
         out.update(misfit_from_s=top["from"], misfit_to_s=top["to"], misfit_sign=top["sign"],
                    misfit_channel=str(data.channel_names[c]))
         side = "data above the model" if top["sign"] > 0 else "data below the model"
-        where = (f", most at {1e3 * top['from']:.0f}-{1e3 * top['to']:.0f} ms on {data.channel_names[c]} ({side}, "
+        where = (f", most at {1e3 * top['from']:.0f}-{1e3 * top['to']:.0f} ms on {short_channel_name(data.channel_names[c])} ({side}, "
                  f"by {abs(top['mean']):.2g} {data.units} on average)")
     else:
         where = ", spread over the epoch with no interval standing out"
@@ -1890,7 +1891,7 @@ class EvokedObservation(_JansenRitObservation):
         elif abs(tp - td) > 0.02:
             warns.append(
                 f"main peak missed: data at {1e3 * td:.0f} ms, model at {1e3 * tp:.0f} ms on "
-                f"{data.channel_names[c]}; widen the input_latency prior"
+                f"{short_channel_name(data.channel_names[c])}; widen the input_latency prior"
             )
         # A response that ends far from its pre-stimulus level is not an evoked
         # response of a system at rest (or the epoch is too short).
@@ -1905,7 +1906,7 @@ class EvokedObservation(_JansenRitObservation):
                 data_returned = False
                 warns.append(
                     f"the data end {step:+.3g} {data.units} away from their pre-stimulus level on "
-                    f"{data.channel_names[c]}: the response does not return to rest (a slow drift, a sustained "
+                    f"{short_channel_name(data.channel_names[c])}: the response does not return to rest (a slow drift, a sustained "
                     "potential or an epoch that ends too early); the evoked model returns to rest, so detrend, "
                     "baseline-correct or extend the epoch (--tmax)"
                 )

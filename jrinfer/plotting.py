@@ -7,8 +7,6 @@ registered with pyplot (no backend switch, nothing to close) and, given a
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from jrinfer._io import atomic_path
@@ -89,20 +87,18 @@ def _with_units(label: str, units: str | None) -> str:
     return f"{label} ({u})" if u else label
 
 
-def _channel_title(name, n_shown: int = 4, width: int = 48) -> str:
-    """A panel title for a channel: a long ``mean(A,B,...)`` name as "mean of N channels: A, B, ... Z", wrapped."""
+def _channel_title(name, width: int = 48) -> str:
+    """A panel title for a channel: a long ``mean(A,B,...)`` name shortened (``short_channel_name``), wrapped."""
     import textwrap
 
-    name = str(name)
-    m = re.fullmatch(r"mean\((.*)\)", name)
-    if m:
-        parts = [p.strip() for p in m.group(1).split(",") if p.strip()]
-        n = len(parts)
-        if n > n_shown:
-            parts = parts[: n_shown - 1] + ["...", parts[-1]]
+    from jrinfer._datachecks import short_channel_name
+
+    short = short_channel_name(name)
+    if short != str(name):
         # a line breaks between channel names, never inside one ('EEG Fp1'): no-break spaces within names
-        name = f"mean of {n} channels: " + ", ".join(p.replace(" ", "\u00a0") for p in parts)
-    return "\n".join(textwrap.wrap(name, width)) or name
+        head, names = short.split(": ", 1)
+        short = head + ": " + ", ".join(p.replace(" ", "\u00a0") for p in names.split(", "))
+    return "\n".join(textwrap.wrap(short, width)) or short
 
 
 def _arrays(posterior):
