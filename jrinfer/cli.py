@@ -713,7 +713,7 @@ def _observation(args):
 
     if args.kind == "spectrum":
         return SpectrumObservation(method=args.method or "transfer")
-    return EvokedObservation()
+    return EvokedObservation(rest=getattr(args, "rest", None) or "auto")
 
 
 def _check_names_before_reading(args) -> None:
@@ -821,7 +821,7 @@ def _check_backend_options(args) -> None:
                          f"--backend {args.backend}")
     if getattr(args, "kind", None) == "spectrum":  # evoked-only options would be silently ignored for a spectrum
         given = [flag for flag, dest in (("--condition", "condition"), ("--events", "events"), ("--event-id", "event_id"),
-                                         ("--baseline", "baseline"), ("--reject", "reject"))
+                                         ("--baseline", "baseline"), ("--reject", "reject"), ("--rest", "rest"))
                  if getattr(args, dest, None) is not None]
         if given:
             raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --kind evoked (epochs, "
@@ -1211,6 +1211,29 @@ def _data_difference(a: dict, b: dict) -> str:
     return "; ".join(parts)
 
 
+def _model_difference(a: dict, b: dict) -> str | None:
+    """What differs between the models (observation and prior) of two fit summaries, in words; None if nothing recorded does."""
+    parts = []
+    if a.get("observation") != b.get("observation"):
+        parts.append(f"observation {a.get('observation')} vs {b.get('observation')}")
+    pa, pb = a.get("prior") or {}, b.get("prior") or {}
+    da, db = pa.get("distributions") or {}, pb.get("distributions") or {}
+    fa, fb = pa.get("fixed") or {}, pb.get("fixed") or {}
+    only_a, only_b = sorted(set(da) - set(db)), sorted(set(db) - set(da))
+    if only_a:
+        parts.append(f"free only in the first: {', '.join(only_a)}")
+    if only_b:
+        parts.append(f"free only in the second: {', '.join(only_b)}")
+    other = sorted(n for n in set(da) & set(db) if da[n] != db[n])
+    if other:
+        parts.append(f"prior of {', '.join(other)}")
+    fixed = sorted(n for n in set(fa) & set(fb) if fa[n] != fb[n])
+    if fixed:
+        parts.append("fixed " + ", ".join(f"{n} {fa[n]:g} vs {fb[n]:g}" if isinstance(fa[n], (int, float))
+                                          and isinstance(fb[n], (int, float)) else n for n in fixed))
+    return "; ".join(parts) or None
+
+
 def _cmd_compare(args) -> int:
     from jrinfer.comparison import model_probabilities
 
@@ -1280,8 +1303,16 @@ def _cmd_compare(args) -> int:
                             f"{r['backend']} vs {q['backend']}): their log evidences estimate one number, and the "
                             f"{abs(r['free_energy'] - q['free_energy']):.2f} nats between them is the estimators' "
                             "error, not evidence")
+    # what the best model differs in from each other distinct model (the question a comparison answers)
+    ib = F.index(best)
+    differs = []
+    for i in reps:
+        if i != ib:
+            words = _model_difference(summaries[ib], summaries[i])
+            if words:
+                differs.append(f"{rows[ib]['dir']} vs {rows[i]['dir']} ({F[ib] - F[i]:+.2f} nats): {words}")
     if args.json:
-        print(json.dumps({"models": table, "same_model": same, "unreliable": unreliable,
+        print(json.dumps({"models": table, "same_model": same, "unreliable": unreliable, "differences": differs,
                           "note": "log evidence in nats (free energy for "
                           "laplace, SMC estimate for smc); probability: posterior model probability with equal "
                           "prior odds over distinct models (a model fitted twice counts once, by its first fit "
@@ -1296,6 +1327,8 @@ def _cmd_compare(args) -> int:
               f"{r['delta_to_best']:>10.2f}  {p}{'  best' if r['best'] else ''}{flag}")
     print("log evidence in nats; dF > 3 (about 20:1) is strong evidence (Kass & Raftery 1995) between different "
           "models; P(model) over distinct models ('(same)': another fit of a model listed above)")
+    for line in differs:
+        print(f"differs: {line}")
     for line in same:
         print(f"note: {line}")
     for line in unreliable:
@@ -1849,6 +1882,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--reject", type=float, default=None, metavar="PEAK_TO_PEAK",
         help="evoked from a continuous recording: drop epochs whose EEG peak-to-peak exceeds this (in --units, "
         "default uV); the count rejected goes to summary.json",
+    )
+    p.add_argument(
+        "--rest", default=None, choices=["auto", "upper"],
+        help="evoked: the resting state a response starts from: auto (default: the high equilibrium where it is "
+        "stable, else the low one on the lower branch) or upper (the high equilibrium only; the lower branch is "
+        "outside the model, so the posterior stays in one resting state); compare the two fits' evidence with "
+        "jrinfer compare",
     )
     p.add_argument("--method", default=None, choices=["transfer", "simulation"],
                    help="spectral model (default transfer; npe: fixed by the estimator)")

@@ -1533,9 +1533,23 @@ class EvokedObservation(_JansenRitObservation):
         (upper equilibrium unstable) whose pulse carries the state onto the
         coexisting limit cycle (still more than 5 % of its peak away from
         rest at the end of ``settle``).
+    rest : {"auto", "upper"}
+        The resting state a response starts from. ``"auto"`` (default): the
+        high-activity (upper) equilibrium where it is stable, else the low
+        one (the lower branch, between the first Hopf point and the fold,
+        beside a limit cycle), so that parameter sets on either side of the
+        upper equilibrium's Hopf point predict responses of differently
+        resting populations and the prediction jumps there. ``"upper"``: the
+        upper equilibrium only; parameter sets where it is unstable are
+        invalid (with a reason), so the posterior stays in one resting state
+        and a fit cannot be pinned to the Hopf point by that jump. Which one
+        describes a recording is a modelling choice: fit both and compare
+        their evidence (``jrinfer compare``).
     """
 
     data_type = EvokedData
+    #: The resting states :class:`EvokedObservation` can start responses from (``rest``).
+    RESTS = ("auto", "upper")
 
     PARAMETERS = {
         "input_amplitude": "scale q of the input pulse q ((t - input_latency)/w)^n exp(-(t - input_latency)/w) "
@@ -1555,7 +1569,10 @@ class EvokedObservation(_JansenRitObservation):
         shape_n: float = 7.0,
         dt: float = 1e-3,
         settle: float = 0.2,
+        rest: str = "auto",
     ):
+        _checks.check_option("rest", rest, self.RESTS)
+        self.rest = rest
         self.lead_field = None if lead_field is None else _checks.as_float_tensor("lead_field", lead_field)
         if self.lead_field is not None:
             _checks.check_finite("lead_field", self.lead_field)
@@ -1571,7 +1588,8 @@ class EvokedObservation(_JansenRitObservation):
     def __repr__(self) -> str:
         return (
             f"EvokedObservation(shape_n={self.shape_n:g}, dt={self.dt:g}, per_channel_gain={self.per_channel_gain}, "
-            f"lead_field={'custom' if self.lead_field is not None else 'ones'})"
+            f"lead_field={'custom' if self.lead_field is not None else 'ones'}"
+            + (f", rest={self.rest!r})" if self.rest != "auto" else ")")
         )
 
     def _gain_names(self, data) -> tuple[str, ...]:
@@ -1601,8 +1619,12 @@ class EvokedObservation(_JansenRitObservation):
         model = JansenRit(**model_params)
         fp = model.fixed_points()
         up, lo = fp.upper(), fp.lower()
-        use_upper = up.stable
-        valid = up.stable | lo.stable
+        if self.rest == "upper":  # the high equilibrium only: the lower branch is outside this model
+            use_upper = torch.ones_like(up.stable)
+            valid = up.stable
+        else:
+            use_upper = up.stable
+            valid = up.stable | lo.stable
         state = torch.where(use_upper.unsqueeze(-1), up.state, lo.state)
         v_rest = torch.where(use_upper, up.v, lo.v)
         state = torch.where(valid.unsqueeze(-1), state, torch.zeros_like(state))
@@ -1625,7 +1647,9 @@ class EvokedObservation(_JansenRitObservation):
             "evoked regime; a smaller input_amplitude, or a p_mean where the high equilibrium is stable, keeps it at "
             "rest"
             if bool(cy) else
-            "no stable resting equilibrium (the model oscillates without input)"
+            ("the high equilibrium is unstable (rest='upper': responses start from the high-activity resting state "
+             "only; this parameter set oscillates there, or rests on the lower branch)" if self.rest == "upper" else
+             "no stable resting equilibrium (the model oscillates without input)")
             for sw, cy, ok in zip(switched.reshape(-1).tolist(), cycled.reshape(-1).tolist(), valid.reshape(-1).tolist())
             if sw or cy or not ok
         ]
@@ -1679,7 +1703,7 @@ class EvokedObservation(_JansenRitObservation):
         with torch.no_grad():
             fp = jr.fixed_points()
             up, lo = fp.upper(), fp.lower()
-            if not bool(up.stable | lo.stable):
+            if not bool(up.stable | lo.stable) or (self.rest == "upper" and not bool(up.stable)):
                 return {}, []
             lower = not bool(up.stable)
             v_rest = lo.v if lower else up.v
@@ -1724,8 +1748,8 @@ class EvokedObservation(_JansenRitObservation):
                 f"is stable (its leading eigenvalue's real part is {growth:.3g} 1/s here, 0 at the Hopf point) the "
                 "prediction starts from that equilibrium instead, so parameter sets on either side predict responses "
                 f"from different resting states (read the regime mix of the posterior draws).{edge} Check the fit "
-                "against one with p_mean or the constants in the evoked regime of the high equilibrium (--prior / "
-                "--fix)"
+                "against one whose responses start from the high equilibrium only (--rest upper; "
+                "EvokedObservation(rest='upper')) and compare their evidence (jrinfer compare)"
             )
         else:
             what = (f"a population at its high equilibrium (pyramidal firing {rate:.2g} of at most {top:.0f} "
@@ -1811,6 +1835,10 @@ class EvokedObservation(_JansenRitObservation):
         a posterior spread over both is warned about (its predictive mixes
         responses from two resting states).
         """
+        if self.rest == "upper":
+            return {"method": "evoked response from the high equilibrium (rest='upper')", "describes": ("stable",),
+                    "advice_describes": "rest='upper' (--rest upper) predicts responses from the high equilibrium "
+                                        "only; the default rest='auto' also from the lower branch"}
         return {"method": "evoked response",
                 "starts": {"stable": "the high equilibrium", "lower_branch": "the low equilibrium (near-silent)"}}
 
@@ -2028,7 +2056,7 @@ class EvokedObservation(_JansenRitObservation):
         # scale of the gain: the JR response at the prior centre, seen with gain 1
         centre = {n: _spec_centre(d) for n, d in dists.items()}
         ref = {**{k: v for k, v in fixed.items()}, **centre, "gain": 1.0, "baseline": 0.0}
-        probe = EvokedObservation(shape_n=self.shape_n, dt=self.dt, settle=self.settle)
+        probe = EvokedObservation(shape_n=self.shape_n, dt=self.dt, settle=self.settle, rest=self.rest)
         ref_pred = probe.predict({k: torch.tensor(float(v), dtype=torch.float64) for k, v in ref.items()}, data)
         if not bool(ref_pred.valid):
             raise ValueError(

@@ -237,6 +237,13 @@ def test_fit_target_accept_reaches_nuts_and_is_refused_elsewhere(tmp_path, capsy
     # evoked-only options with a spectrum: refused, not ignored (a fit-many manifest's condition column was ignored)
     code, _, err = run(capsys, "fit", "x.csv", "--kind", "spectrum", "--condition", "rest", "--out", str(tmp_path / "p"))
     assert code == 2 and "--condition applies to --kind evoked" in err
+    code, _, err = run(capsys, "fit", "x.csv", "--kind", "spectrum", "--rest", "upper", "--out", str(tmp_path / "q"))
+    assert code == 2 and "--rest applies to --kind evoked" in err
+    # for an ERP it reaches the observation
+    from jrinfer.cli import _observation, build_parser
+
+    args = build_parser().parse_args(["fit", "x.csv", "--kind", "evoked", "--rest", "upper", "--out", "o"])
+    assert _observation(args).rest == "upper"
 
 
 def test_fit_names_every_unknown_pick(tmp_path, capsys):

@@ -59,6 +59,12 @@ def test_compare_table_json_and_refusals(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "P(model)" in out and "best" in out
     assert res["same_model"] == []  # different free parameters: different models
+    # ... and the comparison says what differs between them: the free parameters, from the best one's side
+    (line,) = res["differences"]
+    ib, io = ("full", "small") if F[fits["full"]] == best else ("small", "full")
+    assert line.startswith(f"{fits[ib]} vs {fits[io]} ({F[fits[ib]] - F[fits[io]]:+.2f} nats): ")
+    assert f"free only in the {'first' if ib == 'full' else 'second'}: B, b" in line, line
+    assert "observation" not in line and f"differs: {line}" in out
     # the same model fitted twice (here: a copy standing in for another backend's fit) is flagged, not "evidence"
     s = json.loads((tmp_path / "small" / "summary.json").read_text())
     s["log_evidence"], s["backend"] = s["log_evidence"] - 3.6, "smc"

@@ -545,6 +545,31 @@ def test_the_fit_says_where_the_population_rests_and_warns_on_the_lower_branch(p
         assert not lower and m["rest_firing_rate"] > 1.0 and "high equilibrium" in m["resting_state"], m
 
 
+def test_rest_upper_starts_every_response_from_the_high_equilibrium():
+    """rest='upper': where the high equilibrium is stable (p_mean 60) the prediction is the default's; on the lower
+    branch (p_mean 100), where the default starts from the low equilibrium, it is invalid with its reason (so a
+    posterior cannot straddle the Hopf point with responses of two resting states); a bad value names the argument;
+    the setting survives saving the observation's settings."""
+    from jrinfer.observation import observation_from_settings
+
+    data = _evoked_template(-0.1, 0.5)
+    params = _pulse_params([60.0, 100.0], 0.03, width=0.005)
+    auto, upper = EvokedObservation().predict(params, data), EvokedObservation(rest="upper").predict(params, data)
+    assert auto.valid.tolist() == [True, True] and upper.valid.tolist() == [True, False]
+    assert torch.equal(auto.value[0], upper.value[0])
+    assert len(upper.reasons) == 1 and "rest='upper'" in upper.reasons[0] and "lower branch" in upper.reasons[0]
+    obs = EvokedObservation(rest="upper")
+    assert "rest='upper'" in repr(obs) and observation_from_settings(obs.settings()).rest == "upper"
+    assert obs.regime_context(data, {})["describes"] == ("stable",)
+    with pytest.raises(ValueError, match="rest must be one of 'auto', 'upper'"):
+        EvokedObservation(rest="low")
+    # the default's warning on a lower-branch point estimate points at it
+    params = _pulse_params(100.0, 0.03, width=0.005)
+    pred = EvokedObservation().predict(params, data)
+    fq = EvokedObservation().goodness_of_fit(data, pred.value.reshape(1, -1) + 0.01 * data.values, params)
+    assert any("--rest upper" in w for w in fq.warnings if w.startswith("the point estimate is on the lower branch"))
+
+
 def test_a_fitted_response_that_outlasts_the_epoch_is_warned():
     """A lower-branch response (p_mean 100, pulse peaking at 10 + 7 x 5 ms) in an epoch ending at 60 ms has not
     returned at its end while the data (noise) have: warned; in a 500 ms epoch it has returned: silent."""
