@@ -1576,7 +1576,8 @@ def _identifiability_from_fit(folder: str) -> dict:
     observed = post.observed or {}
     kind = (s.get("data") or {}).get("kind") or ("spectrum" if observed.get("coord") == "freq" else "evoked")
     values = dict((s.get("prior") or {}).get("fixed") or {})
-    values.update({k: float(v["mean"]) for k, v in (s.get("parameters") or {}).items()})
+    # the fit's point: the Gaussian's centre where the headline mean is importance-weighted (summary.json)
+    values.update({k: float(v.get("gaussian_mean", v["mean"])) for k, v in (s.get("parameters") or {}).items()})
     lp = values.get("log_precision")
     return {
         "kind": kind,

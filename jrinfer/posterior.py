@@ -247,8 +247,12 @@ class Posterior:
         Gaussian (Laplace) marginal the importance-weighted one contradicts
         (:meth:`non_gaussian_marginals`) also ``marginal`` (its shape in
         words) and ``weighted_mean``, ``weighted_sd``, ``weighted_q05``,
-        ``weighted_q95`` and ``gaussian_contraction``; then status, fit
-        quality, warnings, backend diagnostics and the log evidence.
+        ``weighted_q95`` and ``gaussian_contraction``; where the weighted
+        figures are known, ``mean``, ``sd``, ``q05`` and ``q95`` are the
+        weighted ones (as printed and in the report) and the Gaussian's, which
+        the draws follow, are ``gaussian_mean``, ``gaussian_sd``,
+        ``gaussian_q05``, ``gaussian_q95``; then status, fit quality,
+        warnings, backend diagnostics and the log evidence.
         """
         q05, q95 = self.quantile(0.05), self.quantile(0.95)
         flagged = self.non_gaussian_marginals
@@ -269,6 +273,12 @@ class Posterior:
                 params[n]["marginal"] = r.get("shape", "not Gaussian")
                 params[n].update({k: r[k] for k in ("weighted_mean", "weighted_sd", "weighted_q05", "weighted_q95",
                                                      "gaussian_contraction") if k in r})
+                if "weighted_mean" in r:
+                    # the headline figures are the weighted ones, as printed and in the report (the contraction is
+                    # the weighted one already); the Gaussian's, which the draws follow, are kept beside them
+                    g = params[n]
+                    g.update(gaussian_mean=g["mean"], gaussian_sd=g["sd"], gaussian_q05=g["q05"], gaussian_q95=g["q95"])
+                    g.update(mean=r["weighted_mean"], sd=r["weighted_sd"], q05=r["weighted_q05"], q95=r["weighted_q95"])
         return {
             "backend": self.backend,
             "status": self.status,

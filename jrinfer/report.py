@@ -350,9 +350,10 @@ def _parameter_table(posterior, truth: dict | None = None) -> str:
         if uninformed:
             ctext += ' <span class="tag">not informed</span>'
         if p.get("marginal"):  # a Laplace marginal that importance weighting contradicts: the weighted one is shown
+            gauss = (f'; the Gaussian\'s: mean {_num(p["gaussian_mean"])}, sd {_num(p.get("gaussian_sd"))}, 5–95 % '
+                     f'{_num(p.get("gaussian_q05"))} to {_num(p.get("gaussian_q95"))}' if "gaussian_mean" in p else "")
             ctext += (f' <span class="tag a">{_e(p["marginal"])}</span><br><span class="note">importance-weighted '
-                      f'(Gaussian {_num(p.get("gaussian_contraction"), 2)}); 5–95 % {_num(p.get("weighted_q05"))} to '
-                      f'{_num(p.get("weighted_q95"))}</span>')
+                      f'(Gaussian {_num(p.get("gaussian_contraction"), 2)}){gauss}</span>')
         truth_cell = ""
         if truth:
             t = truth.get(name)
@@ -366,7 +367,7 @@ def _parameter_table(posterior, truth: dict | None = None) -> str:
     note = (f"<p class='note'>Contraction = 1 − posterior variance / prior variance (unconstrained coordinates); "
             f"below {CONTRACTION_UNINFORMED:g} the posterior restates the prior: the data did not inform the "
             "parameter. A tagged shape marks a Laplace marginal that the importance-weighted draws contradict: its "
-            "contraction and interval are the weighted ones; mean and sd are the Gaussian's.</p>")
+            "mean, sd, interval and contraction are the weighted ones, the Gaussian's beside them.</p>")
     return "<table>" + head + "".join(rows) + "</table>" + note
 
 

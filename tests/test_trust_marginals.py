@@ -120,6 +120,21 @@ def test_one_sided_laplace_marginal_is_flagged_and_matches_quadrature():
     row = next(line for line in repr(post).splitlines() if line.split()[:1] == ["u"])
     assert row.split()[1:3] == [f"{rec['weighted_mean']:.4g}", f"{rec['weighted_sd']:.3g}"], row
     assert "the Gaussian's: mean" in row
+    # ... and so do summary.json and the report: one mean per parameter wherever the user looks (a fresh user found
+    # the printed table, summary.json and report.html giving two), the Gaussian's beside it
+    assert (s["mean"], s["sd"], s["q05"], s["q95"]) == (rec["weighted_mean"], rec["weighted_sd"], rec["weighted_q05"],
+                                                         rec["weighted_q95"])
+    i = post.names.index("u")
+    assert s["gaussian_mean"] == pytest.approx(float(post.mean[i])) and s["gaussian_sd"] == pytest.approx(float(post.sd[i]))
+    from jrinfer.report import report_html
+
+    from jrinfer.report import _num
+
+    page = report_html(post, {})
+    cells = page[page.index("<td class='l'><b>u</b></td>"):].split("</tr>")[0]
+    assert cells.split("</td>")[1] == f"<td>{_num(rec['weighted_mean'])}", cells
+    assert "the Gaussian&#x27;s: mean" in cells or "the Gaussian's: mean" in cells, cells
+    assert "the weighted ones, with the Gaussian's beside them" in warn[0]
     from jrinfer.identifiability import posterior_summary
 
     assert "u" not in posterior_summary(post, problem.prior).not_informed  # the identifiability headline agrees

@@ -152,8 +152,9 @@ def _non_gaussian_marginals(diagnostics: dict, contraction: dict, units: dict, b
     return [
         f"the Gaussian (Laplace) marginal misstates {', '.join(flagged)}: the importance-weighted draws (PSIS, "
         f"k-hat <= {PARETO_K_UNRELIABLE}, ESS {im.get('ess', float('nan')):.0f}) show the posterior's: "
-        f"{'; '.join(parts)}. The mean, sd and draws shown are the Gaussian's, the contraction the weighted one; "
-        f"for draws that follow the posterior use {_alternatives(backend, diagnostics, hopf=False)}"
+        f"{'; '.join(parts)}. For these the mean, sd, interval and contraction shown (printed, summary.json, the "
+        "report) are the weighted ones, with the Gaussian's beside them; the draws (posterior.nc) follow the "
+        f"Gaussian: for draws that follow the posterior use {_alternatives(backend, diagnostics, hopf=False)}"
     ]
 
 
