@@ -670,7 +670,8 @@ def _with_conditions(args, obs, spec: dict, data):
 
 def _condition_summary(summary: dict, posterior, problem) -> list[str]:
     """Add ``condition_effects`` to summary.json for a fit of several conditions; the lines to print."""
-    from jrinfer.conditions import ConditionObservation, condition_effects, format_effects, no_difference
+    from jrinfer.conditions import (ConditionObservation, condition_effects, delta_gaussian, format_effects,
+                                    no_difference)
 
     obs = problem.observation
     if not isinstance(obs, ConditionObservation):
@@ -697,6 +698,8 @@ def _condition_summary(summary: dict, posterior, problem) -> list[str]:
         # each condition's regime mix, dominant regime and point-estimate regime (as diagnostics["regime_by_condition"])
         "regimes": posterior.diagnostics.get("regime_by_condition"),
         "warnings": warns,
+        # the differences' joint Gaussian and prior: what jrinfer.conditions.group_effects averages over subjects
+        "gaussian": delta_gaussian(posterior, problem),
     }
     return format_effects(effects, obs.reference, joint) + [f"    WARNING: {w}" for w in warns]
 
@@ -1640,9 +1643,13 @@ def _cmd_fit_many(args) -> int:
                     q.setLevel(level)
     n_err = sum(r["status"] != "ok" for r in rows)
     n_warn = sum(r["status"] == "ok" and r.get("fit_status") != "converged" for r in rows)
+    group = None
+    if any(len(s.get("conditions") or ()) > 1 for s in specs):  # condition fits: the group-level effects
+        group = json.loads((out / "group_effects.json").read_text())
     if args.json:
         print(json.dumps({"results": str(out / "results.csv"), "n_items": len(rows), "n_errors": n_err,
-                          "n_not_converged": n_warn}))
+                          "n_not_converged": n_warn,
+                          **({"group_effects": str(out / "group_effects.json")} if group is not None else {})}))
     else:
         for r in rows:
             if r["status"] != "ok":
@@ -1651,6 +1658,15 @@ def _cmd_fit_many(args) -> int:
                  else f"{len(rows)} fitted now")
         print(f"{len(rows)} items ({again}; {len(rows) - n_err} ok, {n_err} errors; {n_warn} with a fit status "
               f"other than converged, see fit_status in results.csv); wrote {out}/results.csv")
+        if group is not None and "error" in group:
+            print(f"jrinfer fit-many: no group effects: {group['error']}", file=sys.stderr)
+        elif group is not None:
+            from jrinfer.conditions import format_group_effects
+
+            for line in format_group_effects(group):
+                print(line)
+            plot = " and group_effects.png" if (out / "group_effects.png").is_file() else ""
+            print(f"wrote {out}/group_effects.json{plot}")
     if n_err:
         return 1
     return EXIT_STRICT if args.strict and n_warn else 0
