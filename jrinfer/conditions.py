@@ -1225,10 +1225,11 @@ def _group_verdict(name, condition, reference, scale, bpa, rfx, interval) -> tup
         est = f"{condition}/{reference} ratio {bpa['ratio']:.3g} [{bpa['ratio_lower']:.3g}, {bpa['ratio_upper']:.3g}]"
     else:
         est = f"{condition}-{reference} difference {bpa['mean']:+.3g} [{bpa['lower']:+.3g}, {bpa['upper']:+.3g}]"
+    est += f" ({pct} %), log BF {bpa['log_bayes_factor']:+.2f}"  # one shared difference vs none
     bpa_dir = 1 if bpa["lower"] > 0 else -1 if bpa["upper"] < 0 else 0
     n, p = rfx["n"], rfx["p"]
-    test = f"random effects t({rfx['df']}) = {rfx['t']:.2f}, p = {p:.3g}" if p is not None else \
-        f"random effects: {rfx['test'] or 'no test'}"
+    test = f"t({rfx['df']}) = {rfx['t']:.2f}, p = {p:.3g}" if p is not None else (rfx["test"] or "no test")
+    rtest = f"random effects {test}"
     sig = p is not None and p < RFX_ALPHA
     rfx_dir = (1 if rfx["mean"] > 0 else -1) if sig else 0
     up, down = rfx["n_above"], rfx["n_below"]
@@ -1236,31 +1237,33 @@ def _group_verdict(name, condition, reference, scale, bpa, rfx, interval) -> tup
     if up and down:
         return "disagree", (
             f"{tag}: the subjects disagree: {up} subject(s)' intervals lie above 0 and {down} below, so the difference "
-            f"is not shared; the fixed-effects average (BPA {est}, {pct} %) mixes opposite effects and describes no "
-            f"subject ({test})"
+            f"is not shared; the fixed-effects average (BPA {est}) mixes opposite effects and is not the "
+            f"difference every subject shows ({rtest})"
         )
     if bpa_dir:
         same = rfx["n_positive"] if bpa_dir > 0 else rfx["n_negative"]
         opposite = rfx["n_negative"] if bpa_dir > 0 else rfx["n_positive"]
         if opposite or (sig and rfx_dir != bpa_dir):
             return "disagree", (
-                f"{tag}: fixed effects say {_direction(bpa_dir, condition, reference)} (BPA {est}, {pct} %), but "
+                f"{tag}: fixed effects say {_direction(bpa_dir, condition, reference)} (BPA {est}), but "
                 f"the subjects' posterior means point both ways ({same} of {n} with it, {opposite} against): the "
-                f"average is carried by the most precise subject(s), not shared by all ({test})"
+                f"average is carried by the most precise subject(s), not shared by all ({rtest})"
             )
         if sig:
             return "agree", (f"{tag}: fixed and random effects agree: {_direction(bpa_dir, condition, reference)} "
-                             f"(BPA {est}, {pct} %; {test}; {up + down} of {n} subjects' intervals exclude 0)")
+                             f"(BPA {est}; {rtest}; {up + down} of {n} subjects' intervals exclude 0)")
         return "fixed effects only", (
-            f"{tag}: fixed effects say {_direction(bpa_dir, condition, reference)} (BPA {est}, {pct} %) and every "
+            f"{tag}: fixed effects say {_direction(bpa_dir, condition, reference)} (BPA {est}) and every "
             f"subject's mean points that way ({up + down} of {n} intervals exclude 0), but random effects do not "
             f"establish it ({test}{'; few subjects: little power' if n < FEW_SUBJECTS else ''})"
         )
     if sig:
         return "disagree", (f"{tag}: random effects say {_direction(rfx_dir, condition, reference)} ({test}) but the "
-                            f"fixed-effects interval holds no difference (BPA {est}, {pct} %)")
-    return "none", (f"{tag}: neither fixed effects (BPA {est}, {pct} %, holds no difference) nor random effects "
-                    f"({test}) show a difference")
+                            f"fixed-effects interval holds no difference (BPA {est})")
+    some = (f"; yet {up + down} of {n} subjects' intervals exclude 0 ({up} above, {down} below): a difference in "
+            "some subjects, not shared by the group") if up + down else ""
+    return "none", (f"{tag}: neither fixed effects (BPA {est}, holds no difference) nor random effects "
+                    f"({test}) show a difference{some}")
 
 
 def format_group_effects(group: dict) -> list[str]:
