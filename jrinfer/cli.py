@@ -2070,9 +2070,14 @@ def _add_fit_many_parser(sub) -> None:
         "override the defaults per row; other columns are copied to results.csv). Each item is written to "
         "DIR/<row>-<name>/ when it finishes; DIR/results.csv has one row per item (status ok or error). "
         "Running again with the same DIR resumes: finished items are skipped. Runs on a local Dask cluster "
-        "(one worker process per core) unless --scheduler ADDRESS or --workers 0 (no Dask).",
+        "(one worker process per core) unless --scheduler ADDRESS or --workers 0 (no Dask). With --conditions "
+        "rest,task --vary ..., each row names one file per condition in columns path_rest,path_task (instead of "
+        "path) and is fitted jointly as jrinfer fit does; the group effects over the rows (fixed effects: Bayesian "
+        "parameter averaging and summed log Bayes factors; random effects: a t-test on the subjects' means) are "
+        "printed and written to DIR/group_effects.json and group_effects.png.",
     )
-    p.add_argument("manifest", metavar="MANIFEST", help="CSV with a 'path' column (paths relative to the manifest)")
+    p.add_argument("manifest", metavar="MANIFEST", help="CSV with a 'path' column, or path_<condition> columns with "
+                   "--conditions (paths relative to the manifest)")
     p.add_argument("--kind", required=True, choices=["spectrum", "evoked"], help="what the files hold")
     p.add_argument("--backend", default="laplace", choices=["laplace", "nuts", "smc", "npe"],
                    help="inference backend (npe: with --estimator DIR, one trained estimator conditioned on every item)")

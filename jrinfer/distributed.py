@@ -326,7 +326,12 @@ def fit_many(
         Output folder: ``out/<item>/`` per item (``summary.json``,
         ``posterior.nc``, ``fit.png`` for files, ``log.txt``, ``result.json``)
         and ``out/results.csv``. Required for files; optional for problems
-        (without it the posteriors come back in memory).
+        (without it the posteriors come back in memory). Files fitted with
+        conditions (``options={"conditions": "rest,task", "vary": "a,b"}``,
+        one file per condition in ``path_<condition>`` keys or manifest
+        columns) also write ``out/group_effects.json`` and
+        ``out/group_effects.png``: :func:`jrinfer.conditions.group_effects`
+        over the items (those that failed are left out, with why).
     kind : {"spectrum", "evoked"}, optional
         Files: what they hold (as ``jrinfer fit --kind``). Required for files.
     options : mapping, optional
@@ -370,7 +375,9 @@ def fit_many(
         the fit found its Gaussian marginal misstated, then with
         ``<parameter>_marginal`` naming the shape), ``fit_<measure>`` (fit quality),
         ``npe_*`` (NPE: calibration verdict, regime, the data's distance from the
-        training simulations), ``diag_<name>`` (scalar backend diagnostics: free energy, R-hat, ESS,
+        training simulations), ``effect_<name>_<condition>_mean``/``_lower``/``_upper``/``_log_bf``
+        and ``any_difference_log_bf`` (fits of conditions: each difference, a
+        log ratio or additive, its 90 % interval and log Bayes factor in nats), ``diag_<name>`` (scalar backend diagnostics: free energy, R-hat, ESS,
         ...) and the manifest's extra columns. Without ``out``, each row also
         holds ``"posterior"`` (a :class:`~jrinfer.Posterior`, or ``None`` for
         an error).
