@@ -1673,12 +1673,14 @@ def _cmd_fit_many(args) -> int:
 
 
 def _supersede_fit_many_run(out: Path, settings: dict) -> Path:
-    """Move a fit-many run's results (item folders, results.csv, fit-many.json) into ``out/superseded-N``.
+    """Move a fit-many run's results (item folders, results.csv, fit-many.json, group effects) into ``out/superseded-N``.
 
     Used when ``--force`` reruns a folder with other options: the finished
     items must be fitted again, and nothing the earlier run wrote is deleted.
     Returns the new folder.
     """
+    from jrinfer.distributed import GROUP_FILES
+
     n = 1
     while (out / f"superseded-{n}").exists():
         n += 1
@@ -1687,7 +1689,7 @@ def _supersede_fit_many_run(out: Path, settings: dict) -> Path:
     for p in sorted(out.iterdir()):
         if p == dest or p.name.startswith("superseded-"):
             continue
-        if (p.is_dir() and (p / "result.json").is_file()) or p.name in ("results.csv", "fit-many.json"):
+        if (p.is_dir() and (p / "result.json").is_file()) or p.name in ("results.csv", "fit-many.json", *GROUP_FILES):
             p.rename(dest / p.name)
     return dest
 

@@ -725,6 +725,9 @@ def _file_specs(items, backend, kind, options: Mapping, per_channel: bool = Fals
     if per_condition and any(r.get("path") for r in rows):
         raise ValueError(_both_path_kinds("items", per_condition))
     default_conditions = _option_value(options, actions, "conditions")
+    if per_channel and (default_conditions or any(_option_value(r, actions, "conditions") for r in rows)):
+        raise ValueError("per_channel (--per-channel) with --conditions: the group effects would count a subject's "
+                         "channels as separate subjects; run fit-many once per channel (--picks O1, then --picks O2)")
     if default_conditions and backend == "npe":
         raise ValueError("--conditions: --backend npe conditions one recording at a time; fit conditions jointly "
                          "with --backend laplace, nuts or smc")

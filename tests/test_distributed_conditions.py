@@ -111,3 +111,22 @@ def test_bad_condition_manifests_are_refused_naming_the_columns(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "o").exists()  # refused before anything is written
+
+
+def test_per_channel_conditions_refused_and_force_moves_the_group_files(tmp_path, capsys):
+    from jrinfer.cli import _supersede_fit_many_run
+
+    (tmp_path / "m.csv").write_text("path_rest,path_task\na.csv,a.csv\n")
+    assert main(["fit-many", str(tmp_path / "m.csv"), "--kind", "spectrum", "--conditions", "rest,task", "--vary", "a",
+                 "--picks", "O1,O2", "--per-channel", "--workers", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "count a subject's channels as separate subjects" in capsys.readouterr().err
+    # --force with other options: the earlier run's group effects go with its rows (none is left to describe the new)
+    out = tmp_path / "run"
+    (out / "0001-x").mkdir(parents=True)
+    (out / "0001-x" / "result.json").write_text("{}")
+    for name in ("results.csv", "fit-many.json", "group_effects.json", "group_effects.png", "mine.txt"):
+        (out / name).write_text("x")
+    moved = _supersede_fit_many_run(out, {})
+    assert sorted(p.name for p in moved.iterdir()) == ["0001-x", "fit-many.json", "group_effects.json",
+                                                       "group_effects.png", "results.csv"]
+    assert (out / "mine.txt").is_file()
