@@ -810,7 +810,7 @@ def _row_paths(i: int, row: Mapping, per_condition: list, per_item: Mapping, opt
     """
     text = _option_value(per_item, actions, "conditions") or _option_value(options, actions, "conditions")
     conditions = [c.strip() for c in str(text or "").split(",") if c.strip()]
-    where = f"items[{i - 1}]"
+    where = f"row {i}"
     if conditions and not (_option_value(per_item, actions, "vary") or _option_value(options, actions, "vary")):
         raise ValueError(f"{where}: --conditions {','.join(conditions)} needs --vary: the parameters that may differ "
                          "between conditions (e.g. --vary a,b,gain)")
