@@ -1673,7 +1673,8 @@ def _cmd_fit_many(args) -> int:
 
 
 def _supersede_fit_many_run(out: Path, settings: dict) -> Path:
-    """Move a fit-many run's results (item folders, results.csv, fit-many.json, group effects) into ``out/superseded-N``.
+    """Move a fit-many run's results (item folders, results.csv, fit-many.json, group effects) into
+    ``out/superseded-N``.
 
     Used when ``--force`` reruns a folder with other options: the finished
     items must be fitted again, and nothing the earlier run wrote is deleted.
