@@ -952,8 +952,9 @@ def group_effects(fits, *, labels=None, interval: float = 0.90) -> dict:
     ``q_i(delta) / p(delta)``, so the posterior of a shared difference has
     precision ``Pi = sum_i Pi_i - (N - 1) Pi_0`` and mean
     ``Pi^-1 (sum_i Pi_i mu_i - (N - 1) Pi_0 mu_0)`` (exact for
-    Gaussian likelihoods; a subject's posterior wider than the prior in some
-    direction, sampling noise of draws, is shrunk to it there first). Its
+    Gaussian likelihoods; a subject whose posterior is wider than the prior
+    in some direction, sampling noise of draws, adds no information there).
+    Its
     ``log_bayes_factor`` weighs one shared difference against none
     (Savage-Dickey on the averaged posterior). The fixed-effects group log
     Bayes factor of Stephan et al. (2009, "Bayesian model selection for
@@ -1023,14 +1024,9 @@ def group_effects(fits, *, labels=None, interval: float = 0.90) -> dict:
             )
     n = len(subjects)
     # fixed effects: Bayesian parameter averaging of the joint Gaussian of the differences
-    shrunk = []
-    covs = []
-    for s in subjects:
-        S, was = _no_wider_than_prior(np.asarray(s["gaussian"]["cov"], dtype=float), P0)
-        covs.append(S)
-        if was:
-            shrunk.append(s["subject"])
-    mean_g, cov_g = _bpa([np.asarray(s["gaussian"]["mean"], dtype=float) for s in subjects], covs, pm0, P0)
+    mean_g, cov_g, wider = _bpa([np.asarray(s["gaussian"]["mean"], dtype=float) for s in subjects],
+                                [np.asarray(s["gaussian"]["cov"], dtype=float) for s in subjects], pm0, P0)
+    shrunk = [s["subject"] for s, w in zip(subjects, wider) if w]
     from statistics import NormalDist
 
     z = NormalDist().inv_cdf(0.5 + interval / 2)
@@ -1099,7 +1095,7 @@ def group_effects(fits, *, labels=None, interval: float = 0.90) -> dict:
         )
     if shrunk:
         notes.append(f"the posterior of {', '.join(shrunk)} was wider than the prior in some direction (sampling "
-                     "noise of draws) and was shrunk to it there before averaging")
+                     "noise of draws): it adds no information there to the average")
     caveats = [f"{s['subject']}: fit status {s['status']}: {s['status_message']}" for s in subjects
                if s["status"] != "converged"]
     return {
@@ -1161,27 +1157,46 @@ def _subject_from_fit(posterior, problem, *, interval):
             "reference": obs.reference, "conditions": list(obs.conditions)}
 
 
-def _bpa(means, covs, prior_mean, prior_cov) -> tuple[np.ndarray, np.ndarray]:
+def _bpa(means, covs, prior_mean, prior_cov) -> tuple[np.ndarray, np.ndarray, list[bool]]:
     """Bayesian parameter averaging (Kasess et al. 2010) of Gaussian posteriors under one Gaussian prior.
 
     ``means``: ``N`` arrays ``(k,)``; ``covs``: ``N`` arrays ``(k, k)``;
     ``prior_mean (k,)``, ``prior_cov (k, k)``. Returns the mean ``(k,)``
     and covariance ``(k, k)`` of ``prod_i q_i(x) / p(x)^(N-1)``: precision
-    ``sum_i P_i - (N - 1) P_0``, mean ``P^-1 (sum_i P_i m_i - (N - 1) P_0 m_0)``.
+    ``P_0 + sum_i (P_i - P_0) = sum_i P_i - (N - 1) P_0``, mean
+    ``P^-1 (P_0 m_0 + sum_i (P_i m_i - P_0 m_0))``, and per subject whether its
+    posterior was wider than the prior in some direction. Each subject's
+    implied likelihood (precision ``P_i - P_0``, information ``P_i m_i -
+    P_0 m_0``) is kept as it is unless it has a direction of non-positive
+    precision (a posterior wider than the prior there: sampling noise of
+    draws); in such directions (prior-whitened eigenvectors) the subject
+    carries no information and both are set to 0 there.
     """
-    n = len(means)
+    m0 = np.asarray(prior_mean, dtype=float)
     P0 = np.linalg.inv(prior_cov)
-    prec = -(n - 1) * P0
-    h = -(n - 1) * P0 @ np.asarray(prior_mean, dtype=float)
+    L = np.linalg.cholesky(prior_cov)  # whitening: x = m0 + L u, prior precision of u is I
+    prec, h = P0.copy(), P0 @ m0
+    wider = []
     for m, S in zip(means, covs):
-        Pi = np.linalg.inv(S)
-        prec = prec + Pi
-        h = h + Pi @ m
+        Pi = np.linalg.inv(0.5 * (S + S.T))
+        lam, info = Pi - P0, Pi @ m - P0 @ m0
+        lam_w = L.T @ lam @ L
+        ev, V = np.linalg.eigh(0.5 * (lam_w + lam_w.T))
+        keep = ev > 1e-9
+        wider.append(not bool(keep.all()))
+        if not keep.all():  # no information where the posterior is as wide as the prior or wider
+            Vk = V[:, keep]
+            Li = np.linalg.inv(L)
+            lam = Li.T @ (Vk * ev[keep]) @ Vk.T @ Li
+            info = Li.T @ (Vk @ (Vk.T @ (L.T @ info)))
+        prec = prec + lam
+        h = h + info
     prec = 0.5 * (prec + prec.T)
-    L = np.linalg.cholesky(prec)  # positive definite: each P_i >= P_0 (posteriors no wider than the prior)
-    cov = np.linalg.inv(L).T @ np.linalg.inv(L)
+    Lp = np.linalg.cholesky(prec)  # positive definite: the prior's precision plus PSD likelihoods
+    Lpi = np.linalg.inv(Lp)
+    cov = Lpi.T @ Lpi
     cov = 0.5 * (cov + cov.T)
-    return cov @ h, cov
+    return cov @ h, cov, wider
 
 
 def _random_effects(means, lowers, uppers, interval: float) -> dict:

@@ -189,3 +189,20 @@ def test_failed_fits_are_left_out_with_why_and_mismatches_refused(problem, tmp_p
         group_effects([ok[0][0]])
     with pytest.raises(ValueError, match="non-empty sequence"):
         group_effects([])
+
+
+def test_a_posterior_wider_than_the_prior_adds_no_information_there_and_it_is_said(problem):
+    """Draws-based Gaussians can exceed the prior (sampling noise): that subject informs only its narrow directions."""
+    m0, C0 = _prior_block(problem)
+    v = 0.03**2
+    wide = (_posterior(problem, np.array([0.05, 0.02]), np.diag([1.5 * C0[0, 0], v]), seed=5), problem)
+    narrow = [(_posterior(problem, np.array([0.1, 0.0]), np.diag([v, v]), seed=i), problem) for i in range(2)]
+    g = group_effects([*narrow, wide], labels=["n1", "n2", "w"])
+    assert any(n.startswith("the posterior of w was wider than the prior") for n in g["notes"])
+    # a: the wide subject adds nothing, BPA is that of the two narrow subjects; b: all three inform it
+    for j, (name, ms) in enumerate((("a", [0.1, 0.1]), ("b", [0.0, 0.0, 0.02]))):
+        p0 = 1.0 / C0[j, j]
+        prec = p0 + sum(1.0 / v - p0 for _ in ms)
+        mean = (p0 * m0[j] + sum(m / v - p0 * m0[j] for m in ms)) / prec
+        b = g["effects"][name]["task"]["bpa"]
+        assert b["mean"] == pytest.approx(mean, rel=1e-10, abs=1e-13) and b["sd"] == pytest.approx(prec**-0.5, rel=1e-10)

@@ -130,3 +130,19 @@ def test_per_channel_conditions_refused_and_force_moves_the_group_files(tmp_path
     assert sorted(p.name for p in moved.iterdir()) == ["0001-x", "fit-many.json", "group_effects.json",
                                                        "group_effects.png", "results.csv"]
     assert (out / "mine.txt").is_file()
+
+
+def test_python_items_with_a_file_per_condition(tmp_path):
+    """fit_many's dict items take path_<condition> keys and options conditions/vary, as the manifest does."""
+    from jrinfer.distributed import _file_specs
+
+    a, b = tmp_path / "r.csv", tmp_path / "t.csv"
+    specs = _file_specs([{"path_rest": str(a), "path_task": str(b), "name": "s1"}], "laplace", "spectrum",
+                        {"conditions": "rest,task", "vary": "a,gain"})
+    (spec,) = specs
+    assert spec["paths"] == [str(a.resolve()), str(b.resolve())] and spec["conditions"] == ["rest", "task"]
+    assert spec["id"] == "0001-s1" and "--conditions" in spec["argv"] and "--vary" in spec["argv"]
+    assert spec["meta"]["path_rest"] == str(a.resolve()) and "invalid" not in spec
+    with pytest.raises(ValueError, match="both a 'path' column and per-condition"):
+        _file_specs([{"path": str(a)}, {"path_rest": str(a), "path_task": str(b)}], "laplace", "spectrum",
+                    {"conditions": "rest,task", "vary": "a"})
