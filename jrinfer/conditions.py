@@ -1019,8 +1019,9 @@ def group_effects(fits, *, labels=None, interval: float = 0.90) -> dict:
                 and np.allclose(g["prior_cov"], P0, rtol=1e-9, atol=1e-15)):
             raise ValueError(
                 f"fits: Bayesian parameter averaging needs one prior on the differences for every subject; "
-                f"{s['subject']}'s differs from {first['subject']}'s (sd {np.sqrt(np.diag(g['prior_cov'])).round(4).tolist()} "
-                f"vs {np.sqrt(np.diag(P0)).round(4).tolist()}): fit them with the same --vary and --prior"
+                f"{s['subject']}'s differs from {first['subject']}'s (sd "
+                f"{np.sqrt(np.diag(g['prior_cov'])).round(4).tolist()} vs {np.sqrt(np.diag(P0)).round(4).tolist()}): "
+                "fit them with the same --vary and --prior"
             )
     n = len(subjects)
     # fixed effects: Bayesian parameter averaging of the joint Gaussian of the differences
@@ -1294,8 +1295,8 @@ def format_group_effects(group: dict) -> list[str]:
     j = group["joint"]
     fe = j["fixed_effects_log_bf"]
     lines.append(
-        f"  no parameter differs (all {len(j['parameters'])} difference(s) = 0): BPA log BF {j['bpa_log_bayes_factor']:+.2f} "
-        f"for one shared difference ({j['bpa_evidence']})"
+        f"  no parameter differs (all {len(j['parameters'])} difference(s) = 0): BPA log BF "
+        f"{j['bpa_log_bayes_factor']:+.2f} for one shared difference ({j['bpa_evidence']})"
         + (f"; summed subjects' log BF {fe:+.2f} ({j['fixed_effects_evidence']})" if fe is not None else "")
     )
     for v, per in group["effects"].items():

@@ -269,7 +269,8 @@ def read_manifest(path) -> list[dict]:
         for k, raw in enumerate(reader, start=2):
             row = {(key or "").strip(): (val or "").strip() for key, val in raw.items() if key is not None}
             if not any(row.get(c) for c in (per_condition or ["path"])):
-                raise ValueError(f"manifest {path}, line {k}: empty {' and '.join(map(repr, per_condition or ['path']))}")
+                empty = " and ".join(map(repr, per_condition or ["path"]))
+                raise ValueError(f"manifest {path}, line {k}: empty {empty}")
             for key in ("path", "prior", *per_condition):  # files named in the manifest: relative to it
                 if row.get(key):
                     p = Path(row[key]).expanduser()
@@ -377,7 +378,8 @@ def fit_many(
         ``npe_*`` (NPE: calibration verdict, regime, the data's distance from the
         training simulations), ``effect_<name>_<condition>_mean``/``_lower``/``_upper``/``_log_bf``
         and ``any_difference_log_bf`` (fits of conditions: each difference, a
-        log ratio or additive, its 90 % interval and log Bayes factor in nats), ``diag_<name>`` (scalar backend diagnostics: free energy, R-hat, ESS,
+        log ratio or additive, its 90 % interval and log Bayes factor in nats),
+        ``diag_<name>`` (scalar backend diagnostics: free energy, R-hat, ESS,
         ...) and the manifest's extra columns. Without ``out``, each row also
         holds ``"posterior"`` (a :class:`~jrinfer.Posterior`, or ``None`` for
         an error).

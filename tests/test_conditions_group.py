@@ -205,4 +205,5 @@ def test_a_posterior_wider_than_the_prior_adds_no_information_there_and_it_is_sa
         prec = p0 + sum(1.0 / v - p0 for _ in ms)
         mean = (p0 * m0[j] + sum(m / v - p0 * m0[j] for m in ms)) / prec
         b = g["effects"][name]["task"]["bpa"]
-        assert b["mean"] == pytest.approx(mean, rel=1e-10, abs=1e-13) and b["sd"] == pytest.approx(prec**-0.5, rel=1e-10)
+        assert b["mean"] == pytest.approx(mean, rel=1e-10, abs=1e-13)
+        assert b["sd"] == pytest.approx(prec**-0.5, rel=1e-10)

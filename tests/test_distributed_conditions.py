@@ -53,7 +53,8 @@ ARGS = ["--kind", "spectrum", "--conditions", "rest,task", "--vary", "a,b", "--f
 def test_fit_many_conditions_per_row_and_the_group_effect(cohort, tmp_path, capsys):
     """Each row is a joint rest/task fit; the group effect of a has the right sign and covers the truth.
 
-    Measured: 3 fits in 18-22 s (VL, one start each, shared cores); BPA log ratio of a 0.141 [0.131, 0.150] (truth 0.140);
+    Measured: 3 fits in 18-22 s (VL, one start each, shared cores); BPA log ratio of a 0.141 [0.131, 0.150]
+    (truth 0.140);
     b 0.995 [0.984, 1.01] as a ratio.
     """
     out = tmp_path / "cohort"
@@ -92,7 +93,8 @@ def test_fit_many_conditions_per_row_and_the_group_effect(cohort, tmp_path, caps
 
 @pytest.mark.parametrize("manifest, extra, match", [
     ("path,path_rest,path_task\na.csv,a.csv,a.csv\n", [], "both a 'path' column and per-condition file columns"),
-    ("path_rest,path_task\na.csv,a.csv\n", ["--kind", "spectrum"], "no conditions are given; pass --conditions rest,task"),
+    ("path_rest,path_task\na.csv,a.csv\n", ["--kind", "spectrum"],
+     "no conditions are given; pass --conditions rest,task"),
     ("path\na.csv\n", ["--conditions", "rest,task", "--vary", "a"], "column per condition, path_rest, path_task, in "
                                                                       "place of 'path'"),
     ("path_rest,path_other\na.csv,a.csv\n", ["--conditions", "rest,task", "--vary", "a"],
