@@ -670,7 +670,8 @@ def _with_conditions(args, obs, spec: dict, data):
 
 def _condition_summary(summary: dict, posterior, problem) -> list[str]:
     """Add ``condition_effects`` to summary.json for a fit of several conditions; the lines to print."""
-    from jrinfer.conditions import ConditionObservation, condition_effects, format_effects, no_difference
+    from jrinfer.conditions import (ConditionObservation, condition_effects, delta_gaussian, format_effects,
+                                    no_difference)
 
     obs = problem.observation
     if not isinstance(obs, ConditionObservation):
@@ -697,6 +698,8 @@ def _condition_summary(summary: dict, posterior, problem) -> list[str]:
         # each condition's regime mix, dominant regime and point-estimate regime (as diagnostics["regime_by_condition"])
         "regimes": posterior.diagnostics.get("regime_by_condition"),
         "warnings": warns,
+        # the differences' joint Gaussian and prior: what jrinfer.conditions.group_effects averages over subjects
+        "gaussian": delta_gaussian(posterior, problem),
     }
     return format_effects(effects, obs.reference, joint) + [f"    WARNING: {w}" for w in warns]
 
@@ -1676,9 +1679,13 @@ def _cmd_fit_many(args) -> int:
                     q.setLevel(level)
     n_err = sum(r["status"] != "ok" for r in rows)
     n_warn = sum(r["status"] == "ok" and r.get("fit_status") != "converged" for r in rows)
+    group = None
+    if any(len(s.get("conditions") or ()) > 1 for s in specs):  # condition fits: the group-level effects
+        group = json.loads((out / "group_effects.json").read_text())
     if args.json:
         print(json.dumps({"results": str(out / "results.csv"), "n_items": len(rows), "n_errors": n_err,
-                          "n_not_converged": n_warn}))
+                          "n_not_converged": n_warn,
+                          **({"group_effects": str(out / "group_effects.json")} if group is not None else {})}))
     else:
         for r in rows:
             if r["status"] != "ok":
@@ -1687,18 +1694,30 @@ def _cmd_fit_many(args) -> int:
                  else f"{len(rows)} fitted now")
         print(f"{len(rows)} items ({again}; {len(rows) - n_err} ok, {n_err} errors; {n_warn} with a fit status "
               f"other than converged, see fit_status in results.csv); wrote {out}/results.csv")
+        if group is not None and "error" in group:
+            print(f"jrinfer fit-many: no group effects: {group['error']}", file=sys.stderr)
+        elif group is not None:
+            from jrinfer.conditions import format_group_effects
+
+            for line in format_group_effects(group):
+                print(line)
+            plot = " and group_effects.png" if (out / "group_effects.png").is_file() else ""
+            print(f"wrote {out}/group_effects.json{plot}")
     if n_err:
         return 1
     return EXIT_STRICT if args.strict and n_warn else 0
 
 
 def _supersede_fit_many_run(out: Path, settings: dict) -> Path:
-    """Move a fit-many run's results (item folders, results.csv, fit-many.json) into ``out/superseded-N``.
+    """Move a fit-many run's results (item folders, results.csv, fit-many.json, group effects) into
+    ``out/superseded-N``.
 
     Used when ``--force`` reruns a folder with other options: the finished
     items must be fitted again, and nothing the earlier run wrote is deleted.
     Returns the new folder.
     """
+    from jrinfer.distributed import GROUP_FILES
+
     n = 1
     while (out / f"superseded-{n}").exists():
         n += 1
@@ -1707,7 +1726,7 @@ def _supersede_fit_many_run(out: Path, settings: dict) -> Path:
     for p in sorted(out.iterdir()):
         if p == dest or p.name.startswith("superseded-"):
             continue
-        if (p.is_dir() and (p / "result.json").is_file()) or p.name in ("results.csv", "fit-many.json"):
+        if (p.is_dir() and (p / "result.json").is_file()) or p.name in ("results.csv", "fit-many.json", *GROUP_FILES):
             p.rename(dest / p.name)
     return dest
 
@@ -2097,9 +2116,14 @@ def _add_fit_many_parser(sub) -> None:
         "override the defaults per row; other columns are copied to results.csv). Each item is written to "
         "DIR/<row>-<name>/ when it finishes; DIR/results.csv has one row per item (status ok or error). "
         "Running again with the same DIR resumes: finished items are skipped. Runs on a local Dask cluster "
-        "(one worker process per core) unless --scheduler ADDRESS or --workers 0 (no Dask).",
+        "(one worker process per core) unless --scheduler ADDRESS or --workers 0 (no Dask). With --conditions "
+        "rest,task --vary ..., each row names one file per condition in columns path_rest,path_task (instead of "
+        "path) and is fitted jointly as jrinfer fit does; the group effects over the rows (fixed effects: Bayesian "
+        "parameter averaging and summed log Bayes factors; random effects: a t-test on the subjects' means) are "
+        "printed and written to DIR/group_effects.json and group_effects.png.",
     )
-    p.add_argument("manifest", metavar="MANIFEST", help="CSV with a 'path' column (paths relative to the manifest)")
+    p.add_argument("manifest", metavar="MANIFEST", help="CSV with a 'path' column, or path_<condition> columns with "
+                   "--conditions (paths relative to the manifest)")
     p.add_argument("--kind", required=True, choices=["spectrum", "evoked"], help="what the files hold")
     p.add_argument("--backend", default="laplace", choices=["laplace", "nuts", "smc", "npe"],
                    help="inference backend (npe: with --estimator DIR, one trained estimator conditioned on every item)")

@@ -25,7 +25,12 @@ lead field parameterization", NeuroImage 30:1273; David et al. 2006, NeuroImage
   (``delta = 0``) from the full posterior, without refitting;
 * :func:`no_difference` weighs the joint reduced model "no parameter differs
   between conditions" (every ``delta = 0`` at once) against the full model
-  the same way.
+  the same way;
+* :func:`group_effects` summarises the differences over subjects (one fit
+  per subject): fixed effects by Bayesian parameter averaging (Kasess et al.
+  2010) and summed log Bayes factors (Stephan et al. 2009, 2010), random
+  effects by the summary-statistics t-test (Stephan et al. 2010), and says
+  where the two disagree.
 
 Prior of a difference
 ---------------------
@@ -49,10 +54,13 @@ difference" win against any modest change. Give explicit ``delta_*`` priors
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -61,7 +69,8 @@ from jrinfer import _checks
 from jrinfer.observation import FitQuality, GaussianTarget, Observation, ObservedData, Prediction
 
 __all__ = [
-    "ConditionData", "ConditionObservation", "condition_effects", "no_difference", "ADDITIVE", "MAX_LOG_SD",
+    "ConditionData", "ConditionObservation", "condition_effects", "no_difference", "group_effects", "delta_gaussian",
+    "ADDITIVE", "MAX_LOG_SD",
     "INTERVAL_VS_BF",
 ]
 
@@ -683,25 +692,39 @@ def _reduce_to_zero(mean, cov, prior_mean, prior_cov) -> float:
     multivariate Savage-Dickey ratio ``log q(0) - log p(0)`` with the sign
     turned (exact for linear-Gaussian models). A posterior covariance wider
     than the prior in some direction (sampling noise of draws) is shrunk to
-    the prior there first.
+    the prior there first (:func:`_no_wider_than_prior`).
     """
     from jrinfer.comparison import bayesian_model_reduction
 
-    m = torch.as_tensor(np.asarray(mean, dtype=float).reshape(-1))
-    k = m.numel()
-    S = torch.as_tensor(np.asarray(cov, dtype=float).reshape(k, k))
-    pm = torch.as_tensor(np.asarray(prior_mean, dtype=float).reshape(-1))
-    P = torch.as_tensor(np.asarray(prior_cov, dtype=float).reshape(k, k))
-    # whiten by the prior: the posterior may not be wider than the prior in any direction
-    Lp = torch.linalg.cholesky(P)
-    W = torch.linalg.solve_triangular(Lp, torch.linalg.solve_triangular(Lp, 0.5 * (S + S.T), upper=False).T,
-                                      upper=False)
-    ev, U = torch.linalg.eigh(0.5 * (W + W.T))
-    W = (U * ev.clamp(max=1.0 - 1e-9)) @ U.T
-    S = Lp @ W @ Lp.T
-    _, _, dF = bayesian_model_reduction(m, 0.5 * (S + S.T), pm, P, torch.zeros(k, dtype=torch.float64),
-                                        torch.zeros(k, k, dtype=torch.float64))
+    m = np.asarray(mean, dtype=float).reshape(-1)
+    k = m.size
+    P = np.asarray(prior_cov, dtype=float).reshape(k, k)
+    S, _ = _no_wider_than_prior(np.asarray(cov, dtype=float).reshape(k, k), P)
+    t = lambda x: torch.as_tensor(np.asarray(x, dtype=float))  # noqa: E731
+    _, _, dF = bayesian_model_reduction(t(m), t(S), t(np.asarray(prior_mean, dtype=float).reshape(-1)), t(P),
+                                        torch.zeros(k, dtype=torch.float64), torch.zeros(k, k, dtype=torch.float64))
     return -float(dF)
+
+
+def _no_wider_than_prior(cov: np.ndarray, prior_cov: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``cov (k, k)`` shrunk to ``prior_cov`` in the directions where it is wider; and whether it was.
+
+    In prior-whitened coordinates ``W = L^-1 cov L^-T`` (``prior_cov = L L^T``)
+    the eigenvalues above ``1 - 1e-9`` are set to that: a posterior cannot be
+    wider than its prior (a wider one is sampling noise of draws, or a
+    posterior from another prior). Returned unchanged (exactly) when no
+    eigenvalue is that large.
+    """
+    S = 0.5 * (cov + cov.T)
+    L = np.linalg.cholesky(prior_cov)
+    Li = np.linalg.inv(L)
+    W = Li @ S @ Li.T
+    ev, U = np.linalg.eigh(0.5 * (W + W.T))
+    if ev.max() <= 1.0 - 1e-9:
+        return S, False
+    W = (U * np.minimum(ev, 1.0 - 1e-9)) @ U.T
+    S = L @ W @ L.T
+    return 0.5 * (S + S.T), True
 
 
 def _bf_record(log_bf: float) -> dict:
@@ -733,6 +756,39 @@ def no_difference(posterior, problem) -> dict | None:
     obs = problem.observation
     if not isinstance(obs, ConditionObservation):
         raise ValueError(f"no_difference needs a problem with a ConditionObservation, got {type(obs).__name__}")
+    block = delta_gaussian(posterior, problem)
+    if block is None:
+        return None
+    log_bf = _reduce_to_zero(block["mean"], block["cov"], block["prior_mean"], block["prior_cov"])
+    return {
+        "parameters": block["parameters"],
+        **_bf_record(log_bf),
+        "bmr_from": block["from"],
+    }
+
+
+def delta_gaussian(posterior, problem) -> dict | None:
+    """The Gaussian marginal of the free differences ``delta_*`` of a fit, and their prior.
+
+    The block of the backend's Gaussian (variational Laplace) when it gave
+    one, else a Gaussian fitted to the draws, in the prior's unconstrained
+    coordinates (the differences' own: their priors are normal). It is what
+    :func:`no_difference` reduces and what :func:`group_effects` averages;
+    ``jrinfer fit --conditions`` stores it in ``summary.json``
+    (``condition_effects.gaussian``).
+
+    Returns
+    -------
+    dict or None
+        ``parameters`` (the ``k`` free ``delta_*`` names), ``mean`` ``(k,)``,
+        ``cov`` ``(k, k)``, ``prior_mean`` ``(k,)``, ``prior_cov`` ``(k, k)``
+        (lists, JSON-ready) and ``from`` (``"gaussian posterior"`` or
+        ``"gaussian fitted to the draws"``); None when every difference is
+        held fixed.
+    """
+    obs = problem.observation
+    if not isinstance(obs, ConditionObservation):
+        raise ValueError(f"delta_gaussian needs a problem with a ConditionObservation, got {type(obs).__name__}")
     names = list(posterior.names)
     keys = [obs.delta_name(v, c) for v in obs.vary for c in obs.others if obs.delta_name(v, c) in names]
     if not keys:
@@ -747,11 +803,13 @@ def no_difference(posterior, problem) -> dict | None:
         theta = torch.as_tensor(np.asarray(posterior.draws, dtype=float).reshape(-1, len(names)))
         z = problem.prior.to_unconstrained(theta).numpy()[:, idx]
         m, S = z.mean(0), np.atleast_2d(np.cov(z, rowvar=False))
-    log_bf = _reduce_to_zero(m, S, prior_mean.numpy()[idx], prior_cov.numpy()[np.ix_(idx, idx)])
     return {
         "parameters": keys,
-        **_bf_record(log_bf),
-        "bmr_from": "gaussian posterior" if gaussian else "gaussian fitted to the draws",
+        "mean": [float(x) for x in m],
+        "cov": [[float(x) for x in row] for row in S],
+        "prior_mean": [float(x) for x in prior_mean.numpy()[idx]],
+        "prior_cov": [[float(x) for x in row] for row in prior_cov.numpy()[np.ix_(idx, idx)]],
+        "from": "gaussian posterior" if gaussian else "gaussian fitted to the draws",
     }
 
 
@@ -825,4 +883,446 @@ def format_effects(effects: dict, reference: str, joint: dict | None = None) -> 
             )
             if e.get("agreement", "").startswith("differ"):
                 lines.append(f"    {'':>14s}  interval and log BF {e['agreement']}")
+    return lines
+
+
+# --------------------------------------------------------------------------- #
+# Group level: condition effects over subjects
+# --------------------------------------------------------------------------- #
+#: Fit statuses whose posteriors :func:`group_effects` uses (any other: the backend failed, the fit is left out).
+USABLE_STATUS = ("converged", "warning")
+#: Significance level of the random-effects t-test's verdict.
+RFX_ALPHA = 0.05
+#: Below this many subjects the random-effects test is said to have little power.
+FEW_SUBJECTS = 10
+
+
+def group_effects(fits, *, labels=None, interval: float = 0.90) -> dict:
+    """Group-level condition effects over subjects: fixed effects (BPA) and random effects (summary statistics).
+
+    Parameters
+    ----------
+    fits : sequence
+        One element per subject, each a fit folder written by ``jrinfer fit
+        A B --conditions ... --vary ...`` (or by ``jrinfer fit-many`` with
+        ``--conditions``: a row's folder; ``summary.json`` is read) or a
+        ``(Posterior, InverseProblem)`` pair of a fit of a
+        :class:`ConditionObservation`. Every subject must have the same
+        conditions, the same free differences and the same prior on them.
+    labels : sequence of str, optional
+        Subject names (default: the folders' names, or ``subject1``, ...).
+    interval : float
+        Central probability of the group intervals (default 0.90). The
+        subjects' intervals are those of their fits (0.90 by default).
+
+    Returns
+    -------
+    dict
+        ``subjects`` (labels used), ``left_out`` (``[{"subject", "reason"}]``:
+        failed fits, fits whose status is not in :data:`USABLE_STATUS`, fits
+        that are not of conditions), ``caveats`` (subjects used whose status
+        is ``warning``, with why), ``reference``, ``conditions``,
+        ``interval``, ``notes`` (what fixed and random effects assume),
+        ``headline`` (one sentence per difference where fixed and random
+        effects disagree, or the subjects do), ``joint`` (every difference
+        at once: ``bpa_log_bayes_factor``, ``fixed_effects_log_bf``) and
+        ``effects``: ``{name: {condition: {...}}}`` with ``parameter``,
+        ``scale`` (``"log"``: log ratios, or ``"additive"``), ``subjects``
+        (each subject's posterior ``mean``, ``lower``, ``upper``,
+        ``log_bayes_factor``), ``bpa`` (``mean``, ``sd``, ``lower``,
+        ``upper``, ``ratio*`` for log-scale differences,
+        ``log_bayes_factor`` of one shared difference against none,
+        ``p_difference``, ``evidence``), ``fixed_effects_log_bf`` (the sum of
+        the subjects' log Bayes factors) and ``fixed_effects_evidence``,
+        ``random_effects`` (``n``, ``mean``, ``sd``, ``t``, ``df``, ``p``,
+        ``lower``, ``upper``, ``n_positive``/``n_negative`` subjects' means,
+        ``n_above``/``n_below`` subjects' intervals excluding 0),
+        ``verdict`` (``"agree"``, ``"disagree"``, ``"fixed effects only"`` or
+        ``"none"``) and ``headline`` (one sentence). Differences are in the
+        unconstrained coordinate of the fit (log ratios, or additive).
+
+    Notes
+    -----
+    **Fixed effects**: every subject has the same difference. Bayesian
+    parameter averaging (Kasess et al. 2010, "Multi-subject analyses with
+    dynamic causal modeling", NeuroImage 49:3065) gives its posterior from
+    the subjects' Gaussian posteriors ``N(mu_i, Sigma_i)`` of the differences
+    (their joint marginal, :func:`delta_gaussian`) and the common prior
+    ``N(mu_0, Sigma_0)``: each subject's likelihood is
+    ``q_i(delta) / p(delta)``, so the posterior of a shared difference has
+    precision ``Pi = sum_i Pi_i - (N - 1) Pi_0`` and mean
+    ``Pi^-1 (sum_i Pi_i mu_i - (N - 1) Pi_0 mu_0)`` (exact for
+    Gaussian likelihoods; a subject whose posterior is wider than the prior
+    in some direction, sampling noise of draws, adds no information there).
+    Its
+    ``log_bayes_factor`` weighs one shared difference against none
+    (Savage-Dickey on the averaged posterior). The fixed-effects group log
+    Bayes factor of Stephan et al. (2009, "Bayesian model selection for
+    group studies", NeuroImage 46:1004; 2010, "Ten simple rules for dynamic
+    causal modeling", NeuroImage 49:3099) is the sum of the subjects' log
+    Bayes factors: "every subject has a difference (its own)" against "no
+    subject has one".
+
+    **Random effects** (summary statistics; Stephan et al. 2010, rule on
+    group studies): the subjects' posterior means of each difference are
+    treated as draws from the population, and their mean is tested against
+    0 by a one-sample t-test (``scipy.stats.ttest_1samp``), with its
+    ``interval`` confidence interval. With few subjects the test has little
+    power (``notes``); with one there is none.
+
+    Raises
+    ------
+    ValueError
+        ``fits`` is empty or holds something else; the subjects' conditions,
+        differences or difference priors differ; no fit is usable (the
+        reasons are given).
+    """
+    if isinstance(fits, (str, bytes, os.PathLike)) or not isinstance(fits, Sequence) or len(fits) == 0:
+        raise ValueError("fits: expected a non-empty sequence of fit folders or (Posterior, InverseProblem) pairs, "
+                         f"got {fits!r}")
+    interval = _checks.check_scalar("interval", interval, positive=True)
+    if not interval < 1:
+        raise ValueError(f"interval must be in (0, 1), got {interval}")
+    if labels is None:
+        labels = [Path(f).name if isinstance(f, (str, os.PathLike)) else f"subject{i + 1}" for i, f in enumerate(fits)]
+    labels = [str(x) for x in labels]
+    if len(labels) != len(fits):
+        raise ValueError(f"labels: expected one per fit ({len(fits)}), got {len(labels)}")
+    subjects, left_out = [], []
+    for i, (fit, label) in enumerate(zip(fits, labels)):
+        if isinstance(fit, (str, os.PathLike)):
+            record = _subject_from_folder(Path(fit))
+        elif isinstance(fit, tuple) and len(fit) == 2:
+            record = _subject_from_fit(*fit, interval=interval)
+        else:
+            raise ValueError(f"fits[{i}]: expected a fit folder (jrinfer fit A B --conditions ... --out DIR) or a "
+                             f"(Posterior, InverseProblem) pair, got {type(fit).__name__}")
+        if isinstance(record, str):
+            left_out.append({"subject": label, "reason": record})
+        else:
+            subjects.append({**record, "subject": label})
+    if not subjects:
+        why = "; ".join(f"{x['subject']}: {x['reason']}" for x in left_out)
+        raise ValueError(f"fits: no fit can be used for group effects ({why})")
+    first = subjects[0]
+    keys = first["gaussian"]["parameters"]
+    pm0 = np.asarray(first["gaussian"]["prior_mean"], dtype=float)
+    P0 = np.asarray(first["gaussian"]["prior_cov"], dtype=float)
+    for s in subjects[1:]:
+        g = s["gaussian"]
+        if (s["reference"], s["conditions"]) != (first["reference"], first["conditions"]) or g["parameters"] != keys:
+            raise ValueError(
+                f"fits: every subject needs the same conditions and differences; {first['subject']} has "
+                f"{first['conditions']} with {keys}, {s['subject']} has {s['conditions']} with {g['parameters']}"
+            )
+        if not (np.allclose(g["prior_mean"], pm0, rtol=1e-9, atol=1e-12)
+                and np.allclose(g["prior_cov"], P0, rtol=1e-9, atol=1e-15)):
+            raise ValueError(
+                f"fits: Bayesian parameter averaging needs one prior on the differences for every subject; "
+                f"{s['subject']}'s differs from {first['subject']}'s (sd "
+                f"{np.sqrt(np.diag(g['prior_cov'])).round(4).tolist()} vs {np.sqrt(np.diag(P0)).round(4).tolist()}): "
+                "fit them with the same --vary and --prior"
+            )
+    n = len(subjects)
+    # fixed effects: Bayesian parameter averaging of the joint Gaussian of the differences
+    mean_g, cov_g, wider = _bpa([np.asarray(s["gaussian"]["mean"], dtype=float) for s in subjects],
+                                [np.asarray(s["gaussian"]["cov"], dtype=float) for s in subjects], pm0, P0)
+    shrunk = [s["subject"] for s, w in zip(subjects, wider) if w]
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + interval / 2)
+    reference, conditions = first["reference"], first["conditions"]
+    effects: dict = {}
+    headline = []
+    for v, per in first["effects"].items():
+        for c, e0 in per.items():
+            key = e0.get("parameter")
+            if key not in keys:  # held fixed in every subject (checked equal above)
+                continue
+            j = keys.index(key)
+            scale = e0["scale"]
+            m, sd = float(mean_g[j]), float(math.sqrt(cov_g[j, j]))
+            lo, hi = m - z * sd, m + z * sd
+            log_bf = _reduce_to_zero([m], [[sd * sd]], [pm0[j]], [[P0[j, j]]])
+            bpa = {"mean": m, "sd": sd, "lower": lo, "upper": hi,
+                   "ratio": math.exp(m) if scale == "log" else None,
+                   "ratio_lower": math.exp(lo) if scale == "log" else None,
+                   "ratio_upper": math.exp(hi) if scale == "log" else None,
+                   **_bf_record(log_bf)}
+            rows = []
+            for s in subjects:
+                e = s["effects"][v][c]
+                rows.append({"subject": s["subject"], "mean": float(e["mean"]), "lower": float(e["lower"]),
+                             "upper": float(e["upper"]), "interval": float(e.get("interval", interval)),
+                             "log_bayes_factor": float(e["log_bayes_factor"]),
+                             "gaussian_mean": float(s["gaussian"]["mean"][j]),
+                             "gaussian_sd": float(math.sqrt(s["gaussian"]["cov"][j][j]))})
+            rfx = _random_effects([r["mean"] for r in rows], [r["lower"] for r in rows], [r["upper"] for r in rows],
+                                  interval)
+            fixed_bf = float(sum(r["log_bayes_factor"] for r in rows))
+            verdict, sentence = _group_verdict(v, c, reference, scale, bpa, rfx, interval)
+            effects.setdefault(v, {})[c] = {
+                "parameter": key, "scale": scale, "subjects": rows, "bpa": bpa,
+                "fixed_effects_log_bf": fixed_bf, "fixed_effects_evidence": _words(fixed_bf),
+                "random_effects": rfx, "verdict": verdict, "headline": sentence,
+            }
+            if verdict == "disagree":
+                headline.append(sentence)
+    joint_bpa = _reduce_to_zero(mean_g, cov_g, pm0, P0)
+    joint_subjects = [s["no_difference"]["log_bayes_factor"] for s in subjects if s.get("no_difference")]
+    joint = {
+        "parameters": list(keys),
+        "bpa_log_bayes_factor": joint_bpa,
+        "bpa_evidence": _words(joint_bpa),
+        "fixed_effects_log_bf": float(sum(joint_subjects)) if len(joint_subjects) == n else None,
+        "fixed_effects_evidence": _words(float(sum(joint_subjects))) if len(joint_subjects) == n else None,
+    }
+    notes = [
+        "fixed effects (Bayesian parameter averaging, summed log Bayes factors) assume every subject has the same "
+        "difference; random effects (the subjects' posterior means, one-sample t-test) let it vary between subjects "
+        "and ask whether its population mean differs from 0",
+        "BPA's interval narrows about as 1/sqrt(N) with more subjects: it is the posterior of one shared difference, "
+        "not a statement about how much subjects vary",
+        "log BF of BPA: one shared difference vs none (Savage-Dickey on the averaged posterior); summed log BF: every "
+        "subject has a difference of its own vs no subject has one",
+    ]
+    if n < 2:
+        notes.append("one subject: no random-effects test is possible; the fixed effects are that subject's own")
+    elif n < FEW_SUBJECTS:
+        notes.append(
+            f"with N = {n} subjects ({n - 1} degree(s) of freedom) the random-effects t-test has little power: "
+            f"p >= {RFX_ALPHA:g} is not evidence of no difference, and fixed effects hold only if every subject "
+            "has the same difference"
+        )
+    if shrunk:
+        notes.append(f"the posterior of {', '.join(shrunk)} was wider than the prior in some direction (sampling "
+                     "noise of draws): it adds no information there to the average")
+    caveats = [f"{s['subject']}: fit status {s['status']}: {s['status_message']}" for s in subjects
+               if s["status"] != "converged"]
+    return {
+        "method": "fixed effects: Bayesian parameter averaging (Kasess et al. 2010) and summed log Bayes factors "
+                  "(Stephan et al. 2009, 2010); random effects: summary statistics, one-sample t-test "
+                  "(Stephan et al. 2010)",
+        "reference": reference,
+        "conditions": list(conditions),
+        "interval": interval,
+        "n_subjects": n,
+        "subjects": [s["subject"] for s in subjects],
+        "left_out": left_out,
+        "caveats": caveats,
+        "headline": headline,
+        "notes": notes,
+        "joint": joint,
+        "effects": effects,
+    }
+
+
+def _subject_from_folder(folder):
+    """A subject's record from a fit folder, or the reason it cannot be used (str)."""
+    summary = folder / "summary.json"
+    if not summary.is_file():
+        result = folder / "result.json"  # a fit-many row that ended in an error writes no summary
+        if result.is_file():
+            row = json.loads(result.read_text(encoding="utf-8"))
+            if row.get("status") != "ok":
+                return f"the fit failed: {row.get('error') or 'no message'}"
+        return f"no summary.json in {folder} (not a jrinfer fit folder)"
+    s = json.loads(summary.read_text(encoding="utf-8"))
+    ce = s.get("condition_effects")
+    if not ce:
+        return "not a fit of conditions (summary.json has no condition_effects; fit with --conditions and --vary)"
+    if s.get("status") not in USABLE_STATUS:
+        return f"fit status {s.get('status')}: {s.get('status_message') or 'no message'}"
+    if not ce.get("gaussian"):
+        return ("summary.json has no condition_effects.gaussian (a fit by an earlier jrinfer, or every difference "
+                "held fixed): fit it again")
+    return {"status": s["status"], "status_message": s.get("status_message") or "", "effects": ce["effects"],
+            "no_difference": ce.get("no_difference"), "gaussian": ce["gaussian"], "reference": ce["reference"],
+            "conditions": list(ce["conditions"])}
+
+
+def _subject_from_fit(posterior, problem, *, interval):
+    """A subject's record from a ``(Posterior, InverseProblem)`` pair, or the reason it cannot be used (str)."""
+    obs = getattr(problem, "observation", None)
+    if not isinstance(obs, ConditionObservation):
+        raise ValueError(f"fits: a (Posterior, InverseProblem) pair needs a problem with a ConditionObservation, got "
+                         f"{type(obs).__name__}")
+    if posterior.status not in USABLE_STATUS:
+        return f"fit status {posterior.status}: {posterior.status_message or 'no message'}"
+    gaussian = delta_gaussian(posterior, problem)
+    if gaussian is None:
+        return "every difference is held fixed"
+    return {"status": posterior.status, "status_message": posterior.status_message or "",
+            "effects": condition_effects(posterior, problem, interval=interval),
+            "no_difference": no_difference(posterior, problem), "gaussian": gaussian,
+            "reference": obs.reference, "conditions": list(obs.conditions)}
+
+
+def _bpa(means, covs, prior_mean, prior_cov) -> tuple[np.ndarray, np.ndarray, list[bool]]:
+    """Bayesian parameter averaging (Kasess et al. 2010) of Gaussian posteriors under one Gaussian prior.
+
+    ``means``: ``N`` arrays ``(k,)``; ``covs``: ``N`` arrays ``(k, k)``;
+    ``prior_mean (k,)``, ``prior_cov (k, k)``. Returns the mean ``(k,)``
+    and covariance ``(k, k)`` of ``prod_i q_i(x) / p(x)^(N-1)``: precision
+    ``P_0 + sum_i (P_i - P_0) = sum_i P_i - (N - 1) P_0``, mean
+    ``P^-1 (P_0 m_0 + sum_i (P_i m_i - P_0 m_0))``, and per subject whether its
+    posterior was wider than the prior in some direction. Each subject's
+    implied likelihood (precision ``P_i - P_0``, information ``P_i m_i -
+    P_0 m_0``) is kept as it is unless it has a direction of non-positive
+    precision (a posterior wider than the prior there: sampling noise of
+    draws); in such directions (prior-whitened eigenvectors) the subject
+    carries no information and both are set to 0 there.
+    """
+    m0 = np.asarray(prior_mean, dtype=float)
+    P0 = np.linalg.inv(prior_cov)
+    L = np.linalg.cholesky(prior_cov)  # whitening: x = m0 + L u, prior precision of u is I
+    prec, h = P0.copy(), P0 @ m0
+    wider = []
+    for m, S in zip(means, covs):
+        Pi = np.linalg.inv(0.5 * (S + S.T))
+        lam, info = Pi - P0, Pi @ m - P0 @ m0
+        lam_w = L.T @ lam @ L
+        ev, V = np.linalg.eigh(0.5 * (lam_w + lam_w.T))
+        keep = ev > 1e-9
+        wider.append(not bool(keep.all()))
+        if not keep.all():  # no information where the posterior is as wide as the prior or wider
+            Vk = V[:, keep]
+            Li = np.linalg.inv(L)
+            lam = Li.T @ (Vk * ev[keep]) @ Vk.T @ Li
+            info = Li.T @ (Vk @ (Vk.T @ (L.T @ info)))
+        prec = prec + lam
+        h = h + info
+    prec = 0.5 * (prec + prec.T)
+    Lp = np.linalg.cholesky(prec)  # positive definite: the prior's precision plus PSD likelihoods
+    Lpi = np.linalg.inv(Lp)
+    cov = Lpi.T @ Lpi
+    cov = 0.5 * (cov + cov.T)
+    return cov @ h, cov, wider
+
+
+def _random_effects(means, lowers, uppers, interval: float) -> dict:
+    """Summary-statistics random effects of the subjects' posterior means (Stephan et al. 2010).
+
+    Mean, SD (``ddof=1``), one-sample t-test against 0 (``scipy.stats.ttest_1samp``)
+    with its ``interval`` confidence interval, and the numbers of subjects
+    whose means are positive/negative and whose intervals lie above/below 0.
+    """
+    m = np.asarray(means, dtype=float)
+    lo, hi = np.asarray(lowers, dtype=float), np.asarray(uppers, dtype=float)
+    n = int(m.size)
+    out = {"n": n, "means": m.tolist(), "mean": float(m.mean()), "sd": None, "t": None, "df": None, "p": None,
+           "lower": None, "upper": None, "n_positive": int((m > 0).sum()), "n_negative": int((m < 0).sum()),
+           "n_above": int((lo > 0).sum()), "n_below": int((hi < 0).sum()), "test": None}
+    if n < 2:
+        out["test"] = "one subject: no test"
+        return out
+    from scipy import stats
+
+    sd = float(m.std(ddof=1))
+    out["sd"], out["df"] = sd, n - 1
+    if sd == 0.0:
+        out["test"] = "every subject's mean is the same: no test"
+        return out
+    res = stats.ttest_1samp(m, 0.0)
+    half = float(stats.t.ppf(0.5 + interval / 2, n - 1)) * sd / math.sqrt(n)
+    out.update(t=float(res.statistic), p=float(res.pvalue), lower=out["mean"] - half, upper=out["mean"] + half,
+               test="one-sample t-test against 0 (two-sided)")
+    return out
+
+
+def _direction(sign: int, condition: str, reference: str) -> str:
+    return f"{'higher' if sign > 0 else 'lower'} in {condition} than in {reference}"
+
+
+def _group_verdict(name, condition, reference, scale, bpa, rfx, interval) -> tuple[str, str]:
+    """Whether fixed effects (BPA) and random effects (and the subjects) agree on a difference; one sentence."""
+    pct = round(100 * interval)
+    if scale == "log":
+        est = f"{condition}/{reference} ratio {bpa['ratio']:.3g} [{bpa['ratio_lower']:.3g}, {bpa['ratio_upper']:.3g}]"
+    else:
+        est = f"{condition}-{reference} difference {bpa['mean']:+.3g} [{bpa['lower']:+.3g}, {bpa['upper']:+.3g}]"
+    est += f" ({pct} %), log BF {bpa['log_bayes_factor']:+.2f}"  # one shared difference vs none
+    bpa_dir = 1 if bpa["lower"] > 0 else -1 if bpa["upper"] < 0 else 0
+    n, p = rfx["n"], rfx["p"]
+    test = f"t({rfx['df']}) = {rfx['t']:.2f}, p = {p:.3g}" if p is not None else (rfx["test"] or "no test")
+    rtest = f"random effects {test}"
+    sig = p is not None and p < RFX_ALPHA
+    rfx_dir = (1 if rfx["mean"] > 0 else -1) if sig else 0
+    up, down = rfx["n_above"], rfx["n_below"]
+    tag = f"{name} ({condition} vs {reference})"
+    if up and down:
+        return "disagree", (
+            f"{tag}: the subjects disagree: {up} subject(s)' intervals lie above 0 and {down} below, so the difference "
+            f"is not shared; the fixed-effects average (BPA {est}) mixes opposite effects and is not the "
+            f"difference every subject shows ({rtest})"
+        )
+    if bpa_dir:
+        same = rfx["n_positive"] if bpa_dir > 0 else rfx["n_negative"]
+        opposite = rfx["n_negative"] if bpa_dir > 0 else rfx["n_positive"]
+        if opposite or (sig and rfx_dir != bpa_dir):
+            return "disagree", (
+                f"{tag}: fixed effects say {_direction(bpa_dir, condition, reference)} (BPA {est}), but "
+                f"the subjects' posterior means point both ways ({same} of {n} with it, {opposite} against): the "
+                f"average is carried by the most precise subject(s), not shared by all ({rtest})"
+            )
+        if sig:
+            return "agree", (f"{tag}: fixed and random effects agree: {_direction(bpa_dir, condition, reference)} "
+                             f"(BPA {est}; {rtest}; {up + down} of {n} subjects' intervals exclude 0)")
+        return "fixed effects only", (
+            f"{tag}: fixed effects say {_direction(bpa_dir, condition, reference)} (BPA {est}) and every "
+            f"subject's mean points that way ({up + down} of {n} intervals exclude 0), but random effects do not "
+            f"establish it ({test}{'; few subjects: little power' if n < FEW_SUBJECTS else ''})"
+        )
+    if sig:
+        return "disagree", (f"{tag}: random effects say {_direction(rfx_dir, condition, reference)} ({test}) but the "
+                            f"fixed-effects interval holds no difference (BPA {est})")
+    some = (f"; yet {up + down} of {n} subjects' intervals exclude 0 ({up} above, {down} below): a difference in "
+            "some subjects, not shared by the group") if up + down else ""
+    return "none", (f"{tag}: neither fixed effects (BPA {est}, holds no difference) nor random effects "
+                    f"({test}) show a difference{some}")
+
+
+def format_group_effects(group: dict) -> list[str]:
+    """Lines of text for the printed summary of :func:`group_effects` (disagreements first)."""
+    pct = round(100 * group["interval"])
+    ref, n = group["reference"], group["n_subjects"]
+    lines = [f"group effects against {ref} over {n} subject(s) ({', '.join(group['subjects'])}); left out: "
+             + ("; ".join(f"{x['subject']} ({x['reason']})" for x in group["left_out"]) or "none")]
+    for h in group["headline"]:
+        lines.append(f"  DISAGREE: {h}")
+    for c in group["caveats"]:
+        lines.append(f"  caveat: {c}")
+    j = group["joint"]
+    fe = j["fixed_effects_log_bf"]
+    lines.append(
+        f"  no parameter differs (all {len(j['parameters'])} difference(s) = 0): BPA log BF "
+        f"{j['bpa_log_bayes_factor']:+.2f} for one shared difference ({j['bpa_evidence']})"
+        + (f"; summed subjects' log BF {fe:+.2f} ({j['fixed_effects_evidence']})" if fe is not None else "")
+    )
+    for v, per in group["effects"].items():
+        for c, e in per.items():
+            b, r = e["bpa"], e["random_effects"]
+            lines.append(f"  {v}: [{e['verdict']}] {e['headline']}")
+            if e["scale"] == "log":
+                subj = ", ".join(f"{s['subject']} {math.exp(s['mean']):.3g} [{math.exp(s['lower']):.3g}, "
+                                 f"{math.exp(s['upper']):.3g}]" for s in e["subjects"])
+                lines.append(f"      subjects ({c}/{ref} ratio, exp of the mean log ratio): {subj}")
+            else:
+                subj = ", ".join(f"{s['subject']} {s['mean']:+.3g} [{s['lower']:+.3g}, {s['upper']:+.3g}]"
+                                 for s in e["subjects"])
+                lines.append(f"      subjects ({c}-{ref}): {subj}")
+            lines.append(
+                f"      fixed effects: BPA {b['mean']:+.3g} [{b['lower']:+.3g}, {b['upper']:+.3g}] ({pct} %), log BF "
+                f"{b['log_bayes_factor']:+.2f} for one shared difference; summed subjects' log BF "
+                f"{e['fixed_effects_log_bf']:+.2f} ({e['fixed_effects_evidence']})"
+            )
+            if r["p"] is not None:
+                lines.append(
+                    f"      random effects: mean {r['mean']:+.3g} (SD {r['sd']:.3g}), t({r['df']}) = {r['t']:.2f}, "
+                    f"p = {r['p']:.3g}, {pct} % CI [{r['lower']:+.3g}, {r['upper']:+.3g}]; means {r['n_positive']} up, "
+                    f"{r['n_negative']} down; intervals {r['n_above']} above 0, {r['n_below']} below"
+                )
+            else:
+                lines.append(f"      random effects: mean {r['mean']:+.3g}; {r['test']}")
+    lines += [f"  note: {x}" for x in group["notes"]]
     return lines

@@ -241,10 +241,16 @@ def read_manifest(path) -> list[dict]:
     but ``path`` (options and others such as ``subject``, ``group``) is
     copied to ``results.csv``. Empty cells mean "the default".
 
+    For fits of conditions (``--conditions rest,task --vary ...``, or
+    ``conditions`` and ``vary`` columns), each row names one file per
+    condition in columns ``path_<condition>`` (``path_rest,path_task``)
+    instead of ``path``; a manifest may not have both kinds of column.
+
     Raises
     ------
     ValueError
-        If the file is not a CSV with a ``path`` column or a row has no path.
+        If the file is not a CSV with a ``path`` column or ``path_<condition>``
+        columns (not both), or a row has no path.
     """
     path = Path(path)
     if not path.is_file():
@@ -252,14 +258,20 @@ def read_manifest(path) -> list[dict]:
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip() for h in (reader.fieldnames or [])]
-        if "path" not in header:
-            raise ValueError(f"manifest {path}: expected a CSV header with a 'path' column, got {header}")
+        per_condition = [h for h in header if h.startswith(_PATH_PREFIX)]
+        if "path" not in header and not per_condition:
+            raise ValueError(f"manifest {path}: expected a CSV header with a 'path' column (or, for fits of "
+                             f"conditions, one 'path_<condition>' column per condition such as path_rest,path_task), "
+                             f"got {header}")
+        if "path" in header and per_condition:
+            raise ValueError(_both_path_kinds(f"manifest {path}", per_condition))
         rows = []
         for k, raw in enumerate(reader, start=2):
             row = {(key or "").strip(): (val or "").strip() for key, val in raw.items() if key is not None}
-            if not row.get("path"):
-                raise ValueError(f"manifest {path}, line {k}: empty 'path'")
-            for key in ("path", "prior"):  # files named in the manifest: relative to it
+            if not any(row.get(c) for c in (per_condition or ["path"])):
+                empty = " and ".join(map(repr, per_condition or ["path"]))
+                raise ValueError(f"manifest {path}, line {k}: empty {empty}")
+            for key in ("path", "prior", *per_condition):  # files named in the manifest: relative to it
                 if row.get(key):
                     p = Path(row[key]).expanduser()
                     row[key] = str(p if p.is_absolute() else (path.parent / p))
@@ -267,6 +279,16 @@ def read_manifest(path) -> list[dict]:
     if not rows:
         raise ValueError(f"manifest {path}: no rows (expected one recording per line under the header)")
     return rows
+
+
+#: Manifest columns naming one file per condition: ``path_<condition>``.
+_PATH_PREFIX = "path_"
+
+
+def _both_path_kinds(where: str, per_condition) -> str:
+    return (f"{where}: has both a 'path' column and per-condition file columns ({', '.join(per_condition)}), which is "
+            "ambiguous; give one file per condition in path_<condition> columns (with --conditions), or one file "
+            "per row in 'path', not both")
 
 
 def fit_many(
@@ -305,7 +327,12 @@ def fit_many(
         Output folder: ``out/<item>/`` per item (``summary.json``,
         ``posterior.nc``, ``fit.png`` for files, ``log.txt``, ``result.json``)
         and ``out/results.csv``. Required for files; optional for problems
-        (without it the posteriors come back in memory).
+        (without it the posteriors come back in memory). Files fitted with
+        conditions (``options={"conditions": "rest,task", "vary": "a,b"}``,
+        one file per condition in ``path_<condition>`` keys or manifest
+        columns) also write ``out/group_effects.json`` and
+        ``out/group_effects.png``: :func:`jrinfer.conditions.group_effects`
+        over the items (those that failed are left out, with why).
     kind : {"spectrum", "evoked"}, optional
         Files: what they hold (as ``jrinfer fit --kind``). Required for files.
     options : mapping, optional
@@ -349,7 +376,10 @@ def fit_many(
         the fit found its Gaussian marginal misstated, then with
         ``<parameter>_marginal`` naming the shape), ``fit_<measure>`` (fit quality),
         ``npe_*`` (NPE: calibration verdict, regime, the data's distance from the
-        training simulations), ``diag_<name>`` (scalar backend diagnostics: free energy, R-hat, ESS,
+        training simulations), ``effect_<name>_<condition>_mean``/``_lower``/``_upper``/``_log_bf``
+        and ``any_difference_log_bf`` (fits of conditions: each difference, a
+        log ratio or additive, its 90 % interval and log Bayes factor in nats),
+        ``diag_<name>`` (scalar backend diagnostics: free energy, R-hat, ESS,
         ...) and the manifest's extra columns. Without ``out``, each row also
         holds ``"posterior"`` (a :class:`~jrinfer.Posterior`, or ``None`` for
         an error).
@@ -413,7 +443,42 @@ def fit_many(
     if out is not None:
         write_results_csv(out / "results.csv", ordered)
         _remove_partials(out)
+        if any(len(s.get("conditions") or ()) > 1 for s in specs):
+            _write_group_effects(out, [s["id"] for s in specs])
     return ordered
+
+
+#: Files fit_many writes for a cohort of condition fits: the group effects and their forest plot.
+GROUP_FILES = ("group_effects.json", "group_effects.png")
+
+
+def _write_group_effects(out, items: Sequence[str]) -> dict:
+    """``out/group_effects.json`` (and ``.png``): :func:`jrinfer.conditions.group_effects` over the items' folders.
+
+    Items that failed or whose fit status is not usable are left out (named,
+    with why, in the file). When no group effect can be computed (no item
+    usable, differing conditions or priors), the file holds ``{"error":
+    message}`` instead. Returns what was written.
+    """
+    from jrinfer._io import write_text
+    from jrinfer.conditions import group_effects
+
+    out = Path(out)
+    for name in GROUP_FILES:  # an earlier run's figure must not outlive its numbers
+        (out / name).unlink(missing_ok=True)
+    try:
+        group = group_effects([out / i for i in items], labels=list(items))
+    except ValueError as err:
+        group = {"error": str(err)}
+    write_text(out / GROUP_FILES[0], json.dumps(group, indent=1, default=_json_default))
+    if "error" not in group:
+        try:
+            from jrinfer.plotting import plot_group_effects
+
+            plot_group_effects(group, out / GROUP_FILES[1])
+        except ImportError:  # no matplotlib: the numbers are in the JSON
+            pass
+    return group
 
 
 def _run(specs: list[dict], out: Path | None, *, client, progress: bool, retries: int):
@@ -555,7 +620,8 @@ def _fit_file(spec: dict, folder: Path) -> dict:
     """``jrinfer fit`` of one file into ``folder``; returns its summary.json."""
     from jrinfer import cli
 
-    args = cli.build_parser().parse_args(["fit", spec["path"], "--out", str(folder), "--quiet", *spec["argv"]])
+    paths = spec.get("paths") or [spec["path"]]  # one file per condition for a fit of conditions
+    args = cli.build_parser().parse_args(["fit", *paths, "--out", str(folder), "--quiet", *spec["argv"]])
     try:
         args.func(args)
     except cli.UsageError as err:
@@ -657,24 +723,32 @@ def _file_specs(items, backend, kind, options: Mapping, per_channel: bool = Fals
         raise ValueError("backend 'npe' needs a trained estimator: options={'estimator': DIR} (CLI: --estimator DIR, "
                          "made by jrinfer train-npe)")
     rows = [it if isinstance(it, Mapping) else {"path": it} for it in items]
+    per_condition = list(dict.fromkeys(k for r in rows for k in r if str(k).startswith(_PATH_PREFIX)))
+    if per_condition and any(r.get("path") for r in rows):
+        raise ValueError(_both_path_kinds("items", per_condition))
+    default_conditions = _option_value(options, actions, "conditions")
+    if per_channel and (default_conditions or any(_option_value(r, actions, "conditions") for r in rows)):
+        raise ValueError("per_channel (--per-channel) with --conditions: the group effects would count a subject's "
+                         "channels as separate subjects; run fit-many once per channel (--picks O1, then --picks O2)")
+    if default_conditions and backend == "npe":
+        raise ValueError("--conditions: --backend npe conditions one recording at a time; fit conditions jointly "
+                         "with --backend laplace, nuts or smc")
     width = max(4, len(str(len(rows))))
     specs = []
     for i, row in enumerate(rows, start=1):
-        if not isinstance(row.get("path"), (str, os.PathLike)) or not str(row.get("path")):
-            raise ValueError(f"items[{i - 1}]: expected a file path or a dict with a 'path', got {row!r}")
-        path = str(Path(row["path"]).expanduser().resolve())
-        label = _ITEM_NAME.sub("_", str(row.get("name") or Path(path).name.split(".")[0]))[:60] or "item"
         per_item = {k: v for k, v in row.items() if _option_name(k) in actions}
+        paths, conditions = _row_paths(i, row, per_condition, per_item, options, actions)
+        path = ";".join(paths)
+        label = _ITEM_NAME.sub("_", str(row.get("name") or Path(paths[0]).name.split(".")[0]))[:60] or "item"
         meta = {k: v for k, v in row.items() if k != "path"}  # copied to results.csv
+        meta.update({f"{_PATH_PREFIX}{c}": p for c, p in zip(conditions, paths) if len(paths) > 1})
         where = f"items[{i - 1}] ({path})"
+        common = {"path": path, "paths": paths, "conditions": conditions}
         if not per_channel:
             argv = base + _option_argv(per_item, actions, where)
-            specs.append({"id": f"{i:0{width}d}-{label}", "path": path, "argv": argv, "meta": meta})
+            specs.append({"id": f"{i:0{width}d}-{label}", **common, "argv": argv, "meta": meta})
             continue
-        picks = next((v for k, v in per_item.items() if actions[_option_name(k)].dest == "channels"), None)
-        if picks is None:
-            picks = next((v for k, v in options.items() if actions.get(_option_name(k)) is not None
-                          and actions[_option_name(k)].dest == "channels"), None)
+        picks = _option_value(per_item, actions, "channels") or _option_value(options, actions, "channels")
         channels = list(dict.fromkeys(c.strip() for c in str(picks or "").split(",") if c.strip()))
         if not channels:
             raise ValueError(f"per_channel (--per-channel): row {i} ({path}) has no channels to split; give picks "
@@ -682,7 +756,7 @@ def _file_specs(items, backend, kind, options: Mapping, per_channel: bool = Fals
         rest = {k: v for k, v in per_item.items() if actions[_option_name(k)].dest != "channels"}
         for channel in channels:
             argv = base + _option_argv({**rest, "picks": channel}, actions, where)
-            specs.append({"id": f"{i:0{width}d}-{label}-{_ITEM_NAME.sub('_', channel)[:30]}", "path": path,
+            specs.append({"id": f"{i:0{width}d}-{label}-{_ITEM_NAME.sub('_', channel)[:30]}", **common,
                           "argv": argv, "meta": {**meta, "channel": channel}})
     # the arguments as jrinfer fit reads them: bad defaults stop the run before any task starts; a
     # row's bad value is that row's error (recorded, the others go on)
@@ -718,6 +792,55 @@ def _file_specs(items, backend, kind, options: Mapping, per_channel: bool = Fals
         if message:
             spec["invalid"] = f"manifest row {spec['id']}: {message}"
     return specs
+
+
+def _option_value(values: Mapping, actions: dict, dest: str):
+    """The value in ``values`` (keyed by option name or flag) of the ``jrinfer fit`` option stored in ``dest``."""
+    for key, value in values.items():
+        action = actions.get(_option_name(key))
+        if action is not None and action.dest == dest and value not in (None, ""):
+            return value
+    return None
+
+
+def _row_paths(i: int, row: Mapping, per_condition: list, per_item: Mapping, options: Mapping, actions: dict):
+    """A manifest row's files (one per condition with ``--conditions``) and its condition names.
+
+    With conditions, the row names one file per condition in
+    ``path_<condition>`` columns; a single ``path`` serves only an evoked
+    file holding every condition (one ``--event-id`` per condition).
+    """
+    text = _option_value(per_item, actions, "conditions") or _option_value(options, actions, "conditions")
+    conditions = [c.strip() for c in str(text or "").split(",") if c.strip()]
+    where = f"row {i}"
+    if conditions and not (_option_value(per_item, actions, "vary") or _option_value(options, actions, "vary")):
+        raise ValueError(f"{where}: --conditions {','.join(conditions)} needs --vary: the parameters that may differ "
+                         "between conditions (e.g. --vary a,b,gain)")
+    expected = [f"{_PATH_PREFIX}{c}" for c in conditions]
+    if per_condition and not conditions:
+        named = ",".join(k[len(_PATH_PREFIX):] for k in per_condition)
+        raise ValueError(f"{where}: the manifest names one file per condition ({', '.join(per_condition)}) but no "
+                         f"conditions are given; pass --conditions {named} and --vary (or conditions and vary columns)")
+    if per_condition:
+        extra = [k for k in per_condition if k not in expected]
+        missing = [k for k in expected if not row.get(k)]
+        if extra or missing:
+            what = (f"column(s) {', '.join(extra)} name no condition of --conditions {','.join(conditions)}" if extra
+                    else f"no file in {', '.join(missing)}")
+            raise ValueError(f"{where}: {what}; expected one file column per condition: {', '.join(expected)}")
+        paths = [row[k] for k in expected]
+    else:
+        if not isinstance(row.get("path"), (str, os.PathLike)) or not str(row.get("path")):
+            raise ValueError(f"{where}: expected a file path or a dict with a 'path', got {dict(row)!r}")
+        paths = [row["path"]]
+        ids = str(_option_value(per_item, actions, "event_id") or _option_value(options, actions, "event_id") or "")
+        if conditions and len([e for e in ids.split(",") if e.strip()]) != len(conditions):
+            raise ValueError(
+                f"{where}: --conditions {','.join(conditions)} fits one file per condition: give the manifest one "
+                f"column per condition, {', '.join(expected)}, in place of 'path' (a single 'path' serves only an "
+                "evoked file holding every condition, with one --event-id per condition)"
+            )
+    return [str(Path(p).expanduser().resolve()) for p in paths], conditions
 
 
 def _fit_actions(fit=None) -> dict:
@@ -804,6 +927,17 @@ def _summary_row(spec: dict, summary: dict) -> dict:
     for key, value in (summary.get("diagnostics") or {}).items():
         if _is_scalar(value):
             row[f"diag_{key}"] = value
+    effects = summary.get("condition_effects") or {}  # a fit of conditions: each difference and its evidence
+    for name, per in (effects.get("effects") or {}).items():
+        for condition, e in per.items():
+            key = f"effect_{name}_{condition}"
+            if "fixed" in e:
+                row[f"{key}_fixed"] = e["fixed"]
+                continue
+            row.update({f"{key}_mean": e.get("mean"), f"{key}_lower": e.get("lower"), f"{key}_upper": e.get("upper"),
+                        f"{key}_log_bf": e.get("log_bayes_factor")})
+    if effects.get("no_difference"):
+        row["any_difference_log_bf"] = effects["no_difference"].get("log_bayes_factor")
     npe = summary.get("npe") or {}  # how far an amortized posterior can be trusted for this item
     for key in ("calibrated", "regime", "out_of_distribution"):
         if key in npe:

@@ -21,6 +21,7 @@ __all__ = [
     "plot_trace",
     "plot_bifurcation",
     "plot_npe_calibration",
+    "plot_group_effects",
     "pretty_units",
 ]
 
@@ -653,6 +654,63 @@ def plot_npe_calibration(calibration: dict, path=None, *, title: str | None = No
     for ax in axes[k + 1:]:
         ax.set_visible(False)
     fig.suptitle(title or calibration.get("verdict", "NPE calibration"), fontsize=9, wrap=True)
+    if path is not None:
+        _save(fig, path)
+    return fig
+
+
+def plot_group_effects(group: dict, path=None, *, title: str | None = None):
+    """Forest plot of condition effects over subjects: each subject's interval, the group estimates.
+
+    Parameters
+    ----------
+    group : dict
+        :func:`jrinfer.conditions.group_effects`'s result.
+    path : str or Path, optional
+        Where to save the figure.
+    title : str, optional
+        Figure title (default: the conditions and the number of subjects).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel per difference (log ratio, or additive difference): each
+        subject's posterior mean and interval, the fixed-effects estimate
+        (Bayesian parameter averaging) and the random-effects mean with its
+        t confidence interval, a line at no difference, and the verdict
+        (agree, disagree, fixed effects only, none) in the panel's title.
+    """
+    panels = [(v, c, e) for v, per in group["effects"].items() for c, e in per.items()]
+    n_sub = group["n_subjects"]
+    cols = min(3, len(panels))
+    rows = int(np.ceil(len(panels) / cols))
+    fig = _figure(figsize=(4.2 * cols, (0.45 * (n_sub + 3) + 1.3) * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    ref = group["reference"]
+    pct = round(100 * group["interval"])
+    for ax, (v, c, e) in zip(axes, panels):
+        subj = e["subjects"]
+        y = np.arange(len(subj) + 2)[::-1]
+        for yi, s in zip(y[:-2], subj):
+            inside = s["lower"] <= 0.0 <= s["upper"]
+            ax.plot([s["lower"], s["upper"]], [yi, yi], color="0.45" if inside else "k", lw=1.6)
+            ax.plot(s["mean"], yi, "o", color="0.45" if inside else "k", ms=4)
+        b, r = e["bpa"], e["random_effects"]
+        ax.plot([b["lower"], b["upper"]], [y[-2]] * 2, color="tab:orange", lw=2.5)
+        ax.plot(b["mean"], y[-2], "D", color="tab:orange", ms=6)
+        if r["lower"] is not None:
+            ax.plot([r["lower"], r["upper"]], [y[-1]] * 2, color="tab:blue", lw=2.5)
+        ax.plot(r["mean"], y[-1], "s", color="tab:blue", ms=6)
+        ax.axvline(0.0, color="0.3", lw=0.8, ls="--")
+        p = "" if r["p"] is None else f", p = {r['p']:.2g}"
+        ax.set_yticks(y, [s["subject"][:18] for s in subj] + ["fixed (BPA)", f"random (t{p})"], fontsize=7)
+        unit = f"log ratio {c}/{ref}" if e["scale"] == "log" else f"{c} - {ref}"
+        ax.set_xlabel(f"{v}: {unit} ({pct} % intervals)", fontsize=8)
+        ax.set_title(f"{v}: {e['verdict']}", fontsize=9, color="tab:red" if e["verdict"] == "disagree" else "k")
+        ax.tick_params(axis="x", labelsize=7)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title or f"{', '.join(group['conditions'][1:])} vs {ref}: {n_sub} subject(s)", fontsize=9)
     if path is not None:
         _save(fig, path)
     return fig
