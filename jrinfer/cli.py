@@ -670,8 +670,8 @@ def _with_conditions(args, obs, spec: dict, data):
 
 def _condition_summary(summary: dict, posterior, problem) -> list[str]:
     """Add ``condition_effects`` to summary.json for a fit of several conditions; the lines to print."""
-    from jrinfer.conditions import (ConditionObservation, condition_effects, delta_gaussian, format_effects,
-                                    no_difference)
+    from jrinfer.conditions import (ConditionObservation, condition_effects, delta_gaussian, format_alpha_power,
+                                    format_effects, no_difference)
 
     obs = problem.observation
     if not isinstance(obs, ConditionObservation):
@@ -701,7 +701,10 @@ def _condition_summary(summary: dict, posterior, problem) -> list[str]:
         # the differences' joint Gaussian and prior: what jrinfer.conditions.group_effects averages over subjects
         "gaussian": delta_gaussian(posterior, problem),
     }
-    return format_effects(effects, obs.reference, joint) + [f"    WARNING: {w}" for w in warns]
+    alpha = format_alpha_power(posterior.fit_quality, obs.reference, obs.others)
+    summary["condition_effects"]["alpha_power"] = alpha
+    return ([f"  {line}" for line in alpha] + format_effects(effects, obs.reference, joint)
+            + [f"    WARNING: {w}" for w in warns])
 
 
 def _sampler_budget(args, *extra: str) -> dict:

@@ -70,6 +70,7 @@ from jrinfer.observation import FitQuality, GaussianTarget, Observation, Observe
 
 __all__ = [
     "ConditionData", "ConditionObservation", "condition_effects", "no_difference", "group_effects", "delta_gaussian",
+    "format_alpha_power", "ALPHA_POWER_BAND_HZ",
     "ADDITIVE", "MAX_LOG_SD",
     "INTERVAL_VS_BF",
 ]
@@ -546,15 +547,61 @@ class ConditionObservation(Observation):
 
     # ---------------------------------------------------------- quality
     def goodness_of_fit(self, data, predicted: torch.Tensor, params: dict | None = None) -> FitQuality:
-        """The base's fit quality per condition: metrics ``<metric>_<condition>``, warnings prefixed."""
+        """The base's fit quality per condition: metrics ``<metric>_<condition>``, warnings prefixed.
+
+        For spectra also, per non-reference condition ``c``, the change of
+        alpha-band power (:data:`ALPHA_POWER_BAND_HZ`, trapezoid over the
+        grid, channels averaged) against the reference in the data and in the
+        fit: ``alpha_power_ratio_data_<c>`` and ``alpha_power_ratio_fit_<c>``
+        (the question a rest-vs-task fit is asked first).
+        """
         metrics: dict = {}
         warns: list = []
+        band_power: dict = {}
         for c, part in zip(self.conditions, self._split(predicted, data)):
             p = None if params is None else self.condition_parameters(params, c)
             fq = self.base.goodness_of_fit(data[c], part, p)
             metrics.update({f"{k}_{c}": v for k, v in fq.metrics.items()})
             warns.extend(f"{c}: {w}" for w in fq.warnings)
+            freqs = getattr(data[c], "freqs", None)
+            if freqs is not None:
+                band_power[c] = (_band_power(freqs, data[c].power), _band_power(freqs, part))
+        ref = self.reference
+        if ref in band_power and all(x > 0 for x in band_power[ref]):
+            for c in self.others:
+                if c in band_power:
+                    metrics[f"alpha_power_ratio_data_{c}"] = band_power[c][0] / band_power[ref][0]
+                    metrics[f"alpha_power_ratio_fit_{c}"] = band_power[c][1] / band_power[ref][1]
         return FitQuality(metrics, warns)
+
+
+#: The band whose power a fit of spectra compares between conditions (Hz): the conventional alpha band.
+ALPHA_POWER_BAND_HZ = (8.0, 13.0)
+
+
+def _band_power(freqs, power, band=ALPHA_POWER_BAND_HZ) -> float:
+    """Power in ``band`` of a spectrum ``(..., C, F)`` (channels averaged; trapezoid over the grid), data units x Hz."""
+    f = torch.as_tensor(freqs, dtype=torch.float64).reshape(-1)
+    pw = torch.as_tensor(power, dtype=torch.float64).detach()
+    pw = pw.reshape(-1, f.numel()).mean(0)
+    inside = (f >= band[0]) & (f <= band[1])
+    if int(inside.sum()) < 2:
+        return float("nan")
+    return float(torch.trapezoid(pw[inside], f[inside]))
+
+
+def format_alpha_power(fit_quality: dict, reference: str, others) -> list[str]:
+    """Lines ``alpha power (8-13 Hz), task / rest: data 0.256, fit 0.26`` from a fit's quality metrics ([] if none)."""
+    lines = []
+    lo, hi = ALPHA_POWER_BAND_HZ
+    for c in others:
+        d, f = fit_quality.get(f"alpha_power_ratio_data_{c}"), fit_quality.get(f"alpha_power_ratio_fit_{c}")
+        if d is None or f is None or not (math.isfinite(d) and math.isfinite(f)):
+            continue
+        change = "lower" if d < 1 else "higher"
+        lines.append(f"alpha power ({lo:g}-{hi:g} Hz), {c} / {reference}: data {d:.3g}, fit {f:.3g} ({c} "
+                     f"{abs(1 - d) * 100:.0f} % {change} in the data; the parameters below say how the model makes it)")
+    return lines
 
 
 def _unconstrained_sd(name: str, d: dict, mode: str) -> float:
@@ -857,7 +904,7 @@ def format_effects(effects: dict, reference: str, joint: dict | None = None) -> 
     lines = []
     if joint is not None:
         lines.append(
-            f"  no parameter differs between conditions (all {len(joint['parameters'])} difference(s) = 0) vs the "
+            f"  does any parameter differ? 'none differs' (all {len(joint['parameters'])} difference(s) = 0) vs the "
             f"full model: log BF {joint['log_bayes_factor']:+.2f} for some difference, P(some difference) "
             f"{joint['p_difference']:.2f} ({joint['evidence']})"
         )

@@ -28,6 +28,7 @@ import math
 from collections.abc import Callable
 from typing import ClassVar, NamedTuple
 
+import numpy as np
 import torch
 
 from jrinfer import _checks
@@ -76,8 +77,9 @@ def band_peak(freqs: torch.Tensor, values: torch.Tensor, band: tuple[float, floa
     (or rises) through it sits on the band's edge and is no peak. ``freqs``
     and ``values`` have shape ``(F,)`` (``values`` e.g. log-power).
     """
-    f = torch.as_tensor(freqs, dtype=torch.float64).reshape(-1)
-    v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    # a copy of a (possibly read-only) NumPy array: torch warns on every non-writable one it wraps
+    f, v = (x.to(torch.float64).reshape(-1) if isinstance(x, torch.Tensor)
+            else torch.tensor(np.array(x, dtype=np.float64)).reshape(-1) for x in (freqs, values))
     if f.numel() < 3:
         return None
     local = torch.zeros_like(v, dtype=torch.bool)

@@ -328,11 +328,12 @@ def _condition_effects(summary) -> str:
     joint = ce.get("no_difference")
     first = ""
     if joint:
-        first = (f'<p><b>No parameter differs between conditions</b> (all {len(joint["parameters"])} differences '
-                 f"reduced to 0 at once) against the full model: log BF {float(joint['log_bayes_factor']):+.2f} for "
-                 f"some difference, P(some difference) {float(joint['p_difference']):.2f} "
-                 f"({_e(joint.get('evidence', ''))}).</p>")
-    return first + "<table>" + head + "".join(rows) + "</table>" + note + warns
+        first = (f'<p><b>Does any parameter differ between conditions?</b> The model with all '
+                 f'{len(joint["parameters"])} differences set to 0 at once against the full model: log BF '
+                 f"{float(joint['log_bayes_factor']):+.2f} for some difference, P(some difference) "
+                 f"{float(joint['p_difference']):.2f} ({_e(joint.get('evidence', ''))}).</p>")
+    alpha = "".join(f"<p>{_e(line)}</p>" for line in ce.get("alpha_power") or [])
+    return alpha + first + "<table>" + head + "".join(rows) + "</table>" + note + warns
 
 
 def _parameter_table(posterior, truth: dict | None = None) -> str:

@@ -163,8 +163,16 @@ def test_cli_conditions_summary_and_report(data, tmp_path, capsys):
     printed, err = capsys.readouterr()
     assert code == 0, err
     assert "condition effects (against rest" in printed and "task/rest ratio" in printed
-    effect_lines = printed[printed.index("no parameter differs"):].splitlines()
+    effect_lines = printed[printed.index("does any parameter differ?"):].splitlines()
     assert "condition effects (against rest" in effect_lines[1]  # the joint model first, then each difference
+    # before the parameters, what changed in the data: alpha-band power, task against rest, data and fit
+    f = data["rest"].freqs.numpy()
+    band = (f >= 8.0) & (f <= 13.0)
+    ratio = (np.trapezoid(data["task"].power.numpy().mean(0)[band], f[band])
+             / np.trapezoid(data["rest"].power.numpy().mean(0)[band], f[band]))
+    line = next(x for x in printed.splitlines() if x.strip().startswith("alpha power (8-13 Hz), task / rest:"))
+    assert f"data {ratio:.3g}, fit " in line, (line, ratio)
+    assert printed.index(line) < printed.index("does any parameter differ?")
     s = json.loads((out / "summary.json").read_text())
     ce = s["condition_effects"]
     assert ce["no_difference"]["parameters"] == ["delta_a_task", "delta_b_task"]
@@ -182,7 +190,11 @@ def test_cli_conditions_summary_and_report(data, tmp_path, capsys):
     assert "  regime (rest): " in printed and "  regime (task): " in printed
     assert not any("different regimes" in w for w in s["warnings"])
     page = (out / "report.html").read_text()
-    assert "Condition effects" in page and "No parameter differs between conditions" in page
+    assert "Condition effects" in page and "Does any parameter differ between conditions?" in page
+    assert ce["alpha_power"] == [line.strip()] and line.strip() in page
+    fit_ratio = s["fit_quality"]["alpha_power_ratio_fit_task"]
+    assert s["fit_quality"]["alpha_power_ratio_data_task"] == pytest.approx(ratio, rel=1e-9)
+    assert abs(math.log(fit_ratio / ratio)) < 0.25, (fit_ratio, ratio)  # a good fit makes the change it fits
     assert "regime mix of the posterior draws, task" in page and "fit, task:</b> R^2" in page
     # bad combinations: one line, exit 2, in the command's words
     assert main(["fit", rest, task, "--kind", "spectrum", "--out", str(tmp_path / "x")]) == 2
