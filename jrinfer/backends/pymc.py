@@ -983,6 +983,13 @@ class _NutsLines(_Lines):
                  f"{_duration(left)} left")
 
 
+#: What an SMC chain took on the EEGMAT rest spectra (2 x 500 particles: 13-14 tempering stages, 66,500-83,000
+#: likelihood evaluations, i.e. 5-6 MH steps per stage): the start line's typical duration.
+SMC_TYPICAL_STAGES = 14
+SMC_TYPICAL_STEPS = 6
+SMC_TYPICAL_EVALUATIONS = SMC_TYPICAL_STAGES * (SMC_TYPICAL_STEPS + 1)
+
+
 def _smc_kernel_with_lines(lines: _Lines, chains: int):
     """PyMC's IMH kernel reporting each tempering stage to ``lines`` (at most one line per interval, and each
     chain's last stage). ``pymc.sample_smc`` offers no callback; its ``kernel`` argument takes this subclass."""
@@ -990,6 +997,7 @@ def _smc_kernel_with_lines(lines: _Lines, chains: int):
 
     class _ReportingIMH(IMH):
         _chain = -1
+        _chain_seconds: list = []
 
         def initialize(self, start, rng):
             type(self)._chain += 1
@@ -999,13 +1007,23 @@ def _smc_kernel_with_lines(lines: _Lines, chains: int):
         def step(self):
             stats = super().step()
             last = self.beta >= 1
+            if last:
+                type(self)._chain_seconds = [*type(self)._chain_seconds, time.perf_counter() - self._chain_t0]
             if last or lines.due():
                 what = "done" if last else "at"
+                done = type(self)._chain_seconds
+                # once a chain has finished, the chains after it take about as long: a time left worth printing
+                left = chains - len(done) - (0 if last else 1)
+                eta = ""
+                if done and left + (0 if last else 1) > 0:
+                    per = sum(done) / len(done)
+                    here = 0.0 if last else max(0.0, per - (time.perf_counter() - self._chain_t0))
+                    eta = f", about {_duration(left * per + here)} left (a chain took {_duration(per)})"
                 lines.say(
                     f"chain {self._chain + 1} of {chains} {what} stage {self.iteration}, beta {self.beta:.3g}, "
                     f"{self.n_steps - 1} MH step(s) at acceptance {float(self.acc_rate):.2f}; "
                     f"{_duration(time.perf_counter() - self._chain_t0)} on this chain, "
-                    f"{_duration(lines.elapsed())} elapsed"
+                    f"{_duration(lines.elapsed())} elapsed{eta}"
                 )
             return stats
 
@@ -1523,7 +1541,10 @@ class SMC:
             seconds = _seconds_per_evaluation([op], lambda: op.evaluate(z0))
             cost = "" if seconds is None else (
                 f"; one likelihood evaluation takes {1e3 * seconds:.2f} ms: a tempering stage evaluates it "
-                f"{self.draws} x (MH steps), at least {_duration(self.draws * seconds)} per stage and chain")
+                f"{self.draws} x (MH steps), at least {_duration(self.draws * seconds)} per stage and chain; "
+                f"typically about {_duration(self.chains * self.draws * SMC_TYPICAL_EVALUATIONS * seconds)} in all "
+                f"({SMC_TYPICAL_STAGES} stages of {SMC_TYPICAL_STEPS} MH steps per chain, as on EEGMAT rest spectra; "
+                "more on a loaded machine or a narrow posterior)")
             lines.say(f"{self.chains} chain(s) x {self.draws} particles, threshold {self.threshold}, chains one "
                       f"after the other{cost}; the number of stages is set as it goes (beta from 0 to 1)")
             kernel = {"kernel": _smc_kernel_with_lines(lines, self.chains)}
