@@ -360,6 +360,14 @@ def test_nuts_progress_lines_start_every_interval_and_end(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert not _sampler_lines(err, "NUTS") and "Sampling" not in err
     np.testing.assert_array_equal(post.draws, silent.draws)  # the timing before sampling changes nothing
+    assert "That is long" not in lines[1]  # seconds, not hours: no advice
+    # a run whose shortest likely duration exceeds NUTS_LONG_S says so at the start, with what is faster
+    from jrinfer.backends import pymc as _pymc_backend
+
+    monkeypatch.setattr(_pymc_backend, "NUTS_LONG_S", 0.0)
+    NUTS(chains=2, tune=5, draws=5, seed=0, progress="lines").fit(problem, n_predictive=0)
+    start = _sampler_lines(capsys.readouterr().err, "NUTS")[1]
+    assert "That is long: fewer --tune/--draws/--chains" in start and "--backend laplace" in start, start
     assert post.diagnostics["loglike_evaluations"] == silent.diagnostics["loglike_evaluations"]
 
 

@@ -983,6 +983,8 @@ class _NutsLines(_Lines):
                  f"{_duration(left)} left")
 
 
+#: A NUTS run whose shortest likely duration (7 gradients per iteration) exceeds this (s) says so, with what is faster.
+NUTS_LONG_S = 3600.0
 #: What an SMC chain took on the EEGMAT rest spectra (2 x 500 particles: 13-14 tempering stages, 66,500-83,000
 #: likelihood evaluations, i.e. 5-6 MH steps per stage): the start line's typical duration.
 SMC_TYPICAL_STAGES = 14
@@ -1445,8 +1447,15 @@ class NUTS:
         iterations = self.chains * (self.tune + self.draws) / parallel
         # a NUTS iteration takes up to 2**depth - 1 gradients; depths 3-6 are typical of a well-adapted JR posterior
         few, many = min(7, 2**self.max_treedepth - 1), min(63, 2**self.max_treedepth - 1)
+        low, high = iterations * few * seconds, iterations * many * seconds
+        advice = ""
+        if low > NUTS_LONG_S:
+            # say so before the hours pass: what it would take, and what gives an answer sooner
+            advice = (f". That is long: fewer --tune/--draws/--chains shorten it in proportion; variational Laplace "
+                      f"(--backend laplace) gives a Gaussian posterior in minutes, and SMC (--backend smc) needs no "
+                      "gradients")
         return (f"{head}; one gradient evaluation takes {1e3 * seconds:.1f} ms, so at {few}-{many} gradients per "
-                f"iteration about {_duration(iterations * few * seconds)} to {_duration(iterations * many * seconds)}")
+                f"iteration about {_duration(low)} to {_duration(high)}{advice}")
 
 
 class SMC:
