@@ -207,9 +207,13 @@ def plot_spectrum_fit(posterior, path=None, *, title: str | None = None):
     fig = _figure(figsize=((6.4 + _LEGEND_WIDTH_IN) * n_ch, 5.6))
     axes = fig.subplots(2, n_ch, squeeze=False, sharex="col", gridspec_kw={"height_ratios": [3, 1.2]})
     logres = np.log(y) - np.log(fit)
-    sd = posterior.fit_quality.get("noise_sd_log_power")
+    # the residuals in units of the noise the fit verdict judges them by: the Welch estimate's own where the number
+    # of segments is known, else the fitted scatter (log_precision), else their RMS
+    sd, by = posterior.fit_quality.get("noise_sd_welch"), "Welch noise sd"
     if not sd or not np.isfinite(sd):
-        sd = float(np.sqrt(np.mean(logres**2))) or 1.0
+        sd, by = posterior.fit_quality.get("noise_sd_log_power"), "fitted noise sd"
+    if not sd or not np.isfinite(sd):
+        sd, by = float(np.sqrt(np.mean(logres**2))) or 1.0, "RMS"
     for c in range(n_ch):
         ax, rax = axes[0, c], axes[1, c]
         ax.axvspan(*ALPHA_SHADE_HZ, color="tab:blue", alpha=0.08, lw=0, label="alpha band 8–13 Hz")
@@ -236,7 +240,7 @@ def plot_spectrum_fit(posterior, path=None, *, title: str | None = None):
         lim = max(3.5, float(np.nanmax(np.abs(z))) * 1.1)
         rax.set_ylim(-lim, lim)
         rax.set_xlabel("frequency (Hz)")
-        rax.set_ylabel("std. residual\nlog-power")
+        rax.set_ylabel(f"log-power residual\n/ {by}")
     head = _headline(posterior)
     fig.suptitle((title or f"{posterior.backend}: {posterior.status}") + (f"\n{head}" if head else ""))
     fig.tight_layout()

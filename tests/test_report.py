@@ -126,7 +126,16 @@ def test_plots_people_expect(tmp_path):
     x, y = post.observed["coord_values"], post.observed["values"][0]
     band = (x >= 6) & (x <= 14)
     assert f"data peak {x[band][y[band].argmax()]:.2f} Hz" in labels and "model peak 10.00 Hz" in labels
-    assert "residual" in rax.get_ylabel()
+    assert "residual" in rax.get_ylabel() and "fitted noise sd" in rax.get_ylabel()
+    # with the Welch noise known, the residual panel is in its units, as the fit verdict is
+    import dataclasses
+
+    welch = dataclasses.replace(post, fit_quality={**post.fit_quality, "noise_sd_welch": 0.05})
+    rax = plotting.plot_fit(welch).axes[1]
+    assert "Welch noise sd" in rax.get_ylabel()
+    z = rax.lines[-2].get_ydata()  # the residual trace (then the > 3 sd markers)
+    expected = (np.log(post.observed["values"][0]) - np.log(post.fit[0])) / 0.05
+    np.testing.assert_allclose(z, expected, rtol=1e-12)
     fig = plotting.plot_marginals(post)
     titles = [a.get_title() for a in fig.axes if a.get_visible()]
     assert any("A" in t and "not informed" in t for t in titles) and not any("gain" in t and "not" in t for t in titles)
