@@ -44,6 +44,7 @@ padding-bottom:.2em}
 .bad{background:#fdecec;border-color:#c62828}
 .verdict .head{font-size:1.15em;font-weight:600}
 .verdict ul{margin:.5em 0 0 1.1em;padding:0}.verdict li{margin:.3em 0}
+ul.kv,ol.kv{margin:.2em 0 .2em 1.1em;padding:0}table.inner{font-size:.85em;margin:.3em 0}
 .verdict .fitverdict{margin:.4em 0}
 .metrics{display:flex;flex-wrap:wrap;gap:10px;margin:10px 0}
 .metric{background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px 12px;min-width:120px}
@@ -512,17 +513,62 @@ def _diagnostics(posterior, summary) -> str:
     d.pop("prior_invalid_fraction", None)  # shown once, under "Data and settings"
     sampler = _sampler_table(posterior, d)  # pops what it shows
     for k, v in d.items():  # every other backend's scalars and settings
-        if isinstance(v, (int, float, str, bool)) or v is None:
-            row(k, _num(v))
-        elif isinstance(v, dict):
-            row(k, _e("; ".join(f"{kk} = {vv:.4g}" if isinstance(vv, float) else f"{kk} = {vv}"
-                                for kk, vv in v.items())))
-        else:
-            row(k, f"<code>{_e(json.dumps(v, default=str))}</code>")
+        html_v = _value_html(v)
+        if len(html_v) > _FOLD_CHARS:  # a long record folds away: its one-line gist shows
+            html_v = f"<details><summary>{_e(_gist(v))}</summary>{html_v}</details>"
+        row(k, html_v)
     out = sampler + "<table>" + "".join(rows) + "</table>"
     if trace:
         out += f"<p class='note'>Free-energy trace over iterations: {_e(', '.join(_num(t, 6) for t in trace))}</p>"
     return out
+
+
+#: Diagnostics rendered longer than this (characters of HTML) fold into a <details> element.
+_FOLD_CHARS = 400
+
+
+def _is_scalar(v) -> bool:
+    return v is None or isinstance(v, (int, float, str, bool))
+
+
+def _value_html(v, depth: int = 0) -> str:
+    """A diagnostics value as readable HTML: scalars as numbers, flat records as ``key = value; ...``, nested ones
+    as nested lists, lists of records with the same keys as a small table (never a JSON dump)."""
+    if _is_scalar(v):
+        return _num(v)
+    if depth > 4:
+        return f"<code>{_e(json.dumps(v, default=str)[:200])}</code>"
+    if isinstance(v, dict):
+        if all(_is_scalar(x) for x in v.values()):
+            return "; ".join(f"{_e(k)} = {_num(x)}" for k, x in v.items())
+        return "<ul class='kv'>" + "".join(f"<li><b>{_e(k)}</b>: {_value_html(x, depth + 1)}</li>"
+                                            for k, x in v.items()) + "</ul>"
+    if isinstance(v, (list, tuple)):
+        items = list(v)
+        if not items:
+            return "none"
+        if all(_is_scalar(x) for x in items):
+            shown = ", ".join(_num(x) for x in items[:20])
+            return shown + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
+        if all(isinstance(x, dict) for x in items) and len({tuple(x) for x in items}) == 1 \
+                and all(_is_scalar(y) for x in items for y in x.values()):
+            keys = list(items[0])
+            head = "".join(f"<th>{_e(k)}</th>" for k in keys)
+            body = "".join("<tr>" + "".join(f"<td>{_num(x[k])}</td>" for k in keys) + "</tr>" for x in items[:50])
+            more = f"<p class='note'>... {len(items)} rows in all</p>" if len(items) > 50 else ""
+            return f"<table class='inner'><tr>{head}</tr>{body}</table>{more}"
+        return "<ol class='kv'>" + "".join(f"<li>{_value_html(x, depth + 1)}</li>" for x in items[:50]) + "</ol>"
+    return _e(str(v))
+
+
+def _gist(v) -> str:
+    """One line for a folded diagnostics record: how many entries, and its first scalar fields."""
+    if isinstance(v, dict):
+        scalars = [f"{k} = {_num(x)}" for k, x in v.items() if _is_scalar(x)][:3]
+        return f"{len(v)} entries" + (f": {'; '.join(scalars)}, ..." if scalars else "")
+    if isinstance(v, (list, tuple)):
+        return f"{len(v)} items"
+    return str(v)[:80]
 
 
 def _pass(ok: bool) -> str:

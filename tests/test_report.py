@@ -150,6 +150,25 @@ def test_plots_people_expect(tmp_path):
     assert plotting.pretty_units("1") == "" and plotting.pretty_units("mV") == "mV"
 
 
+def test_nested_diagnostics_read_as_lists_and_tables_not_json():
+    """A backend's nested records (NPE's rounds, out-of-distribution check; VL's optima) were dumped as Python dicts
+    and JSON in the report: they read as key = value lists and tables now, long ones folded under a one-line gist."""
+    import dataclasses
+
+    from jrinfer.report import report_html
+
+    post = _posterior()
+    rounds = [{"round": r, "simulations": 1000, "r2_log_power": 0.7 + 0.1 * r} for r in range(3)]
+    ood = {"mahalanobis2": 29.9, "percentile": 38.0, "descriptors": {"level": 0.4, "slope": 0.6}}
+    post = dataclasses.replace(post, diagnostics={**post.diagnostics, "rounds": rounds, "out_of_distribution": ood,
+                                                  "optima": [{"F": -1.0, "mean": {"a": 1.0}}] * 30})
+    page = report_html(post, {})
+    assert "{&#x27;" not in page and "{'" not in page and '{&quot;' not in page and '[{' not in page
+    assert "<th>round</th><th>simulations</th><th>r2_log_power</th>" in page and "<td>0.9</td>" in page
+    assert "<li><b>descriptors</b>: level = 0.4; slope = 0.6</li>" in page and "<li><b>mahalanobis2</b>: 29.9</li>" in page
+    assert "<details><summary>30 items</summary>" in page  # the long list of optima folds away
+
+
 def test_a_long_channel_mean_title_is_shortened_and_stays_inside_the_figure():
     """The CLI names an average of 32 channels mean(EEG Fp1,...): the panel title must not run off the figure."""
     from jrinfer import plotting
