@@ -574,7 +574,11 @@ def _data_hashes(args):
 
 
 def _data_title(args) -> str:
-    return " vs ".join(Path(p).name for p in _data_paths(args))
+    """The data in a plot title: the file name(s), with the event and condition of an ERP when given."""
+    title = " vs ".join(Path(p).name for p in _data_paths(args))
+    extra = [f"{flag} {value}" for flag, value in (("event", getattr(args, "event_id", None)),
+                                                     ("condition", getattr(args, "condition", None))) if value]
+    return title + (f" ({', '.join(extra)})" if extra else "")
 
 
 def _condition_names(args) -> list[str]:

@@ -244,6 +244,11 @@ def test_fit_target_accept_reaches_nuts_and_is_refused_elsewhere(tmp_path, capsy
 
     args = build_parser().parse_args(["fit", "x.csv", "--kind", "evoked", "--rest", "upper", "--out", "o"])
     assert _observation(args).rest == "upper"
+    # the plot's title names an ERP's event (a fresh user's figure said only "data.csv")
+    from jrinfer.cli import _data_title
+
+    args = build_parser().parse_args(["fit", "d/data.csv", "--kind", "evoked", "--event-id", "audio", "--out", "o"])
+    assert _data_title(args) == "data.csv (event audio)"
 
 
 def test_fit_names_every_unknown_pick(tmp_path, capsys):
