@@ -430,10 +430,16 @@ def _verdict_with_misfits(metrics: dict, warns: list[str]) -> dict:
     """
     verdict = metrics.get("verdict")
     failed = [w.split(";")[0] for w in warns if w.startswith(("poor fit", "main peak missed", "alpha peak missed"))]
+    unreturned = [w for w in warns if w.startswith("the data end ")]
+    resolved = ": the model describes what these data resolve"
     if isinstance(verdict, str) and failed and "within the data's own noise" in verdict:
+        metrics["verdict"] = verdict = verdict.replace(
+            resolved, f", yet {failed[0]}: the noise is large enough to hide that misfit in the residuals' overall size")
+    if isinstance(verdict, str) and unreturned and resolved in verdict:
+        # within the noise over the window, but the window may not hold the whole response (EEGLAB 'square', Pz)
         metrics["verdict"] = verdict.replace(
-            ": the model describes what these data resolve",
-            f", yet {failed[0]}: the noise is large enough to hide that misfit in the residuals' overall size")
+            resolved, ", but the data have not returned to their pre-stimulus level by the end of the epoch: the "
+                      "window may cut the response, and what lies past it is not fitted (extend --tmax)")
     return metrics
 
 

@@ -493,6 +493,23 @@ def test_a_verdict_within_noise_does_not_stand_beside_a_missed_peak():
     assert "the model describes what these data resolve" in q.metrics["verdict"] and not q.warnings
 
 
+def test_a_verdict_within_noise_says_when_the_data_have_not_returned_by_the_epochs_end():
+    """The 430 ms component cut by an epoch ending at 0.5 s (the EEGLAB 'square' ERP in the default window): the
+    true waveform fits within the noise, but the data end far from their baseline; the verdict says the window may
+    cut the response instead of "the model describes what these data resolve". The whole epoch: as before."""
+    full = _late_component_erp()
+    wave = 10.0 * torch.exp(-0.5 * ((full.times - 0.43) / 0.06) ** 2)
+    cut = full.times <= 0.46
+    data = EvokedData.from_arrays(full.times[cut], full.values[:, cut], units="uV")
+    q = EvokedObservation().goodness_of_fit(data, wave[cut][None])
+    assert any(w.startswith("the data end ") for w in q.warnings), q.warnings
+    v = q.metrics["verdict"]
+    assert "within the data's own noise" in v and "have not returned to their pre-stimulus level" in v, v
+    assert "the model describes what these data resolve" not in v and "--tmax" in v
+    q = EvokedObservation().goodness_of_fit(full, wave[None])
+    assert "the model describes what these data resolve" in q.metrics["verdict"] and not q.warnings
+
+
 # ------------------------------------------------------- ERPs on the lower branch (issue 11, item 3)
 def _pulse_params(p_mean, q, width=0.02, latency=0.01):
     t = lambda x: torch.as_tensor(x, dtype=F64)  # noqa: E731
