@@ -401,6 +401,90 @@ class ConditionObservation(Observation):
                 reasons.append("; ".join(why))
         return Prediction(torch.cat(values, -2), valid, reasons)
 
+    def log_likelihood_function(self, data, names: tuple[str, ...], fixed: dict):
+        """The base's fused log-likelihood + gradient summed over conditions (see the base class), or None.
+
+        Each condition's parameters are those of :meth:`condition_parameters`
+        (a varied ``x`` is ``x exp(delta)`` or ``x + delta``; a per-condition
+        one its own value), so its log-likelihood comes from the base's fused
+        function of the same free names, and the chain rule carries its
+        gradient to ``x``, ``delta`` and the own parameters. Offered where the
+        base offers one for every condition, every varied parameter is free
+        and every per-condition parameter is free in each condition (the
+        CLI's fits); None otherwise (the generic autograd path).
+        """
+        names = tuple(names)
+        self.per_condition(data)
+        extra = set(self._extra_names(data))
+        base_names = tuple(n for n in names if n not in extra)
+        index = {n: i for i, n in enumerate(names)}
+        base_fixed = {k: v for k, v in fixed.items() if k not in extra and not k.startswith("delta_")}
+        plans = []
+        for c in self.conditions:
+            f = self.base.log_likelihood_function(data[c], base_names, base_fixed)
+            if f is None:
+                return None
+            plan = []  # per base name: ("same", i) | ("own", i) | (mode, i_x, i_delta or None, fixed delta)
+            for n in base_names:
+                i = index[n]
+                if c == self.reference:
+                    plan.append(("same", i))
+                elif n in self.vary:
+                    key = self.delta_name(n, c)
+                    if key in index:
+                        plan.append((self.vary[n], i, index[key], 0.0))
+                    elif key in fixed:
+                        plan.append((self.vary[n], i, None, float(fixed[key])))
+                    else:
+                        plan.append(("same", i))
+                elif n in self.per_condition():
+                    own = f"{n}_{c}"
+                    if own not in index:
+                        return None
+                    plan.append(("own", index[own]))
+                else:
+                    plan.append(("same", i))
+            # a varied parameter held fixed whose difference is free: not a free name of the base here
+            if c != self.reference and any(v not in index and self.delta_name(v, c) in index for v in self.vary):
+                return None
+            plans.append((f, plan))
+        n_names = len(names)
+
+        def log_likelihood(theta):
+            theta = np.asarray(theta, dtype=np.float64).reshape(-1, n_names)
+            total = np.zeros(theta.shape[0])
+            grad = np.zeros_like(theta)
+            for f, plan in plans:
+                x = np.empty((theta.shape[0], len(plan)))
+                scale = np.ones_like(x)  # d x_c / d theta[i] of each column's own source
+                for j, step in enumerate(plan):
+                    if step[0] in ("same", "own"):
+                        x[:, j] = theta[:, step[1]]
+                    else:
+                        mode, i, k, d0 = step
+                        d = theta[:, k] if k is not None else d0
+                        if mode == "log":
+                            e = np.exp(d)
+                            x[:, j], scale[:, j] = theta[:, i] * e, e
+                        else:
+                            x[:, j] = theta[:, i] + d
+                ll, g = f(x)
+                total = total + ll
+                for j, step in enumerate(plan):
+                    gj = g[:, j]
+                    if step[0] in ("same", "own"):
+                        grad[:, step[1]] += gj
+                        continue
+                    mode, i, k, _ = step
+                    grad[:, i] += gj * scale[:, j]
+                    if k is not None:
+                        grad[:, k] += gj * (x[:, j] if mode == "log" else 1.0)
+            with np.errstate(invalid="ignore"):
+                grad = np.where(np.isfinite(total)[:, None], grad, 0.0)
+            return total, grad
+
+        return log_likelihood
+
     def _parts(self, prediction: Prediction, data):
         return [Prediction(v, prediction.valid, []) for v in self._split(prediction.value, data)]
 

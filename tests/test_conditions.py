@@ -64,6 +64,37 @@ def test_joint_likelihood_is_the_sum_of_the_conditions(data):
     assert target.transform(pred.value).shape == (4, 2, FREQS.numel())
 
 
+@pytest.mark.parametrize("vary", [("a", "gain"), ("a", "b", "ap_exponent")])
+def test_fused_condition_likelihood_matches_autograd(data, vary):
+    """A fit of conditions gets the base's fused log-likelihood summed over conditions, with its gradient carried
+    through the differences by the chain rule (NUTS took 105 ms per gradient on a rest/task pair by autograd, 0.4 ms
+    on one recording): values to 1e-10 and gradients to 1e-7 of the autograd path, -inf with a zero gradient where a
+    condition is invalid; a varied parameter held fixed while its difference is free falls back to autograd."""
+    import time
+
+    obs = ConditionObservation(SpectrumObservation(), ("rest", "task"), vary=vary)
+    problem = InverseProblem(obs, obs.default_prior(data, free=("B", "a", "b", "p_mean")), data)
+    assert problem.has_fast_path
+    z = problem.prior.to_unconstrained(problem.prior.sample(6, seed=3))
+    generic = InverseProblem(obs, problem.prior, data)
+    generic._fast_cache = None  # the autograd path
+    t0 = time.perf_counter()
+    v_fast, g_fast = problem.log_joint_and_grad(z)
+    t_fast = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    v_slow, g_slow = generic.log_joint_and_grad(z)
+    t_slow = time.perf_counter() - t0
+    finite = torch.isfinite(v_slow)
+    assert finite.sum() >= 3 and torch.equal(finite, torch.isfinite(v_fast))  # some draws are invalid: both say so
+    torch.testing.assert_close(v_fast[finite], v_slow[finite], rtol=1e-10, atol=1e-8)
+    torch.testing.assert_close(g_fast[finite], g_slow[finite], rtol=1e-7, atol=1e-6)
+    assert bool((g_fast[~finite] == 0).all())
+    assert t_fast < t_slow, (t_fast, t_slow)
+    # the varied parameter fixed while its difference is free: no fused path, the generic one still works
+    fixed_a = problem.prior.fix(a=100.0)
+    assert not InverseProblem(obs, fixed_a, data).has_fast_path
+
+
 def _vl_fit(data, vary, **options):
     from jrinfer.backends.laplace import VariationalLaplace
 
