@@ -77,7 +77,11 @@ def test_laplace_progress_lines_off_a_terminal_and_quiet(good_csv, tmp_path, cap
     assert any(ln.startswith("variational Laplace, start 1 of 2: iteration 1, F = ") and ln.endswith("s elapsed")
                for ln in lines)
     ends = [ln for ln in lines if " after " in ln and " iterations, F = " in ln]
-    assert [e.split(":")[0] for e in ends] == ["variational Laplace, start 1 of 2", "variational Laplace, start 2 of 2"]
+    assert [e.split(":")[0].split(" (")[0] for e in ends] == ["variational Laplace, start 1 of 2",
+                                                               "variational Laplace, start 2 of 2"]
+    # after the first start, each says how long the rest would take (16 starts of a condition fit ran 7.5 min
+    # with no end in sight)
+    assert ends[1].startswith("variational Laplace, start 2 of 2 (about ") and " left if all 2 run):" in ends[1]
     assert "\r" not in err  # no bar redrawn into a log
     code, _, err = run(capsys, *base, "--quiet", "--out", tmp_path / "b")
     assert "variational Laplace" not in err and "it/s" not in err

@@ -33,6 +33,7 @@ leaves out -- and one Gaussian cannot describe it.
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable
 
 import torch
@@ -526,16 +527,23 @@ def fit_problem_multistart(engine, problem, *, n_starts: int = 1, seed: int = 0)
 
     k = form.precision_components.shape[0]
     hyper_cov = form.hyper_cov if form.estimate_hyper else torch.eye(k, dtype=_DTYPE)
-    from jrinfer.backends._vl_engine import progress_line, progress_mode
+    from jrinfer.backends._vl_engine import duration, progress_line, progress_mode
 
     mode = progress_mode(engine.progress)
     if mode == "lines" and n_starts > 1:
         progress_line(f"variational Laplace: screening {SCREEN_PER_START * n_starts} prior draws for up to {n_starts} "
                       "starts")
 
+    started: list[float] = []
+
     def on_start(i: int, n: int) -> None:
-        if n > 1:  # the run's progress (bar or lines) names its start
-            label[0] = f"variational Laplace, start {i + 1} of {n}"
+        started.append(time.perf_counter())
+        if n > 1:  # the run's progress (bar or lines) names its start, and after the first how long the rest take
+            left = ""
+            if i >= 1:
+                per = (started[-1] - started[0]) / i
+                left = f" (about {duration(per * (n - i))} left if all {n} run)"
+            label[0] = f"variational Laplace, start {i + 1} of {n}{left}"
 
     optima, info = multistart(
         fit_one, f_batch, form.y, form.prior_mean, form.prior_cov, form.hyper_mean, hyper_cov,

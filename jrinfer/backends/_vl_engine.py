@@ -594,6 +594,19 @@ def progress_mode(progress) -> str | None:
     return progress or None
 
 
+def duration(seconds: float) -> str:
+    """A duration for progress lines: ``0.4 s``, ``42 s``, ``3.5 min``, ``2.1 h``."""
+    if not math.isfinite(seconds):
+        return "? s"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def progress_line(message: str) -> None:
     """One progress line on stderr (looked up at call time, so redirections and capture see it)."""
     print(message, file=sys.stderr, flush=True)

@@ -49,6 +49,7 @@ import torch
 
 from jrinfer import _checks
 from jrinfer._optional import optional_import
+from jrinfer.backends._vl_engine import duration as _duration
 
 __all__ = ["NUTS", "SMC", "problem_to_pymc", "loglike_op", "RHAT_MAX", "ESS_MIN_PER_CHAIN"]
 
@@ -850,19 +851,6 @@ def _progress_mode(progress) -> str | None:
     from jrinfer.backends._vl_engine import progress_mode
 
     return progress_mode(progress)
-
-
-def _duration(seconds: float) -> str:
-    """``0.4 s``, ``42 s``, ``3.5 min``, ``2.1 h``."""
-    if not math.isfinite(seconds):
-        return "? s"
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 class _PyMCLog:
