@@ -964,8 +964,26 @@ def _npe_estimator(args):
     return estimator
 
 
-def _npe_summary(estimator_dir: str, posterior) -> dict:
+def _npe_model_note(posterior, problem) -> str | None:
+    """What the estimator's model fixes that a default fit frees, in words (None when nothing)."""
+    import inspect
+
+    from jrinfer.observation import jansen_rit_prior_spec
+
+    default = inspect.signature(jansen_rit_prior_spec).parameters["free"].default
+    fixed = problem.prior.fixed
+    held = [n for n in default if n not in posterior.names and n in fixed]
+    if not held:
+        return None
+    values = ", ".join(f"{n} = {float(fixed[n]):g}" for n in held)
+    return (f"the estimator's model holds {values} fixed, which a fit with the default prior (laplace, nuts, smc) "
+            f"infers: compare the parameters both infer, and expect the others (e.g. a, b, p_mean) to move to make up "
+            "for the fixed ones")
+
+
+def _npe_summary(estimator_dir: str, posterior, problem=None) -> dict:
     """The NPE block of summary.json: estimator, calibration verdict, regimes and training failures."""
+    model_note = None if problem is None else _npe_model_note(posterior, problem)
     d = posterior.diagnostics
     t = d["training"]
     cal = d.get("calibration")
@@ -1000,7 +1018,9 @@ def _npe_summary(estimator_dir: str, posterior) -> dict:
                      + (f"; the data's distance from the training simulations is at their {ood_pct:.0f}th percentile"
                         f"{' (outside: see the warnings)' if ood.get('outside') else ''}" if ood_pct is not None else "")
                      + ("; contraction is against the box prior the estimator was trained on"
-                        if d.get("contraction_against") else "")),
+                        if d.get("contraction_against") else "")
+                     + (f"; {model_note}" if model_note else "")),
+        "model_note": model_note,
     }
 
 
@@ -1076,7 +1096,7 @@ def _cmd_fit(args) -> int:
     if estimator is None:
         summary["prior_validity"] = problem.prior_validity(1000, seed=args.seed)
     else:  # the training simulations already tell how much of the prior box the observation can predict
-        summary["npe"] = _npe_summary(args.estimator, posterior)
+        summary["npe"] = _npe_summary(args.estimator, posterior, problem)
         t = estimator.training
         summary["prior_validity"] = {"n_samples": t["n_simulations"], "invalid_fraction": t["failed_fraction"],
                                      "reasons": [f["reason"] for f in t["failures"][:3]]}

@@ -511,6 +511,12 @@ def test_cli_fit_with_a_trained_estimator(npe_spectrum_estimator, tmp_path, caps
     assert "th percentile" in npe["headline"] and "box prior" in npe["headline"]
     assert "box prior the estimator was trained on" in npe["contraction_against"]
     assert npe["gain_x_p_std"]["p_std"] == 0.5 and npe["gain_x_p_std"]["q05"] < npe["gain_x_p_std"]["q95"]
+    # the estimator's model fixes A, B, C, which a default fit infers: said where the NPE fit is read (a fresh user
+    # compared NPE's a = 113 with the samplers' 86 and found nothing saying the models differ)
+    fixed = est.problem.prior.fixed
+    held = [n for n in ("A", "B", "a", "b", "C", "p_mean") if n not in est.names]
+    assert held and all(f"{n} = {float(fixed[n]):g}" in npe["model_note"] for n in held), npe["model_note"]
+    assert npe["model_note"] in npe["headline"] and "default prior" in npe["model_note"]
     assert (out / "posterior.nc").exists() and (out / "fit.png").exists()
     # another grid: refused in one line naming the way out, unless resampled
     fine = SpectrumData.from_arrays(torch.arange(2.0, 40.01, 0.25, dtype=F64),
