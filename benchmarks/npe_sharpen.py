@@ -97,10 +97,49 @@ def _evaluate(est, data, truth, args, label, extra):
     return row
 
 
+def _linear_check(rounds=2, per_round=800):
+    """The atomic rounds on the tests' linear-Gaussian problem (known posterior): mean error and SD ratio per round."""
+    import numpy as np
+    import torch
+
+    from jrinfer._chunks import chunk_seed
+    from jrinfer.backends.npe import _TRAINING_KEYS, NPE, AmortizedPosterior, simulate_training_set
+    from test_npe import _analytic_linear, _linear_problem
+
+    problem = _linear_problem()
+    est = NPE(n_simulations=1500, seed=2).train(problem)
+    mean, cov = _analytic_linear(problem)
+    sd = cov.diagonal().sqrt()
+    x, coords, t = est.features(problem.data), est._coords, est.training
+    settings = {k: t[k] for k in _TRAINING_KEYS}
+    sims0 = est._training_set
+    data_rounds = [(coords.to_flow(sims0.theta[sims0.valid]).float(), sims0.x[sims0.valid].float(), None)]
+    current = est
+    for r in range(rounds + 1):
+        th = current.sample(x, 4000, seed=1)
+        print(json.dumps({"case": "linear-Gaussian", "method": "apt", "round": r,
+                          "mean_error_sd": ((th.mean(0) - mean) / sd).tolist(),
+                          "sd_ratio": (th.std(0) / sd).tolist()}), flush=True)
+        if r == rounds:
+            break
+        theta = coords.from_flow(current._sample_flow(x, per_round, chunk_seed(7, r)).double())
+        sims = simulate_training_set(est.problem, per_round, seed=chunk_seed(7, 100 + r),
+                                     progress=False, theta=theta, summary=est.summary)
+        prop = copy.deepcopy(current.sbi_posterior).set_default_x(x.reshape(1, -1).float())
+        data_rounds.append((coords.to_flow(sims.theta[sims.valid]).float(), sims.x[sims.valid].float(), prop))
+        net, _ = _train_apt(coords, data_rounds, est.architecture, settings, seed=chunk_seed(7, 200 + r),
+                            net=current._net)
+        current = AmortizedPosterior(net, est.problem, architecture=est.architecture,
+                                     training={**t, "amortized": False}, source_prior=est.source_prior,
+                                     box_quantiles=est.box_quantiles, feature_stats=est._stats,
+                                     calibration=est.calibration, summary=est.summary, refined_for=x)
+    assert np.isfinite(th.numpy()).all()
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--estimator", required=True)
-    ap.add_argument("--case", choices=["p70", "p220", "eegmat"], default="p70")
+    ap.add_argument("--estimator", default=None)
+    ap.add_argument("--case", choices=["p70", "p220", "eegmat", "linear"], default="p70")
     ap.add_argument("--method", choices=["apt", "apt-defensive", "truncated"], default="apt")
     ap.add_argument("--defensive", type=float, default=0.2)
     ap.add_argument("--combined", action="store_true", help="atomic loss + MLE on the prior round (sbi's combined)")
@@ -123,6 +162,9 @@ def main(argv=None) -> None:
     from jrinfer.backends.npe import (_ROUNDS_INDEX, _TRAINING_KEYS, AmortizedPosterior, simulate_training_set)
     from jrinfer._chunks import chunk_seed
 
+    if args.case == "linear":
+        _linear_check()
+        return
     est = AmortizedPosterior.load(args.estimator)
     truth = None
     if args.case == "eegmat":
