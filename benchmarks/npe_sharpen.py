@@ -31,7 +31,6 @@ import contextlib
 import copy
 import io
 import json
-import math
 import os
 import sys
 import tempfile
@@ -41,7 +40,6 @@ import warnings
 
 def _train_apt(coords, rounds, architecture, settings, *, seed, net, combined=False, atoms=10, discard_prior=False):
     """Train the flow on every round with the atomic loss; ``rounds`` = [(theta_z, x, proposal-or-None), ...]."""
-    import torch
     from sbi.inference import NPE as SbiNPE
 
     from jrinfer.backends.npe import _flow_builder, _NoTracker, _one_thread, _seeded
@@ -78,7 +76,8 @@ def _evaluate(est, data, truth, args, label, extra):
            "r2_log_power": fq.get("r2_log_power"), "peak_shift_hz": fq.get("peak_shift_hz"),
            "regime_mix": {k: round(v["fraction"], 3) for k, v in (d.get("regime_mix") or {}).items()},
            "p_mean_median": float(np.median(p)), "p_mean_sd": float(p.std()),
-           "a_median": float(np.median(draws[:, names.index("a")])), "b_median": float(np.median(draws[:, names.index("b")])),
+           "a_median": float(np.median(draws[:, names.index("a")])),
+           "b_median": float(np.median(draws[:, names.index("b")])),
            "condition_s": time.perf_counter() - t0}
     x = est.features(data)
     if truth is not None:
@@ -159,7 +158,7 @@ def main(argv=None) -> None:
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
     from test_npe import _jr_spectrum
 
-    from jrinfer.backends.npe import (_ROUNDS_INDEX, _TRAINING_KEYS, AmortizedPosterior, simulate_training_set)
+    from jrinfer.backends.npe import _ROUNDS_INDEX, _TRAINING_KEYS, AmortizedPosterior, simulate_training_set
     from jrinfer._chunks import chunk_seed
 
     if args.case == "linear":
