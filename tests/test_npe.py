@@ -880,7 +880,10 @@ def test_regime_spectra_with_truncated_rounds(jr_refined, p_mean, regime):
     # where the data allow about 50-80 at the true a, b; predictive SD of log-power 0.38 against the truth's 0.04)
     # and keeps 13 % on the lower branch, whose best simulations reach R^2 0.68. Neither 2 more rounds
     # (0.86-0.88), rounds of 4,000 (0.88), a wider flow (100 hidden features: 0.84) nor a flow z-scored on
-    # the truncated rounds (0.79) fixes it. At the CI budget (1 round of 1,000) p = 220 met both thresholds
+    # the truncated rounds (0.79) fixes it, nor sequential rounds with the atomic APT / SNPE-C loss (proposal: the
+    # flow at these data; benchmarks/npe_sharpen.py: 0.76-0.86 after 3 rounds of 2,000, 0.91 after 4-5 but with
+    # 75-81 % of the mass on the limit cycle and k-hat 4.4-4.9, while EEGMAT fell to 0.33-0.84), nor a final fit at
+    # a 5x lower learning rate (no gain: the flow is converged, 0.81). At the CI budget (1 round of 1,000) p = 220 met both thresholds
     # in the measured run; p = 70 did not (R^2 0.757): an expected failure, with the figures.
     # the reference: the truth's own predictive reaches the threshold (0.95-0.96), so R^2 >= 0.9 is attainable
     r2_truth = _truth_r2(est, data, truth)
