@@ -898,6 +898,13 @@ def test_regime_spectra_with_truncated_rounds(jr_refined, p_mean, regime):
         nis = ref.condition(data, n_draws=1000, n_predictive=20, seed=2, importance_sampling=True, n_proposals=2000)
         k = nis.diagnostics["pareto_k"]
         assert k > 0.7 and nis.status == "warning" and "Pareto k-hat" in nis.status_message, k
+        # a refined posterior is not advised the rounds it has just had (a fresh user's was)
+        (said,) = [w for w in nis.warnings if w.startswith("neural importance sampling")]
+        assert "more or larger truncated rounds" in said and "CLI --rounds" not in said, said
+        from jrinfer.backends._assembly import _failing_approximation
+
+        assert "(--rounds)" in _failing_approximation("npe", {"amortized": True})
+        assert "even after its truncated rounds" in _failing_approximation("npe", nis.diagnostics)
         assert nis.diagnostics["importance_sampling"]["n_failed"] == 0
         # a handful of proposals is no evidence for a regime: never a resolved verdict from them
         assert not nis.diagnostics["regime_resolved"] and "Pareto k-hat" in nis.diagnostics["regime_verdict"]

@@ -114,12 +114,19 @@ def _alternatives(backend: str, diagnostics: dict, *, hopf: bool = True) -> str:
     return "; or ".join(options)
 
 
-def _failing_approximation(backend: str) -> str:
-    """What fails when a backend's draws predict data the observed ones rule out, in words."""
+def _failing_approximation(backend: str, diagnostics: dict | None = None) -> str:
+    """What fails when a backend's draws predict data the observed ones rule out, in words.
+
+    NPE: the remedy offered depends on whether the posterior was already refined by rounds for this recording.
+    """
+    refined = backend == "npe" and (diagnostics or {}).get("amortized") is False
     return {
         "laplace": "the Gaussian approximation fails, e.g. by reaching parameter sets near instability",
-        "npe": "the neural posterior is too wide for this recording: more simulations, truncated rounds (--rounds) "
-               "or a likelihood-based backend",
+        "npe": ("the neural posterior is too wide for this recording even after its truncated rounds: more rounds or "
+                "simulations per round, an estimator trained on more simulations, or a likelihood-based backend"
+                if refined else
+                "the neural posterior is too wide for this recording: more simulations, truncated rounds (--rounds) "
+                "or a likelihood-based backend"),
         "nuts": "the chains have not found the posterior's bulk: see R-hat and divergences",
         "smc": "the particles have not found the posterior's bulk: see R-hat",
     }.get(backend, "an approximation that fails")
@@ -516,7 +523,7 @@ def assemble_posterior(
                     f"{ruled['threshold_nats']:.0f}: one per data point and four per parameter; the 95th percentile "
                     "of the draws' largest predicted |value| is "
                     f"{ruled['predictive_max_abs_q95_over_data']:.3g} x the data's): these draws are not from the "
-                    f"posterior the data define ({_failing_approximation(backend)}), so the predictive band is far "
+                    f"posterior the data define ({_failing_approximation(backend, diagnostics)}), so the predictive band is far "
                     "wider than the data allow; use "
                     f"{_alternatives(backend, diagnostics)}"
                 )

@@ -1252,8 +1252,10 @@ class AmortizedPosterior:
                     f"neural importance sampling: Pareto k-hat = {k:.2f} (> {PARETO_K_UNRELIABLE}) over {n_proposals} "
                     f"flow proposals (ESS {ess:.1f}; the {n_draws} resampled draws repeat {n_unique} proposals): the "
                     "flow is too far from the posterior for its weights to correct it, and these draws are not to be "
-                    "trusted; refine it for this recording (rounds, CLI --rounds), train on more simulations, or use "
-                    "a sampler (nuts, smc)"
+                    "trusted; "
+                    + ("more or larger truncated rounds" if not self.amortized else
+                       "refine it for this recording (rounds, CLI --rounds)")
+                    + ", train on more simulations, or use a sampler (nuts, smc)"
                 )
         seconds = time.perf_counter() - t0
         obs = problem.observation
@@ -1381,8 +1383,9 @@ class AmortizedPosterior:
         if ood["outside"]:
             warns.append(
                 f"the recording lies outside what the estimator was trained on: {ood['reason']}. The flow "
-                "extrapolates here and its posterior is not to be trusted: refine it for this recording (truncated "
-                "rounds, CLI --rounds 3), or train an estimator whose prior box covers the recording's scale and shape "
+                "extrapolates here and its posterior is not to be trusted: "
+                + ("refine it for this recording (truncated rounds, CLI --rounds 3), or " if self.amortized else "")
+                + "train an estimator whose prior box covers the recording's scale and shape "
                 "(jrinfer train-npe --prior FILE, e.g. wider gain, ap_amplitude, ap_exponent or floor boxes)"
             )
         elif ood.get("unusual"):
