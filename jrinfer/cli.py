@@ -1479,7 +1479,7 @@ def _cmd_train_npe(args) -> int:
             print("  regimes of the training draws: "
                   + ", ".join(f"{k} {100 * v['fraction']:.0f} %" for k, v in t["regime_mix"].items()))
         print(f"  calibration: {'not run (--calibrate 0)' if cal is None else cal['verdict']}")
-        print(f"wrote {out}/estimator.pt, metadata.json{', calibration.png' if plotted else ''}")
+        print(f"wrote {out}/estimator.pt, training_set.pt, metadata.json{', calibration.png' if plotted else ''}")
     return 0 if t["converged"] and (cal is None or cal["calibrated"]) else 1
 
 
@@ -2013,7 +2013,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train-npe",
-        help="simulate and train an amortized neural posterior estimator (sbi); writes DIR/estimator.pt, metadata.json",
+        help="simulate and train an amortized neural posterior estimator (sbi); writes DIR/estimator.pt, "
+        "training_set.pt (its simulations, for --rounds), metadata.json",
         description="Simulate and train an amortized neural posterior estimator (sbi); writes DIR/estimator.pt and "
         "metadata.json. Exit status 0 when training converged and the calibration check (SBC/TARP on held-out "
         "simulations) passed; 1 when either failed (the estimator is written all the same; read the verdict); 2 for "

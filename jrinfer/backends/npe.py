@@ -173,6 +173,9 @@ _ROUNDS_INDEX = 1_000_000_021
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 _ESTIMATOR_FILE = "estimator.pt"
 _METADATA_FILE = "metadata.json"
+#: The round-0 training simulations (parameters, features, validity), saved beside the estimator so that
+#: truncated rounds of a loaded estimator do not re-simulate them (tensors only, read with weights_only=True).
+_TRAINING_SET_FILE = "training_set.pt"
 _FORMAT_NAME = "jrinfer-npe"
 
 
@@ -1933,6 +1936,13 @@ class AmortizedPosterior:
         with atomic_path(target) as tmp:
             torch.save(state, tmp)
         digest = hashlib.sha256(target.read_bytes()).hexdigest()
+        sims_digest = None
+        if self._training_set is not None:  # round 0 of refine() for whoever loads this estimator
+            ts = self._training_set
+            sims = {"theta": ts.theta.detach().clone(), "x": ts.x.detach().clone(), "valid": ts.valid.detach().clone()}
+            with atomic_path(path / _TRAINING_SET_FILE) as tmp:
+                torch.save(sims, tmp)
+            sims_digest = hashlib.sha256((path / _TRAINING_SET_FILE).read_bytes()).hexdigest()
         saved = self.problem.to_dict()
         meta = {
             "format": _FORMAT_NAME,
@@ -1963,6 +1973,8 @@ class AmortizedPosterior:
             "calibration": self.calibration,
             "estimator_file": _ESTIMATOR_FILE,
             "estimator_sha256": digest,
+            "training_set_file": _TRAINING_SET_FILE if sims_digest else None,
+            "training_set_sha256": sims_digest,
         }
         write_text(path / _METADATA_FILE, json.dumps(meta, indent=1, default=float))
         return path
@@ -2042,9 +2054,32 @@ class AmortizedPosterior:
             raise ValueError(f"{path}: the saved state does not fit the flow described in {_METADATA_FILE} "
                              f"({str(err).splitlines()[0]})") from None
         stats = {k: v.to(torch.float64) for k, v in state["features"].items()}
-        return cls(net, problem, architecture=architecture, training=meta["training"],
-                   source_prior=meta.get("source_prior"), box_quantiles=meta["box_quantiles"], feature_stats=stats,
-                   calibration=meta.get("calibration"), summary=summary)
+        loaded = cls(net, problem, architecture=architecture, training=meta["training"],
+                     source_prior=meta.get("source_prior"), box_quantiles=meta["box_quantiles"], feature_stats=stats,
+                     calibration=meta.get("calibration"), summary=summary)
+        loaded._training_set = _load_training_set(path, meta)
+        return loaded
+
+
+def _load_training_set(path: Path, meta: dict) -> "TrainingSet | None":
+    """The saved round-0 simulations of an estimator directory, or None (absent, changed, or another size).
+
+    None makes :meth:`AmortizedPosterior.refine` re-simulate them from the
+    saved seed, as for estimators saved before the file existed.
+    """
+    name = meta.get("training_set_file")
+    if not name or not (path / name).is_file():
+        return None
+    if hashlib.sha256((path / name).read_bytes()).hexdigest() != meta.get("training_set_sha256"):
+        warnings.warn(f"{path}: {name} does not match the SHA-256 in {_METADATA_FILE}; it is not used (truncated "
+                      "rounds re-simulate the training set instead)", RuntimeWarning, stacklevel=3)
+        return None
+    sims = torch.load(path / name, weights_only=True, map_location="cpu")
+    t = meta["training"]
+    if int(sims["valid"].numel()) != t["n_simulations"] or int(sims["valid"].sum()) != t["n_valid"]:
+        return None
+    return TrainingSet(theta=sims["theta"], x=sims["x"], valid=sims["valid"], reasons=(), regime=None,
+                       seed=t["seed"], chunk_size=t["chunk_size"], seconds=0.0)
 
 
 _TRAINING_KEYS = ("training_batch_size", "learning_rate", "validation_fraction", "stop_after_epochs", "max_epochs")
@@ -2332,7 +2367,7 @@ class NPE:
             net.eval(), boxed, architecture=architecture, training=report, source_prior=problem.prior.to_dict(),
             box_quantiles=self.box_quantiles, feature_stats=_feature_stats(x64, _spectral_grid(boxed)), summary=summary,
         )
-        estimator._training_set = sims  # round 0 of refine(): kept in memory, never saved
+        estimator._training_set = sims  # round 0 of refine(): kept, and saved with it
         if self.calibration_simulations:
             estimator.calibrate(self.calibration_simulations, client=client, progress=self.progress)
         self.estimator_ = estimator
