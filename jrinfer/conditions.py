@@ -661,6 +661,8 @@ class ConditionObservation(Observation):
 
 #: The band whose power a fit of spectra compares between conditions (Hz): the conventional alpha band.
 ALPHA_POWER_BAND_HZ = (8.0, 13.0)
+#: A fit's alpha-power change (condition / reference) more than this factor off the data's is said so.
+ALPHA_CHANGE_TOLERANCE = 1.15
 
 
 def _band_power(freqs, power, band=ALPHA_POWER_BAND_HZ) -> float:
@@ -683,8 +685,12 @@ def format_alpha_power(fit_quality: dict, reference: str, others) -> list[str]:
         if d is None or f is None or not (math.isfinite(d) and math.isfinite(f)):
             continue
         change = "lower" if d < 1 else "higher"
+        off = abs(math.log(f / d))
+        how = ("the parameters below say how the model makes it" if off <= math.log(ALPHA_CHANGE_TOLERANCE) else
+               f"but the fit's change is {100 * (math.exp(off) - 1):.0f} % off the data's: the parameter differences "
+               "below describe the fitted change, not the data's")
         lines.append(f"alpha power ({lo:g}-{hi:g} Hz), {c} / {reference}: data {d:.3g}, fit {f:.3g} ({c} "
-                     f"{abs(1 - d) * 100:.0f} % {change} in the data; the parameters below say how the model makes it)")
+                     f"{abs(1 - d) * 100:.0f} % {change} in the data; {how})")
     return lines
 
 
@@ -1189,7 +1195,7 @@ def group_effects(fits, *, labels=None, interval: float = 0.90) -> dict:
                              "gaussian_mean": float(s["gaussian"]["mean"][j]),
                              "gaussian_sd": float(math.sqrt(s["gaussian"]["cov"][j][j]))})
             rfx = _random_effects([r["mean"] for r in rows], [r["lower"] for r in rows], [r["upper"] for r in rows],
-                                  interval)
+                                  interval, [r["log_bayes_factor"] for r in rows])
             fixed_bf = float(sum(r["log_bayes_factor"] for r in rows))
             verdict, sentence = _group_verdict(v, c, reference, scale, bpa, rfx, interval)
             effects.setdefault(v, {})[c] = {
@@ -1198,7 +1204,9 @@ def group_effects(fits, *, labels=None, interval: float = 0.90) -> dict:
                 "random_effects": rfx, "verdict": verdict, "headline": sentence,
             }
             if verdict == "disagree":
-                headline.append(sentence)
+                headline.append(f"DISAGREE: {sentence}")
+            elif "the group claim is that subject's" in sentence:
+                headline.append(f"ONE SUBJECT: {sentence}")
     joint_bpa = _reduce_to_zero(mean_g, cov_g, pm0, P0)
     joint_subjects = [s["no_difference"]["log_bayes_factor"] for s in subjects if s.get("no_difference")]
     joint = {
@@ -1230,6 +1238,13 @@ def group_effects(fits, *, labels=None, interval: float = 0.90) -> dict:
                      "noise of draws): it adds no information there to the average")
     caveats = [f"{s['subject']}: fit status {s['status']}: {s['status_message']}" for s in subjects
                if s["status"] != "converged"]
+    # what changed in the data, subject by subject, beside what the fits make of it (spectra: alpha-band power)
+    alpha = {}
+    for c in conditions[1:]:
+        rows = [{"subject": s["subject"], "data": s["fit_quality"].get(f"alpha_power_ratio_data_{c}"),
+                 "fit": s["fit_quality"].get(f"alpha_power_ratio_fit_{c}")} for s in subjects]
+        if all(r["data"] is not None and r["fit"] is not None for r in rows):
+            alpha[c] = rows
     return {
         "method": "fixed effects: Bayesian parameter averaging (Kasess et al. 2010) and summed log Bayes factors "
                   "(Stephan et al. 2009, 2010); random effects: summary statistics, one-sample t-test "
@@ -1244,6 +1259,7 @@ def group_effects(fits, *, labels=None, interval: float = 0.90) -> dict:
         "headline": headline,
         "notes": notes,
         "joint": joint,
+        "alpha_power": alpha,
         "effects": effects,
     }
 
@@ -1268,6 +1284,7 @@ def _subject_from_folder(folder):
         return ("summary.json has no condition_effects.gaussian (a fit by an earlier jrinfer, or every difference "
                 "held fixed): fit it again")
     return {"status": s["status"], "status_message": s.get("status_message") or "", "effects": ce["effects"],
+            "fit_quality": s.get("fit_quality") or {},
             "no_difference": ce.get("no_difference"), "gaussian": ce["gaussian"], "reference": ce["reference"],
             "conditions": list(ce["conditions"])}
 
@@ -1284,6 +1301,7 @@ def _subject_from_fit(posterior, problem, *, interval):
     if gaussian is None:
         return "every difference is held fixed"
     return {"status": posterior.status, "status_message": posterior.status_message or "",
+            "fit_quality": dict(posterior.fit_quality),
             "effects": condition_effects(posterior, problem, interval=interval),
             "no_difference": no_difference(posterior, problem), "gaussian": gaussian,
             "reference": obs.reference, "conditions": list(obs.conditions)}
@@ -1331,19 +1349,29 @@ def _bpa(means, covs, prior_mean, prior_cov) -> tuple[np.ndarray, np.ndarray, li
     return cov @ h, cov, wider
 
 
-def _random_effects(means, lowers, uppers, interval: float) -> dict:
+#: log Bayes factor (nats) from which a subject's or the average's difference counts as established (with an interval
+#: that leaves out 0): the single fit's rule (below it, "suggestive, not established"; :func:`_agreement`).
+ESTABLISHED_LOG_BF = 1.0
+
+
+def _random_effects(means, lowers, uppers, interval: float, log_bfs=None) -> dict:
     """Summary-statistics random effects of the subjects' posterior means (Stephan et al. 2010).
 
     Mean, SD (``ddof=1``), one-sample t-test against 0 (``scipy.stats.ttest_1samp``)
-    with its ``interval`` confidence interval, and the numbers of subjects
-    whose means are positive/negative and whose intervals lie above/below 0.
+    with its ``interval`` confidence interval, the numbers of subjects
+    whose means are positive/negative and whose intervals lie above/below 0,
+    and of those (``n_above_established``, ``n_below_established``) whose log
+    Bayes factor (``log_bfs``) is at least :data:`ESTABLISHED_LOG_BF` too.
     """
     m = np.asarray(means, dtype=float)
     lo, hi = np.asarray(lowers, dtype=float), np.asarray(uppers, dtype=float)
+    bf = np.full(m.shape, np.inf) if log_bfs is None else np.asarray(log_bfs, dtype=float)
     n = int(m.size)
     out = {"n": n, "means": m.tolist(), "mean": float(m.mean()), "sd": None, "t": None, "df": None, "p": None,
            "lower": None, "upper": None, "n_positive": int((m > 0).sum()), "n_negative": int((m < 0).sum()),
-           "n_above": int((lo > 0).sum()), "n_below": int((hi < 0).sum()), "test": None}
+           "n_above": int((lo > 0).sum()), "n_below": int((hi < 0).sum()),
+           "n_above_established": int(((lo > 0) & (bf >= ESTABLISHED_LOG_BF)).sum()),
+           "n_below_established": int(((hi < 0) & (bf >= ESTABLISHED_LOG_BF)).sum()), "test": None}
     if n < 2:
         out["test"] = "one subject: no test"
         return out
@@ -1373,42 +1401,68 @@ def _group_verdict(name, condition, reference, scale, bpa, rfx, interval) -> tup
     else:
         est = f"{condition}-{reference} difference {bpa['mean']:+.3g} [{bpa['lower']:+.3g}, {bpa['upper']:+.3g}]"
     est += f" ({pct} %), log BF {bpa['log_bayes_factor']:+.2f}"  # one shared difference vs none
-    bpa_dir = 1 if bpa["lower"] > 0 else -1 if bpa["upper"] < 0 else 0
+    # the average's direction counts where its interval leaves out 0 and its evidence favours a difference (the
+    # single fit's rule); an interval alone is suggestive, not established
+    bpa_side = 1 if bpa["lower"] > 0 else -1 if bpa["upper"] < 0 else 0
+    bpa_dir = bpa_side if bpa["log_bayes_factor"] >= ESTABLISHED_LOG_BF else 0
     n, p = rfx["n"], rfx["p"]
     test = f"t({rfx['df']}) = {rfx['t']:.2f}, p = {p:.3g}" if p is not None else (rfx["test"] or "no test")
     rtest = f"random effects {test}"
     sig = p is not None and p < RFX_ALPHA
     rfx_dir = (1 if rfx["mean"] > 0 else -1) if sig else 0
     up, down = rfx["n_above"], rfx["n_below"]
+    up_e, down_e = rfx.get("n_above_established", up), rfx.get("n_below_established", down)
     tag = f"{name} ({condition} vs {reference})"
-    if up and down:
+    suggestive = up + down - up_e - down_e
+    tail = (f"; {suggestive} more subject(s)' intervals leave out 0 with log BF < {ESTABLISHED_LOG_BF:g}: suggestive, "
+            "not established" if suggestive else "")
+    if up_e and down_e:
         return "disagree", (
-            f"{tag}: the subjects disagree: {up} subject(s)' intervals lie above 0 and {down} below, so the difference "
-            f"is not shared; the fixed-effects average (BPA {est}) mixes opposite effects and is not the "
-            f"difference every subject shows ({rtest})"
+            f"{tag}: the subjects disagree: in {up_e} subject(s) the difference is established above 0 and in "
+            f"{down_e} below (interval leaves out 0, log BF >= {ESTABLISHED_LOG_BF:g}), so it is not shared; the "
+            f"fixed-effects average (BPA {est}) mixes opposite effects and is not the difference every subject shows "
+            f"({rtest}){tail}"
+        )
+    if bpa_side and not bpa_dir:
+        established = (f"{up_e + down_e} of {n} subject(s) show an established difference "
+                       f"({up_e} above 0, {down_e} below){tail}")
+        return "none", (
+            f"{tag}: not established: the fixed-effects interval leaves out 0 (BPA {est}) but its evidence does "
+            f"not favour a difference (log BF < {ESTABLISHED_LOG_BF:g}): suggestive at most; {established} "
+            f"({rtest})"
         )
     if bpa_dir:
-        same = rfx["n_positive"] if bpa_dir > 0 else rfx["n_negative"]
-        opposite = rfx["n_negative"] if bpa_dir > 0 else rfx["n_positive"]
-        if opposite or (sig and rfx_dir != bpa_dir):
+        same_e = up_e if bpa_dir > 0 else down_e
+        opposite_e = down_e if bpa_dir > 0 else up_e
+        opposite_m = rfx["n_negative"] if bpa_dir > 0 else rfx["n_positive"]
+        against = (f"; {opposite_m} subject(s)' posterior mean(s) point the other way, without evidence" if opposite_m
+                   else "")
+        if opposite_e or (sig and rfx_dir != bpa_dir):
             return "disagree", (
-                f"{tag}: fixed effects say {_direction(bpa_dir, condition, reference)} (BPA {est}), but "
-                f"the subjects' posterior means point both ways ({same} of {n} with it, {opposite} against): the "
+                f"{tag}: fixed effects say {_direction(bpa_dir, condition, reference)} (BPA {est}), but the difference "
+                f"is established the other way in {opposite_e} subject(s) (and this way in {same_e} of {n}): the "
                 f"average is carried by the most precise subject(s), not shared by all ({rtest})"
             )
         if sig:
             return "agree", (f"{tag}: fixed and random effects agree: {_direction(bpa_dir, condition, reference)} "
-                             f"(BPA {est}; {rtest}; {up + down} of {n} subjects' intervals exclude 0)")
+                             f"(BPA {est}; {rtest}; established in {same_e} of {n} subjects{tail}{against})")
         return "fixed effects only", (
-            f"{tag}: fixed effects say {_direction(bpa_dir, condition, reference)} (BPA {est}) and every "
-            f"subject's mean points that way ({up + down} of {n} intervals exclude 0), but random effects do not "
-            f"establish it ({test}{'; few subjects: little power' if n < FEW_SUBJECTS else ''})"
+            f"{tag}: fixed effects say {_direction(bpa_dir, condition, reference)} (BPA {est}), established in "
+            f"{same_e} of {n} subject(s){tail}{against}; random effects do not establish it "
+            f"({test}{'; few subjects: little power' if n < FEW_SUBJECTS else ''}): with fixed effects carried by "
+            f"{'one subject' if same_e == 1 else 'a few subjects'}, the group claim is that subject's, not the group's"
+            if same_e <= 1 else
+            f"{tag}: fixed effects say {_direction(bpa_dir, condition, reference)} (BPA {est}), established in "
+            f"{same_e} of {n} subjects{tail}{against}; random effects do not establish it "
+            f"({test}{'; few subjects: little power' if n < FEW_SUBJECTS else ''})"
         )
     if sig:
         return "disagree", (f"{tag}: random effects say {_direction(rfx_dir, condition, reference)} ({test}) but the "
                             f"fixed-effects interval holds no difference (BPA {est})")
-    some = (f"; yet {up + down} of {n} subjects' intervals exclude 0 ({up} above, {down} below): a difference in "
-            "some subjects, not shared by the group") if up + down else ""
+    some = (f"; yet in {up_e + down_e} of {n} subjects a difference is established ({up_e} above 0, {down_e} "
+            f"below): a difference in some subjects, not shared by the group{tail}" if up_e + down_e else
+            f"; {suggestive} of {n} subjects' intervals leave out 0 with log BF < {ESTABLISHED_LOG_BF:g}: suggestive, "
+            "not established" if suggestive else "")
     return "none", (f"{tag}: neither fixed effects (BPA {est}, holds no difference) nor random effects "
                     f"({test}) show a difference{some}")
 
@@ -1420,14 +1474,22 @@ def format_group_effects(group: dict) -> list[str]:
     lines = [f"group effects against {ref} over {n} subject(s) ({', '.join(group['subjects'])}); left out: "
              + ("; ".join(f"{x['subject']} ({x['reason']})" for x in group["left_out"]) or "none")]
     for h in group["headline"]:
-        lines.append(f"  DISAGREE: {h}")
+        lines.append(f"  {h}")
     for c in group["caveats"]:
         lines.append(f"  caveat: {c}")
+    lo, hi = ALPHA_POWER_BAND_HZ
+    for c, rows in (group.get("alpha_power") or {}).items():
+        lines.append(f"  alpha power ({lo:g}-{hi:g} Hz), {c} / {ref}, data (fit): "
+                     + ", ".join(f"{r['subject']} {r['data']:.3g} ({r['fit']:.3g})" for r in rows)
+                     + f"; lower in {sum(r['data'] < 1 for r in rows)} of {len(rows)} subjects' data"
+                     + "".join(f"; {r['subject']}'s fit is {100 * (math.exp(abs(math.log(r['fit'] / r['data']))) - 1):.0f}"
+                               " % off its data" for r in rows
+                               if abs(math.log(r["fit"] / r["data"])) > math.log(ALPHA_CHANGE_TOLERANCE)))
     j = group["joint"]
     fe = j["fixed_effects_log_bf"]
     lines.append(
-        f"  no parameter differs (all {len(j['parameters'])} difference(s) = 0): BPA log BF "
-        f"{j['bpa_log_bayes_factor']:+.2f} for one shared difference ({j['bpa_evidence']})"
+        f"  does any parameter differ? 'none differs' (all {len(j['parameters'])} difference(s) = 0) against the "
+        f"full model: BPA log BF {j['bpa_log_bayes_factor']:+.2f} for one shared difference ({j['bpa_evidence']})"
         + (f"; summed subjects' log BF {fe:+.2f} ({j['fixed_effects_evidence']})" if fe is not None else "")
     )
     for v, per in group["effects"].items():

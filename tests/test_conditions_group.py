@@ -137,7 +137,9 @@ def test_group_random_effects_use_the_subjects_reported_means(problem):
 
 
 def test_bpa_difference_with_subjects_of_both_signs_is_the_headline(problem):
-    """One precise subject up, two vague ones down: BPA says 'higher', the subjects disagree: headline."""
+    """One precise subject up, two vague ones down without evidence: BPA says 'higher', carried by one subject:
+    the headline says so, but it is no disagreement (a fresh user's EEGMAT gain was called DISAGREE on subjects
+    whose own log BFs were -0.15 and +0.37). Subjects established on opposite sides: DISAGREE."""
     from jrinfer.conditions import format_group_effects
 
     fits = [(_posterior(problem, np.array([0.20, 0.0]), np.diag([0.02, 0.1]) ** 2, seed=0), problem),
@@ -146,14 +148,18 @@ def test_bpa_difference_with_subjects_of_both_signs_is_the_headline(problem):
     g = group_effects(fits, labels=["p", "v1", "v2"])
     e = g["effects"]["a"]["task"]
     assert e["bpa"]["lower"] > 0 and e["random_effects"]["n_negative"] == 2
-    assert e["verdict"] == "disagree" and "point both ways" in e["headline"]
-    assert g["headline"] == [e["headline"]]
+    assert e["random_effects"]["n_above_established"] == 1 and e["random_effects"]["n_below_established"] == 0
+    assert e["verdict"] == "fixed effects only" and "2 subject(s)' posterior mean(s) point the other way" in e["headline"]
+    assert g["headline"] == [f"ONE SUBJECT: {e['headline']}"]
     lines = format_group_effects(g)
-    assert lines[1].startswith("  DISAGREE: a (task vs rest)")  # the disagreement leads, before the numbers
-    # subjects whose intervals lie on opposite sides of 0
+    assert lines[1].startswith("  ONE SUBJECT: a (task vs rest)")  # the caution leads, before the numbers
+    # subjects whose intervals lie on opposite sides of 0, each with evidence
     fits[1] = (_posterior(problem, np.array([-0.3, 0.0]), np.diag([0.02, 0.1]) ** 2, seed=1), problem)
-    e = group_effects(fits)["effects"]["a"]["task"]
+    g = group_effects(fits)
+    e = g["effects"]["a"]["task"]
     assert e["verdict"] == "disagree" and "the subjects disagree" in e["headline"]
+    assert g["headline"][0] == f"DISAGREE: {e['headline']}"
+    assert format_group_effects(g)[1].startswith("  DISAGREE: a (task vs rest)")
     # b: nobody differs
     assert group_effects(fits)["effects"]["b"]["task"]["verdict"] == "none"
 
@@ -207,3 +213,44 @@ def test_a_posterior_wider_than_the_prior_adds_no_information_there_and_it_is_sa
         b = g["effects"][name]["task"]["bpa"]
         assert b["mean"] == pytest.approx(mean, rel=1e-10, abs=1e-13)
         assert b["sd"] == pytest.approx(prec**-0.5, rel=1e-10)
+
+
+def test_an_interval_without_evidence_is_not_a_group_effect(problem):
+    """Three subjects whose intervals of a small difference lean one way: the averaged interval leaves out 0 but
+    its log BF is below 1, so no group difference is claimed, as for a single fit (a fresh user's EEGMAT b was
+    'fixed effects say higher' at BPA log BF +0.13 and summed log BF -4.6)."""
+    from jrinfer.conditions import ESTABLISHED_LOG_BF
+
+    fits = [(_posterior(problem, np.array([m, 0.0]), np.diag([0.05, 0.1]) ** 2, seed=i), problem)
+            for i, m in enumerate((0.05, 0.06, 0.04))]
+    e = group_effects(fits)["effects"]["a"]["task"]
+    bpa = e["bpa"]
+    assert bpa["lower"] > 0 and bpa["log_bayes_factor"] < ESTABLISHED_LOG_BF, bpa
+    assert e["verdict"] == "none" and "not established" in e["headline"] and "fixed effects say" not in e["headline"]
+
+
+def test_alpha_power_change_of_data_and_fit_is_said_and_a_fit_far_off_it_is_flagged():
+    """The line that leads a condition fit: the data's alpha change and the fit's; where the fit's is more than
+    ALPHA_CHANGE_TOLERANCE off (EEGMAT Subject00: data 0.977, fit 0.845), it says the parameter differences describe
+    the fitted change (Subject03: 0.254 vs 0.229 is within). The group lists every subject's."""
+    from jrinfer.conditions import ALPHA_CHANGE_TOLERANCE, format_alpha_power, format_group_effects
+
+    def line(d, f):
+        (out,) = format_alpha_power({"alpha_power_ratio_data_task": d, "alpha_power_ratio_fit_task": f}, "rest",
+                                    ["task"])
+        return out
+
+    assert line(0.977, 0.845).startswith("alpha power (8-13 Hz), task / rest: data 0.977, fit 0.845 (task 2 % lower")
+    assert "16 % off the data's" in line(0.977, 0.845)
+    assert "off the data's" not in line(0.254, 0.229) and "the parameters below say how" in line(0.254, 0.229)
+    assert 0.845 / 0.977 < 1 / ALPHA_CHANGE_TOLERANCE < 0.229 / 0.254
+    assert format_alpha_power({}, "rest", ["task"]) == []
+    group = {"interval": 0.9, "reference": "rest", "n_subjects": 2, "subjects": ["s0", "s3"], "left_out": [],
+             "headline": [], "caveats": [], "notes": [], "effects": {},
+             "joint": {"parameters": ["delta_a_task"], "bpa_log_bayes_factor": 0.1, "bpa_evidence": "weak",
+                       "fixed_effects_log_bf": None},
+             "alpha_power": {"task": [{"subject": "s0", "data": 0.977, "fit": 0.845},
+                                      {"subject": "s3", "data": 0.254, "fit": 0.229}]}}
+    (alpha,) = [x for x in format_group_effects(group) if "alpha power" in x]
+    assert "s0 0.977 (0.845), s3 0.254 (0.229); lower in 2 of 2 subjects' data; s0's fit is 16 % off its data" in alpha
+    assert "s3's fit" not in alpha
