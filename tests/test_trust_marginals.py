@@ -330,3 +330,19 @@ def test_report_shows_weighted_marginals_and_the_regime_mix():
     stable = VariationalLaplace(n_starts=1).fit(_transfer_problem(), seed=0)
     page = report_html(stable, stable.summary())
     assert "regime mix of the posterior draws" in page and "stable" in page.split("regime mix of the posterior")[1][:200]
+
+
+@pytest.mark.parametrize("k, caveat", [(0.3, False), (0.9, True)])
+def test_not_informed_by_a_gaussian_the_importance_check_rejects_is_caveated(k, caveat):
+    """A Laplace Gaussian as wide as the prior calls its parameters "not informed"; where its own Pareto k-hat
+    rejects it (> 0.7), that verdict is the Gaussian's curvature, not the data's (a rest/task fit's B and floor:
+    0.02-0.09 by the Gaussian at k-hat 0.88, 0.25-0.64 by NUTS): the warning says so."""
+    problem = _one_sided_problem()
+    mean, cov = problem.prior.gaussian_unconstrained()
+    theta = problem.prior.from_unconstrained(
+        mean + torch.randn(200, problem.n_params, generator=torch.Generator().manual_seed(0), dtype=F64)
+        @ torch.linalg.cholesky(cov).T)
+    post = assemble_posterior(problem, theta[None], backend="laplace", status="converged", mean_unconstrained=mean,
+                              cov_unconstrained=cov, diagnostics={"pareto_k": k}, n_predictive=0, n_prior=0)
+    (said,) = [w for w in post.warnings if w.startswith("not informed by the data")]
+    assert ("the Gaussian's contractions cannot be trusted either" in said) == caveat, said
