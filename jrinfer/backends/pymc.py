@@ -570,7 +570,7 @@ class _Interruptible:
         return False
 
 
-def _laplace_start(problem, chains: int, seed: int, require_valid_mean: bool = True):
+def _laplace_start(problem, chains: int, seed: int, require_valid_mean: bool = True, progress=False):
     """Starting points and an initial dense mass matrix from the variational Laplace Gaussian.
 
     The JR posteriors are strongly correlated (gains and time constants trade
@@ -592,7 +592,8 @@ def _laplace_start(problem, chains: int, seed: int, require_valid_mean: bool = T
         with _w.catch_warnings():
             _w.simplefilter("ignore")
             # the best of several Gauss-Newton optima (a start in a worse local optimum costs the chains' warm-up)
-            _, mean, cov, _ = fit_problem_multistart(LaplaceEngine(), problem, n_starts=DEFAULT_N_STARTS, seed=seed)
+            _, mean, cov, _ = fit_problem_multistart(LaplaceEngine(progress=progress), problem,
+                                                     n_starts=DEFAULT_N_STARTS, seed=seed)
     except Exception:  # a failed Laplace fit only costs the better start
         return None
     cov = 0.5 * (cov + cov.T)
@@ -961,7 +962,8 @@ class _NutsLines(_Lines):
         per_chain = self.tune + self.draws
         n, total = int(self.done.sum()), self.chains * per_chain
         elapsed = self.elapsed()
-        left = (total - n) * elapsed / n if n else math.nan
+        sampling = time.perf_counter() - getattr(self, "t_sampling", self.t0)
+        left = (total - n) * sampling / n if n else math.nan
         if self.parallel:
             where = "chains at iteration " + ", ".join(str(int(d)) for d in self.done) + f" of {per_chain}"
         else:
@@ -1223,7 +1225,8 @@ class NUTS:
             lines.say("finding starting points and a mass matrix by variational Laplace (several Gauss-Newton runs)")
         t_init = time.perf_counter()
         start = (
-            _laplace_start(problem, self.chains, self.seed, require_valid_mean=bop is None and pop is None)
+            _laplace_start(problem, self.chains, self.seed, require_valid_mean=bop is None and pop is None,
+                           progress="lines" if lines is not None else False)
             if self.init == "laplace"
             else None
         )
@@ -1253,7 +1256,10 @@ class NUTS:
             if start is not None:
                 start = _laplace_in_w(model, start, self.chains, self.seed)
         if lines is not None:
+            if self.init == "laplace":
+                lines.say(f"starting points and mass matrix found in {_duration(time.perf_counter() - t_init)}")
             lines.say(self._start_line(problem, model, start))
+            lines.t_sampling = time.perf_counter()  # the time left is at the sampling rate, not counting the start
         t0 = time.perf_counter()
         init_seconds = t0 - t_init
         with model, _w.catch_warnings(), _PyMCLog(mode == "bar"):
