@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -1245,7 +1246,14 @@ def _model_difference(a: dict, b: dict) -> str | None:
     """What differs between the models (observation and prior) of two fit summaries, in words; None if nothing recorded does."""
     parts = []
     if a.get("observation") != b.get("observation"):
-        parts.append(f"observation {a.get('observation')} vs {b.get('observation')}")
+        oa, ob = str(a.get("observation")), str(b.get("observation"))
+        ta, tb = (re.split(r",\s*(?![^()]*\))", x[x.find("(") + 1:x.rfind(")")]) if "(" in x else [x] for x in (oa, ob))
+        if oa.split("(")[0] == ob.split("(")[0]:  # the same observation class: only the settings that differ
+            only_a = [t for t in ta if t not in tb] or ["defaults"]
+            only_b = [t for t in tb if t not in ta] or ["defaults"]
+            parts.append(f"observation settings {', '.join(only_a)} vs {', '.join(only_b)}")
+        else:
+            parts.append(f"observation {oa} vs {ob}")
     pa, pb = a.get("prior") or {}, b.get("prior") or {}
     da, db = pa.get("distributions") or {}, pb.get("distributions") or {}
     fa, fb = pa.get("fixed") or {}, pb.get("fixed") or {}
@@ -1333,14 +1341,32 @@ def _cmd_compare(args) -> int:
                             f"{r['backend']} vs {q['backend']}): their log evidences estimate one number, and the "
                             f"{abs(r['free_energy'] - q['free_energy']):.2f} nats between them is the estimators' "
                             "error, not evidence")
-    # what the best model differs in from each other distinct model (the question a comparison answers)
+    # what the best model differs in from each other distinct model (the question a comparison answers), and how
+    # strongly the evidence reads (Kass & Raftery 1995), with a caveat where a log evidence is a Laplace
+    # approximation its own importance check rejects or that describes one of several optima
     ib = F.index(best)
     differs = []
     for i in reps:
         if i != ib:
             words = _model_difference(summaries[ib], summaries[i])
+            dF = F[ib] - F[i]
+            reading = ("the data do not tell them apart (|dF| < 1 nat)" if dF < 1 else
+                       "positive evidence for the first" if dF < 3 else
+                       "strong evidence for the first" if dF < 5 else "very strong evidence for the first")
             if words:
-                differs.append(f"{rows[ib]['dir']} vs {rows[i]['dir']} ({F[ib] - F[i]:+.2f} nats): {words}")
+                differs.append(f"{rows[ib]['dir']} vs {rows[i]['dir']} ({dF:+.2f} nats, {reading}): {words}")
+    for r, s in zip(rows, summaries):
+        diag = s.get("diagnostics") or {}
+        k = diag.get("pareto_k")
+        why = []
+        if r["backend"] == "laplace" and isinstance(k, (int, float)) and k > 0.7:
+            why.append(f"Pareto k-hat {k:.2f} > 0.7")
+        if r["backend"] == "laplace" and len(diag.get("optima") or []) > 1 and any(
+                "multimodal" in w for w in s.get("warnings") or []):
+            why.append("a multimodal posterior of which the Gaussian describes one optimum")
+        if why:
+            unreliable.append(f"{r['dir']}: its free energy is the Laplace approximation of {' and '.join(why)}: "
+                              "differences of a few nats may be the approximation's; confirm with SMC (--backend smc)")
     if args.json:
         print(json.dumps({"models": table, "same_model": same, "unreliable": unreliable, "differences": differs,
                           "note": "log evidence in nats (free energy for "

@@ -62,7 +62,9 @@ def test_compare_table_json_and_refusals(tmp_path, capsys):
     # ... and the comparison says what differs between them: the free parameters, from the best one's side
     (line,) = res["differences"]
     ib, io = ("full", "small") if F[fits["full"]] == best else ("small", "full")
-    assert line.startswith(f"{fits[ib]} vs {fits[io]} ({F[fits[ib]] - F[fits[io]]:+.2f} nats): ")
+    dF = F[fits[ib]] - F[fits[io]]
+    assert line.startswith(f"{fits[ib]} vs {fits[io]} ({dF:+.2f} nats, ")
+    assert ("do not tell them apart" in line) == (dF < 1) and ("strong evidence for the first" in line) == (dF >= 3)
     assert f"free only in the {'first' if ib == 'full' else 'second'}: B, b" in line, line
     assert "observation" not in line and f"differs: {line}" in out
     # the same model fitted twice (here: a copy standing in for another backend's fit) is flagged, not "evidence"
@@ -81,7 +83,10 @@ def test_compare_table_json_and_refusals(tmp_path, capsys):
                                                                  dtype=torch.float64), 0).tolist())
     assert main(["compare", fits["small"], str(tmp_path / "small_smc")]) == 0
     assert "note: " in capsys.readouterr().out
-    assert res["unreliable"] == []  # laplace fits: nothing to flag
+    # laplace fits: flagged only where the fit itself says its Gaussian misses the posterior (k-hat, multimodal)
+    flagged = {k for k in ("full", "small") if (summaries[k]["diagnostics"].get("pareto_k") or 0) > 0.7
+               or any("multimodal" in w for w in summaries[k]["warnings"])}
+    assert sorted(u.split(":")[0] for u in res["unreliable"]) == sorted(fits[k] for k in flagged), res["unreliable"]
     # an SMC fit whose chains disagree on the log evidence (backends.pymc._evidence_agreement) is said to be
     # unreliable beside the table, with the chains' values
     s["diagnostics"] = {**(s.get("diagnostics") or {}), "log_marginal_likelihood_chains": [-28.89, -32.69],
@@ -89,7 +94,9 @@ def test_compare_table_json_and_refusals(tmp_path, capsys):
     (tmp_path / "small_smc" / "summary.json").write_text(json.dumps(s))
     assert main(["compare", fits["full"], str(tmp_path / "small_smc"), "--json"]) == 0
     res2 = json.loads(capsys.readouterr().out)
-    assert len(res2["unreliable"]) == 1 and "3.8 nats" in res2["unreliable"][0] and "-28.89" in res2["unreliable"][0]
+    smc = [u for u in res2["unreliable"] if u.startswith(str(tmp_path / "small_smc"))]
+    assert len(smc) == 1 and "3.8 nats" in smc[0] and "-28.89" in smc[0], res2["unreliable"]
+    assert len(res2["unreliable"]) == 1 + ("full" in flagged)
     assert [m["log_evidence_reliable"] for m in res2["models"]] == [None, False]
     assert main(["compare", fits["full"], str(tmp_path / "small_smc")]) == 0
     assert "WARNING: " in capsys.readouterr().out
