@@ -384,8 +384,8 @@ _QUALITY_LABELS = {
     "residual_rms_log_power": ("residual RMS of log-power", "root mean square of data − fit (natural log); "
                                                             "well above the noise sd: structured misfit"),
     "noise_sd": ("noise sd ({units})", "exp(−log_precision / 2): the fitted scatter about the model"),
-    "standardised_residual_max_abs": ("largest |residual| / noise sd", "above about 3.5 a point the model misses"),
-    "fraction_beyond_3sd": ("fraction of points beyond 3 noise sd", "0.003 expected for Gaussian noise"),
+    "standardised_residual_max_abs": ("largest |residual| / fitted noise sd", "above about 3.5 a point the model misses"),
+    "fraction_beyond_3sd": ("fraction of points beyond 3 fitted noise sd", "0.003 expected for Gaussian noise"),
     "harmonic_excess_log_power": ("excess log-power at twice the alpha peak",
                                   "data − fit within ±1 Hz of 2 × the data's peak (natural log); above 3 noise sd: "
                                   "a harmonic, the mark of a limit cycle"),
@@ -416,7 +416,15 @@ _QUALITY_LABELS = {
     "misfit_to_s": ("largest systematic misfit to (s)", ""),
     "misfit_channel": ("channel of that misfit", "the channel with the largest residual sum of squares"),
     "noise_sd_baseline": ("noise sd of the average ({units})", "SD of the pre-stimulus baseline, pooled over channels"),
-    "peak_residual_noise_sds": ("residual at the two alpha peaks (noise sd)", "above 3: the peak shift is real"),
+    "peak_residual_noise_sds": ("residual at the two alpha peaks (Welch noise sd)",
+                                "above 3 the data resolve the shift between the peaks (if there is one: see the "
+                                "peak shift; within ±0.5 Hz the peak is reproduced)"),
+    "harmonic_excess_frequency_hz": ("frequency of that excess (Hz)", "where the data rise above the fit near "
+                                                                      "twice the alpha peak"),
+    "alpha_power_ratio_data": ("alpha power (8–13 Hz) against the reference, data",
+                               "this condition's / the reference's band power in the data"),
+    "alpha_power_ratio_fit": ("alpha power (8–13 Hz) against the reference, fit",
+                              "the same in the fit: the change the parameter differences describe"),
     "explained_variance": ("explained variance", "1 − residual / total sum of squares of the waveforms"),
     "peak_latency_data_s": ("main peak of the data (s)", "largest deflection after time 0"),
     "peak_latency_model_s": ("main peak of the fit (s)", "on the same channel"),
