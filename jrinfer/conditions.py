@@ -1479,12 +1479,13 @@ def format_group_effects(group: dict) -> list[str]:
         lines.append(f"  caveat: {c}")
     lo, hi = ALPHA_POWER_BAND_HZ
     for c, rows in (group.get("alpha_power") or {}).items():
-        lines.append(f"  alpha power ({lo:g}-{hi:g} Hz), {c} / {ref}, data (fit): "
-                     + ", ".join(f"{r['subject']} {r['data']:.3g} ({r['fit']:.3g})" for r in rows)
-                     + f"; lower in {sum(r['data'] < 1 for r in rows)} of {len(rows)} subjects' data"
-                     + "".join(f"; {r['subject']}'s fit is {100 * (math.exp(abs(math.log(r['fit'] / r['data']))) - 1):.0f}"
-                               " % off its data" for r in rows
-                               if abs(math.log(r["fit"] / r["data"])) > math.log(ALPHA_CHANGE_TOLERANCE)))
+        each = ", ".join(f"{r['subject']} {r['data']:.3g} ({r['fit']:.3g})" for r in rows)
+        by = ", ".join(f"{100 * (1 - r['data']):.0f} %" for r in rows)  # negative: higher
+        off = "".join(f"; {r['subject']}'s fit is {100 * (math.exp(abs(math.log(r['fit'] / r['data']))) - 1):.0f} % "
+                      "off its data" for r in rows
+                      if abs(math.log(r["fit"] / r["data"])) > math.log(ALPHA_CHANGE_TOLERANCE))
+        lines.append(f"  alpha power ({lo:g}-{hi:g} Hz), {c} / {ref}, data (fit): {each}; in the data {c} is lower in "
+                     f"{sum(r['data'] < 1 for r in rows)} of {len(rows)} subjects (by {by}){off}")
     j = group["joint"]
     fe = j["fixed_effects_log_bf"]
     lines.append(

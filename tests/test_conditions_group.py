@@ -252,5 +252,5 @@ def test_alpha_power_change_of_data_and_fit_is_said_and_a_fit_far_off_it_is_flag
              "alpha_power": {"task": [{"subject": "s0", "data": 0.977, "fit": 0.845},
                                       {"subject": "s3", "data": 0.254, "fit": 0.229}]}}
     (alpha,) = [x for x in format_group_effects(group) if "alpha power" in x]
-    assert "s0 0.977 (0.845), s3 0.254 (0.229); lower in 2 of 2 subjects' data; s0's fit is 16 % off its data" in alpha
+    assert "s0 0.977 (0.845), s3 0.254 (0.229); in the data task is lower in 2 of 2 subjects (by 2 %, 75 %); s0's fit is 16 % off its data" in alpha
     assert "s3's fit" not in alpha
