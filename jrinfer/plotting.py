@@ -7,6 +7,8 @@ registered with pyplot (no backend switch, nothing to close) and, given a
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from jrinfer._io import atomic_path
@@ -695,10 +697,17 @@ def plot_group_effects(group: dict, path=None, *, title: str | None = None):
     for ax, (v, c, e) in zip(axes, panels):
         subj = e["subjects"]
         y = np.arange(len(subj) + 2)[::-1]
+        from jrinfer.conditions import ESTABLISHED_LOG_BF
+
         for yi, s in zip(y[:-2], subj):
-            inside = s["lower"] <= 0.0 <= s["upper"]
-            ax.plot([s["lower"], s["upper"]], [yi, yi], color="0.45" if inside else "k", lw=1.6)
-            ax.plot(s["mean"], yi, "o", color="0.45" if inside else "k", ms=4)
+            # black: established (the interval leaves out 0 and log BF >= 1); dark grey dashed: the interval alone
+            # (suggestive); light grey: holds 0
+            excludes = not (s["lower"] <= 0.0 <= s["upper"])
+            established = excludes and s.get("log_bayes_factor", math.inf) >= ESTABLISHED_LOG_BF
+            color = "k" if established else "0.35" if excludes else "0.65"
+            ax.plot([s["lower"], s["upper"]], [yi, yi], color=color, lw=1.6, ls="-" if established or not excludes
+                    else "--")
+            ax.plot(s["mean"], yi, "o", color=color, ms=4)
         b, r = e["bpa"], e["random_effects"]
         ax.plot([b["lower"], b["upper"]], [y[-2]] * 2, color="tab:orange", lw=2.5)
         ax.plot(b["mean"], y[-2], "D", color="tab:orange", ms=6)
@@ -711,6 +720,9 @@ def plot_group_effects(group: dict, path=None, *, title: str | None = None):
         unit = f"log ratio {c}/{ref}" if e["scale"] == "log" else f"{c} - {ref}"
         ax.set_xlabel(f"{v}: {unit} ({pct} % intervals)", fontsize=8)
         ax.set_title(f"{v}: {e['verdict']}", fontsize=9, color="tab:red" if e["verdict"] == "disagree" else "k")
+        if not ax.get_legend() and ax is axes[0]:
+            ax.text(0.0, -0.32, "subjects: black established (log BF >= 1), dashed interval only, grey holds 0",
+                    transform=ax.transAxes, fontsize=6, color="0.3")
         ax.tick_params(axis="x", labelsize=7)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
