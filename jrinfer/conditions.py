@@ -450,39 +450,68 @@ class ConditionObservation(Observation):
             plans.append((f, plan))
         n_names = len(names)
 
+        def condition_point(theta, plan):
+            """The base's parameters of one condition ``(nb, n_base)`` and ``d x / d theta[source]`` per column."""
+            x = np.empty((theta.shape[0], len(plan)))
+            scale = np.ones_like(x)
+            for j, step in enumerate(plan):
+                if step[0] in ("same", "own"):
+                    x[:, j] = theta[:, step[1]]
+                else:
+                    mode, i, k, d0 = step
+                    d = theta[:, k] if k is not None else d0
+                    if mode == "log":
+                        e = np.exp(d)
+                        x[:, j], scale[:, j] = theta[:, i] * e, e
+                    else:
+                        x[:, j] = theta[:, i] + d
+            return x, scale
+
+        def chain(g, x, scale, plan, out):
+            """Add ``g`` (``(..., n_base)``: derivatives in the base's parameters) to ``out`` (``(..., n_names)``)."""
+            for j, step in enumerate(plan):
+                gj = g[..., j]
+                if step[0] in ("same", "own"):
+                    out[..., step[1]] += gj
+                    continue
+                mode, i, k, _ = step
+                out[..., i] += gj * scale[..., j]
+                if k is not None:
+                    out[..., k] += gj * (x[..., j] if mode == "log" else 1.0)
+
         def log_likelihood(theta):
             theta = np.asarray(theta, dtype=np.float64).reshape(-1, n_names)
             total = np.zeros(theta.shape[0])
             grad = np.zeros_like(theta)
             for f, plan in plans:
-                x = np.empty((theta.shape[0], len(plan)))
-                scale = np.ones_like(x)  # d x_c / d theta[i] of each column's own source
-                for j, step in enumerate(plan):
-                    if step[0] in ("same", "own"):
-                        x[:, j] = theta[:, step[1]]
-                    else:
-                        mode, i, k, d0 = step
-                        d = theta[:, k] if k is not None else d0
-                        if mode == "log":
-                            e = np.exp(d)
-                            x[:, j], scale[:, j] = theta[:, i] * e, e
-                        else:
-                            x[:, j] = theta[:, i] + d
+                x, scale = condition_point(theta, plan)
                 ll, g = f(x)
                 total = total + ll
-                for j, step in enumerate(plan):
-                    gj = g[:, j]
-                    if step[0] in ("same", "own"):
-                        grad[:, step[1]] += gj
-                        continue
-                    mode, i, k, _ = step
-                    grad[:, i] += gj * scale[:, j]
-                    if k is not None:
-                        grad[:, k] += gj * (x[:, j] if mode == "log" else 1.0)
+                chain(g, x, scale, plan, grad)
             with np.errstate(invalid="ignore"):
                 grad = np.where(np.isfinite(total)[:, None], grad, 0.0)
             return total, grad
 
+        parts = [getattr(f, "transformed_prediction_and_jacobian", None) for f, _ in plans]
+        if all(p is not None for p in parts):
+            n_channels = self._n_channels(data)
+
+            def transformed_prediction_and_jacobian(theta):
+                """The stacked Gaussian-target prediction (every condition's channels, ``(sum C * P,)``) and its
+                Jacobian in ``names`` ``(sum C * P, n)``: the base's fused ones, chained through the differences
+                (what variational Laplace needs, see :meth:`InverseProblem.gaussian_form`)."""
+                theta = np.asarray(theta, dtype=np.float64).reshape(1, n_names)
+                values, jacobians = [], []
+                for (_, plan), part, n_ch in zip(plans, parts, n_channels):
+                    x, scale = condition_point(theta, plan)
+                    value, jac = part(x[0])
+                    full = np.zeros((value.size, n_names))
+                    chain(jac, x[0], scale[0], plan, full)
+                    values.append(np.tile(value, n_ch))
+                    jacobians.append(np.tile(full, (n_ch, 1)))
+                return np.concatenate(values), np.concatenate(jacobians, 0)
+
+            log_likelihood.transformed_prediction_and_jacobian = transformed_prediction_and_jacobian
         return log_likelihood
 
     def _parts(self, prediction: Prediction, data):

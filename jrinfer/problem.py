@@ -546,8 +546,10 @@ class InverseProblem:
                 zf = z_full.copy()
                 zf[form_pos] = z.detach().numpy()
                 _, _, theta, dtheta = fast[1](zf[None])
-                value, jac = fused(theta[0])  # (P,), (P, n_problem) in natural units
+                value, jac = fused(theta[0])  # (P,) or every channel's (C * P,), and its Jacobian in natural units
                 jac = jac[:, form_pos] * dtheta[0, form_pos]
+                if value.size == n_ch * n_pts:  # already one row per channel (e.g. a fit of several conditions)
+                    return torch.from_numpy(value), torch.from_numpy(jac)
                 return torch.from_numpy(np.tile(value, n_ch)), torch.from_numpy(np.tile(jac, (n_ch, 1)))
 
         return GaussianForm(
