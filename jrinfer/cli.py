@@ -1364,6 +1364,8 @@ def _cmd_compare(args) -> int:
         if r["backend"] == "laplace" and len(diag.get("optima") or []) > 1 and any(
                 "multimodal" in w for w in s.get("warnings") or []):
             why.append("a multimodal posterior of which the Gaussian describes one optimum")
+        if r["backend"] == "laplace" and any("pinned to that edge" in w for w in s.get("warnings") or []):
+            why.append("an optimum pinned to a Hopf point, where the log joint has a kink")
         if why:
             unreliable.append(f"{r['dir']}: its free energy is the Laplace approximation of {' and '.join(why)}: "
                               "differences of a few nats may be the approximation's; confirm with SMC (--backend smc)")

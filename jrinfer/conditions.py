@@ -1009,6 +1009,17 @@ def _agreement(lower: float, upper: float, log_bf: float) -> str:
     return "agree: neither the interval (holds 'no difference') nor the evidence (|log BF| < 1) establishes one"
 
 
+def _summed_words(log_bf: float) -> str:
+    """Kass & Raftery reading of a fixed-effects sum of subjects' log BFs: "every subject has its own difference"
+    against "no subject has one" (not "no difference in any subject")."""
+    a = abs(log_bf)
+    if a < 1:
+        return "inconclusive"
+    strength = "positive" if a < 3 else "strong" if a < 5 else "very strong"
+    return (f"{strength} evidence that every subject has a difference of its own" if log_bf > 0 else
+            f"{strength} evidence against a difference in every subject (some may still have one)")
+
+
 def _words(log_bf: float) -> str:
     """Kass & Raftery (1995) reading of a log Bayes factor (nats) for a difference."""
     a = abs(log_bf)
@@ -1226,10 +1237,11 @@ def group_effects(fits, *, labels=None, interval: float = 0.90) -> dict:
             rfx = _random_effects([r["mean"] for r in rows], [r["lower"] for r in rows], [r["upper"] for r in rows],
                                   interval, [r["log_bayes_factor"] for r in rows])
             fixed_bf = float(sum(r["log_bayes_factor"] for r in rows))
-            verdict, sentence = _group_verdict(v, c, reference, scale, bpa, rfx, interval)
+            verdict, sentence = _group_verdict(v, c, reference, scale, bpa, rfx, interval, rows,
+                                               {x["subject"] for x in subjects if x["status"] != "converged"})
             effects.setdefault(v, {})[c] = {
                 "parameter": key, "scale": scale, "subjects": rows, "bpa": bpa,
-                "fixed_effects_log_bf": fixed_bf, "fixed_effects_evidence": _words(fixed_bf),
+                "fixed_effects_log_bf": fixed_bf, "fixed_effects_evidence": _summed_words(fixed_bf),
                 "random_effects": rfx, "verdict": verdict, "headline": sentence,
             }
             if verdict == "disagree":
@@ -1243,7 +1255,9 @@ def group_effects(fits, *, labels=None, interval: float = 0.90) -> dict:
         "bpa_log_bayes_factor": joint_bpa,
         "bpa_evidence": _words(joint_bpa),
         "fixed_effects_log_bf": float(sum(joint_subjects)) if len(joint_subjects) == n else None,
-        "fixed_effects_evidence": _words(float(sum(joint_subjects))) if len(joint_subjects) == n else None,
+        "fixed_effects_evidence": _summed_words(float(sum(joint_subjects))) if len(joint_subjects) == n else None,
+        # each subject's own "some difference vs none", so that a sum carried by one subject reads as such
+        "subjects": {s["subject"]: s["no_difference"]["log_bayes_factor"] for s in subjects if s.get("no_difference")},
     }
     notes = [
         "fixed effects (Bayesian parameter averaging, summed log Bayes factors) assume every subject has the same "
@@ -1422,8 +1436,12 @@ def _direction(sign: int, condition: str, reference: str) -> str:
     return f"{'higher' if sign > 0 else 'lower'} in {condition} than in {reference}"
 
 
-def _group_verdict(name, condition, reference, scale, bpa, rfx, interval) -> tuple[str, str]:
-    """Whether fixed effects (BPA) and random effects (and the subjects) agree on a difference; one sentence."""
+def _group_verdict(name, condition, reference, scale, bpa, rfx, interval, rows=(), caveated=()) -> tuple[str, str]:
+    """Whether fixed effects (BPA) and random effects (and the subjects) agree on a difference; one sentence.
+
+    ``rows``: the subjects' records (names, intervals, log BFs), to name who carries a claim; ``caveated``: subjects
+    whose fits carry a status warning (said beside their name).
+    """
     pct = round(100 * interval)
     if scale == "log":
         est = f"{condition}/{reference} ratio {bpa['ratio']:.3g} [{bpa['ratio_lower']:.3g}, {bpa['ratio_upper']:.3g}]"
@@ -1443,8 +1461,19 @@ def _group_verdict(name, condition, reference, scale, bpa, rfx, interval) -> tup
     up_e, down_e = rfx.get("n_above_established", up), rfx.get("n_below_established", down)
     tag = f"{name} ({condition} vs {reference})"
     suggestive = up + down - up_e - down_e
-    tail = (f"; {suggestive} more subject(s)' intervals leave out 0 with log BF < {ESTABLISHED_LOG_BF:g}: suggestive, "
-            "not established" if suggestive else "")
+    s_up, s_down = up - up_e, down - down_e
+    tail = (f"; {suggestive} more subject(s)' intervals leave out 0 ({s_up} above, {s_down} below) with log BF < "
+            f"{ESTABLISHED_LOG_BF:g}: suggestive, not established" if suggestive else "")
+
+    def carriers(sign):
+        """The subjects whose difference is established on ``sign``'s side, with their log BF and any caveat."""
+        out = []
+        for r in rows:
+            side = 1 if r["lower"] > 0 else -1 if r["upper"] < 0 else 0
+            if side == sign and r["log_bayes_factor"] >= ESTABLISHED_LOG_BF:
+                warn = "; its fit has a status warning" if r["subject"] in caveated else ""
+                out.append(f"{r['subject']} (log BF {r['log_bayes_factor']:+.2f}{warn})")
+        return ", ".join(out)
     if up_e and down_e:
         return "disagree", (
             f"{tag}: the subjects disagree: in {up_e} subject(s) the difference is established above 0 and in "
@@ -1479,7 +1508,7 @@ def _group_verdict(name, condition, reference, scale, bpa, rfx, interval) -> tup
             f"{tag}: fixed effects say {_direction(bpa_dir, condition, reference)} (BPA {est}), established in "
             f"{same_e} of {n} subject(s){tail}{against}; random effects do not establish it "
             f"({test}{'; few subjects: little power' if n < FEW_SUBJECTS else ''}): with fixed effects carried by "
-            f"{'one subject' if same_e == 1 else 'a few subjects'}, the group claim is that subject's, not the group's"
+            f"{carriers(bpa_dir) or 'no subject alone'}, the group claim is that subject's, not the group's"
             if same_e <= 1 else
             f"{tag}: fixed effects say {_direction(bpa_dir, condition, reference)} (BPA {est}), established in "
             f"{same_e} of {n} subjects{tail}{against}; random effects do not establish it "
@@ -1490,8 +1519,8 @@ def _group_verdict(name, condition, reference, scale, bpa, rfx, interval) -> tup
                             f"fixed-effects interval holds no difference (BPA {est})")
     some = (f"; yet in {up_e + down_e} of {n} subjects a difference is established ({up_e} above 0, {down_e} "
             f"below): a difference in some subjects, not shared by the group{tail}" if up_e + down_e else
-            f"; {suggestive} of {n} subjects' intervals leave out 0 with log BF < {ESTABLISHED_LOG_BF:g}: suggestive, "
-            "not established" if suggestive else "")
+            f"; {suggestive} of {n} subjects' intervals leave out 0 ({s_up} above, {s_down} below) with log BF < "
+            f"{ESTABLISHED_LOG_BF:g}: suggestive, not established" if suggestive else "")
     return "none", (f"{tag}: neither fixed effects (BPA {est}, holds no difference) nor random effects "
                     f"({test}) show a difference{some}")
 
@@ -1517,10 +1546,16 @@ def format_group_effects(group: dict) -> list[str]:
                      f"{sum(r['data'] < 1 for r in rows)} of {len(rows)} subjects (by {by}){off}")
     j = group["joint"]
     fe = j["fixed_effects_log_bf"]
+    own = j.get("subjects") or {}
+    strong = [k for k, v in own.items() if v >= ESTABLISHED_LOG_BF]
+    carried = (f"; carried by {strong[0]} ({own[strong[0]]:+.2f}; the others "
+               + ", ".join(f"{k} {v:+.2f}" for k, v in own.items() if k != strong[0]) + ")"
+               if len(strong) == 1 and len(own) > 1 else "")
     lines.append(
         f"  does any parameter differ? 'none differs' (all {len(j['parameters'])} difference(s) = 0) against the "
         f"full model: BPA log BF {j['bpa_log_bayes_factor']:+.2f} for one shared difference ({j['bpa_evidence']})"
         + (f"; summed subjects' log BF {fe:+.2f} ({j['fixed_effects_evidence']})" if fe is not None else "")
+        + carried
     )
     for v, per in group["effects"].items():
         for c, e in per.items():

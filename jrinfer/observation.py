@@ -1760,7 +1760,9 @@ class EvokedObservation(_JansenRitObservation):
                 "EvokedObservation(rest='upper')) and compare their evidence (jrinfer compare)"
             )
         else:
-            what = (f"a population at its high equilibrium (pyramidal firing {rate:.2g} of at most {top:.0f} "
+            single = abs(float(up.v) - float(lo.v)) < 1e-9  # one equilibrium: no "high" one to speak of
+            where = "its only equilibrium" if single else "its high equilibrium"
+            what = (f"a population at {where} (pyramidal firing {rate:.2g} of at most {top:.0f} "
                     f"pulses/s); {returns}")
         metrics["resting_state"] = what
         if end is not None and end > RESPONSE_END_WARN and data_returned:

@@ -716,7 +716,9 @@ def plot_group_effects(group: dict, path=None, *, title: str | None = None):
         ax.plot(r["mean"], y[-1], "s", color="tab:blue", ms=6)
         ax.axvline(0.0, color="0.3", lw=0.8, ls="--")
         p = "" if r["p"] is None else f", p = {r['p']:.2g}"
-        ax.set_yticks(y, [s["subject"][:18] for s in subj] + ["fixed (BPA)", f"random (t{p})"], fontsize=7)
+        caveated = {c.split(": ")[0] for c in group.get("caveats") or []}  # subjects whose fits warn
+        ax.set_yticks(y, [s["subject"][:18] + (" (warning)" if s["subject"] in caveated else "") for s in subj]
+                      + ["fixed (BPA)", f"random (t{p})"], fontsize=7)
         unit = f"log ratio {c}/{ref}" if e["scale"] == "log" else f"{c} - {ref}"
         ax.set_xlabel(f"{v}: {unit} ({pct} % intervals)", fontsize=8)
         ax.set_title(f"{v}: {e['verdict']}", fontsize=9, color="tab:red" if e["verdict"] == "disagree" else "k")

@@ -151,8 +151,15 @@ def test_bpa_difference_with_subjects_of_both_signs_is_the_headline(problem):
     assert e["random_effects"]["n_above_established"] == 1 and e["random_effects"]["n_below_established"] == 0
     assert e["verdict"] == "fixed effects only" and "2 subject(s)' posterior mean(s) point the other way" in e["headline"]
     assert g["headline"] == [f"ONE SUBJECT: {e['headline']}"]
+    p_bf = e["subjects"][0]["log_bayes_factor"]
+    assert f"carried by p (log BF {p_bf:+.2f}), the group claim is that subject's" in e["headline"], e["headline"]
     lines = format_group_effects(g)
     assert lines[1].startswith("  ONE SUBJECT: a (task vs rest)")  # the caution leads, before the numbers
+    # the joint "does any parameter differ?" sum is said to be carried by p when only p's own evidence is >= 1
+    own = g["joint"]["subjects"]
+    (joint,) = [x for x in lines if "does any parameter differ?" in x]
+    assert (f"carried by p ({own['p']:+.2f}" in joint) == (sum(v >= 1 for v in own.values()) == 1), (joint, own)
+    assert "every subject has a difference of its own" in joint or "against a difference in every subject" in joint
     # subjects whose intervals lie on opposite sides of 0, each with evidence
     fits[1] = (_posterior(problem, np.array([-0.3, 0.0]), np.diag([0.02, 0.1]) ** 2, seed=1), problem)
     g = group_effects(fits)
@@ -173,7 +180,13 @@ def test_failed_fits_are_left_out_with_why_and_mismatches_refused(problem, tmp_p
                                                                                           "constructed"}]
     assert g == {**group_effects(ok, labels=["s1", "s2"]), "left_out": g["left_out"]}
     warned = (_posterior(problem, np.array([0.1, 0.0]), C, status="warning"), problem)
-    assert group_effects([*ok, warned])["caveats"] == ["subject3: fit status warning: constructed"]
+    g = group_effects([*ok, warned])
+    assert g["caveats"] == ["subject3: fit status warning: constructed"]
+    # the forest plot marks that subject where its interval is drawn
+    from jrinfer.plotting import plot_group_effects
+
+    labels = [t.get_text() for t in plot_group_effects(g).axes[0].get_yticklabels()]
+    assert "subject3 (warning)" in labels and "subject1" in labels, labels
     # a fit-many row that failed: its folder has result.json with the error and no summary
     (tmp_path / "0003-x").mkdir()
     (tmp_path / "0003-x" / "result.json").write_text('{"status": "error", "error": "bad file"}')

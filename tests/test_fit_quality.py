@@ -587,6 +587,23 @@ def test_rest_upper_starts_every_response_from_the_high_equilibrium():
     assert any("--rest upper" in w for w in fq.warnings if w.startswith("the point estimate is on the lower branch"))
 
 
+def test_a_population_with_one_equilibrium_is_not_said_to_rest_at_its_high_one():
+    """The MNE auditory ERP's rest='upper' optimum (A 2.94, B 22.7, a 109, b 50.1, C 137, p_mean 60) has a single,
+    low-activity equilibrium (firing 0.13 pulses/s): it was called "its high equilibrium"."""
+    from jrinfer import JansenRit
+
+    t = lambda x: torch.as_tensor(x, dtype=F64)  # noqa: E731
+    consts = {"A": t(2.94), "B": t(22.71), "a": t(109.4), "b": t(50.14), "C": t(136.8)}
+    fp = JansenRit(**consts, p_mean=60.0).fixed_points()
+    assert float(fp.upper().v) == pytest.approx(float(fp.lower().v))  # one equilibrium
+    data = _evoked_template(-0.1, 0.5)
+    params = {**_pulse_params(60.0, 0.03, width=0.005), **consts}
+    obs = EvokedObservation(rest="upper")
+    pred = obs.predict(params, data)
+    m = obs.goodness_of_fit(data, pred.value.reshape(1, -1) + 0.01 * data.values, params).metrics
+    assert "a population at its only equilibrium" in m["resting_state"] and m["rest_firing_rate"] < 0.5, m
+
+
 def test_a_fitted_response_that_outlasts_the_epoch_is_warned():
     """A lower-branch response (p_mean 100, pulse peaking at 10 + 7 x 5 ms) in an epoch ending at 60 ms has not
     returned at its end while the data (noise) have: warned; in a 500 ms epoch it has returned: silent."""
