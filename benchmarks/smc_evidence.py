@@ -18,8 +18,12 @@ import sys
 import time
 import warnings
 
+from pathlib import Path
+
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # backend_problems: shared with the tests
 
 
 def _moved_imh(fraction: float):
@@ -60,7 +64,7 @@ def main(argv=None) -> None:
     import pymc as pm
     import xarray as xr
 
-    from _problems import compare_backends_problem
+    from backend_problems import compare_backends_problem
     from jrinfer.backends.laplace import VariationalLaplace
     from jrinfer.backends.pymc import _final_stage, _z_draws, problem_to_pymc
 

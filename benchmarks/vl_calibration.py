@@ -15,10 +15,13 @@ import sys
 import time
 import warnings
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from _problems import compare_backends_problem
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from backend_problems import compare_backends_problem  # noqa: E402  (one builder, shared with the tests)
 from jrinfer.backends.laplace import VariationalLaplace
 from jrinfer.identifiability import _with_data
 

@@ -283,21 +283,9 @@ def test_smc_on_a_narrow_posterior_says_its_chains_and_evidence_disagree():
     2.87 +- 0.20. The estimate is wrong; the fit must say so twice: the chains did not mix, and they disagree
     on the evidence.
     """
-    from jrinfer import Prior
+    from backend_problems import compare_backends_problem
 
-    n_seg = 20
-    freqs = torch.arange(2.0, 30.01, 0.5, dtype=F64)
-    obs = SpectrumObservation(floor=False)
-    tmpl = SpectrumData.from_arrays(freqs, torch.ones(1, freqs.numel(), dtype=F64), units="uV^2/Hz", n_segments=n_seg)
-    truth = {"a": 100.0, "b": 50.0, "p_mean": 45.0, "p_std": 1.0, "gain": 3e-3, "ap_amplitude": 2.0,
-             "ap_exponent": 1.2, "log_precision": math.log(n_seg)}
-    truth = {k: torch.tensor(v, dtype=F64) for k, v in truth.items()}
-    y = obs.sample(obs.predict(truth, tmpl), truth, tmpl, torch.Generator().manual_seed(11))
-    data = SpectrumData.from_arrays(freqs, y, units="uV^2/Hz", n_segments=n_seg)
-    spec = obs.default_prior(data, free=("a", "b", "p_mean"))
-    spec["distributions"].pop("p_mean")
-    spec["fixed"]["p_mean"] = 45.0
-    problem = InverseProblem(obs, Prior.from_dict(spec), data)
+    problem = compare_backends_problem()
     post = SMC(draws=300, chains=2, seed=1).fit(problem, n_predictive=5)
     d = post.diagnostics
     assert post.status == "warning"

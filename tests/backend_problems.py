@@ -1,4 +1,4 @@
-"""Test problems shared by the benchmark scripts (run them from the repository root: ``python benchmarks/X.py``)."""
+"""Problems shared by the tests and the benchmark scripts (benchmarks put tests/ on sys.path, as for selfcontained)."""
 
 from __future__ import annotations
 
