@@ -1273,7 +1273,7 @@ def _model_difference(a: dict, b: dict) -> str | None:
 
 
 def _cmd_compare(args) -> int:
-    from jrinfer.comparison import model_probabilities
+    from jrinfer.comparison import evidence_strength, model_probabilities
 
     if len(args.dirs) < 2:
         raise UsageError("compare needs at least two DIR (the --out folders of fits of the same data)")
@@ -1350,9 +1350,9 @@ def _cmd_compare(args) -> int:
         if i != ib:
             words = _model_difference(summaries[ib], summaries[i])
             dF = F[ib] - F[i]
-            reading = ("the data do not tell them apart (|dF| < 1 nat)" if dF < 1 else
-                       "positive evidence for the first" if dF < 3 else
-                       "strong evidence for the first" if dF < 5 else "very strong evidence for the first")
+            strength = evidence_strength(dF)
+            reading = ("the data do not tell them apart (|dF| < 1 nat)" if strength is None else
+                       f"{strength} evidence for the first")
             if words:
                 differs.append(f"{rows[ib]['dir']} vs {rows[i]['dir']} ({dF:+.2f} nats, {reading}): {words}")
     for r, s in zip(rows, summaries):

@@ -18,6 +18,15 @@ __all__ = ["bayesian_model_reduction", "log_bayes_factor", "model_probabilities"
 
 _DTYPE = torch.float64
 
+
+def evidence_strength(log_bf: float) -> str | None:
+    """Kass & Raftery's (1995) grade of a log Bayes factor in nats, by its size: ``None`` below 1 ("not worth more
+    than a bare mention"), ``"positive"`` (1-3), ``"strong"`` (3-5), ``"very strong"`` (5 and more)."""
+    a = abs(float(log_bf))
+    if a < 1:
+        return None
+    return "positive" if a < 3 else "strong" if a < 5 else "very strong"
+
 def _reduced_evidence(Lam, h, eta, C):
     """log Z(η, C) = log ∫ N(θ; η, C) exp(-½θᵀΛθ + hᵀθ) dθ and the normalised posterior.
 

@@ -1012,20 +1012,22 @@ def _agreement(lower: float, upper: float, log_bf: float) -> str:
 def _summed_words(log_bf: float) -> str:
     """Kass & Raftery reading of a fixed-effects sum of subjects' log BFs: "every subject has its own difference"
     against "no subject has one" (not "no difference in any subject")."""
-    a = abs(log_bf)
-    if a < 1:
+    from jrinfer.comparison import evidence_strength
+
+    strength = evidence_strength(log_bf)
+    if strength is None:
         return "inconclusive"
-    strength = "positive" if a < 3 else "strong" if a < 5 else "very strong"
     return (f"{strength} evidence that every subject has a difference of its own" if log_bf > 0 else
             f"{strength} evidence against a difference in every subject (some may still have one)")
 
 
 def _words(log_bf: float) -> str:
     """Kass & Raftery (1995) reading of a log Bayes factor (nats) for a difference."""
-    a = abs(log_bf)
-    if a < 1:
+    from jrinfer.comparison import evidence_strength
+
+    strength = evidence_strength(log_bf)
+    if strength is None:
         return "inconclusive"
-    strength = "positive" if a < 3 else "strong" if a < 5 else "very strong"
     return f"{strength} evidence for {'a difference' if log_bf > 0 else 'no difference'}"
 
 

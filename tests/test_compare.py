@@ -123,3 +123,11 @@ def test_compare_help(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["compare", "--help"])
     assert exc.value.code == 0 and "Log evidences" in " ".join(capsys.readouterr().out.split())
+
+
+def test_kass_raftery_grades_of_a_log_bayes_factor():
+    """One ladder for every reading of evidence (compare, condition effects, group effects): |log BF| in nats."""
+    from jrinfer.comparison import evidence_strength
+
+    grades = [evidence_strength(x) for x in (0.0, 0.99, -1.0, 2.99, 3.0, -4.99, 5.0, 40.0)]
+    assert grades == [None, None, "positive", "positive", "strong", "strong", "very strong", "very strong"]
