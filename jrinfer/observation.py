@@ -307,6 +307,10 @@ def _where_spectrum(run: dict) -> str:
             f"{side}, by a factor {math.exp(abs(run['mean'])):.2g} on average)")
 
 
+#: How a fit verdict ends when the residuals are within the data's own noise; a failed check beside it replaces it.
+_RESOLVED = ": the model describes what these data resolve"
+
+
 def _spectrum_verdict(f: torch.Tensor, y: torch.Tensor, yhat: torch.Tensor, r2: float, noise: dict,
                       n_segments) -> dict:
     """One plain-language line on how well a spectrum fits, beyond R² (see ``goodness_of_fit``).
@@ -335,7 +339,7 @@ def _spectrum_verdict(f: torch.Tensor, y: torch.Tensor, yhat: torch.Tensor, r2: 
     out["residual_noise_ratio"] = ratio
     if noise.get("residuals_within_noise"):
         out["verdict"] = (f"{meets}, and the residuals are within the data's own noise (RMS {ratio:.2g} x the SD of "
-                          f"a Welch estimate from {n_segments} segments): the model describes what these data resolve")
+                          f"a Welch estimate from {n_segments} segments){_RESOLVED}")
         return out
     runs = [d for d in _same_sign_runs(f, y - yhat, sd, smooth) if d["z"] > MISFIT_RUN_Z]
     if runs and runs[0]["n"] > 0.5 * f.numel():
@@ -393,7 +397,7 @@ def _evoked_verdict(data, y: torch.Tensor, yhat: torch.Tensor, ev: float) -> dic
     out.update(noise_sd_baseline=sd, residual_noise_ratio=ratio)
     if ratio <= ERP_NOISE_RATIO_OK:
         out["verdict"] = (f"{meets}, and the residuals are within the data's own noise (RMS {ratio:.2g} x {of}, from "
-                          "its pre-stimulus baseline): the model describes what these data resolve")
+                          f"its pre-stimulus baseline){_RESOLVED}")
         return out
     dt = float((data.times[-1] - data.times[0]) / max(data.times.numel() - 1, 1))
     smooth = max(1, int(round(0.01 / dt))) if dt > 0 else 1
@@ -431,14 +435,13 @@ def _verdict_with_misfits(metrics: dict, warns: list[str]) -> dict:
     verdict = metrics.get("verdict")
     failed = [w.split(";")[0] for w in warns if w.startswith(("poor fit", "main peak missed", "alpha peak missed"))]
     unreturned = [w for w in warns if w.startswith("the data end ")]
-    resolved = ": the model describes what these data resolve"
     if isinstance(verdict, str) and failed and "within the data's own noise" in verdict:
         metrics["verdict"] = verdict = verdict.replace(
-            resolved, f", yet {failed[0]}: the noise is large enough to hide that misfit in the residuals' overall size")
-    if isinstance(verdict, str) and unreturned and resolved in verdict:
+            _RESOLVED, f", yet {failed[0]}: the noise is large enough to hide that misfit in the residuals' overall size")
+    if isinstance(verdict, str) and unreturned and _RESOLVED in verdict:
         # within the noise over the window, but the window may not hold the whole response (EEGLAB 'square', Pz)
         metrics["verdict"] = verdict.replace(
-            resolved, ", but the data have not returned to their pre-stimulus level by the end of the epoch: the "
+            _RESOLVED, ", but the data have not returned to their pre-stimulus level by the end of the epoch: the "
                       "window may cut the response, and what lies past it is not fitted (extend --tmax)")
     return metrics
 
@@ -1364,9 +1367,8 @@ class SpectrumObservation(_JansenRitObservation):
                 words += ": with the data's noise unknown, whether they resolve that cannot be told"
             elif significant:
                 words += f", beyond the noise (the residual at the peaks reaches {worst:.1f} Welch noise SDs)"
-                resolved = ": the model describes what these data resolve"
-                if resolved in metrics["verdict"]:  # within the noise overall, but not at the peaks
-                    metrics["verdict"] = metrics["verdict"].replace(resolved, "")
+                if _RESOLVED in metrics["verdict"]:  # within the noise overall, but not at the peaks
+                    metrics["verdict"] = metrics["verdict"].replace(_RESOLVED, "")
                     words = ", yet" + words[1:]
             else:
                 words += (f", within the noise: at both peaks the data lie within {worst:.1f} Welch noise SDs of the "
