@@ -967,13 +967,10 @@ def _npe_estimator(args):
 
 def _npe_model_note(posterior, problem) -> str | None:
     """What the estimator's model fixes that a default fit frees, in words (None when nothing)."""
-    import inspect
+    from jrinfer.observation import DEFAULT_FREE
 
-    from jrinfer.observation import jansen_rit_prior_spec
-
-    default = inspect.signature(jansen_rit_prior_spec).parameters["free"].default
     fixed = problem.prior.fixed
-    held = [n for n in default if n not in posterior.names and n in fixed]
+    held = [n for n in DEFAULT_FREE if n not in posterior.names and n in fixed]
     if not held:
         return None
     values = ", ".join(f"{n} = {float(fixed[n]):g}" for n in held)

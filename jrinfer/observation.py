@@ -498,7 +498,11 @@ _BOX = {
 }
 
 
-def jansen_rit_prior_spec(kind: str = "dcm", free=("A", "B", "a", "b", "C", "p_mean"), p_mean_range=(40.0, 85.0)) -> dict:
+#: The Jansen-Rit parameters a fit infers by default (the default priors' and ``--free``'s).
+DEFAULT_FREE = ("A", "B", "a", "b", "C", "p_mean")
+
+
+def jansen_rit_prior_spec(kind: str = "dcm", free=DEFAULT_FREE, p_mean_range=(40.0, 85.0)) -> dict:
     """Default prior over the Jansen-Rit constants, in :class:`~jrinfer.Prior`'s JSON schema.
 
     See :func:`jrinfer.jansen_rit_prior` (which builds the :class:`~jrinfer.Prior`
@@ -1468,7 +1472,7 @@ class SpectrumObservation(_JansenRitObservation):
         """
         self.check_data(data)
         if free is None:
-            free = ("A", "B", "a", "b", "C", "p_mean")
+            free = DEFAULT_FREE
         p_range = (40.0, 85.0) if self.method == "transfer" else (40.0, 300.0)
         spec = jansen_rit_prior_spec(kind="dcm", free=free, p_mean_range=p_range)
         fixed = spec["fixed"]

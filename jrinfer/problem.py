@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from jrinfer import _checks
-from jrinfer.observation import Observation, Prediction, jansen_rit_prior_spec
+from jrinfer.observation import DEFAULT_FREE, Observation, Prediction, jansen_rit_prior_spec
 from jrinfer.prior import Prior
 
 __all__ = ["InverseProblem", "GaussianForm", "jansen_rit_prior"]
@@ -24,7 +24,7 @@ __all__ = ["InverseProblem", "GaussianForm", "jansen_rit_prior"]
 
 def jansen_rit_prior(
     kind: str = "dcm",
-    free=("A", "B", "a", "b", "C", "p_mean"),
+    free=DEFAULT_FREE,
     p_mean_range: tuple[float, float] = (40.0, 85.0),
 ) -> Prior:
     """Default prior over the Jansen-Rit constants.
