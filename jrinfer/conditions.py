@@ -66,7 +66,7 @@ import numpy as np
 import torch
 
 from jrinfer import _checks
-from jrinfer.observation import FitQuality, GaussianTarget, Observation, ObservedData, Prediction
+from jrinfer.observation import EEG_BANDS_HZ, FitQuality, GaussianTarget, Observation, ObservedData, Prediction
 
 __all__ = [
     "ConditionData", "ConditionObservation", "condition_effects", "no_difference", "group_effects", "delta_gaussian",
@@ -689,7 +689,7 @@ class ConditionObservation(Observation):
 
 
 #: The band whose power a fit of spectra compares between conditions (Hz): the conventional alpha band.
-ALPHA_POWER_BAND_HZ = (8.0, 13.0)
+ALPHA_POWER_BAND_HZ = next((lo, hi) for name, lo, hi in EEG_BANDS_HZ if name == "alpha")
 #: A fit's alpha-power change (condition / reference) more than this factor off the data's is said so.
 ALPHA_CHANGE_TOLERANCE = 1.15
 
@@ -705,6 +705,12 @@ def _band_power(freqs, power, band=ALPHA_POWER_BAND_HZ) -> float:
     return float(torch.trapezoid(pw[inside], f[inside]))
 
 
+def _alpha_change_off(data_ratio: float, fit_ratio: float) -> float | None:
+    """How far (%) a fit's alpha-power change is off the data's, where beyond :data:`ALPHA_CHANGE_TOLERANCE`; else None."""
+    off = abs(math.log(fit_ratio / data_ratio))
+    return 100 * (math.exp(off) - 1) if off > math.log(ALPHA_CHANGE_TOLERANCE) else None
+
+
 def format_alpha_power(fit_quality: dict, reference: str, others) -> list[str]:
     """Lines ``alpha power (8-13 Hz), task / rest: data 0.256, fit 0.26`` from a fit's quality metrics ([] if none)."""
     lines = []
@@ -714,9 +720,9 @@ def format_alpha_power(fit_quality: dict, reference: str, others) -> list[str]:
         if d is None or f is None or not (math.isfinite(d) and math.isfinite(f)):
             continue
         change = "lower" if d < 1 else "higher"
-        off = abs(math.log(f / d))
-        how = ("the parameters below say how the model makes it" if off <= math.log(ALPHA_CHANGE_TOLERANCE) else
-               f"but the fit's change is {100 * (math.exp(off) - 1):.0f} % off the data's: the parameter differences "
+        off = _alpha_change_off(d, f)
+        how = ("the parameters below say how the model makes it" if off is None else
+               f"but the fit's change is {off:.0f} % off the data's: the parameter differences "
                "below describe the fitted change, not the data's")
         lines.append(f"alpha power ({lo:g}-{hi:g} Hz), {c} / {reference}: data {d:.3g}, fit {f:.3g} ({c} "
                      f"{abs(1 - d) * 100:.0f} % {change} in the data; {how})")
@@ -1541,9 +1547,8 @@ def format_group_effects(group: dict) -> list[str]:
     for c, rows in (group.get("alpha_power") or {}).items():
         each = ", ".join(f"{r['subject']} {r['data']:.3g} ({r['fit']:.3g})" for r in rows)
         by = ", ".join(f"{100 * (1 - r['data']):.0f} %" for r in rows)  # negative: higher
-        off = "".join(f"; {r['subject']}'s fit is {100 * (math.exp(abs(math.log(r['fit'] / r['data']))) - 1):.0f} % "
-                      "off its data" for r in rows
-                      if abs(math.log(r["fit"] / r["data"])) > math.log(ALPHA_CHANGE_TOLERANCE))
+        offs = [(r["subject"], _alpha_change_off(r["data"], r["fit"])) for r in rows]
+        off = "".join(f"; {who}'s fit is {pct:.0f} % off its data" for who, pct in offs if pct is not None)
         lines.append(f"  alpha power ({lo:g}-{hi:g} Hz), {c} / {ref}, data (fit): {each}; in the data {c} is lower in "
                      f"{sum(r['data'] < 1 for r in rows)} of {len(rows)} subjects (by {by}){off}")
     j = group["joint"]
