@@ -838,6 +838,10 @@ def _check_backend_options(args) -> None:
             raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --kind evoked (epochs, "
                              "conditions of an evoked file); for spectra of several conditions use --conditions with "
                              "one DATA file per condition")
+    several = isinstance(getattr(args, "data", None), list) and len(args.data) > 1
+    if args.backend == "npe" and (getattr(args, "conditions", None) or getattr(args, "vary", None) or several):
+        raise UsageError("--backend npe conditions one recording at a time; fit conditions jointly (--conditions, "
+                         "--vary) with --backend laplace, nuts or smc, or run --backend npe once per recording")
     ta = getattr(args, "target_accept", None)
     if ta is not None and (args.backend != "nuts" or not 0.0 < ta < 1.0):
         raise UsageError(f"--target-accept applies to --backend nuts, a probability in (0, 1); got --target-accept "
@@ -928,9 +932,6 @@ def _npe_estimator(args):
                          "--kind spectrum --out DIR)")
     fixed = [flag for flag, given in (("--prior", args.prior), ("--fix", args.fix), ("--free", args.free),
                                       ("--method", args.method)) if given]
-    if args.conditions or args.vary or len(_data_paths(args)) > 1:
-        raise UsageError("--backend npe conditions one recording at a time; fit conditions jointly (--conditions, "
-                         "--vary) with --backend laplace, nuts or smc, or run --backend npe once per recording")
     if fixed:
         raise UsageError(f"{', '.join(fixed)}: the prior, free parameters and spectral method of --backend npe were "
                          "fixed when the estimator was trained (see its metadata.json); train another one with "

@@ -730,9 +730,6 @@ def _file_specs(items, backend, kind, options: Mapping, per_channel: bool = Fals
     if per_channel and (default_conditions or any(_option_value(r, actions, "conditions") for r in rows)):
         raise ValueError("per_channel (--per-channel) with --conditions: the group effects would count a subject's "
                          "channels as separate subjects; run fit-many once per channel (--picks O1, then --picks O2)")
-    if default_conditions and backend == "npe":
-        raise ValueError("--conditions: --backend npe conditions one recording at a time; fit conditions jointly "
-                         "with --backend laplace, nuts or smc")
     width = max(4, len(str(len(rows))))
     specs = []
     for i, row in enumerate(rows, start=1):
