@@ -949,6 +949,7 @@ class _NutsLines(_Lines):
         self.parallel = cores > 1 and chains > 1
         self.done = np.zeros(chains, dtype=int)
         self.divergences = 0
+        self.t_sampling = self.t0  # reset when sampling starts: the time left is at the sampling rate
 
     def callback(self, trace=None, draw=None):
         if draw is None:
@@ -962,7 +963,7 @@ class _NutsLines(_Lines):
         per_chain = self.tune + self.draws
         n, total = int(self.done.sum()), self.chains * per_chain
         elapsed = self.elapsed()
-        sampling = time.perf_counter() - getattr(self, "t_sampling", self.t0)
+        sampling = time.perf_counter() - self.t_sampling
         left = (total - n) * sampling / n if n else math.nan
         if self.parallel:
             where = "chains at iteration " + ", ".join(str(int(d)) for d in self.done) + f" of {per_chain}"
@@ -1259,7 +1260,7 @@ class NUTS:
             if self.init == "laplace":
                 lines.say(f"starting points and mass matrix found in {_duration(time.perf_counter() - t_init)}")
             lines.say(self._start_line(problem, model, start))
-            lines.t_sampling = time.perf_counter()  # the time left is at the sampling rate, not counting the start
+            lines.t_sampling = time.perf_counter()  # after the start: not counted in the sampling rate
         t0 = time.perf_counter()
         init_seconds = t0 - t_init
         with model, _w.catch_warnings(), _PyMCLog(mode == "bar"):
