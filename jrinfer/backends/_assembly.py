@@ -120,13 +120,17 @@ def _failing_approximation(backend: str, diagnostics: dict | None = None) -> str
     NPE: the remedy offered depends on whether the posterior was already refined by rounds for this recording.
     """
     refined = backend == "npe" and (diagnostics or {}).get("amortized") is False
+    corrected = backend == "npe" and bool((diagnostics or {}).get("smc"))
     return {
         "laplace": "the Gaussian approximation fails, e.g. by reaching parameter sets near instability",
-        "npe": ("the neural posterior is too wide for this recording even after its truncated rounds: more rounds or "
-                "simulations per round, an estimator trained on more simulations, or a likelihood-based backend"
+        "npe": ("the SMC particles moved from the flow have not found the posterior's bulk: more particles (--draws), "
+                "or a likelihood-based backend" if corrected else
+                "the neural posterior is too wide for this recording even after its truncated rounds: SMC from the "
+                "flow (--smc), more rounds or simulations per round, an estimator trained on more simulations, or a "
+                "likelihood-based backend"
                 if refined else
-                "the neural posterior is too wide for this recording: more simulations, truncated rounds (--rounds) "
-                "or a likelihood-based backend"),
+                "the neural posterior is too wide for this recording: SMC from the flow (--smc), more simulations, "
+                "truncated rounds (--rounds) or a likelihood-based backend"),
         "nuts": "the chains have not found the posterior's bulk: see R-hat and divergences",
         "smc": "the particles have not found the posterior's bulk: see R-hat",
     }.get(backend, "an approximation that fails")
