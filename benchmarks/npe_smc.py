@@ -82,6 +82,7 @@ def main(argv=None) -> None:
                 s = d["smc"]
                 row.update({k: s[k] for k in ("n_evaluations", "n_unique", "final_acceptance", "final_moved_fraction",
                                               "log_evidence", "n_failed", "reached_target")})
+                row["seed_noise_sd_nats"] = s.get("seed_noise_sd_nats")
                 row["stages"] = len(s["stages"])
                 row["betas"] = [round(st["beta"], 4) for st in s["stages"]]
                 row["acceptance"] = [round(st["acceptance"], 3) for st in s["stages"]]

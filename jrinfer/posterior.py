@@ -66,6 +66,11 @@ def _headline_quality(key: str) -> bool:
     return any(key == k or key.startswith(k + "_") for k in _HEADLINE_QUALITY)
 
 
+#: The printed summary says so above the parameter table when fewer than this fraction of the draws are distinct
+#: (importance-resampled draws of a few proposals, SMC particles that never moved).
+DISTINCT_DRAWS_NOTE = 0.5
+
+
 @dataclass(frozen=True)
 class Posterior:
     """Posterior over named parameters, backend-independent.
@@ -320,6 +325,12 @@ class Posterior:
         for part, regime in self._regime_lines():
             lines.append(f"  regime{f' ({part})' if part else ''}: {regime}")
         flagged = self.non_gaussian_marginals
+        flat = np.asarray(self.draws).reshape(-1, len(self.names))
+        n_distinct = int(np.unique(flat, axis=0).shape[0]) if flat.size else 0
+        if 0 < n_distinct < DISTINCT_DRAWS_NOTE * flat.shape[0]:
+            # importance-resampled or degenerate SMC draws: a table of a handful of points reads as a confident posterior
+            lines.append(f"  (the {flat.shape[0]} draws repeat {n_distinct} distinct parameter sets: the sd and "
+                         "contraction below describe those points, not the posterior's spread)")
         lines.append(f"  {'parameter':>16s}  {'mean':>10s}  {'sd':>9s}  {'units':<12s} contraction")
         for n, m, s in zip(self.names, self.mean, self.sd):
             c = self.contraction.get(n)
@@ -406,6 +417,15 @@ class Posterior:
             parts.append(f"ESS min bulk {d['ess_bulk_min']:.0f} / tail {d['ess_tail_min']:.0f}")
         if num("divergences") is not None:
             parts.append(f"{d['divergences']:.0f} divergences")
+        smc = d.get("smc")
+        if isinstance(smc, dict) and smc.get("n_particles"):
+            parts.append(
+                f"SMC from the flow: {smc.get('n_unique')} of {smc['n_particles']} draws distinct"
+                + (f", acceptance at beta = 1 {smc['final_acceptance']:.2f}"
+                   if isinstance(smc.get("final_acceptance"), float) else "")
+                + (f", likelihood moves {smc['seed_noise_sd_nats']:.1f} nats between simulator seeds"
+                   if isinstance(smc.get("seed_noise_sd_nats"), float) else "")
+                + ("" if smc.get("reached_target", True) else ", stopped before the posterior"))
         cal = d.get("calibration")
         if isinstance(cal, dict) and cal.get("verdict"):
             parts.append(f"calibration on simulations: {cal['verdict'].split(':')[0]}")

@@ -266,6 +266,9 @@ def test_importance_sampling_of_a_bad_flow_says_so_in_its_status():
     assert any(w.startswith("neural importance sampling: Pareto k-hat") and "not to be trusted" in w
                for w in post.warnings), post.warnings
     assert d["importance_sampling"]["n_unique_draws"] < 1000
+    # a table of a few points must not read as a confident posterior: the printed summary says what it describes
+    if d["importance_sampling"]["n_unique_draws"] < 500:
+        assert f"repeat {d['importance_sampling']['n_unique_draws']} distinct parameter sets" in repr(post), repr(post)
 
 
 def test_smc_from_a_bad_flow_reaches_the_analytic_posterior_and_evidence():
@@ -281,6 +284,7 @@ def test_smc_from_a_bad_flow_reaches_the_analytic_posterior_and_evidence():
     assert d["reached_target"] and d["beta"] == 1.0 and d["failure"] is None and d["n_failed"] == 0
     assert d["final_moved_fraction"] >= 0.9 and d["n_unique"] > 800, (d["final_moved_fraction"], d["n_unique"])
     assert d["n_evaluations"] == 1000 * (1 + sum(st["moves"] for st in d["stages"]))
+    assert "seed_noise_sd_nats" not in d  # a deterministic prediction: no simulator seed to vary
     # measured: the raw flow's sds are 3.1 and 2.6 times the analytic ones; the particles' means are 0.007 / 0.003 sd
     # off and their sds 0.95 / 0.99 of the analytic (1000 draws: Monte-Carlo errors of 0.03 sd in a mean and 2 % in an
     # sd, inflated a few-fold by the particles' correlation after resampling)
@@ -305,8 +309,26 @@ def test_smc_from_a_bad_flow_reaches_the_analytic_posterior_and_evidence():
     np.testing.assert_array_equal(again.draws, post.draws)
     with pytest.raises(ValueError, match="choose one"):
         est.condition(problem.data, smc=True, importance_sampling=True)
+    with pytest.raises(ValueError, match=r"n_draws \(CLI --draws\) must be >= 20 with smc=True"):
+        est.condition(problem.data, smc=True, n_draws=4)
     with pytest.raises(ValueError, match="smc"):
         est.condition(problem.data, smc="yes")
+
+
+def test_smc_time_left_follows_the_beta_steps():
+    """The SMC progress line's time left: the beta steps' growth continued to beta = 1 (a guess, checked on the beta
+    schedules of two measured runs: EEGMAT, 12 stages, and the p = 70 spectrum, 10)."""
+    from jrinfer.backends._tempering import _time_left
+
+    for betas in ([0.000324, 0.00153, 0.00516, 0.0132, 0.0293, 0.0577, 0.114, 0.201, 0.323, 0.489, 0.798, 1.0],
+                  [0.0025, 0.0183, 0.0465, 0.0834, 0.1422, 0.2654, 0.4617, 0.6903, 0.9559, 1.0]):
+        assert _time_left([{"beta": b, "seconds": 9.0} for b in betas[:2]], 2.0) == ""  # too early to tell
+        for k in range(3, len(betas)):
+            said = _time_left([{"beta": b, "seconds": 9.0} for b in betas[:k]], 2.0)
+            n = int(said.split("about ")[1].split(" more")[0])
+            actual = len(betas) - k  # stages still to run, the final one included
+            assert 0.5 * actual <= n <= 2 * actual + 1, (k, said, actual)
+            assert said.endswith(f"~{9.0 * (n - 1 + 2.0):.0f} s left")
 
 
 def test_importance_sampling_gives_failed_likelihoods_weight_zero_and_counts_them():
@@ -550,7 +572,9 @@ def test_cli_fit_with_a_trained_estimator(npe_spectrum_estimator, tmp_path, caps
     summary = json.loads((out / "summary.json").read_text())
     assert summary["backend"] == "npe" and set(summary["parameters"]) == set(est.names)
     npe = summary["npe"]
-    assert npe["calibration"] == est.calibration["verdict"] and npe["regime"] in REGIMES
+    assert npe["calibration"] == est.calibration["verdict"] and npe["regime_most_probable"] in REGIMES
+    # a label only where the verdict settles the regime (a script reading it must not get one the verdict rejects)
+    assert npe["regime"] == (npe["regime_most_probable"] if summary["diagnostics"]["regime_resolved"] else "unresolved")
     assert npe["training_simulations"] == 4000 and isinstance(npe["training_failures"], list)
     assert summary["diagnostics"]["training"]["regime_mix"] and summary["diagnostics"]["calibration"]["verdict"]
     assert "ranks" not in summary["diagnostics"]["calibration"]  # raw SBC ranks stay in metadata.json
@@ -1026,6 +1050,9 @@ def test_smc_from_the_amortized_flow_fits_both_regimes(npe_spectrum_estimator, p
     assert 5 <= len(s["stages"]) <= 20 and [st["beta"] for st in s["stages"]] == sorted(st["beta"] for st in s["stages"])
     assert all(st["acceptance"] > 0.05 for st in s["stages"]), [st["acceptance"] for st in s["stages"]]
     assert d["amortized"] is True and "SMC from the flow" in post.message
+    # one simulation per parameter set carries noise of its own: how much is measured at the draws and said in the
+    # notes (prototype particles, p = 70: 3.7-4.0 nats robust SD between seeds; EEGMAT 5.4-6.8)
+    assert s["seed_noise_sd_nats"] > 0.1 and any("noise seed" in n for n in d["notes"]), s.get("seed_noise_sd_nats")
     # measured (benchmarks/npe_smc.py, seed 2; the truth's own predictive 0.945 / 0.964):
     #   p = 70: R^2 0.960, peak -0.5 Hz, stable 74 % (limit cycle 26 %: small limit cycles beside the Hopf point at
     #   a ~ 109, b ~ 43, p_mean ~ 230 give the same spectrum); the raw flow R^2 0.80, stable 24 %, limit cycle 63 %
@@ -1061,9 +1088,10 @@ def test_eegmat_with_smc_from_the_flow(npe_spectrum_estimator, tmp_path, capsys)
     code = main(["fit", edf, "--kind", "spectrum", "--picks", "O1,O2", "--backend", "npe", "--estimator", str(path),
                  "--smc", "--draws", str(SMC_PARTICLES), "--no-progress", "--out", str(out), "--seed", "2"])
     captured = capsys.readouterr()
-    # exit 1: the sampler's own check failed (below), as for NUTS's R-hat; the fit is written either way
-    assert code in (0, 1), captured.err
-    assert "SMC from the flow: stage 1" in captured.err  # a line per stage
+    assert code == 0, captured.err
+    # the expected time first, then a line per stage with the time left
+    assert "SMC from the flow: the 300 starting draws evaluated in" in captured.err and "typically takes" in captured.err
+    assert "SMC from the flow: stage 1" in captured.err and "more stages" in captured.err
     summary = json.loads((out / "summary.json").read_text())
     npe, fq = summary["npe"], summary["fit_quality"]
     assert npe["smc"]["reached_target"] and npe["smc"]["n_particles"] == SMC_PARTICLES
@@ -1073,11 +1101,14 @@ def test_eegmat_with_smc_from_the_flow(npe_spectrum_estimator, tmp_path, capsys)
     # beta = 1): 72 of the 300 draws were distinct, and the status says so rather than passing them as a posterior
     assert 9.0 <= fq["peak_frequency_data_hz"] <= 12.0
     assert abs(fq["peak_shift_hz"]) <= 0.5 and fq["r2_log_power"] >= 0.9, fq
+    # too few distinct draws: a warning status naming them (exit 0 with its warnings, 3 with --strict, as for a
+    # k-hat above 0.7), the advice tied to the measured seed noise, and the printed table says what it describes
     if npe["smc"]["n_unique"] < 0.9 * SMC_PARTICLES:
-        assert code == 1 and summary["status"] == "warning" and "distinct" in summary["status_message"], \
-            summary["status_message"]
-    else:
-        assert code == 0
+        assert summary["status"] == "warning" and "distinct" in summary["status_message"], summary["status_message"]
+        assert summary["diagnostics"]["backend_status"] == "converged"
+        (said,) = [w for w in summary["warnings"] if w.startswith("SMC from the flow: only")]
+        if npe["smc"]["seed_noise_sd_nats"] > 1.0:
+            assert "between simulator seeds" in said and "medians" in said, said
     # the corrections are refused where they do not apply or together
     for argv, words in ((["--smc"], "--backend smc"), (["--backend", "npe", "--estimator", str(path), "--smc",
                                                         "--importance-sampling"], "choose one")):

@@ -39,6 +39,10 @@ from jrinfer.posterior import CONTRACTION_UNINFORMED, PARETO_K_UNRELIABLE, Poste
 
 __all__ = ["assemble_posterior", "INVALID_FRACTION_WARN"]
 
+#: SMC from the flow (NPE, ``diagnostics["smc"]``): fewer distinct final draws than this fraction of the particles make
+#: the status "warning" (copies made at the last reweighting that never moved: the draws spread less than the posterior).
+SMC_DISTINCT_FRACTION = 0.9
+
 #: Fraction of posterior draws with invalid predictions above which a fit warns.
 INVALID_FRACTION_WARN = 0.10
 
@@ -360,6 +364,11 @@ def _fit_status(backend: str, status: str, message: str, diagnostics: dict, qual
             f"{100 * invalid['fraction']:.0f} % of the posterior draws lie where the observation cannot predict "
             "(a regime it does not describe): the posterior's mass there is not described by this fit"
         )
+    smc = diagnostics.get("smc")
+    if isinstance(smc, dict) and smc.get("reached_target") and \
+            smc.get("n_unique", 0) < SMC_DISTINCT_FRACTION * smc.get("n_particles", 0):
+        reasons.append(f"only {smc['n_unique']} of the {smc['n_particles']} SMC draws are distinct: the particles "
+                       "stuck where the likelihood is rough (see the warnings)")
     ood = diagnostics.get("out_of_distribution") or {}
     if ood.get("outside") is True:
         reasons.append("the recording lies outside what the estimator was trained on (see the warnings)")

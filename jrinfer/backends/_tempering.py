@@ -78,6 +78,30 @@ def _systematic(weights: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.searchsorted(torch.cumsum(weights, 0), u).clamp(max=n - 1)
 
 
+def _time_left(stages: list[dict], final_factor: float) -> str:
+    """``"; about N more stages, ~M min left"``: the stages' beta steps continued to beta = 1.
+
+    The beta steps grew by a factor r per stage (about 1.4-4 here, falling as
+    beta nears 1); with the smaller of the last two ratios held, the steps
+    left to close ``1 - beta`` are ``log(1 + (1 - beta)(r - 1) / (r step)) /
+    log r``, each costing the last stage's time and the final one
+    ``final_factor`` times that (it may move more). A rough guess, on the
+    short side early on; empty before the third stage.
+    """
+    if len(stages) < 3:
+        return ""
+    betas = [0.0] + [st["beta"] for st in stages]
+    steps = [b - a for a, b in zip(betas, betas[1:])][-3:]
+    if min(steps) <= 0:
+        return ""
+    r = max(min(steps[1] / steps[0], steps[2] / steps[1]), 1.05)
+    beta = betas[-1]
+    n_left = max(1, math.ceil(math.log(1.0 + (1.0 - beta) * (r - 1.0) / (r * steps[-1])) / math.log(r)))
+    seconds = stages[-1]["seconds"] * (n_left - 1 + final_factor)
+    when = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+    return f"; about {n_left} more stage{'s' if n_left > 1 else ''}, ~{when} left"
+
+
 def tempered_smc(
     z: torch.Tensor,
     log_reference: Callable[[torch.Tensor], torch.Tensor],
@@ -91,6 +115,7 @@ def tempered_smc(
     z_max: float = math.inf,
     progress: bool = False,
     label: str = "SMC",
+    typical_rounds: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Move draws of a reference density to a target by tempered SMC.
 
@@ -121,6 +146,10 @@ def tempered_smc(
         A line per stage on stderr.
     label : str
         The lines' prefix.
+    typical_rounds : (int, int), optional
+        Typical evaluations per particle over a run; with ``progress``, the
+        first line turns them into a time range from the reference draws'
+        evaluation.
 
     Returns
     -------
@@ -143,6 +172,12 @@ def tempered_smc(
     lr = log_reference(z)
     lt = log_target(z)
     n_eval = n
+    if progress and typical_rounds:
+        first = time.perf_counter() - t0
+        lo, hi = (first * k / 60 for k in typical_rounds)
+        print(f"{label}: the {n} starting draws evaluated in {first:.1f} s; a run typically takes "
+              f"{typical_rounds[0]}-{typical_rounds[1]} times that: about {lo:.0f}-{hi:.0f} min", file=sys.stderr,
+              flush=True)
     beta, log_evidence, stages = 0.0, 0.0, []
     scale = 2.38 / math.sqrt(d)
     gamma = 2.38 / math.sqrt(2 * d)
@@ -207,9 +242,10 @@ def tempered_smc(
                  "seconds": time.perf_counter() - t_stage}
         stages.append(stage)
         if progress:
+            left = _time_left(stages, final_moves / max_moves) if beta < 1.0 else ""
             print(f"{label}: stage {len(stages)}, beta {beta:.3g}, {moves} moves (acceptance "
                   f"{stage['acceptance']:.2f}, {100 * stage['moved_fraction']:.0f} % of the particles moved), "
-                  f"{n_eval} evaluations, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+                  f"{n_eval} evaluations, {time.perf_counter() - t0:.0f} s{left}", file=sys.stderr, flush=True)
     last = stages[-1] if stages else {}
     info = {
         "beta": beta,
