@@ -315,6 +315,20 @@ def test_smc_from_a_bad_flow_reaches_the_analytic_posterior_and_evidence():
         est.condition(problem.data, smc="yes")
 
 
+def test_smc_that_cannot_reach_the_posterior_fails_the_fit_with_the_reason():
+    """Every flow draw is one the observation cannot predict (slopes above -100 made invalid after training): the
+    bridge stops at its first reweighting, and the fit fails (smc_failed, not converged) naming why."""
+    problem = _linear_problem(type("Invalid", (LinearGaussian,), {})())
+    est = NPE(n_simulations=300, seed=2, max_epochs=5).train(problem)
+    est.problem.observation.INVALID_ABOVE = -100.0
+    post = est.condition(problem.data, n_draws=50, n_predictive=5, seed=3, smc=True)
+    assert post.status == "smc_failed" and not post.converged and post.diagnostics["backend_status"] == "smc_failed"
+    assert "stopped early: only 0 of 50 particles have a finite target" in post.status_message
+    assert post.diagnostics["smc"]["reached_target"] is False and post.diagnostics["smc"]["log_evidence"] is None
+    assert any(w.startswith("SMC from the flow stopped before the posterior") for w in post.warnings)
+    assert post.diagnostics["smc"]["n_failed"] == 50 and "slope above -100" in post.diagnostics["smc"]["failures"][0]["reason"]
+
+
 def test_smc_time_left_follows_the_beta_steps():
     """The SMC progress line's time left: the beta steps' growth continued to beta = 1 (a guess, checked on the beta
     schedules of two measured runs: EEGMAT, 12 stages, and the p = 70 spectrum, 10)."""

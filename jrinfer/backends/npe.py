@@ -1546,7 +1546,8 @@ class AmortizedPosterior:
                              f"particles), got {n_draws}")
         if smc and importance_sampling:
             raise ValueError("smc and importance_sampling are two corrections of the flow: choose one (smc works "
-                             "where the flow is much wider than the posterior; importance sampling is cheaper)")
+                             "where the flow is much wider than the posterior, as on JR spectra at a few thousand "
+                             "simulations; importance sampling is cheaper where the flow is close to it)")
         progress = _check_progress(progress)
         if n_proposals is None:
             n_proposals = max(5 * n_draws, 2000)
@@ -1557,24 +1558,20 @@ class AmortizedPosterior:
         t0 = time.perf_counter()
         warns = []
         flow_mix = None
+        chunk_size = int(self.training.get("chunk_size", 500))
         if importance_sampling:
-            theta, importance, is_warns = self._importance_sample(problem, x, n_draws, n_proposals, seed,
-                                                                  chunk_size=int(self.training.get("chunk_size", 500)),
-                                                                  progress=progress)
-            warns += is_warns
-            codes = problem.regimes(self._coords.from_flow(self._sample_flow(x, n_draws, seed)))
-            if codes is not None:
-                flow_mix = _regime_mix(codes, problem.observation.REGIMES)
+            theta, importance, corr_warns = self._importance_sample(problem, x, n_draws, n_proposals, seed,
+                                                                    chunk_size=chunk_size, progress=progress)
         elif smc:
-            theta, smc_info, smc_warns = self._smc_sample(problem, x, n_draws, seed,
-                                                          chunk_size=int(self.training.get("chunk_size", 500)),
-                                                          progress=progress)
-            warns += smc_warns
-            codes = problem.regimes(self._coords.from_flow(self._sample_flow(x, n_draws, seed)))
-            if codes is not None:
-                flow_mix = _regime_mix(codes, problem.observation.REGIMES)
+            theta, smc_info, corr_warns = self._smc_sample(problem, x, n_draws, seed, chunk_size=chunk_size,
+                                                           progress=progress)
         else:
             theta = self.sample(x, n_draws, seed=seed)
+        if importance_sampling or smc:  # the uncorrected flow's regime mix, for comparison
+            warns += corr_warns
+            codes = problem.regimes(self._coords.from_flow(self._sample_flow(x, n_draws, seed)))
+            if codes is not None:
+                flow_mix = _regime_mix(codes, problem.observation.REGIMES)
         sample_seconds = time.perf_counter() - t0
         diagnostics = {
             "sampling_seconds": sample_seconds,
