@@ -375,7 +375,8 @@ def fit_many(
         ``<parameter>_mean``/``<parameter>_sd`` (the importance-weighted ones where
         the fit found its Gaussian marginal misstated, then with
         ``<parameter>_marginal`` naming the shape), ``fit_<measure>`` (fit quality),
-        ``npe_*`` (NPE: calibration verdict, regime, the data's distance from the
+        ``npe_*`` (NPE: calibration verdict, regime (a label only where the verdict
+        settles it, else ``unresolved``; ``npe_regime_most_probable`` beside), the data's distance from the
         training simulations), ``effect_<name>_<condition>_mean``/``_lower``/``_upper``/``_log_bf``
         and ``any_difference_log_bf`` (fits of conditions: each difference, a
         log ratio or additive, its 90 % interval and log Bayes factor in nats),
@@ -936,7 +937,7 @@ def _summary_row(spec: dict, summary: dict) -> dict:
     if effects.get("no_difference"):
         row["any_difference_log_bf"] = effects["no_difference"].get("log_bayes_factor")
     npe = summary.get("npe") or {}  # how far an amortized posterior can be trusted for this item
-    for key in ("calibrated", "regime", "out_of_distribution"):
+    for key in ("calibrated", "regime", "regime_most_probable", "out_of_distribution"):
         if key in npe:
             row[f"npe_{key}"] = npe[key]
     ood = (summary.get("diagnostics") or {}).get("out_of_distribution")
