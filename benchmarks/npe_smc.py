@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 
@@ -37,31 +36,11 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-    from test_npe import _jr_spectrum, _truth_r2
-
-    from jrinfer.backends.npe import AmortizedPosterior
-    from jrinfer.cli import main as cli
+    from backend_problems import npe_benchmark_cases
 
     print(json.dumps({"load": os.getloadavg(), "cpus": os.cpu_count(), "threads": args.threads}), flush=True)
-    path = args.estimator
-    if path is None:
-        path = os.path.join(tempfile.mkdtemp(), "est")
-        cli(["train-npe", "--kind", "spectrum", "--simulations", "4000", "--out", path, "--calibrate", "0",
-             "--seed", "1", "--no-progress"])
-    est = AmortizedPosterior.load(path)
-    datasets = []
-    for p in args.p_mean:
-        data, truth = _jr_spectrum(est, p, seed=101)
-        datasets.append((f"p={p:g}", data, {"truth_r2": _truth_r2(est, data, truth)}))
-    if args.eegmat is not None:
-        from jrinfer.cli import _load_data, _npe_estimator, build_parser
-
-        for name in args.eegmat or ["Subject00_1"]:
-            edf = os.path.join(os.environ["JRINFER_DATA"], "eegmat", f"{name}.edf")
-            a = build_parser().parse_args(["fit", edf, "--kind", "spectrum", "--picks", "O1,O2", "--backend", "npe",
-                                           "--estimator", path, "--out", tempfile.mkdtemp()])
-            _npe_estimator(a)  # sets the estimator's grid on the arguments
-            datasets.append((f"EEGMAT {name} O1/O2", _load_data(a), {}))
+    names = None if args.eegmat is None else (args.eegmat or ["Subject00_1"])
+    est, datasets = npe_benchmark_cases(args.estimator, args.p_mean, names or ())
     for label, data, extra in datasets:
         runs = [("flow", 1000, 2)] if args.flow else []
         runs += [("smc", n, s) for n in args.particles for s in args.seeds]

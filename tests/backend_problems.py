@@ -31,3 +31,40 @@ def compare_backends_problem():
     spec["distributions"].pop("p_mean")
     spec["fixed"]["p_mean"] = p_mean
     return InverseProblem(obs, Prior.from_dict(spec), data)
+
+
+def npe_benchmark_cases(estimator_dir, p_means, eegmat=()):
+    """The NPE benchmarks' estimator and cases: ``(estimator, [(label, data, extra)])``.
+
+    ``estimator_dir`` None trains the test suite's estimator (``train-npe --kind spectrum --simulations 4000
+    --seed 1``) into a temporary folder. Cases: the tests' simulated spectrum (``tests/test_npe.py``
+    ``_jr_spectrum``, noise seed 101) per ``p_means`` entry, with the truth's own predictive R^2 in ``extra``, then
+    each EEGMAT recording named in ``eegmat`` (e.g. ``"Subject00_1"``; O1/O2, read through ``jrinfer fit`` onto the
+    estimator's grid from ``$JRINFER_DATA``).
+    """
+    import os
+    import tempfile
+
+    from test_npe import _jr_spectrum, _truth_r2
+
+    from jrinfer.backends.npe import AmortizedPosterior
+    from jrinfer.cli import _load_data, _npe_estimator, build_parser
+    from jrinfer.cli import main as cli
+
+    path = estimator_dir
+    if path is None:
+        path = os.path.join(tempfile.mkdtemp(), "est")
+        cli(["train-npe", "--kind", "spectrum", "--simulations", "4000", "--out", path, "--calibrate", "0",
+             "--seed", "1", "--no-progress"])
+    est = AmortizedPosterior.load(path)
+    cases = []
+    for p in p_means:
+        data, truth = _jr_spectrum(est, p, seed=101)
+        cases.append((f"p={p:g}", data, {"truth_r2": _truth_r2(est, data, truth)}))
+    for name in eegmat:
+        edf = os.path.join(os.environ["JRINFER_DATA"], "eegmat", f"{name}.edf")
+        a = build_parser().parse_args(["fit", edf, "--kind", "spectrum", "--picks", "O1,O2", "--backend", "npe",
+                                       "--estimator", path, "--out", tempfile.mkdtemp()])
+        _npe_estimator(a)  # sets the estimator's grid on the arguments
+        cases.append((f"EEGMAT {name} O1/O2", _load_data(a), {}))
+    return est, cases
